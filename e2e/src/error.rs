@@ -1,0 +1,55 @@
+use std::{path::PathBuf, sync::Arc};
+
+/// Everything that can go wrong while setting up the test control plane.
+///
+/// `Clone` because the shared control plane caches its start result for every test in the
+/// binary; the non-cloneable sources are therefore kept behind an `Arc`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HarnessError {
+    /// A binary the harness needs is not installed. Tests skip on this locally and fail under CI.
+    #[error("{component} not available: {reason}")]
+    Missing { component: String, reason: String },
+
+    #[error("generating the test certificates failed: {0}")]
+    Certs(#[from] rcgen::Error),
+
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// A control-plane process exited or never became ready. `tail` holds the end of its log.
+    #[error(
+        "{component} did not start: {reason}\n--- last lines of {} ---\n{tail}",
+        log.display()
+    )]
+    Startup {
+        component: &'static str,
+        reason: String,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error("building a kube client from {}: {source}", kubeconfig.display())]
+    Client {
+        kubeconfig: PathBuf,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl HarnessError {
+    /// Helper for `map_err`: an I/O error while doing `action` on `path`.
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { action, path, source: Arc::new(source) }
+    }
+
+    /// True when the error only means a component is not installed here.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Self::Missing { .. })
+    }
+}

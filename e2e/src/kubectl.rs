@@ -1,0 +1,86 @@
+//! Running the real `kubectl` against the control plane, to test what users will type.
+
+use std::{
+    fmt,
+    io::{self, Write},
+    process::{Command, ExitStatus, Stdio},
+};
+
+use crate::{ControlPlane, HarnessError};
+
+/// What one `kubectl` run printed. `Display` renders everything, for assertion messages.
+#[derive(Debug, Clone)]
+pub struct KubectlOutput {
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl KubectlOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+impl fmt::Display for KubectlOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "kubectl {} ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl ControlPlane {
+    /// Runs `kubectl --kubeconfig <admin> <args>`. A non-zero exit is not an error: check
+    /// [`KubectlOutput::success`] so tests can assert on rejections too.
+    ///
+    /// The binary is `$FICUS_KUBECTL`, else `kubectl` on `PATH`.
+    pub fn kubectl(&self, args: &[&str]) -> Result<KubectlOutput, HarnessError> {
+        self.run_kubectl(args, None)
+    }
+
+    /// Like [`kubectl`](Self::kubectl) with `stdin` piped in, e.g. `apply -f -`.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<KubectlOutput, HarnessError> {
+        self.run_kubectl(args, Some(stdin))
+    }
+
+    fn run_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<KubectlOutput, HarnessError> {
+        let bin = std::env::var("FICUS_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig_path())
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => HarnessError::Missing {
+                component: "kubectl".into(),
+                reason: format!("`{bin}` not found on PATH: install kubectl or set FICUS_KUBECTL"),
+            },
+            _ => HarnessError::io("running", &bin)(e),
+        })?;
+        let output = (|| {
+            let mut child = child;
+            if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+                pipe.write_all(input.as_bytes())?;
+            } // `pipe` dropped here: kubectl sees EOF.
+            child.wait_with_output()
+        })()
+        .map_err(HarnessError::io("running", &bin))?;
+        let out = KubectlOutput {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        tracing::debug!(args = ?out.args, status = %out.status, "kubectl");
+        Ok(out)
+    }
+}

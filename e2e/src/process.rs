@@ -1,0 +1,105 @@
+//! Child processes that cannot outlive the test binary.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process.
+//! libtest runs every test on its own short-lived thread, so children are forked from one
+//! dedicated thread that lives until the process ends: then, and only then, the kernel SIGKILLs
+//! them — also when the test binary panics, aborts or is killed.
+
+use std::{
+    fs::File,
+    io,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard, OnceLock, PoisonError, mpsc},
+};
+
+use crate::HarnessError;
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns `cmd` from the long-lived spawner thread, with `PR_SET_PDEATHSIG = SIGKILL`.
+fn spawn_orphan_proof(mut cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        // The sender lives in a static, so this loop (and the thread) never ends.
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        tx
+    });
+
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect; we would then be reparented.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::other("parent exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+    let gone = || io::Error::other("the process-spawner thread is gone");
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner.send((cmd, reply_tx)).map_err(|_| gone())?;
+    reply_rx.recv().map_err(|_| gone())?
+}
+
+/// A running control-plane component whose stdout and stderr go to a log file.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    name: &'static str,
+    child: Mutex<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub(crate) fn spawn(name: &'static str, bin: &Path, args: &[String], log: PathBuf) -> Result<Self, HarnessError> {
+        let out = File::create(&log).map_err(HarnessError::io("creating log file", &log))?;
+        let err = out.try_clone().map_err(HarnessError::io("duplicating log file", &log))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        tracing::debug!(%name, bin = %bin.display(), ?args, "spawning");
+        let child = spawn_orphan_proof(cmd).map_err(HarnessError::io("spawning", bin))?;
+        Ok(Self { name, child: Mutex::new(child), log })
+    }
+
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child().id()
+    }
+
+    /// The exit status if the process has already ended.
+    pub(crate) fn exited(&self) -> Option<ExitStatus> {
+        self.child().try_wait().ok().flatten()
+    }
+
+    pub(crate) fn kill(&self) {
+        let mut child = self.child();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// A startup error carrying the last lines of this process's log.
+    pub(crate) fn startup_error(&self, reason: String) -> HarnessError {
+        const LINES: usize = 40;
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        HarnessError::Startup {
+            component: self.name,
+            reason,
+            log: self.log.clone(),
+            tail: lines[lines.len().saturating_sub(LINES)..].join("\n"),
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! The `Migration` custom resource (`ficus.dev/v1alpha1`): what a user declares (spec) and what
+//! the operator records (status). Validation lives in the schema itself (OpenAPI + CEL), so
+//! `kubectl apply` rejects a manifest that could never run, with a message naming the field.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A phased strangler-fig migration of one service from its legacy system to a new one.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ficus.dev",
+    version = "v1alpha1",
+    kind = "Migration",
+    plural = "migrations",
+    shortname = "mig",
+    namespaced,
+    status = "MigrationStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Traffic","type":"integer","jsonPath":".status.trafficPercent"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.healthy"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.legacy) == has(self.candidate)").message("legacy and candidate workloads go together: name both or neither"))]
+pub struct MigrationSpec {
+    /// Logical service name: used in flag keys and metric labels.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("service must be a DNS label: lower-case letters, digits and '-'"))]
+    pub service: String,
+
+    /// The workload being replaced. Optional: a migration inside one service needs only flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<Workload>,
+
+    /// The workload taking over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<Workload>,
+
+    /// Where the services read their migration flags.
+    pub flags: FlagStores,
+
+    /// Shadow phase: dual writes and compared shadow reads, no user traffic on the new side.
+    #[serde(default)]
+    pub shadow: ShadowSpec,
+
+    /// Optional backfill of history legacy -> new as a Kubernetes Job before traffic moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillSpec>,
+
+    /// Traffic-split percents for the new system, strictly increasing, each in 1..100.
+    #[schemars(length(min = 1, max = 20))]
+    #[x_kube(validation = Rule::new("self.all(s, s >= 1 && s <= 100)").message("steps: every traffic percent must be between 1 and 100"))]
+    #[x_kube(validation = Rule::new("self.isSorted() && self.all(s, self.filter(t, t == s).size() == 1)").message("steps must be strictly increasing, e.g. [10, 25, 50, 100]"))]
+    pub steps: Vec<i32>,
+
+    /// How long every gate must pass before the next step (Go duration: 30s, 5m, 1h).
+    #[serde(default = "default_bake_time")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("bakeTime must be a duration such as 30s, 5m or 1h30m"))]
+    pub bake_time: String,
+
+    /// Prometheus gates evaluated during every active phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+
+    /// When to roll back on its own.
+    #[serde(default)]
+    pub rollback: RollbackSpec,
+
+    /// How the new system becomes primary and when the migration completes.
+    #[serde(default)]
+    pub cutover: CutoverSpec,
+
+    /// Hold the migration in its current phase (flags stay as they are).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_bake_time() -> String {
+    "5m".into()
+}
+
+/// A workload observed and scaled by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// Name of a Deployment in the Migration's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub deployment: String,
+    /// Promotion waits until this workload reports ready replicas (off by default: readiness is
+    /// reported as an observation, progression never waits on it silently).
+    #[serde(default)]
+    pub require_ready: bool,
+}
+
+/// Flag stores. At least one must be named.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMap)").message("flags: name at least one flag store, e.g. configMap: {name: chat-migration-flags}"))]
+pub struct FlagStores {
+    /// A ConfigMap in the Migration's namespace, watched by the services through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapStore>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConfigMapStore {
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("configMap.name must be a valid ConfigMap name"))]
+    pub name: String,
+}
+
+/// How secondary writes are made while both stores are live.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DualWriteMode {
+    /// In parallel with the primary write; the call returns when both answered.
+    #[default]
+    Sync,
+    /// After the primary write; the call does not wait for the secondary.
+    Async,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSpec {
+    /// Minimum time in shadow before the first traffic step.
+    #[serde(default = "default_shadow_duration")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("shadow.duration must be a duration such as 30s, 10m or 1h"))]
+    pub duration: String,
+    /// Share of reads also served by the new store and compared.
+    #[serde(default = "default_read_sample")]
+    #[schemars(range(min = 0, max = 100))]
+    pub read_sample_percent: i32,
+    /// Dual-write mode from shadow onwards.
+    #[serde(default)]
+    pub dual_write: DualWriteMode,
+}
+
+impl Default for ShadowSpec {
+    fn default() -> Self {
+        Self { duration: default_shadow_duration(), read_sample_percent: default_read_sample(), dual_write: DualWriteMode::Sync }
+    }
+}
+
+fn default_shadow_duration() -> String {
+    "10m".into()
+}
+fn default_read_sample() -> i32 {
+    10
+}
+
+/// Backfill history from the legacy store to the new one as a Job; the Job's success is the gate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillSpec {
+    #[schemars(length(min = 1))]
+    pub image: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Pods of the Indexed Job; each takes shard `i/N` of the key space.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 64))]
+    pub parallelism: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.gates) == 0 || has(self.prometheus)").message("analysis.prometheus.url is required when gates are declared"))]
+pub struct AnalysisSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSpec>,
+    /// Time between gate evaluations.
+    #[serde(default = "default_interval")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("analysis.interval must be a duration such as 15s or 1m"))]
+    pub interval: String,
+    /// Consecutive failed evaluations of a gate before rollback.
+    #[serde(default = "default_failure_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_limit: i32,
+    /// Consecutive evaluations without evidence (no data, Prometheus unreachable) before pausing.
+    #[serde(default = "default_inconclusive_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub inconclusive_limit: i32,
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(g, self.filter(h, h.name == g.name).size() == 1)").message("analysis.gates: gate names must be unique"))]
+    pub gates: Vec<Gate>,
+}
+
+fn default_interval() -> String {
+    "15s".into()
+}
+fn default_failure_limit() -> i32 {
+    2
+}
+fn default_inconclusive_limit() -> i32 {
+    4
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PrometheusSpec {
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("analysis.prometheus.url must start with http:// or https://"))]
+    pub url: String,
+}
+
+/// A PromQL instant query whose value must stay within `min`..`max`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.max) || has(self.min)").message("a gate needs a threshold: set max, min or both"))]
+#[x_kube(validation = Rule::new("!has(self.max) || !has(self.min) || self.min <= self.max").message("a gate's min must not exceed its max"))]
+pub struct Gate {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// What an empty result means for this gate.
+    #[serde(default)]
+    pub on_no_data: NoDataPolicy,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoDataPolicy {
+    #[default]
+    Inconclusive,
+    Pass,
+    Fail,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackSpec {
+    /// Roll back on failing gates and firing alerts without a human.
+    #[serde(default = "yes")]
+    pub automatic: bool,
+    /// Alert names that force a rollback while firing.
+    #[serde(default)]
+    pub on_alerts: Vec<String>,
+}
+
+impl Default for RollbackSpec {
+    fn default() -> Self {
+        Self { automatic: true, on_alerts: Vec::new() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CutoverSpec {
+    /// Keep writing the legacy store after the new one becomes primary, so rollback stays possible.
+    #[serde(default = "yes")]
+    pub reverse_dual_write: bool,
+    /// Complete on its own after this long in CutOver with healthy gates; absent = complete only
+    /// when promoted by hand (`ficus.dev/promote`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("cutover.completeAfter must be a duration such as 30m or 24h"))]
+    pub complete_after: Option<String>,
+    /// Scale the legacy Deployment to 0 replicas on completion.
+    #[serde(default)]
+    pub scale_down_legacy: bool,
+}
+
+impl Default for CutoverSpec {
+    fn default() -> Self {
+        Self { reverse_dual_write: true, complete_after: None, scale_down_legacy: false }
+    }
+}
+
+/// Where a migration is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Preflight,
+    Shadow,
+    Backfill,
+    Split,
+    CutOver,
+    Completed,
+    Paused,
+    RollingBack,
+    RolledBack,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 10] = [
+        Phase::Pending,
+        Phase::Preflight,
+        Phase::Shadow,
+        Phase::Backfill,
+        Phase::Split,
+        Phase::CutOver,
+        Phase::Completed,
+        Phase::Paused,
+        Phase::RollingBack,
+        Phase::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Preflight => "Preflight",
+            Phase::Shadow => "Shadow",
+            Phase::Backfill => "Backfill",
+            Phase::Split => "Split",
+            Phase::CutOver => "CutOver",
+            Phase::Completed => "Completed",
+            Phase::Paused => "Paused",
+            Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
+        }
+    }
+
+    /// Phases from which a failing gate, an alert or an abort rolls back.
+    pub fn is_active(self) -> bool {
+        matches!(self, Phase::Preflight | Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver | Phase::Paused)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which store must succeed for a write to succeed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WritePrimary {
+    #[default]
+    Legacy,
+    New,
+}
+
+/// The dual-write setting as services read it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DualWrite {
+    #[default]
+    Off,
+    Sync,
+    Async,
+}
+
+impl From<DualWriteMode> for DualWrite {
+    fn from(m: DualWriteMode) -> Self {
+        match m {
+            DualWriteMode::Sync => DualWrite::Sync,
+            DualWriteMode::Async => DualWrite::Async,
+        }
+    }
+}
+
+/// The flag document (DESIGN §3) without its generation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FlagValues {
+    pub write_primary: WritePrimary,
+    pub dual_write: DualWrite,
+    pub shadow_read_percent: i32,
+    pub read_split_percent: i32,
+}
+
+/// Flags as last written to the stores, with the generation the services should report.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedFlags {
+    pub generation: i64,
+    #[serde(flatten)]
+    pub values: FlagValues,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PauseReason {
+    /// `spec.paused: true`.
+    Manual,
+    /// `inconclusiveLimit` evaluations in a row without evidence.
+    Inconclusive,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseState {
+    /// The phase to resume.
+    pub from: Phase,
+    pub reason: PauseReason,
+}
+
+/// One gate's outcome in an evaluation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
+    Error,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GateResult {
+    pub name: String,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRun {
+    pub time: Time,
+    pub gates: Vec<GateResult>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    pub time: Time,
+    pub from: Phase,
+    pub to: Phase,
+    /// Traffic percent after the transition.
+    pub traffic_percent: i32,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRecord {
+    pub time: Time,
+    /// The phase rolled back from.
+    pub from: Phase,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    /// 1-based index of the current traffic step (Split), absent before the first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    /// Share of users on the new system.
+    #[serde(default)]
+    pub traffic_percent: i32,
+    /// "True"/"False"/"Unknown": the last analysis, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_started_at: Option<Time>,
+    /// When the current bake started (phase entry, step entry, or a spec change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Every gate has passed continuously since this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passing_since: Option<Time>,
+    #[serde(default)]
+    pub consecutive_failures: i32,
+    #[serde(default)]
+    pub consecutive_inconclusive: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<AnalysisRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PauseState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<RollbackRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_flags: Option<AppliedFlags>,
+    /// Legacy replicas before the operator first scaled it, restored on rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_replicas_before: Option<i32>,
+    /// Name of the backfill Job of this attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill_job: Option<String>,
+    /// Attempt number, bumped by every retry (names Jobs uniquely).
+    #[serde(default)]
+    pub attempt: i32,
+    /// The spec generation the phase plan was last reconciled against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The most recent transitions, newest last (bounded).
+    #[serde(default)]
+    pub history: Vec<Transition>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Annotations a user sets for manual control (`kubectl annotate`).
+pub mod annotations {
+    /// Skip the rest of the current bake.
+    pub const PROMOTE: &str = "ficus.dev/promote";
+    /// Roll back now.
+    pub const ABORT: &str = "ficus.dev/abort";
+    /// Start again after a rollback.
+    pub const RETRY: &str = "ficus.dev/retry";
+}

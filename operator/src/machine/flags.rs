@@ -1,0 +1,50 @@
+//! The flag document each phase asks the services to apply (DESIGN §3).
+
+use crate::crd::{DualWrite, FlagValues, MigrationSpec, MigrationStatus, Phase, WritePrimary};
+
+/// Flags for the phase in `status`; None where the operator leaves the stores alone (Pending).
+pub fn desired_flags(spec: &MigrationSpec, status: &MigrationStatus) -> Option<FlagValues> {
+    let phase = match (&status.phase, &status.paused) {
+        // Paused keeps the paused phase's flags: pausing changes nothing for users.
+        (Phase::Paused, Some(p)) => p.from,
+        (phase, _) => *phase,
+    };
+    let dual: DualWrite = spec.shadow.dual_write.into();
+    let sample = spec.shadow.read_sample_percent;
+    let legacy = |dual_write, shadow_read_percent, read_split_percent| FlagValues {
+        write_primary: WritePrimary::Legacy,
+        dual_write,
+        shadow_read_percent,
+        read_split_percent,
+    };
+    Some(match phase {
+        Phase::Pending | Phase::Paused => return None,
+        Phase::Preflight => legacy(DualWrite::Off, 0, 0),
+        Phase::Shadow | Phase::Backfill => legacy(dual, sample, 0),
+        Phase::Split => legacy(dual, sample, status.traffic_percent),
+        Phase::CutOver => FlagValues {
+            write_primary: WritePrimary::New,
+            dual_write: if spec.cutover.reverse_dual_write { dual } else { DualWrite::Off },
+            shadow_read_percent: if spec.cutover.reverse_dual_write { sample } else { 0 },
+            read_split_percent: 100,
+        },
+        Phase::Completed => FlagValues { write_primary: WritePrimary::New, dual_write: DualWrite::Off, shadow_read_percent: 0, read_split_percent: 100 },
+        Phase::RollingBack | Phase::RolledBack => rollback_flags(spec),
+    })
+}
+
+/// The last safe state: no user on the new system, legacy primary, dual-write kept on so the
+/// new store stays in sync for a retry.
+pub fn rollback_flags(spec: &MigrationSpec) -> FlagValues {
+    FlagValues { write_primary: WritePrimary::Legacy, dual_write: spec.shadow.dual_write.into(), shadow_read_percent: 0, read_split_percent: 0 }
+}
+
+/// What a deleted Migration leaves behind. A completed migration leaves the new system in
+/// charge (turning legacy primary again would serve stale data); anything else returns to the
+/// legacy system alone, since no operator will keep the new store in sync any more.
+pub fn deletion_flags(phase: Phase) -> FlagValues {
+    match phase {
+        Phase::Completed => FlagValues { write_primary: WritePrimary::New, dual_write: DualWrite::Off, shadow_read_percent: 0, read_split_percent: 100 },
+        _ => FlagValues { write_primary: WritePrimary::Legacy, dual_write: DualWrite::Off, shadow_read_percent: 0, read_split_percent: 0 },
+    }
+}

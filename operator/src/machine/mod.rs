@@ -1,0 +1,597 @@
+//! The phase machine: `decide(spec, status, observations, now) -> Decision`.
+//!
+//! Pure: no I/O, no clock. The reconciler gathers [`Observations`], calls [`decide`] and applies
+//! the [`Decision`] idempotently. Everything the machine needs to resume after a restart lives in
+//! `MigrationStatus`, so a new operator process continues exactly where the old one stopped.
+
+mod conditions;
+mod flags;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::crd::{
+    AnalysisRun, AppliedFlags, GateResult, MigrationSpec, MigrationStatus, PauseReason, PauseState,
+    Phase, RollbackRecord, Transition, Verdict, annotations,
+};
+use crate::duration;
+
+pub use conditions::{DEGRADED, PROGRESSING, READY};
+pub use flags::{desired_flags, rollback_flags, deletion_flags};
+
+/// How many transitions `status.history` keeps.
+pub const HISTORY_LIMIT: usize = 20;
+/// Longest time between reconciles of a Migration with nothing scheduled.
+pub const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+
+/// Manual commands, read from annotations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Commands {
+    pub promote: bool,
+    pub abort: bool,
+    pub retry: bool,
+}
+
+/// Something in the environment that blocks progress (never rollback): a missing Deployment, a
+/// flag store the operator may not write, an invalid gate query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// PascalCase, used as condition and Event reason.
+    pub reason: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { reason: reason.into(), message: message.into() }
+    }
+}
+
+/// A workload as seen by its driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkloadState {
+    pub replicas: i32,
+    pub ready_replicas: i32,
+}
+
+/// The backfill Job of the current attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Missing,
+    Running,
+    Succeeded,
+    Failed(String),
+}
+
+/// What the reconciler saw before deciding.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observations {
+    /// `metadata.generation` of the Migration.
+    pub generation: i64,
+    pub commands: Commands,
+    /// The flag document currently in the stores (None: never written).
+    pub flags: Option<AppliedFlags>,
+    /// Present when the spec names workloads and they exist.
+    pub legacy: Option<WorkloadState>,
+    pub candidate: Option<WorkloadState>,
+    /// A fresh gate evaluation, when one was due this reconcile.
+    pub analysis: Option<Vec<GateResult>>,
+    /// Names from `rollback.onAlerts` that are firing now.
+    pub firing_alerts: Vec<String>,
+    pub backfill: Option<JobState>,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// A Kubernetes Event to publish on the Migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub type_: EventType,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Which workload an action is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Legacy,
+    Candidate,
+}
+
+/// What the reconciler must do, all of it idempotent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The status to write (only written when it differs from the current one).
+    pub status: MigrationStatus,
+    /// Flags to write to every store when they differ from what is there.
+    pub flags: Option<AppliedFlags>,
+    /// Desired replicas per workload.
+    pub scale: Vec<(Side, i32)>,
+    /// Create the backfill Job with this name when it does not exist.
+    pub create_backfill_job: Option<String>,
+    pub events: Vec<Note>,
+    /// Command annotations handled by this decision, to remove.
+    pub consumed: Vec<&'static str>,
+    pub requeue_after: Duration,
+}
+
+/// Decides what happens next. See DESIGN §2 and `docs/architecture.md`.
+pub fn decide(spec: &MigrationSpec, current: &MigrationStatus, obs: &Observations, now: Timestamp) -> Decision {
+    let mut m = Machine { spec, obs, now, status: current.clone(), events: Vec::new(), consumed: Vec::new(), scale: Vec::new(), create_job: None };
+    m.run();
+    m.finish(current)
+}
+
+struct Machine<'a> {
+    spec: &'a MigrationSpec,
+    obs: &'a Observations,
+    now: Timestamp,
+    status: MigrationStatus,
+    events: Vec<Note>,
+    consumed: Vec<&'static str>,
+    scale: Vec<(Side, i32)>,
+    create_job: Option<String>,
+}
+
+impl Machine<'_> {
+    fn run(&mut self) {
+        self.apply_spec_change();
+        self.record_analysis();
+
+        let phase = self.status.phase;
+        let cmd = &self.obs.commands;
+
+        // Rollback wins over everything else, from every active phase.
+        if let Some((reason, message)) = self.rollback_cause() {
+            return self.roll_back(&reason, &message);
+        }
+        if cmd.abort && !phase.is_active() {
+            self.consumed.push(annotations::ABORT);
+            if phase == Phase::Completed {
+                self.note(EventType::Warning, "AbortIgnored", "the migration is complete; there is nothing to roll back");
+            }
+        }
+        if cmd.promote {
+            // Consumed everywhere so a stale promote never fires in a later phase.
+            self.consumed.push(annotations::PROMOTE);
+            if !matches!(phase, Phase::Shadow | Phase::Split | Phase::CutOver) {
+                self.note(EventType::Warning, "PromoteIgnored", format!("nothing to promote in phase {phase}"));
+            }
+        }
+        if cmd.retry {
+            self.consumed.push(annotations::RETRY);
+            if phase == Phase::RolledBack {
+                return self.retry();
+            }
+        }
+
+        match phase {
+            Phase::Pending => self.transition(Phase::Preflight, "Started", "checking flag stores and workloads"),
+            Phase::Preflight => self.preflight(),
+            Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver => self.active(),
+            Phase::Paused => self.paused(),
+            Phase::RollingBack => self.rolling_back(),
+            Phase::RolledBack | Phase::Completed => {}
+        }
+    }
+
+    /// A spec edit during Split re-maps the step: keep the largest step not above the current
+    /// traffic so traffic never grows without evidence, and bake again.
+    fn apply_spec_change(&mut self) {
+        let generation = self.obs.generation;
+        let changed = self.status.observed_generation.is_some_and(|g| g != generation);
+        self.status.observed_generation = Some(generation);
+        if !changed {
+            return;
+        }
+        let in_split = self.status.phase == Phase::Split
+            || self.status.paused.as_ref().is_some_and(|p| p.from == Phase::Split);
+        let Some(step) = self.status.step.filter(|_| in_split) else { return };
+        let traffic = self.status.traffic_percent;
+        let steps = &self.spec.steps;
+        let index = steps.iter().rposition(|&s| s <= traffic).unwrap_or(0);
+        let new_step = index as i32 + 1;
+        let new_traffic = steps.get(index).copied().unwrap_or(traffic);
+        if new_step == step && new_traffic == traffic {
+            return;
+        }
+        let from = self.status.phase;
+        self.status.step = Some(new_step);
+        self.status.traffic_percent = new_traffic;
+        self.restart_bake();
+        self.push_history(from, from, "SpecChanged", format!("steps changed: now step {new_step}/{} at {new_traffic}%", steps.len()));
+        self.note(EventType::Normal, "SpecChanged", format!("steps changed: continuing at step {new_step}/{} ({new_traffic}%), bake restarted", steps.len()));
+    }
+
+    /// Folds a fresh evaluation into the counters and the passing streak.
+    fn record_analysis(&mut self) {
+        let Some(gates) = &self.obs.analysis else { return };
+        let evaluating = matches!(self.status.phase, Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver | Phase::Paused);
+        if !evaluating {
+            return;
+        }
+        self.status.last_analysis = Some(AnalysisRun { time: Time(self.now), gates: gates.clone() });
+        let any = |v: Verdict| gates.iter().any(|g| g.verdict == v);
+        if any(Verdict::Error) {
+            self.status.passing_since = None;
+        } else if any(Verdict::Fail) {
+            self.status.consecutive_failures += 1;
+            self.status.consecutive_inconclusive = 0;
+            self.status.passing_since = None;
+        } else if any(Verdict::Inconclusive) {
+            self.status.consecutive_inconclusive += 1;
+            self.status.passing_since = None;
+        } else {
+            self.status.consecutive_failures = 0;
+            self.status.consecutive_inconclusive = 0;
+            self.status.passing_since.get_or_insert(Time(self.now));
+        }
+    }
+
+    fn rollback_cause(&mut self) -> Option<(String, String)> {
+        let phase = self.status.phase;
+        if !phase.is_active() && phase != Phase::Pending {
+            return None;
+        }
+        if self.obs.commands.abort {
+            self.consumed.push(annotations::ABORT);
+            return Some(("Aborted".into(), format!("{} annotation set", annotations::ABORT)));
+        }
+        if !self.spec.rollback.automatic || !phase.is_active() {
+            return None;
+        }
+        if let Some(alert) = self.obs.firing_alerts.first() {
+            return Some(("AlertFiring".into(), format!("alert {alert} is firing")));
+        }
+        let limit = self.spec.analysis.as_ref().map_or(i32::MAX, |a| a.failure_limit);
+        if self.status.consecutive_failures >= limit {
+            let failing = self.failing_gates();
+            return Some(("GateFailed".into(), format!("{failing} failed {limit} evaluation(s) in a row")));
+        }
+        if let Some(JobState::Failed(msg)) = &self.obs.backfill
+            && self.current_phase() == Phase::Backfill
+        {
+            return Some(("BackfillFailed".into(), format!("backfill job failed: {msg}")));
+        }
+        None
+    }
+
+    fn failing_gates(&self) -> String {
+        let Some(run) = &self.status.last_analysis else { return "a gate".into() };
+        let parts: Vec<String> = run
+            .gates
+            .iter()
+            .filter(|g| g.verdict == Verdict::Fail)
+            .map(|g| {
+                let value = g.value.map_or_else(|| "no data".to_string(), |v| format!("{v}"));
+                let range = match (g.min, g.max) {
+                    (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+                    (None, Some(hi)) => format!("max {hi}"),
+                    (Some(lo), None) => format!("min {lo}"),
+                    (None, None) => String::new(),
+                };
+                format!("gate {} = {value} ({range})", g.name)
+            })
+            .collect();
+        if parts.is_empty() { "a gate".into() } else { parts.join(", ") }
+    }
+
+    /// The phase whose plan is in force (the paused-from phase while Paused).
+    fn current_phase(&self) -> Phase {
+        match (&self.status.phase, &self.status.paused) {
+            (Phase::Paused, Some(p)) => p.from,
+            (phase, _) => *phase,
+        }
+    }
+
+    fn roll_back(&mut self, reason: &str, message: &str) {
+        let from = self.current_phase();
+        self.status.last_rollback = Some(RollbackRecord { time: Time(self.now), from, reason: reason.into(), message: message.into() });
+        self.status.paused = None;
+        self.status.step = None;
+        self.transition(Phase::RollingBack, reason, message);
+        self.status.traffic_percent = 0;
+        self.restore_legacy();
+    }
+
+    fn restore_legacy(&mut self) {
+        if let (Some(before), Some(legacy)) = (self.status.legacy_replicas_before, self.obs.legacy)
+            && legacy.replicas < before
+        {
+            self.scale.push((Side::Legacy, before));
+        }
+    }
+
+    fn rolling_back(&mut self) {
+        self.restore_legacy();
+        let flags_safe = self.obs.flags.is_some_and(|f| f.values == rollback_flags(self.spec));
+        let legacy_back = match (self.status.legacy_replicas_before, self.obs.legacy) {
+            (Some(before), Some(legacy)) => legacy.replicas >= before,
+            _ => true,
+        };
+        if flags_safe && legacy_back {
+            let message = self.status.last_rollback.as_ref().map_or_else(String::new, |r| r.message.clone());
+            self.transition(Phase::RolledBack, "RolledBack", &format!("safe state applied (0% new, legacy primary): {message}"));
+        }
+    }
+
+    fn retry(&mut self) {
+        self.status.attempt += 1;
+        self.status.backfill_job = None;
+        self.status.consecutive_failures = 0;
+        self.status.consecutive_inconclusive = 0;
+        self.status.last_analysis = None;
+        self.transition(Phase::Pending, "Retry", &format!("{} annotation set: starting attempt {}", annotations::RETRY, self.status.attempt + 1));
+    }
+
+    fn preflight(&mut self) {
+        if !self.obs.problems.is_empty() {
+            return;
+        }
+        if self.status.legacy_replicas_before.is_none() {
+            self.status.legacy_replicas_before = self.obs.legacy.map(|l| l.replicas);
+        }
+        // The stores must hold the preflight flags: proof that they are writable.
+        let written = self.obs.flags.is_some_and(|f| Some(f.values) == desired_flags(self.spec, &self.status));
+        if written {
+            self.transition(Phase::Shadow, "PreflightPassed", "flag stores writable, workloads present; shadow traffic starts");
+        }
+    }
+
+    fn paused(&mut self) {
+        let Some(pause) = self.status.paused.clone() else {
+            // A Paused phase without its record cannot resume anywhere sensible.
+            return self.roll_back("PauseStateLost", "paused without a phase to resume");
+        };
+        match pause.reason {
+            PauseReason::Manual if !self.spec.paused => self.resume(pause.from, "Resumed", "spec.paused is false"),
+            PauseReason::Inconclusive if self.spec.paused => {
+                self.status.paused = Some(PauseState { from: pause.from, reason: PauseReason::Manual });
+            }
+            PauseReason::Inconclusive if self.status.passing_since.is_some() => {
+                self.resume(pause.from, "EvidenceReturned", "every gate passes again")
+            }
+            _ => {}
+        }
+    }
+
+    fn resume(&mut self, to: Phase, reason: &str, message: &str) {
+        self.status.paused = None;
+        self.transition(to, reason, message);
+    }
+
+    /// Shadow, Backfill, Split and CutOver: bake, then promote.
+    fn active(&mut self) {
+        let phase = self.status.phase;
+        if self.spec.paused {
+            self.status.paused = Some(PauseState { from: phase, reason: PauseReason::Manual });
+            return self.transition(Phase::Paused, "Paused", "spec.paused is true");
+        }
+        let limit = self.spec.analysis.as_ref().map_or(i32::MAX, |a| a.inconclusive_limit);
+        if self.status.consecutive_inconclusive >= limit {
+            self.status.paused = Some(PauseState { from: phase, reason: PauseReason::Inconclusive });
+            return self.transition(Phase::Paused, "Inconclusive", &format!("{limit} evaluation(s) in a row without evidence; waiting for the gates to answer"));
+        }
+        if phase == Phase::Backfill {
+            return self.backfill();
+        }
+        let promote = self.obs.commands.promote;
+        if !self.obs.problems.is_empty() {
+            return;
+        }
+        if !(promote || self.baked()) {
+            return;
+        }
+        let how = if promote { "promoted by hand" } else { "every gate passed for the bake time" };
+        self.promote(how);
+    }
+
+    fn backfill(&mut self) {
+        let name = format!("{}-backfill-{}", self.spec.service, self.status.attempt + 1);
+        match &self.obs.backfill {
+            Some(JobState::Succeeded) => self.promote("backfill job succeeded"),
+            Some(JobState::Missing) | None => {
+                self.status.backfill_job = Some(name.clone());
+                self.create_job = Some(name);
+            }
+            Some(JobState::Running) | Some(JobState::Failed(_)) => {}
+        }
+    }
+
+    /// The next phase in the plan after the current one.
+    fn promote(&mut self, how: &str) {
+        let steps = &self.spec.steps;
+        match self.status.phase {
+            Phase::Shadow if self.spec.backfill.is_some() => self.transition(Phase::Backfill, "ShadowPassed", how),
+            Phase::Shadow | Phase::Backfill => self.enter_step(1, how),
+            Phase::Split => match self.status.step {
+                Some(s) if (s as usize) < steps.len() => self.enter_step(s + 1, how),
+                _ => self.transition(Phase::CutOver, "CutOver", &format!("{how}; the new system becomes primary")),
+            },
+            Phase::CutOver => {
+                self.transition(Phase::Completed, "Completed", &format!("{how}; the new system serves alone"));
+                if self.spec.cutover.scale_down_legacy && self.spec.legacy.is_some() {
+                    self.scale.push((Side::Legacy, 0));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn enter_step(&mut self, step: i32, how: &str) {
+        let traffic = self.spec.steps.get(step as usize - 1).copied().unwrap_or(0);
+        let from = self.status.phase;
+        self.status.step = Some(step);
+        self.status.traffic_percent = traffic;
+        self.restart_bake();
+        if from != Phase::Split {
+            self.status.phase = Phase::Split;
+            self.status.phase_started_at = Some(Time(self.now));
+        }
+        let message = format!("step {step}/{}: {traffic}% of users on the new system ({how})", self.spec.steps.len());
+        self.push_history(from, Phase::Split, "Promoted", message.clone());
+        self.note(EventType::Normal, "Promoted", message);
+    }
+
+    /// Has the current phase baked long enough with passing gates?
+    fn baked(&self) -> bool {
+        let Some(needed) = self.bake_duration() else { return false };
+        let Some(started) = &self.status.step_started_at else { return false };
+        if elapsed(self.now, started.0) < needed {
+            return false;
+        }
+        if self.has_gates() {
+            match &self.status.passing_since {
+                Some(since) if elapsed(self.now, since.0) >= needed => {}
+                _ => return false,
+            }
+        }
+        self.workloads_ready()
+    }
+
+    fn workloads_ready(&self) -> bool {
+        let ready = |w: &Option<crate::crd::Workload>, s: Option<WorkloadState>| match w {
+            Some(w) if w.require_ready => s.is_some_and(|s| s.ready_replicas >= s.replicas.max(1)),
+            _ => true,
+        };
+        ready(&self.spec.legacy, self.obs.legacy) && ready(&self.spec.candidate, self.obs.candidate)
+    }
+
+    /// How long the current phase must bake; None = only a manual promote moves on.
+    fn bake_duration(&self) -> Option<Duration> {
+        let parse = |s: &str| duration::parse(s).ok();
+        match self.status.phase {
+            Phase::Shadow => parse(&self.spec.shadow.duration),
+            Phase::Split => parse(&self.spec.bake_time),
+            Phase::CutOver => self.spec.cutover.complete_after.as_deref().and_then(parse),
+            _ => None,
+        }
+    }
+
+    fn has_gates(&self) -> bool {
+        self.spec.analysis.as_ref().is_some_and(|a| !a.gates.is_empty())
+    }
+
+    fn restart_bake(&mut self) {
+        self.status.step_started_at = Some(Time(self.now));
+        self.status.passing_since = if self.has_gates() { None } else { Some(Time(self.now)) };
+        self.status.consecutive_failures = 0;
+        self.status.consecutive_inconclusive = 0;
+    }
+
+    fn transition(&mut self, to: Phase, reason: &str, message: &str) {
+        let from = self.status.phase;
+        self.status.phase = to;
+        self.status.phase_started_at = Some(Time(self.now));
+        match to {
+            Phase::Pending | Phase::Preflight | Phase::Shadow | Phase::Backfill => {
+                self.status.step = None;
+                self.status.traffic_percent = 0;
+            }
+            Phase::CutOver | Phase::Completed => {
+                self.status.step = None;
+                self.status.traffic_percent = 100;
+            }
+            _ => {}
+        }
+        if to != Phase::Paused {
+            self.restart_bake();
+        }
+        let type_ = match to {
+            Phase::RollingBack | Phase::RolledBack => EventType::Warning,
+            Phase::Paused if reason == "Inconclusive" => EventType::Warning,
+            _ => EventType::Normal,
+        };
+        self.push_history(from, to, reason, message.to_string());
+        self.note(type_, reason, format!("{from} -> {to}: {message}"));
+    }
+
+    fn push_history(&mut self, from: Phase, to: Phase, reason: &str, message: String) {
+        let h = &mut self.status.history;
+        h.push(Transition { time: Time(self.now), from, to, traffic_percent: self.status.traffic_percent, reason: reason.into(), message });
+        if h.len() > HISTORY_LIMIT {
+            h.drain(..h.len() - HISTORY_LIMIT);
+        }
+    }
+
+    fn note(&mut self, type_: EventType, reason: &str, message: impl Into<String>) {
+        self.events.push(Note { type_, reason: reason.into(), message: message.into() });
+    }
+
+    fn finish(mut self, previous: &MigrationStatus) -> Decision {
+        let flags = desired_flags(self.spec, &self.status).map(|values| match self.obs.flags {
+            Some(cur) if cur.values == values => cur,
+            Some(cur) => AppliedFlags { generation: cur.generation + 1, values },
+            None => AppliedFlags { generation: 1, values },
+        });
+        if let Some(f) = flags {
+            self.status.applied_flags = Some(f);
+        }
+        self.status.healthy = Some(self.healthy().into());
+        let degraded_note = conditions::update(&mut self.status, previous, &self.obs.problems, self.now);
+        if let Some(note) = degraded_note {
+            self.events.push(note);
+        }
+        let requeue_after = self.requeue_after(flags);
+        self.consumed.sort_unstable();
+        self.consumed.dedup();
+        Decision {
+            status: self.status,
+            flags,
+            scale: self.scale,
+            create_backfill_job: self.create_job,
+            events: self.events,
+            consumed: self.consumed,
+            requeue_after,
+        }
+    }
+
+    fn healthy(&self) -> &'static str {
+        if !self.obs.firing_alerts.is_empty() {
+            return "False";
+        }
+        match &self.status.last_analysis {
+            _ if !self.has_gates() => "True",
+            None => "Unknown",
+            Some(run) if run.gates.iter().any(|g| g.verdict == Verdict::Fail) => "False",
+            Some(run) if run.gates.iter().all(|g| g.verdict == Verdict::Pass) => "True",
+            Some(_) => "Unknown",
+        }
+    }
+
+    /// The next moment something can change on its own.
+    fn requeue_after(&self, flags: Option<AppliedFlags>) -> Duration {
+        // Transitions continue at once: the status write triggers the next reconcile anyway,
+        // this is the fallback.
+        let moved = flags != self.obs.flags || self.status.phase == Phase::RollingBack || self.status.phase == Phase::Pending;
+        if moved {
+            return Duration::from_millis(200);
+        }
+        if !self.obs.problems.is_empty() {
+            // Back off without stored state: wait about as long as the problem has lasted.
+            let since = conditions::degraded_since(&self.status).map_or(Duration::ZERO, |t| elapsed(self.now, t));
+            return since.clamp(Duration::from_secs(2), Duration::from_secs(120));
+        }
+        let mut next = IDLE_REQUEUE;
+        if let (Some(bake), Some(started)) = (self.bake_duration(), &self.status.step_started_at) {
+            let left = bake.saturating_sub(elapsed(self.now, started.0));
+            next = next.min(left.max(Duration::from_millis(100)));
+        }
+        next
+    }
+}
+
+/// Time from `earlier` to `now`, zero when the clock went backwards.
+pub fn elapsed(now: Timestamp, earlier: Timestamp) -> Duration {
+    let ms = now.as_millisecond().saturating_sub(earlier.as_millisecond());
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}

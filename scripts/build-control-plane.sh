@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the test control plane (kube-apiserver + etcd) from their Go modules and caches the
+# binaries under ~/.cache/ficus/bin, keyed by version. Idempotent: a cached binary is reused.
+#
+# kube-apiserver lives in k8s.io/kubernetes, whose go.mod points every k8s.io/* staging module at
+# a local path. A throwaway module pins each of those to the matching v0.x release instead.
+set -euo pipefail
+
+KUBE_VERSION="${FICUS_KUBE_VERSION:-v1.35.4}"
+ETCD_VERSION="${FICUS_ETCD_VERSION:-v3.6.16}"
+CACHE="${FICUS_CACHE:-$HOME/.cache/ficus}"
+BIN="$CACHE/bin"
+mkdir -p "$BIN"
+
+log() { printf '[control-plane] %s\n' "$*" >&2; }
+
+build_etcd() {
+  local out="$BIN/etcd-$ETCD_VERSION"
+  if [[ -x "$out" ]]; then log "etcd $ETCD_VERSION cached at $out"; return; fi
+  local work; work="$(mktemp -d)"
+  log "building etcd $ETCD_VERSION (first time only)"
+  (
+    cd "$work"
+    go mod init ficus.dev/etcd-build >/dev/null 2>&1
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
+    CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out.tmp" go.etcd.io/etcd/server/v3
+  )
+  mv "$out.tmp" "$out"
+  rm -rf "$work"
+  log "etcd ready: $out"
+}
+
+build_apiserver() {
+  local out="$BIN/kube-apiserver-$KUBE_VERSION"
+  if [[ -x "$out" ]]; then log "kube-apiserver $KUBE_VERSION cached at $out"; return; fi
+  local work; work="$(mktemp -d)"
+  local staging="v0.${KUBE_VERSION#v1.}"
+  log "building kube-apiserver $KUBE_VERSION (first time only; several minutes)"
+  (
+    cd "$work"
+    go mod init ficus.dev/kube-apiserver-build >/dev/null 2>&1
+    # Read the staging module names from kubernetes' own go.mod so the list never goes stale.
+    local gomod
+    gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
+    local mods
+    mods="$(grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging' "$gomod" | awk '{print $1}' | sort -u)"
+    {
+      echo "require k8s.io/kubernetes $KUBE_VERSION"
+      echo "replace ("
+      for m in $mods; do echo "  $m => $m $staging"; done
+      echo ")"
+    } >>go.mod
+    printf 'package tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >tools.go
+    go mod tidy >/dev/null 2>&1 || go mod tidy
+    CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+  )
+  mv "$out.tmp" "$out"
+  rm -rf "$work"
+  log "kube-apiserver ready: $out"
+}
+
+case "${1:-all}" in
+  etcd) build_etcd ;;
+  kube-apiserver) build_apiserver ;;
+  all) build_etcd; build_apiserver ;;
+  *) echo "usage: $0 [all|etcd|kube-apiserver]" >&2; exit 2 ;;
+esac
