@@ -43,7 +43,9 @@ pub struct CertFiles {
 pub fn generate(dir: &Path) -> Result<CertFiles, HarnessError> {
     // rcgen's default validity (1975..4096) is fine for certificates that live for one test run.
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "ficus-e2e-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ficus-e2e-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -55,16 +57,25 @@ pub fn generate(dir: &Path) -> Result<CertFiles, HarnessError> {
     let ca = Issuer::new(ca_params, ca_key);
 
     let mut serving = CertificateParams::new(
-        SERVING_NAMES.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        SERVING_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
     )?;
-    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let (serving_cert, serving_key) = sign(serving, &ca)?;
 
     // The apiserver maps CN to the user name and O to groups.
     let mut admin = CertificateParams::new(Vec::<String>::new())?;
-    admin.distinguished_name.push(DnType::CommonName, ADMIN_USER);
-    admin.distinguished_name.push(DnType::OrganizationName, ADMIN_GROUP);
+    admin
+        .distinguished_name
+        .push(DnType::CommonName, ADMIN_USER);
+    admin
+        .distinguished_name
+        .push(DnType::OrganizationName, ADMIN_GROUP);
     admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let (admin_cert, admin_key) = sign(admin, &ca)?;
 
@@ -95,9 +106,15 @@ pub fn generate(dir: &Path) -> Result<CertFiles, HarnessError> {
 }
 
 /// Signs a leaf certificate with a fresh key; returns (cert PEM, key PEM).
-fn sign(mut params: CertificateParams, ca: &Issuer<'_, KeyPair>) -> Result<(String, String), HarnessError> {
+fn sign(
+    mut params: CertificateParams,
+    ca: &Issuer<'_, KeyPair>,
+) -> Result<(String, String), HarnessError> {
     params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, ca)?;
     Ok((cert.pem(), key.serialize_pem()))

@@ -20,6 +20,8 @@ use tempfile::TempDir;
 use crate::{HarnessError, certs, process::Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Temp dirs are `ficus-e2e-<pid>-<random>`: the pid lets later runs clean up after killed ones.
+const DIR_PREFIX: &str = "ficus-e2e-";
 
 /// Where `scripts/build-control-plane.sh` caches the binaries (same env overrides and defaults).
 #[derive(Debug, Clone)]
@@ -31,9 +33,13 @@ pub struct Binaries {
 impl Binaries {
     /// Locates both binaries, or says which one is missing and how to build it.
     pub fn locate() -> Result<Self, HarnessError> {
-        let cache = env::var_os("FICUS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            env::home_dir().unwrap_or_else(|| PathBuf::from("/root")).join(".cache/ficus")
-        });
+        let cache = env::var_os("FICUS_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                env::home_dir()
+                    .unwrap_or_else(|| PathBuf::from("/root"))
+                    .join(".cache/ficus")
+            });
         let find = |name: &str, var: &str, default: &str| {
             let version = env::var(var).unwrap_or_else(|_| default.to_owned());
             let path = cache.join("bin").join(format!("{name}-{version}"));
@@ -62,7 +68,7 @@ impl Binaries {
 /// can be shared by every test in a binary: ask it for a fresh [`Client`] per test.
 #[derive(Debug)]
 pub struct ControlPlane {
-    // Field order matters for Drop: processes are killed in `Drop::drop`, then the dir goes.
+    // `Drop::drop` kills the processes before the fields drop, so the temp dir goes last.
     apiserver: Proc,
     etcd: Proc,
     server: String,
@@ -104,8 +110,9 @@ impl ControlPlane {
         let bins = Binaries::locate()?;
         let begin = Instant::now();
         let tmp = env::temp_dir();
+        remove_stale_dirs(&tmp);
         let dir = tempfile::Builder::new()
-            .prefix("ficus-e2e-")
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .map_err(HarnessError::io("creating a temp dir in", &tmp))?;
         let path = |name: &str| dir.path().join(name);
@@ -141,7 +148,6 @@ impl ControlPlane {
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={api_port}"),
                 format!("--etcd-servers={etcd_url}"),
-                format!("--cert-dir={}", path("apiserver").display()),
                 format!("--tls-cert-file={}", file(&certs.serving_cert)),
                 format!("--tls-private-key-file={}", file(&certs.serving_key)),
                 format!("--client-ca-file={}", file(&certs.ca_cert)),
@@ -149,8 +155,14 @@ impl ControlPlane {
                 "--allow-privileged=true".into(),
                 "--authorization-mode=RBAC".into(),
                 "--service-account-issuer=https://localhost".into(),
-                format!("--service-account-key-file={}", file(&certs.service_account_pub)),
-                format!("--service-account-signing-key-file={}", file(&certs.service_account_key)),
+                format!(
+                    "--service-account-key-file={}",
+                    file(&certs.service_account_pub)
+                ),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    file(&certs.service_account_key)
+                ),
                 // Without a controller-manager no token controller exists to satisfy it.
                 "--disable-admission-plugins=ServiceAccount".into(),
             ],
@@ -176,9 +188,16 @@ impl ControlPlane {
             "current-context": "ficus-e2e",
         });
         // kubectl and kube both read JSON kubeconfigs (JSON is YAML).
-        std::fs::write(&kubeconfig, json.to_string()).map_err(HarnessError::io("writing", &kubeconfig))?;
+        std::fs::write(&kubeconfig, json.to_string())
+            .map_err(HarnessError::io("writing", &kubeconfig))?;
 
-        let cp = Self { apiserver, etcd, server, kubeconfig, dir };
+        let cp = Self {
+            apiserver,
+            etcd,
+            server,
+            kubeconfig,
+            dir,
+        };
         tracing::info!(
             etcd_pid = cp.etcd.pid(),
             apiserver_pid = cp.apiserver.pid(),
@@ -202,12 +221,16 @@ impl ControlPlane {
                 }
             }
             let answer = match http::Request::get("/readyz").body(Vec::new()) {
-                Ok(req) => match tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await {
-                    Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
-                    Ok(Ok(body)) => body,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "request timed out".into(),
-                },
+                Ok(req) => {
+                    match tokio::time::timeout(Duration::from_secs(5), client.request_text(req))
+                        .await
+                    {
+                        Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+                        Ok(Ok(body)) => body,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "request timed out".into(),
+                    }
+                }
                 Err(e) => e.to_string(),
             };
             if Instant::now() >= deadline {
@@ -236,7 +259,8 @@ impl ControlPlane {
 
     /// A kube `Config` for the admin user, built fresh from the kubeconfig.
     pub async fn config(&self) -> Result<Config, HarnessError> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).map_err(|e| self.client_error(e))?;
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|e| self.client_error(e))?;
         Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| self.client_error(e))
@@ -263,7 +287,10 @@ impl ControlPlane {
     }
 
     fn client_error(&self, e: impl std::error::Error + Send + Sync + 'static) -> HarnessError {
-        HarnessError::Client { kubeconfig: self.kubeconfig.clone(), source: Arc::new(e) }
+        HarnessError::Client {
+            kubeconfig: self.kubeconfig.clone(),
+            source: Arc::new(e),
+        }
     }
 
     fn stop(&self) {
@@ -275,6 +302,32 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Removes temp dirs left by test binaries that were killed (e.g. by a CI timeout) before their
+/// cleanup ran; each holds ~120 MB of etcd WAL. Best effort.
+fn remove_stale_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !alive {
+            tracing::debug!(dir = %entry.path().display(), "removing stale control-plane dir");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -300,13 +353,16 @@ where
     std::thread::scope(|s| {
         let worker = s.spawn(|| {
             // kube logs every failed response at ERROR; while polling, those are expected noise.
-            let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+            let _quiet =
+                tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(HarnessError::io("building a tokio runtime", "(in memory)"))?
                 .block_on(fut)
         });
-        worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }

@@ -43,9 +43,16 @@ pub enum HarnessError {
 
 impl HarnessError {
     /// Helper for `map_err`: an I/O error while doing `action` on `path`.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { action, path, source: Arc::new(source) }
+        move |source| Self::Io {
+            action,
+            path,
+            source: Arc::new(source),
+        }
     }
 
     /// True when the error only means a component is not installed here.

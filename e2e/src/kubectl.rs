@@ -50,13 +50,21 @@ impl ControlPlane {
         self.run_kubectl(args, Some(stdin))
     }
 
-    fn run_kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<KubectlOutput, HarnessError> {
+    fn run_kubectl(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<KubectlOutput, HarnessError> {
         let bin = std::env::var("FICUS_KUBECTL").unwrap_or_else(|_| "kubectl".into());
         let mut cmd = Command::new(&bin);
         cmd.arg("--kubeconfig")
             .arg(self.kubeconfig_path())
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| match e.kind() {

@@ -48,7 +48,10 @@ pub fn init() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     });
 }
 
@@ -60,7 +63,13 @@ pub fn unique_namespace(prefix: &str) -> String {
     let suffix = format!("-{:x}-{n}", std::process::id());
     let prefix: String = prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(63 - suffix.len())
         .collect();
     format!("{}{suffix}", prefix.trim_matches('-'))
@@ -70,10 +79,15 @@ pub fn unique_namespace(prefix: &str) -> String {
 /// `Terminating` forever, so tests should use fresh names rather than delete and re-create.
 pub async fn create_namespace(client: &Client, name: &str) -> Result<Namespace, kube::Error> {
     let ns = Namespace {
-        metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
         ..Default::default()
     };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
 }
 
 /// True when running under CI (`CI=true`), where a missing component fails instead of skipping.

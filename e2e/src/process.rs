@@ -61,14 +61,25 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    pub(crate) fn spawn(name: &'static str, bin: &Path, args: &[String], log: PathBuf) -> Result<Self, HarnessError> {
+    pub(crate) fn spawn(
+        name: &'static str,
+        bin: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> Result<Self, HarnessError> {
         let out = File::create(&log).map_err(HarnessError::io("creating log file", &log))?;
-        let err = out.try_clone().map_err(HarnessError::io("duplicating log file", &log))?;
+        let err = out
+            .try_clone()
+            .map_err(HarnessError::io("duplicating log file", &log))?;
         let mut cmd = Command::new(bin);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         tracing::debug!(%name, bin = %bin.display(), ?args, "spawning");
         let child = spawn_orphan_proof(cmd).map_err(HarnessError::io("spawning", bin))?;
-        Ok(Self { name, child: Mutex::new(child), log })
+        Ok(Self {
+            name,
+            child: Mutex::new(child),
+            log,
+        })
     }
 
     fn child(&self) -> MutexGuard<'_, Child> {

@@ -19,13 +19,19 @@ async fn control_plane_serves_client_kubectl_and_rbac() -> anyhow::Result<()> {
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let cm = ConfigMap {
-        metadata: ObjectMeta { name: Some("greeting".into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some("greeting".into()),
+            ..Default::default()
+        },
         data: Some(BTreeMap::from([("hello".to_owned(), "world".to_owned())])),
         ..Default::default()
     };
     cms.create(&PostParams::default(), &cm).await?;
     let read = cms.get("greeting").await?;
-    assert_eq!(read.data.and_then(|d| d.get("hello").cloned()).as_deref(), Some("world"));
+    assert_eq!(
+        read.data.and_then(|d| d.get("hello").cloned()).as_deref(),
+        Some("world")
+    );
 
     let out = cp.kubectl(&["get", "ns", &ns, "-o", "name"])?;
     assert!(out.success(), "{out}");
@@ -64,5 +70,9 @@ fn unique_namespaces_are_valid_dns_labels() {
     let b = unique_namespace("Some_Test::name");
     assert_ne!(a, b);
     assert!(a.len() <= 63 && a.starts_with("some-test--name-"), "{a}");
-    assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{a}");
+    assert!(
+        a.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "{a}"
+    );
 }
