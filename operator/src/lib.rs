@@ -3,9 +3,16 @@
 //! The decision of what happens next is the pure [`machine::decide`]; the [`reconciler`] gathers
 //! observations, calls it and applies the result through the flag stores and workload drivers.
 
+pub mod backfill;
 pub mod crd;
 pub mod duration;
+pub mod flags;
+pub mod http;
 pub mod machine;
+pub mod metrics;
+pub mod reconciler;
+pub mod run;
+pub mod workloads;
 
 /// The CRD as checked into `crds/migration.yaml`.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {

@@ -1,1 +1,68 @@
-fn main() {}
+//! `ficus-operator`: runs the Migration controller.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use ficus_operator::run::{Config, LeaderConfig, run};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "ficus-operator", version, about = "Phased, zero-downtime strangler-fig migrations on Kubernetes")]
+struct Args {
+    /// Watch Migrations in this namespace only (default: all namespaces).
+    #[arg(long, env = "FICUS_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "FICUS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Turn leader election off (only for a single replica, e.g. local runs).
+    #[arg(long, env = "FICUS_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "FICUS_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(long, env = "FICUS_LEASE_NAME", default_value = "ficus-operator-leader")]
+    lease_name: String,
+    /// Seconds a lease holds without renewal.
+    #[arg(long, env = "FICUS_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// This replica's identity (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "FICUS_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    // kube and the AWS SDK together enable two rustls back-ends: choose one explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster config): {e}"))?;
+    let identity = args.identity.unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| format!("ficus-{}", std::process::id())));
+    let lease_namespace = args.lease_namespace.or_else(|| std::env::var("POD_NAMESPACE").ok()).unwrap_or_else(|| "default".into());
+    let config = Config {
+        namespace: args.namespace,
+        identity,
+        leader: (!args.no_leader_election).then(|| LeaderConfig {
+            namespace: lease_namespace,
+            lease_name: args.lease_name,
+            duration_secs: args.lease_duration.max(2),
+            grace_secs: (args.lease_duration / 3).max(1),
+        }),
+        http_addr: Some(args.http_addr),
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    run(kube::Client::clone(&client), config, shutdown).await?;
+    Ok(())
+}

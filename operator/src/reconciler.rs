@@ -1,0 +1,353 @@
+//! The reconciler: gather observations, call [`machine::decide`], apply the decision.
+//!
+//! Ordering matters for safety. The status is written first with the object's resourceVersion
+//! (a decision made on a stale cache is refused by the API server instead of being applied),
+//! then flags, workloads and Jobs converge towards what the status says. Everything here is
+//! idempotent: a crash at any point is repaired by the next reconcile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::backfill;
+use crate::crd::{AppliedFlags, Migration, MigrationStatus, Workload, annotations};
+use crate::flags::{ConfigMapStore, FlagStoreError};
+use crate::machine::{self, Commands, Decision, EventType, JobState, Note, Observations, Problem, Side, WorkloadState};
+use crate::metrics::Metrics;
+use crate::workloads::DeploymentDriver;
+
+pub const FINALIZER: &str = "ficus.dev/safe-state";
+const FIELD_MANAGER: &str = "ficus-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Migration has no namespace")]
+    NoNamespace,
+    #[error("writing Migration {what}: {source}")]
+    Write {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("restoring the safe flag state before deletion: {0}")]
+    Cleanup(String),
+    #[error(transparent)]
+    Finalizer(#[from] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NoNamespace => "NoNamespace",
+            Error::Write { .. } => "StatusWriteFailed",
+            Error::Cleanup(_) => "CleanupFailed",
+            Error::Finalizer(_) => "FinalizerFailed",
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub store: Option<Store<Migration>>,
+}
+
+/// Runs the controller until the returned future is dropped (shutdown or lost leadership).
+pub async fn run_controller(
+    client: Client,
+    namespace: Option<&str>,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+) {
+    let (migrations, jobs): (Api<Migration>, Api<Job>) = match namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
+        .owns(jobs, watcher::Config::default().labels("app.kubernetes.io/managed-by=ficus"));
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics,
+        store: Some(controller.store()),
+    });
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(migration = %obj, "reconciled"),
+                Err(err) => debug!(error = %err, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+pub async fn reconcile(mig: Arc<Migration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let ns = mig.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Migration> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, mig, |event| async {
+        match event {
+            FinalizerEvent::Apply(m) => apply(&m, &ctx).await,
+            FinalizerEvent::Cleanup(m) => cleanup(&m, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if let Some(store) = &ctx.store {
+        ctx.metrics.set_phases(store.state().iter().map(|m| m.status.as_ref().map(|s| s.phase).unwrap_or_default()));
+    }
+    result
+}
+
+pub fn error_policy(mig: Arc<Migration>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(migration = %mig.name_any(), error = %err, "reconcile failed; retrying in 5s");
+    ctx.metrics.error(err.reason());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The parts of the world a Migration touches.
+struct Targets<'a> {
+    mig: &'a Migration,
+    ns: String,
+    flags: Option<ConfigMapStore>,
+    deployments: DeploymentDriver,
+}
+
+impl<'a> Targets<'a> {
+    fn new(mig: &'a Migration, ctx: &Context) -> Result<Self, Error> {
+        let ns = mig.namespace().ok_or(Error::NoNamespace)?;
+        let name = mig.name_any();
+        let flags = mig.spec.flags.config_map.as_ref().map(|cm| ConfigMapStore::new(ctx.client.clone(), &ns, &cm.name, &name));
+        let deployments = DeploymentDriver::new(ctx.client.clone(), &ns);
+        Ok(Self { mig, ns, flags, deployments })
+    }
+
+    async fn read_flags(&self) -> Result<Option<AppliedFlags>, FlagStoreError> {
+        match &self.flags {
+            Some(store) => store.read().await,
+            None => Ok(None),
+        }
+    }
+
+    async fn write_flags(&self, flags: &AppliedFlags) -> Result<(), FlagStoreError> {
+        match &self.flags {
+            Some(store) => store.write(flags).await,
+            None => Ok(()),
+        }
+    }
+
+    fn workload(&self, side: Side) -> Option<&Workload> {
+        match side {
+            Side::Legacy => self.mig.spec.legacy.as_ref(),
+            Side::Candidate => self.mig.spec.candidate.as_ref(),
+        }
+    }
+}
+
+fn commands(mig: &Migration) -> Commands {
+    let has = |k: &str| mig.annotations().contains_key(k);
+    Commands { promote: has(annotations::PROMOTE), abort: has(annotations::ABORT), retry: has(annotations::RETRY) }
+}
+
+/// Everything `decide` needs. Never fails: what cannot be observed becomes a [`Problem`].
+async fn observe(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context) -> (Observations, bool) {
+    let mut obs = Observations { generation: t.mig.metadata.generation.unwrap_or(0), commands: commands(t.mig), ..Default::default() };
+    let flags_readable = match t.read_flags().await {
+        Ok(flags) => {
+            obs.flags = flags;
+            true
+        }
+        Err(e) => {
+            obs.problems.push(Problem::new(e.reason(), e.to_string()));
+            false
+        }
+    };
+    for side in [Side::Legacy, Side::Candidate] {
+        let Some(workload) = t.workload(side) else { continue };
+        let field = if side == Side::Legacy { "legacy" } else { "candidate" };
+        match t.deployments.observe(field, &workload.deployment).await {
+            Ok(state) => *slot(&mut obs, side) = Some(state),
+            Err(e) => obs.problems.push(Problem::new(e.reason(), e.to_string())),
+        }
+    }
+    if let Some(job) = &status.backfill_job {
+        obs.backfill = Some(match backfill::observe(ctx.client.clone(), &t.ns, job).await {
+            Ok(state) => state,
+            Err(e) => {
+                obs.problems.push(Problem::new(e.reason(), e.to_string()));
+                JobState::Running
+            }
+        });
+    }
+    (obs, flags_readable)
+}
+
+fn slot(obs: &mut Observations, side: Side) -> &mut Option<WorkloadState> {
+    match side {
+        Side::Legacy => &mut obs.legacy,
+        Side::Candidate => &mut obs.candidate,
+    }
+}
+
+async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
+    let t = Targets::new(mig, ctx)?;
+    let current = mig.status.clone().unwrap_or_default();
+    let (mut obs, flags_readable) = observe(&t, &current, ctx).await;
+    let now = Timestamp::now();
+    let mut decision = machine::decide(&mig.spec, &current, &obs, now);
+
+    // A promote is removed before it takes effect: losing one to a crash is safe, applying it
+    // twice would skip a step. Abort and retry are idempotent and removed afterwards.
+    let mut latest = mig.clone();
+    if decision.consumed.contains(&annotations::PROMOTE) {
+        latest = remove_annotations(mig, &[annotations::PROMOTE], ctx).await?;
+    }
+
+    let Some(mut latest) = write_status(&latest, &current, &decision.status, ctx).await? else {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    };
+
+    // Converge the world on the recorded decision; a failure is a Problem, decided again so the
+    // status shows it (Degraded) and progression stops until it is fixed.
+    if let Err(problem) = converge(&t, &obs, &decision, flags_readable, ctx).await {
+        warn!(migration = %mig.name_any(), reason = %problem.reason, "{}", problem.message);
+        obs.problems.push(problem);
+        obs.flags = if flags_readable { t.read_flags().await.unwrap_or(obs.flags) } else { obs.flags };
+        let recorded = decision.status.clone();
+        let retried = machine::decide(&mig.spec, &recorded, &Observations { commands: Commands::default(), ..obs }, now);
+        decision.events.extend(retried.events);
+        decision.requeue_after = retried.requeue_after;
+        if let Some(updated) = write_status(&latest, &recorded, &retried.status, ctx).await? {
+            latest = updated;
+        }
+    }
+
+    let after: Vec<&str> = decision.consumed.iter().copied().filter(|a| *a != annotations::PROMOTE).collect();
+    if !after.is_empty() {
+        remove_annotations(&latest, &after, ctx).await?;
+    }
+    publish(mig, &decision.events, ctx).await;
+    Ok(Action::requeue(decision.requeue_after))
+}
+
+async fn converge(t: &Targets<'_>, obs: &Observations, decision: &Decision, flags_readable: bool, ctx: &Context) -> Result<(), Problem> {
+    if let Some(flags) = &decision.flags
+        && flags_readable
+        && obs.flags.as_ref() != Some(flags)
+    {
+        t.write_flags(flags).await.map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+        info!(migration = %t.mig.name_any(), generation = flags.generation, values = ?flags.values, "flags written");
+    }
+    for (side, replicas) in &decision.scale {
+        if let Some(workload) = t.workload(*side) {
+            t.deployments.scale(&workload.deployment, *replicas).await.map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+            info!(migration = %t.mig.name_any(), deployment = %workload.deployment, replicas, "scaled");
+        }
+    }
+    if let (Some(name), Some(spec)) = (&decision.create_backfill_job, &t.mig.spec.backfill) {
+        backfill::create(ctx.client.clone(), t.mig, spec, name).await.map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Replaces the status when it changed. `None` when the object moved on since it was read
+/// (409): the decision was made on stale data and is dropped; a fresh reconcile follows.
+async fn write_status(mig: &Migration, current: &MigrationStatus, next: &MigrationStatus, ctx: &Context) -> Result<Option<Migration>, Error> {
+    if current == next {
+        return Ok(Some(mig.clone()));
+    }
+    let api: Api<Migration> = Api::namespaced(ctx.client.clone(), &mig.namespace().unwrap_or_default());
+    let mut obj = mig.clone();
+    obj.status = Some(next.clone());
+    match api.replace_status(&mig.name_any(), &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &obj).await {
+        Ok(updated) => Ok(Some(updated)),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            debug!(migration = %mig.name_any(), "status changed since read; deciding again");
+            Ok(None)
+        }
+        Err(source) => Err(Error::Write { what: "status", source }),
+    }
+}
+
+async fn remove_annotations(mig: &Migration, keys: &[&str], ctx: &Context) -> Result<Migration, Error> {
+    let api: Api<Migration> = Api::namespaced(ctx.client.clone(), &mig.namespace().unwrap_or_default());
+    let nulls: serde_json::Map<String, serde_json::Value> = keys.iter().map(|k| (k.to_string(), serde_json::Value::Null)).collect();
+    let patch = json!({ "metadata": { "annotations": nulls } });
+    api.patch(&mig.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|source| Error::Write { what: "annotations", source })
+}
+
+async fn publish(mig: &Migration, notes: &[Note], ctx: &Context) {
+    let reference = mig.object_ref(&());
+    for note in notes {
+        let event = KubeEvent {
+            type_: match note.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: note.reason.clone(),
+            note: Some(truncate(&note.message, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(migration = %mig.name_any(), error = %e, "could not publish event");
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Deletion: put the flags (and a scaled-down legacy workload) back into the safe state before
+/// the finalizer lets the object go. A store that cannot be written keeps the object: removing
+/// the finalizer by hand is the user's explicit choice to leave the flags as they are.
+async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
+    let t = Targets::new(mig, ctx)?;
+    let status = mig.status.clone().unwrap_or_default();
+    let safe = machine::deletion_flags(status.phase);
+    let current = t.read_flags().await.map_err(|e| Error::Cleanup(e.to_string()))?;
+    if let Some(cur) = current
+        && cur.values != safe
+    {
+        let next = AppliedFlags { generation: cur.generation + 1, values: safe };
+        t.write_flags(&next).await.map_err(|e| Error::Cleanup(e.to_string()))?;
+    }
+    if status.phase != crate::crd::Phase::Completed
+        && let (Some(before), Some(legacy)) = (status.legacy_replicas_before, &mig.spec.legacy)
+        && let Ok(state) = t.deployments.observe("legacy", &legacy.deployment).await
+        && state.replicas < before
+    {
+        t.deployments.scale(&legacy.deployment, before).await.map_err(|e| Error::Cleanup(e.to_string()))?;
+    }
+    let note = Note {
+        type_: EventType::Normal,
+        reason: "SafeStateRestored".into(),
+        message: format!("deleting: flags left at write_primary={:?}, read_split_percent={}", safe.write_primary, safe.read_split_percent),
+    };
+    publish(mig, &[note], ctx).await;
+    info!(migration = %mig.name_any(), "safe state restored before deletion");
+    Ok(Action::await_change())
+}

@@ -1,0 +1,121 @@
+//! Operator start-up: HTTP endpoints, leader election, and the controller while leading.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kube::Client;
+use kube::runtime::events::Reporter;
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::reconciler;
+
+/// How the operator runs; built from command-line flags by the binary, directly by tests.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch only this namespace (all namespaces when None).
+    pub namespace: Option<String>,
+    /// This replica's name in Events and the leader Lease.
+    pub identity: String,
+    pub leader: Option<LeaderConfig>,
+    pub http_addr: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    pub namespace: String,
+    pub lease_name: String,
+    /// How long a lease holds without renewal; a standby takes over after about this long.
+    pub duration_secs: u64,
+    pub grace_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("leader election on Lease {namespace}/{name} failed: {source}; check that the operator may get, create and patch leases there")]
+    Lease {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("metrics endpoint on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.http_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Http { addr, source })?;
+        let state = HttpState { metrics: metrics.clone(), ready: ready.clone() };
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, http::router(state)).await {
+                warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+        info!(%addr, "serving /metrics, /healthz, /readyz");
+    }
+    let reporter = Reporter { controller: "ficus-operator".into(), instance: Some(config.identity.clone()) };
+    let namespace = config.namespace.clone();
+    let controller = || reconciler::run_controller(client.clone(), namespace.as_deref(), metrics.clone(), reporter.clone());
+    tokio::pin!(shutdown);
+
+    let Some(leader) = &config.leader else {
+        ready.store(true, Ordering::Relaxed);
+        metrics.is_leader.set(1);
+        info!("leader election off: reconciling");
+        tokio::select! {
+            _ = controller() => {}
+            _ = &mut shutdown => info!("shutting down"),
+        }
+        return Ok(());
+    };
+
+    let lease_error = |source| RunError::Lease { namespace: leader.namespace.clone(), name: leader.lease_name.clone(), source };
+    let manager = LeaseManagerBuilder::new(client.clone(), &leader.lease_name)
+        .with_namespace(&leader.namespace)
+        .with_identity(&config.identity)
+        .with_duration(leader.duration_secs)
+        .with_grace(leader.grace_secs)
+        .build()
+        .await
+        .map_err(lease_error)?;
+    let (mut leading, _task) = manager.watch().await;
+    ready.store(true, Ordering::Relaxed);
+    loop {
+        // Standby until this replica holds the lease.
+        while !*leading.borrow_and_update() {
+            info!(identity = %config.identity, "standing by for the leader lease");
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { return Ok(()) },
+                _ = &mut shutdown => return Ok(()),
+            }
+        }
+        info!(identity = %config.identity, "leading: reconciling");
+        metrics.is_leader.set(1);
+        let lost = async {
+            while *leading.borrow_and_update() {
+                if leading.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        // Dropping the controller future stops every reconcile at once: a replica that lost
+        // the lease must not act, and each reconcile is idempotent for whoever leads next.
+        tokio::select! {
+            _ = controller() => return Ok(()),
+            _ = lost => warn!(identity = %config.identity, "lost the leader lease: stopping"),
+            _ = &mut shutdown => { info!("shutting down"); return Ok(()); }
+        }
+        metrics.is_leader.set(0);
+    }
+}
