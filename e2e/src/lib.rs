@@ -16,6 +16,7 @@ pub mod certs;
 pub mod control_plane;
 mod error;
 pub mod kubectl;
+pub mod operator;
 mod process;
 
 use std::{

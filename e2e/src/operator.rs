@@ -1,0 +1,92 @@
+//! Running the Ficus operator against the test control plane, and waiting on what it does.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ficus_operator::crd::Migration;
+use ficus_operator::run::{Config, LeaderConfig};
+use kube::api::Api;
+use kube::Client;
+use tokio::task::JoinHandle;
+
+use crate::{ControlPlane, HarnessError};
+
+/// The repository root (for `crds/`, `examples/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Applies `crds/` with kubectl once per control plane and waits until it is established.
+pub fn install_crds(cp: &ControlPlane) -> Result<(), HarnessError> {
+    static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done.iter().any(|s| s == cp.server_url()) {
+        return Ok(());
+    }
+    let crds = repo_root().join("crds");
+    let crds = crds.to_string_lossy();
+    let out = cp.kubectl(&["apply", "-f", &crds])?;
+    if !out.success() {
+        return Err(HarnessError::Startup { component: "crds", reason: out.to_string(), log: PathBuf::new(), tail: String::new() });
+    }
+    let out = cp.kubectl(&["wait", "--for", "condition=established", "--timeout=30s", "crd/migrations.ficus.dev"])?;
+    if !out.success() {
+        return Err(HarnessError::Startup { component: "crds", reason: out.to_string(), log: PathBuf::new(), tail: String::new() });
+    }
+    done.push(cp.server_url().to_string());
+    Ok(())
+}
+
+/// An operator running in this process; dropping or [`Operator::kill`]ing it stops every
+/// reconcile at once, like a killed pod.
+pub struct Operator {
+    task: Option<JoinHandle<()>>,
+    pub identity: String,
+}
+
+impl Operator {
+    /// Watches only `namespace`; with `lease` set, takes part in leader election for it.
+    pub fn start(client: Client, namespace: &str, identity: &str, lease: Option<LeaderConfig>) -> Self {
+        let config = Config { namespace: Some(namespace.into()), identity: identity.into(), leader: lease, http_addr: None };
+        let task = tokio::spawn(async move {
+            if let Err(e) = ficus_operator::run::run(client, config, std::future::pending()).await {
+                tracing::error!(error = %e, "operator stopped");
+            }
+        });
+        Self { task: Some(task), identity: identity.into() }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Leader election with a short lease for tests.
+pub fn short_lease(namespace: &str) -> LeaderConfig {
+    LeaderConfig { namespace: namespace.into(), lease_name: "ficus-operator-leader".into(), duration_secs: 3, grace_secs: 1 }
+}
+
+/// Polls a Migration until `done` holds, returning it; fails with the last seen status.
+pub async fn wait_for(api: &Api<Migration>, name: &str, timeout: Duration, what: &str, done: impl Fn(&Migration) -> bool) -> Migration {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < timeout {
+        if let Ok(Some(m)) = api.get_opt(name).await {
+            if done(&m) {
+                return m;
+            }
+            last = Some(m);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}; last status: {:#?}", last.and_then(|m| m.status));
+}
