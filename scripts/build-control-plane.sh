@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver + etcd) from their Go modules and caches the
+# Builds the test control plane (kube-apiserver + etcd, and a matching kubectl) from their Go modules and caches the
 # binaries under ~/.cache/ficus/bin, keyed by version. Idempotent: a cached binary is reused.
 #
 # kube-apiserver lives in k8s.io/kubernetes, whose go.mod points every k8s.io/* staging module at
@@ -22,7 +22,7 @@ build_etcd() {
   (
     cd "$work"
     go mod init ficus.dev/etcd-build >/dev/null 2>&1
-    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1
     CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out.tmp" go.etcd.io/etcd/server/v3
   )
   mv "$out.tmp" "$out"
@@ -30,15 +30,19 @@ build_etcd() {
   log "etcd ready: $out"
 }
 
-build_apiserver() {
-  local out="$BIN/kube-apiserver-$KUBE_VERSION"
-  if [[ -x "$out" ]]; then log "kube-apiserver $KUBE_VERSION cached at $out"; return; fi
+# kube-apiserver and kubectl of the same release, from one throwaway module.
+build_kube() {
+  local want=()
+  for bin in kube-apiserver kubectl; do
+    if [[ -x "$BIN/$bin-$KUBE_VERSION" ]]; then log "$bin $KUBE_VERSION cached"; else want+=("$bin"); fi
+  done
+  [[ ${#want[@]} -gt 0 ]] || return 0
   local work; work="$(mktemp -d)"
   local staging="v0.${KUBE_VERSION#v1.}"
-  log "building kube-apiserver $KUBE_VERSION (first time only; several minutes)"
+  log "building ${want[*]} $KUBE_VERSION (first time only; about 5 minutes)"
   (
     cd "$work"
-    go mod init ficus.dev/kube-apiserver-build >/dev/null 2>&1
+    go mod init ficus.dev/kube-build >/dev/null 2>&1
     # Read the staging module names from kubernetes' own go.mod so the list never goes stale.
     local gomod
     gomod="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
@@ -50,18 +54,20 @@ build_apiserver() {
       for m in $mods; do echo "  $m => $m $staging"; done
       echo ")"
     } >>go.mod
-    printf 'package tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >tools.go
+    printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' >tools.go
     go mod tidy >/dev/null 2>&1 || go mod tidy
-    CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+    for bin in "${want[@]}"; do
+      CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$BIN/$bin-$KUBE_VERSION.tmp" "k8s.io/kubernetes/cmd/$bin"
+      mv "$BIN/$bin-$KUBE_VERSION.tmp" "$BIN/$bin-$KUBE_VERSION"
+      log "$bin ready: $BIN/$bin-$KUBE_VERSION"
+    done
   )
-  mv "$out.tmp" "$out"
   rm -rf "$work"
-  log "kube-apiserver ready: $out"
 }
 
 case "${1:-all}" in
   etcd) build_etcd ;;
-  kube-apiserver) build_apiserver ;;
-  all) build_etcd; build_apiserver ;;
-  *) echo "usage: $0 [all|etcd|kube-apiserver]" >&2; exit 2 ;;
+  kube) build_kube ;;
+  all) build_etcd; build_kube ;;
+  *) echo "usage: $0 [all|etcd|kube]" >&2; exit 2 ;;
 esac

@@ -33,13 +33,7 @@ pub struct Binaries {
 impl Binaries {
     /// Locates both binaries, or says which one is missing and how to build it.
     pub fn locate() -> Result<Self, HarnessError> {
-        let cache = env::var_os("FICUS_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                env::home_dir()
-                    .unwrap_or_else(|| PathBuf::from("/root"))
-                    .join(".cache/ficus")
-            });
+        let cache = cache_dir();
         let find = |name: &str, var: &str, default: &str| {
             let version = env::var(var).unwrap_or_else(|_| default.to_owned());
             let path = cache.join("bin").join(format!("{name}-{version}"));
@@ -60,6 +54,13 @@ impl Binaries {
             kube_apiserver: find("kube-apiserver", "FICUS_KUBE_VERSION", "v1.35.4")?,
         })
     }
+}
+
+/// `$FICUS_CACHE`, else `~/.cache/ficus` (as in `scripts/build-control-plane.sh`).
+pub fn cache_dir() -> PathBuf {
+    env::var_os("FICUS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env::home_dir().unwrap_or_else(|| PathBuf::from("/root")).join(".cache/ficus"))
 }
 
 /// A running etcd + kube-apiserver pair with an admin kubeconfig.

@@ -40,7 +40,8 @@ impl ControlPlane {
     /// Runs `kubectl --kubeconfig <admin> <args>`. A non-zero exit is not an error: check
     /// [`KubectlOutput::success`] so tests can assert on rejections too.
     ///
-    /// The binary is `$FICUS_KUBECTL`, else `kubectl` on `PATH`.
+    /// The binary is `$FICUS_KUBECTL`, else the one `scripts/build-control-plane.sh` built
+    /// beside kube-apiserver, else `kubectl` on `PATH`.
     pub fn kubectl(&self, args: &[&str]) -> Result<KubectlOutput, HarnessError> {
         self.run_kubectl(args, None)
     }
@@ -55,7 +56,7 @@ impl ControlPlane {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<KubectlOutput, HarnessError> {
-        let bin = std::env::var("FICUS_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let bin = kubectl_binary();
         let mut cmd = Command::new(&bin);
         cmd.arg("--kubeconfig")
             .arg(self.kubeconfig_path())
@@ -91,4 +92,14 @@ impl ControlPlane {
         tracing::debug!(args = ?out.args, status = %out.status, "kubectl");
         Ok(out)
     }
+}
+
+/// `$FICUS_KUBECTL`, else the cached kubectl matching the API server, else `kubectl`.
+pub fn kubectl_binary() -> String {
+    if let Ok(bin) = std::env::var("FICUS_KUBECTL") {
+        return bin;
+    }
+    let version = std::env::var("FICUS_KUBE_VERSION").unwrap_or_else(|_| "v1.35.4".into());
+    let cached = crate::control_plane::cache_dir().join("bin").join(format!("kubectl-{version}"));
+    if cached.is_file() { cached.to_string_lossy().into_owned() } else { "kubectl".into() }
 }

@@ -60,9 +60,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
         http_addr: Some(args.http_addr),
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // Kubernetes stops pods with SIGTERM; a terminal sends SIGINT.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     };
-    run(kube::Client::clone(&client), config, shutdown).await?;
+    run(client, config, shutdown).await?;
     Ok(())
 }

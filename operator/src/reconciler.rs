@@ -301,7 +301,7 @@ async fn publish(mig: &Migration, notes: &[Note], ctx: &Context) {
             },
             reason: note.reason.clone(),
             note: Some(truncate(&note.message, 1000)),
-            action: "Reconcile".into(),
+            action: note.action.clone(),
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
@@ -346,6 +346,7 @@ async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
         type_: EventType::Normal,
         reason: "SafeStateRestored".into(),
         message: format!("deleting: flags left at write_primary={:?}, read_split_percent={}", safe.write_primary, safe.read_split_percent),
+        action: "Finalize".into(),
     };
     publish(mig, &[note], ctx).await;
     info!(migration = %mig.name_any(), "safe state restored before deletion");

@@ -64,7 +64,7 @@ pub fn update(status: &mut MigrationStatus, previous: &MigrationStatus, problems
     }
     status.conditions = next;
     let starts = degraded && was_degraded != Some((true, d_reason.clone()));
-    starts.then(|| Note { type_: EventType::Warning, reason: d_reason, message: d_message })
+    starts.then(|| Note { type_: EventType::Warning, reason: d_reason, message: d_message, action: "Observe".into() })
 }
 
 /// When the Degraded condition last turned True.

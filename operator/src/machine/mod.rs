@@ -98,6 +98,9 @@ pub struct Note {
     pub type_: EventType,
     pub reason: String,
     pub message: String,
+    /// What the operator did, e.g. `EnterSplit2`. Events with the same reason but different
+    /// actions stay separate in `kubectl describe` instead of folding into one series.
+    pub action: String,
 }
 
 /// Which workload an action is for.
@@ -524,7 +527,11 @@ impl Machine<'_> {
     }
 
     fn note(&mut self, type_: EventType, reason: &str, message: impl Into<String>) {
-        self.events.push(Note { type_, reason: reason.into(), message: message.into() });
+        let action = match (self.status.phase, self.status.step) {
+            (Phase::Split, Some(step)) => format!("EnterSplit{step}"),
+            (phase, _) => format!("Enter{phase}"),
+        };
+        self.events.push(Note { type_, reason: reason.into(), message: message.into(), action });
     }
 
     fn finish(mut self, previous: &MigrationStatus) -> Decision {
