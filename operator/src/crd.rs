@@ -251,11 +251,22 @@ pub struct RollbackSpec {
     /// Alert names that force a rollback while firing.
     #[serde(default)]
     pub on_alerts: Vec<String>,
+    /// Labels an alert must carry to concern this Migration (default: `service: <spec.service>`).
+    /// An alert with a `namespace` label must also name the Migration's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Default for RollbackSpec {
     fn default() -> Self {
-        Self { automatic: true, on_alerts: Vec::new() }
+        Self { automatic: true, on_alerts: Vec::new(), alert_labels: None }
+    }
+}
+
+impl MigrationSpec {
+    /// The labels that tie an alert to this Migration.
+    pub fn alert_selector(&self) -> std::collections::BTreeMap<String, String> {
+        self.rollback.alert_labels.clone().unwrap_or_else(|| [("service".to_string(), self.service.clone())].into())
     }
 }
 
@@ -520,4 +531,7 @@ pub mod annotations {
     pub const ABORT: &str = "ficus.dev/abort";
     /// Start again after a rollback.
     pub const RETRY: &str = "ficus.dev/retry";
+    /// Alerts reported firing by the Alertmanager webhook (comma-separated), written by the
+    /// operator's webhook receiver; its change wakes the reconciler at once.
+    pub const FIRING_ALERTS: &str = "ficus.dev/firing-alerts";
 }

@@ -3,6 +3,8 @@
 //! The decision of what happens next is the pure [`machine::decide`]; the [`reconciler`] gathers
 //! observations, calls it and applies the result through the flag stores and workload drivers.
 
+pub mod alert_webhook;
+pub mod analysis;
 pub mod backfill;
 pub mod crd;
 pub mod duration;

@@ -29,6 +29,10 @@ struct Args {
     /// This replica's identity (default: the pod name, else the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// File holding the shared token Alertmanager presents (mount it from a Secret). The
+    /// webhook at /webhook/alertmanager is off without a token.
+    #[arg(long, env = "FICUS_WEBHOOK_TOKEN_FILE")]
+    webhook_token_file: Option<std::path::PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "FICUS_LOG_JSON")]
     log_json: bool,
@@ -59,6 +63,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             grace_secs: (args.lease_duration / 3).max(1),
         }),
         http_addr: Some(args.http_addr),
+        webhook_token: match &args.webhook_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the webhook token file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        },
     };
     // Kubernetes stops pods with SIGTERM; a terminal sends SIGINT.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

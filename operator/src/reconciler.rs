@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::backfill;
 use crate::crd::{AppliedFlags, Migration, MigrationStatus, Workload, annotations};
 use crate::flags::{ConfigMapStore, FlagStoreError};
+use crate::crd::Verdict;
 use crate::machine::{self, Commands, Decision, EventType, JobState, Note, Observations, Problem, Side, WorkloadState};
 use crate::metrics::Metrics;
 use crate::workloads::DeploymentDriver;
@@ -61,6 +62,7 @@ impl Error {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
+    pub prometheus: crate::analysis::Clients,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub store: Option<Store<Migration>>,
@@ -80,6 +82,7 @@ pub async fn run_controller(
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
         .owns(jobs, watcher::Config::default().labels("app.kubernetes.io/managed-by=ficus"));
     let ctx = Arc::new(Context {
+        prometheus: Default::default(),
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics,
@@ -165,7 +168,7 @@ fn commands(mig: &Migration) -> Commands {
 }
 
 /// Everything `decide` needs. Never fails: what cannot be observed becomes a [`Problem`].
-async fn observe(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context) -> (Observations, bool) {
+async fn observe(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: Timestamp) -> (Observations, bool) {
     let mut obs = Observations { generation: t.mig.metadata.generation.unwrap_or(0), commands: commands(t.mig), ..Default::default() };
     let flags_readable = match t.read_flags().await {
         Ok(flags) => {
@@ -194,7 +197,56 @@ async fn observe(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context) -> (O
             }
         });
     }
+    analyse(t, status, ctx, now, &mut obs).await;
     (obs, flags_readable)
+}
+
+/// Gates and alerts: a Preflight check that Prometheus answers and every query parses, then one
+/// batch per analysis interval. Pushed alerts (webhook) are read from the annotation.
+async fn analyse(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: Timestamp, obs: &mut Observations) {
+    let spec = &t.mig.spec;
+    let pushed = t.mig.annotations().get(annotations::FIRING_ALERTS).map(String::as_str).unwrap_or("");
+    obs.firing_alerts = pushed.split(',').map(str::trim).filter(|a| spec.rollback.on_alerts.iter().any(|n| n == a)).map(String::from).collect();
+
+    let Some((analysis, url)) = spec.analysis.as_ref().and_then(|a| Some((a, &a.prometheus.as_ref()?.url))) else { return };
+    let interval = crate::duration::parse(&analysis.interval).unwrap_or(Duration::from_secs(15));
+    let timeout = (interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let prometheus = match ctx.prometheus.get(url, timeout) {
+        Ok(p) => p,
+        Err(message) => return obs.problems.push(Problem::new("InvalidPrometheusUrl", message)),
+    };
+    if status.phase == crate::crd::Phase::Preflight {
+        let results = prometheus.evaluate(&analysis.gates).await;
+        for r in &results {
+            let message = r.message.clone().unwrap_or_default();
+            match r.verdict {
+                Verdict::Error => obs.problems.push(Problem::new("InvalidQuery", format!("gate {}: {message}", r.name))),
+                Verdict::Inconclusive if message.starts_with("Prometheus unreachable") => {
+                    obs.problems.push(Problem::new("PrometheusUnreachable", format!("{url}: {message}")));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        return;
+    }
+    if machine::next_analysis_in(spec, status, now) != Some(Duration::ZERO) {
+        return;
+    }
+    let selector = spec.alert_selector();
+    let (gates, alerts) = futures::join!(
+        prometheus.evaluate(&analysis.gates),
+        prometheus.firing(&spec.rollback.on_alerts, &selector, &t.ns)
+    );
+    if !analysis.gates.is_empty() {
+        obs.analysis = Some(gates);
+    }
+    match alerts {
+        Ok(firing) => obs.firing_alerts.extend(firing),
+        Err(e) => debug!(migration = %t.mig.name_any(), error = %e, "alert poll failed; no rollback on missing evidence"),
+    }
+    obs.firing_alerts.sort();
+    obs.firing_alerts.dedup();
 }
 
 fn slot(obs: &mut Observations, side: Side) -> &mut Option<WorkloadState> {
@@ -207,8 +259,8 @@ fn slot(obs: &mut Observations, side: Side) -> &mut Option<WorkloadState> {
 async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     let t = Targets::new(mig, ctx)?;
     let current = mig.status.clone().unwrap_or_default();
-    let (mut obs, flags_readable) = observe(&t, &current, ctx).await;
     let now = Timestamp::now();
+    let (mut obs, flags_readable) = observe(&t, &current, ctx, now).await;
     let mut decision = machine::decide(&mig.spec, &current, &obs, now);
 
     // A promote is removed before it takes effect: losing one to a crash is safe, applying it
@@ -242,7 +294,7 @@ async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
         remove_annotations(&latest, &after, ctx).await?;
     }
     publish(mig, &decision.events, ctx).await;
-    Ok(Action::requeue(decision.requeue_after))
+    Ok(Action::requeue(decision.requeue_after + jitter(mig, decision.requeue_after)))
 }
 
 async fn converge(t: &Targets<'_>, obs: &Observations, decision: &Decision, flags_readable: bool, ctx: &Context) -> Result<(), Problem> {
@@ -308,6 +360,16 @@ async fn publish(mig: &Migration, notes: &[Note], ctx: &Context) {
             warn!(migration = %mig.name_any(), error = %e, "could not publish event");
         }
     }
+}
+
+/// Up to 10 % of the wait, fixed per Migration: many Migrations on one interval spread their
+/// queries instead of hitting Prometheus at the same instant.
+fn jitter(mig: &Migration, wait: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    mig.metadata.uid.hash(&mut h);
+    let tenth = wait.as_millis() as u64 / 10;
+    Duration::from_millis(if tenth == 0 { 0 } else { h.finish() % tenth })
 }
 
 fn truncate(s: &str, max: usize) -> String {

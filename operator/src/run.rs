@@ -9,7 +9,7 @@ use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, Webhook};
 use crate::metrics::Metrics;
 use crate::reconciler;
 
@@ -22,6 +22,8 @@ pub struct Config {
     pub identity: String,
     pub leader: Option<LeaderConfig>,
     pub http_addr: Option<SocketAddr>,
+    /// Shared token Alertmanager presents as `Authorization: Bearer`; the webhook is off without it.
+    pub webhook_token: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,7 +58,10 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.http_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Http { addr, source })?;
-        let state = HttpState { metrics: metrics.clone(), ready: ready.clone() };
+        let webhook = config.webhook_token.clone().filter(|t| !t.is_empty()).map(|token| {
+            Arc::new(Webhook { client: client.clone(), namespace: config.namespace.clone(), token })
+        });
+        let state = HttpState { metrics: metrics.clone(), ready: ready.clone(), webhook };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, http::router(state)).await {
                 warn!(error = %e, "metrics endpoint stopped");

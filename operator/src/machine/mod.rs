@@ -129,7 +129,17 @@ pub struct Decision {
 
 /// Decides what happens next. See DESIGN §2 and `docs/architecture.md`.
 pub fn decide(spec: &MigrationSpec, current: &MigrationStatus, obs: &Observations, now: Timestamp) -> Decision {
-    let mut m = Machine { spec, obs, now, status: current.clone(), events: Vec::new(), consumed: Vec::new(), scale: Vec::new(), create_job: None };
+    let mut m = Machine {
+        spec,
+        obs,
+        now,
+        status: current.clone(),
+        problems: obs.problems.clone(),
+        events: Vec::new(),
+        consumed: Vec::new(),
+        scale: Vec::new(),
+        create_job: None,
+    };
     m.run();
     m.finish(current)
 }
@@ -139,6 +149,8 @@ struct Machine<'a> {
     obs: &'a Observations,
     now: Timestamp,
     status: MigrationStatus,
+    /// Observed problems plus those the recorded analysis shows (an invalid gate query).
+    problems: Vec<Problem>,
     events: Vec<Note>,
     consumed: Vec<&'static str>,
     scale: Vec<(Side, i32)>,
@@ -149,6 +161,7 @@ impl Machine<'_> {
     fn run(&mut self) {
         self.apply_spec_change();
         self.record_analysis();
+        self.problems.extend(analysis_problems(&self.status));
 
         let phase = self.status.phase;
         let cmd = &self.obs.commands;
@@ -218,8 +231,7 @@ impl Machine<'_> {
     /// Folds a fresh evaluation into the counters and the passing streak.
     fn record_analysis(&mut self) {
         let Some(gates) = &self.obs.analysis else { return };
-        let evaluating = matches!(self.status.phase, Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver | Phase::Paused);
-        if !evaluating {
+        if !evaluates(self.status.phase) {
             return;
         }
         self.status.last_analysis = Some(AnalysisRun { time: Time(self.now), gates: gates.clone() });
@@ -301,8 +313,8 @@ impl Machine<'_> {
         self.status.last_rollback = Some(RollbackRecord { time: Time(self.now), from, reason: reason.into(), message: message.into() });
         self.status.paused = None;
         self.status.step = None;
-        self.transition(Phase::RollingBack, reason, message);
         self.status.traffic_percent = 0;
+        self.transition(Phase::RollingBack, reason, message);
         self.restore_legacy();
     }
 
@@ -337,7 +349,11 @@ impl Machine<'_> {
     }
 
     fn preflight(&mut self) {
-        if !self.obs.problems.is_empty() {
+        if self.spec.paused {
+            self.status.paused = Some(PauseState { from: Phase::Preflight, reason: PauseReason::Manual });
+            return self.transition(Phase::Paused, "Paused", "spec.paused is true");
+        }
+        if !self.problems.is_empty() {
             return;
         }
         if self.status.legacy_replicas_before.is_none() {
@@ -388,7 +404,7 @@ impl Machine<'_> {
             return self.backfill();
         }
         let promote = self.obs.commands.promote;
-        if !self.obs.problems.is_empty() {
+        if !self.problems.is_empty() {
             return;
         }
         if !(promote || self.baked()) {
@@ -401,12 +417,12 @@ impl Machine<'_> {
     fn backfill(&mut self) {
         let name = format!("{}-backfill-{}", self.spec.service, self.status.attempt + 1);
         match &self.obs.backfill {
-            Some(JobState::Succeeded) => self.promote("backfill job succeeded"),
+            Some(JobState::Succeeded) if self.problems.is_empty() && self.workloads_ready() => self.promote("backfill job succeeded"),
             Some(JobState::Missing) | None => {
                 self.status.backfill_job = Some(name.clone());
                 self.create_job = Some(name);
             }
-            Some(JobState::Running) | Some(JobState::Failed(_)) => {}
+            Some(JobState::Succeeded | JobState::Running | JobState::Failed(_)) => {}
         }
     }
 
@@ -538,17 +554,17 @@ impl Machine<'_> {
         let flags = desired_flags(self.spec, &self.status).map(|values| match self.obs.flags {
             Some(cur) if cur.values == values => cur,
             Some(cur) => AppliedFlags { generation: cur.generation + 1, values },
-            None => AppliedFlags { generation: 1, values },
+            None => AppliedFlags { generation: self.status.applied_flags.map_or(1, |a| a.generation + 1), values },
         });
         if let Some(f) = flags {
             self.status.applied_flags = Some(f);
         }
         self.status.healthy = Some(self.healthy().into());
-        let degraded_note = conditions::update(&mut self.status, previous, &self.obs.problems, self.now);
+        let degraded_note = conditions::update(&mut self.status, previous, &self.problems, self.now);
         if let Some(note) = degraded_note {
             self.events.push(note);
         }
-        let requeue_after = self.requeue_after(flags);
+        let requeue_after = self.requeue_after(previous, flags);
         self.consumed.sort_unstable();
         self.consumed.dedup();
         Decision {
@@ -576,25 +592,62 @@ impl Machine<'_> {
     }
 
     /// The next moment something can change on its own.
-    fn requeue_after(&self, flags: Option<AppliedFlags>) -> Duration {
-        // Transitions continue at once: the status write triggers the next reconcile anyway,
-        // this is the fallback.
-        let moved = flags != self.obs.flags || self.status.phase == Phase::RollingBack || self.status.phase == Phase::Pending;
-        if moved {
+    fn requeue_after(&self, previous: &MigrationStatus, flags: Option<AppliedFlags>) -> Duration {
+        // Transitions continue at once (also those that change no flag, e.g. Shadow -> Backfill):
+        // the status write triggers the next reconcile anyway, this is the fallback.
+        let transitioned = self.status.phase != previous.phase || self.status.step != previous.step;
+        if transitioned || self.status.phase == Phase::RollingBack || self.status.phase == Phase::Pending {
             return Duration::from_millis(200);
         }
-        if !self.obs.problems.is_empty() {
-            // Back off without stored state: wait about as long as the problem has lasted.
+        if !self.problems.is_empty() {
+            // Back off without stored state: wait about as long as the problem has lasted. Also
+            // when flags are still to be written: the problem may be that they cannot be.
             let since = conditions::degraded_since(&self.status).map_or(Duration::ZERO, |t| elapsed(self.now, t));
             return since.clamp(Duration::from_secs(2), Duration::from_secs(120));
+        }
+        if flags != self.obs.flags {
+            return Duration::from_millis(200);
         }
         let mut next = IDLE_REQUEUE;
         if let (Some(bake), Some(started)) = (self.bake_duration(), &self.status.step_started_at) {
             let left = bake.saturating_sub(elapsed(self.now, started.0));
             next = next.min(left.max(Duration::from_millis(100)));
         }
+        if let Some(due) = next_analysis_in(self.spec, &self.status, self.now) {
+            next = next.min(due.max(Duration::from_millis(100)));
+        }
         next
     }
+}
+
+/// Phases in which gates and polled alerts are evaluated on the analysis interval.
+pub fn evaluates(phase: Phase) -> bool {
+    matches!(phase, Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver | Phase::Paused)
+}
+
+/// Time until the next gate/alert evaluation is due (zero: due now); None when the Migration
+/// has nothing to evaluate in its phase.
+pub fn next_analysis_in(spec: &MigrationSpec, status: &MigrationStatus, now: Timestamp) -> Option<Duration> {
+    let analysis = spec.analysis.as_ref()?;
+    analysis.prometheus.as_ref()?;
+    if analysis.gates.is_empty() && spec.rollback.on_alerts.is_empty() || !evaluates(status.phase) {
+        return None;
+    }
+    let interval = duration::parse(&analysis.interval).unwrap_or(Duration::from_secs(15));
+    Some(match &status.last_analysis {
+        Some(run) => interval.saturating_sub(elapsed(now, run.time.0)),
+        None => Duration::ZERO,
+    })
+}
+
+/// A gate whose query Prometheus rejects is a spec problem: shown as Degraded, never a rollback.
+fn analysis_problems(status: &MigrationStatus) -> Vec<Problem> {
+    let Some(run) = status.last_analysis.as_ref().filter(|_| evaluates(status.phase)) else { return Vec::new() };
+    run.gates
+        .iter()
+        .filter(|g| g.verdict == Verdict::Error)
+        .map(|g| Problem::new("InvalidQuery", format!("gate {}: {}", g.name, g.message.as_deref().unwrap_or("invalid query"))))
+        .collect()
 }
 
 /// Time from `earlier` to `now`, zero when the clock went backwards.
