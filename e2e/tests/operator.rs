@@ -166,7 +166,7 @@ async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step(
     );
     // Each step baked at least its bake time.
     for pair in status.history.windows(2).skip(1) {
-        let baked = pair[1].time.0.duration_since(pair[0].time.0);
+        let baked = pair[1].time.duration_since(pair[0].time);
         assert!(baked >= jiff::SignedDuration::from_millis(1000), "{} -> {} after only {baked:?}", pair[0].to, pair[1].to);
     }
     let seen = seen.lock().expect("lock").clone();

@@ -2,7 +2,8 @@
 //! the operator records (status). Validation lives in the schema itself (OpenAPI + CEL), so
 //! `kubectl apply` rejects a manifest that could never run, with a message naming the field.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -444,14 +445,14 @@ pub struct GateResult {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisRun {
-    pub time: Time,
+    pub time: Timestamp,
     pub gates: Vec<GateResult>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Transition {
-    pub time: Time,
+    pub time: Timestamp,
     pub from: Phase,
     pub to: Phase,
     /// Traffic percent after the transition.
@@ -463,7 +464,7 @@ pub struct Transition {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RollbackRecord {
-    pub time: Time,
+    pub time: Timestamp,
     /// The phase rolled back from.
     pub from: Phase,
     pub reason: String,
@@ -485,13 +486,13 @@ pub struct MigrationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase_started_at: Option<Time>,
+    pub phase_started_at: Option<Timestamp>,
     /// When the current bake started (phase entry, step entry, or a spec change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step_started_at: Option<Time>,
+    pub step_started_at: Option<Timestamp>,
     /// Every gate has passed continuously since this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passing_since: Option<Time>,
+    pub passing_since: Option<Timestamp>,
     #[serde(default)]
     pub consecutive_failures: i32,
     #[serde(default)]

@@ -12,7 +12,6 @@ mod tests;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::crd::{
     AnalysisRun, AppliedFlags, GateResult, MigrationSpec, MigrationStatus, PauseReason, PauseState,
@@ -214,9 +213,12 @@ impl Machine<'_> {
         let Some(step) = self.status.step.filter(|_| in_split) else { return };
         let traffic = self.status.traffic_percent;
         let steps = &self.spec.steps;
-        let index = steps.iter().rposition(|&s| s <= traffic).unwrap_or(0);
-        let new_step = index as i32 + 1;
-        let new_traffic = steps.get(index).copied().unwrap_or(traffic);
+        // Every new step above the current traffic: hold it as step 0 ("before step 1") and
+        // bake there; promotion then goes to the first step.
+        let (new_step, new_traffic) = match steps.iter().rposition(|&s| s <= traffic) {
+            Some(index) => (index as i32 + 1, steps[index]),
+            None => (0, traffic),
+        };
         if new_step == step && new_traffic == traffic {
             return;
         }
@@ -234,7 +236,7 @@ impl Machine<'_> {
         if !evaluates(self.status.phase) {
             return;
         }
-        self.status.last_analysis = Some(AnalysisRun { time: Time(self.now), gates: gates.clone() });
+        self.status.last_analysis = Some(AnalysisRun { time: self.now, gates: gates.clone() });
         let any = |v: Verdict| gates.iter().any(|g| g.verdict == v);
         if any(Verdict::Error) {
             self.status.passing_since = None;
@@ -248,7 +250,7 @@ impl Machine<'_> {
         } else {
             self.status.consecutive_failures = 0;
             self.status.consecutive_inconclusive = 0;
-            self.status.passing_since.get_or_insert(Time(self.now));
+            self.status.passing_since.get_or_insert(self.now);
         }
     }
 
@@ -310,7 +312,7 @@ impl Machine<'_> {
 
     fn roll_back(&mut self, reason: &str, message: &str) {
         let from = self.current_phase();
-        self.status.last_rollback = Some(RollbackRecord { time: Time(self.now), from, reason: reason.into(), message: message.into() });
+        self.status.last_rollback = Some(RollbackRecord { time: self.now, from, reason: reason.into(), message: message.into() });
         self.status.paused = None;
         self.status.step = None;
         self.status.traffic_percent = 0;
@@ -454,7 +456,7 @@ impl Machine<'_> {
         self.restart_bake();
         if from != Phase::Split {
             self.status.phase = Phase::Split;
-            self.status.phase_started_at = Some(Time(self.now));
+            self.status.phase_started_at = Some(self.now);
         }
         let message = format!("step {step}/{}: {traffic}% of users on the new system ({how})", self.spec.steps.len());
         self.push_history(from, Phase::Split, "Promoted", message.clone());
@@ -465,12 +467,12 @@ impl Machine<'_> {
     fn baked(&self) -> bool {
         let Some(needed) = self.bake_duration() else { return false };
         let Some(started) = &self.status.step_started_at else { return false };
-        if elapsed(self.now, started.0) < needed {
+        if elapsed(self.now, *started) < needed {
             return false;
         }
         if self.has_gates() {
             match &self.status.passing_since {
-                Some(since) if elapsed(self.now, since.0) >= needed => {}
+                Some(since) if elapsed(self.now, *since) >= needed => {}
                 _ => return false,
             }
         }
@@ -501,8 +503,8 @@ impl Machine<'_> {
     }
 
     fn restart_bake(&mut self) {
-        self.status.step_started_at = Some(Time(self.now));
-        self.status.passing_since = if self.has_gates() { None } else { Some(Time(self.now)) };
+        self.status.step_started_at = Some(self.now);
+        self.status.passing_since = if self.has_gates() { None } else { Some(self.now) };
         self.status.consecutive_failures = 0;
         self.status.consecutive_inconclusive = 0;
     }
@@ -510,7 +512,7 @@ impl Machine<'_> {
     fn transition(&mut self, to: Phase, reason: &str, message: &str) {
         let from = self.status.phase;
         self.status.phase = to;
-        self.status.phase_started_at = Some(Time(self.now));
+        self.status.phase_started_at = Some(self.now);
         match to {
             Phase::Pending | Phase::Preflight | Phase::Shadow | Phase::Backfill => {
                 self.status.step = None;
@@ -536,7 +538,7 @@ impl Machine<'_> {
 
     fn push_history(&mut self, from: Phase, to: Phase, reason: &str, message: String) {
         let h = &mut self.status.history;
-        h.push(Transition { time: Time(self.now), from, to, traffic_percent: self.status.traffic_percent, reason: reason.into(), message });
+        h.push(Transition { time: self.now, from, to, traffic_percent: self.status.traffic_percent, reason: reason.into(), message });
         if h.len() > HISTORY_LIMIT {
             h.drain(..h.len() - HISTORY_LIMIT);
         }
@@ -610,7 +612,7 @@ impl Machine<'_> {
         }
         let mut next = IDLE_REQUEUE;
         if let (Some(bake), Some(started)) = (self.bake_duration(), &self.status.step_started_at) {
-            let left = bake.saturating_sub(elapsed(self.now, started.0));
+            let left = bake.saturating_sub(elapsed(self.now, *started));
             next = next.min(left.max(Duration::from_millis(100)));
         }
         if let Some(due) = next_analysis_in(self.spec, &self.status, self.now) {
@@ -635,7 +637,7 @@ pub fn next_analysis_in(spec: &MigrationSpec, status: &MigrationStatus, now: Tim
     }
     let interval = duration::parse(&analysis.interval).unwrap_or(Duration::from_secs(15));
     Some(match &status.last_analysis {
-        Some(run) => interval.saturating_sub(elapsed(now, run.time.0)),
+        Some(run) => interval.saturating_sub(elapsed(now, run.time)),
         None => Duration::ZERO,
     })
 }
