@@ -556,7 +556,13 @@ impl Machine<'_> {
         let flags = desired_flags(self.spec, &self.status).map(|values| match self.obs.flags {
             Some(cur) if cur.values == values => cur,
             Some(cur) => AppliedFlags { generation: cur.generation + 1, values },
-            None => AppliedFlags { generation: self.status.applied_flags.map_or(1, |a| a.generation + 1), values },
+            // Store empty or unreadable: what the status already asked for stands (no new
+            // generation per reconcile); otherwise continue after it, never going back.
+            None => match self.status.applied_flags {
+                Some(a) if a.values == values => a,
+                Some(a) => AppliedFlags { generation: a.generation + 1, values },
+                None => AppliedFlags { generation: 1, values },
+            },
         });
         if let Some(f) = flags {
             self.status.applied_flags = Some(f);
