@@ -110,12 +110,7 @@ impl ControlPlane {
         crate::init();
         let bins = Binaries::locate()?;
         let begin = Instant::now();
-        let tmp = env::temp_dir();
-        remove_stale_dirs(&tmp);
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
-            .tempdir()
-            .map_err(HarnessError::io("creating a temp dir in", &tmp))?;
+        let dir = temp_dir()?;
         let path = |name: &str| dir.path().join(name);
         let certs = certs::generate(dir.path())?;
         let [etcd_port, peer_port, api_port] = free_ports()?;
@@ -306,6 +301,16 @@ impl Drop for ControlPlane {
     }
 }
 
+/// A fresh `ficus-e2e-<pid>-<random>` temp dir, after removing those of dead test binaries.
+pub(crate) fn temp_dir() -> Result<TempDir, HarnessError> {
+    let tmp = env::temp_dir();
+    remove_stale_dirs(&tmp);
+    tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .map_err(HarnessError::io("creating a temp dir in", &tmp))
+}
+
 /// Removes temp dirs left by test binaries that were killed (e.g. by a CI timeout) before their
 /// cleanup ran; each holds ~120 MB of etcd WAL. Best effort.
 fn remove_stale_dirs(tmp: &Path) {
@@ -334,7 +339,7 @@ fn remove_stale_dirs(tmp: &Path) {
 
 /// Distinct free loopback ports: bind port 0 and let the kernel pick. All listeners are held
 /// until every port is read so the kernel cannot hand out the same port twice.
-fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
     let bind = |_| {
         TcpListener::bind("127.0.0.1:0")
             .and_then(|l| Ok((l.local_addr()?.port(), l)))

@@ -1,6 +1,6 @@
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-/// Everything that can go wrong while setting up the test control plane.
+/// Everything that can go wrong in the test environment (control plane, Prometheus, ...).
 ///
 /// `Clone` because the shared control plane caches its start result for every test in the
 /// binary; the non-cloneable sources are therefore kept behind an `Arc`.
@@ -33,6 +33,26 @@ pub enum HarnessError {
         tail: String,
     },
 
+    /// An HTTP request to a test component got no answer (e.g. connection refused: stopped).
+    #[error("GET {url}: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// A test component answered, but not with what the harness expects.
+    #[error("GET {url}: {reason}")]
+    Response { url: String, reason: String },
+
+    /// A condition the harness polls for did not hold in time.
+    #[error("timed out after {after:?} waiting for {what}; last seen: {last}")]
+    Timeout {
+        what: String,
+        after: Duration,
+        last: String,
+    },
+
     #[error("building a kube client from {}: {source}", kubeconfig.display())]
     Client {
         kubeconfig: PathBuf,
@@ -53,6 +73,12 @@ impl HarnessError {
             path,
             source: Arc::new(source),
         }
+    }
+
+    /// True when a request found nothing listening (the component is stopped or not up yet).
+    pub fn is_connection_refused(&self) -> bool {
+        matches!(self, Self::Request { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused)
     }
 
     /// True when the error only means a component is not installed here.

@@ -1,4 +1,5 @@
-//! End-to-end test harness for Ficus: a real etcd + kube-apiserver on loopback ports.
+//! End-to-end test harness for Ficus: a real etcd + kube-apiserver on loopback ports, and a
+//! real Prometheus + Alertmanager fed by a test-controlled [`Exporter`].
 //!
 //! ```ignore
 //! #[tokio::test]
@@ -12,12 +13,16 @@
 //! }
 //! ```
 
+pub mod alertmanager;
 pub mod certs;
 pub mod control_plane;
 mod error;
+pub mod exporter;
+mod http;
 pub mod kubectl;
 pub mod operator;
 mod process;
+pub mod prometheus;
 
 use std::{
     io::Write,
@@ -33,8 +38,11 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 
+pub use alertmanager::Alertmanager;
 pub use control_plane::{Binaries, ControlPlane};
 pub use error::HarnessError;
+pub use exporter::Exporter;
+pub use prometheus::{Prometheus, PrometheusConfig, Sample};
 pub use kubectl::KubectlOutput;
 
 /// One-time process setup; every entry point calls it, tests may too.

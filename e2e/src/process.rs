@@ -6,8 +6,10 @@
 //! them — also when the test binary panics, aborts or is killed.
 
 use std::{
-    fs::File,
+    env,
+    fs::OpenOptions,
     io,
+    os::unix::fs::PermissionsExt,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -67,7 +69,12 @@ impl Proc {
         args: &[String],
         log: PathBuf,
     ) -> Result<Self, HarnessError> {
-        let out = File::create(&log).map_err(HarnessError::io("creating log file", &log))?;
+        // Append: a restarted process keeps the earlier run's log above its own.
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(HarnessError::io("opening log file", &log))?;
         let err = out
             .try_clone()
             .map_err(HarnessError::io("duplicating log file", &log))?;
@@ -113,4 +120,44 @@ impl Proc {
             tail: lines[lines.len().saturating_sub(LINES)..].join("\n"),
         }
     }
+}
+
+/// Finds a binary: the path in `$env_var` if that is set, else `name` on `PATH`.
+///
+/// A missing binary is [`HarnessError::Missing`] (tests skip locally, fail under CI), with a hint
+/// to run `scripts/install-deps.sh`.
+pub(crate) fn locate_binary(
+    component: &str,
+    env_var: &str,
+    name: &str,
+) -> Result<PathBuf, HarnessError> {
+    let missing = |reason: String| HarnessError::Missing {
+        component: component.to_owned(),
+        reason,
+    };
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(path) = env::var_os(env_var) {
+        let path = PathBuf::from(path);
+        return if executable(&path) {
+            Ok(path)
+        } else {
+            Err(missing(format!(
+                "{env_var}={} is not an executable file",
+                path.display()
+            )))
+        };
+    }
+    env::var_os("PATH")
+        .iter()
+        .flat_map(env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            missing(format!(
+                "`{name}` not on PATH and {env_var} not set: run scripts/install-deps.sh"
+            ))
+        })
 }

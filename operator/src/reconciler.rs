@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::backfill;
 use crate::crd::{AppliedFlags, Migration, MigrationStatus, Workload, annotations};
 use crate::flags::{ConfigMapStore, FlagStoreError};
+use crate::analysis::Outcome;
 use crate::crd::Verdict;
 use crate::machine::{self, Commands, Decision, EventType, JobState, Note, Observations, Problem, Side, WorkloadState};
 use crate::metrics::Metrics;
@@ -54,7 +55,10 @@ impl Error {
             Error::NoNamespace => "NoNamespace",
             Error::Write { .. } => "StatusWriteFailed",
             Error::Cleanup(_) => "CleanupFailed",
-            Error::Finalizer(_) => "FinalizerFailed",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner) | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                _ => "FinalizerFailed",
+            },
         }
     }
 }
@@ -216,6 +220,11 @@ async fn analyse(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: 
         Err(message) => return obs.problems.push(Problem::new("InvalidPrometheusUrl", message)),
     };
     if status.phase == crate::crd::Phase::Preflight {
+        if analysis.gates.is_empty() && !spec.rollback.on_alerts.is_empty()
+            && let Outcome::Unreachable(message) = prometheus.query("vector(1)").await
+        {
+            obs.problems.push(Problem::new("PrometheusUnreachable", format!("{url}: {message}")));
+        }
         let results = prometheus.evaluate(&analysis.gates).await;
         for r in &results {
             let message = r.message.clone().unwrap_or_default();
@@ -238,9 +247,8 @@ async fn analyse(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: 
         prometheus.evaluate(&analysis.gates),
         prometheus.firing(&spec.rollback.on_alerts, &selector, &t.ns)
     );
-    if !analysis.gates.is_empty() {
-        obs.analysis = Some(gates);
-    }
+    // Recorded even without gates: its time schedules the next alert poll.
+    obs.analysis = Some(gates);
     match alerts {
         Ok(firing) => obs.firing_alerts.extend(firing),
         Err(e) => debug!(migration = %t.mig.name_any(), error = %e, "alert poll failed; no rollback on missing evidence"),

@@ -19,13 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(Into::into)
         .unwrap_or_else(|_| std::env::current_exe().map(|p| p.with_file_name("ficus-operator")).unwrap_or_default());
     let log_path = cp.dir().join("operator.log");
+    let log_file = std::fs::File::create(&log_path)?;
     println!("==> running {} (log: {})", operator_bin.display(), log_path.display());
     let mut operator = Command::new(&operator_bin)
         .args(["--http-addr", "127.0.0.1:0", "--lease-namespace", "default"])
         .env("KUBECONFIG", cp.kubeconfig_path())
         .env("POD_NAME", "ficus-demo")
-        .stdout(Stdio::from(std::fs::File::create(&log_path)?))
-        .stderr(Stdio::from(std::fs::File::create(cp.dir().join("operator.err"))?))
+        .stdout(Stdio::from(log_file.try_clone()?))
+        .stderr(Stdio::from(log_file))
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}; build it with `cargo build -p ficus-operator`", operator_bin.display()))?;
 
@@ -57,7 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         if let Ok(Some(status)) = operator.try_wait() {
-            return Err(format!("the operator exited ({status}); see {}", log_path.display()).into());
+            // The log lives in the control plane's temp dir, removed on exit: show it now.
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("the operator exited ({status}):\n{log}").into());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -73,6 +76,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("==> the migration completed: the new system is primary, dual-write is off");
         Ok(())
     } else {
-        Err("the demo migration did not complete within 120 s; see the operator log above".into())
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+        Err(format!("the demo migration did not complete within 120 s; operator log tail:\n{}", tail.join("\n")).into())
     }
 }

@@ -17,7 +17,7 @@ use prometheus_http_query::response::Data;
 
 use crate::crd::{Gate, GateResult};
 
-/// Prometheus clients by URL, so connections are reused across reconciles.
+/// Prometheus clients by URL and timeout, so connections are reused across reconciles.
 #[derive(Default)]
 pub struct Clients {
     by_url: Mutex<HashMap<String, Prometheus>>,
@@ -25,12 +25,13 @@ pub struct Clients {
 
 impl Clients {
     pub fn get(&self, url: &str, timeout: Duration) -> Result<Prometheus, String> {
+        let key = format!("{url} {}", timeout.as_millis());
         let mut map = self.by_url.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = map.get(url) {
+        if let Some(p) = map.get(&key) {
             return Ok(p.clone());
         }
         let p = Prometheus::new(url, timeout)?;
-        map.insert(url.to_string(), p.clone());
+        map.insert(key, p.clone());
         Ok(p)
     }
 }

@@ -1,0 +1,112 @@
+//! A real Alertmanager (the Debian `prometheus-alertmanager` package, 0.25) on a free loopback
+//! port, routing every alert straight to one webhook.
+
+use std::{net::SocketAddr, path::Path, time::Instant};
+
+use tempfile::TempDir;
+
+use crate::{
+    HarnessError,
+    control_plane::{free_ports, temp_dir},
+    http,
+    process::{Proc, locate_binary},
+    prometheus::READY_TIMEOUT,
+};
+
+/// A running Alertmanager; dropping it kills the process and removes its directory.
+#[derive(Debug)]
+pub struct Alertmanager {
+    // `Drop::drop` kills the process before the fields drop, so the temp dir goes last.
+    proc: Proc,
+    addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Alertmanager {
+    /// Starts Alertmanager with a single route to the webhook `webhook_url`, sent with
+    /// `Authorization: Bearer <bearer_token>`, resolved notifications included; blocks until
+    /// `/-/ready` (~1s).
+    ///
+    /// Alerts are grouped by `alertname`, with `group_wait: 0s` (a new group is notified at
+    /// once), `group_interval: 1s` (changes to a group follow within a second) and
+    /// `repeat_interval: 1m`.
+    ///
+    /// The binary is `$FICUS_ALERTMANAGER`, else `prometheus-alertmanager` on `PATH`; without one
+    /// this is [`HarnessError::Missing`]. Callable from inside a tokio runtime.
+    pub fn start(webhook_url: &str, bearer_token: &str) -> Result<Self, HarnessError> {
+        crate::init();
+        let bin = locate_binary(
+            "alertmanager",
+            "FICUS_ALERTMANAGER",
+            "prometheus-alertmanager",
+        )?;
+        let begin = Instant::now();
+        let dir = temp_dir()?;
+        let [port] = free_ports()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+        // JSON is YAML, and serde_json gets the quoting of URL and token right.
+        let yml = serde_json::json!({
+            "route": {
+                "receiver": "webhook",
+                "group_by": ["alertname"],
+                "group_wait": "0s",
+                "group_interval": "1s",
+                "repeat_interval": "1m",
+            },
+            "receivers": [{
+                "name": "webhook",
+                "webhook_configs": [{
+                    "url": webhook_url,
+                    "send_resolved": true,
+                    "http_config": {
+                        "authorization": {"type": "Bearer", "credentials": bearer_token},
+                    },
+                }],
+            }],
+        });
+        let config_file = dir.path().join("alertmanager.yml");
+        std::fs::write(&config_file, yml.to_string())
+            .map_err(HarnessError::io("writing", &config_file))?;
+
+        let args = [
+            format!("--config.file={}", config_file.display()),
+            format!("--storage.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address={addr}"),
+            // Empty disables HA mode: no gossip port, and no waiting for the cluster to settle.
+            "--cluster.listen-address=".to_owned(),
+        ];
+        let proc = Proc::spawn(
+            "alertmanager",
+            &bin,
+            &args,
+            dir.path().join("alertmanager.log"),
+        )?;
+        let am = Self { proc, addr, dir };
+        // On error `am` is dropped here, which kills the process.
+        http::wait_ready(&am.proc, addr, READY_TIMEOUT)?;
+        tracing::info!(url = %am.url(), elapsed = ?begin.elapsed(), "alertmanager ready");
+        Ok(am)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:<port>`, for [`PrometheusConfig::alertmanager`](crate::PrometheusConfig).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Temp dir with `alertmanager.yml`, its data and `alertmanager.log`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        self.proc.kill();
+    }
+}
