@@ -339,7 +339,7 @@ fn remove_stale_dirs(tmp: &Path) {
 
 /// Distinct free loopback ports: bind port 0 and let the kernel pick. All listeners are held
 /// until every port is read so the kernel cannot hand out the same port twice.
-pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
+pub fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
     let bind = |_| {
         TcpListener::bind("127.0.0.1:0")
             .and_then(|l| Ok((l.local_addr()?.port(), l)))

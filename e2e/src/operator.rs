@@ -49,12 +49,18 @@ impl Operator {
     /// Watches only `namespace`; with `lease` set, takes part in leader election for it.
     pub fn start(client: Client, namespace: &str, identity: &str, lease: Option<LeaderConfig>) -> Self {
         let config = Config { namespace: Some(namespace.into()), identity: identity.into(), leader: lease, http_addr: None, webhook_token: None };
+        Self::start_with(client, config)
+    }
+
+    /// With a full configuration, e.g. an HTTP address and webhook token.
+    pub fn start_with(client: Client, config: Config) -> Self {
+        let identity = config.identity.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = ficus_operator::run::run(client, config, std::future::pending()).await {
                 tracing::error!(error = %e, "operator stopped");
             }
         });
-        Self { task: Some(task), identity: identity.into() }
+        Self { task: Some(task), identity }
     }
 
     pub fn kill(&mut self) {

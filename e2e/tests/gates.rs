@@ -1,0 +1,306 @@
+//! Gates and alerts against real Prometheus and Alertmanager: a test exporter whose values the
+//! test sets is scraped every second; the operator runs against the real API server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ficus_e2e::control_plane::free_ports;
+use ficus_e2e::operator::{Operator, install_crds, wait_for};
+use ficus_e2e::{Alertmanager, ControlPlane, Exporter, Prometheus, PrometheusConfig, create_namespace, unique_namespace};
+use ficus_operator::crd::{Migration, PauseReason, Phase, Verdict};
+use ficus_operator::run::Config;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(60);
+const TOKEN: &str = "s3cret-webhook-token";
+const DRIFT: &str = "chat_shadow_drift_ratio";
+
+/// Alerting rule shaped like the chart's: drift above 1 % for the chat service.
+const RULES: &str = r#"
+groups:
+  - name: chat
+    rules:
+      - alert: ChatDataInconsistency
+        expr: max(chat_shadow_drift_ratio) > 0.01
+        for: 0s
+        labels: { service: chat, severity: critical }
+"#;
+
+struct Stack {
+    client: Client,
+    ns: String,
+    api: Api<Migration>,
+    exporter: Exporter,
+    prometheus: Prometheus,
+    operator_addr: SocketAddr,
+    _alertmanager: Option<Alertmanager>,
+    _operator: Operator,
+}
+
+/// Control plane (shared), exporter, Prometheus (own), optional Alertmanager posting to the
+/// operator's webhook, and an operator for a fresh namespace.
+async fn stack(prefix: &str, rules: bool, alertmanager: bool) -> anyhow::Result<Option<Stack>> {
+    ficus_e2e::init();
+    let cp = match ControlPlane::shared() {
+        Ok(cp) => cp,
+        Err(e) => {
+            ficus_e2e::skip_or_panic(&e);
+            return Ok(None);
+        }
+    };
+    install_crds(cp)?;
+    let client = cp.client().await?;
+    let ns = unique_namespace(prefix);
+    create_namespace(&client, &ns).await?;
+
+    let [port] = free_ports::<1>()?;
+    let operator_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let am = if alertmanager {
+        match Alertmanager::start(&format!("http://{operator_addr}/webhook/alertmanager"), TOKEN) {
+            Ok(am) => Some(am),
+            Err(e) => {
+                ficus_e2e::skip_or_panic(&e);
+                return Ok(None);
+            }
+        }
+    } else {
+        None
+    };
+    let exporter = Exporter::start()?;
+    exporter.set(DRIFT, &[("service", "chat")], 0.001);
+    let config = PrometheusConfig {
+        targets: vec![exporter.addr().to_string()],
+        rules: rules.then(|| RULES.to_string()),
+        alertmanager: am.as_ref().map(|a| a.addr().to_string()),
+    };
+    let prometheus = match Prometheus::start(config) {
+        Ok(p) => p,
+        Err(e) => {
+            ficus_e2e::skip_or_panic(&e);
+            return Ok(None);
+        }
+    };
+    prometheus.wait_for_targets(Duration::from_secs(30)).await?;
+    prometheus.wait_for_value(DRIFT, Duration::from_secs(15)).await?;
+
+    let config = Config {
+        namespace: Some(ns.clone()),
+        identity: "gates".into(),
+        leader: None,
+        http_addr: Some(operator_addr),
+        webhook_token: Some(TOKEN.into()),
+    };
+    let operator = Operator::start_with(client.clone(), config);
+    let api = Api::namespaced(client.clone(), &ns);
+    Ok(Some(Stack { client, ns, api, exporter, prometheus, operator_addr, _alertmanager: am, _operator: operator }))
+}
+
+fn gated(prometheus: &str, bake: &str, failure_limit: i32, interval: &str) -> serde_json::Value {
+    json!({
+        "service": "chat",
+        "flags": { "configMap": { "name": "flags" } },
+        "shadow": { "duration": "0s" },
+        "steps": [10, 50],
+        "bakeTime": bake,
+        "analysis": {
+            "prometheus": { "url": prometheus },
+            "interval": interval,
+            "failureLimit": failure_limit,
+            "inconclusiveLimit": 3,
+            "gates": [{ "name": "drift", "query": format!("max({DRIFT})"), "max": 0.01 }],
+        },
+        "cutover": { "completeAfter": "1h" },
+    })
+}
+
+async fn create(api: &Api<Migration>, spec: serde_json::Value) -> anyhow::Result<()> {
+    let m: Migration = serde_json::from_value(json!({
+        "apiVersion": "ficus.dev/v1alpha1", "kind": "Migration", "metadata": { "name": "m" }, "spec": spec,
+    }))?;
+    api.create(&PostParams::default(), &m).await?;
+    Ok(())
+}
+
+fn phase(m: &Migration) -> Phase {
+    m.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+fn step(m: &Migration) -> Option<i32> {
+    m.status.as_ref().and_then(|s| s.step)
+}
+
+async fn flags(client: &Client, ns: &str) -> BTreeMap<String, String> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    cms.get_opt("flags").await.ok().flatten().and_then(|c| c.data).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn healthy_gates_promote_step_by_step_after_the_bake() -> anyhow::Result<()> {
+    let Some(s) = stack("gates-healthy", false, false).await? else { return Ok(()) };
+    create(&s.api, gated(&s.prometheus.url(), "2s", 2, "1s")).await?;
+    let done = wait_for(&s.api, "m", LONG, "CutOver", |m| phase(m) == Phase::CutOver).await;
+    let status = done.status.expect("status");
+    let steps: Vec<i32> = status.history.iter().filter(|t| t.to == Phase::Split).map(|t| t.traffic_percent).collect();
+    assert_eq!(steps, vec![10, 50]);
+    let gate = &status.last_analysis.expect("an analysis was recorded").gates[0];
+    assert_eq!((gate.name.as_str(), gate.verdict, gate.value, gate.max), ("drift", Verdict::Pass, Some(0.001), Some(0.01)));
+    assert_eq!(status.healthy.as_deref(), Some("True"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_gate_rolls_back_after_exactly_failure_limit_evaluations() -> anyhow::Result<()> {
+    let Some(s) = stack("gates-fail", false, false).await? else { return Ok(()) };
+    // Evaluations every 2 s so every count is observable; 3 failures roll back.
+    create(&s.api, gated(&s.prometheus.url(), "1h", 3, "2s")).await?;
+    wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
+    s.exporter.set(DRIFT, &[("service", "chat")], 0.2);
+
+    let mut counts = Vec::new();
+    let start = Instant::now();
+    let rolled = loop {
+        assert!(start.elapsed() < LONG, "no rollback; failure counts seen: {counts:?}");
+        let m = s.api.get("m").await?;
+        match phase(&m) {
+            Phase::RollingBack | Phase::RolledBack => break m,
+            _ => {
+                let c = m.status.as_ref().map_or(0, |s| s.consecutive_failures);
+                if counts.last() != Some(&c) {
+                    counts.push(c);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(counts, vec![0, 1, 2], "rolled back on the 3rd failing evaluation, not before");
+    let record = rolled.status.as_ref().and_then(|s| s.last_rollback.clone()).expect("a rollback record");
+    assert_eq!(record.reason, "GateFailed");
+    assert!(record.message.contains("drift = 0.2") && record.message.contains("max 0.01"), "the value and threshold are recorded: {}", record.message);
+    wait_for(&s.api, "m", LONG, "RolledBack", |m| phase(m) == Phase::RolledBack).await;
+    let f = flags(&s.client, &s.ns).await;
+    assert_eq!((f["read_split_percent"].as_str(), f["write_primary"].as_str()), ("0", "legacy"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_data_pauses_after_the_inconclusive_limit_and_resumes_when_it_returns() -> anyhow::Result<()> {
+    let Some(s) = stack("gates-nodata", false, false).await? else { return Ok(()) };
+    create(&s.api, gated(&s.prometheus.url(), "4s", 2, "1s")).await?;
+    wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
+    s.exporter.remove(DRIFT);
+    let paused = wait_for(&s.api, "m", LONG, "Paused", |m| phase(m) == Phase::Paused).await;
+    let status = paused.status.clone().expect("status");
+    assert_eq!(status.paused.as_ref().map(|p| (p.from, p.reason)), Some((Phase::Split, PauseReason::Inconclusive)));
+    assert_eq!(status.step, Some(1), "no promotion on missing evidence");
+    assert_eq!(flags(&s.client, &s.ns).await["read_split_percent"], "10", "pausing changes nothing for users");
+    let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing").expect("condition");
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "Inconclusive"));
+
+    // NaN (0/0 at no traffic) is no evidence either: still paused.
+    s.exporter.set(DRIFT, &[("service", "chat")], f64::NAN);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(phase(&s.api.get("m").await?), Phase::Paused);
+
+    s.exporter.set(DRIFT, &[("service", "chat")], 0.001);
+    wait_for(&s.api, "m", LONG, "resumed and promoted to step 2", |m| step(m) == Some(2) && phase(m) == Phase::Split).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn prometheus_down_pauses_without_promotion_and_its_return_continues() -> anyhow::Result<()> {
+    let Some(s) = stack("gates-down", false, false).await? else { return Ok(()) };
+    create(&s.api, gated(&s.prometheus.url(), "4s", 2, "1s")).await?;
+    wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
+    s.prometheus.stop();
+    let paused = wait_for(&s.api, "m", LONG, "Paused", |m| phase(m) == Phase::Paused).await;
+    assert_eq!(step(&paused), Some(1));
+    let gate = &paused.status.as_ref().and_then(|s| s.last_analysis.clone()).expect("analysis").gates[0];
+    assert_eq!(gate.verdict, Verdict::Inconclusive);
+    assert!(gate.message.as_deref().unwrap_or_default().contains("unreachable"), "{gate:?}");
+
+    s.prometheus.restart()?;
+    s.prometheus.wait_for_targets(Duration::from_secs(30)).await?;
+    wait_for(&s.api, "m", LONG, "step 2 after Prometheus returned", |m| step(m) == Some(2)).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_query_is_degraded_with_prometheus_message_and_never_rolls_back() -> anyhow::Result<()> {
+    let Some(s) = stack("gates-invalid", false, false).await? else { return Ok(()) };
+    let mut spec = gated(&s.prometheus.url(), "1s", 1, "1s");
+    spec["analysis"]["gates"][0]["query"] = json!("sum(rate(chat_requests_total[5m])");
+    create(&s.api, spec).await?;
+    let degraded = wait_for(&s.api, "m", LONG, "Degraded", |m| {
+        m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True"))
+    })
+    .await;
+    let condition = degraded.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded").cloned()).expect("Degraded");
+    assert_eq!(condition.reason, "InvalidQuery");
+    assert!(condition.message.contains("parse error"), "Prometheus's own message: {}", condition.message);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(phase(&s.api.get("m").await?), Phase::Preflight, "no promotion and no rollback on a spec problem");
+    Ok(())
+}
+
+fn alert_only(prometheus: Option<&str>) -> serde_json::Value {
+    let mut spec = json!({
+        "service": "chat",
+        "flags": { "configMap": { "name": "flags" } },
+        "shadow": { "duration": "0s" },
+        "steps": [10, 50],
+        "bakeTime": "1h",
+        "rollback": { "onAlerts": ["ChatDataInconsistency"] },
+    });
+    if let Some(url) = prometheus {
+        spec["analysis"] = json!({ "prometheus": { "url": url }, "interval": "1s" });
+    }
+    spec
+}
+
+#[tokio::test]
+async fn a_firing_alert_pushed_by_alertmanager_rolls_back_and_unauthenticated_calls_are_refused() -> anyhow::Result<()> {
+    let Some(s) = stack("alerts-push", true, true).await? else { return Ok(()) };
+    // No analysis section: only the pushed path can roll this Migration back.
+    create(&s.api, alert_only(None)).await?;
+    wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
+
+    let http = prometheus_http_query::reqwest::Client::new();
+    let url = format!("http://{}/webhook/alertmanager", s.operator_addr);
+    let forged = json!({ "alerts": [{ "status": "firing", "labels": { "alertname": "ChatDataInconsistency", "service": "chat" } }] });
+    let anonymous = http.post(&url).json(&forged).send().await?;
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let wrong = http.post(&url).bearer_auth("guess").json(&forged).send().await?;
+    assert_eq!(wrong.status().as_u16(), 401);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(step(&s.api.get("m").await?), Some(1), "an unauthenticated call changes nothing");
+
+    s.exporter.set(DRIFT, &[("service", "chat")], 0.5);
+    let rolled = wait_for(&s.api, "m", LONG, "RolledBack", |m| phase(m) == Phase::RolledBack).await;
+    let record = rolled.status.and_then(|s| s.last_rollback).expect("rollback record");
+    assert_eq!((record.reason.as_str(), record.message.as_str()), ("AlertFiring", "alert ChatDataInconsistency is firing"));
+    assert_eq!(flags(&s.client, &s.ns).await["read_split_percent"], "0");
+
+    // Resolved: the annotation clears, and a retry is no longer rolled back at once.
+    s.exporter.set(DRIFT, &[("service", "chat")], 0.001);
+    wait_for(&s.api, "m", LONG, "alert resolved", |m| !m.annotations().contains_key("ficus.dev/firing-alerts")).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_firing_alert_found_by_polling_alerts_rolls_back() -> anyhow::Result<()> {
+    let Some(s) = stack("alerts-poll", true, false).await? else { return Ok(()) };
+    create(&s.api, alert_only(Some(&s.prometheus.url()))).await?;
+    wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
+    s.exporter.set(DRIFT, &[("service", "chat")], 0.5);
+    let rolled = wait_for(&s.api, "m", LONG, "RolledBack", |m| phase(m) == Phase::RolledBack).await;
+    let record = rolled.status.and_then(|s| s.last_rollback).expect("rollback record");
+    assert_eq!(record.reason, "AlertFiring");
+    assert!(!rolled.metadata.annotations.unwrap_or_default().contains_key("ficus.dev/firing-alerts"), "found by polling, not pushed");
+    Ok(())
+}
+
+use kube::ResourceExt;
