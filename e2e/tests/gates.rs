@@ -304,3 +304,35 @@ async fn a_firing_alert_found_by_polling_alerts_rolls_back() -> anyhow::Result<(
 }
 
 use kube::ResourceExt;
+
+/// The example rules and the example Migration's gate queries are valid for real Prometheus:
+/// the rules load, and every gate query evaluates without a parse error.
+#[tokio::test]
+async fn the_shipped_rules_and_gate_queries_are_valid_promql() -> anyhow::Result<()> {
+    ficus_e2e::init();
+    let root = ficus_e2e::operator::repo_root().join("examples");
+    let rules = std::fs::read_to_string(root.join("prometheus/chat-alerts.rules.yml"))?;
+    let prometheus = match Prometheus::start(PrometheusConfig { rules: Some(rules), ..Default::default() }) {
+        Ok(p) => p,
+        Err(e) => {
+            ficus_e2e::skip_or_panic(&e);
+            return Ok(());
+        }
+    };
+    let text = std::fs::read_to_string(root.join("chat-postgres-to-scylla.yaml"))?;
+    let docs: Vec<serde_json::Value> = text.split("\n---").filter_map(|d| serde_saphyr::from_str(d).ok()).collect();
+    let migration = docs.iter().find(|d| d["kind"] == "Migration").expect("the example has a Migration");
+    let gates = migration["spec"]["analysis"]["gates"].as_array().expect("gates");
+    assert_eq!(gates.len(), 3);
+    let checker = ficus_operator::analysis::Prometheus::new(&prometheus.url(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
+    for gate in gates {
+        let query = gate["query"].as_str().expect("query");
+        let outcome = checker.query(query).await;
+        assert!(
+            matches!(outcome, ficus_operator::analysis::Outcome::Values(_)),
+            "gate {} must be valid PromQL: {outcome:?}",
+            gate["name"]
+        );
+    }
+    Ok(())
+}

@@ -32,6 +32,8 @@ pub struct Alert {
 pub enum WebhookError {
     #[error("listing Migrations: {0}")]
     List(#[source] kube::Error),
+    #[error("Migration {name} kept changing under 5 attempts to record the alert; Alertmanager will retry")]
+    Contended { name: String },
     #[error("updating Migration {name}: {source}")]
     Patch {
         name: String,
@@ -78,23 +80,38 @@ pub async fn receive(client: Client, namespace: Option<&str>, payload: &Payload)
     let migrations = api.list(&ListParams::default()).await.map_err(WebhookError::List)?;
     let mut changed = 0;
     for mig in migrations.items {
-        let Some(next) = next_firing(&mig, &payload.alerts) else { continue };
-        let name = mig.name_any();
+        if update(&client, mig, &payload.alerts).await? {
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// Read-modify-write of one Migration's annotation. The resourceVersion precondition keeps a
+/// concurrent writer (the reconciler, another webhook call) from being overwritten; on a
+/// conflict the Migration is read again and the change recomputed.
+async fn update(client: &Client, mut mig: Migration, alerts: &[Alert]) -> Result<bool, WebhookError> {
+    let name = mig.name_any();
+    let api: Api<Migration> = Api::namespaced(client.clone(), &mig.namespace().unwrap_or_default());
+    for _ in 0..5 {
+        let Some(next) = next_firing(&mig, alerts) else { return Ok(false) };
         let value = (!next.is_empty()).then(|| next.iter().cloned().collect::<Vec<_>>().join(","));
-        // resourceVersion makes concurrent webhook calls retry instead of overwriting each other.
         let patch = json!({ "metadata": {
             "resourceVersion": mig.resource_version(),
             "annotations": { annotations::FIRING_ALERTS: value },
         }});
-        let ns_api: Api<Migration> = Api::namespaced(client.clone(), &mig.namespace().unwrap_or_default());
-        ns_api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|source| WebhookError::Patch { name: name.clone(), source })?;
-        info!(migration = %name, firing = ?next, "alert state from Alertmanager");
-        changed += 1;
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                info!(migration = %name, firing = ?next, "alert state from Alertmanager");
+                return Ok(true);
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                mig = api.get(&name).await.map_err(|source| WebhookError::Patch { name: name.clone(), source })?;
+            }
+            Err(source) => return Err(WebhookError::Patch { name, source }),
+        }
     }
-    Ok(changed)
+    Err(WebhookError::Contended { name })
 }
 
 #[cfg(test)]

@@ -56,17 +56,19 @@ pub enum RunError {
 pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    // The endpoint lives exactly as long as this function, also when its future is dropped.
+    let mut _http = None;
     if let Some(addr) = config.http_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Http { addr, source })?;
         let webhook = config.webhook_token.clone().filter(|t| !t.is_empty()).map(|token| {
             Arc::new(Webhook { client: client.clone(), namespace: config.namespace.clone(), token })
         });
         let state = HttpState { metrics: metrics.clone(), ready: ready.clone(), webhook };
-        tokio::spawn(async move {
+        _http = Some(AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, http::router(state)).await {
                 warn!(error = %e, "metrics endpoint stopped");
             }
-        });
+        })));
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
     let reporter = Reporter { controller: "ficus-operator".into(), instance: Some(config.identity.clone()) };
@@ -122,5 +124,13 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             _ = &mut shutdown => { info!("shutting down"); return Ok(()); }
         }
         metrics.is_leader.set(0);
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

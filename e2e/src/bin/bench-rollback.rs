@@ -1,0 +1,164 @@
+//! time-to-rollback: from the moment the evidence turns bad to the moment the flag ConfigMap
+//! shows the safe state (0 % new, legacy primary), against a real API server, Prometheus and
+//! Alertmanager. Prints min/median/max per path; asserts nothing.
+//!
+//! `cargo run --release -p ficus-e2e --bin bench-rollback [-- RUNS]`
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ficus_e2e::control_plane::free_ports;
+use ficus_e2e::operator::{Operator, install_crds};
+use ficus_e2e::{Alertmanager, ControlPlane, Exporter, Prometheus, PrometheusConfig, create_namespace, unique_namespace};
+use ficus_operator::crd::Migration;
+use ficus_operator::run::Config;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+const TOKEN: &str = "bench-token";
+const DRIFT: &str = "chat_shadow_drift_ratio";
+const RULES: &str = r#"
+groups:
+  - name: chat
+    rules:
+      - alert: ChatDataInconsistency
+        expr: max(chat_shadow_drift_ratio) > 0.01
+        for: 0s
+        labels: { service: chat }
+"#;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Gate,
+    AlertPushed,
+    AlertPolled,
+    WebhookToFlags,
+}
+
+impl Path {
+    fn describe(self) -> &'static str {
+        match self {
+            Path::Gate => "gate fails (failureLimit 1): exporter bad -> flags safe",
+            Path::AlertPushed => "alert via Alertmanager webhook: exporter bad -> flags safe",
+            Path::AlertPolled => "alert via polled ALERTS: exporter bad -> flags safe",
+            Path::WebhookToFlags => "webhook push received -> flags safe (operator only)",
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    ficus_e2e::init();
+    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let cp = ControlPlane::start()?;
+    install_crds(&cp)?;
+    let client = cp.client().await?;
+    let [port] = free_ports::<1>()?;
+    let operator_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let alertmanager = Alertmanager::start(&format!("http://{operator_addr}/webhook/alertmanager"), TOKEN)?;
+    let exporter = Exporter::start()?;
+    exporter.set(DRIFT, &[("service", "chat")], 0.001);
+    let prometheus = Prometheus::start(PrometheusConfig {
+        targets: vec![exporter.addr().to_string()],
+        rules: Some(RULES.into()),
+        alertmanager: Some(alertmanager.addr().to_string()),
+    })?;
+    prometheus.wait_for_targets(Duration::from_secs(30)).await?;
+
+    println!("time-to-rollback, {runs} runs per path");
+    println!("settings: Prometheus scrape 1s and rule evaluation 1s; gate interval 1s; Alertmanager group_wait 0s, group_interval 1s");
+    for path in [Path::Gate, Path::AlertPushed, Path::AlertPolled, Path::WebhookToFlags] {
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            samples.push(run_once(path, &client, &cp, operator_addr, &exporter, &prometheus).await?);
+        }
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{:<62} min {:>7.0} ms  median {:>7.0} ms  max {:>7.0} ms",
+            path.describe(),
+            ms(samples[0]),
+            ms(samples[samples.len() / 2]),
+            ms(samples[samples.len() - 1])
+        );
+    }
+    Ok(())
+}
+
+async fn run_once(path: Path, client: &Client, _cp: &ControlPlane, addr: SocketAddr, exporter: &Exporter, prometheus: &Prometheus) -> Result<Duration, BoxError> {
+    // Quiet start: the metric is healthy and no alert is firing anywhere.
+    exporter.set(DRIFT, &[("service", "chat")], 0.001);
+    prometheus.wait_for("ALERTS", TIMEOUT, |s| s.is_empty().then_some(())).await?;
+
+    let ns = unique_namespace("bench");
+    create_namespace(client, &ns).await?;
+    let config = Config { namespace: Some(ns.clone()), identity: "bench".into(), leader: None, http_addr: Some(addr), webhook_token: Some(TOKEN.into()) };
+    let operator = Operator::start_with(client.clone(), config);
+    let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
+    let mut spec = json!({
+        "service": "chat",
+        "flags": { "configMap": { "name": "flags" } },
+        "shadow": { "duration": "0s" },
+        "steps": [10, 50],
+        "bakeTime": "1h",
+        "rollback": { "onAlerts": ["ChatDataInconsistency"] },
+    });
+    match path {
+        Path::Gate => {
+            spec["rollback"] = json!({ "onAlerts": [] });
+            spec["analysis"] = json!({
+                "prometheus": { "url": prometheus.url() }, "interval": "1s", "failureLimit": 1,
+                "gates": [{ "name": "drift", "query": format!("max({DRIFT})"), "max": 0.01 }],
+            });
+        }
+        Path::AlertPolled => spec["analysis"] = json!({ "prometheus": { "url": prometheus.url() }, "interval": "1s" }),
+        Path::AlertPushed | Path::WebhookToFlags => {}
+    }
+    let m: Migration = serde_json::from_value(json!({ "apiVersion": "ficus.dev/v1alpha1", "kind": "Migration", "metadata": { "name": "m" }, "spec": spec }))?;
+    api.create(&PostParams::default(), &m).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    wait_flags(&cms, "10").await?;
+
+    let start = Instant::now();
+    if path == Path::WebhookToFlags {
+        let body = json!({ "alerts": [{ "status": "firing", "labels": { "alertname": "ChatDataInconsistency", "service": "chat" } }] });
+        let response = prometheus_http_query::reqwest::Client::new()
+            .post(format!("http://{addr}/webhook/alertmanager"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(format!("webhook answered {}", response.status()).into());
+        }
+    } else {
+        exporter.set(DRIFT, &[("service", "chat")], 0.5);
+    }
+    wait_flags(&cms, "0").await?;
+    let took = start.elapsed();
+    drop(operator);
+    // The operator's HTTP port is reused by the next run: give the listener time to close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(took)
+}
+
+/// Polls the flag ConfigMap every 5 ms until `read_split_percent` has the value.
+async fn wait_flags(cms: &Api<ConfigMap>, split: &str) -> Result<(), BoxError> {
+    let start = Instant::now();
+    while start.elapsed() < TIMEOUT {
+        if let Some(cm) = cms.get_opt("flags").await? {
+            let data = cm.data.unwrap_or_default();
+            let safe = split != "0" || data.get("write_primary").map(String::as_str) == Some("legacy");
+            if data.get("read_split_percent").map(String::as_str) == Some(split) && safe {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err(format!("flags never reached read_split_percent={split}").into())
+}
