@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: Go (builds the control plane), Prometheus and Alertmanager
-# (gate and alert tests). Skips apt entirely when everything is already installed.
+# (gate and alert tests), PostgreSQL and NATS (chat-service tests). Skips apt entirely when everything is already installed.
 set -euo pipefail
 need=()
 command -v go >/dev/null || need+=(golang-go)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v nats-server >/dev/null || need+=(nats-server)
 if [[ ${#need[@]} -gt 0 ]]; then
   echo "[deps] installing: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -17,4 +19,17 @@ if [[ ${#need[@]} -gt 0 ]]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   [[ -z "$made_policy" ]] || rm -f /usr/sbin/policy-rc.d
+fi
+
+# moto's server (AWS SSM and ECS APIs for the AWS driver tests), in a virtualenv cached
+# outside the repo and keyed by version.
+MOTO_VERSION="${FICUS_MOTO_VERSION:-5.2.5}"
+MOTO_VENV="${FICUS_CACHE:-$HOME/.cache/ficus}/moto-$MOTO_VERSION"
+# The marker is written last, so an interrupted install is redone from scratch.
+if [[ ! -f "$MOTO_VENV/.complete" ]]; then
+  echo "[deps] installing moto[server] $MOTO_VERSION into $MOTO_VENV" >&2
+  rm -rf "$MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+  touch "$MOTO_VENV/.complete"
 fi

@@ -48,7 +48,7 @@ pub struct Operator {
 impl Operator {
     /// Watches only `namespace`; with `lease` set, takes part in leader election for it.
     pub fn start(client: Client, namespace: &str, identity: &str, lease: Option<LeaderConfig>) -> Self {
-        let config = Config { namespace: Some(namespace.into()), identity: identity.into(), leader: lease, http_addr: None, webhook_token: None };
+        let config = Config { namespace: Some(namespace.into()), identity: identity.into(), leader: lease, http_addr: None, webhook_token: None, aws: Default::default() };
         Self::start_with(client, config)
     }
 

@@ -93,6 +93,7 @@ async fn stack(prefix: &str, rules: bool, alertmanager: bool) -> anyhow::Result<
         leader: None,
         http_addr: Some(operator_addr),
         webhook_token: Some(TOKEN.into()),
+        aws: Default::default(),
     };
     let operator = Operator::start_with(client.clone(), config);
     let api = Api::namespaced(client.clone(), &ns);

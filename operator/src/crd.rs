@@ -63,6 +63,10 @@ pub struct MigrationSpec {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("bakeTime must be a duration such as 30s, 5m or 1h30m"))]
     pub bake_time: String,
 
+    /// Where the AWS APIs are, for SSM flags and ECS workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSpec>,
+
     /// Prometheus gates evaluated during every active phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
@@ -84,27 +88,84 @@ fn default_bake_time() -> String {
     "5m".into()
 }
 
-/// A workload observed and scaled by the operator.
+/// A workload observed and scaled by the operator: a Deployment or an ECS service.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.deployment) != has(self.ecs)").message("a workload names exactly one of deployment or ecs"))]
 pub struct Workload {
     /// Name of a Deployment in the Migration's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub deployment: String,
+    pub deployment: Option<String>,
+    /// An AWS ECS service (credentials come from the operator's environment, never the spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecs: Option<EcsService>,
     /// Promotion waits until this workload reports ready replicas (off by default: readiness is
     /// reported as an observation, progression never waits on it silently).
     #[serde(default)]
     pub require_ready: bool,
 }
 
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EcsService {
+    #[schemars(length(min = 1, max = 255))]
+    pub cluster: String,
+    #[schemars(length(min = 1, max = 255))]
+    pub service: String,
+}
+
+impl Workload {
+    /// A short human name: `Deployment chat-legacy` or `ECS service hse/chat-old`.
+    pub fn describe(&self) -> String {
+        match (&self.deployment, &self.ecs) {
+            (Some(d), _) => format!("Deployment {d}"),
+            (None, Some(e)) => format!("ECS service {}/{}", e.cluster, e.service),
+            (None, None) => "an unnamed workload".into(),
+        }
+    }
+}
+
+/// Where the AWS APIs are (SSM, ECS). Credentials are never here: the operator uses the AWS
+/// default provider chain (IRSA / pod identity, environment, profiles).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsSpec {
+    /// e.g. eu-west-1; default: the operator's `--aws-region`, else the SDK's own lookup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// An endpoint override (VPC endpoint, a local emulator); default: the operator's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("aws.endpointUrl must start with http:// or https://"))]
+    #[schemars(length(max = 2048))]
+    pub endpoint_url: Option<String>,
+}
+
 /// Flag stores. At least one must be named.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.configMap)").message("flags: name at least one flag store, e.g. configMap: {name: chat-migration-flags}"))]
+#[x_kube(validation = Rule::new("has(self.configMap) || has(self.ssm)").message("flags: name at least one flag store, e.g. configMap: {name: chat-migration-flags} or ssm: {prefix: /hse/chat/}"))]
 pub struct FlagStores {
     /// A ConfigMap in the Migration's namespace, watched by the services through the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<ConfigMapStore>,
+    /// AWS SSM Parameter Store: the flag document as parameters under a prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssm: Option<SsmStore>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SsmStore {
+    /// Parameter path prefix, e.g. `/hse/chat/` (parameters `/hse/chat/traffic-split-percent`, ...).
+    #[schemars(length(min = 2, max = 900))]
+    #[x_kube(validation = Rule::new("self.matches('^/([A-Za-z0-9_.-]+/)+$')").message("flags.ssm.prefix must be a parameter path that starts and ends with '/', e.g. /hse/chat/"))]
+    pub prefix: String,
+    /// Write the parameters as SecureString (encrypted with the account's default key or `kmsKeyId`).
+    #[serde(default)]
+    pub secure: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

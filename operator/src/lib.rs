@@ -5,6 +5,7 @@
 
 pub mod alert_webhook;
 pub mod analysis;
+pub mod aws;
 pub mod backfill;
 pub mod crd;
 pub mod duration;

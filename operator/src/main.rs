@@ -33,6 +33,12 @@ struct Args {
     /// webhook at /webhook/alertmanager is off without a token.
     #[arg(long, env = "FICUS_WEBHOOK_TOKEN_FILE")]
     webhook_token_file: Option<std::path::PathBuf>,
+    /// AWS region for SSM flag stores and ECS workloads (a Migration's spec.aws.region wins).
+    #[arg(long, env = "FICUS_AWS_REGION")]
+    aws_region: Option<String>,
+    /// AWS endpoint override, e.g. a VPC endpoint (a Migration's spec.aws.endpointUrl wins).
+    #[arg(long, env = "FICUS_AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
     /// Log as JSON lines.
     #[arg(long, env = "FICUS_LOG_JSON")]
     log_json: bool,
@@ -63,6 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             grace_secs: (args.lease_duration / 3).max(1),
         }),
         http_addr: Some(args.http_addr),
+        aws: ficus_operator::aws::AwsDefaults { region: args.aws_region, endpoint_url: args.aws_endpoint_url },
         webhook_token: match &args.webhook_token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)

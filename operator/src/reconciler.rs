@@ -23,12 +23,12 @@ use tracing::{debug, info, warn};
 
 use crate::backfill;
 use crate::crd::{AppliedFlags, Migration, MigrationStatus, Workload, annotations};
-use crate::flags::{ConfigMapStore, FlagStoreError};
+use crate::flags::{self, ConfigMapStore, FlagStoreError, SsmStore, Store as FlagStore};
 use crate::analysis::Outcome;
 use crate::crd::Verdict;
 use crate::machine::{self, Commands, Decision, EventType, JobState, Note, Observations, Problem, Side, WorkloadState};
 use crate::metrics::Metrics;
-use crate::workloads::DeploymentDriver;
+use crate::workloads::{DeploymentDriver, EcsDriver, Workloads};
 
 pub const FINALIZER: &str = "ficus.dev/safe-state";
 const FIELD_MANAGER: &str = "ficus-operator";
@@ -66,6 +66,7 @@ impl Error {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
+    pub aws: crate::aws::AwsConfigs,
     pub prometheus: crate::analysis::Clients,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
@@ -78,6 +79,7 @@ pub async fn run_controller(
     namespace: Option<&str>,
     metrics: Arc<Metrics>,
     reporter: Reporter,
+    aws: crate::aws::AwsDefaults,
 ) {
     let (migrations, jobs): (Api<Migration>, Api<Job>) = match namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
@@ -86,6 +88,7 @@ pub async fn run_controller(
     let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
         .owns(jobs, watcher::Config::default().labels("app.kubernetes.io/managed-by=ficus"));
     let ctx = Arc::new(Context {
+        aws: crate::aws::AwsConfigs::new(aws),
         prometheus: Default::default(),
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -131,31 +134,45 @@ pub fn error_policy(mig: Arc<Migration>, err: &Error, ctx: Arc<Context>) -> Acti
 struct Targets<'a> {
     mig: &'a Migration,
     ns: String,
-    flags: Option<ConfigMapStore>,
-    deployments: DeploymentDriver,
+    stores: Vec<FlagStore>,
+    workloads: Workloads,
 }
 
 impl<'a> Targets<'a> {
-    fn new(mig: &'a Migration, ctx: &Context) -> Result<Self, Error> {
+    async fn new(mig: &'a Migration, ctx: &Context) -> Result<Self, Error> {
         let ns = mig.namespace().ok_or(Error::NoNamespace)?;
         let name = mig.name_any();
-        let flags = mig.spec.flags.config_map.as_ref().map(|cm| ConfigMapStore::new(ctx.client.clone(), &ns, &cm.name, &name));
-        let deployments = DeploymentDriver::new(ctx.client.clone(), &ns);
-        Ok(Self { mig, ns, flags, deployments })
+        let spec = &mig.spec;
+        let uses_ecs = [&spec.legacy, &spec.candidate].iter().any(|w| w.as_ref().is_some_and(|w| w.ecs.is_some()));
+        let aws = if spec.flags.ssm.is_some() || uses_ecs { Some(ctx.aws.config(spec.aws.as_ref()).await) } else { None };
+        let mut stores = Vec::new();
+        if let Some(cm) = &spec.flags.config_map {
+            stores.push(FlagStore::ConfigMap(ConfigMapStore::new(ctx.client.clone(), &ns, &cm.name, &name)));
+        }
+        if let (Some(ssm), Some(aws)) = (&spec.flags.ssm, &aws) {
+            stores.push(FlagStore::Ssm(SsmStore::new(aws, ssm)));
+        }
+        let workloads = Workloads {
+            deployments: DeploymentDriver::new(ctx.client.clone(), &ns),
+            ecs: aws.as_ref().filter(|_| uses_ecs).map(EcsDriver::new),
+        };
+        Ok(Self { mig, ns, stores, workloads })
     }
 
+    /// The document every store holds (see [`flags::combine`] when they disagree).
     async fn read_flags(&self) -> Result<Option<AppliedFlags>, FlagStoreError> {
-        match &self.flags {
-            Some(store) => store.read().await,
-            None => Ok(None),
+        let mut docs = Vec::with_capacity(self.stores.len());
+        for store in &self.stores {
+            docs.push(store.read().await?);
         }
+        Ok(flags::combine(&docs))
     }
 
     async fn write_flags(&self, flags: &AppliedFlags) -> Result<(), FlagStoreError> {
-        match &self.flags {
-            Some(store) => store.write(flags).await,
-            None => Ok(()),
+        for store in &self.stores {
+            store.write(flags).await?;
         }
+        Ok(())
     }
 
     fn workload(&self, side: Side) -> Option<&Workload> {
@@ -187,7 +204,7 @@ async fn observe(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: 
     for side in [Side::Legacy, Side::Candidate] {
         let Some(workload) = t.workload(side) else { continue };
         let field = if side == Side::Legacy { "legacy" } else { "candidate" };
-        match t.deployments.observe(field, &workload.deployment).await {
+        match t.workloads.observe(field, workload).await {
             Ok(state) => *slot(&mut obs, side) = Some(state),
             Err(e) => obs.problems.push(Problem::new(e.reason(), e.to_string())),
         }
@@ -265,7 +282,7 @@ fn slot(obs: &mut Observations, side: Side) -> &mut Option<WorkloadState> {
 }
 
 async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
-    let t = Targets::new(mig, ctx)?;
+    let t = Targets::new(mig, ctx).await?;
     let current = mig.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let (mut obs, flags_readable) = observe(&t, &current, ctx, now).await;
@@ -315,8 +332,8 @@ async fn converge(t: &Targets<'_>, obs: &Observations, decision: &Decision, flag
     }
     for (side, replicas) in &decision.scale {
         if let Some(workload) = t.workload(*side) {
-            t.deployments.scale(&workload.deployment, *replicas).await.map_err(|e| Problem::new(e.reason(), e.to_string()))?;
-            info!(migration = %t.mig.name_any(), deployment = %workload.deployment, replicas, "scaled");
+            t.workloads.scale(workload, *replicas).await.map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+            info!(migration = %t.mig.name_any(), workload = %workload.describe(), replicas, "scaled");
         }
     }
     if let (Some(name), Some(spec)) = (&decision.create_backfill_job, &t.mig.spec.backfill) {
@@ -395,7 +412,7 @@ fn truncate(s: &str, max: usize) -> String {
 /// the finalizer lets the object go. A store that cannot be written keeps the object: removing
 /// the finalizer by hand is the user's explicit choice to leave the flags as they are.
 async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
-    let t = Targets::new(mig, ctx)?;
+    let t = Targets::new(mig, ctx).await?;
     let status = mig.status.clone().unwrap_or_default();
     let safe = machine::deletion_flags(status.phase);
     let current = t.read_flags().await.map_err(|e| Error::Cleanup(e.to_string()))?;
@@ -407,10 +424,10 @@ async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     }
     if status.phase != crate::crd::Phase::Completed
         && let (Some(before), Some(legacy)) = (status.legacy_replicas_before, &mig.spec.legacy)
-        && let Ok(state) = t.deployments.observe("legacy", &legacy.deployment).await
+        && let Ok(state) = t.workloads.observe("legacy", legacy).await
         && state.replicas < before
     {
-        t.deployments.scale(&legacy.deployment, before).await.map_err(|e| Error::Cleanup(e.to_string()))?;
+        t.workloads.scale(legacy, before).await.map_err(|e| Error::Cleanup(e.to_string()))?;
     }
     let note = Note {
         type_: EventType::Normal,

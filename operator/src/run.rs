@@ -24,6 +24,8 @@ pub struct Config {
     pub http_addr: Option<SocketAddr>,
     /// Shared token Alertmanager presents as `Authorization: Bearer`; the webhook is off without it.
     pub webhook_token: Option<String>,
+    /// Region and endpoint for SSM and ECS unless a Migration's `spec.aws` says otherwise.
+    pub aws: crate::aws::AwsDefaults,
 }
 
 #[derive(Clone, Debug)]
@@ -73,7 +75,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     }
     let reporter = Reporter { controller: "ficus-operator".into(), instance: Some(config.identity.clone()) };
     let namespace = config.namespace.clone();
-    let controller = || reconciler::run_controller(client.clone(), namespace.as_deref(), metrics.clone(), reporter.clone());
+    let controller = || reconciler::run_controller(client.clone(), namespace.as_deref(), metrics.clone(), reporter.clone(), config.aws.clone());
     tokio::pin!(shutdown);
 
     let Some(leader) = &config.leader else {

@@ -97,7 +97,7 @@ async fn run_once(path: Path, client: &Client, _cp: &ControlPlane, addr: SocketA
 
     let ns = unique_namespace("bench");
     create_namespace(client, &ns).await?;
-    let config = Config { namespace: Some(ns.clone()), identity: "bench".into(), leader: None, http_addr: Some(addr), webhook_token: Some(TOKEN.into()) };
+    let config = Config { namespace: Some(ns.clone()), identity: "bench".into(), leader: None, http_addr: Some(addr), webhook_token: Some(TOKEN.into()), aws: Default::default() };
     let operator = Operator::start_with(client.clone(), config);
     let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
     let mut spec = json!({

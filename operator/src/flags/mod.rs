@@ -4,8 +4,10 @@
 //! writes a complete document. A new store kind is a new file beside `configmap.rs`.
 
 mod configmap;
+mod ssm;
 
 pub use configmap::ConfigMapStore;
+pub use ssm::{SsmStore, TRAFFIC_SPLIT_PERCENT, USE_NEW_SYSTEM};
 
 use crate::crd::{AppliedFlags, DualWrite, FlagValues, WritePrimary};
 
@@ -20,6 +22,8 @@ pub mod keys {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlagStoreError {
+    #[error("SSM flag store: {0}")]
+    Aws(#[source] crate::aws::AwsError),
     #[error("the operator may not {verb} ConfigMap {namespace}/{name}: grant get, create and patch on configmaps in that namespace to the operator's ServiceAccount")]
     Forbidden { verb: &'static str, namespace: String, name: String },
     #[error("flag store ConfigMap {namespace}/{name} could not be {verb}: {source}")]
@@ -38,8 +42,43 @@ impl FlagStoreError {
         match self {
             FlagStoreError::Forbidden { .. } => "FlagStoreForbidden",
             FlagStoreError::Api { .. } => "FlagStoreUnavailable",
+            FlagStoreError::Aws(e) => e.reason(),
         }
     }
+}
+
+/// The configured stores of one Migration, written together.
+pub enum Store {
+    ConfigMap(ConfigMapStore),
+    Ssm(SsmStore),
+}
+
+impl Store {
+    pub async fn read(&self) -> Result<Option<AppliedFlags>, FlagStoreError> {
+        match self {
+            Store::ConfigMap(s) => s.read().await,
+            Store::Ssm(s) => s.read().await,
+        }
+    }
+
+    pub async fn write(&self, flags: &AppliedFlags) -> Result<(), FlagStoreError> {
+        match self {
+            Store::ConfigMap(s) => s.write(flags).await,
+            Store::Ssm(s) => s.write(flags).await,
+        }
+    }
+}
+
+/// What several stores hold, as one observation: their document when they agree; otherwise
+/// the highest generation with values that match nothing, so every store gets rewritten with a
+/// generation above all of them.
+pub fn combine(docs: &[Option<AppliedFlags>]) -> Option<AppliedFlags> {
+    let first = docs.first().copied().flatten();
+    if docs.iter().all(|d| *d == first) {
+        return first;
+    }
+    let generation = docs.iter().flatten().map(|d| d.generation).max()?;
+    Some(AppliedFlags { generation, values: FlagValues { read_split_percent: -1, ..FlagValues::default() } })
 }
 
 /// The document as key/value strings, identical for every store.
@@ -97,6 +136,18 @@ mod tests {
         let map: BTreeMap<_, _> = to_entries(&flags).into_iter().collect();
         assert_eq!(map["write_primary"], "new");
         assert_eq!(from_entries(|k| map.get(k).cloned()), Some(flags));
+    }
+
+    #[test]
+    fn stores_that_disagree_read_as_a_document_to_rewrite_above_every_generation() {
+        let a = AppliedFlags { generation: 3, values: FlagValues::default() };
+        let b = AppliedFlags { generation: 5, values: FlagValues::default() };
+        assert_eq!(combine(&[Some(a), Some(a)]), Some(a));
+        assert_eq!(combine(&[None, None]), None);
+        let mixed = combine(&[Some(a), Some(b)]).expect("a document");
+        assert_eq!(mixed.generation, 5);
+        assert_ne!(mixed.values, FlagValues::default());
+        assert_eq!(combine(&[None, Some(a)]).map(|d| d.generation), Some(3));
     }
 
     #[test]

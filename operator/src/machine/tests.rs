@@ -49,7 +49,8 @@ fn spec() -> MigrationSpec {
         service: "chat".into(),
         legacy: None,
         candidate: None,
-        flags: FlagStores { config_map: Some(ConfigMapStore { name: "chat-migration-flags".into() }) },
+        flags: FlagStores { config_map: Some(ConfigMapStore { name: "chat-migration-flags".into() }), ssm: None },
+        aws: None,
         shadow: ShadowSpec { duration: "2m".into(), ..ShadowSpec::default() },
         backfill: None,
         steps: vec![10, 25, 50, 100],
@@ -95,8 +96,8 @@ fn with_backfill(spec: MigrationSpec) -> MigrationSpec {
 
 fn with_workloads(spec: MigrationSpec) -> MigrationSpec {
     MigrationSpec {
-        legacy: Some(Workload { deployment: "chat-legacy".into(), require_ready: false }),
-        candidate: Some(Workload { deployment: "chat-new".into(), require_ready: false }),
+        legacy: Some(Workload { deployment: Some("chat-legacy".into()), ecs: None, require_ready: false }),
+        candidate: Some(Workload { deployment: Some("chat-new".into()), ecs: None, require_ready: false }),
         ..spec
     }
 }
