@@ -53,6 +53,15 @@ pub enum HarnessError {
         last: String,
     },
 
+    /// A statement against a test database failed (e.g. connection refused: stopped).
+    #[error("{action} on {url}: {source}")]
+    Database {
+        action: String,
+        url: String,
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+
     #[error("building a kube client from {}: {source}", kubeconfig.display())]
     Client {
         kubeconfig: PathBuf,

@@ -1,5 +1,6 @@
 //! End-to-end test harness for Ficus: a real etcd + kube-apiserver on loopback ports, and a
-//! real Prometheus + Alertmanager fed by a test-controlled [`Exporter`].
+//! real Prometheus + Alertmanager fed by a test-controlled [`Exporter`], and a private
+//! PostgreSQL ([`Postgres`]) and NATS server ([`Nats`]).
 //!
 //! ```ignore
 //! #[tokio::test]
@@ -20,7 +21,10 @@ mod error;
 pub mod exporter;
 mod http;
 pub mod kubectl;
+pub mod moto;
+pub mod nats;
 pub mod operator;
+pub mod postgres;
 mod process;
 pub mod prometheus;
 
@@ -44,6 +48,8 @@ pub use error::HarnessError;
 pub use exporter::Exporter;
 pub use prometheus::{Prometheus, PrometheusConfig, Sample};
 pub use kubectl::KubectlOutput;
+pub use nats::Nats;
+pub use postgres::Postgres;
 
 /// One-time process setup; every entry point calls it, tests may too.
 ///
@@ -154,5 +160,13 @@ macro_rules! skip_or_fail {
 macro_rules! control_plane_or_skip {
     () => {
         $crate::skip_or_fail!($crate::ControlPlane::shared())
+    };
+}
+
+/// The shared [`Postgres`] of this test binary, or skip the test (see [`skip_or_fail!`]).
+#[macro_export]
+macro_rules! postgres_or_skip {
+    () => {
+        $crate::skip_or_fail!($crate::Postgres::shared())
     };
 }

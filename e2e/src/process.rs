@@ -69,6 +69,21 @@ impl Proc {
         args: &[String],
         log: PathBuf,
     ) -> Result<Self, HarnessError> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        Self::spawn_command(name, cmd, log)
+    }
+
+    /// Like [`spawn`](Self::spawn), for a caller-built `cmd` (e.g. with `uid`/`gid`, a working
+    /// directory or its own process group); stdin, stdout and stderr are set here.
+    ///
+    /// `PR_SET_PDEATHSIG` still holds for a child that switches user: std applies `uid`/`gid`
+    /// before the `pre_exec` hook that sets it (a credential change would clear it).
+    pub(crate) fn spawn_command(
+        name: &'static str,
+        mut cmd: Command,
+        log: PathBuf,
+    ) -> Result<Self, HarnessError> {
         // Append: a restarted process keeps the earlier run's log above its own.
         let out = OpenOptions::new()
             .create(true)
@@ -78,8 +93,9 @@ impl Proc {
         let err = out
             .try_clone()
             .map_err(HarnessError::io("duplicating log file", &log))?;
-        let mut cmd = Command::new(bin);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let bin = PathBuf::from(cmd.get_program());
+        let args: Vec<_> = cmd.get_args().collect();
         tracing::debug!(%name, bin = %bin.display(), ?args, "spawning");
         let child = spawn_orphan_proof(cmd).map_err(HarnessError::io("spawning", bin))?;
         Ok(Self {
@@ -111,15 +127,30 @@ impl Proc {
     /// A startup error carrying the last lines of this process's log.
     pub(crate) fn startup_error(&self, reason: String) -> HarnessError {
         const LINES: usize = 40;
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
         HarnessError::Startup {
             component: self.name,
             reason,
             log: self.log.clone(),
-            tail: lines[lines.len().saturating_sub(LINES)..].join("\n"),
+            tail: log_tail(&self.log, LINES),
         }
     }
+
+    pub(crate) fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+/// The last `lines` lines of the log file `log` (empty if it cannot be read).
+pub(crate) fn log_tail(log: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// True when `path` is a file with an execute bit set.
+pub(crate) fn executable(path: &Path) -> bool {
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Finds a binary: the path in `$env_var` if that is set, else `name` on `PATH`.
@@ -134,10 +165,6 @@ pub(crate) fn locate_binary(
     let missing = |reason: String| HarnessError::Missing {
         component: component.to_owned(),
         reason,
-    };
-    let executable = |p: &Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if let Some(path) = env::var_os(env_var) {
         let path = PathBuf::from(path);

@@ -64,6 +64,19 @@ async fn flags(client: &Client, ns: &str, name: &str) -> BTreeMap<String, String
     cms.get_opt(name).await.ok().flatten().map(|cm| flags_of(&cm)).unwrap_or_default()
 }
 
+/// The flags once `key` holds `value`: a decision is recorded in status before the stores are
+/// written, so a test that saw the status waits for the flags.
+async fn flags_when(client: &Client, ns: &str, name: &str, key: &str, value: &str) -> BTreeMap<String, String> {
+    for _ in 0..600 {
+        let f = flags(client, ns, name).await;
+        if f.get(key).map(String::as_str) == Some(value) {
+            return f;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("flag {key} never became {value:?}: {:?}", flags(client, ns, name).await);
+}
+
 fn phase(m: &Migration) -> Phase {
     m.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
@@ -212,10 +225,11 @@ async fn abort_rolls_back_to_the_safe_state_and_retry_starts_again() -> anyhow::
     let _operator = Operator::start(client.clone(), &ns, "solo", None);
     api.create(&PostParams::default(), &migration("m", held_spec("1h"))).await?;
     wait_for(&api, "m", LONG, "step 1", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1))).await;
-    assert_eq!(flags(&client, &ns, "flags").await["read_split_percent"], "10");
+    flags_when(&client, &ns, "flags", "read_split_percent", "10").await;
 
     annotate(&api, "m", "ficus.dev/abort").await?;
     let rolled = wait_for(&api, "m", LONG, "RolledBack", |m| phase(m) == Phase::RolledBack).await;
+    // RolledBack is only reached once the store holds the safe flags.
     let f = flags(&client, &ns, "flags").await;
     assert_eq!((f["write_primary"].as_str(), f["read_split_percent"].as_str(), f["dual_write"].as_str()), ("legacy", "0", "sync"));
     assert_eq!(rolled.status.as_ref().and_then(|s| s.last_rollback.as_ref()).map(|r| r.reason.as_str()), Some("Aborted"));
@@ -225,7 +239,7 @@ async fn abort_rolls_back_to_the_safe_state_and_retry_starts_again() -> anyhow::
 
     annotate(&api, "m", "ficus.dev/retry").await?;
     let again = wait_for(&api, "m", LONG, "step 1 again", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1) && s.attempt == 1)).await;
-    assert_eq!(flags(&client, &ns, "flags").await["read_split_percent"], "10");
+    flags_when(&client, &ns, "flags", "read_split_percent", "10").await;
     let reasons = event_reasons(&client, &ns, "m").await;
     assert!(reasons.iter().any(|r| r == "Aborted") && reasons.iter().any(|r| r == "Retry"), "{reasons:?}");
     assert!(!again.metadata.annotations.unwrap_or_default().contains_key("ficus.dev/retry"));
@@ -299,7 +313,7 @@ async fn deleting_a_migration_restores_the_safe_flags_before_it_disappears() -> 
     api.create(&PostParams::default(), &migration("m", held_spec("1h"))).await?;
     let running = wait_for(&api, "m", LONG, "step 1", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1))).await;
     assert!(running.finalizers().iter().any(|f| f == "ficus.dev/safe-state"));
-    let before: i64 = flags(&client, &ns, "flags").await["generation"].parse()?;
+    let before: i64 = flags_when(&client, &ns, "flags", "read_split_percent", "10").await["generation"].parse()?;
 
     api.delete("m", &DeleteParams::default()).await?;
     for _ in 0..200 {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::config::http::HttpResponse;
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::Mutex;
 
 use crate::crd::AwsSpec;
@@ -78,11 +79,23 @@ impl AwsError {
         }
     }
 
-    /// Classifies an SDK error by its service error code.
-    pub fn from_sdk<E: ProvideErrorMetadata + std::error::Error + 'static>(action: &'static str, err: &E) -> Self {
+    /// Classifies an SDK error by its service error code, else by its HTTP status (an error
+    /// body the SDK cannot parse still says 403).
+    pub fn from_sdk<E>(action: &'static str, err: &SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
         let code = err.code().unwrap_or_default();
         let message = err.message().map(String::from).unwrap_or_else(|| error_chain(err));
         let message = if code.is_empty() { message } else { format!("{code}: {message}") };
+        if code.is_empty()
+            && let Some(raw) = err.raw_response()
+            && raw.status().as_u16() == 403
+        {
+            let body = raw.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
+            let message = between(&body, "<Message>", "</Message>").unwrap_or("HTTP 403 Forbidden").to_string();
+            return AwsError::Denied { action, message };
+        }
         match code {
             c if c.contains("AccessDenied") || c == "UnauthorizedOperation" || c == "UnrecognizedClientException" || c == "InvalidClientTokenId" => {
                 AwsError::Denied { action, message }
@@ -91,6 +104,12 @@ impl AwsError {
             _ => AwsError::Failed { action, message },
         }
     }
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some(&text[start..start + len])
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
