@@ -15,6 +15,7 @@
 //! ```
 
 pub mod alertmanager;
+pub mod cassandra;
 pub mod certs;
 pub mod control_plane;
 mod error;
@@ -43,6 +44,7 @@ use kube::{
 };
 
 pub use alertmanager::Alertmanager;
+pub use cassandra::Cassandra;
 pub use control_plane::{Binaries, ControlPlane};
 pub use error::HarnessError;
 pub use exporter::Exporter;

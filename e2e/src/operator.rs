@@ -96,3 +96,22 @@ pub async fn wait_for(api: &Api<Migration>, name: &str, timeout: Duration, what:
     }
     panic!("timed out after {timeout:?} waiting for {what}; last status: {:#?}", last.and_then(|m| m.status));
 }
+
+/// The shared control plane with the CRDs installed, an admin client and a fresh namespace.
+/// `None` (after a SKIP line) when the control plane is missing outside CI; under CI a missing
+/// component panics.
+pub async fn test_namespace(prefix: &str) -> anyhow::Result<Option<(&'static ControlPlane, Client, String)>> {
+    crate::init();
+    let cp = match ControlPlane::shared() {
+        Ok(cp) => cp,
+        Err(e) => {
+            crate::skip_or_panic(&e);
+            return Ok(None);
+        }
+    };
+    install_crds(cp)?;
+    let client = cp.client().await?;
+    let ns = crate::unique_namespace(prefix);
+    crate::create_namespace(&client, &ns).await?;
+    Ok(Some((cp, client, ns)))
+}

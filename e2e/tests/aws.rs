@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_ecs::types::ContainerDefinition;
 use ficus_e2e::moto::Moto;
-use ficus_e2e::operator::{Operator, install_crds, wait_for};
-use ficus_e2e::{ControlPlane, create_namespace, unique_namespace};
+use ficus_e2e::operator::{Operator, test_namespace, wait_for};
 use ficus_operator::crd::{Migration, Phase};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -40,14 +39,6 @@ struct Aws {
 
 async fn setup(prefix: &str) -> anyhow::Result<Option<(Client, String, Aws, Operator)>> {
     credentials();
-    ficus_e2e::init();
-    let cp = match ControlPlane::shared() {
-        Ok(cp) => cp,
-        Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
-            return Ok(None);
-        }
-    };
     let moto = match Moto::start() {
         Ok(m) => m,
         Err(e) => {
@@ -55,10 +46,7 @@ async fn setup(prefix: &str) -> anyhow::Result<Option<(Client, String, Aws, Oper
             return Ok(None);
         }
     };
-    install_crds(cp)?;
-    let client = cp.client().await?;
-    let ns = unique_namespace(prefix);
-    create_namespace(&client, &ns).await?;
+    let Some((_cp, client, ns)) = test_namespace(prefix).await? else { return Ok(None) };
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(moto.url())

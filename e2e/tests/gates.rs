@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ficus_e2e::control_plane::free_ports;
-use ficus_e2e::operator::{Operator, install_crds, wait_for};
-use ficus_e2e::{Alertmanager, ControlPlane, Exporter, Prometheus, PrometheusConfig, create_namespace, unique_namespace};
+use ficus_e2e::operator::{Operator, test_namespace, wait_for};
+use ficus_e2e::{Alertmanager, Exporter, Prometheus, PrometheusConfig};
 use ficus_operator::crd::{Migration, PauseReason, Phase, Verdict};
 use ficus_operator::run::Config;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -44,19 +44,7 @@ struct Stack {
 /// Control plane (shared), exporter, Prometheus (own), optional Alertmanager posting to the
 /// operator's webhook, and an operator for a fresh namespace.
 async fn stack(prefix: &str, rules: bool, alertmanager: bool) -> anyhow::Result<Option<Stack>> {
-    ficus_e2e::init();
-    let cp = match ControlPlane::shared() {
-        Ok(cp) => cp,
-        Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
-            return Ok(None);
-        }
-    };
-    install_crds(cp)?;
-    let client = cp.client().await?;
-    let ns = unique_namespace(prefix);
-    create_namespace(&client, &ns).await?;
-
+    let Some((_cp, client, ns)) = test_namespace(prefix).await? else { return Ok(None) };
     let [port] = free_ports::<1>()?;
     let operator_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let am = if alertmanager {

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ficus_e2e::operator::{Operator, install_crds, repo_root, short_lease, wait_for};
-use ficus_e2e::{ControlPlane, create_namespace, unique_namespace};
+use ficus_e2e::operator::{Operator, repo_root, short_lease, test_namespace, wait_for};
+use ficus_e2e::ControlPlane;
 use ficus_operator::crd::{Migration, Phase};
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -20,19 +20,7 @@ use serde_json::json;
 const LONG: Duration = Duration::from_secs(60);
 
 async fn setup(prefix: &str) -> anyhow::Result<Option<(&'static ControlPlane, Client, String)>> {
-    ficus_e2e::init();
-    let cp = match ControlPlane::shared() {
-        Ok(cp) => cp,
-        Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
-            return Ok(None);
-        }
-    };
-    install_crds(cp)?;
-    let client = cp.client().await?;
-    let ns = unique_namespace(prefix);
-    create_namespace(&client, &ns).await?;
-    Ok(Some((cp, client, ns)))
+    test_namespace(prefix).await
 }
 
 fn migration(name: &str, spec: serde_json::Value) -> Migration {

@@ -61,7 +61,7 @@ impl Prometheus {
             }),
             Err(prometheus_http_query::Error::Prometheus(e)) if e.is_bad_data() => Outcome::Invalid(e.message().to_string()),
             Err(prometheus_http_query::Error::ParseUrl(e)) => Outcome::Invalid(format!("bad Prometheus URL: {e}")),
-            Err(e) => Outcome::Unreachable(error_chain(&e)),
+            Err(e) => Outcome::Unreachable(crate::error_chain(&e)),
         }
     }
 
@@ -77,7 +77,7 @@ impl Prometheus {
             return Ok(Vec::new());
         }
         let query = alerts_query(names, selector, namespace);
-        let result = self.client.query(&query).get().await.map_err(|e| error_chain(&e))?;
+        let result = self.client.query(&query).get().await.map_err(|e| crate::error_chain(&e))?;
         let mut firing: Vec<String> = match result.data() {
             Data::Vector(v) => v.iter().filter_map(|s| s.metric().get("alertname").cloned()).collect(),
             _ => Vec::new(),
@@ -113,16 +113,6 @@ fn regex_escape(s: &str) -> String {
     })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
 
 #[cfg(test)]
 mod tests {

@@ -86,7 +86,7 @@ impl AwsError {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let code = err.code().unwrap_or_default();
-        let message = err.message().map(String::from).unwrap_or_else(|| error_chain(err));
+        let message = err.message().map(String::from).unwrap_or_else(|| crate::error_chain(err));
         let message = if code.is_empty() { message } else { format!("{code}: {message}") };
         if code.is_empty()
             && let Some(raw) = err.raw_response()
@@ -112,13 +112,3 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     Some(&text[start..start + len])
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
