@@ -33,3 +33,4 @@ if [[ ! -f "$MOTO_VENV/.complete" ]]; then
   "$MOTO_VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
   touch "$MOTO_VENV/.complete"
 fi
+bash "$(dirname "$0")/fetch-cassandra.sh"  # Cassandra (CQL) jars for the chat-service ScyllaDB store tests

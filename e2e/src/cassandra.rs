@@ -174,11 +174,16 @@ impl Cassandra {
         let logback = path("logback.xml");
         fs::write(&logback, LOGBACK_XML).map_err(HarnessError::io("writing", &logback))?;
 
+        let triggers = path("triggers");
+        fs::create_dir(&triggers).map_err(HarnessError::io("creating", &triggers))?;
+
         let mut args: Vec<String> = JVM_OPTIONS.iter().map(|&o| o.to_owned()).collect();
         args.extend([
             format!("-Dcassandra.config=file://{}", yaml.display()),
             format!("-Dcassandra.storagedir={}", dir.path().display()),
             format!("-Dcassandra.logdir={}", dir.path().display()),
+            // Else it warns on every CREATE TABLE that `$CASSANDRA_HOME/conf/triggers` is missing.
+            format!("-Dcassandra.triggers_dir={}", triggers.display()),
             format!("-Dlogback.configurationFile={}", logback.display()),
             "-cp".into(),
             format!("{}/*", lib.display()),
@@ -285,7 +290,11 @@ impl Cassandra {
         self.proc.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn cql_error(&self, action: String, e: impl std::error::Error + Send + Sync + 'static) -> HarnessError {
+    fn cql_error(
+        &self,
+        action: String,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> HarnessError {
         HarnessError::Database {
             action,
             url: self.contact_point(),
@@ -373,13 +382,15 @@ fn launch(java: &Path, args: &[String], dir: &Path) -> Result<Proc, HarnessError
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe syscalls.
     unsafe {
         cmd.pre_exec(|| {
-            // Make Cassandra's mlockall fail (see the module docs): no memlock allowance, and
-            // no CAP_IPC_LOCK to bypass it after exec. Both fail harmlessly when not root.
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
+            // Make Cassandra's mlockall fail (see the module docs): the usual small memlock
+            // allowance (mlockall then fails with ENOMEM, which Cassandra logs as a plain
+            // warning), and no CAP_IPC_LOCK to bypass it after exec. Neither is an error when
+            // not root.
+            let small = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
             };
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &none);
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &small);
             libc::prctl(libc::PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0);
             Ok(())
         });
