@@ -3,7 +3,7 @@
 # migration from Pending to Completed on a real kube-apiserver.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh demo
 bash scripts/build-control-plane.sh
 cargo build -q -p ficus-operator -p ficus-e2e --bins
 exec target/debug/ficus-demo

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Debian packages the tests use: Go (builds the control plane), Prometheus and Alertmanager
-# (gate and alert tests), PostgreSQL and NATS (chat-service tests). Skips apt entirely when everything is already installed.
+# What the tests and the demo need beyond Rust, installed once and cached outside the repo.
+#   install-deps.sh          everything (the test command)
+#   install-deps.sh demo     only what the demo needs (Go, to build the control plane)
+# Debian packages: Go (builds the control plane), Prometheus and Alertmanager (gate and alert
+# tests), PostgreSQL and NATS (chat-service tests). moto's server from PyPI (AWS tests) and
+# Cassandra's jars from Maven Central (CQL store tests). Each step is skipped when done.
 set -euo pipefail
+only="${1:-all}"
+
 need=()
 command -v go >/dev/null || need+=(golang-go)
-command -v prometheus >/dev/null || need+=(prometheus)
-command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
-ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
-command -v nats-server >/dev/null || need+=(nats-server)
+if [[ "$only" == all ]]; then
+  command -v prometheus >/dev/null || need+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+  command -v nats-server >/dev/null || need+=(nats-server)
+fi
 if [[ ${#need[@]} -gt 0 ]]; then
   echo "[deps] installing: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -20,6 +28,7 @@ if [[ ${#need[@]} -gt 0 ]]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   [[ -z "$made_policy" ]] || rm -f /usr/sbin/policy-rc.d
 fi
+[[ "$only" == all ]] || exit 0
 
 # moto's server (AWS SSM and ECS APIs for the AWS driver tests), in a virtualenv cached
 # outside the repo and keyed by version.
