@@ -1,0 +1,34 @@
+//! `/healthz` (the process serves), `/readyz` (the store answers), `/metrics`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tracing::debug;
+
+use crate::api::AppState;
+
+/// A ping slower than this counts as not ready (the load balancer should try another instance).
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+}
+
+async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
+    match tokio::time::timeout(PING_TIMEOUT, app.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok".into()),
+        Ok(Err(e)) => {
+            debug!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {} did not answer within {PING_TIMEOUT:?}", app.store.database())),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
+}

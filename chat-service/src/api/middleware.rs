@@ -1,0 +1,102 @@
+//! Cross-cutting request handling: request metrics, and Connect error bodies for responses that
+//! layers (body limit, timeout) and routing produce without one.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::AppState;
+use crate::api::error::{ApiError, Code};
+
+/// Which store family served a request (`chat_requests_total{cohort}`). Everything is `legacy`
+/// until the migration router serves a user from the new store; it marks such responses by
+/// inserting `Cohort::New` into the response extensions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Cohort {
+    #[default]
+    Legacy,
+    New,
+}
+
+impl Cohort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cohort::Legacy => "legacy",
+            Cohort::New => "new",
+        }
+    }
+}
+
+/// `chat_requests_total{cohort,code}` and `chat_request_duration_seconds{cohort}`.
+pub async fn track_request(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let code = match response.extensions().get::<Code>() {
+        Some(code) => code.as_str(),
+        None if response.status().is_success() => "ok",
+        None => fallback_code(response.status()).as_str(),
+    };
+    let cohort = response.extensions().get::<Cohort>().copied().unwrap_or_default();
+    app.metrics.request(cohort.as_str(), code, start.elapsed());
+    response
+}
+
+/// The Connect code for an error status that arrived without one.
+fn fallback_code(status: StatusCode) -> Code {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Code::InvalidArgument,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Code::NotFound,
+        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        s if s.is_client_error() => Code::InvalidArgument,
+        _ => Code::Internal,
+    }
+}
+
+/// Gives every error response a Connect body: those from handlers already have one (they carry
+/// their [`Code`]); the body-limit layer's 413 and the timeout layer's 504 do not.
+pub async fn connect_error_body(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_success() || response.extensions().get::<Code>().is_some() {
+        return response;
+    }
+    let code = fallback_code(status);
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!("request body is larger than the {}-byte limit", app.limits.max_body_bytes),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => {
+            format!("request did not complete within {} ms", app.limits.request_timeout.as_millis())
+        }
+        other => other.canonical_reason().unwrap_or("request failed").to_owned(),
+    };
+    ApiError::new(code, message).into_response()
+}
+
+/// Unknown paths and methods other than those routed.
+pub async fn unknown_method(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no such method {} {}: call POST /chat.v1.ChatService/<Method> (GET or POST for StreamMessages)",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_from_layers_map_to_connect_codes() {
+        assert_eq!(fallback_code(StatusCode::PAYLOAD_TOO_LARGE), Code::InvalidArgument);
+        assert_eq!(fallback_code(StatusCode::GATEWAY_TIMEOUT), Code::DeadlineExceeded);
+        assert_eq!(fallback_code(StatusCode::REQUEST_TIMEOUT), Code::DeadlineExceeded);
+        assert_eq!(fallback_code(StatusCode::METHOD_NOT_ALLOWED), Code::NotFound);
+        assert_eq!(fallback_code(StatusCode::UNSUPPORTED_MEDIA_TYPE), Code::InvalidArgument);
+        assert_eq!(fallback_code(StatusCode::BAD_GATEWAY), Code::Internal);
+        // The status a client sees is the code's status: one status per code.
+        assert_eq!(fallback_code(StatusCode::PAYLOAD_TOO_LARGE).status(), StatusCode::BAD_REQUEST);
+    }
+}

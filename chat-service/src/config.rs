@@ -1,0 +1,193 @@
+//! `serve` configuration: flags (clap) plus secrets from the environment, checked before
+//! anything connects, so a bad setting fails start-up with a message that says what to fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::crypto::{EncryptionKey, KeyError};
+use crate::flags::{FlagSource, Flags};
+
+/// Request limits; every breach is a 4xx (or 504 for the timeout) with a Connect error body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Request body size; larger is `invalid_argument` (400).
+    pub max_body_bytes: usize,
+    /// Unary request deadline; later is `deadline_exceeded` (504). Not applied to streams.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub jwt_secret: Vec<u8>,
+    pub encryption_key: EncryptionKey,
+    pub nats_url: Option<String>,
+    pub flags: FlagSource,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    EncryptionKey(#[from] KeyError),
+    #[error("CHAT_JWT_SECRET is not set: set it to the HS256 secret the token issuer signs with")]
+    MissingJwtSecret,
+    #[error("DATABASE_URL is not set (or --database-url): e.g. postgres://chat:secret@localhost:5432/chat")]
+    MissingDatabaseUrl,
+    #[error("--flags-configmap must be NAMESPACE/NAME, got {0:?}")]
+    FlagsConfigMap(String),
+    #[error("give only one of --flags-file, --flags-configmap and --flags-ssm-prefix")]
+    TwoFlagSources,
+}
+
+/// `serve` flags; secrets (`CHAT_JWT_SECRET`, `CHAT_ENCRYPTION_KEY`) are read from the environment
+/// only, so they never show in a process listing.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the API, /metrics, /healthz and /readyz.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[arg(long, env = "CHAT_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+    /// NATS URL for fan-out of stream events across instances (default: this instance only).
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Migration flags from a `key=value` file (watched).
+    #[arg(long, env = "CHAT_FLAGS_FILE")]
+    pub flags_file: Option<PathBuf>,
+    /// Migration flags from a ConfigMap, NAMESPACE/NAME (watched through the Kubernetes API).
+    #[arg(long, env = "CHAT_FLAGS_CONFIGMAP")]
+    pub flags_configmap: Option<String>,
+    /// Migration flags from AWS SSM Parameter Store: the prefix the operator writes under, e.g.
+    /// /hse/chat/ (polled; credentials, region and endpoint from the AWS SDK's default chain).
+    #[arg(long, env = "CHAT_FLAGS_SSM_PREFIX")]
+    pub flags_ssm_prefix: Option<String>,
+    /// How often the SSM flag parameters are read: 500ms, 5s, 1m.
+    #[arg(long, env = "CHAT_FLAGS_SSM_POLL_INTERVAL", default_value = "5s", value_parser = crate::flags::parse_poll_interval)]
+    pub flags_ssm_poll_interval: Duration,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Deadline of a unary request, in milliseconds.
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    /// The full configuration, with secrets looked up through `env` (`std::env::var` in the
+    /// binary; a map in tests).
+    pub fn into_config(self, env: impl Fn(&str) -> Option<String>) -> Result<ServeConfig, ConfigError> {
+        let encryption_key = EncryptionKey::from_base64(env("CHAT_ENCRYPTION_KEY").as_deref())?;
+        let jwt_secret = env("CHAT_JWT_SECRET").filter(|s| !s.is_empty()).ok_or(ConfigError::MissingJwtSecret)?;
+        if jwt_secret.len() < 32 {
+            tracing::warn!("CHAT_JWT_SECRET is shorter than 32 bytes; HS256 wants at least 256 bits of secret");
+        }
+        let database_url = self.database_url.filter(|u| !u.is_empty()).ok_or(ConfigError::MissingDatabaseUrl)?;
+        let flags = match (self.flags_file, self.flags_configmap, self.flags_ssm_prefix) {
+            (Some(path), None, None) => FlagSource::File(path),
+            (None, None, Some(prefix)) => FlagSource::Ssm { prefix, poll_interval: self.flags_ssm_poll_interval },
+            (None, Some(cm), None) => match cm.split_once('/') {
+                Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    FlagSource::ConfigMap { namespace: namespace.to_owned(), name: name.to_owned() }
+                }
+                _ => return Err(ConfigError::FlagsConfigMap(cm)),
+            },
+            (None, None, None) => FlagSource::Static(Flags::default()),
+            _ => return Err(ConfigError::TwoFlagSources),
+        };
+        Ok(ServeConfig {
+            listen: self.listen,
+            database_url,
+            database_max_connections: self.database_max_connections.max(1),
+            jwt_secret: jwt_secret.into_bytes(),
+            encryption_key,
+            nats_url: self.nats_url.filter(|u| !u.is_empty()),
+            flags,
+            limits: Limits { max_body_bytes: self.max_body_bytes, request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)) },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["serve", "--database-url", "postgres://localhost/chat"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("args").serve
+    }
+
+    fn env(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn secrets() -> Vec<(&'static str, String)> {
+        vec![("CHAT_ENCRYPTION_KEY", EncryptionKey::random().to_base64()), ("CHAT_JWT_SECRET", "s".repeat(32))]
+    }
+
+    #[test]
+    fn defaults() {
+        let config = args(&[]).into_config(env(&secrets())).expect("config");
+        assert_eq!(config.limits, Limits::default());
+        assert!(matches!(config.flags, FlagSource::Static(f) if f == Flags::default()));
+        assert_eq!(config.nats_url, None);
+    }
+
+    #[test]
+    fn the_encryption_key_is_checked_first() {
+        let err = args(&[]).into_config(env(&[])).expect_err("no key");
+        assert!(matches!(err, ConfigError::EncryptionKey(KeyError::Missing)), "{err}");
+        let short = vec![("CHAT_ENCRYPTION_KEY", "c2hvcnQ=".to_owned()), ("CHAT_JWT_SECRET", "x".repeat(32))];
+        let err = args(&[]).into_config(env(&short)).expect_err("short key");
+        assert!(err.to_string().contains("CHAT_ENCRYPTION_KEY") && err.to_string().contains("openssl rand -base64 32"), "{err}");
+    }
+
+    #[test]
+    fn jwt_secret_and_database_url_are_required() {
+        let only_key = vec![("CHAT_ENCRYPTION_KEY", EncryptionKey::random().to_base64())];
+        assert!(matches!(args(&[]).into_config(env(&only_key)), Err(ConfigError::MissingJwtSecret)));
+        let no_db = Cli::try_parse_from(["serve"]).expect("args").serve;
+        assert!(matches!(no_db.into_config(env(&secrets())), Err(ConfigError::MissingDatabaseUrl)));
+    }
+
+    #[test]
+    fn flag_sources() {
+        let config = args(&["--flags-configmap", "chat/chat-migration-flags"]).into_config(env(&secrets())).expect("config");
+        assert!(matches!(config.flags, FlagSource::ConfigMap { ref namespace, ref name } if namespace == "chat" && name == "chat-migration-flags"));
+        let config = args(&["--flags-file", "/etc/chat/flags"]).into_config(env(&secrets())).expect("config");
+        assert!(matches!(config.flags, FlagSource::File(ref p) if p == std::path::Path::new("/etc/chat/flags")));
+        for bad in ["chat", "/name", "ns/", "a/b/c"] {
+            assert!(matches!(args(&["--flags-configmap", bad]).into_config(env(&secrets())), Err(ConfigError::FlagsConfigMap(_))), "{bad}");
+        }
+        assert!(matches!(args(&["--flags-file", "f", "--flags-configmap", "a/b"]).into_config(env(&secrets())), Err(ConfigError::TwoFlagSources)));
+        let config = args(&["--flags-ssm-prefix", "/hse/chat/"]).into_config(env(&secrets())).expect("config");
+        assert!(matches!(config.flags, FlagSource::Ssm { ref prefix, poll_interval } if prefix == "/hse/chat/" && poll_interval == Duration::from_secs(5)));
+        let config = args(&["--flags-ssm-prefix", "/hse/chat/", "--flags-ssm-poll-interval", "500ms"]).into_config(env(&secrets())).expect("config");
+        assert!(matches!(config.flags, FlagSource::Ssm { poll_interval, .. } if poll_interval == Duration::from_millis(500)));
+        assert!(matches!(args(&["--flags-file", "f", "--flags-ssm-prefix", "/p/"]).into_config(env(&secrets())), Err(ConfigError::TwoFlagSources)));
+    }
+}

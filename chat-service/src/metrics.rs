@@ -1,0 +1,137 @@
+//! `/metrics` (OpenMetrics text, prometheus-client). Names are those of the original system
+//! (DESIGN §4), so its dashboards and alerts keep working:
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `chat_database_operations_total` | `database`, `operation`, `status` (`success`/`error`) |
+//! | `chat_database_operation_duration_seconds` | `database`, `operation` |
+//! | `chat_messages_sent_total` | `room_type`, `database` |
+//! | `chat_requests_total` | `cohort` (`legacy`/`new`), `code` (`ok` or the Connect error code) |
+//! | `chat_request_duration_seconds` | `cohort` |
+//! | `chat_flags_generation` | (the applied flag document's generation) |
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbOpLabels {
+    pub database: &'static str,
+    pub operation: &'static str,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    pub database: &'static str,
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SentLabels {
+    pub room_type: &'static str,
+    pub database: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub cohort: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CohortLabels {
+    pub cohort: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 0.5 ms .. ~16 s: a loopback query is well under a millisecond, a stuck one hits the timeout.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    db_operations: Family<DbOpLabels, Counter>,
+    db_duration: Histograms<DbLabels>,
+    messages_sent: Family<SentLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Histograms<CohortLabels>,
+    /// Handed to the flag watcher, which sets it to the applied generation.
+    pub flags_generation: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let db_operations = Family::<DbOpLabels, Counter>::default();
+        let db_duration: Histograms<DbLabels> = Family::new_with_constructor(latency_histogram);
+        let messages_sent = Family::<SentLabels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration: Histograms<CohortLabels> = Family::new_with_constructor(latency_histogram);
+        let flags_generation = Gauge::default();
+        // prometheus-client adds the `_total` suffix to counters.
+        registry.register("chat_database_operations", "Store operations by database, operation and outcome", db_operations.clone());
+        registry.register("chat_database_operation_duration_seconds", "Store operation latency", db_duration.clone());
+        registry.register("chat_messages_sent", "Messages stored, by room type and database", messages_sent.clone());
+        registry.register("chat_requests", "API requests by cohort and Connect code (ok on success)", requests.clone());
+        registry.register("chat_request_duration_seconds", "API request latency by cohort", request_duration.clone());
+        registry.register("chat_flags_generation", "Generation of the migration flag document in force", flags_generation.clone());
+        Metrics { registry, db_operations, db_duration, messages_sent, requests, request_duration, flags_generation }
+    }
+}
+
+impl Metrics {
+    pub fn database_operation(&self, database: &'static str, operation: &'static str, success: bool, elapsed: Duration) {
+        let status = if success { "success" } else { "error" };
+        self.db_operations.get_or_create(&DbOpLabels { database, operation, status }).inc();
+        self.db_duration.get_or_create(&DbLabels { database, operation }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn message_sent(&self, room_type: &'static str, database: &'static str) {
+        self.messages_sent.get_or_create(&SentLabels { room_type, database }).inc();
+    }
+
+    pub fn request(&self, cohort: &'static str, code: &'static str, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { cohort, code }).inc();
+        self.request_duration.get_or_create(&CohortLabels { cohort }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_original_system() {
+        let m = Metrics::default();
+        m.database_operation("postgres", "insert_message", true, Duration::from_millis(2));
+        m.message_sent("group", "postgres");
+        m.request("legacy", "ok", Duration::from_millis(3));
+        m.flags_generation.set(4);
+        let text = m.encode();
+        for line in [
+            r#"chat_database_operations_total{database="postgres",operation="insert_message",status="success"} 1"#,
+            r#"chat_database_operation_duration_seconds_count{database="postgres",operation="insert_message"} 1"#,
+            r#"chat_messages_sent_total{room_type="group",database="postgres"} 1"#,
+            r#"chat_requests_total{cohort="legacy",code="ok"} 1"#,
+            r#"chat_request_duration_seconds_count{cohort="legacy"} 1"#,
+            "chat_flags_generation 4",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}

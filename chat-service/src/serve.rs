@@ -1,0 +1,126 @@
+//! Start-up and shutdown of `serve`: flags, store (migrations applied), event bus, HTTP.
+//!
+//! [`bind`] does everything that can fail at start and returns a [`Server`] bound to its port
+//! (tests bind `127.0.0.1:0` and read [`Server::local_addr`]); [`Server::run`] serves until the
+//! shutdown future completes, then stops accepting, ends open event streams and waits for
+//! in-flight requests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::api::{self, App};
+use crate::auth::Authenticator;
+use crate::config::ServeConfig;
+use crate::crypto::ContentCipher;
+use crate::events::{EventBus, EventBusError};
+use crate::flags::{FlagError, FlagWatcher};
+use crate::ids::MessageIdGenerator;
+use crate::metrics::Metrics;
+use crate::store::instrumented::Instrumented;
+use crate::store::postgres::PgStore;
+use crate::store::{ChatStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("migration flags: {0}")]
+    Flags(#[from] FlagError),
+    #[error("cannot connect to PostgreSQL (DATABASE_URL): {0}")]
+    Database(#[from] StoreError),
+    #[error("cannot apply the database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Events(#[from] EventBusError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: axum::Router,
+    stopping: watch::Sender<bool>,
+    // Keeps the flag watcher following its source while the server runs.
+    _flags: FlagWatcher,
+}
+
+/// Connects, migrates and binds; nothing is served yet.
+pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
+    let metrics = Arc::new(Metrics::default());
+    let flags = FlagWatcher::start(config.flags.clone(), metrics.flags_generation.clone()).await?;
+    let pg = PgStore::connect(&config.database_url, config.database_max_connections).await?;
+    pg.migrate().await?;
+    let store: Arc<dyn ChatStore> = Arc::new(Instrumented::new(pg, metrics.clone()));
+    let events = match &config.nats_url {
+        Some(url) => EventBus::nats(url).await?,
+        None => EventBus::local(),
+    };
+    let (stopping, shutdown) = watch::channel(false);
+    let app = Arc::new(App {
+        store,
+        auth: Authenticator::new(&config.jwt_secret),
+        cipher: ContentCipher::new(&config.encryption_key),
+        events,
+        metrics,
+        limits: config.limits,
+        message_ids: MessageIdGenerator::default(),
+        shutdown,
+    });
+    let router = api::router(app.clone());
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    info!(addr = %local_addr, store = app.store.database(), events = app.events.transport(), flags = ?flags.current(), "chat-service ready");
+    Ok(Server { listener, local_addr, router, stopping, _flags: flags })
+}
+
+impl Server {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then drains: open streams end, in-flight requests
+    /// finish (each bounded by the request timeout).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let stopping = self.stopping;
+        let drain = async move {
+            shutdown.await;
+            info!("shutting down: finishing in-flight requests");
+            let _ = stopping.send(true);
+        };
+        axum::serve(self.listener, self.router).with_graceful_shutdown(drain).await.map_err(ServeError::Http)?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// [`bind`] then [`Server::run`].
+pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    bind(config).await?.run(shutdown).await
+}
+
+/// Completes on SIGTERM (Kubernetes stopping the pod) or SIGINT (a terminal).
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // Without a SIGTERM handler only Ctrl-C stops the server.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,186 @@
+//! The chat store: one trait shaped around the API's queries (not around tables), so that a
+//! PostgreSQL store, a ScyllaDB store with query-first tables, and a migration router that
+//! writes to both can each sit behind it without the handlers changing.
+//!
+//! Rules every implementation keeps:
+//! * The store never sees plaintext: [`NewMessage::content`] is already sealed (see `crypto`).
+//! * Ids and times are chosen by the caller, so the same message written to two stores has the
+//!   same id and `created_at`, and a retried write is idempotent.
+//! * Membership is "has a `room_member` row without `removed_at`".
+//! * Errors are typed: [`StoreError::NotFound`] for what the request named and does not exist,
+//!   [`StoreError::Unavailable`] when the database cannot be reached (retry later), and
+//!   [`StoreError::Internal`] for everything that needs an operator.
+
+pub mod instrumented;
+pub mod page;
+pub mod postgres;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MessageId, RoomId, UserId};
+pub use page::{HistoryPage, PageRequest};
+
+/// Now, truncated to microseconds: PostgreSQL's `timestamptz` resolution, so a time returned
+/// to a client equals the stored one.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    t.with_nanosecond(t.nanosecond() - t.nanosecond() % 1_000).unwrap_or(t)
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Boxed so the trait is object safe: handlers hold an `Arc<dyn ChatStore>` and the store can be
+/// chosen at start-up (one store, or a router over two).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomType {
+    Group,
+    P2p,
+}
+
+impl RoomType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomType::Group => "group",
+            RoomType::P2p => "p2p",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "group" => Some(RoomType::Group),
+            "p2p" => Some(RoomType::P2p),
+            _ => None,
+        }
+    }
+}
+
+/// A room to create; `participants` already holds the creator, without duplicates.
+#[derive(Clone, Debug)]
+pub struct NewRoom {
+    pub id: RoomId,
+    pub name: String,
+    pub room_type: RoomType,
+    pub created_by: UserId,
+    pub participants: Vec<UserId>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A room as one of its members sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoomView {
+    pub id: RoomId,
+    pub name: String,
+    pub room_type: RoomType,
+    /// Current members, ascending.
+    pub participants: Vec<UserId>,
+    pub created_at: DateTime<Utc>,
+    pub last_message_at: Option<DateTime<Utc>>,
+    /// The viewer's own pin.
+    pub is_pinned: bool,
+}
+
+/// What a user may do in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomAccess {
+    pub room_type: RoomType,
+    pub is_member: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub sender_id: UserId,
+    /// Sealed content (`nonce || ciphertext || tag`).
+    pub content: Vec<u8>,
+    pub message_type: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored message; `content` is still sealed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub sender_id: UserId,
+    #[serde(with = "crate::crypto::base64_bytes")]
+    pub content: Vec<u8>,
+    pub message_type: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<NewMessage> for StoredMessage {
+    fn from(m: NewMessage) -> Self {
+        StoredMessage { id: m.id, room_id: m.room_id, sender_id: m.sender_id, content: m.content, message_type: m.message_type, created_at: m.created_at }
+    }
+}
+
+/// Which messages a read marker covers. Messages the reader sent are never marked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadMarker {
+    /// These messages (ids of other rooms are ignored).
+    Ids(Vec<MessageId>),
+    /// Every message created at or after this time.
+    Since(DateTime<Utc>),
+}
+
+pub trait ChatStore: Send + Sync + 'static {
+    /// The `database` label of this store's metrics, e.g. `postgres`.
+    fn database(&self) -> &'static str;
+
+    /// Cheap round trip for readiness.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+
+    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView>;
+
+    /// The room with its current members, as `viewer` sees it. NotFound if no such room.
+    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView>;
+
+    /// The room's type and whether `user` is a current member. NotFound if no such room.
+    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess>;
+
+    /// A page of the user's rooms, pinned first, then by latest activity (last message, else
+    /// creation), and the user's total number of rooms.
+    fn rooms_for_user(&self, user: UserId, page: PageRequest) -> StoreFuture<'_, (Vec<RoomView>, u64)>;
+
+    /// Every room the user is a member of (for event streams).
+    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>>;
+
+    /// Ends the user's membership; false if they were not a member.
+    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool>;
+
+    /// Stores a message. Idempotent by id: writing the same message again returns the stored one.
+    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage>;
+
+    /// Up to `limit` messages of the room older than `before` (a message id of this room;
+    /// NotFound otherwise), newest first, ordered by `(created_at, id)` descending.
+    fn history(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreFuture<'_, HistoryPage>;
+
+    /// Marks messages of the room read by `user`; returns how many were newly marked.
+    fn mark_read(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreFuture<'_, u64>;
+
+    /// Adds `user`'s `reaction` to a message; false if it was already there.
+    fn react(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreFuture<'_, bool>;
+
+    /// The room a (not deleted) message belongs to. NotFound if no such message.
+    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId>;
+}

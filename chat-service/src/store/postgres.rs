@@ -1,0 +1,401 @@
+//! The PostgreSQL store (sqlx). Schema: `chat-service/migrations/`, embedded in the binary and
+//! applied by `serve` at start and by `migrate-schema`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::ids::{MessageId, RoomId, UserId};
+use crate::store::{ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long a request waits for a pooled connection before the store reports `Unavailable`:
+/// short, so that a database outage turns into fast 503s and a failing `/readyz`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Maps sqlx errors to what a caller can act on.
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // Retry-later conditions. Class 08: connection exception; 57P01..03: shutting down
+            // or starting up; 57014: statement cancelled; 53300: too many connections;
+            // 40001/40P01: serialization failure, deadlock.
+            Some(code) if code.starts_with("08") || code.starts_with("57P0") || ["57014", "53300", "40001", "40P01"].contains(&code) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            Some("23505") => StoreError::Conflict(e.to_string()),
+            // A referenced row disappeared under the write (the constraint text stays in logs).
+            Some("23503") => StoreError::NotFound("the room or message referenced".into()),
+            _ => StoreError::Internal(e.to_string()),
+        },
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RoomRow {
+    id: Uuid,
+    name: String,
+    room_type: String,
+    created_at: DateTime<Utc>,
+    is_pinned: bool,
+    last_message_at: Option<DateTime<Utc>>,
+    participants: Vec<i32>,
+}
+
+impl RoomRow {
+    fn into_view(self) -> StoreResult<RoomView> {
+        let room_type = RoomType::parse(&self.room_type).ok_or_else(|| StoreError::Internal(format!("room {} has unknown type {:?}", self.id, self.room_type)))?;
+        Ok(RoomView {
+            id: RoomId(self.id),
+            name: self.name,
+            room_type,
+            participants: self.participants.into_iter().map(UserId).collect(),
+            created_at: self.created_at,
+            last_message_at: self.last_message_at,
+            is_pinned: self.is_pinned,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    id: Uuid,
+    room_id: Uuid,
+    sender_id: i32,
+    content: Vec<u8>,
+    message_type: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<MessageRow> for StoredMessage {
+    fn from(r: MessageRow) -> Self {
+        StoredMessage { id: MessageId(r.id), room_id: RoomId(r.room_id), sender_id: UserId(r.sender_id), content: r.content, message_type: r.message_type, created_at: r.created_at }
+    }
+}
+
+/// Columns of a [`RoomRow`]; needs `r` (room), `m` (the viewer's membership, may be null) and
+/// `lm` ([`last_message_join`]).
+macro_rules! room_columns {
+    () => {
+        "r.id, r.name, r.type as room_type, r.created_at, coalesce(m.is_pinned, false) as is_pinned, \
+         lm.created_at as last_message_at, \
+         array(select p.user_id from room_member p where p.room_id = r.id and p.removed_at is null order by p.user_id) as participants"
+    };
+}
+
+/// The room's newest message time (one index probe on `room_message_room_created`).
+macro_rules! last_message_join {
+    () => {
+        "left join lateral (select created_at from room_message \
+           where room_id = r.id and deleted_at is null order by created_at desc, id desc limit 1) lm on true"
+    };
+}
+
+/// Selects [`MessageRow`]s.
+macro_rules! message_select {
+    () => {
+        "select id, room_id, sender_id, content, type as message_type, created_at from room_message "
+    };
+}
+
+/// Read receipts for the room's messages picked by `$filter` (`$3`), except the reader's own,
+/// and the reader's `last_read_at` moved up to the newest newly-read message. `$1` room,
+/// `$2` reader, `$4` time.
+macro_rules! mark_read_sql {
+    ($filter:literal) => {
+        concat!(
+            "with marked as (
+               insert into room_message_read (message_id, user_id, read_at)
+               select id, $2, $4 from room_message
+                where room_id = $1 and deleted_at is null and sender_id <> $2 and ",
+            $filter,
+            "
+               on conflict do nothing
+               returning message_id),
+             newest as (
+               select count(*) as n, max(rm.created_at) as at
+                 from marked join room_message rm on rm.id = marked.message_id),
+             bump as (
+               update room_member set last_read_at = greatest(last_read_at, newest.at)
+                 from newest
+                where room_id = $1 and user_id = $2 and newest.at is not null
+                returning 1)
+             select n from newest"
+        )
+    };
+}
+
+impl PgStore {
+    /// Connects a pool of at most `max_connections`; fails when the database cannot be reached.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT).connect(url).await.map_err(classify)?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations that are not applied yet (takes an advisory lock, so
+    /// replicas starting together do not race).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    async fn create_room_tx(&self, room: NewRoom) -> StoreResult<RoomView> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query::<sqlx::Postgres>("insert into room (id, name, type, created_by, created_at) values ($1, $2, $3, $4, $5)")
+            .bind(room.id)
+            .bind(&room.name)
+            .bind(room.room_type.as_str())
+            .bind(room.created_by)
+            .bind(room.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let members: Vec<i32> = room.participants.iter().map(|u| u.0).collect();
+        sqlx::query::<sqlx::Postgres>(
+            "insert into room_member (room_id, user_id, role, joined_at)
+             select $1, u, case when u = $3 then 'owner' else 'member' end, $4 from unnest($2::int4[]) as u",
+        )
+        .bind(room.id)
+        .bind(&members)
+        .bind(room.created_by)
+        .bind(room.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        let mut participants = room.participants;
+        participants.sort();
+        Ok(RoomView { id: room.id, name: room.name, room_type: room.room_type, participants, created_at: room.created_at, last_message_at: None, is_pinned: false })
+    }
+
+    async fn get_room_query(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
+        const SQL: &str = concat!(
+            "select ",
+            room_columns!(),
+            " from room r left join room_member m on m.room_id = r.id and m.user_id = $2 and m.removed_at is null ",
+            last_message_join!(),
+            " where r.id = $1"
+        );
+        let row = sqlx::query_as::<sqlx::Postgres, RoomRow>(SQL).bind(room).bind(viewer).fetch_optional(&self.pool).await.map_err(classify)?;
+        row.ok_or_else(|| StoreError::NotFound(format!("room {room}")))?.into_view()
+    }
+
+    async fn room_access_query(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
+        let row: Option<(String, bool)> = sqlx::query_as::<sqlx::Postgres, (String, bool)>(
+            "select r.type, exists(select 1 from room_member m where m.room_id = r.id and m.user_id = $2 and m.removed_at is null)
+               from room r where r.id = $1",
+        )
+        .bind(room)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        let (room_type, is_member) = row.ok_or_else(|| StoreError::NotFound(format!("room {room}")))?;
+        let room_type = RoomType::parse(&room_type).ok_or_else(|| StoreError::Internal(format!("room {room} has unknown type {room_type:?}")))?;
+        Ok(RoomAccess { room_type, is_member })
+    }
+
+    async fn rooms_for_user_query(&self, user: UserId, page: PageRequest) -> StoreResult<(Vec<RoomView>, u64)> {
+        const PAGE: &str = concat!(
+            "select ",
+            room_columns!(),
+            " from room_member m join room r on r.id = m.room_id ",
+            last_message_join!(),
+            " where m.user_id = $1 and m.removed_at is null
+              order by m.is_pinned desc, coalesce(lm.created_at, r.created_at) desc, r.id desc
+              limit $2 offset $3"
+        );
+        const TOTAL: &str = "select count(*) from room_member where user_id = $1 and removed_at is null";
+        let rows = sqlx::query_as::<sqlx::Postgres, RoomRow>(PAGE).bind(user).bind(i64::from(page.limit)).bind(page.offset()).fetch_all(&self.pool);
+        let total = sqlx::query_scalar::<sqlx::Postgres, i64>(TOTAL).bind(user).fetch_one(&self.pool);
+        let (rows, total) = tokio::try_join!(rows, total).map_err(classify)?;
+        let rooms = rows.into_iter().map(RoomRow::into_view).collect::<StoreResult<Vec<_>>>()?;
+        Ok((rooms, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn room_ids_query(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
+        let ids = sqlx::query_scalar::<sqlx::Postgres, Uuid>("select room_id from room_member where user_id = $1 and removed_at is null")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(ids.into_iter().map(RoomId).collect())
+    }
+
+    async fn leave_room_query(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool> {
+        let done = sqlx::query::<sqlx::Postgres>("update room_member set removed_at = $3 where room_id = $1 and user_id = $2 and removed_at is null")
+            .bind(room)
+            .bind(user)
+            .bind(at)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_message_query(&self, message: NewMessage) -> StoreResult<StoredMessage> {
+        let inserted = sqlx::query::<sqlx::Postgres>(
+            "insert into room_message (id, room_id, sender_id, content, type, created_at) values ($1, $2, $3, $4, $5, $6)
+             on conflict (id) do nothing",
+        )
+        .bind(message.id)
+        .bind(message.room_id)
+        .bind(message.sender_id)
+        .bind(&message.content)
+        .bind(&message.message_type)
+        .bind(message.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(message.into());
+        }
+        // Already stored (a retried or replayed write): same id must mean same message.
+        let existing: StoredMessage = sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(message_select!(), "where id = $1"))
+            .bind(message.id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?
+            .into();
+        if existing.room_id != message.room_id || existing.sender_id != message.sender_id {
+            return Err(StoreError::Conflict(format!("message id {} already belongs to another message", message.id)));
+        }
+        Ok(existing)
+    }
+
+    async fn history_query(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreResult<HistoryPage> {
+        const FIRST: &str = concat!(message_select!(), "where room_id = $1 and deleted_at is null order by created_at desc, id desc limit $2");
+        // Row-value comparison: strictly older than the cursor in (created_at, id) order, so
+        // equal timestamps neither repeat nor skip a message, and no OFFSET is needed.
+        const BEFORE: &str =
+            concat!(message_select!(), "where room_id = $1 and deleted_at is null and (created_at, id) < ($3, $4) order by created_at desc, id desc limit $2");
+        let fetch = i64::from(limit) + 1;
+        let rows = match before {
+            None => sqlx::query_as::<sqlx::Postgres, MessageRow>(FIRST).bind(room).bind(fetch).fetch_all(&self.pool).await,
+            Some(cursor) => {
+                // The cursor's position; a deleted cursor message still marks a position.
+                let at = sqlx::query_scalar::<sqlx::Postgres, DateTime<Utc>>("select created_at from room_message where id = $1 and room_id = $2")
+                    .bind(cursor)
+                    .bind(room)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(classify)?
+                    .ok_or_else(|| StoreError::NotFound(format!("message {cursor} (the `before` cursor) in room {room}")))?;
+                sqlx::query_as::<sqlx::Postgres, MessageRow>(BEFORE).bind(room).bind(fetch).bind(at).bind(cursor).fetch_all(&self.pool).await
+            }
+        }
+        .map_err(classify)?;
+        Ok(HistoryPage::from_rows(rows.into_iter().map(Into::into).collect(), limit))
+    }
+
+    async fn mark_read_query(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreResult<u64> {
+        let query = match marker {
+            ReadMarker::Ids(ids) => {
+                let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
+                sqlx::query_scalar::<sqlx::Postgres, i64>(mark_read_sql!("id = any($3)")).bind(room).bind(user).bind(ids).bind(at)
+            }
+            ReadMarker::Since(since) => sqlx::query_scalar::<sqlx::Postgres, i64>(mark_read_sql!("created_at >= $3")).bind(room).bind(user).bind(since).bind(at),
+        };
+        let n = query.fetch_one(&self.pool).await.map_err(classify)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn react_query(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreResult<bool> {
+        let done = sqlx::query::<sqlx::Postgres>(
+            "insert into room_message_reaction (message_id, user_id, reaction, created_at) values ($1, $2, $3, $4) on conflict do nothing",
+        )
+        .bind(message)
+        .bind(user)
+        .bind(reaction)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn message_room_query(&self, message: MessageId) -> StoreResult<RoomId> {
+        let room = sqlx::query_scalar::<sqlx::Postgres, Uuid>("select room_id from room_message where id = $1 and deleted_at is null")
+            .bind(message)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        room.map(RoomId).ok_or_else(|| StoreError::NotFound(format!("message {message}")))
+    }
+}
+
+impl ChatStore for PgStore {
+    fn database(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query::<sqlx::Postgres>("select 1").execute(&self.pool).await.map_err(classify)?;
+            Ok(())
+        })
+    }
+
+    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
+        Box::pin(self.create_room_tx(room))
+    }
+
+    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
+        Box::pin(self.get_room_query(room, viewer))
+    }
+
+    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
+        Box::pin(self.room_access_query(room, user))
+    }
+
+    fn rooms_for_user(&self, user: UserId, page: PageRequest) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+        Box::pin(self.rooms_for_user_query(user, page))
+    }
+
+    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
+        Box::pin(self.room_ids_query(user))
+    }
+
+    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+        Box::pin(self.leave_room_query(room, user, at))
+    }
+
+    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
+        Box::pin(self.insert_message_query(message))
+    }
+
+    fn history(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreFuture<'_, HistoryPage> {
+        Box::pin(self.history_query(room, before, limit))
+    }
+
+    fn mark_read(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreFuture<'_, u64> {
+        Box::pin(self.mark_read_query(room, user, marker, at))
+    }
+
+    fn react(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+        Box::pin(self.react_query(message, user, reaction, at))
+    }
+
+    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
+        Box::pin(self.message_room_query(message))
+    }
+}

@@ -1,0 +1,97 @@
+//! StreamMessages (SSE): members receive their rooms' events, in-process and, with NATS, across
+//! instances.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{SseReader, assert_error};
+use ficus_e2e::{Nats, Postgres};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn members_receive_their_rooms_events() {
+    common::init();
+    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let svc = common::start(common::config(pg, "stream_local").await).await;
+    let room = svc.create_group(1, &[2]).await;
+    let foreign = svc.create_group(3, &[4]).await;
+
+    let mut stream = SseReader::open(&svc, 2).await;
+    let ready = stream.next_named("ready", WAIT).await;
+    assert_eq!(ready.data, json!({ "userId": 2, "rooms": 1 }));
+
+    // A message in someone else's room is not delivered; the member's room's message is, decrypted.
+    svc.send(3, &foreign, "not for user 2").await;
+    let sent = svc.send(1, &room, "hello stream").await;
+    let got = stream.next_named("message_created", WAIT).await;
+    assert_eq!(got.data, sent, "the event is the message as the API returns it");
+
+    svc.call(2, "ReactToMessage", json!({ "messageId": sent["id"], "reaction": "👍" })).await;
+    let reaction = stream.next_named("reaction_added", WAIT).await;
+    assert_eq!(reaction.data, json!({ "roomId": room, "messageId": sent["id"], "userId": 2, "reaction": "👍" }));
+
+    svc.call(2, "MarkMessagesAsRead", json!({ "roomId": room, "messageIds": [sent["id"]] })).await;
+    let read = stream.next_named("messages_read", WAIT).await;
+    assert_eq!((read.data["userId"].clone(), read.data["updated"].clone()), (json!(2), json!(1)));
+
+    // A room created later with user 2 in it is followed from then on.
+    let later = svc.create_group(5, &[2]).await;
+    let created = stream.next_named("room_created", WAIT).await;
+    assert_eq!(created.data["room"]["id"], later.as_str());
+    let in_later = svc.send(5, &later, "welcome").await;
+    assert_eq!(stream.next_named("message_created", WAIT).await.data, in_later);
+
+    // After leaving, the room's events stop.
+    svc.call(2, "LeaveRoom", json!({ "id": later })).await;
+    assert_eq!(stream.next_named("member_left", WAIT).await.data, json!({ "roomId": later, "userId": 2 }));
+    svc.send(5, &later, "gone").await;
+    let after = svc.send(1, &room, "still here").await;
+    assert_eq!(stream.next_named("message_created", WAIT).await.data, after, "nothing from the room left");
+
+    // Streams need auth like every method, and end when the server shuts down.
+    let unauthenticated = svc.client.http().get(svc.client.method_url("StreamMessages")).send().await.expect("HTTP");
+    assert_error(&(unauthenticated.status().as_u16(), unauthenticated.json().await.expect("JSON")), 401, "unauthenticated");
+    tokio::time::timeout(Duration::from_secs(20), svc.stop()).await.expect("graceful shutdown does not wait on open streams");
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(e) = stream.next().await {
+            assert_ne!(e.event, "message_created");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_cross_instances_through_nats() {
+    common::init();
+    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let nats = ficus_e2e::skip_or_fail!(Nats::start());
+    let mut config = common::config(pg, "stream_nats").await;
+    config.nats_url = Some(nats.url());
+    // Two instances, one database, one NATS.
+    let a = common::start(config.clone()).await;
+    let b = common::start(config).await;
+    let room = a.create_group(1, &[2]).await;
+
+    let mut on_b = SseReader::open(&b, 2).await;
+    on_b.next_named("ready", WAIT).await;
+    let mut on_a = SseReader::open(&a, 1).await;
+    on_a.next_named("ready", WAIT).await;
+
+    let sent = a.send(1, &room, "from instance A").await;
+    assert_eq!(on_b.next_named("message_created", WAIT).await.data, sent, "published on A, streamed on B");
+    assert_eq!(on_a.next_named("message_created", WAIT).await.data, sent, "and on A itself, once");
+
+    let reply = b.send(2, &room, "from instance B").await;
+    assert_eq!(on_a.next_named("message_created", WAIT).await.data, reply);
+    assert_eq!(on_b.next_named("message_created", WAIT).await.data, reply);
+
+    // Each event arrives once: the next event on A is the next message, not a duplicate.
+    let third = a.send(1, &room, "third").await;
+    assert_eq!(on_a.next_named("message_created", WAIT).await.data, third);
+    a.stop().await;
+    b.stop().await;
+}
