@@ -54,6 +54,7 @@ async fn bench(concurrency: u32, duration: Duration) {
         }
     };
     let config = ServeConfig {
+        store: chat_service::config::StoreChoice::Postgres,
         listen: "127.0.0.1:0".parse().expect("addr"),
         database_url: database_url.clone(),
         database_max_connections: concurrency.max(4) * 2,

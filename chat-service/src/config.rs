@@ -7,6 +7,37 @@ use std::time::Duration;
 
 use crate::crypto::{EncryptionKey, KeyError};
 use crate::flags::{FlagSource, Flags};
+use crate::store::scylla::{CqlConfig, parse_consistency};
+
+/// Which database `serve` stores chats in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// PostgreSQL (`--database-url`).
+    #[default]
+    Postgres,
+    /// ScyllaDB, or any CQL database (`--cql-contact-points`, `--cql-keyspace`).
+    Scylla,
+    /// The migration router: legacy PostgreSQL (`--database-url`) and the store of
+    /// `--new-store`, routed by the migration flags.
+    Router,
+}
+
+/// The store `serve` runs on, with what it needs to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// PostgreSQL at [`ServeConfig::database_url`].
+    Postgres,
+    Scylla(CqlConfig),
+    /// The migration router over legacy PostgreSQL ([`ServeConfig::database_url`]) and `new`.
+    Router { new: NewStoreChoice, outbox_max_attempts: u32 },
+}
+
+/// The router's new store. Until the CQL store is in use, a second PostgreSQL works too (tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NewStoreChoice {
+    Postgres { database_url: String },
+    Scylla(CqlConfig),
+}
 
 /// Request limits; every breach is a 4xx (or 504 for the timeout) with a Connect error body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +57,8 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    pub store: StoreChoice,
+    /// PostgreSQL URL; empty when the store is ScyllaDB.
     pub database_url: String,
     pub database_max_connections: u32,
     pub jwt_secret: Vec<u8>,
@@ -43,6 +76,14 @@ pub enum ConfigError {
     MissingJwtSecret,
     #[error("DATABASE_URL is not set (or --database-url): e.g. postgres://chat:secret@localhost:5432/chat")]
     MissingDatabaseUrl,
+    #[error("--store scylla needs --cql-contact-points (CHAT_CQL_CONTACT_POINTS), e.g. scylla-0.scylla:9042")]
+    MissingCqlContactPoints,
+    #[error("--store router needs --new-database-url (CHAT_NEW_DATABASE_URL) with --new-store postgres")]
+    MissingNewDatabaseUrl,
+    #[error("--new-store must be postgres or scylla")]
+    NewStoreKind,
+    #[error("--cql-consistency: {0}")]
+    CqlConsistency(String),
     #[error("--flags-configmap must be NAMESPACE/NAME, got {0:?}")]
     FlagsConfigMap(String),
     #[error("give only one of --flags-file, --flags-configmap and --flags-ssm-prefix")]
@@ -56,9 +97,30 @@ pub struct ServeArgs {
     /// Address of the API, /metrics, /healthz and /readyz.
     #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// PostgreSQL URL.
+    /// The database: `postgres` (default) or `scylla` (any CQL database).
+    #[arg(long, env = "CHAT_STORE", value_enum, default_value_t = StoreKind::Postgres)]
+    pub store: StoreKind,
+    /// PostgreSQL URL (with `--store postgres`).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// CQL nodes to connect to first, `host:port`, comma-separated (with `--store scylla`).
+    #[arg(long, env = "CHAT_CQL_CONTACT_POINTS", value_delimiter = ',')]
+    pub cql_contact_points: Vec<String>,
+    /// CQL keyspace (created beforehand; the service creates its tables in it).
+    #[arg(long, env = "CHAT_CQL_KEYSPACE", default_value = "chat")]
+    pub cql_keyspace: String,
+    /// CQL consistency level of reads and writes: LOCAL_QUORUM, QUORUM, LOCAL_ONE, ONE, ...
+    #[arg(long, env = "CHAT_CQL_CONSISTENCY", default_value = "LOCAL_QUORUM")]
+    pub cql_consistency: String,
+    /// With `--store router`: the new store, `scylla` (the `--cql-*` settings) or `postgres`.
+    #[arg(long, env = "CHAT_NEW_STORE", value_enum, default_value_t = StoreKind::Scylla)]
+    pub new_store: StoreKind,
+    /// With `--store router --new-store postgres`: the new store's PostgreSQL URL.
+    #[arg(long, env = "CHAT_NEW_DATABASE_URL", hide_env_values = true)]
+    pub new_database_url: Option<String>,
+    /// With `--store router`: failed replays of an outbox entry before it is dead-lettered.
+    #[arg(long, env = "CHAT_OUTBOX_MAX_ATTEMPTS", default_value_t = 10)]
+    pub outbox_max_attempts: u32,
     #[arg(long, env = "CHAT_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
     /// NATS URL for fan-out of stream events across instances (default: this instance only).
@@ -94,7 +156,36 @@ impl ServeArgs {
         if jwt_secret.len() < 32 {
             tracing::warn!("CHAT_JWT_SECRET is shorter than 32 bytes; HS256 wants at least 256 bits of secret");
         }
-        let database_url = self.database_url.filter(|u| !u.is_empty()).ok_or(ConfigError::MissingDatabaseUrl)?;
+        let cql = |args: &ServeArgs| -> Result<CqlConfig, ConfigError> {
+            let contact_points: Vec<String> = args.cql_contact_points.iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
+            if contact_points.is_empty() {
+                return Err(ConfigError::MissingCqlContactPoints);
+            }
+            let consistency = parse_consistency(&args.cql_consistency).map_err(ConfigError::CqlConsistency)?;
+            Ok(CqlConfig { contact_points, keyspace: args.cql_keyspace.clone(), consistency })
+        };
+        let (store, database_url) = match self.store {
+            StoreKind::Router => {
+                let new = match self.new_store {
+                    StoreKind::Postgres => NewStoreChoice::Postgres {
+                        database_url: self.new_database_url.clone().filter(|u| !u.is_empty()).ok_or(ConfigError::MissingNewDatabaseUrl)?,
+                    },
+                    StoreKind::Scylla => NewStoreChoice::Scylla(cql(&self)?),
+                    StoreKind::Router => return Err(ConfigError::NewStoreKind),
+                };
+                let legacy = self.database_url.clone().filter(|u| !u.is_empty()).ok_or(ConfigError::MissingDatabaseUrl)?;
+                (StoreChoice::Router { new, outbox_max_attempts: self.outbox_max_attempts.max(1) }, legacy)
+            }
+            StoreKind::Postgres => (StoreChoice::Postgres, self.database_url.filter(|u| !u.is_empty()).ok_or(ConfigError::MissingDatabaseUrl)?),
+            StoreKind::Scylla => {
+                let contact_points: Vec<String> = self.cql_contact_points.into_iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
+                if contact_points.is_empty() {
+                    return Err(ConfigError::MissingCqlContactPoints);
+                }
+                let consistency = parse_consistency(&self.cql_consistency).map_err(ConfigError::CqlConsistency)?;
+                (StoreChoice::Scylla(CqlConfig { contact_points, keyspace: self.cql_keyspace, consistency }), self.database_url.unwrap_or_default())
+            }
+        };
         let flags = match (self.flags_file, self.flags_configmap, self.flags_ssm_prefix) {
             (Some(path), None, None) => FlagSource::File(path),
             (None, None, Some(prefix)) => FlagSource::Ssm { prefix, poll_interval: self.flags_ssm_poll_interval },
@@ -109,6 +200,7 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             listen: self.listen,
+            store,
             database_url,
             database_max_connections: self.database_max_connections.max(1),
             jwt_secret: jwt_secret.into_bytes(),
@@ -155,6 +247,24 @@ mod tests {
         assert_eq!(config.limits, Limits::default());
         assert!(matches!(config.flags, FlagSource::Static(f) if f == Flags::default()));
         assert_eq!(config.nats_url, None);
+        assert_eq!(config.store, StoreChoice::Postgres);
+    }
+
+    #[test]
+    fn scylla_store() {
+        let cli = |extra: &[&str]| {
+            let mut argv = vec!["serve", "--store", "scylla"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).expect("args").serve
+        };
+        assert!(matches!(cli(&[]).into_config(env(&secrets())), Err(ConfigError::MissingCqlContactPoints)));
+        let config = cli(&["--cql-contact-points", "a:9042,b:9042"]).into_config(env(&secrets())).expect("config");
+        let StoreChoice::Scylla(cql) = config.store else { panic!("scylla") };
+        assert_eq!(cql.contact_points, ["a:9042", "b:9042"]);
+        assert_eq!((cql.keyspace.as_str(), cql.consistency), ("chat", scylla::statement::Consistency::LocalQuorum));
+        let config = cli(&["--cql-contact-points", "a:9042", "--cql-keyspace", "ks", "--cql-consistency", "local_one"]).into_config(env(&secrets())).expect("config");
+        assert!(matches!(config.store, StoreChoice::Scylla(CqlConfig { ref keyspace, consistency: scylla::statement::Consistency::LocalOne, .. }) if keyspace == "ks"));
+        assert!(matches!(cli(&["--cql-contact-points", "a:9042", "--cql-consistency", "most"]).into_config(env(&secrets())), Err(ConfigError::CqlConsistency(_))));
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! | `chat_requests_total` | `cohort` (`legacy`/`new`), `code` (`ok` or the Connect error code) |
 //! | `chat_request_duration_seconds` | `cohort` |
 //! | `chat_flags_generation` | (the applied flag document's generation) |
+//! | `chat_dual_write_operations_total` | `target` (`legacy`/`new`), `status` (`success`/`error`/`skipped`/`replayed`/`dead_letter`) |
+//! | `chat_dual_write_lag_seconds` | (primary write done -> secondary write done, inline or replayed) |
+//! | `chat_retry_queue_size` | (outbox depth: rows in `outbox` plus entries held in memory) |
+//! | `chat_shadow_reads_total` | (shadow reads compared) |
+//! | `chat_shadow_read_mismatches_total` | `type` (`missing`/`extra`/`content`/`order`/`count`) |
+//! | `chat_shadow_read_errors_total` | (shadow reads that failed; never returned to callers) |
 
 use std::time::Duration;
 
@@ -49,6 +55,17 @@ pub struct CohortLabels {
     pub cohort: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DualWriteLabels {
+    pub target: &'static str,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MismatchLabels {
+    pub r#type: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 0.5 ms .. ~16 s: a loopback query is well under a millisecond, a stuck one hits the timeout.
@@ -65,6 +82,13 @@ pub struct Metrics {
     request_duration: Histograms<CohortLabels>,
     /// Handed to the flag watcher, which sets it to the applied generation.
     pub flags_generation: Gauge,
+    dual_writes: Family<DualWriteLabels, Counter>,
+    dual_write_lag: Histogram,
+    /// Outbox depth, set by the replayer.
+    pub retry_queue_size: Gauge,
+    shadow_reads: Counter,
+    shadow_mismatches: Family<MismatchLabels, Counter>,
+    shadow_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -83,7 +107,33 @@ impl Default for Metrics {
         registry.register("chat_requests", "API requests by cohort and Connect code (ok on success)", requests.clone());
         registry.register("chat_request_duration_seconds", "API request latency by cohort", request_duration.clone());
         registry.register("chat_flags_generation", "Generation of the migration flag document in force", flags_generation.clone());
-        Metrics { registry, db_operations, db_duration, messages_sent, requests, request_duration, flags_generation }
+        let dual_writes = Family::<DualWriteLabels, Counter>::default();
+        let dual_write_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let retry_queue_size = Gauge::default();
+        let shadow_reads = Counter::default();
+        let shadow_mismatches = Family::<MismatchLabels, Counter>::default();
+        let shadow_errors = Counter::default();
+        registry.register("chat_dual_write_operations", "Secondary (dual) writes by target store and outcome", dual_writes.clone());
+        registry.register("chat_dual_write_lag_seconds", "Delay between the primary write and the secondary write", dual_write_lag.clone());
+        registry.register("chat_retry_queue_size", "Secondary writes waiting in the outbox", retry_queue_size.clone());
+        registry.register("chat_shadow_reads", "Reads also made on the other store and compared", shadow_reads.clone());
+        registry.register("chat_shadow_read_mismatches", "Shadow reads whose answer differed, by kind of difference", shadow_mismatches.clone());
+        registry.register("chat_shadow_read_errors", "Shadow reads that failed (never returned to callers)", shadow_errors.clone());
+        Metrics {
+            registry,
+            db_operations,
+            db_duration,
+            messages_sent,
+            requests,
+            request_duration,
+            flags_generation,
+            dual_writes,
+            dual_write_lag,
+            retry_queue_size,
+            shadow_reads,
+            shadow_mismatches,
+            shadow_errors,
+        }
     }
 }
 
@@ -101,6 +151,37 @@ impl Metrics {
     pub fn request(&self, cohort: &'static str, code: &'static str, elapsed: Duration) {
         self.requests.get_or_create(&RequestLabels { cohort, code }).inc();
         self.request_duration.get_or_create(&CohortLabels { cohort }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn dual_write(&self, target: &'static str, status: &'static str) {
+        self.dual_writes.get_or_create(&DualWriteLabels { target, status }).inc();
+    }
+
+    pub fn dual_write_count(&self, target: &'static str, status: &'static str) -> u64 {
+        self.dual_writes.get_or_create(&DualWriteLabels { target, status }).get()
+    }
+
+    pub fn dual_write_lag(&self, lag: Duration) {
+        self.dual_write_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn shadow_read(&self, mismatches: &[&'static str]) {
+        self.shadow_reads.inc();
+        for kind in mismatches {
+            self.shadow_mismatches.get_or_create(&MismatchLabels { r#type: kind }).inc();
+        }
+    }
+
+    pub fn shadow_read_error(&self) {
+        self.shadow_errors.inc();
+    }
+
+    pub fn shadow_reads(&self) -> u64 {
+        self.shadow_reads.get()
+    }
+
+    pub fn shadow_mismatches(&self, kind: &'static str) -> u64 {
+        self.shadow_mismatches.get_or_create(&MismatchLabels { r#type: kind }).get()
     }
 
     pub fn encode(&self) -> String {

@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::api::{self, App};
 use crate::auth::Authenticator;
-use crate::config::ServeConfig;
+use crate::config::{NewStoreChoice, ServeConfig, StoreChoice};
 use crate::crypto::ContentCipher;
 use crate::events::{EventBus, EventBusError};
 use crate::flags::{FlagError, FlagWatcher};
@@ -23,6 +23,8 @@ use crate::ids::MessageIdGenerator;
 use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
 use crate::store::postgres::PgStore;
+use crate::store::router::{MigrationRouter, RouterOptions};
+use crate::store::scylla::CqlStore;
 use crate::store::{ChatStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum ServeError {
     Flags(#[from] FlagError),
     #[error("cannot connect to PostgreSQL (DATABASE_URL): {0}")]
     Database(#[from] StoreError),
+    #[error("cannot connect to the CQL store (--cql-contact-points, --cql-keyspace) or apply its schema: {0}")]
+    Cql(#[source] StoreError),
     #[error("cannot apply the database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
@@ -52,15 +56,40 @@ pub struct Server {
     stopping: watch::Sender<bool>,
     // Keeps the flag watcher following its source while the server runs.
     _flags: FlagWatcher,
+    // The migration router's outbox replayer (with `--store router`), stopped with the server.
+    _replayer: Option<crate::store::router::ReplayerHandle>,
 }
 
 /// Connects, migrates and binds; nothing is served yet.
 pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
     let metrics = Arc::new(Metrics::default());
     let flags = FlagWatcher::start(config.flags.clone(), metrics.flags_generation.clone()).await?;
-    let pg = PgStore::connect(&config.database_url, config.database_max_connections).await?;
-    pg.migrate().await?;
-    let store: Arc<dyn ChatStore> = Arc::new(Instrumented::new(pg, metrics.clone()));
+    let mut replayer = None;
+    let store: Arc<dyn ChatStore> = match &config.store {
+        StoreChoice::Postgres => {
+            let pg = PgStore::connect(&config.database_url, config.database_max_connections).await?;
+            pg.migrate().await?;
+            Arc::new(Instrumented::new(pg, metrics.clone()))
+        }
+        StoreChoice::Scylla(cql) => Arc::new(Instrumented::new(CqlStore::connect(cql).await.map_err(ServeError::Cql)?, metrics.clone())),
+        StoreChoice::Router { new, outbox_max_attempts } => {
+            let legacy = PgStore::connect(&config.database_url, config.database_max_connections).await?;
+            legacy.migrate().await?;
+            let new: Arc<dyn ChatStore> = match new {
+                NewStoreChoice::Postgres { database_url } => {
+                    let pg = PgStore::connect(database_url, config.database_max_connections).await?;
+                    pg.migrate().await?;
+                    Arc::new(Instrumented::new(pg, metrics.clone()))
+                }
+                NewStoreChoice::Scylla(cql) => Arc::new(Instrumented::new(CqlStore::connect(cql).await.map_err(ServeError::Cql)?, metrics.clone())),
+            };
+            let mut options = RouterOptions::default();
+            options.replay.max_attempts = *outbox_max_attempts;
+            let router = MigrationRouter::new(legacy, new, flags.clone(), metrics.clone(), options);
+            replayer = Some(router.start_replayer());
+            Arc::new(router)
+        }
+    };
     let events = match &config.nats_url {
         Some(url) => EventBus::nats(url).await?,
         None => EventBus::local(),
@@ -80,7 +109,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
     let listener = TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     info!(addr = %local_addr, store = app.store.database(), events = app.events.transport(), flags = ?flags.current(), "chat-service ready");
-    Ok(Server { listener, local_addr, router, stopping, _flags: flags })
+    Ok(Server { listener, local_addr, router, stopping, _flags: flags, _replayer: replayer })
 }
 
 impl Server {

@@ -1,38 +1,56 @@
-//! Every API method over HTTP against a real PostgreSQL: results, membership rules, and the
-//! Connect errors for auth failures, non-members, unknown ids and malformed input.
+//! Every API method over HTTP against a real PostgreSQL, and again against the CQL store on a
+//! real Apache Cassandra node (ScyllaDB's protocol): results, membership rules, and the Connect
+//! errors for auth failures, non-members, unknown ids and malformed input.
 
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{TestService, assert_error};
-use ficus_e2e::Postgres;
+use common::{Backend, Db, TestService, assert_error};
 use serde_json::{Value, json};
-use sqlx::postgres::PgPool;
 
 const METHODS: [&str; 8] = ["CreateRoom", "GetRoom", "GetRooms", "LeaveRoom", "SendMessage", "GetMessageHistory", "MarkMessagesAsRead", "ReactToMessage"];
 
-async fn service(test: &str) -> Option<(TestService, PgPool)> {
+async fn service(backend: Backend, test: &str) -> Option<(TestService, Db)> {
     common::init();
-    let pg = match Postgres::shared() {
-        Ok(pg) => pg,
+    let config = match common::backend_config(backend, test).await {
+        Ok(config) => config,
         Err(e) => {
             ficus_e2e::skip_or_panic(&e);
             return None;
         }
     };
-    let config = common::config(pg, test).await;
-    let pool = PgPool::connect(&config.database_url).await.expect("test pool");
-    Some((common::start(config).await, pool))
+    let db = Db::connect(&config).await;
+    Some((common::start(config).await, db))
 }
+
+/// Each suite below, once per store: `postgres::<name>` and `cql::<name>`.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+        mod cql {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Cql).await })*
+        }
+    };
+}
+
+on_every_store!(
+    rooms_create_get_list_and_leave,
+    get_rooms_orders_pinned_first_then_latest_activity_and_pages,
+    messages_send_history_read_markers_and_reactions,
+    every_method_rejects_unauthenticated_calls,
+    malformed_input_is_invalid_argument_never_500,
+    unknown_methods_and_wrong_http_methods_get_connect_errors,
+);
 
 fn ids(values: &Value) -> Vec<String> {
     values.as_array().expect("array").iter().map(|v| v["id"].as_str().expect("id").to_owned()).collect()
 }
 
-#[tokio::test]
-async fn rooms_create_get_list_and_leave() {
-    let Some((svc, db)) = service("rooms").await else { return };
+async fn rooms_create_get_list_and_leave(backend: Backend) {
+    let Some((svc, db)) = service(backend, "rooms").await else { return };
 
     let room = svc.call(1, "CreateRoom", json!({ "name": "Team", "type": "group", "participants": [3, 2, 3] })).await["room"].clone();
     assert_eq!(room["name"], "Team");
@@ -64,14 +82,11 @@ async fn rooms_create_get_list_and_leave() {
     assert_error(&svc.raw(3, "LeaveRoom", json!({ "id": uuid::Uuid::new_v4() })).await, 404, "not_found");
     assert_eq!(svc.call(1, "GetRoom", json!({ "id": room_id })).await["room"]["participants"], json!([1, 2]));
     assert_eq!(svc.call(3, "GetRooms", json!({})).await["pagination"]["total"], 0);
-    let removed: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("select removed_at from room_member where room_id = $1::uuid and user_id = 3").bind(&room_id).fetch_one(&db).await.expect("row");
-    assert!(removed.is_some(), "membership ended, row kept");
+    assert!(db.removed_at_is_set(&room_id, 3).await, "membership ended, row kept");
 }
 
-#[tokio::test]
-async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages() {
-    let Some((svc, db)) = service("room_list").await else { return };
+async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: Backend) {
+    let Some((svc, db)) = service(backend, "room_list").await else { return };
     let a = svc.create_group(10, &[11]).await;
     let b = svc.create_group(10, &[11]).await;
     let c = svc.create_group(10, &[12]).await;
@@ -89,7 +104,7 @@ async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages() {
     assert!(list["items"][0]["lastMessageAt"].is_string());
 
     // A pinned room comes first whatever its activity (pins are per user).
-    sqlx::query("update room_member set is_pinned = true where room_id = $1::uuid and user_id = 10").bind(&b).execute(&db).await.expect("pin");
+    db.pin(&b, 10).await;
     let list = svc.call(10, "GetRooms", json!({})).await;
     assert_eq!(ids(&list["items"]), [b.clone(), a.clone(), c.clone()]);
     assert_eq!(list["items"][0]["isPinned"], true);
@@ -107,9 +122,8 @@ async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages() {
     assert_eq!(svc.call(10, "GetRooms", json!({ "page": 0, "limit": 0 })).await["pagination"], json!({ "page": 1, "limit": 20, "total": 3 }));
 }
 
-#[tokio::test]
-async fn messages_send_history_read_markers_and_reactions() {
-    let Some((svc, db)) = service("messages").await else { return };
+async fn messages_send_history_read_markers_and_reactions(backend: Backend) {
+    let Some((svc, db)) = service(backend, "messages").await else { return };
     let room = svc.create_group(1, &[2]).await;
 
     let sent = svc.call(1, "SendMessage", json!({ "roomId": room, "content": "hola 👋", "type": "user_message" })).await;
@@ -146,8 +160,7 @@ async fn messages_send_history_read_markers_and_reactions() {
     assert_eq!(read(2, json!({ "roomId": room, "since": "2000-01-01T00:00:00Z" })).await, 1, "only m3 is left");
     assert_eq!(read(1, json!({ "roomId": room, "since": m1["createdAt"] })).await, 1, "user 1 reads m2");
     assert_eq!(read(2, json!({ "roomId": room, "messageIds": [uuid::Uuid::now_v1(&[1; 6])] })).await, 0, "unknown ids are ignored");
-    let last_read: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("select last_read_at from room_member where room_id = $1::uuid and user_id = 2").bind(&room).fetch_one(&db).await.expect("row");
+    let last_read = db.last_read_at(&room, 2).await;
     let m3_at: chrono::DateTime<chrono::Utc> = m3["createdAt"].as_str().expect("createdAt").parse().expect("time");
     assert_eq!(last_read, Some(m3_at), "the read position is the newest message read");
     assert_error(&svc.raw(3, "MarkMessagesAsRead", json!({ "roomId": room, "since": "2000-01-01T00:00:00Z" })).await, 403, "permission_denied");
@@ -161,8 +174,7 @@ async fn messages_send_history_read_markers_and_reactions() {
     }
     svc.call(2, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "🎉" })).await;
     svc.call(1, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "👍" })).await;
-    let reactions: i64 = sqlx::query_scalar("select count(*) from room_message_reaction where message_id = $1::uuid").bind(m1["id"].as_str()).fetch_one(&db).await.expect("count");
-    assert_eq!(reactions, 3);
+    assert_eq!(db.reaction_count(m1["id"].as_str().expect("id")).await, 3);
     assert_error(&svc.raw(3, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "👍" })).await, 403, "permission_denied");
     assert_error(&svc.raw(2, "ReactToMessage", json!({ "messageId": uuid::Uuid::now_v1(&[1; 6]), "reaction": "👍" })).await, 404, "not_found");
     assert_error(&svc.raw(2, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "" })).await, 400, "invalid_argument");
@@ -182,9 +194,8 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
 }
 
-#[tokio::test]
-async fn every_method_rejects_unauthenticated_calls() {
-    let Some((svc, _db)) = service("auth").await else { return };
+async fn every_method_rejects_unauthenticated_calls(backend: Backend) {
+    let Some((svc, _db)) = service(backend, "auth").await else { return };
     let room = svc.create_group(1, &[2]).await;
     let http = svc.client.http();
     let good = token(common::JWT_SECRET, json!({ "sub": 1, "exp": now() + 600 }));
@@ -229,9 +240,8 @@ async fn every_method_rejects_unauthenticated_calls() {
     assert_eq!(response.status().as_u16(), 200);
 }
 
-#[tokio::test]
-async fn malformed_input_is_invalid_argument_never_500() {
-    let Some((svc, _db)) = service("bad_input").await else { return };
+async fn malformed_input_is_invalid_argument_never_500(backend: Backend) {
+    let Some((svc, _db)) = service(backend, "bad_input").await else { return };
     let room = svc.create_group(1, &[2]).await;
     let message = svc.send(1, &room, "hi").await["id"].clone();
     let http = svc.client.http();
@@ -288,9 +298,8 @@ async fn malformed_input_is_invalid_argument_never_500() {
     }
 }
 
-#[tokio::test]
-async fn unknown_methods_and_wrong_http_methods_get_connect_errors() {
-    let Some((svc, _db)) = service("routing").await else { return };
+async fn unknown_methods_and_wrong_http_methods_get_connect_errors(backend: Backend) {
+    let Some((svc, _db)) = service(backend, "routing").await else { return };
     assert_error(&svc.raw(1, "DeleteEverything", json!({})).await, 404, "not_found");
     let response = svc.client.http().get(svc.client.method_url("SendMessage")).send().await.expect("HTTP");
     assert_eq!(response.status().as_u16(), 404);

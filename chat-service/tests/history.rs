@@ -1,5 +1,6 @@
 //! GetMessageHistory's cursor pagination: every message exactly once, newest first, while new
-//! messages keep arriving, and with many messages at the very same timestamp.
+//! messages keep arriving (on PostgreSQL and on the CQL store), and with many messages at the
+//! very same timestamp (PostgreSQL: only there can a backfill write equal times with unrelated ids).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chat_service::crypto::ContentCipher;
 use chat_service::ids::{MessageId, MessageIdGenerator, RoomId, UserId};
-use common::TestService;
+use common::{Backend, Db, TestService};
 use ficus_e2e::Postgres;
 use serde_json::Value;
 use sqlx::postgres::PgPool;
@@ -38,9 +39,18 @@ async fn all_pages(svc: &TestService, user: i32, room: RoomId, limit: u32) -> (V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pages_return_every_message_once_while_messages_keep_arriving() {
+    pages_while_messages_arrive(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cql_pages_return_every_message_once_while_messages_keep_arriving() {
+    pages_while_messages_arrive(Backend::Cql).await;
+}
+
+async fn pages_while_messages_arrive(backend: Backend) {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
-    let svc = Arc::new(common::start(common::config(pg, "history_concurrent").await).await);
+    let config = ficus_e2e::skip_or_fail!(common::backend_config(backend, "history_concurrent").await);
+    let svc = Arc::new(common::start(config).await);
     let room: RoomId = RoomId(svc.create_group(1, &[2, 3]).await.parse().expect("uuid"));
     let room_text = room.to_string();
     for i in 0..60 {
@@ -67,9 +77,8 @@ async fn pages_return_every_message_once_while_messages_keep_arriving() {
     // paging starts must all appear; ones committed meanwhile may or may not (a write whose id
     // is older than a page already read lands behind the reader), but never twice.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let pool = PgPool::connect(&svc.config.database_url).await.expect("pool");
-    let in_room = "select id from room_message where room_id = $1 order by created_at desc, id desc";
-    let before: Vec<uuid::Uuid> = sqlx::query_scalar(in_room).bind(room.0).fetch_all(&pool).await.expect("ids before");
+    let db = Db::connect(&svc.config).await;
+    let before: Vec<uuid::Uuid> = db.message_ids(room.0).await;
     let (ids, items) = all_pages(&svc, 2, room, 7).await;
     stop.store(true, Ordering::Relaxed);
     let mut written_during = 0;
@@ -82,9 +91,9 @@ async fn pages_return_every_message_once_while_messages_keep_arriving() {
     assert_eq!(paged.len(), ids.len(), "a message appeared twice");
     let missing: Vec<_> = before.iter().filter(|id| !paged.contains(id)).collect();
     assert!(missing.is_empty(), "{} messages stored before paging began were skipped: {missing:?}", missing.len());
-    let after: Vec<uuid::Uuid> = sqlx::query_scalar(in_room).bind(room.0).fetch_all(&pool).await.expect("ids after");
+    let after: Vec<uuid::Uuid> = db.message_ids(room.0).await;
     let table_order: Vec<uuid::Uuid> = after.into_iter().filter(|id| paged.contains(id)).collect();
-    assert_eq!(ids.iter().map(|m| m.0).collect::<Vec<_>>(), table_order, "pages follow (created_at, id) descending, and every item exists");
+    assert_eq!(ids.iter().map(|m| m.0).collect::<Vec<_>>(), table_order, "pages follow the store's order (PostgreSQL: (created_at, id) descending; CQL: timeuuid descending), and every item exists");
     assert!(ids.len() >= before.len() && before.len() >= 60);
     let times: Vec<chrono::DateTime<chrono::Utc>> = items.iter().map(|i| i["createdAt"].as_str().expect("createdAt").parse().expect("time")).collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
@@ -126,5 +135,56 @@ async fn equal_timestamps_neither_repeat_nor_skip() {
         sorted.sort_by_key(|id| std::cmp::Reverse(id.0));
         assert_eq!(got, sorted, "ties are ordered by id, descending (limit {limit})");
         assert!(items.iter().all(|i| i["content"].as_str().is_some_and(|c| c.starts_with("tie "))));
+    }
+}
+
+/// The CQL store directly: a message written twice is one message (and one unread count), an id
+/// reused for another message is a conflict, a cursor of another room is not found, and an
+/// unreachable cluster is `Unavailable`.
+#[tokio::test]
+async fn cql_store_is_idempotent_by_message_id() {
+    use chat_service::config::StoreChoice;
+    use chat_service::store::scylla::{CqlConfig, CqlStore};
+    use chat_service::store::{ChatStore, NewMessage, NewRoom, RoomType, StoreError};
+
+    common::init();
+    let config = ficus_e2e::skip_or_fail!(common::backend_config(Backend::Cql, "cql_idempotent").await);
+    let StoreChoice::Scylla(cql) = &config.store else { unreachable!() };
+    let store = CqlStore::connect(cql).await.expect("connect");
+    // Connecting again (a second replica) finds the schema applied.
+    CqlStore::connect(cql).await.expect("connect again");
+    store.ping().await.expect("ping");
+
+    let at = chat_service::store::now();
+    let room = |id| NewRoom { id, name: "r".into(), room_type: RoomType::Group, created_by: UserId(1), participants: vec![UserId(1), UserId(2)], created_at: at };
+    let (a, b) = (RoomId::random(), RoomId::random());
+    store.create_room(room(a)).await.expect("room a");
+    store.create_room(room(b)).await.expect("room b");
+    let id = MessageIdGenerator::default().next();
+    let message = NewMessage { id, room_id: a, sender_id: UserId(1), content: vec![1, 2, 3], message_type: "user_message".into(), created_at: id.created_at().expect("time") };
+    let first = store.insert_message(message.clone()).await.expect("first write");
+    let again = store.insert_message(message.clone()).await.expect("retried write");
+    assert_eq!(first, again);
+    let page = store.history(a, None, 10).await.expect("history");
+    assert_eq!(page.items, vec![first.clone()], "one message");
+    let unread: Vec<(scylla::value::Counter,)> = {
+        let db = Db::connect(&config).await;
+        let Db::Cql { session, keyspace } = &db else { unreachable!() };
+        let cql = format!("SELECT unread_count FROM {keyspace}.room_counters_by_user WHERE user_id = 2 AND room_id = ?");
+        session.query_unpaged(cql, (a.0,)).await.expect("counter").into_rows_result().expect("rows").rows().expect("type").collect::<Result<_, _>>().expect("rows")
+    };
+    assert_eq!(unread.iter().map(|(c,)| c.0).collect::<Vec<_>>(), [1], "the retry did not count twice");
+
+    let other = NewMessage { room_id: b, ..message };
+    assert!(matches!(store.insert_message(other).await, Err(StoreError::Conflict(_))), "same id, another room");
+    assert!(matches!(store.history(b, Some(id), 10).await, Err(StoreError::NotFound(_))), "cursor of another room");
+    assert!(matches!(store.message_room(MessageIdGenerator::default().next()).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.message_room(id).await.expect("room"), a);
+
+    // Nothing listens on port 1: retry later, not an internal error.
+    let nowhere = CqlConfig { contact_points: vec!["127.0.0.1:1".into()], ..cql.clone() };
+    match CqlStore::connect(&nowhere).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {:?}", other.err()),
     }
 }

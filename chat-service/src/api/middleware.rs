@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
 use crate::api::error::{ApiError, Code};
+use crate::ids::UserId;
 
 /// Which store family served a request (`chat_requests_total{cohort}`). Everything is `legacy`
 /// until the migration router serves a user from the new store; it marks such responses by
@@ -30,16 +31,42 @@ impl Cohort {
     }
 }
 
+tokio::task_local! {
+    /// What the store noted about the request being handled (see [`note_cohort`]).
+    static NOTED: std::cell::Cell<(Option<Cohort>, Option<UserId>)>;
+}
+
+/// Marks the request being handled on this task as served by `cohort` on behalf of `user`: the
+/// migration router calls it with its routing decision, so the request's metrics carry the
+/// cohort without handlers knowing about routing. Outside a request (tools, tests) it does
+/// nothing.
+pub fn note_cohort(cohort: Cohort, user: Option<UserId>) {
+    let _ = NOTED.try_with(|c| {
+        let (_, before) = c.get();
+        c.set((Some(cohort), user.or(before)));
+    });
+}
+
+/// The user a store call of this request noted before (for store calls that name no user).
+pub fn noted_user() -> Option<UserId> {
+    NOTED.try_with(|c| c.get().1).ok().flatten()
+}
+
 /// `chat_requests_total{cohort,code}` and `chat_request_duration_seconds{cohort}`.
 pub async fn track_request(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let response = next.run(request).await;
+    let (response, noted) = NOTED
+        .scope(std::cell::Cell::new((None, None)), async move {
+            let response = next.run(request).await;
+            (response, NOTED.with(|c| c.get().0))
+        })
+        .await;
     let code = match response.extensions().get::<Code>() {
         Some(code) => code.as_str(),
         None if response.status().is_success() => "ok",
         None => fallback_code(response.status()).as_str(),
     };
-    let cohort = response.extensions().get::<Cohort>().copied().unwrap_or_default();
+    let cohort = response.extensions().get::<Cohort>().copied().or(noted).unwrap_or_default();
     app.metrics.request(cohort.as_str(), code, start.elapsed());
     response
 }

@@ -33,7 +33,7 @@ use crate::store::{ChatStore, RoomAccess};
 
 pub use caller::Caller;
 pub use error::{ApiError, Code};
-pub use middleware::Cohort;
+pub use middleware::{Cohort, note_cohort, noted_user};
 
 /// Everything a handler needs.
 pub struct App {

@@ -12,8 +12,11 @@
 //!   [`StoreError::Internal`] for everything that needs an operator.
 
 pub mod instrumented;
+pub mod outbox;
 pub mod page;
 pub mod postgres;
+pub mod router;
+pub mod scylla;
 
 use std::future::Future;
 use std::pin::Pin;

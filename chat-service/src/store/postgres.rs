@@ -158,6 +158,39 @@ impl PgStore {
         MIGRATOR.run(&self.pool).await
     }
 
+    /// [`ChatStore::insert_message`] and an outbox entry (the same write for the other store) in
+    /// one transaction: the message commits if and only if its entry does, so a crash after the
+    /// commit never loses the secondary write (the replayer makes it). Returns the entry's id.
+    pub async fn insert_message_with_outbox(&self, message: NewMessage, entry: &crate::store::outbox::NewEntry) -> StoreResult<(StoredMessage, i64)> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let inserted = sqlx::query::<sqlx::Postgres>(
+            "insert into room_message (id, room_id, sender_id, content, type, created_at) values ($1, $2, $3, $4, $5, $6)
+             on conflict (id) do nothing",
+        )
+        .bind(message.id)
+        .bind(message.room_id)
+        .bind(message.sender_id)
+        .bind(&message.content)
+        .bind(&message.message_type)
+        .bind(message.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let stored: StoredMessage = if inserted.rows_affected() == 1 {
+            message.into()
+        } else {
+            let existing: StoredMessage =
+                sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(message_select!(), "where id = $1")).bind(message.id).fetch_one(&mut *tx).await.map_err(classify)?.into();
+            if existing.room_id != message.room_id || existing.sender_id != message.sender_id {
+                return Err(StoreError::Conflict(format!("message id {} already belongs to another message", message.id)));
+            }
+            existing
+        };
+        let id = crate::store::outbox::insert_entry(&mut tx, entry).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok((stored, id))
+    }
+
     async fn create_room_tx(&self, room: NewRoom) -> StoreResult<RoomView> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         sqlx::query::<sqlx::Postgres>("insert into room (id, name, type, created_by, created_at) values ($1, $2, $3, $4, $5)")

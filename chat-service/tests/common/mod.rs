@@ -1,16 +1,19 @@
 //! Shared test set-up: a chat-service instance in-process on a free port, on its own database of
-//! the harness's PostgreSQL, and small HTTP helpers.
+//! the harness's PostgreSQL (or its own keyspace of the harness's shared CQL node, see
+//! [`Backend`]), and small HTTP helpers.
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use chat_service::client::ChatClient;
-use chat_service::config::{Limits, ServeConfig};
+use chat_service::config::{Limits, ServeConfig, StoreChoice};
 use chat_service::crypto::EncryptionKey;
 use chat_service::flags::{FlagSource, Flags};
 use chat_service::ids::UserId;
 use chat_service::serve::{self, ServeError};
-use ficus_e2e::Postgres;
+use chat_service::store::scylla::CqlConfig;
+use ficus_e2e::{Cassandra, HarnessError, Postgres};
+use sqlx::postgres::PgPool;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -30,6 +33,7 @@ pub async fn config(pg: &Postgres, test: &str) -> ServeConfig {
 pub fn config_for(database_url: String, encryption_key: EncryptionKey) -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
+        store: StoreChoice::Postgres,
         database_url,
         database_max_connections: 10,
         jwt_secret: JWT_SECRET.to_vec(),
@@ -37,6 +41,125 @@ pub fn config_for(database_url: String, encryption_key: EncryptionKey) -> ServeC
         nats_url: None,
         flags: FlagSource::Static(Flags::default()),
         limits: Limits::default(),
+    }
+}
+
+/// The store a suite runs on: PostgreSQL, or the CQL store on the harness's shared Apache
+/// Cassandra node (one JVM per test binary, a keyspace per test).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Cql,
+}
+
+/// A config on a fresh database (PostgreSQL) or keyspace (CQL, consistency ONE: one node).
+pub async fn backend_config(backend: Backend, test: &str) -> Result<ServeConfig, HarnessError> {
+    match backend {
+        Backend::Postgres => Ok(config(Postgres::shared()?, test).await),
+        Backend::Cql => {
+            let cassandra = Cassandra::shared()?;
+            let keyspace = cassandra.create_keyspace(test).await?;
+            let mut config = config_for(String::new(), EncryptionKey::random());
+            config.store = StoreChoice::Scylla(CqlConfig { contact_points: vec![cassandra.contact_point()], keyspace, consistency: scylla::statement::Consistency::One });
+            Ok(config)
+        }
+    }
+}
+
+/// Direct access to a test's database, for what the API does not show (or cannot set).
+pub enum Db {
+    Pg(PgPool),
+    Cql { session: Box<scylla::client::session::Session>, keyspace: String },
+}
+
+impl Db {
+    pub async fn connect(config: &ServeConfig) -> Db {
+        match &config.store {
+            // The router's legacy database.
+            StoreChoice::Postgres | StoreChoice::Router { .. } => Db::Pg(PgPool::connect(&config.database_url).await.expect("test pool")),
+            StoreChoice::Scylla(cql) => {
+                let session = Cassandra::shared().expect("cassandra").session().await.expect("CQL session");
+                Db::Cql { session: Box::new(session), keyspace: cql.keyspace.clone() }
+            }
+        }
+    }
+
+    async fn cql<R>(&self, cql: &str, values: impl scylla::serialize::row::SerializeRow) -> Vec<R>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let Db::Cql { session, keyspace } = self else { unreachable!("a CQL query on PostgreSQL") };
+        let cql = cql.replace("{ks}", keyspace);
+        let result = session.query_unpaged(cql.as_str(), values).await.unwrap_or_else(|e| panic!("{cql}: {e}"));
+        if !result.is_rows() {
+            return vec![];
+        }
+        let rows = result.into_rows_result().expect("rows");
+        rows.rows::<R>().expect("row type").collect::<Result<Vec<R>, _>>().expect("rows")
+    }
+
+    /// Pins `room` for `user` (there is no API for it yet).
+    pub async fn pin(&self, room: &str, user: i32) {
+        let room: uuid::Uuid = room.parse().expect("uuid");
+        match self {
+            Db::Pg(pool) => {
+                sqlx::query("update room_member set is_pinned = true where room_id = $1 and user_id = $2").bind(room).bind(user).execute(pool).await.expect("pin");
+            }
+            Db::Cql { .. } => {
+                self.cql::<(bool,)>("UPDATE {ks}.rooms_by_user SET is_pinned = true WHERE user_id = ? AND room_id = ?", (user, room)).await;
+            }
+        }
+    }
+
+    /// Whether `user`'s membership of `room` is kept with a `removed_at`.
+    pub async fn removed_at_is_set(&self, room: &str, user: i32) -> bool {
+        let room: uuid::Uuid = room.parse().expect("uuid");
+        match self {
+            Db::Pg(pool) => sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>("select removed_at from room_member where room_id = $1 and user_id = $2")
+                .bind(room)
+                .bind(user)
+                .fetch_one(pool)
+                .await
+                .expect("row")
+                .is_some(),
+            Db::Cql { .. } => {
+                let rows = self.cql::<(Option<i64>,)>("SELECT removed_at FROM {ks}.participants_by_room WHERE room_id = ? AND user_id = ?", (room, user)).await;
+                matches!(rows.as_slice(), [(Some(_),)])
+            }
+        }
+    }
+
+    /// The time of the newest message `user` has read in `room`.
+    pub async fn last_read_at(&self, room: &str, user: i32) -> Option<chrono::DateTime<chrono::Utc>> {
+        let room: uuid::Uuid = room.parse().expect("uuid");
+        match self {
+            Db::Pg(pool) => sqlx::query_scalar("select last_read_at from room_member where room_id = $1 and user_id = $2").bind(room).bind(user).fetch_one(pool).await.expect("row"),
+            Db::Cql { .. } => {
+                let rows = self.cql::<(Option<scylla::value::CqlTimeuuid>,)>("SELECT last_read_message_id FROM {ks}.participants_by_room WHERE room_id = ? AND user_id = ?", (room, user)).await;
+                rows.first().and_then(|(id,)| *id).and_then(|id| chat_service::ids::MessageId(id.into()).created_at())
+            }
+        }
+    }
+
+    pub async fn reaction_count(&self, message: &str) -> i64 {
+        let message: uuid::Uuid = message.parse().expect("uuid");
+        match self {
+            Db::Pg(pool) => sqlx::query_scalar("select count(*) from room_message_reaction where message_id = $1").bind(message).fetch_one(pool).await.expect("count"),
+            Db::Cql { .. } => {
+                let id = scylla::value::CqlTimeuuid::from(message);
+                self.cql::<(i64,)>("SELECT count(*) FROM {ks}.reactions_by_message WHERE message_id = ?", (id,)).await[0].0
+            }
+        }
+    }
+
+    /// Every message id of the room in the store's history order (newest first).
+    pub async fn message_ids(&self, room: uuid::Uuid) -> Vec<uuid::Uuid> {
+        match self {
+            Db::Pg(pool) => sqlx::query_scalar("select id from room_message where room_id = $1 order by created_at desc, id desc").bind(room).fetch_all(pool).await.expect("ids"),
+            Db::Cql { .. } => {
+                self.cql::<(scylla::value::CqlTimeuuid,)>("SELECT message_id FROM {ks}.messages_by_room WHERE room_id = ?", (room,)).await.into_iter().map(|(id,)| id.into()).collect()
+            }
+        }
     }
 }
 

@@ -1,0 +1,707 @@
+//! The migration router: a [`ChatStore`] over the legacy PostgreSQL store and a new store that
+//! executes the routing decision ([`crate::routing`]) of the flags in force at each call.
+//!
+//! # Writes
+//!
+//! [`write_plan`]: the primary must succeed for the call to succeed. With `dual_write = sync`
+//! the secondary is written concurrently with the primary (`tokio::join!`: latency is the slower
+//! store, bounded by `secondary_timeout`); with `async` it is written after the primary, in a
+//! spawned task. **Ping-before-write**: each store has a cached health (a `ping` at most every
+//! `ping_interval`, run in the background so no write waits for it; a write failing with
+//! `Unavailable` or timing out marks the store down at once). A secondary that is down is not
+//! called: its write goes straight to the outbox.
+//!
+//! Failed or skipped secondary writes go to the outbox ([`crate::store::outbox`]) in the legacy
+//! PostgreSQL. How strong that is:
+//!
+//! * **legacy primary, `insert_message`**: the outbox row commits in the primary's transaction
+//!   ([`PgStore::insert_message_with_outbox`]) and is deleted once the secondary accepted the
+//!   write (or pushed back with backoff when it failed). A crash at any point after the commit
+//!   leaves the row, and the replayer makes the write after `inline_grace`. Nothing is lost.
+//! * **legacy primary, other writes** (rooms, leave, read markers, reactions): the row is written
+//!   after the secondary failed or was skipped, before a `sync` call answers. A crash between
+//!   the primary commit and that insert (or, with `async`, before the spawned write ran) loses
+//!   the secondary write; `validate` finds it and the backfill repairs it.
+//! * **new primary (after cutover)**: the secondary is PostgreSQL itself, where the outbox lives.
+//!   A failed legacy write is enqueued there; when PostgreSQL cannot take the row either (it is
+//!   down: the usual reason the write failed), the entry is held in memory (bounded by
+//!   `memory_queue_limit`, counted in `chat_retry_queue_size`) and flushed to the table by the
+//!   replayer once PostgreSQL answers. Entries in memory die with the process; so does an
+//!   `async` write not yet made. That is weaker than before cutover, on purpose: writing an
+//!   intent row to PostgreSQL before every write to the new primary would put the old store back
+//!   on the critical path that cutover removes.
+//! * With `sync`, a primary that fails while the secondary succeeded leaves the write in the
+//!   secondary only (the client sees the error; a retry uses a new id). `validate` counts those.
+//!
+//! # Reads
+//!
+//! [`read_plan`] with a uniform sample: the caller always gets `plan.serve`'s answer; with
+//! `plan.shadow` the other store is read concurrently in a spawned task, compared after the
+//! serving answer is returned (never delaying it), and counted in `chat_shadow_reads_total` /
+//! `chat_shadow_read_mismatches_total{type}`; a failing shadow read counts in
+//! `chat_shadow_read_errors_total` and is never returned. What the comparison ignores, and why,
+//! is documented on [`rooms_equal`], [`messages_equal`] and [`compare_history`].
+//!
+//! `room_access` and `message_room` (authorization before a write) are read from the write
+//! primary, the store the write that follows must succeed on; `get_room`, `rooms_for_user`,
+//! `history` and `room_ids_for_user` from the user's cohort. Every call that names a user notes
+//! the user's cohort for the request's metrics ([`crate::api::note_cohort`]).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::api::{Cohort, note_cohort, noted_user};
+use crate::flags::{DualWrite, FlagWatcher, StoreSide};
+use crate::ids::{MessageId, RoomId, UserId};
+use crate::metrics::Metrics;
+use crate::routing::{cohort, read_plan, write_plan};
+use crate::store::instrumented::Instrumented;
+use crate::store::outbox::{Applied, NewEntry, Outbox, ReplayConfig, WriteOp, backoff};
+use crate::store::postgres::PgStore;
+use crate::store::{
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+};
+
+/// Router settings.
+#[derive(Clone, Copy, Debug)]
+pub struct RouterOptions {
+    /// A store's cached health is refreshed (one `ping`) at most this often.
+    pub ping_interval: Duration,
+    /// A ping slower than this marks the store down.
+    pub ping_timeout: Duration,
+    /// A secondary write slower than this counts as failed (and goes to the outbox), so a
+    /// hanging secondary cannot hold a `sync` caller.
+    pub secondary_timeout: Duration,
+    /// Entries kept in memory while the outbox table cannot be written.
+    pub memory_queue_limit: usize,
+    pub replay: ReplayConfig,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(1),
+            secondary_timeout: Duration::from_secs(2),
+            memory_queue_limit: 100_000,
+            replay: ReplayConfig::default(),
+        }
+    }
+}
+
+/// A store's cached health.
+struct Health {
+    up: AtomicBool,
+    probing: AtomicBool,
+    checked: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn new() -> Self {
+        Health { up: AtomicBool::new(true), probing: AtomicBool::new(false), checked: Mutex::new(None) }
+    }
+}
+
+struct Inner {
+    legacy: Arc<dyn ChatStore>,
+    new: Arc<dyn ChatStore>,
+    /// The legacy store itself: its transactional insert and the outbox's database.
+    legacy_pg: PgStore,
+    outbox: Outbox,
+    flags: FlagWatcher,
+    metrics: Arc<Metrics>,
+    options: RouterOptions,
+    health: [Health; 2],
+    /// Entries the outbox table could not take (PostgreSQL down), oldest first.
+    pending: Mutex<VecDeque<NewEntry>>,
+    /// Last outbox depth read (for the gauge while PostgreSQL is down).
+    last_depth: AtomicI64,
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct MigrationRouter {
+    inner: Arc<Inner>,
+}
+
+/// Stops the replayer when dropped.
+pub struct ReplayerHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for ReplayerHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn side_index(side: StoreSide) -> usize {
+    match side {
+        StoreSide::Legacy => 0,
+        StoreSide::New => 1,
+    }
+}
+
+fn as_cohort(side: StoreSide) -> Cohort {
+    match side {
+        StoreSide::Legacy => Cohort::Legacy,
+        StoreSide::New => Cohort::New,
+    }
+}
+
+fn internal(what: &str) -> StoreError {
+    StoreError::Internal(format!("migration router: unexpected result of {what}"))
+}
+
+impl MigrationRouter {
+    /// `legacy` is wrapped in [`Instrumented`] here; pass `new` already instrumented.
+    pub fn new(legacy: PgStore, new: Arc<dyn ChatStore>, flags: FlagWatcher, metrics: Arc<Metrics>, options: RouterOptions) -> Self {
+        let outbox = Outbox::new(legacy.pool().clone());
+        let inner = Inner {
+            legacy: Arc::new(Instrumented::new(legacy.clone(), metrics.clone())),
+            new,
+            legacy_pg: legacy,
+            outbox,
+            flags,
+            metrics,
+            options,
+            health: [Health::new(), Health::new()],
+            pending: Mutex::new(VecDeque::new()),
+            last_depth: AtomicI64::new(0),
+        };
+        MigrationRouter { inner: Arc::new(inner) }
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
+    }
+
+    /// Entries held in memory (not yet in the outbox table).
+    pub fn pending_in_memory(&self) -> usize {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Starts the outbox replayer (one per instance; several instances replay together).
+    pub fn start_replayer(&self) -> ReplayerHandle {
+        ReplayerHandle(tokio::spawn(self.inner.clone().replay_loop()))
+    }
+
+    /// The store's cached health (refreshing it in the background when stale).
+    pub fn is_up(&self, side: StoreSide) -> bool {
+        self.inner.is_up(side)
+    }
+
+    /// Serves a read per the read plan and shadows it when the plan says so.
+    fn read<T>(
+        &self,
+        user: UserId,
+        call: impl Fn(Arc<dyn ChatStore>) -> StoreFuture<'static, T>,
+        compare: fn(&T, &T) -> Vec<&'static str>,
+    ) -> StoreFuture<'_, T>
+    where
+        T: Clone + Send + 'static,
+    {
+        let flags = self.inner.flags.current();
+        let plan = read_plan(&flags, user, rand::random_range(0..100u8));
+        note_cohort(as_cohort(plan.serve), Some(user));
+        let served = call(self.inner.store(plan.serve).clone());
+        let Some(side) = plan.shadow else { return served };
+        let shadow = tokio::spawn(call(self.inner.store(side).clone()));
+        let metrics = self.inner.metrics.clone();
+        Box::pin(async move {
+            let result = served.await;
+            let copy = match &result {
+                Ok(v) => Ok(v.clone()),
+                Err(StoreError::NotFound(m)) => Err(m.clone()),
+                // Nothing to compare against.
+                Err(_) => {
+                    shadow.abort();
+                    return result;
+                }
+            };
+            tokio::spawn(async move {
+                let other = match shadow.await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(StoreError::NotFound(m))) => Err(m),
+                    Ok(Err(_)) | Err(_) => {
+                        metrics.shadow_read_error();
+                        return;
+                    }
+                };
+                let mismatches = compare_results(&copy, &other, compare);
+                if !mismatches.is_empty() {
+                    tracing::debug!(shadow = %side, ?mismatches, "shadow read mismatch");
+                }
+                metrics.shadow_read(&mismatches);
+            });
+            result
+        })
+    }
+
+    fn note_user(&self, user: UserId) {
+        note_cohort(as_cohort(cohort(&self.inner.flags.current(), user)), Some(user));
+    }
+
+    fn write(&self, op: WriteOp) -> impl std::future::Future<Output = StoreResult<Applied>> + Send + 'static {
+        self.inner.clone().write(op)
+    }
+}
+
+impl Inner {
+    fn store(&self, side: StoreSide) -> &Arc<dyn ChatStore> {
+        match side {
+            StoreSide::Legacy => &self.legacy,
+            StoreSide::New => &self.new,
+        }
+    }
+
+    fn is_up(self: &Arc<Self>, side: StoreSide) -> bool {
+        let health = &self.health[side_index(side)];
+        let stale = {
+            let checked = health.checked.lock().unwrap_or_else(|e| e.into_inner());
+            checked.is_none_or(|t| t.elapsed() >= self.options.ping_interval)
+        };
+        if stale && !health.probing.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let store = this.store(side).clone();
+                let up = matches!(tokio::time::timeout(this.options.ping_timeout, store.ping()).await, Ok(Ok(())));
+                let health = &this.health[side_index(side)];
+                *health.checked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                if health.up.swap(up, Ordering::AcqRel) != up {
+                    tracing::warn!(store = %side, up, "store health changed");
+                }
+                health.probing.store(false, Ordering::Release);
+            });
+        }
+        health.up.load(Ordering::Acquire)
+    }
+
+    /// A write failed for lack of the store: down until a ping says otherwise.
+    fn mark_down(&self, side: StoreSide) {
+        let health = &self.health[side_index(side)];
+        if health.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(store = %side, "store marked down after a failed write");
+        }
+        *health.checked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    async fn write(self: Arc<Self>, op: WriteOp) -> StoreResult<Applied> {
+        let plan = write_plan(&self.flags.current());
+        let primary = plan.primary;
+        let Some((side, mode)) = plan.secondary else {
+            return op.apply(self.store(primary).as_ref()).await;
+        };
+        let secondary_up = self.is_up(side);
+        let primary_write = self.primary_write(primary, side, &op);
+        if mode == DualWrite::Sync && secondary_up {
+            let secondary = self.store(side).clone();
+            let (first, second) = tokio::join!(primary_write, self.secondary_write(secondary.as_ref(), &op));
+            let (applied, entry) = match first {
+                Ok(done) => done,
+                Err(e) => {
+                    if second.is_ok() {
+                        tracing::warn!(op = op.name(), store = %side, error = %e, "primary write failed after the secondary accepted it");
+                    }
+                    return Err(e);
+                }
+            };
+            self.settle(side, primary, op, entry, second, Duration::ZERO).await;
+            return Ok(applied);
+        }
+        let (applied, entry) = primary_write.await?;
+        if !secondary_up {
+            self.metrics.dual_write(side.as_str(), "skipped");
+            let error = format!("skipped: {side} store down");
+            match entry {
+                // Already durable; due now instead of after the grace period.
+                Some(id) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let _ = this.outbox.retry_later(id, Duration::ZERO, &error).await;
+                    });
+                }
+                None => self.park(primary, NewEntry { target: side, op, attempts: 0, delay: Duration::ZERO, last_error: Some(error) }).await,
+            }
+            return Ok(applied);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let secondary = this.store(side).clone();
+            let result = this.secondary_write(secondary.as_ref(), &op).await;
+            this.settle(side, primary, op, entry, result, start.elapsed()).await;
+        });
+        Ok(applied)
+    }
+
+    /// The primary write; with legacy PostgreSQL primary, `insert_message` also commits the
+    /// outbox entry for `secondary` (returned).
+    async fn primary_write(&self, primary: StoreSide, secondary: StoreSide, op: &WriteOp) -> StoreResult<(Applied, Option<i64>)> {
+        match (primary, op.new_message()) {
+            (StoreSide::Legacy, Some(message)) => {
+                let entry = NewEntry { target: secondary, op: op.clone(), attempts: 0, delay: self.options.replay.inline_grace, last_error: None };
+                let start = Instant::now();
+                let result = self.legacy_pg.insert_message_with_outbox(message, &entry).await;
+                let success = !matches!(result, Err(StoreError::Unavailable(_) | StoreError::Internal(_)));
+                self.metrics.database_operation(self.legacy_pg.database(), "insert_message", success, start.elapsed());
+                let (stored, id) = result?;
+                Ok((Applied::Message(stored), Some(id)))
+            }
+            _ => Ok((op.apply(self.store(primary).as_ref()).await?, None)),
+        }
+    }
+
+    async fn secondary_write(&self, store: &dyn ChatStore, op: &WriteOp) -> StoreResult<Applied> {
+        match tokio::time::timeout(self.options.secondary_timeout, op.apply(store)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.options.secondary_timeout))),
+        }
+    }
+
+    /// Records the secondary write's outcome; a failure goes to (or stays in) the outbox.
+    async fn settle(self: &Arc<Self>, side: StoreSide, primary: StoreSide, op: WriteOp, entry: Option<i64>, result: StoreResult<Applied>, lag: Duration) {
+        if op.landed(&result) {
+            self.metrics.dual_write(side.as_str(), "success");
+            self.metrics.dual_write_lag(lag);
+            if let Some(id) = entry {
+                let this = self.clone();
+                // Off the caller's path: if the delete is lost, a replay is a no-op.
+                tokio::spawn(async move {
+                    if let Err(e) = this.outbox.complete(id).await {
+                        tracing::warn!(id, error = %e, "outbox entry not deleted; it will be replayed (idempotent)");
+                    }
+                });
+            }
+            return;
+        }
+        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+        if error.starts_with("database unavailable") {
+            self.mark_down(side);
+        }
+        self.metrics.dual_write(side.as_str(), "error");
+        tracing::debug!(op = op.name(), store = %side, %error, "secondary write failed; queued in the outbox");
+        let r = &self.options.replay;
+        let delay = backoff(1, r.backoff_base, r.backoff_cap, rand::random::<f64>());
+        match entry {
+            Some(id) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    // If this is lost the entry is still there, due after the grace period.
+                    let _ = this.outbox.retry_later(id, delay, &error).await;
+                });
+            }
+            None => self.park(primary, NewEntry { target: side, op, attempts: 1, delay, last_error: Some(error) }).await,
+        }
+    }
+
+    /// Puts an entry in the outbox table, or in memory when the table cannot be written.
+    async fn park(&self, primary: StoreSide, mut entry: NewEntry) {
+        if let WriteOp::React { message, room: room @ None, .. } = &mut entry.op {
+            // The ordering key, from the store that has the message.
+            *room = self.store(primary).message_room(*message).await.ok();
+        }
+        if let Err(e) = self.outbox.enqueue(&entry).await {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.len() >= self.options.memory_queue_limit {
+                tracing::error!(op = entry.op.name(), target = %entry.target, "outbox and memory queue full: secondary write dropped");
+                self.metrics.dual_write(entry.target.as_str(), "dropped");
+            } else {
+                tracing::warn!(error = %e, "outbox table unavailable: secondary write held in memory");
+                pending.push_back(entry);
+            }
+        }
+    }
+
+    /// Moves entries held in memory to the outbox table, oldest first.
+    async fn flush_pending(&self) {
+        loop {
+            let Some(entry) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).front().cloned() else { return };
+            if self.outbox.enqueue(&entry).await.is_err() {
+                return;
+            }
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        }
+    }
+
+    async fn replay_loop(self: Arc<Self>) {
+        loop {
+            self.flush_pending().await;
+            let up: Vec<(StoreSide, Arc<dyn ChatStore>)> =
+                [StoreSide::Legacy, StoreSide::New].into_iter().filter(|s| self.is_up(*s)).map(|s| (s, self.store(s).clone())).collect();
+            let settled = match self.outbox.replay_round(&up, &self.options.replay, &self.metrics).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbox replay round failed");
+                    0
+                }
+            };
+            if let Ok(depth) = self.outbox.depth().await {
+                self.last_depth.store(depth, Ordering::Relaxed);
+            }
+            let in_memory = self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() as i64;
+            self.metrics.retry_queue_size.set(self.last_depth.load(Ordering::Relaxed) + in_memory);
+            if settled == 0 {
+                tokio::time::sleep(self.options.replay.poll_interval).await;
+            }
+        }
+    }
+}
+
+impl ChatStore for MigrationRouter {
+    /// The write primary's database (labels `chat_messages_sent_total`).
+    fn database(&self) -> &'static str {
+        self.inner.store(self.inner.flags.current().write_primary).database()
+    }
+
+    /// Readiness follows the write primary only: a secondary that is down is what the outbox
+    /// is for.
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.inner.store(self.inner.flags.current().write_primary).ping()
+    }
+
+    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
+        self.note_user(room.created_by);
+        let write = self.write(WriteOp::create_room(&room));
+        Box::pin(async move {
+            match write.await? {
+                Applied::Room(r) => Ok(r),
+                _ => Err(internal("create_room")),
+            }
+        })
+    }
+
+    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
+        self.read(viewer, move |s| Box::pin(async move { s.get_room(room, viewer).await }), |a, b| if rooms_equal(a, b) { vec![] } else { vec!["content"] })
+    }
+
+    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
+        self.note_user(user);
+        self.inner.store(self.inner.flags.current().write_primary).room_access(room, user)
+    }
+
+    fn rooms_for_user(&self, user: UserId, page: PageRequest) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+        self.read(user, move |s| Box::pin(async move { s.rooms_for_user(user, page).await }), compare_rooms_page)
+    }
+
+    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
+        let side = cohort(&self.inner.flags.current(), user);
+        note_cohort(as_cohort(side), Some(user));
+        self.inner.store(side).room_ids_for_user(user)
+    }
+
+    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+        self.note_user(user);
+        let write = self.write(WriteOp::LeaveRoom { room, user, at });
+        Box::pin(async move {
+            match write.await? {
+                Applied::Changed(b) => Ok(b),
+                _ => Err(internal("leave_room")),
+            }
+        })
+    }
+
+    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
+        self.note_user(message.sender_id);
+        let write = self.write(WriteOp::insert_message(&message));
+        Box::pin(async move {
+            match write.await? {
+                Applied::Message(m) => Ok(m),
+                _ => Err(internal("insert_message")),
+            }
+        })
+    }
+
+    /// The trait names no user here: the user is the one the request noted before (the
+    /// handler's `room_access`), read back from the request scope; outside a request, `UserId(0)`
+    /// (a fixed bucket).
+    fn history(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreFuture<'_, HistoryPage> {
+        let user = noted_user().unwrap_or(UserId(0));
+        self.read(user, move |s| Box::pin(async move { s.history(room, before, limit).await }), compare_history)
+    }
+
+    fn mark_read(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreFuture<'_, u64> {
+        self.note_user(user);
+        let write = self.write(WriteOp::mark_read(room, user, &marker, at));
+        Box::pin(async move {
+            match write.await? {
+                Applied::Count(n) => Ok(n),
+                _ => Err(internal("mark_read")),
+            }
+        })
+    }
+
+    fn react(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+        self.note_user(user);
+        let write = self.write(WriteOp::React { message, user, reaction, at, room: None });
+        Box::pin(async move {
+            match write.await? {
+                Applied::Changed(b) => Ok(b),
+                _ => Err(internal("react")),
+            }
+        })
+    }
+
+    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
+        self.inner.store(self.inner.flags.current().write_primary).message_room(message)
+    }
+}
+
+// ---- comparison (pure) ----------------------------------------------------------------------
+
+/// Milliseconds: CQL `timestamp` resolution (PostgreSQL keeps microseconds).
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// Rooms are equal when id, name, type, members (as a set), creation time (to the millisecond:
+/// CQL timestamps have millisecond resolution) and the viewer's pin agree. Ignored:
+/// `last_message_at`, a denormalized value that lags legitimately while a message is still on
+/// its way to the secondary (async dual write, outbox), and which a CQL store keeps in a
+/// separate column.
+pub fn rooms_equal(a: &RoomView, b: &RoomView) -> bool {
+    let members = |r: &RoomView| r.participants.iter().copied().collect::<HashSet<_>>();
+    a.id == b.id && a.name == b.name && a.room_type == b.room_type && members(a) == members(b) && ms(a.created_at) == ms(b.created_at) && a.is_pinned == b.is_pinned
+}
+
+/// Messages are equal when every field agrees, the time to the millisecond. `content` is
+/// compared as stored: both stores hold the same sealed bytes (sealed once, before the write).
+pub fn messages_equal(a: &StoredMessage, b: &StoredMessage) -> bool {
+    a.id == b.id && a.room_id == b.room_id && a.sender_id == b.sender_id && a.content == b.content && a.message_type == b.message_type && ms(a.created_at) == ms(b.created_at)
+}
+
+/// Differences between two lists of the same query, `served` being the answer the caller got:
+/// `missing` (in served, not in shadow), `extra` (in shadow only), `content` (same id, different
+/// fields), `order` (the common ids in another order). Each kind at most once.
+pub fn diff_lists<T>(served: &[T], shadow: &[T], id: impl Fn(&T) -> Uuid, same: impl Fn(&T, &T) -> bool) -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    let by_id: HashMap<Uuid, &T> = shadow.iter().map(|t| (id(t), t)).collect();
+    let served_ids: HashSet<Uuid> = served.iter().map(&id).collect();
+    if served.iter().any(|t| !by_id.contains_key(&id(t))) {
+        kinds.push("missing");
+    }
+    if shadow.iter().any(|t| !served_ids.contains(&id(t))) {
+        kinds.push("extra");
+    }
+    if served.iter().any(|t| by_id.get(&id(t)).is_some_and(|s| !same(t, s))) {
+        kinds.push("content");
+    }
+    let common_served: Vec<Uuid> = served.iter().map(&id).filter(|i| by_id.contains_key(i)).collect();
+    let common_shadow: Vec<Uuid> = shadow.iter().map(&id).filter(|i| served_ids.contains(i)).collect();
+    if common_served != common_shadow {
+        kinds.push("order");
+    }
+    kinds
+}
+
+/// History pages. `next_cursor` is ignored (it follows from the items). When a page is full
+/// (has a next cursor) only the window both pages cover is compared: items older than the newer
+/// of the two pages' oldest items are dropped first, so one missing message counts once as
+/// `missing` instead of also making the shadow page reach one message further (`extra`).
+pub fn compare_history(served: &HistoryPage, shadow: &HistoryPage) -> Vec<&'static str> {
+    let key = |m: &StoredMessage| (ms(m.created_at), m.id);
+    let mut served_items: &[StoredMessage] = &served.items;
+    let mut shadow_items: &[StoredMessage] = &shadow.items;
+    let (mut a, mut b);
+    if served.next_cursor.is_some() || shadow.next_cursor.is_some() {
+        let cutoff = served.items.last().map(key).into_iter().chain(shadow.items.last().map(key)).max();
+        if let Some(cutoff) = cutoff {
+            a = served.items.clone();
+            a.retain(|m| key(m) >= cutoff);
+            b = shadow.items.clone();
+            b.retain(|m| key(m) >= cutoff);
+            served_items = &a;
+            shadow_items = &b;
+        }
+    }
+    diff_lists(served_items, shadow_items, |m| m.id.0, messages_equal)
+}
+
+/// A page of a user's rooms, and the total (`count` when they differ).
+pub fn compare_rooms_page(served: &(Vec<RoomView>, u64), shadow: &(Vec<RoomView>, u64)) -> Vec<&'static str> {
+    let mut kinds = diff_lists(&served.0, &shadow.0, |r| r.id.0, rooms_equal);
+    if served.1 != shadow.1 {
+        kinds.push("count");
+    }
+    kinds
+}
+
+/// Results of a read on both stores: both NotFound agree; found on one side only is `missing`
+/// (the shadow lacks it) or `extra` (only the shadow has it).
+pub fn compare_results<T>(served: &Result<T, String>, shadow: &Result<T, String>, compare: fn(&T, &T) -> Vec<&'static str>) -> Vec<&'static str> {
+    match (served, shadow) {
+        (Ok(a), Ok(b)) => compare(a, b),
+        (Ok(_), Err(_)) => vec!["missing"],
+        (Err(_), Ok(_)) => vec!["extra"],
+        (Err(_), Err(_)) => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RoomType;
+
+    fn message(n: u128, at_ms: i64) -> StoredMessage {
+        StoredMessage {
+            id: MessageId(Uuid::from_u128(n)),
+            room_id: RoomId(Uuid::from_u128(1)),
+            sender_id: UserId(1),
+            content: vec![n as u8],
+            message_type: "user_message".into(),
+            created_at: DateTime::from_timestamp_millis(at_ms).expect("time"),
+        }
+    }
+
+    fn page(ids: &[u128], more: bool) -> HistoryPage {
+        let items: Vec<StoredMessage> = ids.iter().map(|n| message(*n, 1_000 * *n as i64)).collect();
+        HistoryPage { next_cursor: if more { items.last().map(|m| m.id) } else { None }, items }
+    }
+
+    #[test]
+    fn identical_pages_match_and_microseconds_are_ignored() {
+        assert!(compare_history(&page(&[5, 4, 3], false), &page(&[5, 4, 3], false)).is_empty());
+        let mut micro = page(&[5, 4], false);
+        micro.items[0].created_at += chrono::Duration::microseconds(300);
+        assert!(compare_history(&page(&[5, 4], false), &micro).is_empty());
+    }
+
+    #[test]
+    fn kinds_of_history_mismatch() {
+        assert_eq!(compare_history(&page(&[5, 4, 3], false), &page(&[5, 3], false)), vec!["missing"]);
+        assert_eq!(compare_history(&page(&[5, 3], false), &page(&[5, 4, 3], false)), vec!["extra"]);
+        let mut changed = page(&[5, 4], false);
+        changed.items[1].content = vec![9];
+        assert_eq!(compare_history(&page(&[5, 4], false), &changed), vec!["content"]);
+        assert_eq!(compare_history(&page(&[5, 4], false), &page(&[4, 5], false)), vec!["order"]);
+    }
+
+    #[test]
+    fn a_full_page_missing_one_message_counts_missing_only() {
+        // Limit 3: the shadow lacks 4, so its page reaches down to 2.
+        assert_eq!(compare_history(&page(&[5, 4, 3], true), &page(&[5, 3, 2], true)), vec!["missing"]);
+    }
+
+    #[test]
+    fn rooms_ignore_last_message_and_member_order() {
+        let room = RoomView {
+            id: RoomId(Uuid::from_u128(7)),
+            name: "Team".into(),
+            room_type: RoomType::Group,
+            participants: vec![UserId(1), UserId(2)],
+            created_at: DateTime::from_timestamp_millis(5_000).expect("time"),
+            last_message_at: None,
+            is_pinned: false,
+        };
+        let other = RoomView { participants: vec![UserId(2), UserId(1)], last_message_at: Some(Utc::now()), ..room.clone() };
+        assert!(rooms_equal(&room, &other));
+        assert!(!rooms_equal(&room, &RoomView { name: "x".into(), ..room.clone() }));
+        assert_eq!(compare_rooms_page(&(vec![room.clone()], 1), &(vec![other], 2)), vec!["count"]);
+        assert_eq!(compare_results::<RoomView>(&Ok(room.clone()), &Err("nf".into()), |_, _| vec![]), vec!["missing"]);
+        assert_eq!(compare_results::<RoomView>(&Err("nf".into()), &Ok(room), |_, _| vec![]), vec!["extra"]);
+        assert!(compare_results::<RoomView>(&Err("a".into()), &Err("b".into()), |_, _| vec![]).is_empty());
+    }
+}
