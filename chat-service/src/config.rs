@@ -212,6 +212,32 @@ impl ServeArgs {
     }
 }
 
+/// Both stores, for `migrate`, `validate` and `status`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MigrationStoreArgs {
+    /// The legacy PostgreSQL (also holds the backfill checkpoints).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// CQL nodes of the new store, `host:port`, comma-separated.
+    #[arg(long, env = "CHAT_CQL_CONTACT_POINTS", value_delimiter = ',')]
+    pub cql_contact_points: Vec<String>,
+    #[arg(long, env = "CHAT_CQL_KEYSPACE", default_value = "chat")]
+    pub cql_keyspace: String,
+    #[arg(long, env = "CHAT_CQL_CONSISTENCY", default_value = "LOCAL_QUORUM")]
+    pub cql_consistency: String,
+}
+
+impl MigrationStoreArgs {
+    pub fn cql(&self) -> Result<CqlConfig, ConfigError> {
+        let contact_points: Vec<String> = self.cql_contact_points.iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
+        if contact_points.is_empty() {
+            return Err(ConfigError::MissingCqlContactPoints);
+        }
+        let consistency = parse_consistency(&self.cql_consistency).map_err(ConfigError::CqlConsistency)?;
+        Ok(CqlConfig { contact_points, keyspace: self.cql_keyspace.clone(), consistency })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -8,6 +8,7 @@
 //! [`client::ChatClient`] (an API client for tools and tests).
 pub mod api;
 pub mod auth;
+pub mod backfill;
 pub mod client;
 pub mod config;
 pub mod crypto;
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod routing;
 pub mod serve;
 pub mod store;
+pub mod validate;

@@ -1,11 +1,16 @@
 //! `chat-service`: `serve` (the API), `migrate-schema` (apply the PostgreSQL migrations),
-//! `loadtest` (the load client) and `token` (a test token, for local use).
+//! `migrate` (backfill legacy PostgreSQL into the CQL store), `validate` and `status` (compare
+//! the stores), `loadtest` (the load client) and `token` (a test token, for local use).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use chat_service::auth::Authenticator;
-use chat_service::config::ServeArgs;
+use chat_service::backfill::{self, BackfillConfig, Shard};
+use chat_service::config::{MigrationStoreArgs, ServeArgs};
+use chat_service::metrics::Metrics;
+use chat_service::store::scylla::CqlStore;
+use chat_service::validate::{self, ValidateConfig};
 use chat_service::ids::UserId;
 use chat_service::loadtest::{self, LoadConfig};
 use chat_service::serve;
@@ -32,6 +37,64 @@ enum Command {
     MigrateSchema {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
+    },
+    /// Backfill legacy PostgreSQL (rooms, members, messages) into the CQL store: key ranges,
+    /// parallel workers, resumable checkpoints (table backfill_checkpoint), writes stamped just
+    /// before --dual-write-started-at so live dual-written rows are never overwritten.
+    Migrate {
+        #[command(flatten)]
+        stores: MigrationStoreArgs,
+        /// When the dual write started (RFC 3339). Required unless --dry-run.
+        #[arg(long, env = "CHAT_DUAL_WRITE_STARTED_AT")]
+        dual_write_started_at: Option<String>,
+        /// Ranges copied concurrently.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Key ranges the room id space is split into (checkpoints belong to this number).
+        #[arg(long, default_value_t = 256)]
+        ranges: u32,
+        /// Only count what would be copied.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many messages per second (all workers together).
+        #[arg(long)]
+        throttle: Option<u32>,
+        /// INDEX/COUNT: only the ranges with hash(range) % COUNT == INDEX (default: from
+        /// JOB_COMPLETION_INDEX and FICUS_SHARD_COUNT when both are set, else everything).
+        #[arg(long)]
+        shard: Option<String>,
+        /// Stop after taking up this many ranges (a partial run; the next run resumes).
+        #[arg(long)]
+        max_ranges: Option<usize>,
+        /// Write the metrics (OpenMetrics text) here at the end, e.g. for a textfile collector.
+        #[arg(long)]
+        metrics_file: Option<std::path::PathBuf>,
+    },
+    /// Compare the stores: per-room message counts and a sampled row-by-row compare. Prints a
+    /// report and the drift (mismatched / compared checks); exits 2 when drift > --max-drift.
+    Validate {
+        #[command(flatten)]
+        stores: MigrationStoreArgs,
+        /// Messages per room compared row by row (0: counts only).
+        #[arg(long, default_value_t = 20)]
+        sample: u32,
+        /// Highest drift that passes; 0.0 (the default): any mismatch fails.
+        #[arg(long, default_value_t = 0.0)]
+        max_drift: f64,
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        /// INDEX/COUNT: only the rooms of this shard's ranges (as `migrate --shard`, same --ranges).
+        #[arg(long)]
+        shard: Option<String>,
+        #[arg(long, default_value_t = 256)]
+        ranges: u32,
+        #[arg(long)]
+        metrics_file: Option<std::path::PathBuf>,
+    },
+    /// Room and message counts of both stores, side by side.
+    Status {
+        #[command(flatten)]
+        stores: MigrationStoreArgs,
     },
     /// Run the load test against a running service (CHAT_JWT_SECRET: the service's secret).
     /// Exits 1 if any call failed.
@@ -66,6 +129,26 @@ enum Command {
 
 fn jwt_secret(purpose: &str) -> Result<Vec<u8>, String> {
     std::env::var("CHAT_JWT_SECRET").map(String::into_bytes).map_err(|_| format!("CHAT_JWT_SECRET is not set: {purpose} with the service's secret"))
+}
+
+/// `--shard`, else the Indexed Job's environment, else everything.
+fn shard_of(flag: Option<String>) -> Result<Shard, String> {
+    match flag {
+        Some(s) => Shard::parse(&s),
+        None => Ok(Shard::from_env(|k| std::env::var(k).ok())?.unwrap_or_default()),
+    }
+}
+
+async fn connect_cql(stores: &MigrationStoreArgs) -> Result<CqlStore, String> {
+    let config = stores.cql().map_err(|e| e.to_string())?;
+    CqlStore::connect(&config).await.map_err(|e| format!("cannot connect to the CQL store: {e}"))
+}
+
+fn write_metrics(path: Option<std::path::PathBuf>, metrics: &Metrics) -> Result<(), String> {
+    match path {
+        Some(p) => std::fs::write(&p, metrics.encode()).map_err(|e| format!("cannot write {}: {e}", p.display())),
+        None => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -105,6 +188,59 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             let store = PgStore::connect(&database_url, 1).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
             store.migrate().await.map_err(|e| format!("migration failed: {e}"))?;
             println!("schema up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { stores, dual_write_started_at, workers, ranges, dry_run, throttle, shard, max_ranges, metrics_file } => {
+            let dual_write_started_at = dual_write_started_at
+                .map(|t| chrono::DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&chrono::Utc)).map_err(|e| format!("--dual-write-started-at {t:?}: {e} (RFC 3339, e.g. 2025-01-31T12:00:00Z)")))
+                .transpose()?;
+            let config = BackfillConfig {
+                workers,
+                ranges,
+                shard: shard_of(shard)?,
+                dry_run,
+                throttle,
+                dual_write_started_at,
+                max_ranges,
+                progress_every: Some(Duration::from_secs(5)),
+                ..BackfillConfig::default()
+            };
+            if !dry_run && dual_write_started_at.is_none() {
+                return Err(backfill::BackfillError::MissingDualWriteStart.to_string());
+            }
+            let metrics = Metrics::default();
+            let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4)).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            let report = if dry_run {
+                backfill::run(&pg, None, &config, &metrics).await
+            } else {
+                let cql = connect_cql(&stores).await?;
+                let backfill = cql.backfill(&stores.cql_keyspace).await.map_err(|e| e.to_string())?;
+                backfill::run(&pg, Some(&backfill), &config, &metrics).await
+            }
+            .map_err(|e| e.to_string())?;
+            print!("{report}");
+            write_metrics(metrics_file, &metrics)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { stores, sample, max_drift, workers, shard, ranges, metrics_file } => {
+            if !(0.0..=1.0).contains(&max_drift) {
+                return Err(format!("--max-drift must be within 0..=1, got {max_drift}"));
+            }
+            let config = ValidateConfig { sample, max_drift, workers, shard: shard_of(shard)?, ranges };
+            let metrics = Metrics::default();
+            let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4)).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            let cql = connect_cql(&stores).await?;
+            let backfill = cql.backfill(&stores.cql_keyspace).await.map_err(|e| e.to_string())?;
+            let report = validate::run(&pg, &backfill, &config, &metrics).await.map_err(|e| e.to_string())?;
+            print!("{report}");
+            write_metrics(metrics_file, &metrics)?;
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Status { stores } => {
+            let pg = PgStore::connect(&stores.database_url, 2).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            let cql = connect_cql(&stores).await?;
+            let backfill = cql.backfill(&stores.cql_keyspace).await.map_err(|e| e.to_string())?;
+            print!("{}", validate::status(&pg, &backfill).await.map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Loadtest { base_url, users, rooms, duration_secs, max_iterations, think_ms, first_user_id } => {

@@ -15,6 +15,10 @@
 //! | `chat_shadow_reads_total` | (shadow reads compared) |
 //! | `chat_shadow_read_mismatches_total` | `type` (`missing`/`extra`/`content`/`order`/`count`) |
 //! | `chat_shadow_read_errors_total` | (shadow reads that failed; never returned to callers) |
+//! | `chat_migration_progress_ratio` | `type` (`messages`): share of the backfill's messages copied |
+//! | `chat_migration_errors_total` | `type`, `error_type` (rows the backfill could not copy) |
+//! | `chat_data_inconsistencies` | `type` (mismatches of the last `validate`, by kind) |
+//! | `chat_consistency_checks_total` | `status` (`pass`/`fail`: `validate` runs by verdict) |
 
 use std::time::Duration;
 
@@ -66,6 +70,17 @@ pub struct MismatchLabels {
     pub r#type: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationErrorLabels {
+    pub r#type: &'static str,
+    pub error_type: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// 0.5 ms .. ~16 s: a loopback query is well under a millisecond, a stuck one hits the timeout.
@@ -89,6 +104,10 @@ pub struct Metrics {
     shadow_reads: Counter,
     shadow_mismatches: Family<MismatchLabels, Counter>,
     shadow_errors: Counter,
+    migration_progress: Family<MismatchLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    migration_errors: Family<MigrationErrorLabels, Counter>,
+    data_inconsistencies: Family<MismatchLabels, Gauge>,
+    consistency_checks: Family<StatusLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -119,7 +138,19 @@ impl Default for Metrics {
         registry.register("chat_shadow_reads", "Reads also made on the other store and compared", shadow_reads.clone());
         registry.register("chat_shadow_read_mismatches", "Shadow reads whose answer differed, by kind of difference", shadow_mismatches.clone());
         registry.register("chat_shadow_read_errors", "Shadow reads that failed (never returned to callers)", shadow_errors.clone());
+        let migration_progress = Family::<MismatchLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let migration_errors = Family::<MigrationErrorLabels, Counter>::default();
+        let data_inconsistencies = Family::<MismatchLabels, Gauge>::default();
+        let consistency_checks = Family::<StatusLabels, Counter>::default();
+        registry.register("chat_migration_progress_ratio", "Share of the backfill's rows copied (0..1), by type", migration_progress.clone());
+        registry.register("chat_migration_errors", "Rows the backfill could not copy, by type and error", migration_errors.clone());
+        registry.register("chat_data_inconsistencies", "Mismatches between the stores found by the last validation, by kind", data_inconsistencies.clone());
+        registry.register("chat_consistency_checks", "Validation runs by verdict (pass/fail)", consistency_checks.clone());
         Metrics {
+            migration_progress,
+            migration_errors,
+            data_inconsistencies,
+            consistency_checks,
             registry,
             db_operations,
             db_duration,
@@ -182,6 +213,22 @@ impl Metrics {
 
     pub fn shadow_mismatches(&self, kind: &'static str) -> u64 {
         self.shadow_mismatches.get_or_create(&MismatchLabels { r#type: kind }).get()
+    }
+
+    pub fn migration_progress(&self, kind: &'static str, ratio: f64) {
+        self.migration_progress.get_or_create(&MismatchLabels { r#type: kind }).set(ratio);
+    }
+
+    pub fn migration_error(&self, kind: &'static str, error_type: &'static str) {
+        self.migration_errors.get_or_create(&MigrationErrorLabels { r#type: kind, error_type }).inc();
+    }
+
+    pub fn data_inconsistencies(&self, kind: &'static str, n: u64) {
+        self.data_inconsistencies.get_or_create(&MismatchLabels { r#type: kind }).set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn consistency_check(&self, passed: bool) {
+        self.consistency_checks.get_or_create(&StatusLabels { status: if passed { "pass" } else { "fail" } }).inc();
     }
 
     pub fn encode(&self) -> String {

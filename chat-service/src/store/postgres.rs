@@ -23,7 +23,7 @@ pub struct PgStore {
 }
 
 /// Maps sqlx errors to what a caller can act on.
-fn classify(e: sqlx::Error) -> StoreError {
+pub(crate) fn classify(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
         sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
