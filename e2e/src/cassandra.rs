@@ -22,10 +22,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
-    sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -36,6 +33,7 @@ use crate::{
     HarnessError,
     control_plane::{cache_dir, free_ports, temp_dir},
     process::{Proc, locate_binary},
+    shared::{SharedServer, on_own_runtime, shared, unique_name},
 };
 
 /// A first start on 2 busy cores takes 10–60 s (JVM warm-up, system keyspaces); restarts too.
@@ -137,23 +135,7 @@ impl Cassandra {
     /// answers CQL; callable from inside a tokio runtime.
     pub fn shared() -> Result<&'static Cassandra, HarnessError> {
         static SHARED: OnceLock<Result<Cassandra, HarnessError>> = OnceLock::new();
-        extern "C" fn cleanup() {
-            if let Some(Ok(cassandra)) = SHARED.get() {
-                cassandra.stop();
-                let _ = fs::remove_dir_all(cassandra.dir.path());
-            }
-        }
-        SHARED
-            .get_or_init(|| {
-                let started = Self::start();
-                if started.is_ok() {
-                    // SAFETY: registering a plain `extern "C" fn` with no captured state.
-                    unsafe { libc::atexit(cleanup) };
-                }
-                started
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        shared(&SHARED, Self::start)
     }
 
     /// Writes the config to a fresh temp dir, starts the JVM and blocks until a CQL session
@@ -401,24 +383,11 @@ fn launch(java: &Path, args: &[String], dir: &Path) -> Result<Proc, HarnessError
 /// Blocks until a CQL session to `addr` reads `release_version` (returned), failing early (with
 /// the log tail) if the JVM exits.
 fn wait_ready(proc: &Proc, addr: SocketAddr) -> Result<String, HarnessError> {
-    let begin = Instant::now();
-    block_on_own_runtime(async {
-        loop {
-            if let Some(status) = proc.exited() {
-                return Err(proc.startup_error(format!("exited early with {status}")));
-            }
-            let last = match ping(addr).await {
-                Ok(version) => return Ok(version),
-                Err(e) => e,
-            };
-            if begin.elapsed() >= READY_TIMEOUT {
-                return Err(proc.startup_error(format!(
-                    "no answer to `{RELEASE_VERSION}` on {addr} after {READY_TIMEOUT:?}; \
-                     last error: {last}"
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+    let waiting_for = format!("answer to `{RELEASE_VERSION}` on {addr}");
+    on_own_runtime(|runtime| {
+        proc.wait_ready(&waiting_for, READY_TIMEOUT, POLL, || {
+            runtime.block_on(ping(addr))
+        })
     })?
 }
 
@@ -451,30 +420,6 @@ async fn ping(addr: SocketAddr) -> Result<String, String> {
     Ok(version)
 }
 
-/// Runs `fut` to completion on a fresh runtime on another thread, so that the synchronous
-/// `start`/`restart` work from inside a test's runtime too (where `block_on` would panic).
-fn block_on_own_runtime<F>(fut: F) -> Result<F::Output, HarnessError>
-where
-    F: Future + Send,
-    F::Output: Send,
-{
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            // The driver logs every failed connection attempt; while polling those are noise.
-            let _quiet =
-                tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(HarnessError::io("building a tokio runtime", "(in memory)"))?;
-            Ok(runtime.block_on(fut))
-        });
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
 /// Resident set size of process `pid` in MiB, for the logs (0 if unreadable).
 fn rss_mib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
@@ -491,53 +436,15 @@ fn rss_mib(pid: u32) -> u64 {
 /// `<prefix>_<pid>_<n>`: lowercase `[a-z0-9_]`, starting with a letter, at most 48 bytes
 /// (Cassandra's limit), unique within this test binary.
 fn unique_keyspace_name(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let suffix = format!("_{:x}_{n}", std::process::id());
-    let room = MAX_NAME - suffix.len();
-    let prefix: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let prefix = prefix.trim_matches('_');
-    // An unquoted identifier must start with a letter; an empty prefix gets a name too.
-    let prefix = match prefix.chars().next() {
-        Some(c) if c.is_ascii_alphabetic() => prefix.to_owned(),
-        _ => format!("ks{prefix}"),
-    };
-    let prefix: String = prefix.chars().take(room).collect();
-    format!("{prefix}{suffix}")
+    unique_name(prefix, '_', MAX_NAME, "ks")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl SharedServer for Cassandra {
+    fn kill(&self) {
+        self.stop();
+    }
 
-    #[test]
-    fn keyspace_names_are_safe_and_unique() {
-        let a = unique_keyspace_name("Chat Service/messages");
-        let b = unique_keyspace_name("Chat Service/messages");
-        assert_ne!(a, b);
-        assert!(a.starts_with("chat_service_messages_"), "{a}");
-        for name in [
-            a,
-            unique_keyspace_name(""),
-            unique_keyspace_name("9lives"),
-            unique_keyspace_name(&"x".repeat(100)),
-        ] {
-            assert!(name.len() <= MAX_NAME, "{name}");
-            assert!(name.starts_with(|c: char| c.is_ascii_lowercase()), "{name}");
-            assert!(
-                name.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-                "{name}"
-            );
-        }
+    fn files(&self) -> &Path {
+        self.dir.path()
     }
 }

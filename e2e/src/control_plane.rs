@@ -17,7 +17,11 @@ use kube::{
 };
 use tempfile::TempDir;
 
-use crate::{HarnessError, certs, process::Proc};
+use crate::{
+    HarnessError, certs,
+    process::Proc,
+    shared::{SharedServer, on_own_runtime, shared},
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Temp dirs are `ficus-e2e-<pid>-<random>`: the pid lets later runs clean up after killed ones.
@@ -60,7 +64,11 @@ impl Binaries {
 pub fn cache_dir() -> PathBuf {
     env::var_os("FICUS_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| env::home_dir().unwrap_or_else(|| PathBuf::from("/root")).join(".cache/ficus"))
+        .unwrap_or_else(|| {
+            env::home_dir()
+                .unwrap_or_else(|| PathBuf::from("/root"))
+                .join(".cache/ficus")
+        })
 }
 
 /// A running etcd + kube-apiserver pair with an admin kubeconfig.
@@ -84,23 +92,7 @@ impl ControlPlane {
     /// `process.rs`) and an `atexit` hook removes the temp dir.
     pub fn shared() -> Result<&'static ControlPlane, HarnessError> {
         static SHARED: OnceLock<Result<ControlPlane, HarnessError>> = OnceLock::new();
-        extern "C" fn cleanup() {
-            if let Some(Ok(cp)) = SHARED.get() {
-                cp.stop();
-                let _ = std::fs::remove_dir_all(cp.dir.path());
-            }
-        }
-        SHARED
-            .get_or_init(|| {
-                let started = Self::start();
-                if started.is_ok() {
-                    // SAFETY: registering a plain `extern "C" fn` with no captured state.
-                    unsafe { libc::atexit(cleanup) };
-                }
-                started
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        shared(&SHARED, Self::start)
     }
 
     /// Starts a private control plane; dropping it kills the processes and removes its files.
@@ -201,7 +193,7 @@ impl ControlPlane {
             "control plane starting"
         );
         // On error `cp` is dropped here, which kills both processes.
-        block_on_own_runtime(cp.wait_ready(READY_TIMEOUT))?;
+        on_own_runtime(|runtime| runtime.block_on(cp.wait_ready(READY_TIMEOUT)))??;
         tracing::info!(server = %cp.server, elapsed = ?begin.elapsed(), "control plane ready");
         Ok(cp)
     }
@@ -349,26 +341,12 @@ pub fn free_ports<const N: usize>() -> Result<[u16; N], HarnessError> {
     Ok(std::array::from_fn(|i| listeners[i].0))
 }
 
-/// Runs `fut` to completion on a fresh runtime on another thread. `start()` is synchronous (it
-/// backs a `OnceLock`) but is usually called from inside a test's runtime, where `block_on`
-/// on the current thread would panic.
-fn block_on_own_runtime<F>(fut: F) -> Result<(), HarnessError>
-where
-    F: Future<Output = Result<(), HarnessError>> + Send,
-{
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            // kube logs every failed response at ERROR; while polling, those are expected noise.
-            let _quiet =
-                tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(HarnessError::io("building a tokio runtime", "(in memory)"))?
-                .block_on(fut)
-        });
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+impl SharedServer for ControlPlane {
+    fn kill(&self) {
+        self.stop();
+    }
+
+    fn files(&self) -> &Path {
+        self.dir.path()
+    }
 }

@@ -8,7 +8,7 @@ use std::{
     io::{self, Read, Write},
     net::{SocketAddr, TcpStream},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{HarnessError, process::Proc};
@@ -107,22 +107,16 @@ pub(crate) fn wait_ready(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = proc.exited() {
-            return Err(proc.startup_error(format!("exited early with {status}")));
-        }
-        let last = match get_blocking(addr, "/-/ready") {
-            Ok(r) if r.status == 200 => return Ok(()),
-            Ok(r) => format!("HTTP {}: {}", r.status, r.body.trim()),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= deadline {
-            let reason = format!("/-/ready not 200 after {timeout:?}; last answer: {last}");
-            return Err(proc.startup_error(reason));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proc.wait_ready(
+        "200 from /-/ready",
+        timeout,
+        Duration::from_millis(20),
+        || match get_blocking(addr, "/-/ready") {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body.trim())),
+            Err(e) => Err(e.to_string()),
+        },
+    )
 }
 
 #[cfg(test)]

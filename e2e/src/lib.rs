@@ -28,14 +28,9 @@ pub mod operator;
 pub mod postgres;
 mod process;
 pub mod prometheus;
+mod shared;
 
-use std::{
-    io::Write,
-    sync::{
-        Once,
-        atomic::{AtomicU32, Ordering},
-    },
-};
+use std::{io::Write, sync::Once};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -48,10 +43,10 @@ pub use cassandra::Cassandra;
 pub use control_plane::{Binaries, ControlPlane};
 pub use error::HarnessError;
 pub use exporter::Exporter;
-pub use prometheus::{Prometheus, PrometheusConfig, Sample};
 pub use kubectl::KubectlOutput;
 pub use nats::Nats;
 pub use postgres::Postgres;
+pub use prometheus::{Prometheus, PrometheusConfig, Sample};
 
 /// One-time process setup; every entry point calls it, tests may too.
 ///
@@ -75,21 +70,7 @@ pub fn init() {
 /// A namespace name unique within this test binary and unlikely to clash across runs:
 /// `<prefix>-<pid>-<n>`, with the prefix made DNS-label safe.
 pub fn unique_namespace(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let suffix = format!("-{:x}-{n}", std::process::id());
-    let prefix: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63 - suffix.len())
-        .collect();
-    format!("{}{suffix}", prefix.trim_matches('-'))
+    shared::unique_name(prefix, '-', 63, "ns")
 }
 
 /// Creates namespace `name`. Note: without a controller-manager a deleted namespace stays

@@ -46,24 +46,21 @@ impl Moto {
         }
         let proc = Proc::spawn_command("moto", cmd, dir.path().join("moto.log"))?;
         let moto = Self { proc, addr, dir };
-        moto.wait_ready(begin)?;
+        moto.wait_ready()?;
         tracing::info!(url = %moto.url(), elapsed = ?begin.elapsed(), "moto ready");
         Ok(moto)
     }
 
-    fn wait_ready(&self, begin: Instant) -> Result<(), HarnessError> {
-        loop {
-            if let Some(status) = self.proc.exited() {
-                return Err(self.proc.startup_error(format!("exited early with {status}")));
-            }
-            if crate::http::get_blocking(self.addr, "/moto-api/").is_ok_and(|r| r.status == 200) {
-                return Ok(());
-            }
-            if begin.elapsed() > READY_TIMEOUT {
-                return Err(self.proc.startup_error(format!("no answer on {} after {READY_TIMEOUT:?}", self.addr)));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn wait_ready(&self) -> Result<(), HarnessError> {
+        let poll = Duration::from_millis(50);
+        self.proc
+            .wait_ready("200 from /moto-api/", READY_TIMEOUT, poll, || {
+                match crate::http::get_blocking(self.addr, "/moto-api/") {
+                    Ok(r) if r.status == 200 => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}", r.status)),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
     }
 
     /// `http://127.0.0.1:<port>`: the endpoint URL for every AWS SDK client.
@@ -78,7 +75,11 @@ impl Moto {
     /// The Python of moto's virtualenv (it has boto3), for setup the Rust SDKs here lack (IAM).
     pub fn python() -> Result<PathBuf, HarnessError> {
         let python = binary()?.with_file_name("python");
-        if executable(&python) { Ok(python) } else { Err(missing(format!("{} not found", python.display()))) }
+        if executable(&python) {
+            Ok(python)
+        } else {
+            Err(missing(format!("{} not found", python.display())))
+        }
     }
 }
 
@@ -93,10 +94,19 @@ fn binary() -> Result<PathBuf, HarnessError> {
         return Ok(bin.into());
     }
     let version = std::env::var("FICUS_MOTO_VERSION").unwrap_or_else(|_| DEFAULT_VERSION.into());
-    let bin = cache_dir().join(format!("moto-{version}")).join("bin/moto_server");
-    if executable(&bin) { Ok(bin) } else { Err(missing(format!("{} not found", bin.display()))) }
+    let bin = cache_dir()
+        .join(format!("moto-{version}"))
+        .join("bin/moto_server");
+    if executable(&bin) {
+        Ok(bin)
+    } else {
+        Err(missing(format!("{} not found", bin.display())))
+    }
 }
 
 fn missing(reason: String) -> HarnessError {
-    HarnessError::Missing { component: "moto".into(), reason: format!("{reason}: run scripts/install-deps.sh") }
+    HarnessError::Missing {
+        component: "moto".into(),
+        reason: format!("{reason}: run scripts/install-deps.sh"),
+    }
 }

@@ -130,22 +130,16 @@ fn locate() -> Result<PathBuf, HarnessError> {
 /// Blocks until a connection to `addr` is greeted with `INFO {...}`, failing early (with the
 /// log tail) if the process exits.
 fn wait_ready(proc: &Proc, addr: SocketAddr) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(status) = proc.exited() {
-            return Err(proc.startup_error(format!("exited early with {status}")));
-        }
-        let last = match info_line(addr) {
-            Ok(line) if line.starts_with("INFO {") => return Ok(()),
-            Ok(line) => format!("unexpected greeting {line:?}"),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= deadline {
-            let reason = format!("no INFO on {addr} after {READY_TIMEOUT:?}; last: {last}");
-            return Err(proc.startup_error(reason));
-        }
-        std::thread::sleep(POLL);
-    }
+    proc.wait_ready(
+        &format!("INFO on {addr}"),
+        READY_TIMEOUT,
+        POLL,
+        || match info_line(addr) {
+            Ok(line) if line.starts_with("INFO {") => Ok(()),
+            Ok(line) => Err(format!("unexpected greeting {line:?}")),
+            Err(e) => Err(e.to_string()),
+        },
+    )
 }
 
 /// The first line the server sends on a new connection.

@@ -20,10 +20,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -33,7 +30,8 @@ use tempfile::TempDir;
 use crate::{
     HarnessError,
     control_plane::{free_ports, temp_dir},
-    process::{Proc, executable, log_tail},
+    process::{NotReady, Proc, executable, log_tail},
+    shared::{SharedServer, shared, unique_name},
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,23 +76,7 @@ impl Postgres {
     /// [`start`](Self::start) a private server instead.
     pub fn shared() -> Result<&'static Postgres, HarnessError> {
         static SHARED: OnceLock<Result<Postgres, HarnessError>> = OnceLock::new();
-        extern "C" fn cleanup() {
-            if let Some(Ok(pg)) = SHARED.get() {
-                pg.stop();
-                let _ = fs::remove_dir_all(pg.dir.path());
-            }
-        }
-        SHARED
-            .get_or_init(|| {
-                let started = Self::start();
-                if started.is_ok() {
-                    // SAFETY: registering a plain `extern "C" fn` with no captured state.
-                    unsafe { libc::atexit(cleanup) };
-                }
-                started
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        shared(&SHARED, Self::start)
     }
 
     /// Creates a cluster in a temp dir, starts a private server on it and blocks until it
@@ -412,9 +394,17 @@ fn launch(
         // Its own process group, so that `kill` takes the backends down with it.
         cmd.process_group(0);
         let proc = Proc::spawn_command("postgres", cmd, dir.join("postgres.log"))?;
-        match wait_ready(&proc, addr, deadline) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answered = proc.poll_ready(
+            &format!("answer to `SELECT 1` on {addr}"),
+            left,
+            POLL,
+            || ping(addr).map_err(|e| e.to_string()),
+        );
+        match answered {
             Ok(()) => return Ok(proc),
-            Err(Exit::Early(reason)) => {
+            Err(early @ NotReady::Exited(_)) => {
+                let reason = early.to_string();
                 let tail = log_tail(proc.log(), 5);
                 let leftover = tail.contains("pre-existing shared memory block")
                     || tail.contains("lock file \"postmaster.pid\" already exists");
@@ -424,34 +414,11 @@ fn launch(
                 tracing::debug!("the previous server still holds the data dir; starting again");
                 std::thread::sleep(POLL);
             }
-            Err(Exit::Timeout(reason)) => {
+            Err(timeout @ NotReady::Timeout(_)) => {
                 kill(&proc);
-                return Err(proc.startup_error(reason));
+                return Err(proc.startup_error(timeout.to_string()));
             }
         }
-    }
-}
-
-enum Exit {
-    Early(String),
-    Timeout(String),
-}
-
-fn wait_ready(proc: &Proc, addr: SocketAddr, deadline: Instant) -> Result<(), Exit> {
-    loop {
-        if let Some(status) = proc.exited() {
-            return Err(Exit::Early(format!("exited early with {status}")));
-        }
-        let last = match ping(addr) {
-            Ok(()) => return Ok(()),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= deadline {
-            return Err(Exit::Timeout(format!(
-                "no answer to `SELECT 1` on {addr} after {READY_TIMEOUT:?}; last error: {last}"
-            )));
-        }
-        std::thread::sleep(POLL);
     }
 }
 
@@ -538,57 +505,22 @@ fn server_error(body: &[u8]) -> String {
 /// `<prefix>_<pid>_<n>`: lowercase `[a-z0-9_]`, at most 63 bytes (PostgreSQL's limit), unique
 /// within this test binary.
 fn unique_database_name(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let suffix = format!("_{:x}_{n}", std::process::id());
-    let prefix: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(63 - suffix.len())
-        .collect();
-    let prefix = prefix.trim_matches('_');
-    // An identifier must not start with a digit; an empty prefix gets a name too.
-    let prefix = match prefix.chars().next() {
-        Some(c) if c.is_ascii_alphabetic() => prefix.to_owned(),
-        _ => format!("db{}", prefix)
-            .chars()
-            .take(63 - suffix.len())
-            .collect(),
-    };
-    format!("{prefix}{suffix}")
+    unique_name(prefix, '_', 63, "db")
+}
+
+impl SharedServer for Postgres {
+    fn kill(&self) {
+        self.stop();
+    }
+
+    fn files(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_names_are_safe_and_unique() {
-        let a = unique_database_name("Chat Service/messages");
-        let b = unique_database_name("Chat Service/messages");
-        assert_ne!(a, b);
-        assert!(a.starts_with("chat_service_messages_"), "{a}");
-        for name in [
-            a,
-            unique_database_name(""),
-            unique_database_name("9lives"),
-            unique_database_name(&"x".repeat(100)),
-        ] {
-            assert!(name.len() <= 63, "{name}");
-            assert!(name.starts_with(|c: char| c.is_ascii_lowercase()), "{name}");
-            assert!(
-                name.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-                "{name}"
-            );
-        }
-    }
 
     #[test]
     fn formats_server_errors() {

@@ -14,6 +14,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Mutex, MutexGuard, OnceLock, PoisonError, mpsc},
+    time::{Duration, Instant},
 };
 
 use crate::HarnessError;
@@ -124,6 +125,47 @@ impl Proc {
         let _ = child.wait();
     }
 
+    /// Calls `probe` every `poll` until it answers `Ok`. A startup error (with the log tail)
+    /// when the process exits first, or when `timeout` passes: then the reason names
+    /// `waiting_for` and the probe's last answer.
+    pub(crate) fn wait_ready<T>(
+        &self,
+        waiting_for: &str,
+        timeout: Duration,
+        poll: Duration,
+        probe: impl FnMut() -> Result<T, String>,
+    ) -> Result<T, HarnessError> {
+        self.poll_ready(waiting_for, timeout, poll, probe)
+            .map_err(|not_ready| self.startup_error(not_ready.to_string()))
+    }
+
+    /// [`wait_ready`](Self::wait_ready) for callers that treat an early exit differently
+    /// from a timeout (e.g. to start the process again).
+    pub(crate) fn poll_ready<T>(
+        &self,
+        waiting_for: &str,
+        timeout: Duration,
+        poll: Duration,
+        mut probe: impl FnMut() -> Result<T, String>,
+    ) -> Result<T, NotReady> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(NotReady::Exited(status));
+            }
+            let last = match probe() {
+                Ok(ready) => return Ok(ready),
+                Err(last) => last,
+            };
+            if Instant::now() >= deadline {
+                return Err(NotReady::Timeout(format!(
+                    "no {waiting_for} after {timeout:?}; last answer: {last}"
+                )));
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
     /// A startup error carrying the last lines of this process's log.
     pub(crate) fn startup_error(&self, reason: String) -> HarnessError {
         const LINES: usize = 40;
@@ -138,6 +180,15 @@ impl Proc {
     pub(crate) fn log(&self) -> &Path {
         &self.log
     }
+}
+
+/// Why [`Proc::poll_ready`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotReady {
+    #[error("exited early with {0}")]
+    Exited(ExitStatus),
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// The last `lines` lines of the log file `log` (empty if it cannot be read).
