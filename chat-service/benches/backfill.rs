@@ -36,7 +36,10 @@ const CONTENT_BYTES: usize = 64;
 const INSERT_BATCH: usize = 1000;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Settings {
@@ -57,7 +60,10 @@ fn main() {
         concurrency: env_or("BENCH_CONCURRENCY", if full { 64 } else { 8 }).max(1) as usize,
         chunk: env_or("BENCH_CHUNK", 500).max(1) as u32,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = runtime.block_on(bench(&settings)) {
         // Prints SKIP for a missing PostgreSQL/Cassandra (fails on CI), panics on other errors.
         ficus_e2e::skip_or_panic(&e);
@@ -74,7 +80,9 @@ struct Message {
 }
 
 fn generate(settings: &Settings) -> (Vec<RoomId>, Vec<Message>) {
-    let rooms: Vec<RoomId> = (0..settings.rooms).map(|_| RoomId(Uuid::new_v4())).collect();
+    let rooms: Vec<RoomId> = (0..settings.rooms)
+        .map(|_| RoomId(Uuid::new_v4()))
+        .collect();
     let ids = MessageIdGenerator::default();
     let messages = (0..settings.messages)
         .map(|k| {
@@ -105,10 +113,22 @@ impl Row {
     }
 }
 
-async fn connect_cql(cassandra: &Cassandra, prefix: &str) -> Result<(CqlStore, String), HarnessError> {
+async fn connect_cql(
+    cassandra: &Cassandra,
+    prefix: &str,
+) -> Result<(CqlStore, String), HarnessError> {
     let keyspace = cassandra.create_keyspace(prefix).await?;
-    let config = CqlConfig { contact_points: vec![cassandra.contact_point()], keyspace: keyspace.clone(), consistency: scylla::statement::Consistency::One };
-    Ok((CqlStore::connect(&config).await.expect("CQL store connects (schema applied)"), keyspace))
+    let config = CqlConfig {
+        contact_points: vec![cassandra.contact_point()],
+        keyspace: keyspace.clone(),
+        consistency: scylla::statement::Consistency::One,
+    };
+    Ok((
+        CqlStore::connect(&config)
+            .await
+            .expect("CQL store connects (schema applied)"),
+        keyspace,
+    ))
 }
 
 async fn bench(settings: &Settings) -> Result<(), HarnessError> {
@@ -129,19 +149,44 @@ async fn bench(settings: &Settings) -> Result<(), HarnessError> {
         let started = Instant::now();
         let errors = futures::stream::iter(messages.iter().map(|m| {
             let insert = &insert;
-            async move { session.execute_unpaged(insert, (m.room.0, CqlTimeuuid::from(m.id.0), m.sender, m.content.as_slice(), "user_message")).await.is_err() }
+            async move {
+                session
+                    .execute_unpaged(
+                        insert,
+                        (
+                            m.room.0,
+                            CqlTimeuuid::from(m.id.0),
+                            m.sender,
+                            m.content.as_slice(),
+                            "user_message",
+                        ),
+                    )
+                    .await
+                    .is_err()
+            }
         }))
         .buffer_unordered(settings.concurrency)
         .filter(|failed| futures::future::ready(*failed))
         .count()
         .await;
         let elapsed = started.elapsed();
-        rows.push(Row { method: "raw CQL insert", count: n, unit: "msgs", elapsed, note: format!("{} in flight, prepared INSERT, {errors} errors", settings.concurrency) });
+        rows.push(Row {
+            method: "raw CQL insert",
+            count: n,
+            unit: "msgs",
+            elapsed,
+            note: format!(
+                "{} in flight, prepared INSERT, {errors} errors",
+                settings.concurrency
+            ),
+        });
     }
 
     // PostgreSQL: R rooms (members 1..=3) and the same N messages, batched through unnest.
     let database_url = postgres.create_database("bench_backfill").await?;
-    let pg = PgStore::connect(&database_url, (settings.workers as u32 * 2).max(10)).await.expect("pg");
+    let pg = PgStore::connect(&database_url, (settings.workers as u32 * 2).max(10))
+        .await
+        .expect("pg");
     pg.migrate().await.expect("migrate");
     let populate_started = Instant::now();
     for (i, room) in rooms.iter().enumerate() {
@@ -171,27 +216,49 @@ async fn bench(settings: &Settings) -> Result<(), HarnessError> {
         .await
         .expect("insert messages");
     }
-    sqlx::query("analyze").execute(pg.pool()).await.expect("analyze");
+    sqlx::query("analyze")
+        .execute(pg.pool())
+        .await
+        .expect("analyze");
     let populate = populate_started.elapsed();
 
     // 2. backfill::run into a fresh keyspace.
     let (store, keyspace) = connect_cql(cassandra, "bench_backfill").await?;
-    let cql = store.backfill(&keyspace).await.expect("backfill statements");
+    let cql = store
+        .backfill(&keyspace)
+        .await
+        .expect("backfill statements");
     let metrics = Metrics::default();
-    let config = BackfillConfig { workers: settings.workers, dual_write_started_at: Some(now()), chunk: settings.chunk, ..BackfillConfig::default() };
-    let report = backfill::run(&pg, Some(&cql), &config, &metrics).await.expect("backfill");
+    let config = BackfillConfig {
+        workers: settings.workers,
+        dual_write_started_at: Some(now()),
+        chunk: settings.chunk,
+        ..BackfillConfig::default()
+    };
+    let report = backfill::run(&pg, Some(&cql), &config, &metrics)
+        .await
+        .expect("backfill");
     rows.push(Row {
         method: "backfill::run",
         count: report.messages,
         unit: "msgs",
         elapsed: report.elapsed,
-        note: format!("{} workers, {} ranges, chunk {}, complete: {}", config.workers, config.ranges, config.chunk, report.complete()),
+        note: format!(
+            "{} workers, {} ranges, chunk {}, complete: {}",
+            config.workers,
+            config.ranges,
+            config.chunk,
+            report.complete()
+        ),
     });
 
     // 3. Naive: read one message, write it, next.
     {
         let (naive_store, naive_keyspace) = connect_cql(cassandra, "bench_naive").await?;
-        let naive = naive_store.backfill(&naive_keyspace).await.expect("backfill statements");
+        let naive = naive_store
+            .backfill(&naive_keyspace)
+            .await
+            .expect("backfill statements");
         let ts = (now() - chrono::Duration::seconds(1)).timestamp_micros();
         let started = Instant::now();
         let mut after = Uuid::nil();
@@ -204,40 +271,88 @@ async fn bench(settings: &Settings) -> Result<(), HarnessError> {
             .fetch_optional(pg.pool())
             .await
             .expect("read one");
-            let Some((id, room, sender, content, message_type, created_at, deleted)) = row else { break };
-            let message = BackfillMessage { id: MessageId(id), sender_id: UserId(sender), content, message_type, created_at, deleted };
-            naive.write_messages(RoomId(room), std::slice::from_ref(&message), ts).await.expect("write one");
+            let Some((id, room, sender, content, message_type, created_at, deleted)) = row else {
+                break;
+            };
+            let message = BackfillMessage {
+                id: MessageId(id),
+                sender_id: UserId(sender),
+                content,
+                message_type,
+                created_at,
+                deleted,
+            };
+            naive
+                .write_messages(RoomId(room), std::slice::from_ref(&message), ts)
+                .await
+                .expect("write one");
             copied += 1;
             after = id;
         }
         let elapsed = started.elapsed();
-        rows.push(Row { method: "naive row-at-a-time", count: copied, unit: "msgs", elapsed, note: "sequential: 1 PG read + write_messages(1) per message".into() });
+        rows.push(Row {
+            method: "naive row-at-a-time",
+            count: copied,
+            unit: "msgs",
+            elapsed,
+            note: "sequential: 1 PG read + write_messages(1) per message".into(),
+        });
     }
 
     // 4. validate::run over the backfilled keyspace, every message compared.
     {
         let per_room = messages.len().div_ceil(rooms.len()) as u32;
-        let config = ValidateConfig { sample: per_room, ..ValidateConfig::default() };
+        let config = ValidateConfig {
+            sample: per_room,
+            ..ValidateConfig::default()
+        };
         let started = Instant::now();
-        let verdict = validate::run(&pg, &cql, &config, &metrics).await.expect("validate");
+        let verdict = validate::run(&pg, &cql, &config, &metrics)
+            .await
+            .expect("validate");
         let elapsed = started.elapsed();
         rows.push(Row {
             method: "validate::run",
             count: verdict.compared,
             unit: "checks",
             elapsed,
-            note: format!("{} workers, sample {per_room}/room, {} mismatched, passed: {}", config.workers, verdict.mismatched, verdict.passed()),
+            note: format!(
+                "{} workers, sample {per_room}/room, {} mismatched, passed: {}",
+                config.workers,
+                verdict.mismatched,
+                verdict.passed()
+            ),
         });
     }
 
     println!("chat-service backfill benchmark (PostgreSQL -> CQL)");
-    println!("  messages {} across {} rooms (3 members each), {CONTENT_BYTES}-byte random content", messages.len(), rooms.len());
-    println!("  backfill workers {}, chunk {}; raw CQL concurrency {}", settings.workers, settings.chunk, settings.concurrency);
-    println!("  PostgreSQL: harness server (fsync=off), populated in {:.2}s by {INSERT_BATCH}-row unnest inserts", populate.as_secs_f64());
-    println!("  CQL: harness's single Apache Cassandra 5.0 node on loopback, RF 1, consistency ONE");
-    println!("  machine: {} CPUs, everything (PG, Cassandra JVM, bench) on the same host", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "  messages {} across {} rooms (3 members each), {CONTENT_BYTES}-byte random content",
+        messages.len(),
+        rooms.len()
+    );
+    println!(
+        "  backfill workers {}, chunk {}; raw CQL concurrency {}",
+        settings.workers, settings.chunk, settings.concurrency
+    );
+    println!(
+        "  PostgreSQL: harness server (fsync=off), populated in {:.2}s by {INSERT_BATCH}-row unnest inserts",
+        populate.as_secs_f64()
+    );
+    println!(
+        "  CQL: harness's single Apache Cassandra 5.0 node on loopback, RF 1, consistency ONE"
+    );
+    println!(
+        "  machine: {} CPUs, everything (PG, Cassandra JVM, bench) on the same host",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!();
-    println!("{:<22} {:>9} {:>7} {:>9} {:>11} {:>8}  notes", "method", "count", "unit", "seconds", "per s", "vs raw");
+    println!(
+        "{:<22} {:>9} {:>7} {:>9} {:>11} {:>8}  notes",
+        "method", "count", "unit", "seconds", "per s", "vs raw"
+    );
     let raw = rows[0].rate();
     for row in &rows {
         println!(

@@ -27,7 +27,10 @@ const HISTORY_PAGE: u32 = 20;
 const FIRST_USER: i32 = 1;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -35,8 +38,14 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let concurrency = env_or("BENCH_CONCURRENCY", if full { 16 } else { 2 }) as u32;
     let seconds = env_or("BENCH_SECONDS", if full { 10 } else { 1 });
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(bench(concurrency.max(1), Duration::from_secs(seconds.max(1))));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(bench(
+        concurrency.max(1),
+        Duration::from_secs(seconds.max(1)),
+    ));
 }
 
 async fn bench(concurrency: u32, duration: Duration) {
@@ -50,7 +59,11 @@ async fn bench(concurrency: u32, duration: Duration) {
                 Err(e) => return ficus_e2e::skip_or_panic(&e),
             };
             let url = pg.create_database("chat_bench").await.expect("database");
-            (url, "private server started by the test harness (fsync=off)", Some(pg))
+            (
+                url,
+                "private server started by the test harness (fsync=off)",
+                Some(pg),
+            )
         }
     };
     let config = ServeConfig {
@@ -72,22 +85,45 @@ async fn bench(concurrency: u32, duration: Duration) {
         let _ = stopped.await;
     }));
 
-    let pool = sqlx::postgres::PgPool::connect(&database_url).await.expect("pool");
-    let version: String = sqlx::query_scalar("show server_version").fetch_one(&pool).await.expect("version");
+    let pool = sqlx::postgres::PgPool::connect(&database_url)
+        .await
+        .expect("pool");
+    let version: String = sqlx::query_scalar("show server_version")
+        .fetch_one(&pool)
+        .await
+        .expect("version");
 
     let client = ChatClient::new(&base_url, JWT_SECRET);
-    let users: Vec<UserId> = (0..concurrency as i32).map(|i| UserId(FIRST_USER + i)).collect();
+    let users: Vec<UserId> = (0..concurrency as i32)
+        .map(|i| UserId(FIRST_USER + i))
+        .collect();
     let mut rooms = Vec::new();
     for i in 0..ROOMS {
-        rooms.push(client.create_room(users[0], &format!("bench {i}"), "group", &users).await.expect("room"));
+        rooms.push(
+            client
+                .create_room(users[0], &format!("bench {i}"), "group", &users)
+                .await
+                .expect("room"),
+        );
     }
     let content = "x".repeat(64);
 
     println!("chat-service benchmark");
     println!("  PostgreSQL {version}: {origin}");
-    println!("  through HTTP on loopback, in-process server, pool of {max_connections} connections");
-    println!("  concurrency {concurrency} (closed loop, no think time), {}s per phase, {ROOMS} rooms, {} byte messages, history page {HISTORY_PAGE}", duration.as_secs(), content.len());
-    println!("  machine: {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "  through HTTP on loopback, in-process server, pool of {max_connections} connections"
+    );
+    println!(
+        "  concurrency {concurrency} (closed loop, no think time), {}s per phase, {ROOMS} rooms, {} byte messages, history page {HISTORY_PAGE}",
+        duration.as_secs(),
+        content.len()
+    );
+    println!(
+        "  machine: {} CPUs",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
 
     let shared = std::sync::Arc::new((client, users, rooms, content));
     let send = {
@@ -97,7 +133,14 @@ async fn bench(concurrency: u32, duration: Duration) {
             async move {
                 let (client, users, rooms, content) = &*shared;
                 let room: RoomId = rooms[worker as usize % rooms.len()];
-                vec![timed("SendMessage", client.send_message(users[worker as usize], room, content)).await.0]
+                vec![
+                    timed(
+                        "SendMessage",
+                        client.send_message(users[worker as usize], room, content),
+                    )
+                    .await
+                    .0,
+                ]
             }
         })
         .await
@@ -109,12 +152,22 @@ async fn bench(concurrency: u32, duration: Duration) {
         async move {
             let (client, users, rooms, _) = &*shared;
             let room: RoomId = rooms[worker as usize % rooms.len()];
-            vec![timed("GetMessageHistory", client.history(users[worker as usize], room, HISTORY_PAGE, None)).await.0]
+            vec![
+                timed(
+                    "GetMessageHistory",
+                    client.history(users[worker as usize], room, HISTORY_PAGE, None),
+                )
+                .await
+                .0,
+            ]
         }
     })
     .await;
     println!("[GetMessageHistory]\n{history}");
-    let stored: i64 = sqlx::query_scalar("select count(*) from room_message").fetch_one(&pool).await.expect("count");
+    let stored: i64 = sqlx::query_scalar("select count(*) from room_message")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
     println!("messages stored: {stored}");
 
     let _ = stop.send(());

@@ -26,7 +26,10 @@ const JWT_SECRET: &[u8] = b"chat-service-benchmark-secret-0123456789abcdef";
 const ROOMS: usize = 10;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -34,8 +37,14 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let concurrency = env_or("BENCH_CONCURRENCY", if full { 16 } else { 2 }) as u32;
     let seconds = env_or("BENCH_SECONDS", if full { 10 } else { 1 });
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(bench(concurrency.max(1), Duration::from_secs(seconds.max(1))));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(bench(
+        concurrency.max(1),
+        Duration::from_secs(seconds.max(1)),
+    ));
 }
 
 #[derive(Clone, Copy)]
@@ -63,16 +72,37 @@ async fn bench(concurrency: u32, duration: Duration) {
     };
     let max_connections = concurrency.max(4) * 2;
     let content = "x".repeat(64);
-    let settings = [Setting::PrimaryOnly, Setting::Router(DualWrite::Sync), Setting::Router(DualWrite::Async)];
+    let settings = [
+        Setting::PrimaryOnly,
+        Setting::Router(DualWrite::Sync),
+        Setting::Router(DualWrite::Async),
+    ];
     let mut rows: Vec<(Setting, RunReport, i64, i64)> = Vec::new();
     for (n, setting) in settings.into_iter().enumerate() {
-        let legacy_url = pg.create_database(&format!("dual_bench_{n}_legacy")).await.expect("database");
-        let new_url = pg.create_database(&format!("dual_bench_{n}_new")).await.expect("database");
+        let legacy_url = pg
+            .create_database(&format!("dual_bench_{n}_legacy"))
+            .await
+            .expect("database");
+        let new_url = pg
+            .create_database(&format!("dual_bench_{n}_new"))
+            .await
+            .expect("database");
         let (store, flags) = match setting {
             Setting::PrimaryOnly => (StoreChoice::Postgres, Flags::default()),
             Setting::Router(mode) => (
-                StoreChoice::Router { new: NewStoreChoice::Postgres { database_url: new_url.clone() }, outbox_max_attempts: 10 },
-                Flags { generation: 1, write_primary: StoreSide::Legacy, dual_write: mode, shadow_read_percent: 0, read_split_percent: 0 },
+                StoreChoice::Router {
+                    new: NewStoreChoice::Postgres {
+                        database_url: new_url.clone(),
+                    },
+                    outbox_max_attempts: 10,
+                },
+                Flags {
+                    generation: 1,
+                    write_primary: StoreSide::Legacy,
+                    dual_write: mode,
+                    shadow_read_percent: 0,
+                    read_split_percent: 0,
+                },
             ),
         };
         let config = ServeConfig {
@@ -96,7 +126,12 @@ async fn bench(concurrency: u32, duration: Duration) {
         let users: Vec<UserId> = (1..=concurrency as i32).map(UserId).collect();
         let mut rooms = Vec::new();
         for i in 0..ROOMS {
-            rooms.push(client.create_room(users[0], &format!("bench {i}"), "group", &users).await.expect("room"));
+            rooms.push(
+                client
+                    .create_room(users[0], &format!("bench {i}"), "group", &users)
+                    .await
+                    .expect("room"),
+            );
         }
         let shared = std::sync::Arc::new((client, users, rooms, content.clone()));
         let report = drive(concurrency, duration, None, Duration::ZERO, move |worker| {
@@ -104,7 +139,14 @@ async fn bench(concurrency: u32, duration: Duration) {
             async move {
                 let (client, users, rooms, content) = &*shared;
                 let room: RoomId = rooms[worker as usize % rooms.len()];
-                vec![timed("SendMessage", client.send_message(users[worker as usize], room, content)).await.0]
+                vec![
+                    timed(
+                        "SendMessage",
+                        client.send_message(users[worker as usize], room, content),
+                    )
+                    .await
+                    .0,
+                ]
             }
         })
         .await;
@@ -112,7 +154,10 @@ async fn bench(concurrency: u32, duration: Duration) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let count = |url: String| async move {
             let pool = sqlx::postgres::PgPool::connect(&url).await.expect("pool");
-            sqlx::query_scalar::<_, i64>("select count(*) from room_message").fetch_one(&pool).await.unwrap_or(0)
+            sqlx::query_scalar::<_, i64>("select count(*) from room_message")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0)
         };
         let (in_legacy, in_new) = (count(legacy_url).await, count(new_url).await);
         let _ = stop.send(());
@@ -121,15 +166,35 @@ async fn bench(concurrency: u32, duration: Duration) {
     }
 
     println!("chat-service dual-write overhead benchmark (SendMessage)");
-    println!("  PostgreSQL: private server started by the test harness (fsync=off); legacy and new are two databases of it");
-    println!("  through HTTP on loopback, in-process server, pool of {max_connections} connections per store");
-    println!("  concurrency {concurrency} (closed loop, no think time), {}s per setting, {ROOMS} rooms, {} byte messages", duration.as_secs(), content.len());
-    println!("  machine: {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "  PostgreSQL: private server started by the test harness (fsync=off); legacy and new are two databases of it"
+    );
+    println!(
+        "  through HTTP on loopback, in-process server, pool of {max_connections} connections per store"
+    );
+    println!(
+        "  concurrency {concurrency} (closed loop, no think time), {}s per setting, {ROOMS} rooms, {} byte messages",
+        duration.as_secs(),
+        content.len()
+    );
+    println!(
+        "  machine: {} CPUs",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!();
-    println!("{:<26} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}", "setting", "ok", "errors", "per s", "p50 ms", "p99 ms", "max ms", "legacy rows", "new rows");
-    let base = rows.first().and_then(|(_, r, _, _)| r.ops.get("SendMessage").map(|s| s.latency));
+    println!(
+        "{:<26} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "setting", "ok", "errors", "per s", "p50 ms", "p99 ms", "max ms", "legacy rows", "new rows"
+    );
+    let base = rows
+        .first()
+        .and_then(|(_, r, _, _)| r.ops.get("SendMessage").map(|s| s.latency));
     for (setting, report, in_legacy, in_new) in &rows {
-        let Some(s) = report.ops.get("SendMessage") else { continue };
+        let Some(s) = report.ops.get("SendMessage") else {
+            continue;
+        };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let secs = report.elapsed.as_secs_f64().max(f64::EPSILON);
         println!(
@@ -152,8 +217,14 @@ async fn bench(concurrency: u32, duration: Duration) {
         println!();
         for (setting, report, _, _) in rows.iter().skip(1) {
             if let Some(s) = report.ops.get("SendMessage") {
-                let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(f64::EPSILON);
-                println!("{:<26} p50 x{:.2}, p99 x{:.2} of primary only", setting.label(), ratio(s.latency.p50, base.p50), ratio(s.latency.p99, base.p99));
+                let ratio =
+                    |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(f64::EPSILON);
+                println!(
+                    "{:<26} p50 x{:.2}, p99 x{:.2} of primary only",
+                    setting.label(),
+                    ratio(s.latency.p50, base.p50),
+                    ratio(s.latency.p99, base.p99)
+                );
             }
         }
     }

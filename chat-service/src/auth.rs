@@ -89,24 +89,33 @@ impl Authenticator {
         validation.validate_nbf = true;
         // The default 60 s leeway would accept expired tokens for a minute.
         validation.leeway = 5;
-        Authenticator { decoding: DecodingKey::from_secret(secret), encoding: EncodingKey::from_secret(secret), validation }
+        Authenticator {
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+        }
     }
 
     /// The user a token belongs to.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
-            ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::NoExpiry,
-            _ => AuthError::Malformed(e.to_string()),
-        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
+                ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::NoExpiry,
+                _ => AuthError::Malformed(e.to_string()),
+            })?;
         data.claims.sub.user().ok_or(AuthError::BadSubject)
     }
 
     /// The user of a request: the bearer token's subject, which `X-User-ID` must repeat.
-    pub fn authenticate(&self, authorization: Option<&str>, user_header: Option<&str>) -> Result<UserId, AuthError> {
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        user_header: Option<&str>,
+    ) -> Result<UserId, AuthError> {
         let token = bearer_token(authorization)?;
         let user = self.verify(token)?;
         check_user_header(user, user_header)?;
@@ -115,10 +124,17 @@ impl Authenticator {
 
     /// A token for `user` valid for `ttl` (subject as a number).
     pub fn issue(&self, user: UserId, ttl: Duration) -> String {
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + ttl;
-        let claims = Claims { sub: Subject::Number(user.0.into()), exp: Some(exp.as_secs()) };
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + ttl;
+        let claims = Claims {
+            sub: Subject::Number(user.0.into()),
+            exp: Some(exp.as_secs()),
+        };
         // HS256 signing with an in-memory key cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .unwrap_or_default()
     }
 }
 
@@ -139,7 +155,10 @@ pub fn check_user_header(subject: UserId, header: Option<&str>) -> Result<(), Au
     if header.parse::<i64>().ok() == Some(subject.0.into()) {
         Ok(())
     } else {
-        Err(AuthError::UserMismatch { header: header.chars().take(32).collect(), subject })
+        Err(AuthError::UserMismatch {
+            header: header.chars().take(32).collect(),
+            subject,
+        })
     }
 }
 
@@ -152,11 +171,19 @@ mod tests {
     }
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
     }
 
     fn sign(secret: &[u8], claims: serde_json::Value) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).expect("sign")
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .expect("sign")
     }
 
     #[test]
@@ -164,8 +191,14 @@ mod tests {
         let a = auth();
         let token = a.issue(UserId(42), Duration::from_secs(60));
         assert_eq!(a.verify(&token), Ok(UserId(42)));
-        assert_eq!(a.authenticate(Some(&format!("Bearer {token}")), Some("42")), Ok(UserId(42)));
-        assert_eq!(a.authenticate(Some(&format!("bearer  {token} ")), Some(" 42")), Ok(UserId(42)));
+        assert_eq!(
+            a.authenticate(Some(&format!("Bearer {token}")), Some("42")),
+            Ok(UserId(42))
+        );
+        assert_eq!(
+            a.authenticate(Some(&format!("bearer  {token} ")), Some(" 42")),
+            Ok(UserId(42))
+        );
     }
 
     #[test]
@@ -173,26 +206,70 @@ mod tests {
         let a = auth();
         let secret = b"test-secret-test-secret-test-secret";
         let exp = now() + 60;
-        assert_eq!(a.verify(&sign(secret, serde_json::json!({"sub": 7, "exp": exp}))), Ok(UserId(7)));
-        assert_eq!(a.verify(&sign(secret, serde_json::json!({"sub": "7", "exp": exp}))), Ok(UserId(7)));
-        for bad in [serde_json::json!("alice"), serde_json::json!(0), serde_json::json!(-3), serde_json::json!(1u64 << 40)] {
-            assert_eq!(a.verify(&sign(secret, serde_json::json!({"sub": bad, "exp": exp}))), Err(AuthError::BadSubject), "{bad}");
+        assert_eq!(
+            a.verify(&sign(secret, serde_json::json!({"sub": 7, "exp": exp}))),
+            Ok(UserId(7))
+        );
+        assert_eq!(
+            a.verify(&sign(secret, serde_json::json!({"sub": "7", "exp": exp}))),
+            Ok(UserId(7))
+        );
+        for bad in [
+            serde_json::json!("alice"),
+            serde_json::json!(0),
+            serde_json::json!(-3),
+            serde_json::json!(1u64 << 40),
+        ] {
+            assert_eq!(
+                a.verify(&sign(secret, serde_json::json!({"sub": bad, "exp": exp}))),
+                Err(AuthError::BadSubject),
+                "{bad}"
+            );
         }
-        assert!(matches!(a.verify(&sign(secret, serde_json::json!({"exp": exp}))), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            a.verify(&sign(secret, serde_json::json!({"exp": exp}))),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]
     fn bad_tokens_are_rejected_with_a_reason() {
         let a = auth();
         let other = Authenticator::new(b"another-secret-another-secret-xx");
-        assert_eq!(a.verify(&other.issue(UserId(1), Duration::from_secs(60))), Err(AuthError::BadSignature));
+        assert_eq!(
+            a.verify(&other.issue(UserId(1), Duration::from_secs(60))),
+            Err(AuthError::BadSignature)
+        );
         let secret = b"test-secret-test-secret-test-secret";
-        assert_eq!(a.verify(&sign(secret, serde_json::json!({"sub": 1, "exp": now() - 120}))), Err(AuthError::Expired));
-        assert_eq!(a.verify(&sign(secret, serde_json::json!({"sub": 1}))), Err(AuthError::NoExpiry));
-        assert_eq!(a.verify(&sign(secret, serde_json::json!({"sub": 1, "exp": now() + 600, "nbf": now() + 300}))), Err(AuthError::NotYetValid));
-        let hs512 = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &serde_json::json!({"sub": 1, "exp": now() + 60}), &EncodingKey::from_secret(secret)).expect("sign");
+        assert_eq!(
+            a.verify(&sign(
+                secret,
+                serde_json::json!({"sub": 1, "exp": now() - 120})
+            )),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            a.verify(&sign(secret, serde_json::json!({"sub": 1}))),
+            Err(AuthError::NoExpiry)
+        );
+        assert_eq!(
+            a.verify(&sign(
+                secret,
+                serde_json::json!({"sub": 1, "exp": now() + 600, "nbf": now() + 300})
+            )),
+            Err(AuthError::NotYetValid)
+        );
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &serde_json::json!({"sub": 1, "exp": now() + 60}),
+            &EncodingKey::from_secret(secret),
+        )
+        .expect("sign");
         assert_eq!(a.verify(&hs512), Err(AuthError::WrongAlgorithm));
-        assert!(matches!(a.verify("not.a.jwt"), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            a.verify("not.a.jwt"),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -207,7 +284,10 @@ mod tests {
     #[test]
     fn user_header_must_match_the_subject() {
         assert_eq!(check_user_header(UserId(5), Some("5")), Ok(()));
-        assert_eq!(check_user_header(UserId(5), None), Err(AuthError::MissingUserHeader));
+        assert_eq!(
+            check_user_header(UserId(5), None),
+            Err(AuthError::MissingUserHeader)
+        );
         let err = check_user_header(UserId(5), Some("6")).expect_err("mismatch");
         assert!(err.to_string().contains("does not match"), "{err}");
         assert!(check_user_header(UserId(5), Some("five")).is_err());

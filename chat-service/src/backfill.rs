@@ -50,9 +50,13 @@ impl Default for Shard {
 impl Shard {
     /// `i/N` with `i < N`.
     pub fn parse(text: &str) -> Result<Shard, String> {
-        let bad = || format!("--shard must be INDEX/COUNT with INDEX < COUNT, e.g. 0/4; got {text:?}");
+        let bad =
+            || format!("--shard must be INDEX/COUNT with INDEX < COUNT, e.g. 0/4; got {text:?}");
         let (i, n) = text.split_once('/').ok_or_else(bad)?;
-        let (index, count) = (i.trim().parse::<u32>().map_err(|_| bad())?, n.trim().parse::<u32>().map_err(|_| bad())?);
+        let (index, count) = (
+            i.trim().parse::<u32>().map_err(|_| bad())?,
+            n.trim().parse::<u32>().map_err(|_| bad())?,
+        );
         if count == 0 || index >= count {
             return Err(bad());
         }
@@ -68,7 +72,8 @@ impl Shard {
     }
 
     pub fn owns(&self, range: u32) -> bool {
-        self.count <= 1 || splitmix64(u64::from(range)) % u64::from(self.count) == u64::from(self.index)
+        self.count <= 1
+            || splitmix64(u64::from(range)) % u64::from(self.count) == u64::from(self.index)
     }
 }
 
@@ -84,7 +89,10 @@ fn splitmix64(x: u64) -> u64 {
 /// evenly), and the lowest of the next range (`None` for the last).
 pub fn range_bounds(count: u32, index: u32) -> (Uuid, Option<Uuid>) {
     let lower = |i: u32| -> u128 { ((u128::from(i)) << 32).div_ceil(u128::from(count)) << 96 };
-    (Uuid::from_u128(lower(index)), (index + 1 < count).then(|| Uuid::from_u128(lower(index + 1))))
+    (
+        Uuid::from_u128(lower(index)),
+        (index + 1 < count).then(|| Uuid::from_u128(lower(index + 1))),
+    )
 }
 
 /// The range of a room id (agrees with [`range_bounds`] and the SQL in [`range_totals`]).
@@ -115,13 +123,25 @@ pub struct BackfillConfig {
 
 impl Default for BackfillConfig {
     fn default() -> Self {
-        BackfillConfig { workers: 4, ranges: 256, shard: Shard::default(), dry_run: false, throttle: None, dual_write_started_at: None, max_ranges: None, chunk: 500, progress_every: None }
+        BackfillConfig {
+            workers: 4,
+            ranges: 256,
+            shard: Shard::default(),
+            dry_run: false,
+            throttle: None,
+            dual_write_started_at: None,
+            max_ranges: None,
+            chunk: 500,
+            progress_every: None,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
-    #[error("--dual-write-started-at is required unless --dry-run (RFC 3339, e.g. 2025-01-31T12:00:00Z): the backfill stamps its writes just before it")]
+    #[error(
+        "--dual-write-started-at is required unless --dry-run (RFC 3339, e.g. 2025-01-31T12:00:00Z): the backfill stamps its writes just before it"
+    )]
     MissingDualWriteStart,
     #[error("the backfill needs the new (CQL) store unless --dry-run")]
     MissingNewStore,
@@ -163,27 +183,66 @@ impl fmt::Display for BackfillReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-3);
         if self.dry_run {
-            writeln!(f, "backfill (dry run): {} ranges assigned ({} already completed)", self.ranges_assigned, self.ranges_already_done)?;
-            return writeln!(f, "  to copy: {} rooms, {} messages", self.total_rooms, self.total_messages);
+            writeln!(
+                f,
+                "backfill (dry run): {} ranges assigned ({} already completed)",
+                self.ranges_assigned, self.ranges_already_done
+            )?;
+            return writeln!(
+                f,
+                "  to copy: {} rooms, {} messages",
+                self.total_rooms, self.total_messages
+            );
         }
-        writeln!(f, "backfill: ranges {} done now + {} earlier of {} assigned", self.ranges_done, self.ranges_already_done, self.ranges_assigned)?;
-        writeln!(f, "  rooms copied {} (of {}), messages copied {} (of {}), {:.0} msg/s", self.rooms, self.total_rooms, self.messages, self.total_messages, self.messages as f64 / secs)?;
+        writeln!(
+            f,
+            "backfill: ranges {} done now + {} earlier of {} assigned",
+            self.ranges_done, self.ranges_already_done, self.ranges_assigned
+        )?;
+        writeln!(
+            f,
+            "  rooms copied {} (of {}), messages copied {} (of {}), {:.0} msg/s",
+            self.rooms,
+            self.total_rooms,
+            self.messages,
+            self.total_messages,
+            self.messages as f64 / secs
+        )?;
         if !self.skipped_messages.is_empty() {
-            writeln!(f, "  {} messages not copied (id is not a timeuuid), e.g. {}", self.skipped_messages.len(), self.skipped_messages[0])?;
+            writeln!(
+                f,
+                "  {} messages not copied (id is not a timeuuid), e.g. {}",
+                self.skipped_messages.len(),
+                self.skipped_messages[0]
+            )?;
         }
         Ok(())
     }
 }
 
 /// Rooms and messages per range (one grouped scan of each table).
-async fn range_totals(pg: &PgStore, ranges: u32) -> Result<(HashMap<u32, u64>, HashMap<u32, u64>), StoreError> {
+async fn range_totals(
+    pg: &PgStore,
+    ranges: u32,
+) -> Result<(HashMap<u32, u64>, HashMap<u32, u64>), StoreError> {
     // The range of an id: (top 32 bits * ranges) >> 32, as `range_of`.
     const ROOMS: &str = "select (((('x' || substr(replace(id::text, '-', ''), 1, 8))::bit(32)::bigint * $1) >> 32)::int4) as r, count(*) from room group by 1";
-    const MESSAGES: &str =
-        "select (((('x' || substr(replace(room_id::text, '-', ''), 1, 8))::bit(32)::bigint * $1) >> 32)::int4) as r, count(*) from room_message group by 1";
-    let collect = |rows: Vec<(i32, i64)>| rows.into_iter().map(|(r, n)| (r as u32, n as u64)).collect::<HashMap<_, _>>();
-    let rooms = sqlx::query_as::<_, (i32, i64)>(ROOMS).bind(i64::from(ranges)).fetch_all(pg.pool()).await.map_err(classify)?;
-    let messages = sqlx::query_as::<_, (i32, i64)>(MESSAGES).bind(i64::from(ranges)).fetch_all(pg.pool()).await.map_err(classify)?;
+    const MESSAGES: &str = "select (((('x' || substr(replace(room_id::text, '-', ''), 1, 8))::bit(32)::bigint * $1) >> 32)::int4) as r, count(*) from room_message group by 1";
+    let collect = |rows: Vec<(i32, i64)>| {
+        rows.into_iter()
+            .map(|(r, n)| (r as u32, n as u64))
+            .collect::<HashMap<_, _>>()
+    };
+    let rooms = sqlx::query_as::<_, (i32, i64)>(ROOMS)
+        .bind(i64::from(ranges))
+        .fetch_all(pg.pool())
+        .await
+        .map_err(classify)?;
+    let messages = sqlx::query_as::<_, (i32, i64)>(MESSAGES)
+        .bind(i64::from(ranges))
+        .fetch_all(pg.pool())
+        .await
+        .map_err(classify)?;
     Ok((collect(rooms), collect(messages)))
 }
 
@@ -201,7 +260,19 @@ async fn checkpoints(pg: &PgStore, ranges: u32) -> Result<HashMap<u32, Checkpoin
     .fetch_all(pg.pool())
     .await
     .map_err(classify)?;
-    Ok(rows.into_iter().map(|(r, last, m, c)| (r as u32, Checkpoint { last_room_id: last, messages_done: m as u64, completed: c })).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(r, last, m, c)| {
+            (
+                r as u32,
+                Checkpoint {
+                    last_room_id: last,
+                    messages_done: m as u64,
+                    completed: c,
+                },
+            )
+        })
+        .collect())
 }
 
 /// A shared rate limit: the n-th message is not written before `start + n / rate`.
@@ -242,7 +313,9 @@ impl Run<'_> {
             {
                 return Ok(());
             }
-            let Some((range, after)) = self.queue.lock().expect("queue").pop_front() else { return Ok(()) };
+            let Some((range, after)) = self.queue.lock().expect("queue").pop_front() else {
+                return Ok(());
+            };
             self.range(range, after).await?;
             self.ranges_done.fetch_add(1, Ordering::SeqCst);
         }
@@ -272,7 +345,16 @@ impl Run<'_> {
             .map_err(classify)?;
             let n = rooms.len();
             for (id, name, room_type, created_by, created_at) in rooms {
-                let copied = self.room(BackfillRoom { id: RoomId(id), name, room_type, created_by: UserId(created_by), created_at, members: vec![] }).await?;
+                let copied = self
+                    .room(BackfillRoom {
+                        id: RoomId(id),
+                        name,
+                        room_type,
+                        created_by: UserId(created_by),
+                        created_at,
+                        members: vec![],
+                    })
+                    .await?;
                 sqlx::query(
                     "update backfill_checkpoint set last_room_id = $3, rooms_done = rooms_done + 1, messages_done = messages_done + $4, updated_at = now()
                       where range_count = $1 and range_index = $2",
@@ -335,7 +417,16 @@ impl Run<'_> {
             }
             let messages: Vec<BackfillMessage> = rows
                 .into_iter()
-                .map(|(id, sender, content, message_type, created_at, deleted)| BackfillMessage { id: MessageId(id), sender_id: UserId(sender), content, message_type, created_at, deleted })
+                .map(
+                    |(id, sender, content, message_type, created_at, deleted)| BackfillMessage {
+                        id: MessageId(id),
+                        sender_id: UserId(sender),
+                        content,
+                        message_type,
+                        created_at,
+                        deleted,
+                    },
+                )
                 .collect();
             if let Some(t) = &self.throttle {
                 t.take(n as u64).await;
@@ -345,9 +436,14 @@ impl Run<'_> {
                 self.metrics.migration_error("messages", "not_timeuuid");
             }
             copied += (n - skipped.len()) as u64;
-            self.messages.fetch_add((n - skipped.len()) as u64, Ordering::Relaxed);
+            self.messages
+                .fetch_add((n - skipped.len()) as u64, Ordering::Relaxed);
             let newest = messages.last().map(|m| (m.created_at, m.id.0));
-            if let Some(l) = messages.into_iter().rev().find(|m| !m.deleted && !skipped.contains(&m.id)) {
+            if let Some(l) = messages
+                .into_iter()
+                .rev()
+                .find(|m| !m.deleted && !skipped.contains(&m.id))
+            {
                 last = Some(l);
             }
             self.skipped.lock().expect("skipped").extend(skipped);
@@ -363,23 +459,44 @@ impl Run<'_> {
 
 /// Runs the backfill (or, with `dry_run`, counts what it would copy). Applies the PostgreSQL
 /// schema migrations first (the checkpoint table). `cql` may be `None` only for a dry run.
-pub async fn run(pg: &PgStore, cql: Option<&CqlBackfill<'_>>, config: &BackfillConfig, metrics: &Metrics) -> Result<BackfillReport, BackfillError> {
+pub async fn run(
+    pg: &PgStore,
+    cql: Option<&CqlBackfill<'_>>,
+    config: &BackfillConfig,
+    metrics: &Metrics,
+) -> Result<BackfillReport, BackfillError> {
     let started = Instant::now();
     if config.ranges == 0 || config.ranges > 65_536 {
-        return Err(BackfillError::Config(format!("--ranges must be 1..=65536, got {}", config.ranges)));
+        return Err(BackfillError::Config(format!(
+            "--ranges must be 1..=65536, got {}",
+            config.ranges
+        )));
     }
     if config.shard.count == 0 || config.shard.index >= config.shard.count {
-        return Err(BackfillError::Config(format!("bad shard {}/{}", config.shard.index, config.shard.count)));
+        return Err(BackfillError::Config(format!(
+            "bad shard {}/{}",
+            config.shard.index, config.shard.count
+        )));
     }
-    pg.migrate().await.map_err(|e| BackfillError::Migrate(e.to_string()))?;
-    let assigned: Vec<u32> = (0..config.ranges).filter(|r| config.shard.owns(*r)).collect();
+    pg.migrate()
+        .await
+        .map_err(|e| BackfillError::Migrate(e.to_string()))?;
+    let assigned: Vec<u32> = (0..config.ranges)
+        .filter(|r| config.shard.owns(*r))
+        .collect();
     let (room_totals, message_totals) = range_totals(pg, config.ranges).await?;
     let done = checkpoints(pg, config.ranges).await?;
     let mut report = BackfillReport {
         dry_run: config.dry_run,
         ranges_assigned: assigned.len(),
-        total_rooms: assigned.iter().map(|r| room_totals.get(r).copied().unwrap_or(0)).sum(),
-        total_messages: assigned.iter().map(|r| message_totals.get(r).copied().unwrap_or(0)).sum(),
+        total_rooms: assigned
+            .iter()
+            .map(|r| room_totals.get(r).copied().unwrap_or(0))
+            .sum(),
+        total_messages: assigned
+            .iter()
+            .map(|r| message_totals.get(r).copied().unwrap_or(0))
+            .sum(),
         ..BackfillReport::default()
     };
     let mut queue = VecDeque::new();
@@ -402,7 +519,9 @@ pub async fn run(pg: &PgStore, cql: Option<&CqlBackfill<'_>>, config: &BackfillC
         return Ok(report);
     }
     let cql = cql.ok_or(BackfillError::MissingNewStore)?;
-    let dual_write_start = config.dual_write_started_at.ok_or(BackfillError::MissingDualWriteStart)?;
+    let dual_write_start = config
+        .dual_write_started_at
+        .ok_or(BackfillError::MissingDualWriteStart)?;
     let run = Run {
         pg,
         cql,
@@ -415,11 +534,18 @@ pub async fn run(pg: &PgStore, cql: Option<&CqlBackfill<'_>>, config: &BackfillC
         rooms: AtomicU64::new(0),
         messages: AtomicU64::new(0),
         skipped: Mutex::new(vec![]),
-        throttle: config.throttle.filter(|t| *t > 0).map(|t| Throttle { start: Instant::now(), rate: f64::from(t), taken: AtomicU64::new(0) }),
+        throttle: config.throttle.filter(|t| *t > 0).map(|t| Throttle {
+            start: Instant::now(),
+            rate: f64::from(t),
+            taken: AtomicU64::new(0),
+        }),
     };
     let total = report.total_messages.max(1) as f64;
     let progress = |final_line: bool| {
-        let (rooms, messages) = (run.rooms.load(Ordering::Relaxed), run.messages.load(Ordering::Relaxed));
+        let (rooms, messages) = (
+            run.rooms.load(Ordering::Relaxed),
+            run.messages.load(Ordering::Relaxed),
+        );
         let ratio = ((earlier_messages + messages) as f64 / total).min(1.0);
         metrics.migration_progress("messages", ratio);
         if config.progress_every.is_some() && !final_line {
@@ -436,7 +562,8 @@ pub async fn run(pg: &PgStore, cql: Option<&CqlBackfill<'_>>, config: &BackfillC
     };
     let workers = futures::future::try_join_all((0..config.workers.max(1)).map(|_| run.worker()));
     tokio::pin!(workers);
-    let mut tick = tokio::time::interval(config.progress_every.unwrap_or(Duration::from_secs(3600)));
+    let mut tick =
+        tokio::time::interval(config.progress_every.unwrap_or(Duration::from_secs(3600)));
     tick.tick().await;
     loop {
         tokio::select! {
@@ -478,12 +605,21 @@ mod tests {
     #[test]
     fn shards_split_the_ranges() {
         assert_eq!(Shard::parse("1/4"), Ok(Shard { index: 1, count: 4 }));
-        assert!(Shard::parse("4/4").is_err() && Shard::parse("x").is_err() && Shard::parse("0/0").is_err());
+        assert!(
+            Shard::parse("4/4").is_err()
+                && Shard::parse("x").is_err()
+                && Shard::parse("0/0").is_err()
+        );
         let shards: Vec<Shard> = (0..4).map(|i| Shard { index: i, count: 4 }).collect();
         for r in 0..256 {
             assert_eq!(shards.iter().filter(|s| s.owns(r)).count(), 1);
         }
-        assert!(shards.iter().all(|s| (0..256).filter(|r| s.owns(*r)).count() > 30), "roughly even");
+        assert!(
+            shards
+                .iter()
+                .all(|s| (0..256).filter(|r| s.owns(*r)).count() > 30),
+            "roughly even"
+        );
         let env = |k: &str| match k {
             "JOB_COMPLETION_INDEX" => Some("2".to_owned()),
             "FICUS_SHARD_COUNT" => Some("3".to_owned()),

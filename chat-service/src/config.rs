@@ -29,7 +29,10 @@ pub enum StoreChoice {
     Postgres,
     Scylla(CqlConfig),
     /// The migration router over legacy PostgreSQL ([`ServeConfig::database_url`]) and `new`.
-    Router { new: NewStoreChoice, outbox_max_attempts: u32 },
+    Router {
+        new: NewStoreChoice,
+        outbox_max_attempts: u32,
+    },
 }
 
 /// The router's new store. Until the CQL store is in use, a second PostgreSQL works too (tests).
@@ -50,7 +53,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(10) }
+        Limits {
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -74,11 +80,17 @@ pub enum ConfigError {
     EncryptionKey(#[from] KeyError),
     #[error("CHAT_JWT_SECRET is not set: set it to the HS256 secret the token issuer signs with")]
     MissingJwtSecret,
-    #[error("DATABASE_URL is not set (or --database-url): e.g. postgres://chat:secret@localhost:5432/chat")]
+    #[error(
+        "DATABASE_URL is not set (or --database-url): e.g. postgres://chat:secret@localhost:5432/chat"
+    )]
     MissingDatabaseUrl,
-    #[error("--store scylla needs --cql-contact-points (CHAT_CQL_CONTACT_POINTS), e.g. scylla-0.scylla:9042")]
+    #[error(
+        "--store scylla needs --cql-contact-points (CHAT_CQL_CONTACT_POINTS), e.g. scylla-0.scylla:9042"
+    )]
     MissingCqlContactPoints,
-    #[error("--store router needs --new-database-url (CHAT_NEW_DATABASE_URL) with --new-store postgres")]
+    #[error(
+        "--store router needs --new-database-url (CHAT_NEW_DATABASE_URL) with --new-store postgres"
+    )]
     MissingNewDatabaseUrl,
     #[error("--new-store must be postgres or scylla")]
     NewStoreKind,
@@ -150,48 +162,105 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The full configuration, with secrets looked up through `env` (`std::env::var` in the
     /// binary; a map in tests).
-    pub fn into_config(self, env: impl Fn(&str) -> Option<String>) -> Result<ServeConfig, ConfigError> {
+    pub fn into_config(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ServeConfig, ConfigError> {
         let encryption_key = EncryptionKey::from_base64(env("CHAT_ENCRYPTION_KEY").as_deref())?;
-        let jwt_secret = env("CHAT_JWT_SECRET").filter(|s| !s.is_empty()).ok_or(ConfigError::MissingJwtSecret)?;
+        let jwt_secret = env("CHAT_JWT_SECRET")
+            .filter(|s| !s.is_empty())
+            .ok_or(ConfigError::MissingJwtSecret)?;
         if jwt_secret.len() < 32 {
-            tracing::warn!("CHAT_JWT_SECRET is shorter than 32 bytes; HS256 wants at least 256 bits of secret");
+            tracing::warn!(
+                "CHAT_JWT_SECRET is shorter than 32 bytes; HS256 wants at least 256 bits of secret"
+            );
         }
         let cql = |args: &ServeArgs| -> Result<CqlConfig, ConfigError> {
-            let contact_points: Vec<String> = args.cql_contact_points.iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
+            let contact_points: Vec<String> = args
+                .cql_contact_points
+                .iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect();
             if contact_points.is_empty() {
                 return Err(ConfigError::MissingCqlContactPoints);
             }
-            let consistency = parse_consistency(&args.cql_consistency).map_err(ConfigError::CqlConsistency)?;
-            Ok(CqlConfig { contact_points, keyspace: args.cql_keyspace.clone(), consistency })
+            let consistency =
+                parse_consistency(&args.cql_consistency).map_err(ConfigError::CqlConsistency)?;
+            Ok(CqlConfig {
+                contact_points,
+                keyspace: args.cql_keyspace.clone(),
+                consistency,
+            })
         };
         let (store, database_url) = match self.store {
             StoreKind::Router => {
                 let new = match self.new_store {
                     StoreKind::Postgres => NewStoreChoice::Postgres {
-                        database_url: self.new_database_url.clone().filter(|u| !u.is_empty()).ok_or(ConfigError::MissingNewDatabaseUrl)?,
+                        database_url: self
+                            .new_database_url
+                            .clone()
+                            .filter(|u| !u.is_empty())
+                            .ok_or(ConfigError::MissingNewDatabaseUrl)?,
                     },
                     StoreKind::Scylla => NewStoreChoice::Scylla(cql(&self)?),
                     StoreKind::Router => return Err(ConfigError::NewStoreKind),
                 };
-                let legacy = self.database_url.clone().filter(|u| !u.is_empty()).ok_or(ConfigError::MissingDatabaseUrl)?;
-                (StoreChoice::Router { new, outbox_max_attempts: self.outbox_max_attempts.max(1) }, legacy)
+                let legacy = self
+                    .database_url
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .ok_or(ConfigError::MissingDatabaseUrl)?;
+                (
+                    StoreChoice::Router {
+                        new,
+                        outbox_max_attempts: self.outbox_max_attempts.max(1),
+                    },
+                    legacy,
+                )
             }
-            StoreKind::Postgres => (StoreChoice::Postgres, self.database_url.filter(|u| !u.is_empty()).ok_or(ConfigError::MissingDatabaseUrl)?),
+            StoreKind::Postgres => (
+                StoreChoice::Postgres,
+                self.database_url
+                    .filter(|u| !u.is_empty())
+                    .ok_or(ConfigError::MissingDatabaseUrl)?,
+            ),
             StoreKind::Scylla => {
-                let contact_points: Vec<String> = self.cql_contact_points.into_iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
+                let contact_points: Vec<String> = self
+                    .cql_contact_points
+                    .into_iter()
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty())
+                    .collect();
                 if contact_points.is_empty() {
                     return Err(ConfigError::MissingCqlContactPoints);
                 }
-                let consistency = parse_consistency(&self.cql_consistency).map_err(ConfigError::CqlConsistency)?;
-                (StoreChoice::Scylla(CqlConfig { contact_points, keyspace: self.cql_keyspace, consistency }), self.database_url.unwrap_or_default())
+                let consistency = parse_consistency(&self.cql_consistency)
+                    .map_err(ConfigError::CqlConsistency)?;
+                (
+                    StoreChoice::Scylla(CqlConfig {
+                        contact_points,
+                        keyspace: self.cql_keyspace,
+                        consistency,
+                    }),
+                    self.database_url.unwrap_or_default(),
+                )
             }
         };
         let flags = match (self.flags_file, self.flags_configmap, self.flags_ssm_prefix) {
             (Some(path), None, None) => FlagSource::File(path),
-            (None, None, Some(prefix)) => FlagSource::Ssm { prefix, poll_interval: self.flags_ssm_poll_interval },
+            (None, None, Some(prefix)) => FlagSource::Ssm {
+                prefix,
+                poll_interval: self.flags_ssm_poll_interval,
+            },
             (None, Some(cm), None) => match cm.split_once('/') {
-                Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
-                    FlagSource::ConfigMap { namespace: namespace.to_owned(), name: name.to_owned() }
+                Some((namespace, name))
+                    if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+                {
+                    FlagSource::ConfigMap {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    }
                 }
                 _ => return Err(ConfigError::FlagsConfigMap(cm)),
             },
@@ -207,7 +276,10 @@ impl ServeArgs {
             encryption_key,
             nats_url: self.nats_url.filter(|u| !u.is_empty()),
             flags,
-            limits: Limits { max_body_bytes: self.max_body_bytes, request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)) },
+            limits: Limits {
+                max_body_bytes: self.max_body_bytes,
+                request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            },
         })
     }
 }
@@ -229,12 +301,22 @@ pub struct MigrationStoreArgs {
 
 impl MigrationStoreArgs {
     pub fn cql(&self) -> Result<CqlConfig, ConfigError> {
-        let contact_points: Vec<String> = self.cql_contact_points.iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
+        let contact_points: Vec<String> = self
+            .cql_contact_points
+            .iter()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
         if contact_points.is_empty() {
             return Err(ConfigError::MissingCqlContactPoints);
         }
-        let consistency = parse_consistency(&self.cql_consistency).map_err(ConfigError::CqlConsistency)?;
-        Ok(CqlConfig { contact_points, keyspace: self.cql_keyspace.clone(), consistency })
+        let consistency =
+            parse_consistency(&self.cql_consistency).map_err(ConfigError::CqlConsistency)?;
+        Ok(CqlConfig {
+            contact_points,
+            keyspace: self.cql_keyspace.clone(),
+            consistency,
+        })
     }
 }
 
@@ -259,12 +341,18 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, String)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
     fn secrets() -> Vec<(&'static str, String)> {
-        vec![("CHAT_ENCRYPTION_KEY", EncryptionKey::random().to_base64()), ("CHAT_JWT_SECRET", "s".repeat(32))]
+        vec![
+            ("CHAT_ENCRYPTION_KEY", EncryptionKey::random().to_base64()),
+            ("CHAT_JWT_SECRET", "s".repeat(32)),
+        ]
     }
 
     #[test]
@@ -283,47 +371,126 @@ mod tests {
             argv.extend_from_slice(extra);
             Cli::try_parse_from(argv).expect("args").serve
         };
-        assert!(matches!(cli(&[]).into_config(env(&secrets())), Err(ConfigError::MissingCqlContactPoints)));
-        let config = cli(&["--cql-contact-points", "a:9042,b:9042"]).into_config(env(&secrets())).expect("config");
-        let StoreChoice::Scylla(cql) = config.store else { panic!("scylla") };
+        assert!(matches!(
+            cli(&[]).into_config(env(&secrets())),
+            Err(ConfigError::MissingCqlContactPoints)
+        ));
+        let config = cli(&["--cql-contact-points", "a:9042,b:9042"])
+            .into_config(env(&secrets()))
+            .expect("config");
+        let StoreChoice::Scylla(cql) = config.store else {
+            panic!("scylla")
+        };
         assert_eq!(cql.contact_points, ["a:9042", "b:9042"]);
-        assert_eq!((cql.keyspace.as_str(), cql.consistency), ("chat", scylla::statement::Consistency::LocalQuorum));
-        let config = cli(&["--cql-contact-points", "a:9042", "--cql-keyspace", "ks", "--cql-consistency", "local_one"]).into_config(env(&secrets())).expect("config");
-        assert!(matches!(config.store, StoreChoice::Scylla(CqlConfig { ref keyspace, consistency: scylla::statement::Consistency::LocalOne, .. }) if keyspace == "ks"));
-        assert!(matches!(cli(&["--cql-contact-points", "a:9042", "--cql-consistency", "most"]).into_config(env(&secrets())), Err(ConfigError::CqlConsistency(_))));
+        assert_eq!(
+            (cql.keyspace.as_str(), cql.consistency),
+            ("chat", scylla::statement::Consistency::LocalQuorum)
+        );
+        let config = cli(&[
+            "--cql-contact-points",
+            "a:9042",
+            "--cql-keyspace",
+            "ks",
+            "--cql-consistency",
+            "local_one",
+        ])
+        .into_config(env(&secrets()))
+        .expect("config");
+        assert!(
+            matches!(config.store, StoreChoice::Scylla(CqlConfig { ref keyspace, consistency: scylla::statement::Consistency::LocalOne, .. }) if keyspace == "ks")
+        );
+        assert!(matches!(
+            cli(&[
+                "--cql-contact-points",
+                "a:9042",
+                "--cql-consistency",
+                "most"
+            ])
+            .into_config(env(&secrets())),
+            Err(ConfigError::CqlConsistency(_))
+        ));
     }
 
     #[test]
     fn the_encryption_key_is_checked_first() {
         let err = args(&[]).into_config(env(&[])).expect_err("no key");
-        assert!(matches!(err, ConfigError::EncryptionKey(KeyError::Missing)), "{err}");
-        let short = vec![("CHAT_ENCRYPTION_KEY", "c2hvcnQ=".to_owned()), ("CHAT_JWT_SECRET", "x".repeat(32))];
+        assert!(
+            matches!(err, ConfigError::EncryptionKey(KeyError::Missing)),
+            "{err}"
+        );
+        let short = vec![
+            ("CHAT_ENCRYPTION_KEY", "c2hvcnQ=".to_owned()),
+            ("CHAT_JWT_SECRET", "x".repeat(32)),
+        ];
         let err = args(&[]).into_config(env(&short)).expect_err("short key");
-        assert!(err.to_string().contains("CHAT_ENCRYPTION_KEY") && err.to_string().contains("openssl rand -base64 32"), "{err}");
+        assert!(
+            err.to_string().contains("CHAT_ENCRYPTION_KEY")
+                && err.to_string().contains("openssl rand -base64 32"),
+            "{err}"
+        );
     }
 
     #[test]
     fn jwt_secret_and_database_url_are_required() {
         let only_key = vec![("CHAT_ENCRYPTION_KEY", EncryptionKey::random().to_base64())];
-        assert!(matches!(args(&[]).into_config(env(&only_key)), Err(ConfigError::MissingJwtSecret)));
+        assert!(matches!(
+            args(&[]).into_config(env(&only_key)),
+            Err(ConfigError::MissingJwtSecret)
+        ));
         let no_db = Cli::try_parse_from(["serve"]).expect("args").serve;
-        assert!(matches!(no_db.into_config(env(&secrets())), Err(ConfigError::MissingDatabaseUrl)));
+        assert!(matches!(
+            no_db.into_config(env(&secrets())),
+            Err(ConfigError::MissingDatabaseUrl)
+        ));
     }
 
     #[test]
     fn flag_sources() {
-        let config = args(&["--flags-configmap", "chat/chat-migration-flags"]).into_config(env(&secrets())).expect("config");
-        assert!(matches!(config.flags, FlagSource::ConfigMap { ref namespace, ref name } if namespace == "chat" && name == "chat-migration-flags"));
-        let config = args(&["--flags-file", "/etc/chat/flags"]).into_config(env(&secrets())).expect("config");
-        assert!(matches!(config.flags, FlagSource::File(ref p) if p == std::path::Path::new("/etc/chat/flags")));
+        let config = args(&["--flags-configmap", "chat/chat-migration-flags"])
+            .into_config(env(&secrets()))
+            .expect("config");
+        assert!(
+            matches!(config.flags, FlagSource::ConfigMap { ref namespace, ref name } if namespace == "chat" && name == "chat-migration-flags")
+        );
+        let config = args(&["--flags-file", "/etc/chat/flags"])
+            .into_config(env(&secrets()))
+            .expect("config");
+        assert!(
+            matches!(config.flags, FlagSource::File(ref p) if p == std::path::Path::new("/etc/chat/flags"))
+        );
         for bad in ["chat", "/name", "ns/", "a/b/c"] {
-            assert!(matches!(args(&["--flags-configmap", bad]).into_config(env(&secrets())), Err(ConfigError::FlagsConfigMap(_))), "{bad}");
+            assert!(
+                matches!(
+                    args(&["--flags-configmap", bad]).into_config(env(&secrets())),
+                    Err(ConfigError::FlagsConfigMap(_))
+                ),
+                "{bad}"
+            );
         }
-        assert!(matches!(args(&["--flags-file", "f", "--flags-configmap", "a/b"]).into_config(env(&secrets())), Err(ConfigError::TwoFlagSources)));
-        let config = args(&["--flags-ssm-prefix", "/hse/chat/"]).into_config(env(&secrets())).expect("config");
-        assert!(matches!(config.flags, FlagSource::Ssm { ref prefix, poll_interval } if prefix == "/hse/chat/" && poll_interval == Duration::from_secs(5)));
-        let config = args(&["--flags-ssm-prefix", "/hse/chat/", "--flags-ssm-poll-interval", "500ms"]).into_config(env(&secrets())).expect("config");
-        assert!(matches!(config.flags, FlagSource::Ssm { poll_interval, .. } if poll_interval == Duration::from_millis(500)));
-        assert!(matches!(args(&["--flags-file", "f", "--flags-ssm-prefix", "/p/"]).into_config(env(&secrets())), Err(ConfigError::TwoFlagSources)));
+        assert!(matches!(
+            args(&["--flags-file", "f", "--flags-configmap", "a/b"]).into_config(env(&secrets())),
+            Err(ConfigError::TwoFlagSources)
+        ));
+        let config = args(&["--flags-ssm-prefix", "/hse/chat/"])
+            .into_config(env(&secrets()))
+            .expect("config");
+        assert!(
+            matches!(config.flags, FlagSource::Ssm { ref prefix, poll_interval } if prefix == "/hse/chat/" && poll_interval == Duration::from_secs(5))
+        );
+        let config = args(&[
+            "--flags-ssm-prefix",
+            "/hse/chat/",
+            "--flags-ssm-poll-interval",
+            "500ms",
+        ])
+        .into_config(env(&secrets()))
+        .expect("config");
+        assert!(
+            matches!(config.flags, FlagSource::Ssm { poll_interval, .. } if poll_interval == Duration::from_millis(500))
+        );
+        assert!(matches!(
+            args(&["--flags-file", "f", "--flags-ssm-prefix", "/p/"]).into_config(env(&secrets())),
+            Err(ConfigError::TwoFlagSources)
+        ));
     }
 }

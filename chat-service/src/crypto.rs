@@ -18,17 +18,25 @@ const KEY_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("CHAT_ENCRYPTION_KEY is not set: set it to 32 random bytes in base64, e.g. `openssl rand -base64 32`")]
+    #[error(
+        "CHAT_ENCRYPTION_KEY is not set: set it to 32 random bytes in base64, e.g. `openssl rand -base64 32`"
+    )]
     Missing,
-    #[error("CHAT_ENCRYPTION_KEY is not valid base64 ({0}): make one with `openssl rand -base64 32`")]
+    #[error(
+        "CHAT_ENCRYPTION_KEY is not valid base64 ({0}): make one with `openssl rand -base64 32`"
+    )]
     NotBase64(String),
-    #[error("CHAT_ENCRYPTION_KEY decodes to {0} bytes, AES-256 needs exactly 32: make one with `openssl rand -base64 32`")]
+    #[error(
+        "CHAT_ENCRYPTION_KEY decodes to {0} bytes, AES-256 needs exactly 32: make one with `openssl rand -base64 32`"
+    )]
     WrongLength(usize),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
-    #[error("stored content is {0} bytes, shorter than a nonce and tag: it was not written by chat-service")]
+    #[error(
+        "stored content is {0} bytes, shorter than a nonce and tag: it was not written by chat-service"
+    )]
     TooShort(usize),
     #[error("stored content failed authentication: wrong key, or the data was altered or moved")]
     Authentication,
@@ -51,9 +59,17 @@ impl std::fmt::Debug for EncryptionKey {
 impl EncryptionKey {
     /// Parses the base64 text of `CHAT_ENCRYPTION_KEY` (`None`: the variable is not set).
     pub fn from_base64(text: Option<&str>) -> Result<Self, KeyError> {
-        let text = text.map(str::trim).filter(|t| !t.is_empty()).ok_or(KeyError::Missing)?;
-        let bytes = BASE64.decode(text).map_err(|e| KeyError::NotBase64(e.to_string()))?;
-        let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| KeyError::WrongLength(bytes.len()))?;
+        let text = text
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(KeyError::Missing)?;
+        let bytes = BASE64
+            .decode(text)
+            .map_err(|e| KeyError::NotBase64(e.to_string()))?;
+        let key: [u8; KEY_LEN] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::WrongLength(bytes.len()))?;
         Ok(EncryptionKey(key))
     }
 
@@ -93,16 +109,29 @@ fn aad(room: RoomId, message: MessageId) -> [u8; 32] {
 
 impl ContentCipher {
     pub fn new(key: &EncryptionKey) -> Self {
-        ContentCipher { aead: Aes256Gcm::new(&key.0.into()) }
+        ContentCipher {
+            aead: Aes256Gcm::new(&key.0.into()),
+        }
     }
 
     /// `nonce || ciphertext || tag` for message `message` of room `room`.
-    pub fn seal(&self, room: RoomId, message: MessageId, plaintext: &str) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal(
+        &self,
+        room: RoomId,
+        message: MessageId,
+        plaintext: &str,
+    ) -> Result<Vec<u8>, CryptoError> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let nonce = Nonce::from(nonce_bytes);
         let ciphertext = self
             .aead
-            .encrypt(&nonce, Payload { msg: plaintext.as_bytes(), aad: &aad(room, message) })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: &aad(room, message),
+                },
+            )
             .map_err(|_| CryptoError::Encrypt)?;
         let mut sealed = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         sealed.extend_from_slice(&nonce_bytes);
@@ -111,15 +140,28 @@ impl ContentCipher {
     }
 
     /// The plaintext of a value made by [`seal`](Self::seal) for the same ids and key.
-    pub fn open(&self, room: RoomId, message: MessageId, sealed: &[u8]) -> Result<String, CryptoError> {
+    pub fn open(
+        &self,
+        room: RoomId,
+        message: MessageId,
+        sealed: &[u8],
+    ) -> Result<String, CryptoError> {
         if sealed.len() < NONCE_LEN + TAG_LEN {
             return Err(CryptoError::TooShort(sealed.len()));
         }
         let (nonce_bytes, ciphertext) = sealed.split_at(NONCE_LEN);
-        let nonce_bytes: [u8; NONCE_LEN] = nonce_bytes.try_into().map_err(|_| CryptoError::TooShort(sealed.len()))?;
+        let nonce_bytes: [u8; NONCE_LEN] = nonce_bytes
+            .try_into()
+            .map_err(|_| CryptoError::TooShort(sealed.len()))?;
         let plaintext = self
             .aead
-            .decrypt(&Nonce::from(nonce_bytes), Payload { msg: ciphertext, aad: &aad(room, message) })
+            .decrypt(
+                &Nonce::from(nonce_bytes),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad(room, message),
+                },
+            )
             .map_err(|_| CryptoError::Authentication)?;
         String::from_utf8(plaintext).map_err(|_| CryptoError::NotUtf8)
     }
@@ -170,7 +212,10 @@ mod tests {
         let b = cipher.seal(room, msg, "secret words").expect("seal");
         assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN], "a new nonce per message");
         assert_ne!(a, b);
-        assert!(!a.windows(6).any(|w| w == b"secret"), "plaintext visible in the sealed bytes");
+        assert!(
+            !a.windows(6).any(|w| w == b"secret"),
+            "plaintext visible in the sealed bytes"
+        );
     }
 
     #[test]
@@ -181,10 +226,20 @@ mod tests {
         for i in [0, NONCE_LEN, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert_eq!(cipher.open(room, msg, &bad), Err(CryptoError::Authentication), "flipped byte {i}");
+            assert_eq!(
+                cipher.open(room, msg, &bad),
+                Err(CryptoError::Authentication),
+                "flipped byte {i}"
+            );
         }
-        assert_eq!(cipher.open(room, msg, &sealed[..sealed.len() - 1]), Err(CryptoError::Authentication));
-        assert_eq!(cipher.open(room, msg, &sealed[..10]), Err(CryptoError::TooShort(10)));
+        assert_eq!(
+            cipher.open(room, msg, &sealed[..sealed.len() - 1]),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            cipher.open(room, msg, &sealed[..10]),
+            Err(CryptoError::TooShort(10))
+        );
     }
 
     #[test]
@@ -193,30 +248,63 @@ mod tests {
         let (room, msg) = ids();
         let sealed = cipher.seal(room, msg, "hello").expect("seal");
         let (other_room, other_msg) = ids();
-        assert_eq!(cipher.open(other_room, msg, &sealed), Err(CryptoError::Authentication));
-        assert_eq!(cipher.open(room, other_msg, &sealed), Err(CryptoError::Authentication));
+        assert_eq!(
+            cipher.open(other_room, msg, &sealed),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            cipher.open(room, other_msg, &sealed),
+            Err(CryptoError::Authentication)
+        );
     }
 
     #[test]
     fn wrong_key_fails() {
         let (room, msg) = ids();
-        let sealed = ContentCipher::new(&EncryptionKey::random()).seal(room, msg, "hello").expect("seal");
+        let sealed = ContentCipher::new(&EncryptionKey::random())
+            .seal(room, msg, "hello")
+            .expect("seal");
         let other = ContentCipher::new(&EncryptionKey::random());
-        assert_eq!(other.open(room, msg, &sealed), Err(CryptoError::Authentication));
+        assert_eq!(
+            other.open(room, msg, &sealed),
+            Err(CryptoError::Authentication)
+        );
     }
 
     #[test]
     fn key_parsing_names_the_variable_and_the_fix() {
         let good = EncryptionKey::random().to_base64();
         assert!(EncryptionKey::from_base64(Some(&good)).is_ok());
-        assert!(EncryptionKey::from_base64(Some(&format!("  {good}\n"))).is_ok(), "surrounding whitespace is ignored");
-        assert_eq!(EncryptionKey::from_base64(None).err(), Some(KeyError::Missing));
-        assert_eq!(EncryptionKey::from_base64(Some(" ")).err(), Some(KeyError::Missing));
-        assert_eq!(EncryptionKey::from_base64(Some(&BASE64.encode([7u8; 16]))).err(), Some(KeyError::WrongLength(16)));
-        assert!(matches!(EncryptionKey::from_base64(Some("not base64!")), Err(KeyError::NotBase64(_))));
-        for err in [KeyError::Missing, KeyError::WrongLength(16), KeyError::NotBase64("x".into())] {
+        assert!(
+            EncryptionKey::from_base64(Some(&format!("  {good}\n"))).is_ok(),
+            "surrounding whitespace is ignored"
+        );
+        assert_eq!(
+            EncryptionKey::from_base64(None).err(),
+            Some(KeyError::Missing)
+        );
+        assert_eq!(
+            EncryptionKey::from_base64(Some(" ")).err(),
+            Some(KeyError::Missing)
+        );
+        assert_eq!(
+            EncryptionKey::from_base64(Some(&BASE64.encode([7u8; 16]))).err(),
+            Some(KeyError::WrongLength(16))
+        );
+        assert!(matches!(
+            EncryptionKey::from_base64(Some("not base64!")),
+            Err(KeyError::NotBase64(_))
+        ));
+        for err in [
+            KeyError::Missing,
+            KeyError::WrongLength(16),
+            KeyError::NotBase64("x".into()),
+        ] {
             let text = err.to_string();
-            assert!(text.contains("CHAT_ENCRYPTION_KEY") && text.contains("openssl rand -base64 32"), "{text}");
+            assert!(
+                text.contains("CHAT_ENCRYPTION_KEY") && text.contains("openssl rand -base64 32"),
+                "{text}"
+            );
         }
     }
 }

@@ -32,11 +32,29 @@ const SUBJECT_PREFIX: &str = "chat.room";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RoomEvent {
-    MessageCreated { message: StoredMessage },
-    MessagesRead { room_id: RoomId, user_id: UserId, updated: u64, message_ids: Option<Vec<MessageId>>, since: Option<DateTime<Utc>> },
-    ReactionAdded { room_id: RoomId, message_id: MessageId, user_id: UserId, reaction: String },
-    RoomCreated { room: RoomView },
-    MemberLeft { room_id: RoomId, user_id: UserId },
+    MessageCreated {
+        message: StoredMessage,
+    },
+    MessagesRead {
+        room_id: RoomId,
+        user_id: UserId,
+        updated: u64,
+        message_ids: Option<Vec<MessageId>>,
+        since: Option<DateTime<Utc>>,
+    },
+    ReactionAdded {
+        room_id: RoomId,
+        message_id: MessageId,
+        user_id: UserId,
+        reaction: String,
+    },
+    RoomCreated {
+        room: RoomView,
+    },
+    MemberLeft {
+        room_id: RoomId,
+        user_id: UserId,
+    },
 }
 
 impl RoomEvent {
@@ -44,7 +62,9 @@ impl RoomEvent {
         match self {
             RoomEvent::MessageCreated { message } => message.room_id,
             RoomEvent::RoomCreated { room } => room.id,
-            RoomEvent::MessagesRead { room_id, .. } | RoomEvent::ReactionAdded { room_id, .. } | RoomEvent::MemberLeft { room_id, .. } => *room_id,
+            RoomEvent::MessagesRead { room_id, .. }
+            | RoomEvent::ReactionAdded { room_id, .. }
+            | RoomEvent::MemberLeft { room_id, .. } => *room_id,
         }
     }
 
@@ -82,7 +102,10 @@ pub enum EventBusError {
 
 enum Transport {
     Local,
-    Nats { client: async_nats::Client, relay: JoinHandle<()> },
+    Nats {
+        client: async_nats::Client,
+        relay: JoinHandle<()>,
+    },
 }
 
 pub struct EventBus {
@@ -101,7 +124,10 @@ impl Drop for EventBus {
 impl EventBus {
     /// In-process fan-out only.
     pub fn local() -> Self {
-        EventBus { local: broadcast::channel(CHANNEL_CAPACITY).0, transport: Transport::Local }
+        EventBus {
+            local: broadcast::channel(CHANNEL_CAPACITY).0,
+            transport: Transport::Local,
+        }
     }
 
     /// Fan-out through NATS. The subscription is confirmed by the server before this returns, so
@@ -112,11 +138,23 @@ impl EventBus {
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
             .await
-            .map_err(|source| EventBusError::Connect { url: url.to_owned(), source })?;
+            .map_err(|source| EventBusError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         let wildcard = format!("{SUBJECT_PREFIX}.*");
-        let subscribe_error = |reason: String| EventBusError::Subscribe { subject: wildcard.clone(), reason };
-        let mut subscriber = client.subscribe(wildcard.clone()).await.map_err(|e| subscribe_error(e.to_string()))?;
-        client.flush().await.map_err(|e| subscribe_error(e.to_string()))?;
+        let subscribe_error = |reason: String| EventBusError::Subscribe {
+            subject: wildcard.clone(),
+            reason,
+        };
+        let mut subscriber = client
+            .subscribe(wildcard.clone())
+            .await
+            .map_err(|e| subscribe_error(e.to_string()))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| subscribe_error(e.to_string()))?;
         let local = broadcast::channel(CHANNEL_CAPACITY).0;
         let tx = local.clone();
         // async-nats reconnects and re-subscribes on its own; this ends only with the bus.
@@ -125,12 +163,17 @@ impl EventBus {
                 match serde_json::from_slice::<RoomEvent>(&message.payload) {
                     // No receivers (no open streams) is fine.
                     Ok(event) => drop(tx.send(Arc::new(event))),
-                    Err(e) => warn!(subject = %message.subject, error = %e, "dropping an undecodable room event"),
+                    Err(e) => {
+                        warn!(subject = %message.subject, error = %e, "dropping an undecodable room event")
+                    }
                 }
             }
             debug!("NATS event subscription ended");
         });
-        Ok(EventBus { local, transport: Transport::Nats { client, relay } })
+        Ok(EventBus {
+            local,
+            transport: Transport::Nats { client, relay },
+        })
     }
 
     pub fn transport(&self) -> &'static str {
@@ -151,7 +194,13 @@ impl EventBus {
             Transport::Nats { client, .. } => {
                 let subject = subject(event.room_id());
                 let payload = serde_json::to_vec(&event)?;
-                client.publish(subject.clone(), payload.into()).await.map_err(|e| EventBusError::Publish { subject, reason: e.to_string() })
+                client
+                    .publish(subject.clone(), payload.into())
+                    .await
+                    .map_err(|e| EventBusError::Publish {
+                        subject,
+                        reason: e.to_string(),
+                    })
             }
         }
     }
@@ -173,7 +222,10 @@ pub struct StreamFilter {
 
 impl StreamFilter {
     pub fn new(user: UserId, rooms: impl IntoIterator<Item = RoomId>) -> Self {
-        StreamFilter { user, rooms: rooms.into_iter().collect() }
+        StreamFilter {
+            user,
+            rooms: rooms.into_iter().collect(),
+        }
     }
 
     pub fn rooms(&self) -> usize {
@@ -186,7 +238,9 @@ impl StreamFilter {
                 self.rooms.insert(room.id);
                 true
             }
-            RoomEvent::MemberLeft { room_id, user_id } if *user_id == self.user => self.rooms.remove(room_id),
+            RoomEvent::MemberLeft { room_id, user_id } if *user_id == self.user => {
+                self.rooms.remove(room_id)
+            }
             other => self.rooms.contains(&other.room_id()),
         }
     }
@@ -213,7 +267,14 @@ mod tests {
     fn message(room: RoomId) -> RoomEvent {
         let id = MessageIdGenerator::default().next();
         RoomEvent::MessageCreated {
-            message: StoredMessage { id, room_id: room, sender_id: UserId(2), content: vec![1, 2, 3], message_type: "user_message".into(), created_at: Utc::now() },
+            message: StoredMessage {
+                id,
+                room_id: room,
+                sender_id: UserId(2),
+                content: vec![1, 2, 3],
+                message_type: "user_message".into(),
+                created_at: Utc::now(),
+            },
         }
     }
 
@@ -223,20 +284,47 @@ mod tests {
         let mut f = StreamFilter::new(UserId(1), [mine]);
         assert!(f.admit(&message(mine)));
         assert!(!f.admit(&message(other)));
-        assert!(!f.admit(&RoomEvent::ReactionAdded { room_id: other, message_id: MessageIdGenerator::default().next(), user_id: UserId(2), reaction: "👍".into() }));
+        assert!(!f.admit(&RoomEvent::ReactionAdded {
+            room_id: other,
+            message_id: MessageIdGenerator::default().next(),
+            user_id: UserId(2),
+            reaction: "👍".into()
+        }));
     }
 
     #[test]
     fn streams_follow_joins_and_leaves() {
         let (new, foreign) = (RoomId::random(), RoomId::random());
         let mut f = StreamFilter::new(UserId(1), []);
-        assert!(!f.admit(&RoomEvent::RoomCreated { room: room(foreign, &[2, 3]) }), "not a participant");
-        assert!(f.admit(&RoomEvent::RoomCreated { room: room(new, &[1, 2]) }));
+        assert!(
+            !f.admit(&RoomEvent::RoomCreated {
+                room: room(foreign, &[2, 3])
+            }),
+            "not a participant"
+        );
+        assert!(f.admit(&RoomEvent::RoomCreated {
+            room: room(new, &[1, 2])
+        }));
         assert!(f.admit(&message(new)));
-        assert!(f.admit(&RoomEvent::MemberLeft { room_id: new, user_id: UserId(2) }), "others leaving is news");
-        assert!(f.admit(&RoomEvent::MemberLeft { room_id: new, user_id: UserId(1) }), "own leave delivered once");
+        assert!(
+            f.admit(&RoomEvent::MemberLeft {
+                room_id: new,
+                user_id: UserId(2)
+            }),
+            "others leaving is news"
+        );
+        assert!(
+            f.admit(&RoomEvent::MemberLeft {
+                room_id: new,
+                user_id: UserId(1)
+            }),
+            "own leave delivered once"
+        );
         assert!(!f.admit(&message(new)), "nothing after leaving");
-        assert!(!f.admit(&RoomEvent::MemberLeft { room_id: new, user_id: UserId(1) }));
+        assert!(!f.admit(&RoomEvent::MemberLeft {
+            room_id: new,
+            user_id: UserId(1)
+        }));
         assert_eq!(f.rooms(), 0);
     }
 
@@ -244,8 +332,17 @@ mod tests {
     fn events_round_trip_as_json_with_sealed_content() {
         let event = message(RoomId::random());
         let text = serde_json::to_string(&event).expect("encode");
-        assert!(text.contains(r#""kind":"message_created""#) && text.contains(r#""content":"AQID""#), "{text}");
-        assert_eq!(serde_json::from_str::<RoomEvent>(&text).expect("decode"), event);
-        assert_eq!(subject(event.room_id()), format!("chat.room.{}", event.room_id()));
+        assert!(
+            text.contains(r#""kind":"message_created""#) && text.contains(r#""content":"AQID""#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<RoomEvent>(&text).expect("decode"),
+            event
+        );
+        assert_eq!(
+            subject(event.room_id()),
+            format!("chat.room.{}", event.room_id())
+        );
     }
 }

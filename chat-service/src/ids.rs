@@ -12,17 +12,23 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A user id as the identity provider issues it (JWT `sub`); positive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(transparent)]
 #[sqlx(transparent)]
 pub struct UserId(pub i32);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(transparent)]
 #[sqlx(transparent)]
 pub struct RoomId(pub Uuid);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(transparent)]
 #[sqlx(transparent)]
 pub struct MessageId(pub Uuid);
@@ -102,8 +108,15 @@ mod tests {
             assert_eq!(id.0.get_version_num(), 1);
             let at = id.created_at().expect("v1 ids carry a time");
             // Truncation to microseconds may put `at` up to 1µs before `before`.
-            assert!(at >= before - chrono::Duration::microseconds(1) && at <= after, "{at} not in [{before}, {after}]");
-            assert_eq!(at.timestamp_subsec_nanos() % 1_000, 0, "truncated to microseconds");
+            assert!(
+                at >= before - chrono::Duration::microseconds(1) && at <= after,
+                "{at} not in [{before}, {after}]"
+            );
+            assert_eq!(
+                at.timestamp_subsec_nanos() % 1_000,
+                0,
+                "truncated to microseconds"
+            );
         }
     }
 

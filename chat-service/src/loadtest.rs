@@ -48,7 +48,9 @@ impl Default for LoadConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("load test set-up failed (is the service at the base URL and CHAT_JWT_SECRET its secret?): {0}")]
+    #[error(
+        "load test set-up failed (is the service at the base URL and CHAT_JWT_SECRET its secret?): {0}"
+    )]
     Setup(#[from] CallError),
     #[error("invalid load test settings: {0}")]
     Settings(String),
@@ -63,13 +65,30 @@ pub struct Sample {
 }
 
 /// Times `call` as operation `op`; the value on success.
-pub async fn timed<T, E: fmt::Display>(op: &'static str, call: impl Future<Output = Result<T, E>>) -> (Sample, Option<T>) {
+pub async fn timed<T, E: fmt::Display>(
+    op: &'static str,
+    call: impl Future<Output = Result<T, E>>,
+) -> (Sample, Option<T>) {
     let start = Instant::now();
     let result = call.await;
     let latency = start.elapsed();
     match result {
-        Ok(v) => (Sample { op, latency, error: None }, Some(v)),
-        Err(e) => (Sample { op, latency, error: Some(e.to_string()) }, None),
+        Ok(v) => (
+            Sample {
+                op,
+                latency,
+                error: None,
+            },
+            Some(v),
+        ),
+        Err(e) => (
+            Sample {
+                op,
+                latency,
+                error: Some(e.to_string()),
+            },
+            None,
+        ),
     }
 }
 
@@ -92,7 +111,12 @@ impl LatencySummary {
             let index = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
             samples[index]
         };
-        LatencySummary { count: samples.len(), p50: rank(0.50), p99: rank(0.99), max: samples.last().copied().unwrap_or_default() }
+        LatencySummary {
+            count: samples.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: samples.last().copied().unwrap_or_default(),
+        }
     }
 }
 
@@ -140,16 +164,44 @@ impl RunReport {
                 }
             }
         }
-        let ops = latencies.into_iter().map(|(op, (stats, lat))| (op, OpStats { latency: LatencySummary::from_samples(lat), ..stats })).collect();
-        RunReport { elapsed, iterations, ops, error_samples }
+        let ops = latencies
+            .into_iter()
+            .map(|(op, (stats, lat))| {
+                (
+                    op,
+                    OpStats {
+                        latency: LatencySummary::from_samples(lat),
+                        ..stats
+                    },
+                )
+            })
+            .collect();
+        RunReport {
+            elapsed,
+            iterations,
+            ops,
+            error_samples,
+        }
     }
 }
 
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(f64::EPSILON);
-        writeln!(f, "{} iterations, {} calls, {} errors in {:.1}s ({:.0} calls/s)", self.iterations, self.calls(), self.errors(), secs, self.calls() as f64 / secs)?;
-        writeln!(f, "{:<20} {:>9} {:>7} {:>9} {:>10} {:>10} {:>10}", "method", "ok", "errors", "per s", "p50 ms", "p99 ms", "max ms")?;
+        writeln!(
+            f,
+            "{} iterations, {} calls, {} errors in {:.1}s ({:.0} calls/s)",
+            self.iterations,
+            self.calls(),
+            self.errors(),
+            secs,
+            self.calls() as f64 / secs
+        )?;
+        writeln!(
+            f,
+            "{:<20} {:>9} {:>7} {:>9} {:>10} {:>10} {:>10}",
+            "method", "ok", "errors", "per s", "p50 ms", "p99 ms", "max ms"
+        )?;
         for (op, s) in &self.ops {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             writeln!(
@@ -174,7 +226,13 @@ impl fmt::Display for RunReport {
 /// Runs `workers` closed loops for `duration` (and at most `max_iterations` iterations in
 /// total): each worker calls `iteration(worker)` again as soon as the previous one finished
 /// (after `think`), and the samples of all iterations are summarised.
-pub async fn drive<F, Fut>(workers: u32, duration: Duration, max_iterations: Option<u64>, think: Duration, iteration: F) -> RunReport
+pub async fn drive<F, Fut>(
+    workers: u32,
+    duration: Duration,
+    max_iterations: Option<u64>,
+    think: Duration,
+    iteration: F,
+) -> RunReport
 where
     F: Fn(u32) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Vec<Sample>> + Send,
@@ -188,7 +246,11 @@ where
                 let mut samples = Vec::new();
                 let mut done = 0u64;
                 // Take one unit of the shared budget per iteration; none left means stop.
-                while start.elapsed() < duration && budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                while start.elapsed() < duration
+                    && budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                {
                     samples.extend(iteration(worker).await);
                     done += 1;
                     if !think.is_zero() {
@@ -207,7 +269,11 @@ where
                 samples.extend(s);
                 iterations += n;
             }
-            Err(e) => samples.push(Sample { op: "worker", latency: Duration::ZERO, error: Some(format!("worker task failed: {e}")) }),
+            Err(e) => samples.push(Sample {
+                op: "worker",
+                latency: Duration::ZERO,
+                error: Some(format!("worker task failed: {e}")),
+            }),
         }
     }
     RunReport::from_samples(samples, iterations, start.elapsed())
@@ -216,33 +282,56 @@ where
 /// The load test: set-up, then the virtual users' loops.
 pub async fn run(config: &LoadConfig) -> Result<RunReport, LoadError> {
     if config.users == 0 || config.rooms == 0 {
-        return Err(LoadError::Settings("users and rooms must be at least 1".into()));
+        return Err(LoadError::Settings(
+            "users and rooms must be at least 1".into(),
+        ));
     }
     let last = i64::from(config.first_user_id) + i64::from(config.users) - 1;
     if config.first_user_id <= 0 || last > i64::from(i32::MAX) {
-        return Err(LoadError::Settings("virtual user ids must be positive 32-bit integers".into()));
+        return Err(LoadError::Settings(
+            "virtual user ids must be positive 32-bit integers".into(),
+        ));
     }
     let client = ChatClient::new(&config.base_url, &config.jwt_secret);
-    let users: Vec<UserId> = (0..config.users as i32).map(|i| UserId(config.first_user_id + i)).collect();
+    let users: Vec<UserId> = (0..config.users as i32)
+        .map(|i| UserId(config.first_user_id + i))
+        .collect();
     let mut rooms = Vec::new();
     for i in 0..config.rooms {
-        rooms.push(client.create_room(users[0], &format!("Load Test Room {i}"), "group", &users).await?);
+        rooms.push(
+            client
+                .create_room(users[0], &format!("Load Test Room {i}"), "group", &users)
+                .await?,
+        );
     }
     let shared = Arc::new((client, users, rooms));
-    let report = drive(config.users, config.duration, config.max_iterations, config.think_time, move |worker| {
-        let shared = shared.clone();
-        async move {
-            let (client, users, rooms) = &*shared;
-            let user = users[worker as usize];
-            let room: RoomId = rooms[rand::random_range(0..rooms.len())];
-            let content = format!("Load test message from user {user} at {}", chrono::Utc::now().to_rfc3339());
-            vec![
-                timed("SendMessage", client.send_message(user, room, &content)).await.0,
-                timed("GetMessageHistory", client.history(user, room, 20, None)).await.0,
-                timed("GetRooms", client.rooms(user, 1, 20)).await.0,
-            ]
-        }
-    })
+    let report = drive(
+        config.users,
+        config.duration,
+        config.max_iterations,
+        config.think_time,
+        move |worker| {
+            let shared = shared.clone();
+            async move {
+                let (client, users, rooms) = &*shared;
+                let user = users[worker as usize];
+                let room: RoomId = rooms[rand::random_range(0..rooms.len())];
+                let content = format!(
+                    "Load test message from user {user} at {}",
+                    chrono::Utc::now().to_rfc3339()
+                );
+                vec![
+                    timed("SendMessage", client.send_message(user, room, &content))
+                        .await
+                        .0,
+                    timed("GetMessageHistory", client.history(user, room, 20, None))
+                        .await
+                        .0,
+                    timed("GetRooms", client.rooms(user, 1, 20)).await.0,
+                ]
+            }
+        },
+    )
     .await;
     Ok(report)
 }
@@ -258,30 +347,72 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank() {
         let s = LatencySummary::from_samples((1..=100).rev().map(ms).collect());
-        assert_eq!((s.count, s.p50, s.p99, s.max), (100, ms(50), ms(99), ms(100)));
+        assert_eq!(
+            (s.count, s.p50, s.p99, s.max),
+            (100, ms(50), ms(99), ms(100))
+        );
         let one = LatencySummary::from_samples(vec![ms(7)]);
         assert_eq!((one.p50, one.p99, one.max), (ms(7), ms(7), ms(7)));
-        assert_eq!(LatencySummary::from_samples(vec![]), LatencySummary::default());
+        assert_eq!(
+            LatencySummary::from_samples(vec![]),
+            LatencySummary::default()
+        );
     }
 
     #[test]
     fn reports_count_errors_per_operation() {
         let samples = vec![
-            Sample { op: "A", latency: ms(1), error: None },
-            Sample { op: "A", latency: ms(3), error: Some("boom".into()) },
-            Sample { op: "A", latency: ms(2), error: Some("boom".into()) },
-            Sample { op: "B", latency: ms(5), error: None },
+            Sample {
+                op: "A",
+                latency: ms(1),
+                error: None,
+            },
+            Sample {
+                op: "A",
+                latency: ms(3),
+                error: Some("boom".into()),
+            },
+            Sample {
+                op: "A",
+                latency: ms(2),
+                error: Some("boom".into()),
+            },
+            Sample {
+                op: "B",
+                latency: ms(5),
+                error: None,
+            },
         ];
         let r = RunReport::from_samples(samples, 2, Duration::from_secs(1));
         assert_eq!((r.calls(), r.errors()), (4, 2));
-        assert_eq!((r.ops["A"].ok, r.ops["A"].errors, r.ops["A"].latency.max), (1, 2, ms(3)));
-        assert_eq!(r.error_samples, vec!["boom".to_owned()], "distinct errors only");
+        assert_eq!(
+            (r.ops["A"].ok, r.ops["A"].errors, r.ops["A"].latency.max),
+            (1, 2, ms(3))
+        );
+        assert_eq!(
+            r.error_samples,
+            vec!["boom".to_owned()],
+            "distinct errors only"
+        );
         assert!(r.to_string().contains("2 errors"));
     }
 
     #[tokio::test]
     async fn drive_stops_at_the_iteration_budget() {
-        let r = drive(4, Duration::from_secs(30), Some(10), Duration::ZERO, |_| async { vec![Sample { op: "noop", latency: Duration::ZERO, error: None }] }).await;
+        let r = drive(
+            4,
+            Duration::from_secs(30),
+            Some(10),
+            Duration::ZERO,
+            |_| async {
+                vec![Sample {
+                    op: "noop",
+                    latency: Duration::ZERO,
+                    error: None,
+                }]
+            },
+        )
+        .await;
         assert_eq!(r.iterations, 10);
         assert_eq!(r.ops["noop"].ok, 10);
     }

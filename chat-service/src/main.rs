@@ -8,18 +8,22 @@ use std::time::Duration;
 use chat_service::auth::Authenticator;
 use chat_service::backfill::{self, BackfillConfig, Shard};
 use chat_service::config::{MigrationStoreArgs, ServeArgs};
-use chat_service::metrics::Metrics;
-use chat_service::store::scylla::CqlStore;
-use chat_service::validate::{self, ValidateConfig};
 use chat_service::ids::UserId;
 use chat_service::loadtest::{self, LoadConfig};
+use chat_service::metrics::Metrics;
 use chat_service::serve;
 use chat_service::store::postgres::PgStore;
+use chat_service::store::scylla::CqlStore;
+use chat_service::validate::{self, ValidateConfig};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "chat-service", version, about = "Chat rooms, messages and event streams (Connect-style JSON API)")]
+#[command(
+    name = "chat-service",
+    version,
+    about = "Chat rooms, messages and event streams (Connect-style JSON API)"
+)]
 struct Cli {
     /// Log as JSON lines.
     #[arg(long, global = true, env = "CHAT_LOG_JSON")]
@@ -128,7 +132,9 @@ enum Command {
 }
 
 fn jwt_secret(purpose: &str) -> Result<Vec<u8>, String> {
-    std::env::var("CHAT_JWT_SECRET").map(String::into_bytes).map_err(|_| format!("CHAT_JWT_SECRET is not set: {purpose} with the service's secret"))
+    std::env::var("CHAT_JWT_SECRET")
+        .map(String::into_bytes)
+        .map_err(|_| format!("CHAT_JWT_SECRET is not set: {purpose} with the service's secret"))
 }
 
 /// `--shard`, else the Indexed Job's environment, else everything.
@@ -141,12 +147,15 @@ fn shard_of(flag: Option<String>) -> Result<Shard, String> {
 
 async fn connect_cql(stores: &MigrationStoreArgs) -> Result<CqlStore, String> {
     let config = stores.cql().map_err(|e| e.to_string())?;
-    CqlStore::connect(&config).await.map_err(|e| format!("cannot connect to the CQL store: {e}"))
+    CqlStore::connect(&config)
+        .await
+        .map_err(|e| format!("cannot connect to the CQL store: {e}"))
 }
 
 fn write_metrics(path: Option<std::path::PathBuf>, metrics: &Metrics) -> Result<(), String> {
     match path {
-        Some(p) => std::fs::write(&p, metrics.encode()).map_err(|e| format!("cannot write {}: {e}", p.display())),
+        Some(p) => std::fs::write(&p, metrics.encode())
+            .map_err(|e| format!("cannot write {}: {e}", p.display())),
         None => Ok(()),
     }
 }
@@ -155,13 +164,20 @@ fn main() -> ExitCode {
     // kube, reqwest and async-nats together enable two rustls back-ends: choose one explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,kube=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,kube=warn"));
     if cli.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("chat-service: cannot start the async runtime: {e}");
@@ -180,17 +196,36 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Serve(args) => {
-            let config = args.into_config(|name| std::env::var(name).ok()).map_err(|e| e.to_string())?;
-            serve::run(config, serve::shutdown_signal()).await.map_err(|e| e.to_string())?;
+            let config = args
+                .into_config(|name| std::env::var(name).ok())
+                .map_err(|e| e.to_string())?;
+            serve::run(config, serve::shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::MigrateSchema { database_url } => {
-            let store = PgStore::connect(&database_url, 1).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
-            store.migrate().await.map_err(|e| format!("migration failed: {e}"))?;
+            let store = PgStore::connect(&database_url, 1)
+                .await
+                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| format!("migration failed: {e}"))?;
             println!("schema up to date");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate { stores, dual_write_started_at, workers, ranges, dry_run, throttle, shard, max_ranges, metrics_file } => {
+        Command::Migrate {
+            stores,
+            dual_write_started_at,
+            workers,
+            ranges,
+            dry_run,
+            throttle,
+            shard,
+            max_ranges,
+            metrics_file,
+        } => {
             let dual_write_started_at = dual_write_started_at
                 .map(|t| chrono::DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&chrono::Utc)).map_err(|e| format!("--dual-write-started-at {t:?}: {e} (RFC 3339, e.g. 2025-01-31T12:00:00Z)")))
                 .transpose()?;
@@ -209,12 +244,17 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 return Err(backfill::BackfillError::MissingDualWriteStart.to_string());
             }
             let metrics = Metrics::default();
-            let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4)).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4))
+                .await
+                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
             let report = if dry_run {
                 backfill::run(&pg, None, &config, &metrics).await
             } else {
                 let cql = connect_cql(&stores).await?;
-                let backfill = cql.backfill(&stores.cql_keyspace).await.map_err(|e| e.to_string())?;
+                let backfill = cql
+                    .backfill(&stores.cql_keyspace)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 backfill::run(&pg, Some(&backfill), &config, &metrics).await
             }
             .map_err(|e| e.to_string())?;
@@ -222,28 +262,71 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             write_metrics(metrics_file, &metrics)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { stores, sample, max_drift, workers, shard, ranges, metrics_file } => {
+        Command::Validate {
+            stores,
+            sample,
+            max_drift,
+            workers,
+            shard,
+            ranges,
+            metrics_file,
+        } => {
             if !(0.0..=1.0).contains(&max_drift) {
                 return Err(format!("--max-drift must be within 0..=1, got {max_drift}"));
             }
-            let config = ValidateConfig { sample, max_drift, workers, shard: shard_of(shard)?, ranges };
+            let config = ValidateConfig {
+                sample,
+                max_drift,
+                workers,
+                shard: shard_of(shard)?,
+                ranges,
+            };
             let metrics = Metrics::default();
-            let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4)).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4))
+                .await
+                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
             let cql = connect_cql(&stores).await?;
-            let backfill = cql.backfill(&stores.cql_keyspace).await.map_err(|e| e.to_string())?;
-            let report = validate::run(&pg, &backfill, &config, &metrics).await.map_err(|e| e.to_string())?;
+            let backfill = cql
+                .backfill(&stores.cql_keyspace)
+                .await
+                .map_err(|e| e.to_string())?;
+            let report = validate::run(&pg, &backfill, &config, &metrics)
+                .await
+                .map_err(|e| e.to_string())?;
             print!("{report}");
             write_metrics(metrics_file, &metrics)?;
-            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Command::Status { stores } => {
-            let pg = PgStore::connect(&stores.database_url, 2).await.map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            let pg = PgStore::connect(&stores.database_url, 2)
+                .await
+                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
             let cql = connect_cql(&stores).await?;
-            let backfill = cql.backfill(&stores.cql_keyspace).await.map_err(|e| e.to_string())?;
-            print!("{}", validate::status(&pg, &backfill).await.map_err(|e| e.to_string())?);
+            let backfill = cql
+                .backfill(&stores.cql_keyspace)
+                .await
+                .map_err(|e| e.to_string())?;
+            print!(
+                "{}",
+                validate::status(&pg, &backfill)
+                    .await
+                    .map_err(|e| e.to_string())?
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Loadtest { base_url, users, rooms, duration_secs, max_iterations, think_ms, first_user_id } => {
+        Command::Loadtest {
+            base_url,
+            users,
+            rooms,
+            duration_secs,
+            max_iterations,
+            think_ms,
+            first_user_id,
+        } => {
             let config = LoadConfig {
                 base_url,
                 jwt_secret: jwt_secret("the load client signs its tokens")?,
@@ -254,17 +337,27 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 first_user_id,
                 think_time: Duration::from_millis(think_ms),
             };
-            println!("loadtest: {users} virtual users, {rooms} rooms, {duration_secs}s, max iterations {max_iterations:?}, think {think_ms} ms, against {}", config.base_url);
+            println!(
+                "loadtest: {users} virtual users, {rooms} rooms, {duration_secs}s, max iterations {max_iterations:?}, think {think_ms} ms, against {}",
+                config.base_url
+            );
             let report = loadtest::run(&config).await.map_err(|e| e.to_string())?;
             print!("{report}");
-            Ok(if report.errors() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.errors() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Token { user, ttl_secs } => {
             if user <= 0 {
                 return Err("--user must be a positive user id".into());
             }
             let auth = Authenticator::new(&jwt_secret("tokens are signed")?);
-            println!("{}", auth.issue(UserId(user), Duration::from_secs(ttl_secs)));
+            println!(
+                "{}",
+                auth.issue(UserId(user), Duration::from_secs(ttl_secs))
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

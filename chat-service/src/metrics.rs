@@ -117,35 +117,101 @@ impl Default for Metrics {
         let db_duration: Histograms<DbLabels> = Family::new_with_constructor(latency_histogram);
         let messages_sent = Family::<SentLabels, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration: Histograms<CohortLabels> = Family::new_with_constructor(latency_histogram);
+        let request_duration: Histograms<CohortLabels> =
+            Family::new_with_constructor(latency_histogram);
         let flags_generation = Gauge::default();
         // prometheus-client adds the `_total` suffix to counters.
-        registry.register("chat_database_operations", "Store operations by database, operation and outcome", db_operations.clone());
-        registry.register("chat_database_operation_duration_seconds", "Store operation latency", db_duration.clone());
-        registry.register("chat_messages_sent", "Messages stored, by room type and database", messages_sent.clone());
-        registry.register("chat_requests", "API requests by cohort and Connect code (ok on success)", requests.clone());
-        registry.register("chat_request_duration_seconds", "API request latency by cohort", request_duration.clone());
-        registry.register("chat_flags_generation", "Generation of the migration flag document in force", flags_generation.clone());
+        registry.register(
+            "chat_database_operations",
+            "Store operations by database, operation and outcome",
+            db_operations.clone(),
+        );
+        registry.register(
+            "chat_database_operation_duration_seconds",
+            "Store operation latency",
+            db_duration.clone(),
+        );
+        registry.register(
+            "chat_messages_sent",
+            "Messages stored, by room type and database",
+            messages_sent.clone(),
+        );
+        registry.register(
+            "chat_requests",
+            "API requests by cohort and Connect code (ok on success)",
+            requests.clone(),
+        );
+        registry.register(
+            "chat_request_duration_seconds",
+            "API request latency by cohort",
+            request_duration.clone(),
+        );
+        registry.register(
+            "chat_flags_generation",
+            "Generation of the migration flag document in force",
+            flags_generation.clone(),
+        );
         let dual_writes = Family::<DualWriteLabels, Counter>::default();
         let dual_write_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let retry_queue_size = Gauge::default();
         let shadow_reads = Counter::default();
         let shadow_mismatches = Family::<MismatchLabels, Counter>::default();
         let shadow_errors = Counter::default();
-        registry.register("chat_dual_write_operations", "Secondary (dual) writes by target store and outcome", dual_writes.clone());
-        registry.register("chat_dual_write_lag_seconds", "Delay between the primary write and the secondary write", dual_write_lag.clone());
-        registry.register("chat_retry_queue_size", "Secondary writes waiting in the outbox", retry_queue_size.clone());
-        registry.register("chat_shadow_reads", "Reads also made on the other store and compared", shadow_reads.clone());
-        registry.register("chat_shadow_read_mismatches", "Shadow reads whose answer differed, by kind of difference", shadow_mismatches.clone());
-        registry.register("chat_shadow_read_errors", "Shadow reads that failed (never returned to callers)", shadow_errors.clone());
-        let migration_progress = Family::<MismatchLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "chat_dual_write_operations",
+            "Secondary (dual) writes by target store and outcome",
+            dual_writes.clone(),
+        );
+        registry.register(
+            "chat_dual_write_lag_seconds",
+            "Delay between the primary write and the secondary write",
+            dual_write_lag.clone(),
+        );
+        registry.register(
+            "chat_retry_queue_size",
+            "Secondary writes waiting in the outbox",
+            retry_queue_size.clone(),
+        );
+        registry.register(
+            "chat_shadow_reads",
+            "Reads also made on the other store and compared",
+            shadow_reads.clone(),
+        );
+        registry.register(
+            "chat_shadow_read_mismatches",
+            "Shadow reads whose answer differed, by kind of difference",
+            shadow_mismatches.clone(),
+        );
+        registry.register(
+            "chat_shadow_read_errors",
+            "Shadow reads that failed (never returned to callers)",
+            shadow_errors.clone(),
+        );
+        let migration_progress =
+            Family::<MismatchLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let migration_errors = Family::<MigrationErrorLabels, Counter>::default();
         let data_inconsistencies = Family::<MismatchLabels, Gauge>::default();
         let consistency_checks = Family::<StatusLabels, Counter>::default();
-        registry.register("chat_migration_progress_ratio", "Share of the backfill's rows copied (0..1), by type", migration_progress.clone());
-        registry.register("chat_migration_errors", "Rows the backfill could not copy, by type and error", migration_errors.clone());
-        registry.register("chat_data_inconsistencies", "Mismatches between the stores found by the last validation, by kind", data_inconsistencies.clone());
-        registry.register("chat_consistency_checks", "Validation runs by verdict (pass/fail)", consistency_checks.clone());
+        registry.register(
+            "chat_migration_progress_ratio",
+            "Share of the backfill's rows copied (0..1), by type",
+            migration_progress.clone(),
+        );
+        registry.register(
+            "chat_migration_errors",
+            "Rows the backfill could not copy, by type and error",
+            migration_errors.clone(),
+        );
+        registry.register(
+            "chat_data_inconsistencies",
+            "Mismatches between the stores found by the last validation, by kind",
+            data_inconsistencies.clone(),
+        );
+        registry.register(
+            "chat_consistency_checks",
+            "Validation runs by verdict (pass/fail)",
+            consistency_checks.clone(),
+        );
         Metrics {
             migration_progress,
             migration_errors,
@@ -169,27 +235,57 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn database_operation(&self, database: &'static str, operation: &'static str, success: bool, elapsed: Duration) {
+    pub fn database_operation(
+        &self,
+        database: &'static str,
+        operation: &'static str,
+        success: bool,
+        elapsed: Duration,
+    ) {
         let status = if success { "success" } else { "error" };
-        self.db_operations.get_or_create(&DbOpLabels { database, operation, status }).inc();
-        self.db_duration.get_or_create(&DbLabels { database, operation }).observe(elapsed.as_secs_f64());
+        self.db_operations
+            .get_or_create(&DbOpLabels {
+                database,
+                operation,
+                status,
+            })
+            .inc();
+        self.db_duration
+            .get_or_create(&DbLabels {
+                database,
+                operation,
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn message_sent(&self, room_type: &'static str, database: &'static str) {
-        self.messages_sent.get_or_create(&SentLabels { room_type, database }).inc();
+        self.messages_sent
+            .get_or_create(&SentLabels {
+                room_type,
+                database,
+            })
+            .inc();
     }
 
     pub fn request(&self, cohort: &'static str, code: &'static str, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { cohort, code }).inc();
-        self.request_duration.get_or_create(&CohortLabels { cohort }).observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels { cohort, code })
+            .inc();
+        self.request_duration
+            .get_or_create(&CohortLabels { cohort })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn dual_write(&self, target: &'static str, status: &'static str) {
-        self.dual_writes.get_or_create(&DualWriteLabels { target, status }).inc();
+        self.dual_writes
+            .get_or_create(&DualWriteLabels { target, status })
+            .inc();
     }
 
     pub fn dual_write_count(&self, target: &'static str, status: &'static str) -> u64 {
-        self.dual_writes.get_or_create(&DualWriteLabels { target, status }).get()
+        self.dual_writes
+            .get_or_create(&DualWriteLabels { target, status })
+            .get()
     }
 
     pub fn dual_write_lag(&self, lag: Duration) {
@@ -199,7 +295,9 @@ impl Metrics {
     pub fn shadow_read(&self, mismatches: &[&'static str]) {
         self.shadow_reads.inc();
         for kind in mismatches {
-            self.shadow_mismatches.get_or_create(&MismatchLabels { r#type: kind }).inc();
+            self.shadow_mismatches
+                .get_or_create(&MismatchLabels { r#type: kind })
+                .inc();
         }
     }
 
@@ -212,23 +310,38 @@ impl Metrics {
     }
 
     pub fn shadow_mismatches(&self, kind: &'static str) -> u64 {
-        self.shadow_mismatches.get_or_create(&MismatchLabels { r#type: kind }).get()
+        self.shadow_mismatches
+            .get_or_create(&MismatchLabels { r#type: kind })
+            .get()
     }
 
     pub fn migration_progress(&self, kind: &'static str, ratio: f64) {
-        self.migration_progress.get_or_create(&MismatchLabels { r#type: kind }).set(ratio);
+        self.migration_progress
+            .get_or_create(&MismatchLabels { r#type: kind })
+            .set(ratio);
     }
 
     pub fn migration_error(&self, kind: &'static str, error_type: &'static str) {
-        self.migration_errors.get_or_create(&MigrationErrorLabels { r#type: kind, error_type }).inc();
+        self.migration_errors
+            .get_or_create(&MigrationErrorLabels {
+                r#type: kind,
+                error_type,
+            })
+            .inc();
     }
 
     pub fn data_inconsistencies(&self, kind: &'static str, n: u64) {
-        self.data_inconsistencies.get_or_create(&MismatchLabels { r#type: kind }).set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.data_inconsistencies
+            .get_or_create(&MismatchLabels { r#type: kind })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn consistency_check(&self, passed: bool) {
-        self.consistency_checks.get_or_create(&StatusLabels { status: if passed { "pass" } else { "fail" } }).inc();
+        self.consistency_checks
+            .get_or_create(&StatusLabels {
+                status: if passed { "pass" } else { "fail" },
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

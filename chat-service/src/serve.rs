@@ -33,7 +33,9 @@ pub enum ServeError {
     Flags(#[from] FlagError),
     #[error("cannot connect to PostgreSQL (DATABASE_URL): {0}")]
     Database(#[from] StoreError),
-    #[error("cannot connect to the CQL store (--cql-contact-points, --cql-keyspace) or apply its schema: {0}")]
+    #[error(
+        "cannot connect to the CQL store (--cql-contact-points, --cql-keyspace) or apply its schema: {0}"
+    )]
     Cql(#[source] StoreError),
     #[error("cannot apply the database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -67,21 +69,33 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
     let mut replayer = None;
     let store: Arc<dyn ChatStore> = match &config.store {
         StoreChoice::Postgres => {
-            let pg = PgStore::connect(&config.database_url, config.database_max_connections).await?;
+            let pg =
+                PgStore::connect(&config.database_url, config.database_max_connections).await?;
             pg.migrate().await?;
             Arc::new(Instrumented::new(pg, metrics.clone()))
         }
-        StoreChoice::Scylla(cql) => Arc::new(Instrumented::new(CqlStore::connect(cql).await.map_err(ServeError::Cql)?, metrics.clone())),
-        StoreChoice::Router { new, outbox_max_attempts } => {
-            let legacy = PgStore::connect(&config.database_url, config.database_max_connections).await?;
+        StoreChoice::Scylla(cql) => Arc::new(Instrumented::new(
+            CqlStore::connect(cql).await.map_err(ServeError::Cql)?,
+            metrics.clone(),
+        )),
+        StoreChoice::Router {
+            new,
+            outbox_max_attempts,
+        } => {
+            let legacy =
+                PgStore::connect(&config.database_url, config.database_max_connections).await?;
             legacy.migrate().await?;
             let new: Arc<dyn ChatStore> = match new {
                 NewStoreChoice::Postgres { database_url } => {
-                    let pg = PgStore::connect(database_url, config.database_max_connections).await?;
+                    let pg =
+                        PgStore::connect(database_url, config.database_max_connections).await?;
                     pg.migrate().await?;
                     Arc::new(Instrumented::new(pg, metrics.clone()))
                 }
-                NewStoreChoice::Scylla(cql) => Arc::new(Instrumented::new(CqlStore::connect(cql).await.map_err(ServeError::Cql)?, metrics.clone())),
+                NewStoreChoice::Scylla(cql) => Arc::new(Instrumented::new(
+                    CqlStore::connect(cql).await.map_err(ServeError::Cql)?,
+                    metrics.clone(),
+                )),
             };
             let mut options = RouterOptions::default();
             options.replay.max_attempts = *outbox_max_attempts;
@@ -106,10 +120,25 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
         shutdown,
     });
     let router = api::router(app.clone());
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     info!(addr = %local_addr, store = app.store.database(), events = app.events.transport(), flags = ?flags.current(), "chat-service ready");
-    Ok(Server { listener, local_addr, router, stopping, _flags: flags, _replayer: replayer })
+    Ok(Server {
+        listener,
+        local_addr,
+        router,
+        stopping,
+        _flags: flags,
+        _replayer: replayer,
+    })
 }
 
 impl Server {
@@ -119,21 +148,30 @@ impl Server {
 
     /// Serves until `shutdown` completes, then drains: open streams end, in-flight requests
     /// finish (each bounded by the request timeout).
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
         let stopping = self.stopping;
         let drain = async move {
             shutdown.await;
             info!("shutting down: finishing in-flight requests");
             let _ = stopping.send(true);
         };
-        axum::serve(self.listener, self.router).with_graceful_shutdown(drain).await.map_err(ServeError::Http)?;
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(drain)
+            .await
+            .map_err(ServeError::Http)?;
         info!("stopped");
         Ok(())
     }
 }
 
 /// [`bind`] then [`Server::run`].
-pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn run(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     bind(config).await?.run(shutdown).await
 }
 

@@ -22,7 +22,15 @@ use crate::store::postgres::{PgStore, classify};
 use crate::store::scylla::CqlBackfill;
 
 /// Kinds of mismatch (the `type` label of `chat_data_inconsistencies`).
-pub const MISMATCH_TYPES: &[&str] = &["missing_room", "count", "missing", "sender", "content", "type", "deleted"];
+pub const MISMATCH_TYPES: &[&str] = &[
+    "missing_room",
+    "count",
+    "missing",
+    "sender",
+    "content",
+    "type",
+    "deleted",
+];
 
 #[derive(Clone, Debug)]
 pub struct ValidateConfig {
@@ -39,7 +47,13 @@ pub struct ValidateConfig {
 
 impl Default for ValidateConfig {
     fn default() -> Self {
-        ValidateConfig { sample: 20, max_drift: 0.0, workers: 8, shard: Shard::default(), ranges: 256 }
+        ValidateConfig {
+            sample: 20,
+            max_drift: 0.0,
+            workers: 8,
+            shard: Shard::default(),
+            ranges: 256,
+        }
     }
 }
 
@@ -59,7 +73,11 @@ pub struct ValidateReport {
 
 impl ValidateReport {
     pub fn drift(&self) -> f64 {
-        if self.compared == 0 { 0.0 } else { self.mismatched as f64 / self.compared as f64 }
+        if self.compared == 0 {
+            0.0
+        } else {
+            self.mismatched as f64 / self.compared as f64
+        }
     }
 
     pub fn passed(&self) -> bool {
@@ -69,15 +87,30 @@ impl ValidateReport {
 
 impl fmt::Display for ValidateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "validate: {} rooms, messages legacy {} / new {}", self.rooms, self.legacy_messages, self.new_messages)?;
-        writeln!(f, "  checks {} mismatched {} drift {:.6} (max {})", self.compared, self.mismatched, self.drift(), self.max_drift)?;
+        writeln!(
+            f,
+            "validate: {} rooms, messages legacy {} / new {}",
+            self.rooms, self.legacy_messages, self.new_messages
+        )?;
+        writeln!(
+            f,
+            "  checks {} mismatched {} drift {:.6} (max {})",
+            self.compared,
+            self.mismatched,
+            self.drift(),
+            self.max_drift
+        )?;
         for (kind, n) in &self.mismatches {
             writeln!(f, "  mismatch {kind}: {n}")?;
         }
         for e in &self.examples {
             writeln!(f, "  e.g. {e}")?;
         }
-        writeln!(f, "  verdict: {}", if self.passed() { "PASS" } else { "FAIL" })
+        writeln!(
+            f,
+            "  verdict: {}",
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
     }
 }
 
@@ -93,9 +126,18 @@ struct RoomResult {
     examples: Vec<String>,
 }
 
-async fn check_room(pg: &PgStore, cql: &CqlBackfill<'_>, room: RoomId, sample: u32) -> Result<RoomResult, StoreError> {
+async fn check_room(
+    pg: &PgStore,
+    cql: &CqlBackfill<'_>,
+    room: RoomId,
+    sample: u32,
+) -> Result<RoomResult, StoreError> {
     let mut r = RoomResult::default();
-    let legacy: i64 = sqlx::query_scalar("select count(*) from room_message where room_id = $1").bind(room).fetch_one(pg.pool()).await.map_err(classify)?;
+    let legacy: i64 = sqlx::query_scalar("select count(*) from room_message where room_id = $1")
+        .bind(room)
+        .fetch_one(pg.pool())
+        .await
+        .map_err(classify)?;
     r.legacy = legacy as u64;
     let (exists, new) = tokio::try_join!(cql.room_exists(room), cql.message_count(room))?;
     r.new = new;
@@ -103,11 +145,15 @@ async fn check_room(pg: &PgStore, cql: &CqlBackfill<'_>, room: RoomId, sample: u
     if !exists {
         r.mismatched += 1;
         r.kinds.push("missing_room");
-        r.examples.push(format!("room {room}: missing in the new store"));
+        r.examples
+            .push(format!("room {room}: missing in the new store"));
     } else if r.legacy != r.new {
         r.mismatched += 1;
         r.kinds.push("count");
-        r.examples.push(format!("room {room}: {} messages legacy, {} new", r.legacy, r.new));
+        r.examples.push(format!(
+            "room {room}: {} messages legacy, {} new",
+            r.legacy, r.new
+        ));
     }
     if sample == 0 {
         return Ok(r);
@@ -123,10 +169,13 @@ async fn check_room(pg: &PgStore, cql: &CqlBackfill<'_>, room: RoomId, sample: u
     for (id, sender, content, message_type, deleted) in rows {
         let id = MessageId(id);
         r.compared += 1;
-        let Some((new_sender, new_content, new_type, new_deleted)) = cql.message(room, id).await? else {
+        let Some((new_sender, new_content, new_type, new_deleted)) = cql.message(room, id).await?
+        else {
             r.mismatched += 1;
             r.kinds.push("missing");
-            r.examples.push(format!("message {id} of room {room}: missing in the new store"));
+            r.examples.push(format!(
+                "message {id} of room {room}: missing in the new store"
+            ));
             continue;
         };
         let mut differs = vec![];
@@ -144,7 +193,10 @@ async fn check_room(pg: &PgStore, cql: &CqlBackfill<'_>, room: RoomId, sample: u
         }
         if !differs.is_empty() {
             r.mismatched += 1;
-            r.examples.push(format!("message {id} of room {room}: {} differ", differs.join(", ")));
+            r.examples.push(format!(
+                "message {id} of room {room}: {} differ",
+                differs.join(", ")
+            ));
             r.kinds.extend(differs);
         }
     }
@@ -153,12 +205,33 @@ async fn check_room(pg: &PgStore, cql: &CqlBackfill<'_>, room: RoomId, sample: u
 
 /// Validates the new store against legacy PostgreSQL; sets `chat_data_inconsistencies{type}` and
 /// counts the run in `chat_consistency_checks_total{status}`.
-pub async fn run(pg: &PgStore, cql: &CqlBackfill<'_>, config: &ValidateConfig, metrics: &Metrics) -> Result<ValidateReport, StoreError> {
-    let rooms: Vec<Uuid> = sqlx::query_scalar("select id from room order by id").fetch_all(pg.pool()).await.map_err(classify)?;
+pub async fn run(
+    pg: &PgStore,
+    cql: &CqlBackfill<'_>,
+    config: &ValidateConfig,
+    metrics: &Metrics,
+) -> Result<ValidateReport, StoreError> {
+    let rooms: Vec<Uuid> = sqlx::query_scalar("select id from room order by id")
+        .fetch_all(pg.pool())
+        .await
+        .map_err(classify)?;
     let ranges = config.ranges.max(1);
-    let rooms: Vec<RoomId> = rooms.into_iter().filter(|id| config.shard.owns(range_of(ranges, *id))).map(RoomId).collect();
-    let mut report = ValidateReport { rooms: rooms.len() as u64, max_drift: config.max_drift, ..ValidateReport::default() };
-    let mut results = futures::stream::iter(rooms.into_iter().map(|room| check_room(pg, cql, room, config.sample))).buffer_unordered(config.workers.max(1));
+    let rooms: Vec<RoomId> = rooms
+        .into_iter()
+        .filter(|id| config.shard.owns(range_of(ranges, *id)))
+        .map(RoomId)
+        .collect();
+    let mut report = ValidateReport {
+        rooms: rooms.len() as u64,
+        max_drift: config.max_drift,
+        ..ValidateReport::default()
+    };
+    let mut results = futures::stream::iter(
+        rooms
+            .into_iter()
+            .map(|room| check_room(pg, cql, room, config.sample)),
+    )
+    .buffer_unordered(config.workers.max(1));
     while let Some(r) = results.try_next().await? {
         report.legacy_messages += r.legacy;
         report.new_messages += r.new;
@@ -168,7 +241,9 @@ pub async fn run(pg: &PgStore, cql: &CqlBackfill<'_>, config: &ValidateConfig, m
             *report.mismatches.entry(k).or_default() += 1;
         }
         let room_for = EXAMPLES.saturating_sub(report.examples.len());
-        report.examples.extend(r.examples.into_iter().take(room_for));
+        report
+            .examples
+            .extend(r.examples.into_iter().take(room_for));
     }
     for kind in MISMATCH_TYPES {
         metrics.data_inconsistencies(kind, report.mismatches.get(kind).copied().unwrap_or(0));
@@ -189,14 +264,30 @@ pub struct StatusReport {
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:<10} {:>14} {:>14}", "", "legacy (pg)", "new (cql)")?;
-        writeln!(f, "{:<10} {:>14} {:>14}", "rooms", self.legacy_rooms, self.new_rooms)?;
-        writeln!(f, "{:<10} {:>14} {:>14}", "messages", self.legacy_messages, self.new_messages)
+        writeln!(
+            f,
+            "{:<10} {:>14} {:>14}",
+            "rooms", self.legacy_rooms, self.new_rooms
+        )?;
+        writeln!(
+            f,
+            "{:<10} {:>14} {:>14}",
+            "messages", self.legacy_messages, self.new_messages
+        )
     }
 }
 
 pub async fn status(pg: &PgStore, cql: &CqlBackfill<'_>) -> Result<StatusReport, StoreError> {
     let (rooms, messages): (i64, i64) =
-        sqlx::query_as("select (select count(*) from room), (select count(*) from room_message)").fetch_one(pg.pool()).await.map_err(classify)?;
+        sqlx::query_as("select (select count(*) from room), (select count(*) from room_message)")
+            .fetch_one(pg.pool())
+            .await
+            .map_err(classify)?;
     let (new_rooms, new_messages) = cql.table_counts().await?;
-    Ok(StatusReport { legacy_rooms: rooms as u64, legacy_messages: messages as u64, new_rooms, new_messages })
+    Ok(StatusReport {
+        legacy_rooms: rooms as u64,
+        legacy_messages: messages as u64,
+        new_rooms,
+        new_messages,
+    })
 }

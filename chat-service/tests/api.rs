@@ -9,7 +9,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{Backend, Db, TestService, assert_error};
 use serde_json::{Value, json};
 
-const METHODS: [&str; 8] = ["CreateRoom", "GetRoom", "GetRooms", "LeaveRoom", "SendMessage", "GetMessageHistory", "MarkMessagesAsRead", "ReactToMessage"];
+const METHODS: [&str; 8] = [
+    "CreateRoom",
+    "GetRoom",
+    "GetRooms",
+    "LeaveRoom",
+    "SendMessage",
+    "GetMessageHistory",
+    "MarkMessagesAsRead",
+    "ReactToMessage",
+];
 
 async fn service(backend: Backend, test: &str) -> Option<(TestService, Db)> {
     common::init();
@@ -46,56 +55,189 @@ on_every_store!(
 );
 
 fn ids(values: &Value) -> Vec<String> {
-    values.as_array().expect("array").iter().map(|v| v["id"].as_str().expect("id").to_owned()).collect()
+    values
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v["id"].as_str().expect("id").to_owned())
+        .collect()
 }
 
 async fn rooms_create_get_list_and_leave(backend: Backend) {
-    let Some((svc, db)) = service(backend, "rooms").await else { return };
+    let Some((svc, db)) = service(backend, "rooms").await else {
+        return;
+    };
 
-    let room = svc.call(1, "CreateRoom", json!({ "name": "Team", "type": "group", "participants": [3, 2, 3] })).await["room"].clone();
+    let room = svc
+        .call(
+            1,
+            "CreateRoom",
+            json!({ "name": "Team", "type": "group", "participants": [3, 2, 3] }),
+        )
+        .await["room"]
+        .clone();
     assert_eq!(room["name"], "Team");
     assert_eq!(room["type"], "group");
-    assert_eq!(room["participants"], json!([1, 2, 3]), "caller added, duplicates removed, ascending");
-    assert!(room["createdAt"].as_str().is_some_and(|t| t.parse::<chrono::DateTime<chrono::Utc>>().is_ok()), "{room}");
+    assert_eq!(
+        room["participants"],
+        json!([1, 2, 3]),
+        "caller added, duplicates removed, ascending"
+    );
+    assert!(
+        room["createdAt"]
+            .as_str()
+            .is_some_and(|t| t.parse::<chrono::DateTime<chrono::Utc>>().is_ok()),
+        "{room}"
+    );
     let room_id = room["id"].as_str().expect("id").to_owned();
-    assert_eq!(room_id.parse::<uuid::Uuid>().expect("uuid").get_version_num(), 4, "room ids are UUID v4");
+    assert_eq!(
+        room_id
+            .parse::<uuid::Uuid>()
+            .expect("uuid")
+            .get_version_num(),
+        4,
+        "room ids are UUID v4"
+    );
 
     // GetRoom: members see it, others are refused, unknown ids are not found.
     let got = svc.call(2, "GetRoom", json!({ "id": room_id })).await["room"].clone();
-    assert_eq!((got["id"].clone(), got["participants"].clone(), got["name"].clone()), (json!(room_id), json!([1, 2, 3]), json!("Team")));
-    assert_error(&svc.raw(4, "GetRoom", json!({ "id": room_id })).await, 403, "permission_denied");
-    assert_error(&svc.raw(1, "GetRoom", json!({ "id": uuid::Uuid::new_v4() })).await, 404, "not_found");
+    assert_eq!(
+        (
+            got["id"].clone(),
+            got["participants"].clone(),
+            got["name"].clone()
+        ),
+        (json!(room_id), json!([1, 2, 3]), json!("Team"))
+    );
+    assert_error(
+        &svc.raw(4, "GetRoom", json!({ "id": room_id })).await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(1, "GetRoom", json!({ "id": uuid::Uuid::new_v4() }))
+            .await,
+        404,
+        "not_found",
+    );
 
     // p2p: exactly the caller and one other user.
-    let p2p = svc.call(1, "CreateRoom", json!({ "name": "", "type": "p2p", "participants": [2] })).await["room"].clone();
-    assert_eq!((p2p["type"].clone(), p2p["participants"].clone()), (json!("p2p"), json!([1, 2])));
-    assert_error(&svc.raw(1, "CreateRoom", json!({ "type": "p2p", "participants": [2, 3] })).await, 400, "invalid_argument");
-    assert_error(&svc.raw(1, "CreateRoom", json!({ "type": "p2p", "participants": [] })).await, 400, "invalid_argument");
-    assert_error(&svc.raw(1, "CreateRoom", json!({ "type": "p2p", "participants": [1] })).await, 400, "invalid_argument");
-    assert_error(&svc.raw(1, "CreateRoom", json!({ "type": "channel", "participants": [2] })).await, 400, "invalid_argument");
-    assert_error(&svc.raw(1, "CreateRoom", json!({ "type": "group", "participants": [0] })).await, 400, "invalid_argument");
+    let p2p = svc
+        .call(
+            1,
+            "CreateRoom",
+            json!({ "name": "", "type": "p2p", "participants": [2] }),
+        )
+        .await["room"]
+        .clone();
+    assert_eq!(
+        (p2p["type"].clone(), p2p["participants"].clone()),
+        (json!("p2p"), json!([1, 2]))
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "CreateRoom",
+            json!({ "type": "p2p", "participants": [2, 3] }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "CreateRoom",
+            json!({ "type": "p2p", "participants": [] }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "CreateRoom",
+            json!({ "type": "p2p", "participants": [1] }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "CreateRoom",
+            json!({ "type": "channel", "participants": [2] }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "CreateRoom",
+            json!({ "type": "group", "participants": [0] }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
 
     // LeaveRoom: the member is out, the room goes on without them.
-    assert_eq!(svc.call(3, "LeaveRoom", json!({ "id": room_id })).await, json!({ "success": true }));
-    assert_error(&svc.raw(3, "GetRoom", json!({ "id": room_id })).await, 403, "permission_denied");
-    assert_error(&svc.raw(3, "LeaveRoom", json!({ "id": room_id })).await, 403, "permission_denied");
-    assert_error(&svc.raw(3, "LeaveRoom", json!({ "id": uuid::Uuid::new_v4() })).await, 404, "not_found");
-    assert_eq!(svc.call(1, "GetRoom", json!({ "id": room_id })).await["room"]["participants"], json!([1, 2]));
-    assert_eq!(svc.call(3, "GetRooms", json!({})).await["pagination"]["total"], 0);
-    assert!(db.removed_at_is_set(&room_id, 3).await, "membership ended, row kept");
+    assert_eq!(
+        svc.call(3, "LeaveRoom", json!({ "id": room_id })).await,
+        json!({ "success": true })
+    );
+    assert_error(
+        &svc.raw(3, "GetRoom", json!({ "id": room_id })).await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(3, "LeaveRoom", json!({ "id": room_id })).await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(3, "LeaveRoom", json!({ "id": uuid::Uuid::new_v4() }))
+            .await,
+        404,
+        "not_found",
+    );
+    assert_eq!(
+        svc.call(1, "GetRoom", json!({ "id": room_id })).await["room"]["participants"],
+        json!([1, 2])
+    );
+    assert_eq!(
+        svc.call(3, "GetRooms", json!({})).await["pagination"]["total"],
+        0
+    );
+    assert!(
+        db.removed_at_is_set(&room_id, 3).await,
+        "membership ended, row kept"
+    );
 }
 
 async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: Backend) {
-    let Some((svc, db)) = service(backend, "room_list").await else { return };
+    let Some((svc, db)) = service(backend, "room_list").await else {
+        return;
+    };
     let a = svc.create_group(10, &[11]).await;
     let b = svc.create_group(10, &[11]).await;
     let c = svc.create_group(10, &[12]).await;
     let _foreign = svc.create_group(20, &[21]).await;
 
     // Newest creation first while nobody has written.
-    let list = svc.call(10, "GetRooms", json!({ "page": 1, "limit": 20 })).await;
+    let list = svc
+        .call(10, "GetRooms", json!({ "page": 1, "limit": 20 }))
+        .await;
     assert_eq!(ids(&list["items"]), [c.clone(), b.clone(), a.clone()]);
-    assert_eq!(list["pagination"], json!({ "page": 1, "limit": 20, "total": 3 }));
+    assert_eq!(
+        list["pagination"],
+        json!({ "page": 1, "limit": 20, "total": 3 })
+    );
 
     // A message makes a room the latest activity.
     svc.send(10, &a, "bump").await;
@@ -108,111 +250,411 @@ async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: B
     let list = svc.call(10, "GetRooms", json!({})).await;
     assert_eq!(ids(&list["items"]), [b.clone(), a.clone(), c.clone()]);
     assert_eq!(list["items"][0]["isPinned"], true);
-    assert_eq!(ids(&svc.call(11, "GetRooms", json!({})).await["items"]), [a.clone(), b.clone()], "user 11 has no pin");
+    assert_eq!(
+        ids(&svc.call(11, "GetRooms", json!({})).await["items"]),
+        [a.clone(), b.clone()],
+        "user 11 has no pin"
+    );
 
     // Pages.
-    let first = svc.call(10, "GetRooms", json!({ "page": 1, "limit": 2 })).await;
-    let second = svc.call(10, "GetRooms", json!({ "page": 2, "limit": 2 })).await;
-    let beyond = svc.call(10, "GetRooms", json!({ "page": 9, "limit": 2 })).await;
+    let first = svc
+        .call(10, "GetRooms", json!({ "page": 1, "limit": 2 }))
+        .await;
+    let second = svc
+        .call(10, "GetRooms", json!({ "page": 2, "limit": 2 }))
+        .await;
+    let beyond = svc
+        .call(10, "GetRooms", json!({ "page": 9, "limit": 2 }))
+        .await;
     assert_eq!(ids(&first["items"]), [b.clone(), a.clone()]);
     assert_eq!(ids(&second["items"]), [c]);
-    assert_eq!((beyond["items"].clone(), beyond["pagination"]["total"].clone()), (json!([]), json!(3)));
+    assert_eq!(
+        (
+            beyond["items"].clone(),
+            beyond["pagination"]["total"].clone()
+        ),
+        (json!([]), json!(3))
+    );
     // limit is clamped to 100; 0 (proto3 "unset") means the default 20.
-    assert_eq!(svc.call(10, "GetRooms", json!({ "limit": 1000 })).await["pagination"]["limit"], 100);
-    assert_eq!(svc.call(10, "GetRooms", json!({ "page": 0, "limit": 0 })).await["pagination"], json!({ "page": 1, "limit": 20, "total": 3 }));
+    assert_eq!(
+        svc.call(10, "GetRooms", json!({ "limit": 1000 })).await["pagination"]["limit"],
+        100
+    );
+    assert_eq!(
+        svc.call(10, "GetRooms", json!({ "page": 0, "limit": 0 }))
+            .await["pagination"],
+        json!({ "page": 1, "limit": 20, "total": 3 })
+    );
 }
 
 async fn messages_send_history_read_markers_and_reactions(backend: Backend) {
-    let Some((svc, db)) = service(backend, "messages").await else { return };
+    let Some((svc, db)) = service(backend, "messages").await else {
+        return;
+    };
     let room = svc.create_group(1, &[2]).await;
 
-    let sent = svc.call(1, "SendMessage", json!({ "roomId": room, "content": "hola 👋", "type": "user_message" })).await;
+    let sent = svc
+        .call(
+            1,
+            "SendMessage",
+            json!({ "roomId": room, "content": "hola 👋", "type": "user_message" }),
+        )
+        .await;
     assert_eq!(sent["success"], true);
     let m1 = sent["message"].clone();
-    assert_eq!((m1["roomId"].clone(), m1["senderId"].clone(), m1["content"].clone(), m1["type"].clone()), (json!(room), json!(1), json!("hola 👋"), json!("user_message")));
+    assert_eq!(
+        (
+            m1["roomId"].clone(),
+            m1["senderId"].clone(),
+            m1["content"].clone(),
+            m1["type"].clone()
+        ),
+        (
+            json!(room),
+            json!(1),
+            json!("hola 👋"),
+            json!("user_message")
+        )
+    );
     let m1_id: uuid::Uuid = m1["id"].as_str().expect("id").parse().expect("uuid");
-    assert_eq!(m1_id.get_version_num(), 1, "message ids are time-based UUIDs (timeuuid)");
+    assert_eq!(
+        m1_id.get_version_num(),
+        1,
+        "message ids are time-based UUIDs (timeuuid)"
+    );
     // `type` defaults to user_message.
-    let m2 = svc.call(2, "SendMessage", json!({ "roomId": room, "content": "¿qué tal?" })).await["message"].clone();
+    let m2 = svc
+        .call(
+            2,
+            "SendMessage",
+            json!({ "roomId": room, "content": "¿qué tal?" }),
+        )
+        .await["message"]
+        .clone();
     assert_eq!(m2["type"], "user_message");
     let m3 = svc.send(1, &room, "bien").await;
 
-    assert_error(&svc.raw(3, "SendMessage", json!({ "roomId": room, "content": "intruder" })).await, 403, "permission_denied");
-    assert_error(&svc.raw(1, "SendMessage", json!({ "roomId": uuid::Uuid::new_v4(), "content": "x" })).await, 404, "not_found");
-    assert_error(&svc.raw(1, "SendMessage", json!({ "roomId": room, "content": "  " })).await, 400, "invalid_argument");
+    assert_error(
+        &svc.raw(
+            3,
+            "SendMessage",
+            json!({ "roomId": room, "content": "intruder" }),
+        )
+        .await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "SendMessage",
+            json!({ "roomId": uuid::Uuid::new_v4(), "content": "x" }),
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &svc.raw(1, "SendMessage", json!({ "roomId": room, "content": "  " }))
+            .await,
+        400,
+        "invalid_argument",
+    );
 
     // History: newest first, decrypted, last page has no cursor.
-    let history = svc.call(2, "GetMessageHistory", json!({ "id": room, "limit": 20 })).await;
-    assert_eq!(ids(&history["items"]), [m3["id"].as_str().expect("id"), m2["id"].as_str().expect("id"), m1["id"].as_str().expect("id")]);
-    assert_eq!(history["items"][2], m1, "history returns the message as SendMessage did");
+    let history = svc
+        .call(2, "GetMessageHistory", json!({ "id": room, "limit": 20 }))
+        .await;
+    assert_eq!(
+        ids(&history["items"]),
+        [
+            m3["id"].as_str().expect("id"),
+            m2["id"].as_str().expect("id"),
+            m1["id"].as_str().expect("id")
+        ]
+    );
+    assert_eq!(
+        history["items"][2], m1,
+        "history returns the message as SendMessage did"
+    );
     assert_eq!(history["pagination"], json!({ "nextCursor": null }));
-    assert_error(&svc.raw(3, "GetMessageHistory", json!({ "id": room })).await, 403, "permission_denied");
-    assert_error(&svc.raw(1, "GetMessageHistory", json!({ "id": uuid::Uuid::new_v4() })).await, 404, "not_found");
-    assert_error(&svc.raw(1, "GetMessageHistory", json!({ "id": room, "before": uuid::Uuid::now_v1(&[1; 6]) })).await, 404, "not_found");
+    assert_error(
+        &svc.raw(3, "GetMessageHistory", json!({ "id": room })).await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "GetMessageHistory",
+            json!({ "id": uuid::Uuid::new_v4() }),
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "GetMessageHistory",
+            json!({ "id": room, "before": uuid::Uuid::now_v1(&[1; 6]) }),
+        )
+        .await,
+        404,
+        "not_found",
+    );
 
     // Read markers: by ids, then since; one's own messages are never counted; repeats count 0.
     let read = |user: i32, body: Value| {
         let svc = &svc;
-        async move { svc.call(user, "MarkMessagesAsRead", body).await["updated"].as_u64().expect("updated") }
+        async move {
+            svc.call(user, "MarkMessagesAsRead", body).await["updated"]
+                .as_u64()
+                .expect("updated")
+        }
     };
-    assert_eq!(read(2, json!({ "roomId": room, "messageIds": [m1["id"], m2["id"]] })).await, 1, "m2 is user 2's own");
-    assert_eq!(read(2, json!({ "roomId": room, "messageIds": [m1["id"]] })).await, 0, "already read");
-    assert_eq!(read(2, json!({ "roomId": room, "since": "2000-01-01T00:00:00Z" })).await, 1, "only m3 is left");
-    assert_eq!(read(1, json!({ "roomId": room, "since": m1["createdAt"] })).await, 1, "user 1 reads m2");
-    assert_eq!(read(2, json!({ "roomId": room, "messageIds": [uuid::Uuid::now_v1(&[1; 6])] })).await, 0, "unknown ids are ignored");
+    assert_eq!(
+        read(
+            2,
+            json!({ "roomId": room, "messageIds": [m1["id"], m2["id"]] })
+        )
+        .await,
+        1,
+        "m2 is user 2's own"
+    );
+    assert_eq!(
+        read(2, json!({ "roomId": room, "messageIds": [m1["id"]] })).await,
+        0,
+        "already read"
+    );
+    assert_eq!(
+        read(
+            2,
+            json!({ "roomId": room, "since": "2000-01-01T00:00:00Z" })
+        )
+        .await,
+        1,
+        "only m3 is left"
+    );
+    assert_eq!(
+        read(1, json!({ "roomId": room, "since": m1["createdAt"] })).await,
+        1,
+        "user 1 reads m2"
+    );
+    assert_eq!(
+        read(
+            2,
+            json!({ "roomId": room, "messageIds": [uuid::Uuid::now_v1(&[1; 6])] })
+        )
+        .await,
+        0,
+        "unknown ids are ignored"
+    );
     let last_read = db.last_read_at(&room, 2).await;
-    let m3_at: chrono::DateTime<chrono::Utc> = m3["createdAt"].as_str().expect("createdAt").parse().expect("time");
-    assert_eq!(last_read, Some(m3_at), "the read position is the newest message read");
-    assert_error(&svc.raw(3, "MarkMessagesAsRead", json!({ "roomId": room, "since": "2000-01-01T00:00:00Z" })).await, 403, "permission_denied");
-    assert_error(&svc.raw(2, "MarkMessagesAsRead", json!({ "roomId": room })).await, 400, "invalid_argument");
-    assert_error(&svc.raw(2, "MarkMessagesAsRead", json!({ "roomId": room, "messageIds": [m1["id"]], "since": "2000-01-01T00:00:00Z" })).await, 400, "invalid_argument");
-    assert_error(&svc.raw(2, "MarkMessagesAsRead", json!({ "roomId": room, "since": "yesterday" })).await, 400, "invalid_argument");
+    let m3_at: chrono::DateTime<chrono::Utc> = m3["createdAt"]
+        .as_str()
+        .expect("createdAt")
+        .parse()
+        .expect("time");
+    assert_eq!(
+        last_read,
+        Some(m3_at),
+        "the read position is the newest message read"
+    );
+    assert_error(
+        &svc.raw(
+            3,
+            "MarkMessagesAsRead",
+            json!({ "roomId": room, "since": "2000-01-01T00:00:00Z" }),
+        )
+        .await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(2, "MarkMessagesAsRead", json!({ "roomId": room }))
+            .await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &svc.raw(
+            2,
+            "MarkMessagesAsRead",
+            json!({ "roomId": room, "messageIds": [m1["id"]], "since": "2000-01-01T00:00:00Z" }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &svc.raw(
+            2,
+            "MarkMessagesAsRead",
+            json!({ "roomId": room, "since": "yesterday" }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
 
     // Reactions: idempotent per (message, user, reaction).
     for _ in 0..2 {
-        assert_eq!(svc.call(2, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "👍" })).await, json!({ "success": true }));
+        assert_eq!(
+            svc.call(
+                2,
+                "ReactToMessage",
+                json!({ "messageId": m1["id"], "reaction": "👍" })
+            )
+            .await,
+            json!({ "success": true })
+        );
     }
-    svc.call(2, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "🎉" })).await;
-    svc.call(1, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "👍" })).await;
+    svc.call(
+        2,
+        "ReactToMessage",
+        json!({ "messageId": m1["id"], "reaction": "🎉" }),
+    )
+    .await;
+    svc.call(
+        1,
+        "ReactToMessage",
+        json!({ "messageId": m1["id"], "reaction": "👍" }),
+    )
+    .await;
     assert_eq!(db.reaction_count(m1["id"].as_str().expect("id")).await, 3);
-    assert_error(&svc.raw(3, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "👍" })).await, 403, "permission_denied");
-    assert_error(&svc.raw(2, "ReactToMessage", json!({ "messageId": uuid::Uuid::now_v1(&[1; 6]), "reaction": "👍" })).await, 404, "not_found");
-    assert_error(&svc.raw(2, "ReactToMessage", json!({ "messageId": m1["id"], "reaction": "" })).await, 400, "invalid_argument");
+    assert_error(
+        &svc.raw(
+            3,
+            "ReactToMessage",
+            json!({ "messageId": m1["id"], "reaction": "👍" }),
+        )
+        .await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(
+            2,
+            "ReactToMessage",
+            json!({ "messageId": uuid::Uuid::now_v1(&[1; 6]), "reaction": "👍" }),
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &svc.raw(
+            2,
+            "ReactToMessage",
+            json!({ "messageId": m1["id"], "reaction": "" }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
 
     // A member who left can no longer write or read.
     svc.call(2, "LeaveRoom", json!({ "id": room })).await;
-    assert_error(&svc.raw(2, "SendMessage", json!({ "roomId": room, "content": "still here?" })).await, 403, "permission_denied");
-    assert_error(&svc.raw(2, "GetMessageHistory", json!({ "id": room })).await, 403, "permission_denied");
+    assert_error(
+        &svc.raw(
+            2,
+            "SendMessage",
+            json!({ "roomId": room, "content": "still here?" }),
+        )
+        .await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(2, "GetMessageHistory", json!({ "id": room })).await,
+        403,
+        "permission_denied",
+    );
 }
 
 /// A signed token with arbitrary claims.
 fn token(secret: &[u8], claims: Value) -> String {
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &jsonwebtoken::EncodingKey::from_secret(secret)).expect("sign")
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("sign")
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 async fn every_method_rejects_unauthenticated_calls(backend: Backend) {
-    let Some((svc, _db)) = service(backend, "auth").await else { return };
+    let Some((svc, _db)) = service(backend, "auth").await else {
+        return;
+    };
     let room = svc.create_group(1, &[2]).await;
     let http = svc.client.http();
     let good = token(common::JWT_SECRET, json!({ "sub": 1, "exp": now() + 600 }));
     let cases: Vec<(&str, Option<String>, Option<&str>)> = vec![
         ("no token", None, Some("1")),
         ("not bearer", Some(format!("Basic {good}")), Some("1")),
-        ("bad signature", Some(format!("Bearer {}", token(b"some-other-secret-some-other-secret", json!({ "sub": 1, "exp": now() + 600 })))), Some("1")),
-        ("expired", Some(format!("Bearer {}", token(common::JWT_SECRET, json!({ "sub": 1, "exp": now() - 600 })))), Some("1")),
-        ("no exp", Some(format!("Bearer {}", token(common::JWT_SECRET, json!({ "sub": 1 })))), Some("1")),
-        ("non-numeric subject", Some(format!("Bearer {}", token(common::JWT_SECRET, json!({ "sub": "alice", "exp": now() + 600 })))), Some("1")),
-        ("garbage token", Some("Bearer abc.def.ghi".into()), Some("1")),
-        ("X-User-ID mismatch", Some(format!("Bearer {good}")), Some("2")),
+        (
+            "bad signature",
+            Some(format!(
+                "Bearer {}",
+                token(
+                    b"some-other-secret-some-other-secret",
+                    json!({ "sub": 1, "exp": now() + 600 })
+                )
+            )),
+            Some("1"),
+        ),
+        (
+            "expired",
+            Some(format!(
+                "Bearer {}",
+                token(common::JWT_SECRET, json!({ "sub": 1, "exp": now() - 600 }))
+            )),
+            Some("1"),
+        ),
+        (
+            "no exp",
+            Some(format!(
+                "Bearer {}",
+                token(common::JWT_SECRET, json!({ "sub": 1 }))
+            )),
+            Some("1"),
+        ),
+        (
+            "non-numeric subject",
+            Some(format!(
+                "Bearer {}",
+                token(
+                    common::JWT_SECRET,
+                    json!({ "sub": "alice", "exp": now() + 600 })
+                )
+            )),
+            Some("1"),
+        ),
+        (
+            "garbage token",
+            Some("Bearer abc.def.ghi".into()),
+            Some("1"),
+        ),
+        (
+            "X-User-ID mismatch",
+            Some(format!("Bearer {good}")),
+            Some("2"),
+        ),
         ("X-User-ID missing", Some(format!("Bearer {good}")), None),
     ];
     for method in METHODS {
         for (case, authorization, user) in &cases {
-            let mut request = http.post(svc.client.method_url(method)).json(&json!({ "id": room, "roomId": room, "content": "x" }));
+            let mut request = http
+                .post(svc.client.method_url(method))
+                .json(&json!({ "id": room, "roomId": room, "content": "x" }));
             if let Some(a) = authorization {
                 request = request.header("authorization", a);
             }
@@ -222,16 +664,28 @@ async fn every_method_rejects_unauthenticated_calls(backend: Backend) {
             let response = request.send().await.expect("HTTP");
             let status = response.status().as_u16();
             let body: Value = response.json().await.expect("JSON error body");
-            assert_eq!((status, body["code"].as_str()), (401, Some("unauthenticated")), "{method} / {case}: {body}");
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (401, Some("unauthenticated")),
+                "{method} / {case}: {body}"
+            );
             if case.starts_with("X-User-ID") {
-                assert!(body["message"].as_str().is_some_and(|m| m.contains("X-User-ID")), "{method} / {case}: {body}");
+                assert!(
+                    body["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("X-User-ID")),
+                    "{method} / {case}: {body}"
+                );
             }
         }
     }
     // A numeric-string subject is accepted.
     let response = http
         .post(svc.client.method_url("GetRooms"))
-        .bearer_auth(token(common::JWT_SECRET, json!({ "sub": "1", "exp": now() + 600 })))
+        .bearer_auth(token(
+            common::JWT_SECRET,
+            json!({ "sub": "1", "exp": now() + 600 }),
+        ))
         .header("x-user-id", "1")
         .json(&json!({}))
         .send()
@@ -241,7 +695,9 @@ async fn every_method_rejects_unauthenticated_calls(backend: Backend) {
 }
 
 async fn malformed_input_is_invalid_argument_never_500(backend: Backend) {
-    let Some((svc, _db)) = service(backend, "bad_input").await else { return };
+    let Some((svc, _db)) = service(backend, "bad_input").await else {
+        return;
+    };
     let room = svc.create_group(1, &[2]).await;
     let message = svc.send(1, &room, "hi").await["id"].clone();
     let http = svc.client.http();
@@ -251,25 +707,64 @@ async fn malformed_input_is_invalid_argument_never_500(backend: Backend) {
     let garbage: [&[u8]; 6] = [b"{", b"[]", b"null", b"42", b"\"text\"", b"\xff\xfe"];
     for method in METHODS {
         for body in garbage {
-            let response = http.post(svc.client.method_url(method)).bearer_auth(&token).header("x-user-id", "1").header("content-type", "application/json").body(body.to_vec()).send().await.expect("HTTP");
+            let response = http
+                .post(svc.client.method_url(method))
+                .bearer_auth(&token)
+                .header("x-user-id", "1")
+                .header("content-type", "application/json")
+                .body(body.to_vec())
+                .send()
+                .await
+                .expect("HTTP");
             let status = response.status().as_u16();
             let reply: Value = response.json().await.expect("JSON error body");
-            assert_eq!((status, reply["code"].as_str()), (400, Some("invalid_argument")), "{method} {:?}: {reply}", String::from_utf8_lossy(body));
+            assert_eq!(
+                (status, reply["code"].as_str()),
+                (400, Some("invalid_argument")),
+                "{method} {:?}: {reply}",
+                String::from_utf8_lossy(body)
+            );
         }
         // Not JSON at all.
-        let response = http.post(svc.client.method_url(method)).bearer_auth(&token).header("x-user-id", "1").header("content-type", "text/plain").body("hello").send().await.expect("HTTP");
+        let response = http
+            .post(svc.client.method_url(method))
+            .bearer_auth(&token)
+            .header("x-user-id", "1")
+            .header("content-type", "text/plain")
+            .body("hello")
+            .send()
+            .await
+            .expect("HTTP");
         assert_eq!(response.status().as_u16(), 400, "{method} text/plain");
     }
 
     // Wrong types and missing fields, method by method.
     let cases = [
         ("CreateRoom", json!({ "name": "x", "participants": [2] })),
-        ("CreateRoom", json!({ "name": 5, "type": "group", "participants": [2] })),
-        ("CreateRoom", json!({ "type": "group", "participants": "2" })),
-        ("CreateRoom", json!({ "type": "group", "participants": ["2"] })),
-        ("CreateRoom", json!({ "type": "group", "participants": [2.5] })),
-        ("CreateRoom", json!({ "type": "group", "participants": [99999999999i64] })),
-        ("CreateRoom", json!({ "type": "group", "name": "n".repeat(256) })),
+        (
+            "CreateRoom",
+            json!({ "name": 5, "type": "group", "participants": [2] }),
+        ),
+        (
+            "CreateRoom",
+            json!({ "type": "group", "participants": "2" }),
+        ),
+        (
+            "CreateRoom",
+            json!({ "type": "group", "participants": ["2"] }),
+        ),
+        (
+            "CreateRoom",
+            json!({ "type": "group", "participants": [2.5] }),
+        ),
+        (
+            "CreateRoom",
+            json!({ "type": "group", "participants": [99999999999i64] }),
+        ),
+        (
+            "CreateRoom",
+            json!({ "type": "group", "name": "n".repeat(256) }),
+        ),
         ("GetRoom", json!({})),
         ("GetRoom", json!({ "id": 5 })),
         ("GetRoom", json!({ "id": "not-a-uuid" })),
@@ -280,32 +775,68 @@ async fn malformed_input_is_invalid_argument_never_500(backend: Backend) {
         ("SendMessage", json!({ "roomId": room })),
         ("SendMessage", json!({ "content": "x" })),
         ("SendMessage", json!({ "roomId": room, "content": 5 })),
-        ("SendMessage", json!({ "roomId": room, "content": "x", "type": "Not A Type" })),
+        (
+            "SendMessage",
+            json!({ "roomId": room, "content": "x", "type": "Not A Type" }),
+        ),
         ("SendMessage", json!({ "roomId": room, "content": ["x"] })),
         ("GetMessageHistory", json!({ "id": room, "limit": -5 })),
         ("GetMessageHistory", json!({ "id": room, "before": "zzz" })),
         ("GetMessageHistory", json!({ "id": [room] })),
-        ("MarkMessagesAsRead", json!({ "roomId": room, "messageIds": "all" })),
-        ("MarkMessagesAsRead", json!({ "roomId": room, "messageIds": ["nope"] })),
+        (
+            "MarkMessagesAsRead",
+            json!({ "roomId": room, "messageIds": "all" }),
+        ),
+        (
+            "MarkMessagesAsRead",
+            json!({ "roomId": room, "messageIds": ["nope"] }),
+        ),
         ("MarkMessagesAsRead", json!({ "roomId": room, "since": 12 })),
         ("ReactToMessage", json!({ "messageId": message })),
-        ("ReactToMessage", json!({ "messageId": message, "reaction": 1 })),
-        ("ReactToMessage", json!({ "messageId": "x", "reaction": "👍" })),
-        ("ReactToMessage", json!({ "messageId": message, "reaction": "x".repeat(65) })),
+        (
+            "ReactToMessage",
+            json!({ "messageId": message, "reaction": 1 }),
+        ),
+        (
+            "ReactToMessage",
+            json!({ "messageId": "x", "reaction": "👍" }),
+        ),
+        (
+            "ReactToMessage",
+            json!({ "messageId": message, "reaction": "x".repeat(65) }),
+        ),
     ];
     for (method, body) in cases {
-        assert_error(&svc.raw(1, method, body.clone()).await, 400, "invalid_argument");
+        assert_error(
+            &svc.raw(1, method, body.clone()).await,
+            400,
+            "invalid_argument",
+        );
     }
 }
 
 async fn unknown_methods_and_wrong_http_methods_get_connect_errors(backend: Backend) {
-    let Some((svc, _db)) = service(backend, "routing").await else { return };
-    assert_error(&svc.raw(1, "DeleteEverything", json!({})).await, 404, "not_found");
-    let response = svc.client.http().get(svc.client.method_url("SendMessage")).send().await.expect("HTTP");
+    let Some((svc, _db)) = service(backend, "routing").await else {
+        return;
+    };
+    assert_error(
+        &svc.raw(1, "DeleteEverything", json!({})).await,
+        404,
+        "not_found",
+    );
+    let response = svc
+        .client
+        .http()
+        .get(svc.client.method_url("SendMessage"))
+        .send()
+        .await
+        .expect("HTTP");
     assert_eq!(response.status().as_u16(), 404);
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(body["code"], "not_found");
     let (status, _) = svc.get("/healthz").await;
     assert_eq!(status, 200);
-    tokio::time::timeout(Duration::from_secs(20), svc.stop()).await.expect("stops");
+    tokio::time::timeout(Duration::from_secs(20), svc.stop())
+        .await
+        .expect("stops");
 }

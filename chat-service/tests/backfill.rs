@@ -35,19 +35,38 @@ async fn setup(name: &str) -> Result<Env, HarnessError> {
     let keyspace = cassandra.create_keyspace(name).await?;
     let pg = PgStore::connect(&database_url, 10).await.expect("pg");
     pg.migrate().await.expect("migrate");
-    let cql = CqlStore::connect(&CqlConfig { contact_points: vec![cassandra.contact_point()], keyspace: keyspace.clone(), consistency: scylla::statement::Consistency::One })
-        .await
-        .expect("cql");
-    Ok(Env { pg, cql, database_url, keyspace, contact_point: cassandra.contact_point() })
+    let cql = CqlStore::connect(&CqlConfig {
+        contact_points: vec![cassandra.contact_point()],
+        keyspace: keyspace.clone(),
+        consistency: scylla::statement::Consistency::One,
+    })
+    .await
+    .expect("cql");
+    Ok(Env {
+        pg,
+        cql,
+        database_url,
+        keyspace,
+        contact_point: cassandra.contact_point(),
+    })
 }
 
 /// Room `i` lies in key range `i` of [`RANGES`] (its top 3 bits).
 fn room_id(i: u32) -> RoomId {
-    RoomId(Uuid::from_u128((u128::from(i) << 125) | u128::from(rand::random::<u64>())))
+    RoomId(Uuid::from_u128(
+        (u128::from(i) << 125) | u128::from(rand::random::<u64>()),
+    ))
 }
 
 fn new_room(i: u32, id: RoomId) -> NewRoom {
-    NewRoom { id, name: format!("room {i}"), room_type: RoomType::Group, created_by: UserId(1), participants: vec![UserId(1), UserId(2), UserId(3)], created_at: now() }
+    NewRoom {
+        id,
+        name: format!("room {i}"),
+        room_type: RoomType::Group,
+        created_by: UserId(1),
+        participants: vec![UserId(1), UserId(2), UserId(3)],
+        created_at: now(),
+    }
 }
 
 /// [`ROOMS`] rooms of users 1..=3 (user 3 left room 0) with [`PER_ROOM`] messages each, in PostgreSQL.
@@ -73,52 +92,155 @@ async fn populate(pg: &PgStore) -> Vec<(RoomId, Vec<NewMessage>)> {
         }
         rooms.push((id, messages));
     }
-    assert!(pg.leave_room(rooms[0].0, UserId(3), now()).await.expect("leave"));
+    assert!(
+        pg.leave_room(rooms[0].0, UserId(3), now())
+            .await
+            .expect("leave")
+    );
     rooms
 }
 
 fn config(dual_write_started_at: chrono::DateTime<chrono::Utc>) -> BackfillConfig {
-    BackfillConfig { workers: 3, ranges: RANGES, dual_write_started_at: Some(dual_write_started_at), chunk: 16, ..BackfillConfig::default() }
+    BackfillConfig {
+        workers: 3,
+        ranges: RANGES,
+        dual_write_started_at: Some(dual_write_started_at),
+        chunk: 16,
+        ..BackfillConfig::default()
+    }
 }
 
 fn validate_config(sample: u32) -> ValidateConfig {
-    ValidateConfig { sample, ranges: RANGES, ..ValidateConfig::default() }
+    ValidateConfig {
+        sample,
+        ranges: RANGES,
+        ..ValidateConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backfill_copies_everything_and_validates_with_zero_drift() {
     let env = ficus_e2e::skip_or_fail!(setup("backfill_full").await);
     let rooms = populate(&env.pg).await;
-    let cql = env.cql.backfill(&env.keyspace).await.expect("backfill statements");
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
     let metrics = Metrics::default();
     let total = u64::from(ROOMS) * PER_ROOM as u64;
 
     // A dry run counts and writes nothing.
-    let dry = backfill::run(&env.pg, None, &BackfillConfig { dry_run: true, ..config(now()) }, &metrics).await.expect("dry run");
-    assert_eq!((dry.total_rooms, dry.total_messages, dry.ranges_assigned), (u64::from(ROOMS), total, RANGES as usize));
-    assert_eq!(validate::status(&env.pg, &cql).await.expect("status").new_messages, 0);
-    assert!(backfill::run(&env.pg, Some(&cql), &BackfillConfig { dual_write_started_at: None, ..config(now()) }, &metrics).await.is_err(), "needs the dual-write start");
+    let dry = backfill::run(
+        &env.pg,
+        None,
+        &BackfillConfig {
+            dry_run: true,
+            ..config(now())
+        },
+        &metrics,
+    )
+    .await
+    .expect("dry run");
+    assert_eq!(
+        (dry.total_rooms, dry.total_messages, dry.ranges_assigned),
+        (u64::from(ROOMS), total, RANGES as usize)
+    );
+    assert_eq!(
+        validate::status(&env.pg, &cql)
+            .await
+            .expect("status")
+            .new_messages,
+        0
+    );
+    assert!(
+        backfill::run(
+            &env.pg,
+            Some(&cql),
+            &BackfillConfig {
+                dual_write_started_at: None,
+                ..config(now())
+            },
+            &metrics
+        )
+        .await
+        .is_err(),
+        "needs the dual-write start"
+    );
 
-    let report = backfill::run(&env.pg, Some(&cql), &config(now()), &metrics).await.expect("backfill");
+    let report = backfill::run(&env.pg, Some(&cql), &config(now()), &metrics)
+        .await
+        .expect("backfill");
     assert!(report.complete(), "{report}");
-    assert_eq!((report.rooms, report.messages, report.ranges_done), (u64::from(ROOMS), total, RANGES as usize));
-    assert!(metrics.encode().contains(r#"chat_migration_progress_ratio{type="messages"} 1"#), "{}", metrics.encode());
+    assert_eq!(
+        (report.rooms, report.messages, report.ranges_done),
+        (u64::from(ROOMS), total, RANGES as usize)
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains(r#"chat_migration_progress_ratio{type="messages"} 1"#),
+        "{}",
+        metrics.encode()
+    );
 
-    let verdict = validate::run(&env.pg, &cql, &validate_config(10), &metrics).await.expect("validate");
+    let verdict = validate::run(&env.pg, &cql, &validate_config(10), &metrics)
+        .await
+        .expect("validate");
     assert!(verdict.passed(), "{verdict}");
-    assert_eq!((verdict.drift(), verdict.compared, verdict.legacy_messages, verdict.new_messages), (0.0, u64::from(ROOMS) * 11, total, total));
-    assert!(metrics.encode().contains(r#"chat_consistency_checks_total{status="pass"} 1"#));
+    assert_eq!(
+        (
+            verdict.drift(),
+            verdict.compared,
+            verdict.legacy_messages,
+            verdict.new_messages
+        ),
+        (0.0, u64::from(ROOMS) * 11, total, total)
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains(r#"chat_consistency_checks_total{status="pass"} 1"#)
+    );
     let status = validate::status(&env.pg, &cql).await.expect("status");
-    assert_eq!((status.legacy_rooms, status.new_rooms, status.legacy_messages, status.new_messages), (u64::from(ROOMS), u64::from(ROOMS), total, total));
+    assert_eq!(
+        (
+            status.legacy_rooms,
+            status.new_rooms,
+            status.legacy_messages,
+            status.new_messages
+        ),
+        (u64::from(ROOMS), u64::from(ROOMS), total, total)
+    );
 
     // The copy serves the API's queries as PostgreSQL does.
-    let (pg_rooms, pg_total) = env.pg.rooms_for_user(UserId(1), PageRequest { page: 1, limit: 50 }).await.expect("pg rooms");
-    let (cql_rooms, cql_total) = env.cql.rooms_for_user(UserId(1), PageRequest { page: 1, limit: 50 }).await.expect("cql rooms");
+    let (pg_rooms, pg_total) = env
+        .pg
+        .rooms_for_user(UserId(1), PageRequest { page: 1, limit: 50 })
+        .await
+        .expect("pg rooms");
+    let (cql_rooms, cql_total) = env
+        .cql
+        .rooms_for_user(UserId(1), PageRequest { page: 1, limit: 50 })
+        .await
+        .expect("cql rooms");
     assert_eq!((cql_total, &cql_rooms), (pg_total, &pg_rooms));
-    assert_eq!(env.cql.room_ids_for_user(UserId(3)).await.expect("rooms").len(), ROOMS as usize - 1, "user 3 left room 0");
+    assert_eq!(
+        env.cql
+            .room_ids_for_user(UserId(3))
+            .await
+            .expect("rooms")
+            .len(),
+        ROOMS as usize - 1,
+        "user 3 left room 0"
+    );
     let (room, _) = &rooms[1];
     let pg_history = env.pg.history(*room, None, 100).await.expect("pg history");
-    let cql_history = env.cql.history(*room, None, 100).await.expect("cql history");
+    let cql_history = env
+        .cql
+        .history(*room, None, 100)
+        .await
+        .expect("cql history");
     assert_eq!(format!("{cql_history:?}"), format!("{pg_history:?}"));
 }
 
@@ -126,19 +248,48 @@ async fn backfill_copies_everything_and_validates_with_zero_drift() {
 async fn a_stopped_backfill_resumes_from_its_checkpoints_without_duplicates() {
     let env = ficus_e2e::skip_or_fail!(setup("backfill_resume").await);
     populate(&env.pg).await;
-    let cql = env.cql.backfill(&env.keyspace).await.expect("backfill statements");
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
     let metrics = Metrics::default();
     let start = now();
 
-    let first = backfill::run(&env.pg, Some(&cql), &BackfillConfig { max_ranges: Some(3), ..config(start) }, &metrics).await.expect("first run");
-    assert_eq!((first.ranges_done, first.rooms, first.messages), (3, 3, 3 * PER_ROOM as u64));
+    let first = backfill::run(
+        &env.pg,
+        Some(&cql),
+        &BackfillConfig {
+            max_ranges: Some(3),
+            ..config(start)
+        },
+        &metrics,
+    )
+    .await
+    .expect("first run");
+    assert_eq!(
+        (first.ranges_done, first.rooms, first.messages),
+        (3, 3, 3 * PER_ROOM as u64)
+    );
     assert!(!first.complete());
-    let partial = validate::run(&env.pg, &cql, &validate_config(5), &metrics).await.expect("validate");
+    let partial = validate::run(&env.pg, &cql, &validate_config(5), &metrics)
+        .await
+        .expect("validate");
     assert!(!partial.passed(), "{partial}");
-    assert_eq!(partial.mismatches.get("missing_room"), Some(&u64::from(ROOMS - 3)), "{partial}");
+    assert_eq!(
+        partial.mismatches.get("missing_room"),
+        Some(&u64::from(ROOMS - 3)),
+        "{partial}"
+    );
 
-    let second = backfill::run(&env.pg, Some(&cql), &config(start), &metrics).await.expect("second run");
-    assert_eq!((second.ranges_already_done, second.ranges_done, second.rooms), (3, RANGES as usize - 3, u64::from(ROOMS - 3)), "{second}");
+    let second = backfill::run(&env.pg, Some(&cql), &config(start), &metrics)
+        .await
+        .expect("second run");
+    assert_eq!(
+        (second.ranges_already_done, second.ranges_done, second.rooms),
+        (3, RANGES as usize - 3, u64::from(ROOMS - 3)),
+        "{second}"
+    );
     assert!(second.complete());
     let checkpoints: i64 = sqlx::query_scalar("select count(*) from backfill_checkpoint where range_count = $1 and completed_at is not null")
         .bind(RANGES as i32)
@@ -148,10 +299,17 @@ async fn a_stopped_backfill_resumes_from_its_checkpoints_without_duplicates() {
     assert_eq!(checkpoints, i64::from(RANGES));
 
     // A third run has nothing left to do.
-    let third = backfill::run(&env.pg, Some(&cql), &config(start), &metrics).await.expect("third run");
-    assert_eq!((third.ranges_already_done, third.rooms), (RANGES as usize, 0));
+    let third = backfill::run(&env.pg, Some(&cql), &config(start), &metrics)
+        .await
+        .expect("third run");
+    assert_eq!(
+        (third.ranges_already_done, third.rooms),
+        (RANGES as usize, 0)
+    );
 
-    let verdict = validate::run(&env.pg, &cql, &validate_config(10), &metrics).await.expect("validate");
+    let verdict = validate::run(&env.pg, &cql, &validate_config(10), &metrics)
+        .await
+        .expect("validate");
     assert!(verdict.passed() && verdict.drift() == 0.0, "{verdict}");
     let status = validate::status(&env.pg, &cql).await.expect("status");
     assert_eq!(status.new_messages, status.legacy_messages, "no duplicates");
@@ -161,7 +319,11 @@ async fn a_stopped_backfill_resumes_from_its_checkpoints_without_duplicates() {
 async fn the_backfill_never_overwrites_a_newer_dual_written_row() {
     let env = ficus_e2e::skip_or_fail!(setup("backfill_newer").await);
     let rooms = populate(&env.pg).await;
-    let cql = env.cql.backfill(&env.keyspace).await.expect("backfill statements");
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
     let metrics = Metrics::default();
     // The dual write starts; the live path then writes room 0 and a newer version of one of its
     // messages to the new store.
@@ -172,64 +334,155 @@ async fn the_backfill_never_overwrites_a_newer_dual_written_row() {
     live_room.name = "renamed live".into();
     env.cql.create_room(live_room).await.expect("live room");
     let target = &messages[7];
-    let live = NewMessage { content: b"newer, dual-written".to_vec(), ..target.clone() };
+    let live = NewMessage {
+        content: b"newer, dual-written".to_vec(),
+        ..target.clone()
+    };
     env.cql.insert_message(live).await.expect("live message");
 
-    let report = backfill::run(&env.pg, Some(&cql), &config(dual_write_start), &metrics).await.expect("backfill");
+    let report = backfill::run(&env.pg, Some(&cql), &config(dual_write_start), &metrics)
+        .await
+        .expect("backfill");
     assert!(report.complete(), "{report}");
 
-    let (_, content, _, _) = cql.message(*room, target.id).await.expect("read").expect("message");
-    assert_eq!(content, b"newer, dual-written", "the backfill's older copy lost");
-    assert_eq!(env.cql.get_room(*room, UserId(1)).await.expect("room").name, "renamed live");
-    let (_, other, _, _) = cql.message(*room, messages[8].id).await.expect("read").expect("copied");
+    let (_, content, _, _) = cql
+        .message(*room, target.id)
+        .await
+        .expect("read")
+        .expect("message");
+    assert_eq!(
+        content, b"newer, dual-written",
+        "the backfill's older copy lost"
+    );
+    assert_eq!(
+        env.cql.get_room(*room, UserId(1)).await.expect("room").name,
+        "renamed live"
+    );
+    let (_, other, _, _) = cql
+        .message(*room, messages[8].id)
+        .await
+        .expect("read")
+        .expect("copied");
     assert_eq!(other, messages[8].content);
 
     // The divergence is exactly what validate reports.
-    let verdict = validate::run(&env.pg, &cql, &validate_config(1_000), &metrics).await.expect("validate");
-    assert_eq!((verdict.mismatched, verdict.mismatches.get("content")), (1, Some(&1)), "{verdict}");
+    let verdict = validate::run(&env.pg, &cql, &validate_config(1_000), &metrics)
+        .await
+        .expect("validate");
+    assert_eq!(
+        (verdict.mismatched, verdict.mismatches.get("content")),
+        (1, Some(&1)),
+        "{verdict}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn validate_detects_injected_drift_and_fails() {
     let env = ficus_e2e::skip_or_fail!(setup("backfill_drift").await);
     let rooms = populate(&env.pg).await;
-    let cql = env.cql.backfill(&env.keyspace).await.expect("backfill statements");
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
     let metrics = Metrics::default();
-    backfill::run(&env.pg, Some(&cql), &config(now()), &metrics).await.expect("backfill");
-    assert!(validate::run(&env.pg, &cql, &validate_config(1_000), &metrics).await.expect("validate").passed());
+    backfill::run(&env.pg, Some(&cql), &config(now()), &metrics)
+        .await
+        .expect("backfill");
+    assert!(
+        validate::run(&env.pg, &cql, &validate_config(1_000), &metrics)
+            .await
+            .expect("validate")
+            .passed()
+    );
 
     // Alter a message in CQL, delete one from PostgreSQL.
     let altered: MessageId = rooms[2].1[3].id;
     env.cql
         .session()
         .query_unpaged(
-            format!("UPDATE {}.messages_by_room SET content = ? WHERE room_id = ? AND message_id = ?", env.keyspace),
-            (b"tampered".to_vec(), rooms[2].0.0, scylla::value::CqlTimeuuid::from(altered.0)),
+            format!(
+                "UPDATE {}.messages_by_room SET content = ? WHERE room_id = ? AND message_id = ?",
+                env.keyspace
+            ),
+            (
+                b"tampered".to_vec(),
+                rooms[2].0.0,
+                scylla::value::CqlTimeuuid::from(altered.0),
+            ),
         )
         .await
         .expect("alter");
-    sqlx::query("delete from room_message where id = $1").bind(rooms[5].1[0].id).execute(env.pg.pool()).await.expect("delete");
+    sqlx::query("delete from room_message where id = $1")
+        .bind(rooms[5].1[0].id)
+        .execute(env.pg.pool())
+        .await
+        .expect("delete");
 
-    let verdict = validate::run(&env.pg, &cql, &validate_config(1_000), &metrics).await.expect("validate");
+    let verdict = validate::run(&env.pg, &cql, &validate_config(1_000), &metrics)
+        .await
+        .expect("validate");
     assert!(!verdict.passed(), "{verdict}");
-    assert_eq!((verdict.mismatches.get("content"), verdict.mismatches.get("count"), verdict.mismatched), (Some(&1), Some(&1), 2), "{verdict}");
+    assert_eq!(
+        (
+            verdict.mismatches.get("content"),
+            verdict.mismatches.get("count"),
+            verdict.mismatched
+        ),
+        (Some(&1), Some(&1), 2),
+        "{verdict}"
+    );
     assert!(verdict.drift() > 0.0);
     let text = metrics.encode();
-    assert!(text.contains(r#"chat_data_inconsistencies{type="content"} 1"#) && text.contains(r#"chat_consistency_checks_total{status="fail"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"chat_data_inconsistencies{type="content"} 1"#)
+            && text.contains(r#"chat_consistency_checks_total{status="fail"} 1"#),
+        "{text}"
+    );
     // A tolerance above the drift passes.
-    let tolerant = validate::run(&env.pg, &cql, &ValidateConfig { max_drift: 0.5, ..validate_config(1_000) }, &metrics).await.expect("validate");
+    let tolerant = validate::run(
+        &env.pg,
+        &cql,
+        &ValidateConfig {
+            max_drift: 0.5,
+            ..validate_config(1_000)
+        },
+        &metrics,
+    )
+    .await
+    .expect("validate");
     assert!(tolerant.passed());
 
     // The binary: exit 2 on drift, 0 within --max-drift.
     let exit = |max_drift: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
-            .args(["validate", "--database-url", &env.database_url, "--cql-contact-points", &env.contact_point, "--cql-keyspace", &env.keyspace])
-            .args(["--cql-consistency", "ONE", "--sample", "1000", "--max-drift", max_drift])
+            .args([
+                "validate",
+                "--database-url",
+                &env.database_url,
+                "--cql-contact-points",
+                &env.contact_point,
+                "--cql-keyspace",
+                &env.keyspace,
+            ])
+            .args([
+                "--cql-consistency",
+                "ONE",
+                "--sample",
+                "1000",
+                "--max-drift",
+                max_drift,
+            ])
             .output()
             .expect("run chat-service")
     };
     let failed = exit("0");
-    assert_eq!(failed.status.code(), Some(2), "{}", String::from_utf8_lossy(&failed.stdout));
+    assert_eq!(
+        failed.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
     assert!(String::from_utf8_lossy(&failed.stdout).contains("verdict: FAIL"));
     assert_eq!(exit("0.5").status.code(), Some(0));
 }

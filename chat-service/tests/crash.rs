@@ -37,13 +37,21 @@ struct Service {
 
 impl Service {
     fn spawn(&self, run: u32) -> Child {
-        let log = std::fs::File::create(self.log.with_extension(format!("{run}.log"))).expect("log file");
+        let log =
+            std::fs::File::create(self.log.with_extension(format!("{run}.log"))).expect("log file");
         let mut cmd = Command::new(BIN);
-        cmd.args(&self.args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("RUST_LOG", "warn");
+        cmd.args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start chat-service")
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start chat-service")
     }
 
     fn log_text(&self, run: u32) -> String {
@@ -58,27 +66,47 @@ impl Service {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 panic!("chat-service exited ({status}):\n{}", self.log_text(run));
             }
-            if let Ok(r) = http.get(format!("{}/readyz", self.base_url)).timeout(Duration::from_secs(2)).send().await
+            if let Ok(r) = http
+                .get(format!("{}/readyz", self.base_url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
                 && r.status().is_success()
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "chat-service not ready within 60 s:\n{}", self.log_text(run));
+            assert!(
+                Instant::now() < deadline,
+                "chat-service not ready within 60 s:\n{}",
+                self.log_text(run)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 async fn all_message_ids(pool: &PgPool) -> HashSet<Uuid> {
-    sqlx::query_scalar::<sqlx::Postgres, Uuid>("select id from room_message").fetch_all(pool).await.expect("ids").into_iter().collect()
+    sqlx::query_scalar::<sqlx::Postgres, Uuid>("select id from room_message")
+        .fetch_all(pool)
+        .await
+        .expect("ids")
+        .into_iter()
+        .collect()
 }
 
 async fn outbox_depth(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox").fetch_one(pool).await.expect("depth")
+    sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox")
+        .fetch_one(pool)
+        .await
+        .expect("depth")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -111,7 +139,10 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
         ],
         env: vec![
             ("DATABASE_URL", legacy_url.clone()),
-            ("CHAT_JWT_SECRET", String::from_utf8(common::JWT_SECRET.to_vec()).expect("utf8")),
+            (
+                "CHAT_JWT_SECRET",
+                String::from_utf8(common::JWT_SECRET.to_vec()).expect("utf8"),
+            ),
             // The same key across the restart: the content stays readable.
             ("CHAT_ENCRYPTION_KEY", EncryptionKey::random().to_base64()),
         ],
@@ -125,7 +156,12 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
     let users: Vec<UserId> = (1..=CLIENTS as i32).map(UserId).collect();
     let mut rooms: Vec<RoomId> = Vec::new();
     for i in 0..ROOMS {
-        rooms.push(client.create_room(users[0], &format!("crash {i}"), "group", &users).await.expect("room"));
+        rooms.push(
+            client
+                .create_room(users[0], &format!("crash {i}"), "group", &users)
+                .await
+                .expect("room"),
+        );
     }
     let rooms = Arc::new(rooms);
 
@@ -138,7 +174,14 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
             let (mut acked, mut failed) = (Vec::new(), 0u64);
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                match client.send_message(user, rooms[(w + i) % rooms.len()], &format!("client {w} message {i}")).await {
+                match client
+                    .send_message(
+                        user,
+                        rooms[(w + i) % rooms.len()],
+                        &format!("client {w} message {i}"),
+                    )
+                    .await
+                {
                     Ok(id) => acked.push(id.0),
                     Err(_) => failed += 1,
                 }
@@ -158,12 +201,19 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
         acked.extend(a);
         failed += f;
     }
-    assert!(acked.len() >= 20, "the burst was under way when the process was killed ({} acknowledged)", acked.len());
+    assert!(
+        acked.len() >= 20,
+        "the burst was under way when the process was killed ({} acknowledged)",
+        acked.len()
+    );
 
     // Restart on the same databases; the replayer makes the secondary writes the crash cut off.
     let mut child = service.spawn(2);
     service.wait_ready(&mut child, 2).await;
-    let after = client.send_message(users[0], rooms[0], "after the restart").await.expect("send after the restart");
+    let after = client
+        .send_message(users[0], rooms[0], "after the restart")
+        .await
+        .expect("send after the restart");
     acked.push(after.0);
 
     let legacy = PgPool::connect(&legacy_url).await.expect("legacy pool");
@@ -171,7 +221,11 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
     let depth_after_restart = outbox_depth(&legacy).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     while outbox_depth(&legacy).await > 0 {
-        assert!(Instant::now() < deadline, "the outbox did not drain within 90 s after the restart:\n{}", service.log_text(2));
+        assert!(
+            Instant::now() < deadline,
+            "the outbox did not drain within 90 s after the restart:\n{}",
+            service.log_text(2)
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let drained_in = deadline - Duration::from_secs(90);
@@ -186,18 +240,34 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
         in_legacy.len(),
         in_new.len()
     );
-    assert!(missing_legacy.is_empty(), "acknowledged messages missing from legacy: {missing_legacy:?}");
-    assert!(missing_new.is_empty(), "acknowledged messages missing from the new store: {missing_new:?}");
+    assert!(
+        missing_legacy.is_empty(),
+        "acknowledged messages missing from legacy: {missing_legacy:?}"
+    );
+    assert!(
+        missing_new.is_empty(),
+        "acknowledged messages missing from the new store: {missing_new:?}"
+    );
     // Every message legacy committed (acknowledged or in flight at the kill) reaches the new
     // store too: its outbox row commits with the legacy write.
     let legacy_only: Vec<&Uuid> = in_legacy.difference(&in_new).collect();
-    assert!(legacy_only.is_empty(), "{} messages committed in legacy never reached the new store: {legacy_only:?}", legacy_only.len());
+    assert!(
+        legacy_only.is_empty(),
+        "{} messages committed in legacy never reached the new store: {legacy_only:?}",
+        legacy_only.len()
+    );
     // The reverse can happen and is not a loss: with `sync` the secondary write runs
     // concurrently with the primary's, so a kill between the two commits leaves a message the
     // client never had acknowledged in the new store only (`validate` reports those).
     let new_only: Vec<&Uuid> = in_new.difference(&in_legacy).collect();
-    assert!(new_only.iter().all(|id| !acked.contains(id)), "an acknowledged message is missing from legacy");
-    println!("unacknowledged messages in the new store only (in flight at the kill): {}", new_only.len());
+    assert!(
+        new_only.iter().all(|id| !acked.contains(id)),
+        "an acknowledged message is missing from legacy"
+    );
+    println!(
+        "unacknowledged messages in the new store only (in flight at the kill): {}",
+        new_only.len()
+    );
 
     child.kill().expect("stop");
     child.wait().expect("reap");

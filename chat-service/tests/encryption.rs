@@ -23,30 +23,66 @@ async fn stored_content_is_ciphertext_and_members_read_plaintext() {
 
     // In the table: nonce || ciphertext || tag, no trace of the text.
     let pool = PgPool::connect(&config.database_url).await.expect("pool");
-    let stored: Vec<u8> = sqlx::query_scalar("select content from room_message where id = $1").bind(id).fetch_one(&pool).await.expect("row");
+    let stored: Vec<u8> = sqlx::query_scalar("select content from room_message where id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("row");
     assert_eq!(stored.len(), 12 + secret.len() + 16);
-    assert!(!stored.windows(6).any(|w| w == b"launch"), "plaintext found in room_message.content");
+    assert!(
+        !stored.windows(6).any(|w| w == b"launch"),
+        "plaintext found in room_message.content"
+    );
     let as_text = String::from_utf8_lossy(&stored);
     assert!(!as_text.contains("launch"));
     // Two sends of the same text differ (fresh nonce).
     let again = svc.send(1, &room, secret).await;
-    let stored_again: Vec<u8> = sqlx::query_scalar("select content from room_message where id = $1::uuid").bind(again["id"].as_str()).fetch_one(&pool).await.expect("row");
+    let stored_again: Vec<u8> =
+        sqlx::query_scalar("select content from room_message where id = $1::uuid")
+            .bind(again["id"].as_str())
+            .fetch_one(&pool)
+            .await
+            .expect("row");
     assert_ne!(stored[..12], stored_again[..12]);
 
     // The key opens it; members read plaintext; non-members get nothing.
     let room_id = RoomId(room.parse().expect("uuid"));
-    assert_eq!(ContentCipher::new(&key).open(room_id, MessageId(id), &stored).expect("decrypts with the service key"), secret);
-    let history = svc.call(2, "GetMessageHistory", json!({ "id": room })).await;
-    assert!(history["items"].as_array().expect("items").iter().all(|m| m["content"] == secret), "{history}");
-    assert_error(&svc.raw(3, "GetMessageHistory", json!({ "id": room })).await, 403, "permission_denied");
+    assert_eq!(
+        ContentCipher::new(&key)
+            .open(room_id, MessageId(id), &stored)
+            .expect("decrypts with the service key"),
+        secret
+    );
+    let history = svc
+        .call(2, "GetMessageHistory", json!({ "id": room }))
+        .await;
+    assert!(
+        history["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|m| m["content"] == secret),
+        "{history}"
+    );
+    assert_error(
+        &svc.raw(3, "GetMessageHistory", json!({ "id": room })).await,
+        403,
+        "permission_denied",
+    );
     svc.stop().await;
 
     // The same data under another key does not decrypt: the read fails loudly, not with garbage.
     let mut wrong = config.clone();
     wrong.encryption_key = EncryptionKey::random();
     let other = common::start(wrong).await;
-    let (status, body) = other.raw(2, "GetMessageHistory", json!({ "id": room })).await;
-    assert_eq!((status, body["code"].as_str()), (500, Some("internal")), "{body}");
+    let (status, body) = other
+        .raw(2, "GetMessageHistory", json!({ "id": room }))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (500, Some("internal")),
+        "{body}"
+    );
     assert!(!body.to_string().contains("launch"));
     other.stop().await;
 
@@ -54,5 +90,9 @@ async fn stored_content_is_ciphertext_and_members_read_plaintext() {
     let svc = common::start(config).await;
     sqlx::query("update room_message set content = set_byte(content, 20, get_byte(content, 20) # 1) where id = $1").bind(id).execute(&pool).await.expect("tamper");
     let (status, body) = svc.raw(2, "GetMessageHistory", json!({ "id": room })).await;
-    assert_eq!((status, body["code"].as_str()), (500, Some("internal")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (500, Some("internal")),
+        "{body}"
+    );
 }

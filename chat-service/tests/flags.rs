@@ -22,12 +22,27 @@ const WAIT: Duration = Duration::from_secs(5);
 /// ignored to have been seen and ignored.
 const SETTLE: Duration = Duration::from_millis(800);
 
-fn flags(generation: i64, write_primary: StoreSide, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
-    Flags { generation, write_primary, dual_write, shadow_read_percent: shadow, read_split_percent: split }
+fn flags(
+    generation: i64,
+    write_primary: StoreSide,
+    dual_write: DualWrite,
+    shadow: u8,
+    split: u8,
+) -> Flags {
+    Flags {
+        generation,
+        write_primary,
+        dual_write,
+        shadow_read_percent: shadow,
+        read_split_percent: split,
+    }
 }
 
 fn entries(f: &Flags) -> BTreeMap<String, String> {
-    f.to_entries().into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    f.to_entries()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
 }
 
 fn text(f: &Flags) -> String {
@@ -39,19 +54,38 @@ fn text(f: &Flags) -> String {
 }
 
 /// Waits for flags with `generation`; returns how long it took since `since`.
-async fn wait_generation(rx: &mut watch::Receiver<Flags>, generation: i64, since: Instant) -> Duration {
-    let outcome = tokio::time::timeout(WAIT, rx.wait_for(|f| f.generation == generation)).await.map(|r| r.is_ok());
+async fn wait_generation(
+    rx: &mut watch::Receiver<Flags>,
+    generation: i64,
+    since: Instant,
+) -> Duration {
+    let outcome = tokio::time::timeout(WAIT, rx.wait_for(|f| f.generation == generation))
+        .await
+        .map(|r| r.is_ok());
     match outcome {
         Ok(true) => since.elapsed(),
         Ok(false) => panic!("flag channel closed while waiting for generation {generation}"),
-        Err(_) => panic!("generation {generation} not applied within {WAIT:?}; in force: {:?}", *rx.borrow()),
+        Err(_) => panic!(
+            "generation {generation} not applied within {WAIT:?}; in force: {:?}",
+            *rx.borrow()
+        ),
     }
 }
 
 /// Asserts that nothing was applied: the subscriber saw no change and the flags are `expected`.
-async fn assert_kept(watcher: &FlagWatcher, rx: &watch::Receiver<Flags>, gauge: &Gauge, expected: Flags, what: &str) {
+async fn assert_kept(
+    watcher: &FlagWatcher,
+    rx: &watch::Receiver<Flags>,
+    gauge: &Gauge,
+    expected: Flags,
+    what: &str,
+) {
     tokio::time::sleep(SETTLE).await;
-    assert!(!rx.has_changed().unwrap_or(true), "{what}: the flags changed to {:?}", *rx.borrow());
+    assert!(
+        !rx.has_changed().unwrap_or(true),
+        "{what}: the flags changed to {:?}",
+        *rx.borrow()
+    );
     assert_eq!(watcher.current(), expected, "{what}");
     assert_eq!(gauge.get(), expected.generation, "{what}: gauge");
 }
@@ -69,7 +103,10 @@ fn parse_accepts_every_valid_combination() {
                     for generation in [0i64, 1, 42, i64::MAX] {
                         let want = flags(generation, primary, dual, shadow, split);
                         let map = entries(&want);
-                        assert_eq!(Flags::parse(|k| map.get(k).cloned()).expect("valid document"), want);
+                        assert_eq!(
+                            Flags::parse(|k| map.get(k).cloned()).expect("valid document"),
+                            want
+                        );
                         n += 1;
                     }
                 }
@@ -98,7 +135,10 @@ fn parse_rejects_every_missing_key() {
         let mut map = full.clone();
         map.remove(key);
         let err = Flags::parse(|k| map.get(k).cloned()).expect_err("a key is missing");
-        assert!(matches!(err, FlagError::MissingKey { key: k } if k == key), "{key}: {err:?}");
+        assert!(
+            matches!(err, FlagError::MissingKey { key: k } if k == key),
+            "{key}: {err:?}"
+        );
         let msg = err.to_string();
         assert!(msg.contains(key), "message names the key: {msg}");
         println!("missing {key}: {msg}");
@@ -108,11 +148,36 @@ fn parse_rejects_every_missing_key() {
 #[test]
 fn parse_rejects_every_invalid_value() {
     let cases: &[(&str, &[&str])] = &[
-        ("generation", &["", " ", "abc", "-1", "+1", "1.5", "1e3", "0x10", "9223372036854775808"]),
-        ("write_primary", &["", "Legacy", "NEW", "old", "legacy,new", "primary"]),
-        ("dual_write", &["", "on", "true", "Sync", "ASYNC", "off sync"]),
-        ("shadow_read_percent", &["", "101", "-1", "+5", "50%", "5.5", "256", "abc"]),
-        ("read_split_percent", &["", "101", "-1", "1000", "50%", "0.5", "half"]),
+        (
+            "generation",
+            &[
+                "",
+                " ",
+                "abc",
+                "-1",
+                "+1",
+                "1.5",
+                "1e3",
+                "0x10",
+                "9223372036854775808",
+            ],
+        ),
+        (
+            "write_primary",
+            &["", "Legacy", "NEW", "old", "legacy,new", "primary"],
+        ),
+        (
+            "dual_write",
+            &["", "on", "true", "Sync", "ASYNC", "off sync"],
+        ),
+        (
+            "shadow_read_percent",
+            &["", "101", "-1", "+5", "50%", "5.5", "256", "abc"],
+        ),
+        (
+            "read_split_percent",
+            &["", "101", "-1", "1000", "50%", "0.5", "half"],
+        ),
     ];
     let full = entries(&flags(3, StoreSide::New, DualWrite::Sync, 10, 20));
     for (key, values) in cases {
@@ -121,19 +186,27 @@ fn parse_rejects_every_invalid_value() {
             map.insert(key.to_string(), value.to_string());
             let err = Flags::parse(|k| map.get(k).cloned()).expect_err("invalid value");
             match &err {
-                FlagError::InvalidValue { key: k, value: v, .. } => {
+                FlagError::InvalidValue {
+                    key: k, value: v, ..
+                } => {
                     assert_eq!((k, v.as_str()), (key, *value), "{err}");
                 }
                 other => panic!("{key}={value:?}: expected InvalidValue, got {other:?}"),
             }
             let msg = err.to_string();
-            assert!(msg.contains(key) && msg.contains(&format!("{value:?}")), "message names key and value: {msg}");
+            assert!(
+                msg.contains(key) && msg.contains(&format!("{value:?}")),
+                "message names key and value: {msg}"
+            );
         }
     }
     let mut map = full.clone();
     map.insert("read_split_percent".into(), "150".into());
     let err = Flags::parse(|k| map.get(k).cloned()).expect_err("out of range");
-    assert_eq!(err.to_string(), "flag `read_split_percent` has invalid value \"150\": expected an integer from 0 to 100");
+    assert_eq!(
+        err.to_string(),
+        "flag `read_split_percent` has invalid value \"150\": expected an integer from 0 to 100"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,15 +216,22 @@ fn parse_rejects_every_invalid_value() {
 async fn static_source() {
     let want = flags(4, StoreSide::New, DualWrite::Off, 0, 100);
     let gauge = Gauge::default();
-    let watcher = FlagWatcher::start(FlagSource::Static(want), gauge.clone()).await.expect("static flags");
+    let watcher = FlagWatcher::start(FlagSource::Static(want), gauge.clone())
+        .await
+        .expect("static flags");
     assert_eq!(watcher.current(), want);
     assert_eq!(watcher.clone().current(), want);
     assert_eq!(gauge.get(), 4);
     let rx = watcher.subscribe();
     assert!(!rx.has_changed().expect("the channel stays open"));
 
-    let bad = Flags { shadow_read_percent: 101, ..want };
-    let err = FlagWatcher::start(FlagSource::Static(bad), Gauge::default()).await.expect_err("101 %");
+    let bad = Flags {
+        shadow_read_percent: 101,
+        ..want
+    };
+    let err = FlagWatcher::start(FlagSource::Static(bad), Gauge::default())
+        .await
+        .expect_err("101 %");
     assert!(err.to_string().contains("shadow_read_percent"), "{err}");
 }
 
@@ -165,7 +245,8 @@ impl TempDir {
     fn new(name: &str) -> TempDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("chat-flags-{name}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("chat-flags-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -199,7 +280,9 @@ async fn file_source_follows_changes_and_keeps_the_last_good_flags() {
     std::fs::write(&path, text(&g1)).expect("write flags");
 
     let gauge = Gauge::default();
-    let watcher = FlagWatcher::start(FlagSource::File(path.clone()), gauge.clone()).await.expect("start");
+    let watcher = FlagWatcher::start(FlagSource::File(path.clone()), gauge.clone())
+        .await
+        .expect("start");
     assert_eq!(watcher.current(), g1);
     assert_eq!(gauge.get(), 1);
     let mut rx = watcher.subscribe();
@@ -215,10 +298,15 @@ async fn file_source_follows_changes_and_keeps_the_last_good_flags() {
     rx.mark_unchanged();
 
     // Invalid values: rejected, generation 2 stays in force.
-    let invalid = text(&flags(3, StoreSide::New, DualWrite::Sync, 10, 0)).replace("write_primary=new", "write_primary=sideways");
+    let invalid = text(&flags(3, StoreSide::New, DualWrite::Sync, 10, 0))
+        .replace("write_primary=new", "write_primary=sideways");
     std::fs::write(&path, invalid).expect("invalid rewrite");
     assert_kept(&watcher, &rx, &gauge, g2, "invalid write_primary").await;
-    std::fs::write(&path, text(&g2).replace("read_split_percent=0", "read_split_percent=101")).expect("invalid rewrite");
+    std::fs::write(
+        &path,
+        text(&g2).replace("read_split_percent=0", "read_split_percent=101"),
+    )
+    .expect("invalid rewrite");
     assert_kept(&watcher, &rx, &gauge, g2, "read_split_percent=101").await;
     std::fs::write(&path, "generation=3\nthis line is not key value\n").expect("syntax error");
     assert_kept(&watcher, &rx, &gauge, g2, "syntax error").await;
@@ -226,7 +314,8 @@ async fn file_source_follows_changes_and_keeps_the_last_good_flags() {
     assert_kept(&watcher, &rx, &gauge, g2, "missing dual_write").await;
 
     // A lower generation: ignored.
-    std::fs::write(&path, text(&flags(1, StoreSide::New, DualWrite::Off, 0, 0))).expect("older document");
+    std::fs::write(&path, text(&flags(1, StoreSide::New, DualWrite::Off, 0, 0)))
+        .expect("older document");
     assert_kept(&watcher, &rx, &gauge, g2, "lower generation").await;
 
     // Atomic rename-replace with a higher generation: picked up (the watch is on the directory).
@@ -275,7 +364,9 @@ async fn file_source_follows_a_kubelet_style_symlink_swap() {
     std::os::unix::fs::symlink("..data/flags", root.join("flags")).expect("symlink flags");
 
     let gauge = Gauge::default();
-    let watcher = FlagWatcher::start(FlagSource::File(root.join("flags")), gauge.clone()).await.expect("start");
+    let watcher = FlagWatcher::start(FlagSource::File(root.join("flags")), gauge.clone())
+        .await
+        .expect("start");
     assert_eq!(watcher.current(), g1);
     let mut rx = watcher.subscribe();
 
@@ -295,9 +386,15 @@ async fn file_source_missing_at_start_means_defaults_until_the_file_appears() {
     let path = dir.path().join("flags");
     let gauge = Gauge::default();
     gauge.set(-1);
-    let watcher = FlagWatcher::start(FlagSource::File(path.clone()), gauge.clone()).await.expect("start without a file");
+    let watcher = FlagWatcher::start(FlagSource::File(path.clone()), gauge.clone())
+        .await
+        .expect("start without a file");
     assert_eq!(watcher.current(), Flags::default());
-    assert_eq!(gauge.get(), 0, "the gauge shows generation 0 before any document");
+    assert_eq!(
+        gauge.get(),
+        0,
+        "the gauge shows generation 0 before any document"
+    );
     let mut rx = watcher.subscribe();
 
     let g1 = flags(1, StoreSide::Legacy, DualWrite::Sync, 0, 0);
@@ -313,13 +410,30 @@ async fn file_source_start_rejects_an_invalid_document() {
     ficus_e2e::init();
     let dir = TempDir::new("invalid");
     let path = dir.path().join("flags");
-    std::fs::write(&path, text(&flags(1, StoreSide::Legacy, DualWrite::Off, 0, 0)).replace("dual_write=off", "dual_write=maybe")).expect("write");
-    let err = FlagWatcher::start(FlagSource::File(path.clone()), Gauge::default()).await.expect_err("invalid document");
+    std::fs::write(
+        &path,
+        text(&flags(1, StoreSide::Legacy, DualWrite::Off, 0, 0))
+            .replace("dual_write=off", "dual_write=maybe"),
+    )
+    .expect("write");
+    let err = FlagWatcher::start(FlagSource::File(path.clone()), Gauge::default())
+        .await
+        .expect_err("invalid document");
     let msg = err.to_string();
     println!("{msg}");
-    assert!(msg.contains("dual_write") && msg.contains("\"maybe\"") && msg.contains(&path.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("dual_write")
+            && msg.contains("\"maybe\"")
+            && msg.contains(&path.display().to_string()),
+        "{msg}"
+    );
 
-    let err = FlagWatcher::start(FlagSource::File(dir.path().join("no-such-dir/flags")), Gauge::default()).await.expect_err("no directory");
+    let err = FlagWatcher::start(
+        FlagSource::File(dir.path().join("no-such-dir/flags")),
+        Gauge::default(),
+    )
+    .await
+    .expect_err("no directory");
     assert!(matches!(err, FlagError::Watch { .. }), "{err:?}");
 }
 
@@ -337,29 +451,53 @@ async fn setup(prefix: &str) -> Option<(kube::Client, String)> {
     };
     let client = cp.client().await.expect("client");
     let ns = ficus_e2e::unique_namespace(prefix);
-    ficus_e2e::create_namespace(&client, &ns).await.expect("namespace");
+    ficus_e2e::create_namespace(&client, &ns)
+        .await
+        .expect("namespace");
     Some((client, ns))
 }
 
 fn config_map(name: &str, data: BTreeMap<String, String>) -> ConfigMap {
-    ConfigMap { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, data: Some(data), ..Default::default() }
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    }
 }
 
 async fn patch_data(api: &Api<ConfigMap>, name: &str, data: BTreeMap<String, String>) {
-    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({ "data": data }))).await.expect("patch ConfigMap");
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": data })),
+    )
+    .await
+    .expect("patch ConfigMap");
 }
 
 #[tokio::test]
 async fn configmap_source_follows_changes_and_keeps_the_last_good_flags() {
-    let Some((client, ns)) = setup("flags-cm").await else { return };
+    let Some((client, ns)) = setup("flags-cm").await else {
+        return;
+    };
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let name = "chat-flags";
     let g1 = flags(1, StoreSide::Legacy, DualWrite::Sync, 0, 0);
-    api.create(&PostParams::default(), &config_map(name, entries(&g1))).await.expect("create ConfigMap");
+    api.create(&PostParams::default(), &config_map(name, entries(&g1)))
+        .await
+        .expect("create ConfigMap");
 
     let gauge = Gauge::default();
-    let source = FlagSource::ConfigMap { namespace: ns.clone(), name: name.into() };
-    let watcher = FlagWatcher::start_with_client(source, client.clone(), gauge.clone()).await.expect("start");
+    let source = FlagSource::ConfigMap {
+        namespace: ns.clone(),
+        name: name.into(),
+    };
+    let watcher = FlagWatcher::start_with_client(source, client.clone(), gauge.clone())
+        .await
+        .expect("start");
     assert_eq!(watcher.current(), g1);
     assert_eq!(gauge.get(), 1);
     let mut rx = watcher.subscribe();
@@ -381,7 +519,12 @@ async fn configmap_source_follows_changes_and_keeps_the_last_good_flags() {
     assert_kept(&watcher, &rx, &gauge, g2, "invalid dual_write").await;
 
     // A lower generation: ignored.
-    patch_data(&api, name, entries(&flags(1, StoreSide::New, DualWrite::Off, 0, 0))).await;
+    patch_data(
+        &api,
+        name,
+        entries(&flags(1, StoreSide::New, DualWrite::Off, 0, 0)),
+    )
+    .await;
     assert_kept(&watcher, &rx, &gauge, g2, "lower generation").await;
 
     // Another valid change after the rejections.
@@ -394,13 +537,17 @@ async fn configmap_source_follows_changes_and_keeps_the_last_good_flags() {
     rx.mark_unchanged();
 
     // Deleted: the last good flags stay in force.
-    api.delete(name, &DeleteParams::default()).await.expect("delete ConfigMap");
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete ConfigMap");
     assert_kept(&watcher, &rx, &gauge, g4, "ConfigMap deleted").await;
 
     // Re-created by the operator with a higher generation: followed again.
     let g5 = flags(5, StoreSide::New, DualWrite::Off, 0, 100);
     let t = Instant::now();
-    api.create(&PostParams::default(), &config_map(name, entries(&g5))).await.expect("re-create ConfigMap");
+    api.create(&PostParams::default(), &config_map(name, entries(&g5)))
+        .await
+        .expect("re-create ConfigMap");
     let latency = wait_generation(&mut rx, 5, t).await;
     println!("ConfigMap source: re-created ConfigMap applied in {latency:?}");
     assert_eq!(watcher.current(), g5);
@@ -409,36 +556,60 @@ async fn configmap_source_follows_changes_and_keeps_the_last_good_flags() {
 
 #[tokio::test]
 async fn configmap_source_missing_at_start_means_defaults_and_invalid_at_start_fails() {
-    let Some((client, ns)) = setup("flags-cm-missing").await else { return };
+    let Some((client, ns)) = setup("flags-cm-missing").await else {
+        return;
+    };
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
 
     let gauge = Gauge::default();
-    let source = FlagSource::ConfigMap { namespace: ns.clone(), name: "not-yet".into() };
-    let watcher = FlagWatcher::start_with_client(source, client.clone(), gauge.clone()).await.expect("start without the ConfigMap");
+    let source = FlagSource::ConfigMap {
+        namespace: ns.clone(),
+        name: "not-yet".into(),
+    };
+    let watcher = FlagWatcher::start_with_client(source, client.clone(), gauge.clone())
+        .await
+        .expect("start without the ConfigMap");
     assert_eq!(watcher.current(), Flags::default());
     assert_eq!(gauge.get(), 0);
     let mut rx = watcher.subscribe();
 
     let g1 = flags(1, StoreSide::Legacy, DualWrite::Async, 0, 0);
     let t = Instant::now();
-    api.create(&PostParams::default(), &config_map("not-yet", entries(&g1))).await.expect("create ConfigMap");
+    api.create(&PostParams::default(), &config_map("not-yet", entries(&g1)))
+        .await
+        .expect("create ConfigMap");
     let latency = wait_generation(&mut rx, 1, t).await;
     println!("ConfigMap source: created ConfigMap applied in {latency:?}");
     assert_eq!(gauge.get(), 1);
 
     // An unrelated ConfigMap in the namespace changes nothing (the watch selects one name).
     let other = flags(9, StoreSide::New, DualWrite::Off, 0, 100);
-    api.create(&PostParams::default(), &config_map("unrelated", entries(&other))).await.expect("create other");
+    api.create(
+        &PostParams::default(),
+        &config_map("unrelated", entries(&other)),
+    )
+    .await
+    .expect("create other");
     rx.mark_unchanged();
     assert_kept(&watcher, &rx, &gauge, g1, "unrelated ConfigMap").await;
 
     // Invalid at start: an error naming the key and value.
     let mut bad = entries(&g1);
     bad.insert("shadow_read_percent".into(), "200".into());
-    api.create(&PostParams::default(), &config_map("bad", bad)).await.expect("create bad");
-    let source = FlagSource::ConfigMap { namespace: ns.clone(), name: "bad".into() };
-    let err = FlagWatcher::start_with_client(source, client.clone(), Gauge::default()).await.expect_err("invalid at start");
+    api.create(&PostParams::default(), &config_map("bad", bad))
+        .await
+        .expect("create bad");
+    let source = FlagSource::ConfigMap {
+        namespace: ns.clone(),
+        name: "bad".into(),
+    };
+    let err = FlagWatcher::start_with_client(source, client.clone(), Gauge::default())
+        .await
+        .expect_err("invalid at start");
     let msg = err.to_string();
     println!("{msg}");
-    assert!(msg.contains("shadow_read_percent") && msg.contains("\"200\"") && msg.contains("bad"), "{msg}");
+    assert!(
+        msg.contains("shadow_read_percent") && msg.contains("\"200\"") && msg.contains("bad"),
+        "{msg}"
+    );
 }

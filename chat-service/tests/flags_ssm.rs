@@ -58,17 +58,36 @@ async fn moto_or_skip() -> Option<Aws> {
             return None;
         }
     };
-    let config = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(REGION)).endpoint_url(moto.url()).load().await;
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(moto.url())
+        .load()
+        .await;
     let ssm = aws_sdk_ssm::Client::new(&config);
     Some(Aws { moto, config, ssm })
 }
 
 fn ssm_source() -> FlagSource {
-    FlagSource::Ssm { prefix: PREFIX.into(), poll_interval: POLL }
+    FlagSource::Ssm {
+        prefix: PREFIX.into(),
+        poll_interval: POLL,
+    }
 }
 
-fn flags(generation: i64, write_primary: StoreSide, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
-    Flags { generation, write_primary, dual_write, shadow_read_percent: shadow, read_split_percent: split }
+fn flags(
+    generation: i64,
+    write_primary: StoreSide,
+    dual_write: DualWrite,
+    shadow: u8,
+    split: u8,
+) -> Flags {
+    Flags {
+        generation,
+        write_primary,
+        dual_write,
+        shadow_read_percent: shadow,
+        read_split_percent: split,
+    }
 }
 
 impl Aws {
@@ -81,7 +100,12 @@ impl Aws {
             .overwrite(true)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("put {PREFIX}{key}={value}: {}", aws_sdk_ssm::error::DisplayErrorContext(&e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "put {PREFIX}{key}={value}: {}",
+                    aws_sdk_ssm::error::DisplayErrorContext(&e)
+                )
+            });
     }
 
     /// The whole document as the operator writes it: values, its own two extra parameters,
@@ -92,14 +116,30 @@ impl Aws {
                 self.put(key, &value, kind.clone()).await;
             }
         }
-        self.put("traffic-split-percent", &f.read_split_percent.to_string(), kind.clone()).await;
-        self.put("use-new-system", &(f.read_split_percent > 0).to_string(), kind.clone()).await;
-        self.put(keys::GENERATION, &f.generation.to_string(), kind).await;
+        self.put(
+            "traffic-split-percent",
+            &f.read_split_percent.to_string(),
+            kind.clone(),
+        )
+        .await;
+        self.put(
+            "use-new-system",
+            &(f.read_split_percent > 0).to_string(),
+            kind.clone(),
+        )
+        .await;
+        self.put(keys::GENERATION, &f.generation.to_string(), kind)
+            .await;
     }
 
     async fn delete_all(&self) {
         let names: Vec<String> = keys::ALL.iter().map(|k| format!("{PREFIX}{k}")).collect();
-        self.ssm.delete_parameters().set_names(Some(names)).send().await.expect("delete parameters");
+        self.ssm
+            .delete_parameters()
+            .set_names(Some(names))
+            .send()
+            .await
+            .expect("delete parameters");
     }
 
     async fn start(&self, gauge: &Gauge) -> Result<FlagWatcher, FlagError> {
@@ -108,12 +148,22 @@ impl Aws {
 }
 
 /// Waits until the flags in force satisfy `done`; returns how long it took since `since`.
-async fn wait_until(rx: &mut watch::Receiver<Flags>, what: &str, since: Instant, done: impl FnMut(&Flags) -> bool) -> Duration {
-    let outcome = tokio::time::timeout(WAIT, rx.wait_for(done)).await.map(|r| r.is_ok());
+async fn wait_until(
+    rx: &mut watch::Receiver<Flags>,
+    what: &str,
+    since: Instant,
+    done: impl FnMut(&Flags) -> bool,
+) -> Duration {
+    let outcome = tokio::time::timeout(WAIT, rx.wait_for(done))
+        .await
+        .map(|r| r.is_ok());
     match outcome {
         Ok(true) => since.elapsed(),
         Ok(false) => panic!("flag channel closed while waiting for {what}"),
-        Err(_) => panic!("{what} not applied within {WAIT:?}; in force: {:?}", *rx.borrow()),
+        Err(_) => panic!(
+            "{what} not applied within {WAIT:?}; in force: {:?}",
+            *rx.borrow()
+        ),
     }
 }
 
@@ -123,7 +173,13 @@ async fn wait_for_flags(rx: &mut watch::Receiver<Flags>, want: Flags, since: Ins
 
 /// Asserts that nothing was applied: the subscriber saw no change (and its channel is still
 /// open, so the poller is alive) and the flags and gauge are `expected`.
-async fn assert_kept(watcher: &FlagWatcher, rx: &watch::Receiver<Flags>, gauge: &Gauge, expected: Flags, what: &str) {
+async fn assert_kept(
+    watcher: &FlagWatcher,
+    rx: &watch::Receiver<Flags>,
+    gauge: &Gauge,
+    expected: Flags,
+    what: &str,
+) {
     tokio::time::sleep(SETTLE).await;
     match rx.has_changed() {
         Ok(false) => {}
@@ -136,13 +192,19 @@ async fn assert_kept(watcher: &FlagWatcher, rx: &watch::Receiver<Flags>, gauge: 
 
 #[tokio::test]
 async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
-    let Some(aws) = moto_or_skip().await else { return };
+    let Some(aws) = moto_or_skip().await else {
+        return;
+    };
     let g1 = flags(1, StoreSide::Legacy, DualWrite::Sync, 0, 0);
     aws.put_flags(&g1, ParameterType::String).await;
 
     let gauge = Gauge::default();
     let watcher = aws.start(&gauge).await.expect("start");
-    assert_eq!(watcher.current(), g1, "start loads the document before returning");
+    assert_eq!(
+        watcher.current(),
+        g1,
+        "start loads the document before returning"
+    );
     assert_eq!(gauge.get(), 1);
     let mut rx = watcher.subscribe();
 
@@ -151,13 +213,16 @@ async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
     let t = Instant::now();
     aws.put_flags(&g2, ParameterType::String).await;
     let latency = wait_for_flags(&mut rx, g2, t).await;
-    println!("generation 2 applied {latency:?} after the operator-style write began (poll {POLL:?})");
+    println!(
+        "generation 2 applied {latency:?} after the operator-style write began (poll {POLL:?})"
+    );
     assert_eq!(gauge.get(), 2);
     rx.mark_unchanged();
 
     // An invalid value (written first, so no reading holds a valid new document) is rejected;
     // generation 2 stays in force, on every poll after.
-    aws.put(keys::WRITE_PRIMARY, "sideways", ParameterType::String).await;
+    aws.put(keys::WRITE_PRIMARY, "sideways", ParameterType::String)
+        .await;
     aws.put(keys::GENERATION, "3", ParameterType::String).await;
     assert_kept(&watcher, &rx, &gauge, g2, "write_primary=sideways").await;
 
@@ -183,9 +248,13 @@ async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
     wait_for_flags(&mut rx, g5, t).await;
 
     // A hand edit without a generation bump is followed (after a confirming poll).
-    let edited = Flags { read_split_percent: 100, ..g5 };
+    let edited = Flags {
+        read_split_percent: 100,
+        ..g5
+    };
     let t = Instant::now();
-    aws.put(keys::READ_SPLIT_PERCENT, "100", ParameterType::String).await;
+    aws.put(keys::READ_SPLIT_PERCENT, "100", ParameterType::String)
+        .await;
     let latency = wait_for_flags(&mut rx, edited, t).await;
     println!("same-generation edit applied after {latency:?} (two polls)");
     assert_eq!(gauge.get(), 5);
@@ -205,22 +274,33 @@ async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
 
     // SSM goes away (moto stopped): every poll fails, the poller logs and keeps going, and
     // generation 6 stays in force.
-    let Aws { moto, config, ssm: _ } = aws;
+    let Aws {
+        moto,
+        config,
+        ssm: _,
+    } = aws;
     drop(moto);
     assert_kept(&watcher, &rx, &gauge, g6, "SSM unreachable").await;
     assert_kept(&watcher, &rx, &gauge, g6, "SSM still unreachable").await;
 
     // Starting against an unreachable SSM is an error, not a run on default flags.
     let t = Instant::now();
-    let err = FlagWatcher::start_with_aws_config(ssm_source(), &config, Gauge::default()).await.expect_err("SSM is down");
+    let err = FlagWatcher::start_with_aws_config(ssm_source(), &config, Gauge::default())
+        .await
+        .expect_err("SSM is down");
     println!("start without SSM failed after {:?}: {err}", t.elapsed());
-    assert!(matches!(err, FlagError::Ssm { ref prefix, .. } if prefix == PREFIX), "{err:?}");
+    assert!(
+        matches!(err, FlagError::Ssm { ref prefix, .. } if prefix == PREFIX),
+        "{err:?}"
+    );
     assert!(err.to_string().contains(PREFIX), "{err}");
 }
 
 #[tokio::test]
 async fn ssm_source_starts_on_defaults_and_reads_secure_strings() {
-    let Some(aws) = moto_or_skip().await else { return };
+    let Some(aws) = moto_or_skip().await else {
+        return;
+    };
     let gauge = Gauge::default();
     gauge.set(-1);
     let watcher = aws.start(&gauge).await.expect("start without parameters");
@@ -238,32 +318,83 @@ async fn ssm_source_starts_on_defaults_and_reads_secure_strings() {
 
     // The plan's extra parameters are not the service's: changing only them changes nothing.
     rx.mark_unchanged();
-    aws.put("traffic-split-percent", "not-a-number", ParameterType::String).await;
-    aws.put("use-new-system", "maybe", ParameterType::String).await;
-    assert_kept(&watcher, &rx, &gauge, g1, "only the plan's parameters changed").await;
+    aws.put(
+        "traffic-split-percent",
+        "not-a-number",
+        ParameterType::String,
+    )
+    .await;
+    aws.put("use-new-system", "maybe", ParameterType::String)
+        .await;
+    assert_kept(
+        &watcher,
+        &rx,
+        &gauge,
+        g1,
+        "only the plan's parameters changed",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn ssm_source_refuses_to_start_on_a_bad_document_or_prefix() {
-    let Some(aws) = moto_or_skip().await else { return };
-    aws.put_flags(&flags(3, StoreSide::New, DualWrite::Sync, 0, 0), ParameterType::String).await;
-    aws.put(keys::SHADOW_READ_PERCENT, "150", ParameterType::String).await;
-    let err = aws.start(&Gauge::default()).await.expect_err("invalid document at start");
+    let Some(aws) = moto_or_skip().await else {
+        return;
+    };
+    aws.put_flags(
+        &flags(3, StoreSide::New, DualWrite::Sync, 0, 0),
+        ParameterType::String,
+    )
+    .await;
+    aws.put(keys::SHADOW_READ_PERCENT, "150", ParameterType::String)
+        .await;
+    let err = aws
+        .start(&Gauge::default())
+        .await
+        .expect_err("invalid document at start");
     println!("{err}");
-    assert!(matches!(err, FlagError::Rejected { ref source, .. } if matches!(**source, FlagError::InvalidValue { key: "shadow_read_percent", .. })), "{err:?}");
+    assert!(
+        matches!(err, FlagError::Rejected { ref source, .. } if matches!(**source, FlagError::InvalidValue { key: "shadow_read_percent", .. })),
+        "{err:?}"
+    );
 
     // A document without `generation` (half created) is invalid too.
-    aws.put(keys::SHADOW_READ_PERCENT, "0", ParameterType::String).await;
-    aws.ssm.delete_parameter().name(format!("{PREFIX}{}", keys::GENERATION)).send().await.expect("delete generation");
-    let err = aws.start(&Gauge::default()).await.expect_err("no generation");
+    aws.put(keys::SHADOW_READ_PERCENT, "0", ParameterType::String)
+        .await;
+    aws.ssm
+        .delete_parameter()
+        .name(format!("{PREFIX}{}", keys::GENERATION))
+        .send()
+        .await
+        .expect("delete generation");
+    let err = aws
+        .start(&Gauge::default())
+        .await
+        .expect_err("no generation");
     assert!(err.to_string().contains("generation"), "{err}");
 
     for bad in ["hse/chat/", "/hse/chat", "/", "/hse//chat/"] {
-        let source = FlagSource::Ssm { prefix: bad.into(), poll_interval: POLL };
-        let err = FlagWatcher::start_with_aws_config(source, &aws.config, Gauge::default()).await.expect_err(bad);
-        assert!(matches!(err, FlagError::SsmPrefix(ref p) if p == bad), "{bad}: {err:?}");
+        let source = FlagSource::Ssm {
+            prefix: bad.into(),
+            poll_interval: POLL,
+        };
+        let err = FlagWatcher::start_with_aws_config(source, &aws.config, Gauge::default())
+            .await
+            .expect_err(bad);
+        assert!(
+            matches!(err, FlagError::SsmPrefix(ref p) if p == bad),
+            "{bad}: {err:?}"
+        );
     }
     // Checked before any AWS configuration is loaded, on the default path too.
-    let err = FlagWatcher::start(FlagSource::Ssm { prefix: "chat".into(), poll_interval: POLL }, Gauge::default()).await.expect_err("bad prefix");
+    let err = FlagWatcher::start(
+        FlagSource::Ssm {
+            prefix: "chat".into(),
+            poll_interval: POLL,
+        },
+        Gauge::default(),
+    )
+    .await
+    .expect_err("bad prefix");
     assert!(matches!(err, FlagError::SsmPrefix(_)), "{err:?}");
 }

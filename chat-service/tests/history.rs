@@ -16,19 +16,37 @@ use serde_json::Value;
 use sqlx::postgres::PgPool;
 
 /// Pages through the whole history with `limit`; the ids in order, and each page's size.
-async fn all_pages(svc: &TestService, user: i32, room: RoomId, limit: u32) -> (Vec<MessageId>, Vec<Value>) {
+async fn all_pages(
+    svc: &TestService,
+    user: i32,
+    room: RoomId,
+    limit: u32,
+) -> (Vec<MessageId>, Vec<Value>) {
     let (mut ids, mut items, mut cursor) = (Vec::new(), Vec::new(), None);
     for _ in 0..10_000 {
-        let (page, next) = svc.client.history(UserId(user), room, limit, cursor).await.expect("history page");
+        let (page, next) = svc
+            .client
+            .history(UserId(user), room, limit, cursor)
+            .await
+            .expect("history page");
         assert!(page.len() <= limit as usize);
-        assert!(next.is_none() || page.len() == limit as usize, "a page with a cursor is full");
+        assert!(
+            next.is_none() || page.len() == limit as usize,
+            "a page with a cursor is full"
+        );
         for item in page {
-            ids.push(MessageId(item["id"].as_str().expect("id").parse().expect("uuid")));
+            ids.push(MessageId(
+                item["id"].as_str().expect("id").parse().expect("uuid"),
+            ));
             items.push(item);
         }
         match next {
             Some(c) => {
-                assert_eq!(Some(c), ids.last().copied(), "nextCursor is the last item's id");
+                assert_eq!(
+                    Some(c),
+                    ids.last().copied(),
+                    "nextCursor is the last item's id"
+                );
                 cursor = Some(c);
             }
             None => return (ids, items),
@@ -49,12 +67,14 @@ async fn cql_pages_return_every_message_once_while_messages_keep_arriving() {
 
 async fn pages_while_messages_arrive(backend: Backend) {
     common::init();
-    let config = ficus_e2e::skip_or_fail!(common::backend_config(backend, "history_concurrent").await);
+    let config =
+        ficus_e2e::skip_or_fail!(common::backend_config(backend, "history_concurrent").await);
     let svc = Arc::new(common::start(config).await);
     let room: RoomId = RoomId(svc.create_group(1, &[2, 3]).await.parse().expect("uuid"));
     let room_text = room.to_string();
     for i in 0..60 {
-        svc.send(1 + i % 3, &room_text, &format!("before {i}")).await;
+        svc.send(1 + i % 3, &room_text, &format!("before {i}"))
+            .await;
     }
 
     // Writers add messages the whole time the reader pages.
@@ -65,7 +85,8 @@ async fn pages_while_messages_arrive(backend: Backend) {
             tokio::spawn(async move {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    svc.send(user, &room_text, &format!("during {user}/{n}")).await;
+                    svc.send(user, &room_text, &format!("during {user}/{n}"))
+                        .await;
                     n += 1;
                 }
                 n
@@ -90,14 +111,34 @@ async fn pages_while_messages_arrive(backend: Backend) {
     let paged: HashSet<uuid::Uuid> = ids.iter().map(|m| m.0).collect();
     assert_eq!(paged.len(), ids.len(), "a message appeared twice");
     let missing: Vec<_> = before.iter().filter(|id| !paged.contains(id)).collect();
-    assert!(missing.is_empty(), "{} messages stored before paging began were skipped: {missing:?}", missing.len());
+    assert!(
+        missing.is_empty(),
+        "{} messages stored before paging began were skipped: {missing:?}",
+        missing.len()
+    );
     let after: Vec<uuid::Uuid> = db.message_ids(room.0).await;
     let table_order: Vec<uuid::Uuid> = after.into_iter().filter(|id| paged.contains(id)).collect();
-    assert_eq!(ids.iter().map(|m| m.0).collect::<Vec<_>>(), table_order, "pages follow the store's order (PostgreSQL: (created_at, id) descending; CQL: timeuuid descending), and every item exists");
+    assert_eq!(
+        ids.iter().map(|m| m.0).collect::<Vec<_>>(),
+        table_order,
+        "pages follow the store's order (PostgreSQL: (created_at, id) descending; CQL: timeuuid descending), and every item exists"
+    );
     assert!(ids.len() >= before.len() && before.len() >= 60);
-    let times: Vec<chrono::DateTime<chrono::Utc>> = items.iter().map(|i| i["createdAt"].as_str().expect("createdAt").parse().expect("time")).collect();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = items
+        .iter()
+        .map(|i| {
+            i["createdAt"]
+                .as_str()
+                .expect("createdAt")
+                .parse()
+                .expect("time")
+        })
+        .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
-    assert!(items.iter().any(|i| i["content"] == "before 0"), "oldest message reached and decrypted");
+    assert!(
+        items.iter().any(|i| i["content"] == "before 0"),
+        "oldest message reached and decrypted"
+    );
 }
 
 #[tokio::test]
@@ -110,7 +151,9 @@ async fn equal_timestamps_neither_repeat_nor_skip() {
     let room = RoomId(svc.create_group(1, &[2]).await.parse().expect("uuid"));
 
     // 30 messages with one created_at (as a backfill of second-resolution data could produce).
-    let pool = PgPool::connect(&svc.config.database_url).await.expect("pool");
+    let pool = PgPool::connect(&svc.config.database_url)
+        .await
+        .expect("pool");
     let at = chat_service::store::now();
     let ids = MessageIdGenerator::default();
     let mut written = HashSet::new();
@@ -130,11 +173,22 @@ async fn equal_timestamps_neither_repeat_nor_skip() {
     for limit in [1, 4, 7, 30, 100] {
         let (got, items) = all_pages(&svc, 2, room, limit).await;
         assert_eq!(got.len(), 30, "limit {limit}");
-        assert_eq!(got.iter().copied().collect::<HashSet<_>>(), written, "limit {limit}");
+        assert_eq!(
+            got.iter().copied().collect::<HashSet<_>>(),
+            written,
+            "limit {limit}"
+        );
         let mut sorted = got.clone();
         sorted.sort_by_key(|id| std::cmp::Reverse(id.0));
-        assert_eq!(got, sorted, "ties are ordered by id, descending (limit {limit})");
-        assert!(items.iter().all(|i| i["content"].as_str().is_some_and(|c| c.starts_with("tie "))));
+        assert_eq!(
+            got, sorted,
+            "ties are ordered by id, descending (limit {limit})"
+        );
+        assert!(
+            items
+                .iter()
+                .all(|i| i["content"].as_str().is_some_and(|c| c.starts_with("tie ")))
+        );
     }
 }
 
@@ -148,41 +202,104 @@ async fn cql_store_is_idempotent_by_message_id() {
     use chat_service::store::{ChatStore, NewMessage, NewRoom, RoomType, StoreError};
 
     common::init();
-    let config = ficus_e2e::skip_or_fail!(common::backend_config(Backend::Cql, "cql_idempotent").await);
-    let StoreChoice::Scylla(cql) = &config.store else { unreachable!() };
+    let config =
+        ficus_e2e::skip_or_fail!(common::backend_config(Backend::Cql, "cql_idempotent").await);
+    let StoreChoice::Scylla(cql) = &config.store else {
+        unreachable!()
+    };
     let store = CqlStore::connect(cql).await.expect("connect");
     // Connecting again (a second replica) finds the schema applied.
     CqlStore::connect(cql).await.expect("connect again");
     store.ping().await.expect("ping");
 
     let at = chat_service::store::now();
-    let room = |id| NewRoom { id, name: "r".into(), room_type: RoomType::Group, created_by: UserId(1), participants: vec![UserId(1), UserId(2)], created_at: at };
+    let room = |id| NewRoom {
+        id,
+        name: "r".into(),
+        room_type: RoomType::Group,
+        created_by: UserId(1),
+        participants: vec![UserId(1), UserId(2)],
+        created_at: at,
+    };
     let (a, b) = (RoomId::random(), RoomId::random());
     store.create_room(room(a)).await.expect("room a");
     store.create_room(room(b)).await.expect("room b");
     let id = MessageIdGenerator::default().next();
-    let message = NewMessage { id, room_id: a, sender_id: UserId(1), content: vec![1, 2, 3], message_type: "user_message".into(), created_at: id.created_at().expect("time") };
-    let first = store.insert_message(message.clone()).await.expect("first write");
-    let again = store.insert_message(message.clone()).await.expect("retried write");
+    let message = NewMessage {
+        id,
+        room_id: a,
+        sender_id: UserId(1),
+        content: vec![1, 2, 3],
+        message_type: "user_message".into(),
+        created_at: id.created_at().expect("time"),
+    };
+    let first = store
+        .insert_message(message.clone())
+        .await
+        .expect("first write");
+    let again = store
+        .insert_message(message.clone())
+        .await
+        .expect("retried write");
     assert_eq!(first, again);
     let page = store.history(a, None, 10).await.expect("history");
     assert_eq!(page.items, vec![first.clone()], "one message");
     let unread: Vec<(scylla::value::Counter,)> = {
         let db = Db::connect(&config).await;
-        let Db::Cql { session, keyspace } = &db else { unreachable!() };
-        let cql = format!("SELECT unread_count FROM {keyspace}.room_counters_by_user WHERE user_id = 2 AND room_id = ?");
-        session.query_unpaged(cql, (a.0,)).await.expect("counter").into_rows_result().expect("rows").rows().expect("type").collect::<Result<_, _>>().expect("rows")
+        let Db::Cql { session, keyspace } = &db else {
+            unreachable!()
+        };
+        let cql = format!(
+            "SELECT unread_count FROM {keyspace}.room_counters_by_user WHERE user_id = 2 AND room_id = ?"
+        );
+        session
+            .query_unpaged(cql, (a.0,))
+            .await
+            .expect("counter")
+            .into_rows_result()
+            .expect("rows")
+            .rows()
+            .expect("type")
+            .collect::<Result<_, _>>()
+            .expect("rows")
     };
-    assert_eq!(unread.iter().map(|(c,)| c.0).collect::<Vec<_>>(), [1], "the retry did not count twice");
+    assert_eq!(
+        unread.iter().map(|(c,)| c.0).collect::<Vec<_>>(),
+        [1],
+        "the retry did not count twice"
+    );
 
-    let other = NewMessage { room_id: b, ..message };
-    assert!(matches!(store.insert_message(other).await, Err(StoreError::Conflict(_))), "same id, another room");
-    assert!(matches!(store.history(b, Some(id), 10).await, Err(StoreError::NotFound(_))), "cursor of another room");
-    assert!(matches!(store.message_room(MessageIdGenerator::default().next()).await, Err(StoreError::NotFound(_))));
+    let other = NewMessage {
+        room_id: b,
+        ..message
+    };
+    assert!(
+        matches!(
+            store.insert_message(other).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "same id, another room"
+    );
+    assert!(
+        matches!(
+            store.history(b, Some(id), 10).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "cursor of another room"
+    );
+    assert!(matches!(
+        store
+            .message_room(MessageIdGenerator::default().next())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(store.message_room(id).await.expect("room"), a);
 
     // Nothing listens on port 1: retry later, not an internal error.
-    let nowhere = CqlConfig { contact_points: vec!["127.0.0.1:1".into()], ..cql.clone() };
+    let nowhere = CqlConfig {
+        contact_points: vec!["127.0.0.1:1".into()],
+        ..cql.clone()
+    };
     match CqlStore::connect(&nowhere).await {
         Err(StoreError::Unavailable(_)) => {}
         other => panic!("expected Unavailable, got {:?}", other.err()),

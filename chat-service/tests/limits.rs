@@ -21,32 +21,69 @@ async fn oversized_bodies_long_messages_and_big_pages() {
     // Body limit (64 KiB): a Connect invalid_argument that names the limit.
     let big = json!({ "roomId": room, "content": "x".repeat(70 * 1024) });
     let (status, body) = svc.raw(1, "SendMessage", big).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_argument")), "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| m.contains("65536")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("65536")),
+        "{body}"
+    );
     // Also for a method that would otherwise ignore the body's content.
-    let (status, body) = svc.raw(1, "GetRooms", json!({ "padding": "p".repeat(100 * 1024) })).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_argument")), "{body}");
+    let (status, body) = svc
+        .raw(1, "GetRooms", json!({ "padding": "p".repeat(100 * 1024) }))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "{body}"
+    );
 
     // Message length cap: 4096 characters (not bytes).
     svc.send(1, &room, &"ñ".repeat(4096)).await;
-    let (status, body) = svc.raw(1, "SendMessage", json!({ "roomId": room, "content": "a".repeat(4097) })).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_argument")), "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| m.contains("4096")), "{body}");
+    let (status, body) = svc
+        .raw(
+            1,
+            "SendMessage",
+            json!({ "roomId": room, "content": "a".repeat(4097) }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("4096")),
+        "{body}"
+    );
 
     // Page size: history limits above 100 are clamped to 100.
     for i in 0..MAX_LIMIT + 5 {
         svc.send(2, &room, &format!("m{i}")).await;
     }
     let room_id = chat_service::ids::RoomId(room.parse().expect("uuid"));
-    let (items, next) = svc.client.history(UserId(1), room_id, 1000, None).await.expect("history");
+    let (items, next) = svc
+        .client
+        .history(UserId(1), room_id, 1000, None)
+        .await
+        .expect("history");
     assert_eq!(items.len(), MAX_LIMIT as usize);
     assert!(next.is_some());
-    let (items, _) = svc.client.history(UserId(1), room_id, 0, None).await.expect("history");
+    let (items, _) = svc
+        .client
+        .history(UserId(1), room_id, 0, None)
+        .await
+        .expect("history");
     assert_eq!(items.len(), 20, "0 means the default page size");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_request_over_the_deadline_is_deadline_exceeded_and_shutdown_waits_for_in_flight_requests() {
+async fn a_request_over_the_deadline_is_deadline_exceeded_and_shutdown_waits_for_in_flight_requests()
+ {
     common::init();
     let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
     let mut config = common::config(pg, "timeout").await;
@@ -58,29 +95,58 @@ async fn a_request_over_the_deadline_is_deadline_exceeded_and_shutdown_waits_for
     // Hold the room row: inserting a message (its foreign key check) waits for the lock.
     let lock_room = || async {
         let mut tx = pool.begin().await.expect("tx");
-        sqlx::query("select 1 from room where id = $1::uuid for update").bind(&room).execute(&mut *tx).await.expect("lock");
+        sqlx::query("select 1 from room where id = $1::uuid for update")
+            .bind(&room)
+            .execute(&mut *tx)
+            .await
+            .expect("lock");
         tx
     };
     let tx = lock_room().await;
-    let (status, body) = svc.raw(1, "SendMessage", json!({ "roomId": room, "content": "stuck" })).await;
-    assert_eq!((status, body["code"].as_str()), (504, Some("deadline_exceeded")), "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| m.contains("500 ms")), "{body}");
+    let (status, body) = svc
+        .raw(
+            1,
+            "SendMessage",
+            json!({ "roomId": room, "content": "stuck" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("deadline_exceeded")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("500 ms")),
+        "{body}"
+    );
     tx.rollback().await.expect("unlock");
     svc.send(1, &room, "unstuck").await;
 
     // Graceful shutdown: a request in flight when shutdown begins still completes.
     let metrics = svc.get("/metrics").await.1;
-    assert!(metrics.contains(r#"chat_requests_total{cohort="legacy",code="deadline_exceeded"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"chat_requests_total{cohort="legacy",code="deadline_exceeded"} 1"#),
+        "{metrics}"
+    );
     let tx = lock_room().await;
     let client = svc.client.clone();
     let room_id = chat_service::ids::RoomId(room.parse().expect("uuid"));
-    let in_flight = tokio::spawn(async move { client.send_message(UserId(1), room_id, "in flight").await });
+    let in_flight =
+        tokio::spawn(async move { client.send_message(UserId(1), room_id, "in flight").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopping = tokio::spawn(svc.stop());
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(!stopping.is_finished(), "shutdown waits for the request in flight");
+    assert!(
+        !stopping.is_finished(),
+        "shutdown waits for the request in flight"
+    );
     tx.rollback().await.expect("unlock");
     let sent = in_flight.await.expect("task");
     assert!(sent.is_ok(), "the in-flight request completed: {sent:?}");
-    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown completes").expect("task");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown completes")
+        .expect("task");
 }

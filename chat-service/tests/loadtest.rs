@@ -25,16 +25,28 @@ async fn the_load_test_runs_without_errors() {
     let report = loadtest::run(&config).await.expect("load test");
     println!("{report}");
     assert_eq!(report.errors(), 0, "{report}");
-    assert!(report.iterations > 40, "every virtual user looped: {report}");
+    assert!(
+        report.iterations > 40,
+        "every virtual user looped: {report}"
+    );
     for op in ["SendMessage", "GetMessageHistory", "GetRooms"] {
         assert_eq!(report.ops[op].ok, report.iterations, "{op}");
     }
     let metrics = svc.get("/metrics").await.1;
-    let sent = format!(r#"chat_messages_sent_total{{room_type="group",database="postgres"}} {}"#, report.iterations);
+    let sent = format!(
+        r#"chat_messages_sent_total{{room_type="group",database="postgres"}} {}"#,
+        report.iterations
+    );
     assert!(metrics.contains(&sent), "{sent} not in\n{metrics}");
 
     // The count bound stops the run before the duration.
-    let bounded = loadtest::run(&LoadConfig { max_iterations: Some(25), duration: Duration::from_secs(60), ..config }).await.expect("bounded run");
+    let bounded = loadtest::run(&LoadConfig {
+        max_iterations: Some(25),
+        duration: Duration::from_secs(60),
+        ..config
+    })
+    .await
+    .expect("bounded run");
     assert_eq!((bounded.iterations, bounded.errors()), (25, 0), "{bounded}");
     assert!(bounded.elapsed < Duration::from_secs(30));
 
@@ -42,14 +54,34 @@ async fn the_load_test_runs_without_errors() {
     let base_url = svc.base_url.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
-            .args(["loadtest", "--base-url", &base_url, "--users", "4", "--rooms", "2", "--duration-secs", "1"])
-            .env("CHAT_JWT_SECRET", std::str::from_utf8(common::JWT_SECRET).expect("utf-8"))
+            .args([
+                "loadtest",
+                "--base-url",
+                &base_url,
+                "--users",
+                "4",
+                "--rooms",
+                "2",
+                "--duration-secs",
+                "1",
+            ])
+            .env(
+                "CHAT_JWT_SECRET",
+                std::str::from_utf8(common::JWT_SECRET).expect("utf-8"),
+            )
             .output()
             .expect("run loadtest")
     })
     .await
     .expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(" 0 errors") && stdout.contains("SendMessage"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(" 0 errors") && stdout.contains("SendMessage"),
+        "{stdout}"
+    );
 }

@@ -16,7 +16,10 @@ async fn wait_for_readyz(svc: &common::TestService, want: u16, within: Duration)
         if status == want {
             return body;
         }
-        assert!(Instant::now() < deadline, "/readyz still {status} ({body}) after {within:?}, want {want}");
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {status} ({body}) after {within:?}, want {want}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -33,18 +36,36 @@ async fn readyz_follows_postgres_down_and_back() {
     pg.stop();
     let body = wait_for_readyz(&svc, 503, Duration::from_secs(10)).await;
     assert!(body.contains("not ready"), "{body}");
-    assert_eq!(svc.get("/healthz").await.0, 200, "alive while the database is down");
-    assert_error(&svc.raw(1, "SendMessage", json!({ "roomId": room, "content": "during the outage" })).await, 503, "unavailable");
+    assert_eq!(
+        svc.get("/healthz").await.0,
+        200,
+        "alive while the database is down"
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "SendMessage",
+            json!({ "roomId": room, "content": "during the outage" }),
+        )
+        .await,
+        503,
+        "unavailable",
+    );
 
     tokio::task::block_in_place(|| pg.restart()).expect("restart");
     wait_for_readyz(&svc, 200, Duration::from_secs(15)).await;
     svc.send(1, &room, "after the outage").await;
-    let history = svc.call(2, "GetMessageHistory", json!({ "id": room })).await;
+    let history = svc
+        .call(2, "GetMessageHistory", json!({ "id": room }))
+        .await;
     assert_eq!(history["items"][0]["content"], "after the outage");
 
     let metrics = svc.get("/metrics").await.1;
     assert!(metrics.contains(r#"chat_database_operations_total{database="postgres",operation="room_access",status="error"}"#), "{metrics}");
-    assert!(metrics.contains(r#"chat_requests_total{cohort="legacy",code="unavailable"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"chat_requests_total{cohort="legacy",code="unavailable"} 1"#),
+        "{metrics}"
+    );
     svc.stop().await;
 }
 
@@ -54,7 +75,10 @@ async fn metrics_use_the_original_names() {
     let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
     let mut config = common::config(pg, "metrics").await;
     // The applied flag generation is exported as chat_flags_generation.
-    config.flags = chat_service::flags::FlagSource::Static(chat_service::flags::Flags { generation: 7, ..Default::default() });
+    config.flags = chat_service::flags::FlagSource::Static(chat_service::flags::Flags {
+        generation: 7,
+        ..Default::default()
+    });
     let svc = common::start(config).await;
     let room = svc.create_group(1, &[2]).await;
     svc.send(1, &room, "one").await;

@@ -23,7 +23,13 @@ use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
 fn flags(write_primary: StoreSide, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
-    Flags { generation: 1, write_primary, dual_write, shadow_read_percent: shadow, read_split_percent: split }
+    Flags {
+        generation: 1,
+        write_primary,
+        dual_write,
+        shadow_read_percent: shadow,
+        read_split_percent: split,
+    }
 }
 
 fn options() -> RouterOptions {
@@ -58,39 +64,77 @@ async fn connect(url: &str) -> PgStore {
 
 async fn setup(legacy_url: &str, new_url: &str, f: Flags) -> Setup {
     let metrics = Arc::new(Metrics::default());
-    let watcher = FlagWatcher::start(FlagSource::Static(f), Gauge::default()).await.expect("flags");
+    let watcher = FlagWatcher::start(FlagSource::Static(f), Gauge::default())
+        .await
+        .expect("flags");
     let legacy = connect(legacy_url).await;
     let new = connect(new_url).await;
     let (legacy_pool, new_pool) = (legacy.pool().clone(), new.pool().clone());
     let new: Arc<dyn ChatStore> = Arc::new(Instrumented::new(new, metrics.clone()));
     let router = MigrationRouter::new(legacy, new, watcher, metrics.clone(), options());
     let replayer = router.start_replayer();
-    Setup { router, metrics, legacy: legacy_pool, new: new_pool, _replayer: replayer }
+    Setup {
+        router,
+        metrics,
+        legacy: legacy_pool,
+        new: new_pool,
+        _replayer: replayer,
+    }
 }
 
 async fn two_databases(test: &str) -> (String, String) {
     let pg = Postgres::shared().expect("postgres");
-    (pg.create_database(&format!("{test}_legacy")).await.expect("db"), pg.create_database(&format!("{test}_new")).await.expect("db"))
+    (
+        pg.create_database(&format!("{test}_legacy"))
+            .await
+            .expect("db"),
+        pg.create_database(&format!("{test}_new"))
+            .await
+            .expect("db"),
+    )
 }
 
 async fn new_room(router: &MigrationRouter, owner: i32, members: &[i32]) -> RoomId {
-    let mut participants: Vec<UserId> = std::iter::once(owner).chain(members.iter().copied()).map(UserId).collect();
+    let mut participants: Vec<UserId> = std::iter::once(owner)
+        .chain(members.iter().copied())
+        .map(UserId)
+        .collect();
     participants.dedup();
-    let room = NewRoom { id: RoomId::random(), name: "Team".into(), room_type: RoomType::Group, created_by: UserId(owner), participants, created_at: chat_service::store::now() };
+    let room = NewRoom {
+        id: RoomId::random(),
+        name: "Team".into(),
+        room_type: RoomType::Group,
+        created_by: UserId(owner),
+        participants,
+        created_at: chat_service::store::now(),
+    };
     router.create_room(room).await.expect("create room").id
 }
 
 fn message(ids: &MessageIdGenerator, room: RoomId, sender: i32, text: &str) -> NewMessage {
     let id = ids.next();
-    NewMessage { id, room_id: room, sender_id: UserId(sender), content: text.as_bytes().to_vec(), message_type: "user_message".into(), created_at: id.created_at().expect("v1") }
+    NewMessage {
+        id,
+        room_id: room,
+        sender_id: UserId(sender),
+        content: text.as_bytes().to_vec(),
+        message_type: "user_message".into(),
+        created_at: id.created_at().expect("v1"),
+    }
 }
 
 async fn message_ids(pool: &PgPool) -> Vec<Uuid> {
-    sqlx::query_scalar::<sqlx::Postgres, Uuid>("select id from room_message order by id").fetch_all(pool).await.expect("ids")
+    sqlx::query_scalar::<sqlx::Postgres, Uuid>("select id from room_message order by id")
+        .fetch_all(pool)
+        .await
+        .expect("ids")
 }
 
 async fn outbox_depth(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox").fetch_one(pool).await.expect("depth")
+    sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox")
+        .fetch_one(pool)
+        .await
+        .expect("depth")
 }
 
 /// Polls `check` until it holds, or panics after `timeout`.
@@ -104,7 +148,10 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -118,25 +165,62 @@ async fn dual_write_sync_and_async_land_every_message_in_both_stores() {
         let s = setup(&legacy_url, &new_url, flags(StoreSide::Legacy, mode, 0, 0)).await;
         let room = new_room(&s.router, 1, &[2]).await;
         for i in 0..30 {
-            s.router.insert_message(message(&ids, room, 1 + i % 2, &format!("m{i}"))).await.expect("send");
+            s.router
+                .insert_message(message(&ids, room, 1 + i % 2, &format!("m{i}")))
+                .await
+                .expect("send");
         }
         let legacy = message_ids(&s.legacy).await;
-        assert_eq!(legacy.len(), 30, "{mode}: the primary has every message when the call returns");
+        assert_eq!(
+            legacy.len(),
+            30,
+            "{mode}: the primary has every message when the call returns"
+        );
         if mode == DualWrite::Sync {
             assert_eq!(message_ids(&s.new).await, legacy, "sync: the secondary too");
         }
-        eventually(&format!("{mode}: secondary holds every message"), Duration::from_secs(15), || async { message_ids(&s.new).await == legacy }).await;
+        eventually(
+            &format!("{mode}: secondary holds every message"),
+            Duration::from_secs(15),
+            || async { message_ids(&s.new).await == legacy },
+        )
+        .await;
         // The transactional outbox rows are deleted once the secondary write went through.
-        eventually(&format!("{mode}: outbox empty"), Duration::from_secs(15), || async { outbox_depth(&s.legacy).await == 0 }).await;
+        eventually(
+            &format!("{mode}: outbox empty"),
+            Duration::from_secs(15),
+            || async { outbox_depth(&s.legacy).await == 0 },
+        )
+        .await;
         // Async secondary writes are not ordered: a message can reach the secondary before its
         // room and fail once; the outbox replays it. Every write lands exactly once either way.
-        let landed = || s.metrics.dual_write_count("new", "success") + s.metrics.dual_write_count("new", "replayed");
-        eventually(&format!("{mode}: room + 30 messages counted"), Duration::from_secs(15), || async { landed() >= 31 }).await;
+        let landed = || {
+            s.metrics.dual_write_count("new", "success")
+                + s.metrics.dual_write_count("new", "replayed")
+        };
+        eventually(
+            &format!("{mode}: room + 30 messages counted"),
+            Duration::from_secs(15),
+            || async { landed() >= 31 },
+        )
+        .await;
         assert_eq!(landed(), 31, "{mode}: each dual write counted once");
-        assert_eq!(s.metrics.dual_write_count("new", "error"), s.metrics.dual_write_count("new", "replayed"), "{mode}: every failed write was replayed");
-        assert_eq!(s.metrics.dual_write_count("new", "skipped"), 0, "{mode}: the secondary was never down");
+        assert_eq!(
+            s.metrics.dual_write_count("new", "error"),
+            s.metrics.dual_write_count("new", "replayed"),
+            "{mode}: every failed write was replayed"
+        );
+        assert_eq!(
+            s.metrics.dual_write_count("new", "skipped"),
+            0,
+            "{mode}: the secondary was never down"
+        );
         if mode == DualWrite::Sync {
-            assert_eq!(s.metrics.dual_write_count("new", "success"), 31, "sync writes are ordered: none needs a replay");
+            assert_eq!(
+                s.metrics.dual_write_count("new", "success"),
+                31,
+                "sync writes are ordered: none needs a replay"
+            );
         }
     }
 }
@@ -145,13 +229,31 @@ async fn dual_write_sync_and_async_land_every_message_in_both_stores() {
 async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
     common::init();
     let ids = MessageIdGenerator::default();
-    let legacy_url = Postgres::shared().expect("postgres").create_database("router_outage_legacy").await.expect("db");
+    let legacy_url = Postgres::shared()
+        .expect("postgres")
+        .create_database("router_outage_legacy")
+        .await
+        .expect("db");
     let secondary = Postgres::start().expect("private postgres");
-    let new_url = secondary.create_database("router_outage_new").await.expect("db");
-    let s = setup(&legacy_url, &new_url, flags(StoreSide::Legacy, DualWrite::Sync, 0, 0)).await;
-    let rooms = [new_room(&s.router, 1, &[2]).await, new_room(&s.router, 3, &[4]).await];
+    let new_url = secondary
+        .create_database("router_outage_new")
+        .await
+        .expect("db");
+    let s = setup(
+        &legacy_url,
+        &new_url,
+        flags(StoreSide::Legacy, DualWrite::Sync, 0, 0),
+    )
+    .await;
+    let rooms = [
+        new_room(&s.router, 1, &[2]).await,
+        new_room(&s.router, 3, &[4]).await,
+    ];
     for i in 0..10 {
-        s.router.insert_message(message(&ids, rooms[i % 2], 1, &format!("before {i}"))).await.expect("send before the outage");
+        s.router
+            .insert_message(message(&ids, rooms[i % 2], 1, &format!("before {i}")))
+            .await
+            .expect("send before the outage");
     }
 
     let secondary = tokio::task::spawn_blocking(move || {
@@ -165,18 +267,41 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
     let outage_room = new_room(&s.router, 5, &[6]).await;
     for i in 0..60 {
         let room = [rooms[0], rooms[1], outage_room][i % 3];
-        if s.router.insert_message(message(&ids, room, 1, &format!("during {i}"))).await.is_err() {
+        if s.router
+            .insert_message(message(&ids, room, 1, &format!("during {i}")))
+            .await
+            .is_err()
+        {
             failed += 1;
         }
     }
-    assert_eq!(failed, 0, "no client call fails while the secondary is down");
-    assert!(!s.router.is_up(StoreSide::New), "the secondary is marked down");
-    eventually("the outbox gauge shows the backlog", Duration::from_secs(10), || async {
-        let text = s.metrics.encode();
-        text.lines().any(|l| l.starts_with("chat_retry_queue_size ") && l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 61.0))
-    })
+    assert_eq!(
+        failed, 0,
+        "no client call fails while the secondary is down"
+    );
+    assert!(
+        !s.router.is_up(StoreSide::New),
+        "the secondary is marked down"
+    );
+    eventually(
+        "the outbox gauge shows the backlog",
+        Duration::from_secs(10),
+        || async {
+            let text = s.metrics.encode();
+            text.lines().any(|l| {
+                l.starts_with("chat_retry_queue_size ")
+                    && l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v >= 61.0)
+            })
+        },
+    )
     .await;
-    assert!(s.metrics.dual_write_count("new", "skipped") > 0, "down secondary skipped (ping-before-write)");
+    assert!(
+        s.metrics.dual_write_count("new", "skipped") > 0,
+        "down secondary skipped (ping-before-write)"
+    );
 
     tokio::task::spawn_blocking(move || {
         secondary.restart().expect("restart");
@@ -189,12 +314,32 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
     })
     .expect("restart");
 
-    eventually("the outbox drains", Duration::from_secs(60), || async { outbox_depth(&s.legacy).await == 0 && s.router.pending_in_memory() == 0 }).await;
-    eventually("gauge back to 0", Duration::from_secs(10), || async { s.metrics.encode().lines().any(|l| l == "chat_retry_queue_size 0") }).await;
+    eventually("the outbox drains", Duration::from_secs(60), || async {
+        outbox_depth(&s.legacy).await == 0 && s.router.pending_in_memory() == 0
+    })
+    .await;
+    eventually("gauge back to 0", Duration::from_secs(10), || async {
+        s.metrics
+            .encode()
+            .lines()
+            .any(|l| l == "chat_retry_queue_size 0")
+    })
+    .await;
     let legacy = message_ids(&s.legacy).await;
     assert_eq!(legacy.len(), 70);
-    assert_eq!(message_ids(&s.new).await, legacy, "both stores hold exactly the same messages");
-    assert_eq!(s.router.outbox().dead_letters().await.expect("dead letters"), 0);
+    assert_eq!(
+        message_ids(&s.new).await,
+        legacy,
+        "both stores hold exactly the same messages"
+    );
+    assert_eq!(
+        s.router
+            .outbox()
+            .dead_letters()
+            .await
+            .expect("dead letters"),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -202,29 +347,69 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
     common::init();
     let ids = MessageIdGenerator::default();
     let (legacy_url, new_url) = two_databases("router_shadow").await;
-    let s = setup(&legacy_url, &new_url, flags(StoreSide::Legacy, DualWrite::Sync, 100, 0)).await;
+    let s = setup(
+        &legacy_url,
+        &new_url,
+        flags(StoreSide::Legacy, DualWrite::Sync, 100, 0),
+    )
+    .await;
     let room = new_room(&s.router, 1, &[2]).await;
     let mut sent = Vec::new();
     for i in 0..10 {
-        sent.push(s.router.insert_message(message(&ids, room, 1, &format!("m{i}"))).await.expect("send"));
+        sent.push(
+            s.router
+                .insert_message(message(&ids, room, 1, &format!("m{i}")))
+                .await
+                .expect("send"),
+        );
     }
     for _ in 0..5 {
         s.router.history(room, None, 5).await.expect("history");
         s.router.get_room(room, UserId(1)).await.expect("room");
-        s.router.rooms_for_user(UserId(2), PageRequest::new(None, None)).await.expect("rooms");
+        s.router
+            .rooms_for_user(UserId(2), PageRequest::new(None, None))
+            .await
+            .expect("rooms");
     }
-    eventually("15 shadow reads compared", Duration::from_secs(10), || async { s.metrics.shadow_reads() >= 15 }).await;
+    eventually(
+        "15 shadow reads compared",
+        Duration::from_secs(10),
+        || async { s.metrics.shadow_reads() >= 15 },
+    )
+    .await;
     for kind in ["missing", "extra", "content", "order", "count"] {
-        assert_eq!(s.metrics.shadow_mismatches(kind), 0, "{kind} on a clean run");
+        assert_eq!(
+            s.metrics.shadow_mismatches(kind),
+            0,
+            "{kind} on a clean run"
+        );
     }
 
     // Injected straight into the new store's tables: one message lost, one altered.
-    sqlx::query::<sqlx::Postgres>("delete from room_message where id = $1").bind(sent[9].id.0).execute(&s.new).await.expect("delete");
-    sqlx::query::<sqlx::Postgres>("update room_message set content = 'tampered' where id = $1").bind(sent[8].id.0).execute(&s.new).await.expect("update");
+    sqlx::query::<sqlx::Postgres>("delete from room_message where id = $1")
+        .bind(sent[9].id.0)
+        .execute(&s.new)
+        .await
+        .expect("delete");
+    sqlx::query::<sqlx::Postgres>("update room_message set content = 'tampered' where id = $1")
+        .bind(sent[8].id.0)
+        .execute(&s.new)
+        .await
+        .expect("update");
     let page = s.router.history(room, None, 5).await.expect("history");
-    assert_eq!(page.items[0].id, sent[9].id, "the caller gets the serving (legacy) store's answer");
-    eventually("mismatches counted", Duration::from_secs(10), || async { s.metrics.shadow_mismatches("missing") >= 1 && s.metrics.shadow_mismatches("content") >= 1 }).await;
-    assert_eq!(s.metrics.shadow_mismatches("extra"), 0, "the page window keeps one lost message from also counting as extra");
+    assert_eq!(
+        page.items[0].id, sent[9].id,
+        "the caller gets the serving (legacy) store's answer"
+    );
+    eventually("mismatches counted", Duration::from_secs(10), || async {
+        s.metrics.shadow_mismatches("missing") >= 1 && s.metrics.shadow_mismatches("content") >= 1
+    })
+    .await;
+    assert_eq!(
+        s.metrics.shadow_mismatches("extra"),
+        0,
+        "the page window keeps one lost message from also counting as extra"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -233,22 +418,59 @@ async fn the_read_split_keeps_each_user_on_one_side() {
     let (legacy_url, new_url) = two_databases("router_split").await;
     let f = flags(StoreSide::Legacy, DualWrite::Off, 0, 50);
     let s = setup(&legacy_url, &new_url, f).await;
-    let on_new: Vec<i32> = (1..).filter(|u| cohort(&f, UserId(*u)) == StoreSide::New).take(3).collect();
-    let on_legacy: Vec<i32> = (1..).filter(|u| cohort(&f, UserId(*u)) == StoreSide::Legacy).take(3).collect();
+    let on_new: Vec<i32> = (1..)
+        .filter(|u| cohort(&f, UserId(*u)) == StoreSide::New)
+        .take(3)
+        .collect();
+    let on_legacy: Vec<i32> = (1..)
+        .filter(|u| cohort(&f, UserId(*u)) == StoreSide::Legacy)
+        .take(3)
+        .collect();
     // Dual write off: the room exists in legacy only, so the answer shows which store served.
     let members: Vec<i32> = on_new.iter().chain(&on_legacy).copied().collect();
     let room = new_room(&s.router, members[0], &members[1..]).await;
     for _ in 0..5 {
         for u in &on_legacy {
-            assert_eq!(s.router.get_room(room, UserId(*u)).await.expect("legacy cohort reads legacy").id, room);
-            assert_eq!(s.router.rooms_for_user(UserId(*u), PageRequest::new(None, None)).await.expect("rooms").1, 1);
+            assert_eq!(
+                s.router
+                    .get_room(room, UserId(*u))
+                    .await
+                    .expect("legacy cohort reads legacy")
+                    .id,
+                room
+            );
+            assert_eq!(
+                s.router
+                    .rooms_for_user(UserId(*u), PageRequest::new(None, None))
+                    .await
+                    .expect("rooms")
+                    .1,
+                1
+            );
         }
         for u in &on_new {
-            assert!(matches!(s.router.get_room(room, UserId(*u)).await, Err(StoreError::NotFound(_))), "new cohort reads the new store");
-            assert_eq!(s.router.rooms_for_user(UserId(*u), PageRequest::new(None, None)).await.expect("rooms").1, 0);
+            assert!(
+                matches!(
+                    s.router.get_room(room, UserId(*u)).await,
+                    Err(StoreError::NotFound(_))
+                ),
+                "new cohort reads the new store"
+            );
+            assert_eq!(
+                s.router
+                    .rooms_for_user(UserId(*u), PageRequest::new(None, None))
+                    .await
+                    .expect("rooms")
+                    .1,
+                0
+            );
         }
     }
-    assert_eq!(s.metrics.shadow_reads(), 0, "no shadow reads without dual write");
+    assert_eq!(
+        s.metrics.shadow_reads(),
+        0,
+        "no shadow reads without dual write"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -260,25 +482,62 @@ async fn after_cutover_writes_go_to_new_and_the_reverse_dual_write_fills_legacy(
         let s = setup(&legacy_url, &new_url, flags(StoreSide::New, mode, 0, 100)).await;
         let room = new_room(&s.router, 1, &[2]).await;
         for i in 0..20 {
-            s.router.insert_message(message(&ids, room, 2, &format!("m{i}"))).await.expect("send");
+            s.router
+                .insert_message(message(&ids, room, 2, &format!("m{i}")))
+                .await
+                .expect("send");
         }
         let new = message_ids(&s.new).await;
         assert_eq!(new.len(), 20, "{mode}: the new store is primary");
-        eventually(&format!("{mode}: legacy filled by the reverse dual write"), Duration::from_secs(15), || async { message_ids(&s.legacy).await == new }).await;
+        eventually(
+            &format!("{mode}: legacy filled by the reverse dual write"),
+            Duration::from_secs(15),
+            || async { message_ids(&s.legacy).await == new },
+        )
+        .await;
         // A replayed entry is deleted just after its write lands.
-        eventually(&format!("{mode}: nothing left queued"), Duration::from_secs(15), || async { outbox_depth(&s.legacy).await == 0 }).await;
+        eventually(
+            &format!("{mode}: nothing left queued"),
+            Duration::from_secs(15),
+            || async { outbox_depth(&s.legacy).await == 0 },
+        )
+        .await;
         // Counted just after the write lands (async: in the spawned task).
         // Async secondary writes are not ordered: a message can reach legacy before its room and
         // fail once; the outbox then replays it. Every write lands exactly once either way.
-        let landed = || s.metrics.dual_write_count("legacy", "success") + s.metrics.dual_write_count("legacy", "replayed");
-        eventually(&format!("{mode}: 21 legacy dual writes counted"), Duration::from_secs(15), || async { landed() >= 21 }).await;
+        let landed = || {
+            s.metrics.dual_write_count("legacy", "success")
+                + s.metrics.dual_write_count("legacy", "replayed")
+        };
+        eventually(
+            &format!("{mode}: 21 legacy dual writes counted"),
+            Duration::from_secs(15),
+            || async { landed() >= 21 },
+        )
+        .await;
         assert_eq!(landed(), 21, "{mode}: each dual write counted once");
-        assert_eq!(s.metrics.dual_write_count("legacy", "error"), s.metrics.dual_write_count("legacy", "replayed"), "{mode}: every failed write was replayed");
+        assert_eq!(
+            s.metrics.dual_write_count("legacy", "error"),
+            s.metrics.dual_write_count("legacy", "replayed"),
+            "{mode}: every failed write was replayed"
+        );
         if mode == DualWrite::Sync {
-            assert_eq!(s.metrics.dual_write_count("legacy", "success"), 21, "sync writes are ordered: none needs a replay");
+            assert_eq!(
+                s.metrics.dual_write_count("legacy", "success"),
+                21,
+                "sync writes are ordered: none needs a replay"
+            );
         }
         // Reads come from the new store (split 100 %).
-        assert_eq!(s.router.history(room, None, 100).await.expect("history").items.len(), 20);
+        assert_eq!(
+            s.router
+                .history(room, None, 100)
+                .await
+                .expect("history")
+                .items
+                .len(),
+            20
+        );
     }
 }
 
@@ -287,25 +546,47 @@ async fn serve_with_the_router_writes_both_databases_and_labels_requests_by_coho
     common::init();
     let (legacy_url, new_url) = two_databases("router_serve").await;
     let f = flags(StoreSide::Legacy, DualWrite::Sync, 0, 50);
-    let mut config = common::config_for(legacy_url.clone(), chat_service::crypto::EncryptionKey::random());
-    config.store = StoreChoice::Router { new: NewStoreChoice::Postgres { database_url: new_url.clone() }, outbox_max_attempts: 10 };
+    let mut config = common::config_for(
+        legacy_url.clone(),
+        chat_service::crypto::EncryptionKey::random(),
+    );
+    config.store = StoreChoice::Router {
+        new: NewStoreChoice::Postgres {
+            database_url: new_url.clone(),
+        },
+        outbox_max_attempts: 10,
+    };
     config.flags = FlagSource::Static(f);
     let svc = common::start(config).await;
-    let new_user = (1..).find(|u| cohort(&f, UserId(*u)) == StoreSide::New).expect("a new-cohort user");
-    let legacy_user = (1..).find(|u| cohort(&f, UserId(*u)) == StoreSide::Legacy).expect("a legacy-cohort user");
+    let new_user = (1..)
+        .find(|u| cohort(&f, UserId(*u)) == StoreSide::New)
+        .expect("a new-cohort user");
+    let legacy_user = (1..)
+        .find(|u| cohort(&f, UserId(*u)) == StoreSide::Legacy)
+        .expect("a legacy-cohort user");
     let room = svc.create_group(legacy_user, &[new_user]).await;
     svc.send(legacy_user, &room, "hello").await;
     svc.send(new_user, &room, "hi").await;
     for user in [legacy_user, new_user] {
-        let reply = svc.call(user, "GetMessageHistory", serde_json::json!({ "id": room })).await;
+        let reply = svc
+            .call(user, "GetMessageHistory", serde_json::json!({ "id": room }))
+            .await;
         assert_eq!(reply["items"].as_array().map(Vec::len), Some(2), "{reply}");
     }
-    let (legacy, new) = (PgPool::connect(&legacy_url).await.expect("legacy"), PgPool::connect(&new_url).await.expect("new"));
+    let (legacy, new) = (
+        PgPool::connect(&legacy_url).await.expect("legacy"),
+        PgPool::connect(&new_url).await.expect("new"),
+    );
     assert_eq!(message_ids(&legacy).await.len(), 2);
     assert_eq!(message_ids(&new).await, message_ids(&legacy).await);
     let (_, metrics) = svc.get("/metrics").await;
     for cohort in ["legacy", "new"] {
-        assert!(metrics.contains(&format!("chat_requests_total{{cohort=\"{cohort}\",code=\"ok\"}}")), "{cohort} requests counted:\n{metrics}");
+        assert!(
+            metrics.contains(&format!(
+                "chat_requests_total{{cohort=\"{cohort}\",code=\"ok\"}}"
+            )),
+            "{cohort} requests counted:\n{metrics}"
+        );
     }
     svc.stop().await;
 }

@@ -27,34 +27,78 @@ async fn members_receive_their_rooms_events() {
     svc.send(3, &foreign, "not for user 2").await;
     let sent = svc.send(1, &room, "hello stream").await;
     let got = stream.next_named("message_created", WAIT).await;
-    assert_eq!(got.data, sent, "the event is the message as the API returns it");
+    assert_eq!(
+        got.data, sent,
+        "the event is the message as the API returns it"
+    );
 
-    svc.call(2, "ReactToMessage", json!({ "messageId": sent["id"], "reaction": "👍" })).await;
+    svc.call(
+        2,
+        "ReactToMessage",
+        json!({ "messageId": sent["id"], "reaction": "👍" }),
+    )
+    .await;
     let reaction = stream.next_named("reaction_added", WAIT).await;
-    assert_eq!(reaction.data, json!({ "roomId": room, "messageId": sent["id"], "userId": 2, "reaction": "👍" }));
+    assert_eq!(
+        reaction.data,
+        json!({ "roomId": room, "messageId": sent["id"], "userId": 2, "reaction": "👍" })
+    );
 
-    svc.call(2, "MarkMessagesAsRead", json!({ "roomId": room, "messageIds": [sent["id"]] })).await;
+    svc.call(
+        2,
+        "MarkMessagesAsRead",
+        json!({ "roomId": room, "messageIds": [sent["id"]] }),
+    )
+    .await;
     let read = stream.next_named("messages_read", WAIT).await;
-    assert_eq!((read.data["userId"].clone(), read.data["updated"].clone()), (json!(2), json!(1)));
+    assert_eq!(
+        (read.data["userId"].clone(), read.data["updated"].clone()),
+        (json!(2), json!(1))
+    );
 
     // A room created later with user 2 in it is followed from then on.
     let later = svc.create_group(5, &[2]).await;
     let created = stream.next_named("room_created", WAIT).await;
     assert_eq!(created.data["room"]["id"], later.as_str());
     let in_later = svc.send(5, &later, "welcome").await;
-    assert_eq!(stream.next_named("message_created", WAIT).await.data, in_later);
+    assert_eq!(
+        stream.next_named("message_created", WAIT).await.data,
+        in_later
+    );
 
     // After leaving, the room's events stop.
     svc.call(2, "LeaveRoom", json!({ "id": later })).await;
-    assert_eq!(stream.next_named("member_left", WAIT).await.data, json!({ "roomId": later, "userId": 2 }));
+    assert_eq!(
+        stream.next_named("member_left", WAIT).await.data,
+        json!({ "roomId": later, "userId": 2 })
+    );
     svc.send(5, &later, "gone").await;
     let after = svc.send(1, &room, "still here").await;
-    assert_eq!(stream.next_named("message_created", WAIT).await.data, after, "nothing from the room left");
+    assert_eq!(
+        stream.next_named("message_created", WAIT).await.data,
+        after,
+        "nothing from the room left"
+    );
 
     // Streams need auth like every method, and end when the server shuts down.
-    let unauthenticated = svc.client.http().get(svc.client.method_url("StreamMessages")).send().await.expect("HTTP");
-    assert_error(&(unauthenticated.status().as_u16(), unauthenticated.json().await.expect("JSON")), 401, "unauthenticated");
-    tokio::time::timeout(Duration::from_secs(20), svc.stop()).await.expect("graceful shutdown does not wait on open streams");
+    let unauthenticated = svc
+        .client
+        .http()
+        .get(svc.client.method_url("StreamMessages"))
+        .send()
+        .await
+        .expect("HTTP");
+    assert_error(
+        &(
+            unauthenticated.status().as_u16(),
+            unauthenticated.json().await.expect("JSON"),
+        ),
+        401,
+        "unauthenticated",
+    );
+    tokio::time::timeout(Duration::from_secs(20), svc.stop())
+        .await
+        .expect("graceful shutdown does not wait on open streams");
     let ended = tokio::time::timeout(WAIT, async {
         while let Some(e) = stream.next().await {
             assert_ne!(e.event, "message_created");
@@ -82,8 +126,16 @@ async fn events_cross_instances_through_nats() {
     on_a.next_named("ready", WAIT).await;
 
     let sent = a.send(1, &room, "from instance A").await;
-    assert_eq!(on_b.next_named("message_created", WAIT).await.data, sent, "published on A, streamed on B");
-    assert_eq!(on_a.next_named("message_created", WAIT).await.data, sent, "and on A itself, once");
+    assert_eq!(
+        on_b.next_named("message_created", WAIT).await.data,
+        sent,
+        "published on A, streamed on B"
+    );
+    assert_eq!(
+        on_a.next_named("message_created", WAIT).await.data,
+        sent,
+        "and on A itself, once"
+    );
 
     let reply = b.send(2, &room, "from instance B").await;
     assert_eq!(on_a.next_named("message_created", WAIT).await.data, reply);

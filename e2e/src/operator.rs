@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use ficus_operator::crd::Migration;
 use ficus_operator::run::{Config, LeaderConfig};
-use kube::api::Api;
 use kube::Client;
+use kube::api::Api;
 use tokio::task::JoinHandle;
 
 use crate::{ControlPlane, HarnessError};
@@ -28,11 +28,27 @@ pub fn install_crds(cp: &ControlPlane) -> Result<(), HarnessError> {
     let crds = crds.to_string_lossy();
     let out = cp.kubectl(&["apply", "-f", &crds])?;
     if !out.success() {
-        return Err(HarnessError::Startup { component: "crds", reason: out.to_string(), log: PathBuf::new(), tail: String::new() });
+        return Err(HarnessError::Startup {
+            component: "crds",
+            reason: out.to_string(),
+            log: PathBuf::new(),
+            tail: String::new(),
+        });
     }
-    let out = cp.kubectl(&["wait", "--for", "condition=established", "--timeout=30s", "crd/migrations.ficus.dev"])?;
+    let out = cp.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        "crd/migrations.ficus.dev",
+    ])?;
     if !out.success() {
-        return Err(HarnessError::Startup { component: "crds", reason: out.to_string(), log: PathBuf::new(), tail: String::new() });
+        return Err(HarnessError::Startup {
+            component: "crds",
+            reason: out.to_string(),
+            log: PathBuf::new(),
+            tail: String::new(),
+        });
     }
     done.push(cp.server_url().to_string());
     Ok(())
@@ -47,8 +63,20 @@ pub struct Operator {
 
 impl Operator {
     /// Watches only `namespace`; with `lease` set, takes part in leader election for it.
-    pub fn start(client: Client, namespace: &str, identity: &str, lease: Option<LeaderConfig>) -> Self {
-        let config = Config { namespace: Some(namespace.into()), identity: identity.into(), leader: lease, http_addr: None, webhook_token: None, aws: Default::default() };
+    pub fn start(
+        client: Client,
+        namespace: &str,
+        identity: &str,
+        lease: Option<LeaderConfig>,
+    ) -> Self {
+        let config = Config {
+            namespace: Some(namespace.into()),
+            identity: identity.into(),
+            leader: lease,
+            http_addr: None,
+            webhook_token: None,
+            aws: Default::default(),
+        };
         Self::start_with(client, config)
     }
 
@@ -60,7 +88,10 @@ impl Operator {
                 tracing::error!(error = %e, "operator stopped");
             }
         });
-        Self { task: Some(task), identity }
+        Self {
+            task: Some(task),
+            identity,
+        }
     }
 
     pub fn kill(&mut self) {
@@ -78,11 +109,22 @@ impl Drop for Operator {
 
 /// Leader election with a short lease for tests.
 pub fn short_lease(namespace: &str) -> LeaderConfig {
-    LeaderConfig { namespace: namespace.into(), lease_name: "ficus-operator-leader".into(), duration_secs: 3, grace_secs: 1 }
+    LeaderConfig {
+        namespace: namespace.into(),
+        lease_name: "ficus-operator-leader".into(),
+        duration_secs: 3,
+        grace_secs: 1,
+    }
 }
 
 /// Polls a Migration until `done` holds, returning it; fails with the last seen status.
-pub async fn wait_for(api: &Api<Migration>, name: &str, timeout: Duration, what: &str, done: impl Fn(&Migration) -> bool) -> Migration {
+pub async fn wait_for(
+    api: &Api<Migration>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Migration) -> bool,
+) -> Migration {
     let start = Instant::now();
     let mut last = None;
     while start.elapsed() < timeout {
@@ -94,13 +136,18 @@ pub async fn wait_for(api: &Api<Migration>, name: &str, timeout: Duration, what:
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out after {timeout:?} waiting for {what}; last status: {:#?}", last.and_then(|m| m.status));
+    panic!(
+        "timed out after {timeout:?} waiting for {what}; last status: {:#?}",
+        last.and_then(|m| m.status)
+    );
 }
 
 /// The shared control plane with the CRDs installed, an admin client and a fresh namespace.
 /// `None` (after a SKIP line) when the control plane is missing outside CI; under CI a missing
 /// component panics.
-pub async fn test_namespace(prefix: &str) -> anyhow::Result<Option<(&'static ControlPlane, Client, String)>> {
+pub async fn test_namespace(
+    prefix: &str,
+) -> anyhow::Result<Option<(&'static ControlPlane, Client, String)>> {
     crate::init();
     let cp = match ControlPlane::shared() {
         Ok(cp) => cp,

@@ -47,10 +47,19 @@ async fn a_denied_ssm_write_is_degraded_naming_the_missing_iam_action() -> anyho
             return Ok(());
         }
     };
-    let out = std::process::Command::new(Moto::python()?).args(["-c", MAKE_USER, &moto.url()]).output()?;
-    anyhow::ensure!(out.status.success(), "creating the IAM user failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(Moto::python()?)
+        .args(["-c", MAKE_USER, &moto.url()])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "creating the IAM user failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let keys = String::from_utf8(out.stdout)?;
-    let (id, secret) = keys.trim().split_once(' ').ok_or_else(|| anyhow::anyhow!("no access key printed: {keys}"))?;
+    let (id, secret) = keys
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| anyhow::anyhow!("no access key printed: {keys}"))?;
     // SAFETY: this binary's only test sets the environment before it starts any thread that
     // reads it (the operator and its SDK clients come later).
     unsafe {
@@ -81,13 +90,32 @@ async fn a_denied_ssm_write_is_degraded_naming_the_missing_iam_action() -> anyho
     api.create(&PostParams::default(), &other).await?;
 
     let m = wait_for(&api, "denied", LONG, "Degraded", |m| {
-        m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True"))
+        m.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "True")
+        })
     })
     .await;
-    let condition = m.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded").cloned()).expect("Degraded");
+    let condition = m
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded").cloned())
+        .expect("Degraded");
     assert_eq!(condition.reason, "AwsAccessDenied");
-    assert!(condition.message.contains("ssm:PutParameter"), "the message names the IAM action: {}", condition.message);
-    assert_eq!(m.status.as_ref().map(|s| s.phase), Some(Phase::Preflight), "no progress without a writable store");
-    wait_for(&api, "other", LONG, "the other Migration at step 1", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1))).await;
+    assert!(
+        condition.message.contains("ssm:PutParameter"),
+        "the message names the IAM action: {}",
+        condition.message
+    );
+    assert_eq!(
+        m.status.as_ref().map(|s| s.phase),
+        Some(Phase::Preflight),
+        "no progress without a writable store"
+    );
+    wait_for(&api, "other", LONG, "the other Migration at step 1", |m| {
+        m.status.as_ref().is_some_and(|s| s.step == Some(1))
+    })
+    .await;
     Ok(())
 }

@@ -44,11 +44,16 @@ struct Stack {
 /// Control plane (shared), exporter, Prometheus (own), optional Alertmanager posting to the
 /// operator's webhook, and an operator for a fresh namespace.
 async fn stack(prefix: &str, rules: bool, alertmanager: bool) -> anyhow::Result<Option<Stack>> {
-    let Some((_cp, client, ns)) = test_namespace(prefix).await? else { return Ok(None) };
+    let Some((_cp, client, ns)) = test_namespace(prefix).await? else {
+        return Ok(None);
+    };
     let [port] = free_ports::<1>()?;
     let operator_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let am = if alertmanager {
-        match Alertmanager::start(&format!("http://{operator_addr}/webhook/alertmanager"), TOKEN) {
+        match Alertmanager::start(
+            &format!("http://{operator_addr}/webhook/alertmanager"),
+            TOKEN,
+        ) {
             Ok(am) => Some(am),
             Err(e) => {
                 ficus_e2e::skip_or_panic(&e);
@@ -73,7 +78,9 @@ async fn stack(prefix: &str, rules: bool, alertmanager: bool) -> anyhow::Result<
         }
     };
     prometheus.wait_for_targets(Duration::from_secs(30)).await?;
-    prometheus.wait_for_value(DRIFT, Duration::from_secs(15)).await?;
+    prometheus
+        .wait_for_value(DRIFT, Duration::from_secs(15))
+        .await?;
 
     let config = Config {
         namespace: Some(ns.clone()),
@@ -85,7 +92,16 @@ async fn stack(prefix: &str, rules: bool, alertmanager: bool) -> anyhow::Result<
     };
     let operator = Operator::start_with(client.clone(), config);
     let api = Api::namespaced(client.clone(), &ns);
-    Ok(Some(Stack { client, ns, api, exporter, prometheus, operator_addr, _alertmanager: am, _operator: operator }))
+    Ok(Some(Stack {
+        client,
+        ns,
+        api,
+        exporter,
+        prometheus,
+        operator_addr,
+        _alertmanager: am,
+        _operator: operator,
+    }))
 }
 
 fn gated(prometheus: &str, bake: &str, failure_limit: i32, interval: &str) -> serde_json::Value {
@@ -124,26 +140,46 @@ fn step(m: &Migration) -> Option<i32> {
 
 async fn flags(client: &Client, ns: &str) -> BTreeMap<String, String> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    cms.get_opt("flags").await.ok().flatten().and_then(|c| c.data).unwrap_or_default()
+    cms.get_opt("flags")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.data)
+        .unwrap_or_default()
 }
 
 #[tokio::test]
 async fn healthy_gates_promote_step_by_step_after_the_bake() -> anyhow::Result<()> {
-    let Some(s) = stack("gates-healthy", false, false).await? else { return Ok(()) };
+    let Some(s) = stack("gates-healthy", false, false).await? else {
+        return Ok(());
+    };
     create(&s.api, gated(&s.prometheus.url(), "2s", 2, "1s")).await?;
     let done = wait_for(&s.api, "m", LONG, "CutOver", |m| phase(m) == Phase::CutOver).await;
     let status = done.status.expect("status");
-    let steps: Vec<i32> = status.history.iter().filter(|t| t.to == Phase::Split).map(|t| t.traffic_percent).collect();
+    let steps: Vec<i32> = status
+        .history
+        .iter()
+        .filter(|t| t.to == Phase::Split)
+        .map(|t| t.traffic_percent)
+        .collect();
     assert_eq!(steps, vec![10, 50]);
-    let gate = &status.last_analysis.expect("an analysis was recorded").gates[0];
-    assert_eq!((gate.name.as_str(), gate.verdict, gate.value, gate.max), ("drift", Verdict::Pass, Some(0.001), Some(0.01)));
+    let gate = &status
+        .last_analysis
+        .expect("an analysis was recorded")
+        .gates[0];
+    assert_eq!(
+        (gate.name.as_str(), gate.verdict, gate.value, gate.max),
+        ("drift", Verdict::Pass, Some(0.001), Some(0.01))
+    );
     assert_eq!(status.healthy.as_deref(), Some("True"));
     Ok(())
 }
 
 #[tokio::test]
 async fn a_failing_gate_rolls_back_after_exactly_failure_limit_evaluations() -> anyhow::Result<()> {
-    let Some(s) = stack("gates-fail", false, false).await? else { return Ok(()) };
+    let Some(s) = stack("gates-fail", false, false).await? else {
+        return Ok(());
+    };
     // Evaluations every 2 s so every count is observable; 3 failures roll back.
     create(&s.api, gated(&s.prometheus.url(), "1h", 3, "2s")).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
@@ -152,7 +188,10 @@ async fn a_failing_gate_rolls_back_after_exactly_failure_limit_evaluations() -> 
     let mut counts = Vec::new();
     let start = Instant::now();
     let rolled = loop {
-        assert!(start.elapsed() < LONG, "no rollback; failure counts seen: {counts:?}");
+        assert!(
+            start.elapsed() < LONG,
+            "no rollback; failure counts seen: {counts:?}"
+        );
         let m = s.api.get("m").await?;
         match phase(&m) {
             Phase::RollingBack | Phase::RolledBack => break m,
@@ -165,29 +204,67 @@ async fn a_failing_gate_rolls_back_after_exactly_failure_limit_evaluations() -> 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(counts, vec![0, 1, 2], "rolled back on the 3rd failing evaluation, not before");
-    let record = rolled.status.as_ref().and_then(|s| s.last_rollback.clone()).expect("a rollback record");
+    assert_eq!(
+        counts,
+        vec![0, 1, 2],
+        "rolled back on the 3rd failing evaluation, not before"
+    );
+    let record = rolled
+        .status
+        .as_ref()
+        .and_then(|s| s.last_rollback.clone())
+        .expect("a rollback record");
     assert_eq!(record.reason, "GateFailed");
-    assert!(record.message.contains("drift = 0.2") && record.message.contains("max 0.01"), "the value and threshold are recorded: {}", record.message);
-    wait_for(&s.api, "m", LONG, "RolledBack", |m| phase(m) == Phase::RolledBack).await;
+    assert!(
+        record.message.contains("drift = 0.2") && record.message.contains("max 0.01"),
+        "the value and threshold are recorded: {}",
+        record.message
+    );
+    wait_for(&s.api, "m", LONG, "RolledBack", |m| {
+        phase(m) == Phase::RolledBack
+    })
+    .await;
     let f = flags(&s.client, &s.ns).await;
-    assert_eq!((f["read_split_percent"].as_str(), f["write_primary"].as_str()), ("0", "legacy"));
+    assert_eq!(
+        (
+            f["read_split_percent"].as_str(),
+            f["write_primary"].as_str()
+        ),
+        ("0", "legacy")
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn missing_data_pauses_after_the_inconclusive_limit_and_resumes_when_it_returns() -> anyhow::Result<()> {
-    let Some(s) = stack("gates-nodata", false, false).await? else { return Ok(()) };
+async fn missing_data_pauses_after_the_inconclusive_limit_and_resumes_when_it_returns()
+-> anyhow::Result<()> {
+    let Some(s) = stack("gates-nodata", false, false).await? else {
+        return Ok(());
+    };
     create(&s.api, gated(&s.prometheus.url(), "4s", 2, "1s")).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
     s.exporter.remove(DRIFT);
     let paused = wait_for(&s.api, "m", LONG, "Paused", |m| phase(m) == Phase::Paused).await;
     let status = paused.status.clone().expect("status");
-    assert_eq!(status.paused.as_ref().map(|p| (p.from, p.reason)), Some((Phase::Split, PauseReason::Inconclusive)));
+    assert_eq!(
+        status.paused.as_ref().map(|p| (p.from, p.reason)),
+        Some((Phase::Split, PauseReason::Inconclusive))
+    );
     assert_eq!(status.step, Some(1), "no promotion on missing evidence");
-    assert_eq!(flags(&s.client, &s.ns).await["read_split_percent"], "10", "pausing changes nothing for users");
-    let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing").expect("condition");
-    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "Inconclusive"));
+    assert_eq!(
+        flags(&s.client, &s.ns).await["read_split_percent"],
+        "10",
+        "pausing changes nothing for users"
+    );
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("condition");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "Inconclusive")
+    );
 
     // NaN (0/0 at no traffic) is no evidence either: still paused.
     s.exporter.set(DRIFT, &[("service", "chat")], f64::NAN);
@@ -195,43 +272,83 @@ async fn missing_data_pauses_after_the_inconclusive_limit_and_resumes_when_it_re
     assert_eq!(phase(&s.api.get("m").await?), Phase::Paused);
 
     s.exporter.set(DRIFT, &[("service", "chat")], 0.001);
-    wait_for(&s.api, "m", LONG, "resumed and promoted to step 2", |m| step(m) == Some(2) && phase(m) == Phase::Split).await;
+    wait_for(&s.api, "m", LONG, "resumed and promoted to step 2", |m| {
+        step(m) == Some(2) && phase(m) == Phase::Split
+    })
+    .await;
     Ok(())
 }
 
 #[tokio::test]
 async fn prometheus_down_pauses_without_promotion_and_its_return_continues() -> anyhow::Result<()> {
-    let Some(s) = stack("gates-down", false, false).await? else { return Ok(()) };
+    let Some(s) = stack("gates-down", false, false).await? else {
+        return Ok(());
+    };
     create(&s.api, gated(&s.prometheus.url(), "4s", 2, "1s")).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
     s.prometheus.stop();
     let paused = wait_for(&s.api, "m", LONG, "Paused", |m| phase(m) == Phase::Paused).await;
     assert_eq!(step(&paused), Some(1));
-    let gate = &paused.status.as_ref().and_then(|s| s.last_analysis.clone()).expect("analysis").gates[0];
+    let gate = &paused
+        .status
+        .as_ref()
+        .and_then(|s| s.last_analysis.clone())
+        .expect("analysis")
+        .gates[0];
     assert_eq!(gate.verdict, Verdict::Inconclusive);
-    assert!(gate.message.as_deref().unwrap_or_default().contains("unreachable"), "{gate:?}");
+    assert!(
+        gate.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unreachable"),
+        "{gate:?}"
+    );
 
     s.prometheus.restart()?;
-    s.prometheus.wait_for_targets(Duration::from_secs(30)).await?;
-    wait_for(&s.api, "m", LONG, "step 2 after Prometheus returned", |m| step(m) == Some(2)).await;
+    s.prometheus
+        .wait_for_targets(Duration::from_secs(30))
+        .await?;
+    wait_for(&s.api, "m", LONG, "step 2 after Prometheus returned", |m| {
+        step(m) == Some(2)
+    })
+    .await;
     Ok(())
 }
 
 #[tokio::test]
-async fn an_invalid_query_is_degraded_with_prometheus_message_and_never_rolls_back() -> anyhow::Result<()> {
-    let Some(s) = stack("gates-invalid", false, false).await? else { return Ok(()) };
+async fn an_invalid_query_is_degraded_with_prometheus_message_and_never_rolls_back()
+-> anyhow::Result<()> {
+    let Some(s) = stack("gates-invalid", false, false).await? else {
+        return Ok(());
+    };
     let mut spec = gated(&s.prometheus.url(), "1s", 1, "1s");
     spec["analysis"]["gates"][0]["query"] = json!("sum(rate(chat_requests_total[5m])");
     create(&s.api, spec).await?;
     let degraded = wait_for(&s.api, "m", LONG, "Degraded", |m| {
-        m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True"))
+        m.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "True")
+        })
     })
     .await;
-    let condition = degraded.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded").cloned()).expect("Degraded");
+    let condition = degraded
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded").cloned())
+        .expect("Degraded");
     assert_eq!(condition.reason, "InvalidQuery");
-    assert!(condition.message.contains("parse error"), "Prometheus's own message: {}", condition.message);
+    assert!(
+        condition.message.contains("parse error"),
+        "Prometheus's own message: {}",
+        condition.message
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(phase(&s.api.get("m").await?), Phase::Preflight, "no promotion and no rollback on a spec problem");
+    assert_eq!(
+        phase(&s.api.get("m").await?),
+        Phase::Preflight,
+        "no promotion and no rollback on a spec problem"
+    );
     Ok(())
 }
 
@@ -251,8 +368,11 @@ fn alert_only(prometheus: Option<&str>) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn a_firing_alert_pushed_by_alertmanager_rolls_back_and_unauthenticated_calls_are_refused() -> anyhow::Result<()> {
-    let Some(s) = stack("alerts-push", true, true).await? else { return Ok(()) };
+async fn a_firing_alert_pushed_by_alertmanager_rolls_back_and_unauthenticated_calls_are_refused()
+-> anyhow::Result<()> {
+    let Some(s) = stack("alerts-push", true, true).await? else {
+        return Ok(());
+    };
     // No analysis section: only the pushed path can roll this Migration back.
     create(&s.api, alert_only(None)).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
@@ -262,33 +382,69 @@ async fn a_firing_alert_pushed_by_alertmanager_rolls_back_and_unauthenticated_ca
     let forged = json!({ "alerts": [{ "status": "firing", "labels": { "alertname": "ChatDataInconsistency", "service": "chat" } }] });
     let anonymous = http.post(&url).json(&forged).send().await?;
     assert_eq!(anonymous.status().as_u16(), 401);
-    let wrong = http.post(&url).bearer_auth("guess").json(&forged).send().await?;
+    let wrong = http
+        .post(&url)
+        .bearer_auth("guess")
+        .json(&forged)
+        .send()
+        .await?;
     assert_eq!(wrong.status().as_u16(), 401);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(step(&s.api.get("m").await?), Some(1), "an unauthenticated call changes nothing");
+    assert_eq!(
+        step(&s.api.get("m").await?),
+        Some(1),
+        "an unauthenticated call changes nothing"
+    );
 
     s.exporter.set(DRIFT, &[("service", "chat")], 0.5);
-    let rolled = wait_for(&s.api, "m", LONG, "RolledBack", |m| phase(m) == Phase::RolledBack).await;
-    let record = rolled.status.and_then(|s| s.last_rollback).expect("rollback record");
-    assert_eq!((record.reason.as_str(), record.message.as_str()), ("AlertFiring", "alert ChatDataInconsistency is firing"));
+    let rolled = wait_for(&s.api, "m", LONG, "RolledBack", |m| {
+        phase(m) == Phase::RolledBack
+    })
+    .await;
+    let record = rolled
+        .status
+        .and_then(|s| s.last_rollback)
+        .expect("rollback record");
+    assert_eq!(
+        (record.reason.as_str(), record.message.as_str()),
+        ("AlertFiring", "alert ChatDataInconsistency is firing")
+    );
     assert_eq!(flags(&s.client, &s.ns).await["read_split_percent"], "0");
 
     // Resolved: the annotation clears, and a retry is no longer rolled back at once.
     s.exporter.set(DRIFT, &[("service", "chat")], 0.001);
-    wait_for(&s.api, "m", LONG, "alert resolved", |m| !m.annotations().contains_key("ficus.dev/firing-alerts")).await;
+    wait_for(&s.api, "m", LONG, "alert resolved", |m| {
+        !m.annotations().contains_key("ficus.dev/firing-alerts")
+    })
+    .await;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_firing_alert_found_by_polling_alerts_rolls_back() -> anyhow::Result<()> {
-    let Some(s) = stack("alerts-poll", true, false).await? else { return Ok(()) };
+    let Some(s) = stack("alerts-poll", true, false).await? else {
+        return Ok(());
+    };
     create(&s.api, alert_only(Some(&s.prometheus.url()))).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
     s.exporter.set(DRIFT, &[("service", "chat")], 0.5);
-    let rolled = wait_for(&s.api, "m", LONG, "RolledBack", |m| phase(m) == Phase::RolledBack).await;
-    let record = rolled.status.and_then(|s| s.last_rollback).expect("rollback record");
+    let rolled = wait_for(&s.api, "m", LONG, "RolledBack", |m| {
+        phase(m) == Phase::RolledBack
+    })
+    .await;
+    let record = rolled
+        .status
+        .and_then(|s| s.last_rollback)
+        .expect("rollback record");
     assert_eq!(record.reason, "AlertFiring");
-    assert!(!rolled.metadata.annotations.unwrap_or_default().contains_key("ficus.dev/firing-alerts"), "found by polling, not pushed");
+    assert!(
+        !rolled
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("ficus.dev/firing-alerts"),
+        "found by polling, not pushed"
+    );
     Ok(())
 }
 
@@ -301,7 +457,10 @@ async fn the_shipped_rules_and_gate_queries_are_valid_promql() -> anyhow::Result
     ficus_e2e::init();
     let root = ficus_e2e::operator::repo_root().join("examples");
     let rules = std::fs::read_to_string(root.join("prometheus/chat-alerts.rules.yml"))?;
-    let prometheus = match Prometheus::start(PrometheusConfig { rules: Some(rules), ..Default::default() }) {
+    let prometheus = match Prometheus::start(PrometheusConfig {
+        rules: Some(rules),
+        ..Default::default()
+    }) {
         Ok(p) => p,
         Err(e) => {
             ficus_e2e::skip_or_panic(&e);
@@ -309,11 +468,21 @@ async fn the_shipped_rules_and_gate_queries_are_valid_promql() -> anyhow::Result
         }
     };
     let text = std::fs::read_to_string(root.join("chat-postgres-to-scylla.yaml"))?;
-    let docs: Vec<serde_json::Value> = text.split("\n---").filter_map(|d| serde_saphyr::from_str(d).ok()).collect();
-    let migration = docs.iter().find(|d| d["kind"] == "Migration").expect("the example has a Migration");
-    let gates = migration["spec"]["analysis"]["gates"].as_array().expect("gates");
+    let docs: Vec<serde_json::Value> = text
+        .split("\n---")
+        .filter_map(|d| serde_saphyr::from_str(d).ok())
+        .collect();
+    let migration = docs
+        .iter()
+        .find(|d| d["kind"] == "Migration")
+        .expect("the example has a Migration");
+    let gates = migration["spec"]["analysis"]["gates"]
+        .as_array()
+        .expect("gates");
     assert_eq!(gates.len(), 3);
-    let checker = ficus_operator::analysis::Prometheus::new(&prometheus.url(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
+    let checker =
+        ficus_operator::analysis::Prometheus::new(&prometheus.url(), Duration::from_secs(5))
+            .map_err(anyhow::Error::msg)?;
     for gate in gates {
         let query = gate["query"].as_str().expect("query");
         let outcome = checker.query(query).await;

@@ -4,17 +4,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ficus_e2e::operator::{Operator, repo_root, short_lease, test_namespace, wait_for};
 use ficus_e2e::ControlPlane;
+use ficus_e2e::operator::{Operator, repo_root, short_lease, test_namespace, wait_for};
 use ficus_operator::crd::{Migration, Phase};
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::Client;
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -37,7 +37,13 @@ fn flags_of(cm: &ConfigMap) -> BTreeMap<String, String> {
     cm.data.clone().unwrap_or_default()
 }
 
-fn doc(generation: i64, primary: &str, dual: &str, shadow: i32, split: i32) -> BTreeMap<String, String> {
+fn doc(
+    generation: i64,
+    primary: &str,
+    dual: &str,
+    shadow: i32,
+    split: i32,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("generation".into(), generation.to_string()),
         ("write_primary".into(), primary.into()),
@@ -49,12 +55,23 @@ fn doc(generation: i64, primary: &str, dual: &str, shadow: i32, split: i32) -> B
 
 async fn flags(client: &Client, ns: &str, name: &str) -> BTreeMap<String, String> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    cms.get_opt(name).await.ok().flatten().map(|cm| flags_of(&cm)).unwrap_or_default()
+    cms.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .map(|cm| flags_of(&cm))
+        .unwrap_or_default()
 }
 
 /// The flags once `key` holds `value`: a decision is recorded in status before the stores are
 /// written, so a test that saw the status waits for the flags.
-async fn flags_when(client: &Client, ns: &str, name: &str, key: &str, value: &str) -> BTreeMap<String, String> {
+async fn flags_when(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> BTreeMap<String, String> {
     for _ in 0..600 {
         let f = flags(client, ns, name).await;
         if f.get(key).map(String::as_str) == Some(value) {
@@ -62,7 +79,10 @@ async fn flags_when(client: &Client, ns: &str, name: &str, key: &str, value: &st
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("flag {key} never became {value:?}: {:?}", flags(client, ns, name).await);
+    panic!(
+        "flag {key} never became {value:?}: {:?}",
+        flags(client, ns, name).await
+    );
 }
 
 fn phase(m: &Migration) -> Phase {
@@ -70,18 +90,27 @@ fn phase(m: &Migration) -> Phase {
 }
 
 fn condition(m: &Migration, type_: &str) -> Option<(String, String)> {
-    m.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
+    m.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
 async fn annotate(api: &Api<Migration>, name: &str, key: &str) -> anyhow::Result<()> {
     let patch = json!({ "metadata": { "annotations": { key: "true" } } });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
 async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let list = events.list(&ListParams::default()).await.expect("events list");
+    let list = events
+        .list(&ListParams::default())
+        .await
+        .expect("events list");
     list.items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
@@ -90,14 +119,18 @@ async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn crd_and_examples_apply_and_invalid_manifests_are_rejected_with_readable_messages() -> anyhow::Result<()> {
-    let Some((cp, _client, ns)) = setup("validation").await? else { return Ok(()) };
+async fn crd_and_examples_apply_and_invalid_manifests_are_rejected_with_readable_messages()
+-> anyhow::Result<()> {
+    let Some((cp, _client, ns)) = setup("validation").await? else {
+        return Ok(());
+    };
     let examples = repo_root().join("examples");
     let out = cp.kubectl(&["apply", "-f", &examples.to_string_lossy()])?;
     assert!(out.success(), "every example applies: {out}");
 
     let mut checked = 0;
-    let mut dir: Vec<_> = std::fs::read_dir(repo_root().join("e2e/invalid"))?.collect::<Result<_, _>>()?;
+    let mut dir: Vec<_> =
+        std::fs::read_dir(repo_root().join("e2e/invalid"))?.collect::<Result<_, _>>()?;
     dir.sort_by_key(|e| e.path());
     for entry in dir {
         let path = entry.path();
@@ -107,17 +140,32 @@ async fn crd_and_examples_apply_and_invalid_manifests_are_rejected_with_readable
             .find_map(|l| l.strip_prefix("# expect: "))
             .unwrap_or_else(|| panic!("{} lacks an '# expect: <message>' line", path.display()));
         let out = cp.kubectl(&["apply", "-n", &ns, "-f", &path.to_string_lossy()])?;
-        assert!(!out.success(), "{} must be rejected, but was accepted: {out}", path.display());
-        assert!(out.stderr.contains(expect), "{}: expected the message {expect:?}, got: {}", path.display(), out.stderr);
+        assert!(
+            !out.success(),
+            "{} must be rejected, but was accepted: {out}",
+            path.display()
+        );
+        assert!(
+            out.stderr.contains(expect),
+            "{}: expected the message {expect:?}, got: {}",
+            path.display(),
+            out.stderr
+        );
         checked += 1;
     }
-    assert!(checked >= 8, "at least 8 invalid manifests, found {checked}");
+    assert!(
+        checked >= 8,
+        "at least 8 invalid manifests, found {checked}"
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step() -> anyhow::Result<()> {
-    let Some((_cp, client, ns)) = setup("progress").await? else { return Ok(()) };
+async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step()
+-> anyhow::Result<()> {
+    let Some((_cp, client, ns)) = setup("progress").await? else {
+        return Ok(());
+    };
     let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
 
@@ -125,7 +173,11 @@ async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step(
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<BTreeMap<String, String>>::new()));
     let recorder = {
         let seen = seen.clone();
-        let stream = watcher(cms, watcher::Config::default().fields("metadata.name=flags")).applied_objects();
+        let stream = watcher(
+            cms,
+            watcher::Config::default().fields("metadata.name=flags"),
+        )
+        .applied_objects();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Ok(Some(cm)) = stream.try_next().await {
@@ -138,21 +190,31 @@ async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step(
         })
     };
     let _operator = Operator::start(client.clone(), &ns, "solo", None);
-    let m = migration("plan", json!({
-        "service": "chat",
-        "flags": { "configMap": { "name": "flags" } },
-        "shadow": { "duration": "1s", "readSamplePercent": 20 },
-        "steps": [10, 50, 100],
-        "bakeTime": "1s",
-        "cutover": { "reverseDualWrite": true, "completeAfter": "1s" },
-    }));
+    let m = migration(
+        "plan",
+        json!({
+            "service": "chat",
+            "flags": { "configMap": { "name": "flags" } },
+            "shadow": { "duration": "1s", "readSamplePercent": 20 },
+            "steps": [10, 50, 100],
+            "bakeTime": "1s",
+            "cutover": { "reverseDualWrite": true, "completeAfter": "1s" },
+        }),
+    );
     api.create(&PostParams::default(), &m).await?;
-    let done = wait_for(&api, "plan", LONG, "Completed", |m| phase(m) == Phase::Completed).await;
+    let done = wait_for(&api, "plan", LONG, "Completed", |m| {
+        phase(m) == Phase::Completed
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     recorder.abort();
 
     let status = done.status.clone().expect("status");
-    let path: Vec<(Phase, Phase, i32)> = status.history.iter().map(|t| (t.from, t.to, t.traffic_percent)).collect();
+    let path: Vec<(Phase, Phase, i32)> = status
+        .history
+        .iter()
+        .map(|t| (t.from, t.to, t.traffic_percent))
+        .collect();
     assert_eq!(
         path,
         vec![
@@ -168,7 +230,12 @@ async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step(
     // Each step baked at least its bake time.
     for pair in status.history.windows(2).skip(1) {
         let baked = pair[1].time.duration_since(pair[0].time);
-        assert!(baked >= jiff::SignedDuration::from_millis(1000), "{} -> {} after only {baked:?}", pair[0].to, pair[1].to);
+        assert!(
+            baked >= jiff::SignedDuration::from_millis(1000),
+            "{} -> {} after only {baked:?}",
+            pair[0].to,
+            pair[1].to
+        );
     }
     let seen = seen.lock().expect("lock").clone();
     assert_eq!(
@@ -185,13 +252,36 @@ async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step(
         "the flag ConfigMap at every step"
     );
     assert_eq!(status.observed_generation, done.metadata.generation);
-    assert_eq!(condition(&done, "Ready"), Some(("True".into(), "Completed".into())));
-    assert_eq!(condition(&done, "Progressing"), Some(("False".into(), "Completed".into())));
-    assert_eq!(condition(&done, "Degraded"), Some(("False".into(), "AsExpected".into())));
-    assert!(status.conditions.iter().all(|c| c.observed_generation == done.metadata.generation));
+    assert_eq!(
+        condition(&done, "Ready"),
+        Some(("True".into(), "Completed".into()))
+    );
+    assert_eq!(
+        condition(&done, "Progressing"),
+        Some(("False".into(), "Completed".into()))
+    );
+    assert_eq!(
+        condition(&done, "Degraded"),
+        Some(("False".into(), "AsExpected".into()))
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == done.metadata.generation)
+    );
     let reasons = event_reasons(&client, &ns, "plan").await;
-    for expected in ["Started", "PreflightPassed", "Promoted", "CutOver", "Completed"] {
-        assert!(reasons.iter().any(|r| r == expected), "event {expected} recorded; got {reasons:?}");
+    for expected in [
+        "Started",
+        "PreflightPassed",
+        "Promoted",
+        "CutOver",
+        "Completed",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == expected),
+            "event {expected} recorded; got {reasons:?}"
+        );
     }
     Ok(())
 }
@@ -208,39 +298,96 @@ fn held_spec(bake: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn abort_rolls_back_to_the_safe_state_and_retry_starts_again() -> anyhow::Result<()> {
-    let Some((_cp, client, ns)) = setup("abort").await? else { return Ok(()) };
+    let Some((_cp, client, ns)) = setup("abort").await? else {
+        return Ok(());
+    };
     let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
     let _operator = Operator::start(client.clone(), &ns, "solo", None);
-    api.create(&PostParams::default(), &migration("m", held_spec("1h"))).await?;
-    wait_for(&api, "m", LONG, "step 1", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1))).await;
+    api.create(&PostParams::default(), &migration("m", held_spec("1h")))
+        .await?;
+    wait_for(&api, "m", LONG, "step 1", |m| {
+        m.status.as_ref().is_some_and(|s| s.step == Some(1))
+    })
+    .await;
     flags_when(&client, &ns, "flags", "read_split_percent", "10").await;
 
     annotate(&api, "m", "ficus.dev/abort").await?;
-    let rolled = wait_for(&api, "m", LONG, "RolledBack", |m| phase(m) == Phase::RolledBack).await;
+    let rolled = wait_for(&api, "m", LONG, "RolledBack", |m| {
+        phase(m) == Phase::RolledBack
+    })
+    .await;
     // RolledBack is only reached once the store holds the safe flags.
     let f = flags(&client, &ns, "flags").await;
-    assert_eq!((f["write_primary"].as_str(), f["read_split_percent"].as_str(), f["dual_write"].as_str()), ("legacy", "0", "sync"));
-    assert_eq!(rolled.status.as_ref().and_then(|s| s.last_rollback.as_ref()).map(|r| r.reason.as_str()), Some("Aborted"));
-    assert_eq!(condition(&rolled, "Ready"), Some(("False".into(), "RolledBack".into())));
-    let rolled = wait_for(&api, "m", LONG, "abort annotation removed", |m| !m.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("ficus.dev/abort"))).await;
-    assert_eq!(phase(&rolled), Phase::RolledBack, "stays rolled back until retried");
+    assert_eq!(
+        (
+            f["write_primary"].as_str(),
+            f["read_split_percent"].as_str(),
+            f["dual_write"].as_str()
+        ),
+        ("legacy", "0", "sync")
+    );
+    assert_eq!(
+        rolled
+            .status
+            .as_ref()
+            .and_then(|s| s.last_rollback.as_ref())
+            .map(|r| r.reason.as_str()),
+        Some("Aborted")
+    );
+    assert_eq!(
+        condition(&rolled, "Ready"),
+        Some(("False".into(), "RolledBack".into()))
+    );
+    let rolled = wait_for(&api, "m", LONG, "abort annotation removed", |m| {
+        !m.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("ficus.dev/abort"))
+    })
+    .await;
+    assert_eq!(
+        phase(&rolled),
+        Phase::RolledBack,
+        "stays rolled back until retried"
+    );
 
     annotate(&api, "m", "ficus.dev/retry").await?;
-    let again = wait_for(&api, "m", LONG, "step 1 again", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1) && s.attempt == 1)).await;
+    let again = wait_for(&api, "m", LONG, "step 1 again", |m| {
+        m.status
+            .as_ref()
+            .is_some_and(|s| s.step == Some(1) && s.attempt == 1)
+    })
+    .await;
     flags_when(&client, &ns, "flags", "read_split_percent", "10").await;
     let reasons = event_reasons(&client, &ns, "m").await;
-    assert!(reasons.iter().any(|r| r == "Aborted") && reasons.iter().any(|r| r == "Retry"), "{reasons:?}");
-    assert!(!again.metadata.annotations.unwrap_or_default().contains_key("ficus.dev/retry"));
+    assert!(
+        reasons.iter().any(|r| r == "Aborted") && reasons.iter().any(|r| r == "Retry"),
+        "{reasons:?}"
+    );
+    assert!(
+        !again
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("ficus.dev/retry")
+    );
     Ok(())
 }
 
 #[tokio::test]
-async fn restarted_operator_resumes_from_status_without_skipping_or_repeating_a_step() -> anyhow::Result<()> {
-    let Some((_cp, client, ns)) = setup("restart").await? else { return Ok(()) };
+async fn restarted_operator_resumes_from_status_without_skipping_or_repeating_a_step()
+-> anyhow::Result<()> {
+    let Some((_cp, client, ns)) = setup("restart").await? else {
+        return Ok(());
+    };
     let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
     let mut first = Operator::start(client.clone(), &ns, "first", None);
-    api.create(&PostParams::default(), &migration("m", held_spec("3s"))).await?;
-    wait_for(&api, "m", LONG, "step 1", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1))).await;
+    api.create(&PostParams::default(), &migration("m", held_spec("3s")))
+        .await?;
+    wait_for(&api, "m", LONG, "step 1", |m| {
+        m.status.as_ref().is_some_and(|s| s.step == Some(1))
+    })
+    .await;
     first.kill();
 
     // While no operator runs, nothing moves, even past the bake time.
@@ -249,23 +396,46 @@ async fn restarted_operator_resumes_from_status_without_skipping_or_repeating_a_
     assert_eq!(idle.status.as_ref().and_then(|s| s.step), Some(1));
 
     let _second = Operator::start(client.clone(), &ns, "second", None);
-    let moved = wait_for(&api, "m", LONG, "step 2", |m| m.status.as_ref().is_some_and(|s| s.step.is_some_and(|s| s >= 2))).await;
-    assert_eq!(moved.status.as_ref().and_then(|s| s.step), Some(2), "the bake already served counts: one step, not two");
+    let moved = wait_for(&api, "m", LONG, "step 2", |m| {
+        m.status
+            .as_ref()
+            .is_some_and(|s| s.step.is_some_and(|s| s >= 2))
+    })
+    .await;
+    assert_eq!(
+        moved.status.as_ref().and_then(|s| s.step),
+        Some(2),
+        "the bake already served counts: one step, not two"
+    );
     let done = wait_for(&api, "m", LONG, "CutOver", |m| phase(m) == Phase::CutOver).await;
-    let steps: Vec<i32> = done.status.expect("status").history.iter().filter(|t| t.to == Phase::Split).map(|t| t.traffic_percent).collect();
+    let steps: Vec<i32> = done
+        .status
+        .expect("status")
+        .history
+        .iter()
+        .filter(|t| t.to == Phase::Split)
+        .map(|t| t.traffic_percent)
+        .collect();
     assert_eq!(steps, vec![10, 50, 100], "every step exactly once");
     Ok(())
 }
 
 #[tokio::test]
 async fn only_the_leader_acts_and_a_standby_takes_over() -> anyhow::Result<()> {
-    let Some((_cp, client, ns)) = setup("leader").await? else { return Ok(()) };
+    let Some((_cp, client, ns)) = setup("leader").await? else {
+        return Ok(());
+    };
     let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let mut a = Operator::start(client.clone(), &ns, "replica-a", Some(short_lease(&ns)));
     // Let a take the lease before b exists, so the leader is known.
     let holder = || async {
-        leases.get_opt("ficus-operator-leader").await.ok().flatten().and_then(|l| l.spec.and_then(|s| s.holder_identity))
+        leases
+            .get_opt("ficus-operator-leader")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec.and_then(|s| s.holder_identity))
     };
     for _ in 0..100 {
         if holder().await.is_some() {
@@ -275,33 +445,75 @@ async fn only_the_leader_acts_and_a_standby_takes_over() -> anyhow::Result<()> {
     }
     assert_eq!(holder().await.as_deref(), Some("replica-a"));
     let _b = Operator::start(client.clone(), &ns, "replica-b", Some(short_lease(&ns)));
-    api.create(&PostParams::default(), &migration("m", held_spec("2s"))).await?;
-    wait_for(&api, "m", LONG, "step 2", |m| m.status.as_ref().is_some_and(|s| s.step == Some(2))).await;
+    api.create(&PostParams::default(), &migration("m", held_spec("2s")))
+        .await?;
+    wait_for(&api, "m", LONG, "step 2", |m| {
+        m.status.as_ref().is_some_and(|s| s.step == Some(2))
+    })
+    .await;
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let instances = |list: Vec<Event>| list.into_iter().filter_map(|e| e.reporting_instance).collect::<std::collections::BTreeSet<_>>();
+    let instances = |list: Vec<Event>| {
+        list.into_iter()
+            .filter_map(|e| e.reporting_instance)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
     let acting = instances(events.list(&ListParams::default()).await?.items);
-    assert_eq!(acting, ["replica-a".to_string()].into(), "only the leader records Events");
+    assert_eq!(
+        acting,
+        ["replica-a".to_string()].into(),
+        "only the leader records Events"
+    );
 
     a.kill();
-    let done = wait_for(&api, "m", LONG, "CutOver after failover", |m| phase(m) == Phase::CutOver).await;
+    let done = wait_for(&api, "m", LONG, "CutOver after failover", |m| {
+        phase(m) == Phase::CutOver
+    })
+    .await;
     assert_eq!(holder().await.as_deref(), Some("replica-b"));
     let acting = instances(events.list(&ListParams::default()).await?.items);
-    assert!(acting.contains("replica-b"), "the standby acts after taking over: {acting:?}");
-    let steps: Vec<i32> = done.status.expect("status").history.iter().filter(|t| t.to == Phase::Split).map(|t| t.traffic_percent).collect();
-    assert_eq!(steps, vec![10, 50, 100], "no step repeated across the failover");
+    assert!(
+        acting.contains("replica-b"),
+        "the standby acts after taking over: {acting:?}"
+    );
+    let steps: Vec<i32> = done
+        .status
+        .expect("status")
+        .history
+        .iter()
+        .filter(|t| t.to == Phase::Split)
+        .map(|t| t.traffic_percent)
+        .collect();
+    assert_eq!(
+        steps,
+        vec![10, 50, 100],
+        "no step repeated across the failover"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn deleting_a_migration_restores_the_safe_flags_before_it_disappears() -> anyhow::Result<()> {
-    let Some((_cp, client, ns)) = setup("delete").await? else { return Ok(()) };
+    let Some((_cp, client, ns)) = setup("delete").await? else {
+        return Ok(());
+    };
     let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
     let _operator = Operator::start(client.clone(), &ns, "solo", None);
-    api.create(&PostParams::default(), &migration("m", held_spec("1h"))).await?;
-    let running = wait_for(&api, "m", LONG, "step 1", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1))).await;
-    assert!(running.finalizers().iter().any(|f| f == "ficus.dev/safe-state"));
-    let before: i64 = flags_when(&client, &ns, "flags", "read_split_percent", "10").await["generation"].parse()?;
+    api.create(&PostParams::default(), &migration("m", held_spec("1h")))
+        .await?;
+    let running = wait_for(&api, "m", LONG, "step 1", |m| {
+        m.status.as_ref().is_some_and(|s| s.step == Some(1))
+    })
+    .await;
+    assert!(
+        running
+            .finalizers()
+            .iter()
+            .any(|f| f == "ficus.dev/safe-state")
+    );
+    let before: i64 =
+        flags_when(&client, &ns, "flags", "read_split_percent", "10").await["generation"]
+            .parse()?;
 
     api.delete("m", &DeleteParams::default()).await?;
     for _ in 0..200 {
@@ -310,16 +522,25 @@ async fn deleting_a_migration_restores_the_safe_flags_before_it_disappears() -> 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(api.get_opt("m").await?.is_none(), "the Migration is gone once the safe state is restored");
-    assert_eq!(flags(&client, &ns, "flags").await, doc(before + 1, "legacy", "off", 0, 0));
+    assert!(
+        api.get_opt("m").await?.is_none(),
+        "the Migration is gone once the safe state is restored"
+    );
+    assert_eq!(
+        flags(&client, &ns, "flags").await,
+        doc(before + 1, "legacy", "off", 0, 0)
+    );
     Ok(())
 }
 
 use kube::ResourceExt;
 
 #[tokio::test]
-async fn unrunnable_migrations_are_degraded_without_hot_loops_and_others_keep_running() -> anyhow::Result<()> {
-    let Some((cp, client, ns)) = setup("degraded").await? else { return Ok(()) };
+async fn unrunnable_migrations_are_degraded_without_hot_loops_and_others_keep_running()
+-> anyhow::Result<()> {
+    let Some((cp, client, ns)) = setup("degraded").await? else {
+        return Ok(());
+    };
     let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
 
     // The operator runs as a ServiceAccount that may do everything it needs except touch
@@ -357,28 +578,85 @@ subjects: [{{ kind: User, name: ficus-limited }}]
     let mut unknown_deployment = spec("flags-a");
     unknown_deployment["legacy"] = json!({ "deployment": "chat-legacy" });
     unknown_deployment["candidate"] = json!({ "deployment": "chat-v2" });
-    api.create(&PostParams::default(), &migration("no-permission", spec("forbidden-flags"))).await?;
-    api.create(&PostParams::default(), &migration("no-deployment", unknown_deployment)).await?;
-    api.create(&PostParams::default(), &migration("healthy", spec("flags-b"))).await?;
+    api.create(
+        &PostParams::default(),
+        &migration("no-permission", spec("forbidden-flags")),
+    )
+    .await?;
+    api.create(
+        &PostParams::default(),
+        &migration("no-deployment", unknown_deployment),
+    )
+    .await?;
+    api.create(
+        &PostParams::default(),
+        &migration("healthy", spec("flags-b")),
+    )
+    .await?;
 
-    let forbidden = wait_for(&api, "no-permission", LONG, "Degraded", |m| condition(m, "Degraded").is_some_and(|c| c.0 == "True")).await;
-    assert_eq!(condition(&forbidden, "Degraded").map(|c| c.1), Some("FlagStoreForbidden".into()));
-    assert_eq!(phase(&forbidden), Phase::Preflight, "no progress without a writable flag store");
-    let missing = wait_for(&api, "no-deployment", LONG, "Degraded", |m| condition(m, "Degraded").is_some_and(|c| c.0 == "True")).await;
-    assert_eq!(condition(&missing, "Degraded").map(|c| c.1), Some("WorkloadNotFound".into()));
-    let message = missing.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded")).map(|c| c.message.clone()).unwrap_or_default();
-    assert!(message.contains("chat-legacy"), "the message names the Deployment: {message}");
-    wait_for(&api, "healthy", LONG, "the healthy Migration at step 1", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1))).await;
+    let forbidden = wait_for(&api, "no-permission", LONG, "Degraded", |m| {
+        condition(m, "Degraded").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(
+        condition(&forbidden, "Degraded").map(|c| c.1),
+        Some("FlagStoreForbidden".into())
+    );
+    assert_eq!(
+        phase(&forbidden),
+        Phase::Preflight,
+        "no progress without a writable flag store"
+    );
+    let missing = wait_for(&api, "no-deployment", LONG, "Degraded", |m| {
+        condition(m, "Degraded").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(
+        condition(&missing, "Degraded").map(|c| c.1),
+        Some("WorkloadNotFound".into())
+    );
+    let message = missing
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("chat-legacy"),
+        "the message names the Deployment: {message}"
+    );
+    wait_for(
+        &api,
+        "healthy",
+        LONG,
+        "the healthy Migration at step 1",
+        |m| m.status.as_ref().is_some_and(|s| s.step == Some(1)),
+    )
+    .await;
 
     // No hot loop: over 5 s the degraded objects barely change and get one Event per problem.
     let versions = |m: &Migration| m.resource_version().unwrap_or_default();
-    let (v1, v2) = (versions(&api.get("no-permission").await?), versions(&api.get("no-deployment").await?));
+    let (v1, v2) = (
+        versions(&api.get("no-permission").await?),
+        versions(&api.get("no-deployment").await?),
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(versions(&api.get("no-permission").await?), v1, "a degraded Migration is not rewritten in a loop");
+    assert_eq!(
+        versions(&api.get("no-permission").await?),
+        v1,
+        "a degraded Migration is not rewritten in a loop"
+    );
     assert_eq!(versions(&api.get("no-deployment").await?), v2);
-    for (name, reason) in [("no-permission", "FlagStoreForbidden"), ("no-deployment", "WorkloadNotFound")] {
+    for (name, reason) in [
+        ("no-permission", "FlagStoreForbidden"),
+        ("no-deployment", "WorkloadNotFound"),
+    ] {
         let reasons = event_reasons(&client, &ns, name).await;
-        assert_eq!(reasons.iter().filter(|r| *r == reason).count(), 1, "{name}: one {reason} Event, got {reasons:?}");
+        assert_eq!(
+            reasons.iter().filter(|r| *r == reason).count(),
+            1,
+            "{name}: one {reason} Event, got {reasons:?}"
+        );
     }
 
     // Fixing the cause lets it continue.
@@ -394,8 +672,18 @@ subjects: [{{ kind: User, name: ficus-limited }}]
         }))?;
         deployments.create(&PostParams::default(), &d).await?;
     }
-    let fixed = wait_for(&api, "no-deployment", LONG, "step 1 once the Deployments exist", |m| m.status.as_ref().is_some_and(|s| s.step == Some(1))).await;
-    assert_eq!(condition(&fixed, "Degraded").map(|c| c.0), Some("False".into()));
+    let fixed = wait_for(
+        &api,
+        "no-deployment",
+        LONG,
+        "step 1 once the Deployments exist",
+        |m| m.status.as_ref().is_some_and(|s| s.step == Some(1)),
+    )
+    .await;
+    assert_eq!(
+        condition(&fixed, "Degraded").map(|c| c.0),
+        Some("False".into())
+    );
     assert_eq!(fixed.status.and_then(|s| s.legacy_replicas_before), Some(2));
     Ok(())
 }

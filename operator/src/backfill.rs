@@ -28,9 +28,18 @@ impl BackfillError {
     }
 }
 
-pub async fn observe(client: Client, namespace: &str, name: &str) -> Result<JobState, BackfillError> {
+pub async fn observe(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<JobState, BackfillError> {
     let api: Api<Job> = Api::namespaced(client, namespace);
-    let job = api.get_opt(name).await.map_err(|source| BackfillError { verb: "read", namespace: namespace.into(), name: name.into(), source })?;
+    let job = api.get_opt(name).await.map_err(|source| BackfillError {
+        verb: "read",
+        namespace: namespace.into(),
+        name: name.into(),
+        source,
+    })?;
     Ok(match job {
         None => JobState::Missing,
         Some(job) => state_of(&job),
@@ -39,17 +48,32 @@ pub async fn observe(client: Client, namespace: &str, name: &str) -> Result<JobS
 
 fn state_of(job: &Job) -> JobState {
     let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
-    let holds = |t: &str| conditions.into_iter().flatten().find(|c| c.type_ == t && c.status == "True");
+    let holds = |t: &str| {
+        conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
     if holds("Complete").is_some() {
         JobState::Succeeded
     } else if let Some(failed) = holds("Failed") {
-        JobState::Failed(failed.message.clone().unwrap_or_else(|| failed.reason.clone().unwrap_or_default()))
+        JobState::Failed(
+            failed
+                .message
+                .clone()
+                .unwrap_or_else(|| failed.reason.clone().unwrap_or_default()),
+        )
     } else {
         JobState::Running
     }
 }
 
-pub async fn create(client: Client, migration: &Migration, spec: &BackfillSpec, name: &str) -> Result<(), BackfillError> {
+pub async fn create(
+    client: Client,
+    migration: &Migration,
+    spec: &BackfillSpec,
+    name: &str,
+) -> Result<(), BackfillError> {
     let namespace = migration.namespace().unwrap_or_default();
     let owner = migration.controller_owner_ref(&());
     let job: Job = serde_json::from_value(json!({
@@ -79,6 +103,11 @@ pub async fn create(client: Client, migration: &Migration, spec: &BackfillSpec, 
     match api.create(&PostParams::default(), &job).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(source) => Err(BackfillError { verb: "created", namespace, name: name.into(), source }),
+        Err(source) => Err(BackfillError {
+            verb: "created",
+            namespace,
+            name: name.into(),
+            source,
+        }),
     }
 }

@@ -205,7 +205,11 @@ pub struct ShadowSpec {
 
 impl Default for ShadowSpec {
     fn default() -> Self {
-        Self { duration: default_shadow_duration(), read_sample_percent: default_read_sample(), dual_write: DualWriteMode::Sync }
+        Self {
+            duration: default_shadow_duration(),
+            read_sample_percent: default_read_sample(),
+            dual_write: DualWriteMode::Sync,
+        }
     }
 }
 
@@ -321,14 +325,21 @@ pub struct RollbackSpec {
 
 impl Default for RollbackSpec {
     fn default() -> Self {
-        Self { automatic: true, on_alerts: Vec::new(), alert_labels: None }
+        Self {
+            automatic: true,
+            on_alerts: Vec::new(),
+            alert_labels: None,
+        }
     }
 }
 
 impl MigrationSpec {
     /// The labels that tie an alert to this Migration.
     pub fn alert_selector(&self) -> std::collections::BTreeMap<String, String> {
-        self.rollback.alert_labels.clone().unwrap_or_else(|| [("service".to_string(), self.service.clone())].into())
+        self.rollback
+            .alert_labels
+            .clone()
+            .unwrap_or_else(|| [("service".to_string(), self.service.clone())].into())
     }
 }
 
@@ -355,12 +366,29 @@ pub struct CutoverSpec {
 
 impl Default for CutoverSpec {
     fn default() -> Self {
-        Self { reverse_dual_write: true, complete_after: None, scale_down_legacy: false }
+        Self {
+            reverse_dual_write: true,
+            complete_after: None,
+            scale_down_legacy: false,
+        }
     }
 }
 
 /// Where a migration is.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+#[derive(
+    JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
 pub enum Phase {
     #[default]
     Pending,
@@ -406,7 +434,15 @@ impl Phase {
 
     /// Phases from which a failing gate, an alert or an abort rolls back.
     pub fn is_active(self) -> bool {
-        matches!(self, Phase::Preflight | Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver | Phase::Paused)
+        matches!(
+            self,
+            Phase::Preflight
+                | Phase::Shadow
+                | Phase::Backfill
+                | Phase::Split
+                | Phase::CutOver
+                | Phase::Paused
+        )
     }
 }
 

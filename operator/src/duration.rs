@@ -9,14 +9,18 @@ use std::time::Duration;
 pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {input:?}: use a number with a unit (ms, s, m, h), e.g. 30s, 5m or 1h30m")]
+#[error(
+    "invalid duration {input:?}: use a number with a unit (ms, s, m, h), e.g. 30s, 5m or 1h30m"
+)]
 pub struct DurationError {
     input: String,
 }
 
 /// Parses `1h30m`, `45s`, `250ms`: one or more number+unit pairs.
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError { input: input.to_owned() };
+    let err = || DurationError {
+        input: input.to_owned(),
+    };
     let mut total = Duration::ZERO;
     let mut rest = input;
     if rest.is_empty() {
@@ -41,7 +45,9 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
             return Err(err());
         };
         rest = &rest[len..];
-        let part = unit.checked_mul(u32::try_from(value).map_err(|_| err())?).ok_or_else(err)?;
+        let part = unit
+            .checked_mul(u32::try_from(value).map_err(|_| err())?)
+            .ok_or_else(err)?;
         total = total.checked_add(part).ok_or_else(err)?;
     }
     Ok(total)

@@ -32,7 +32,10 @@ pub const WEBHOOK_PATH: &str = "/webhook/alertmanager";
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route(WEBHOOK_PATH, post(webhook).layer(DefaultBodyLimit::max(1 << 20)))
+        .route(
+            WEBHOOK_PATH,
+            post(webhook).layer(DefaultBodyLimit::max(1 << 20)),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -40,25 +43,53 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(s): State<HttpState>) -> ([(&'static str, &'static str); 1], String) {
-    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Relaxed) { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
 }
 
-async fn webhook(State(s): State<HttpState>, headers: HeaderMap, body: Result<Json<Payload>, axum::extract::rejection::JsonRejection>) -> (StatusCode, String) {
+async fn webhook(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Json<Payload>, axum::extract::rejection::JsonRejection>,
+) -> (StatusCode, String) {
     let Some(hook) = &s.webhook else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the alert webhook is off: start the operator with a webhook token".into());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the alert webhook is off: start the operator with a webhook token".into(),
+        );
     };
-    let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), hook.token.as_bytes())) {
         s.metrics.error("WebhookUnauthorized");
-        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into());
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        );
     }
     let Json(payload) = match body {
         Ok(p) => p,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("not an Alertmanager webhook payload: {e}")),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not an Alertmanager webhook payload: {e}"),
+            );
+        }
     };
     match alert_webhook::receive(hook.client.clone(), hook.namespace.as_deref(), &payload).await {
         Ok(changed) => (StatusCode::OK, format!("{changed} migration(s) updated")),

@@ -7,7 +7,11 @@ use ficus_operator::run::{Config, LeaderConfig, run};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "ficus-operator", version, about = "Phased, zero-downtime strangler-fig migrations on Kubernetes")]
+#[command(
+    name = "ficus-operator",
+    version,
+    about = "Phased, zero-downtime strangler-fig migrations on Kubernetes"
+)]
 struct Args {
     /// Watch Migrations in this namespace only (default: all namespaces).
     #[arg(long, env = "FICUS_WATCH_NAMESPACE")]
@@ -21,7 +25,11 @@ struct Args {
     /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
     #[arg(long, env = "FICUS_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
-    #[arg(long, env = "FICUS_LEASE_NAME", default_value = "ficus-operator-leader")]
+    #[arg(
+        long,
+        env = "FICUS_LEASE_NAME",
+        default_value = "ficus-operator-leader"
+    )]
     lease_name: String,
     /// Seconds a lease holds without renewal.
     #[arg(long, env = "FICUS_LEASE_DURATION", default_value_t = 15)]
@@ -47,18 +55,29 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     // kube and the AWS SDK together enable two rustls back-ends: choose one explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
-    let client = kube::Client::try_default().await.map_err(|e| format!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster config): {e}"))?;
-    let identity = args.identity.unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| format!("ficus-{}", std::process::id())));
-    let lease_namespace = args.lease_namespace.or_else(|| std::env::var("POD_NAMESPACE").ok()).unwrap_or_else(|| "default".into());
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster config): {e}")
+    })?;
+    let identity = args.identity.unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("ficus-{}", std::process::id()))
+    });
+    let lease_namespace = args
+        .lease_namespace
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
     let config = Config {
         namespace: args.namespace,
         identity,
@@ -69,11 +88,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             grace_secs: (args.lease_duration / 3).max(1),
         }),
         http_addr: Some(args.http_addr),
-        aws: ficus_operator::aws::AwsDefaults { region: args.aws_region, endpoint_url: args.aws_endpoint_url },
+        aws: ficus_operator::aws::AwsDefaults {
+            region: args.aws_region,
+            endpoint_url: args.aws_endpoint_url,
+        },
         webhook_token: match &args.webhook_token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the webhook token file {}: {e}", path.display()))?
+                    .map_err(|e| {
+                        format!("cannot read the webhook token file {}: {e}", path.display())
+                    })?
                     .trim()
                     .to_string(),
             ),

@@ -34,10 +34,24 @@ impl Default for Metrics {
         let migrations = Family::<PhaseLabels, Gauge>::default();
         let is_leader = Gauge::default();
         registry.register("reconciles", "Reconciles of Migrations", reconciles.clone());
-        registry.register("reconcile_errors", "Reconciles that failed, by reason", errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason",
+            errors.clone(),
+        );
         registry.register("migrations", "Migrations by phase", migrations.clone());
-        registry.register("leader", "1 while this replica holds the leader lease", is_leader.clone());
-        Self { registry, reconciles, errors, migrations, is_leader }
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            is_leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            errors,
+            migrations,
+            is_leader,
+        }
     }
 }
 
@@ -51,12 +65,20 @@ impl Metrics {
             }
         }
         for (phase, count) in Phase::ALL.iter().zip(counts) {
-            self.migrations.get_or_create(&PhaseLabels { phase: phase.to_string() }).set(count);
+            self.migrations
+                .get_or_create(&PhaseLabels {
+                    phase: phase.to_string(),
+                })
+                .set(count);
         }
     }
 
     pub fn error(&self, reason: &str) {
-        self.errors.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+        self.errors
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

@@ -21,12 +21,14 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::analysis::Outcome;
 use crate::backfill;
+use crate::crd::Verdict;
 use crate::crd::{AppliedFlags, Migration, MigrationStatus, Workload, annotations};
 use crate::flags::{self, ConfigMapStore, FlagStoreError, SsmStore, Store as FlagStore};
-use crate::analysis::Outcome;
-use crate::crd::Verdict;
-use crate::machine::{self, Commands, Decision, EventType, JobState, Note, Observations, Problem, Side, WorkloadState};
+use crate::machine::{
+    self, Commands, Decision, EventType, JobState, Note, Observations, Problem, Side, WorkloadState,
+};
 use crate::metrics::Metrics;
 use crate::workloads::{DeploymentDriver, EcsDriver, Workloads};
 
@@ -56,7 +58,8 @@ impl Error {
             Error::Write { .. } => "StatusWriteFailed",
             Error::Cleanup(_) => "CleanupFailed",
             Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner) | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
                 _ => "FinalizerFailed",
             },
         }
@@ -82,11 +85,16 @@ pub async fn run_controller(
     aws: crate::aws::AwsDefaults,
 ) {
     let (migrations, jobs): (Api<Migration>, Api<Job>) = match namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(migrations, watcher::Config::default().any_semantic())
-        .owns(jobs, watcher::Config::default().labels("app.kubernetes.io/managed-by=ficus"));
+    let controller = Controller::new(migrations, watcher::Config::default().any_semantic()).owns(
+        jobs,
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=ficus"),
+    );
     let ctx = Arc::new(Context {
         aws: crate::aws::AwsConfigs::new(aws),
         prometheus: Default::default(),
@@ -119,7 +127,12 @@ pub async fn reconcile(mig: Arc<Migration>, ctx: Arc<Context>) -> Result<Action,
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if let Some(store) = &ctx.store {
-        ctx.metrics.set_phases(store.state().iter().map(|m| m.status.as_ref().map(|s| s.phase).unwrap_or_default()));
+        ctx.metrics.set_phases(
+            store
+                .state()
+                .iter()
+                .map(|m| m.status.as_ref().map(|s| s.phase).unwrap_or_default()),
+        );
     }
     result
 }
@@ -143,11 +156,22 @@ impl<'a> Targets<'a> {
         let ns = mig.namespace().ok_or(Error::NoNamespace)?;
         let name = mig.name_any();
         let spec = &mig.spec;
-        let uses_ecs = [&spec.legacy, &spec.candidate].iter().any(|w| w.as_ref().is_some_and(|w| w.ecs.is_some()));
-        let aws = if spec.flags.ssm.is_some() || uses_ecs { Some(ctx.aws.config(spec.aws.as_ref()).await) } else { None };
+        let uses_ecs = [&spec.legacy, &spec.candidate]
+            .iter()
+            .any(|w| w.as_ref().is_some_and(|w| w.ecs.is_some()));
+        let aws = if spec.flags.ssm.is_some() || uses_ecs {
+            Some(ctx.aws.config(spec.aws.as_ref()).await)
+        } else {
+            None
+        };
         let mut stores = Vec::new();
         if let Some(cm) = &spec.flags.config_map {
-            stores.push(FlagStore::ConfigMap(ConfigMapStore::new(ctx.client.clone(), &ns, &cm.name, &name)));
+            stores.push(FlagStore::ConfigMap(ConfigMapStore::new(
+                ctx.client.clone(),
+                &ns,
+                &cm.name,
+                &name,
+            )));
         }
         if let (Some(ssm), Some(aws)) = (&spec.flags.ssm, &aws) {
             stores.push(FlagStore::Ssm(SsmStore::new(aws, ssm)));
@@ -156,7 +180,12 @@ impl<'a> Targets<'a> {
             deployments: DeploymentDriver::new(ctx.client.clone(), &ns),
             ecs: aws.as_ref().filter(|_| uses_ecs).map(EcsDriver::new),
         };
-        Ok(Self { mig, ns, stores, workloads })
+        Ok(Self {
+            mig,
+            ns,
+            stores,
+            workloads,
+        })
     }
 
     /// The document every store holds (see [`flags::combine`] when they disagree).
@@ -185,12 +214,25 @@ impl<'a> Targets<'a> {
 
 fn commands(mig: &Migration) -> Commands {
     let has = |k: &str| mig.annotations().contains_key(k);
-    Commands { promote: has(annotations::PROMOTE), abort: has(annotations::ABORT), retry: has(annotations::RETRY) }
+    Commands {
+        promote: has(annotations::PROMOTE),
+        abort: has(annotations::ABORT),
+        retry: has(annotations::RETRY),
+    }
 }
 
 /// Everything `decide` needs. Never fails: what cannot be observed becomes a [`Problem`].
-async fn observe(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: Timestamp) -> (Observations, bool) {
-    let mut obs = Observations { generation: t.mig.metadata.generation.unwrap_or(0), commands: commands(t.mig), ..Default::default() };
+async fn observe(
+    t: &Targets<'_>,
+    status: &MigrationStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> (Observations, bool) {
+    let mut obs = Observations {
+        generation: t.mig.metadata.generation.unwrap_or(0),
+        commands: commands(t.mig),
+        ..Default::default()
+    };
     let flags_readable = match t.read_flags().await {
         Ok(flags) => {
             obs.flags = flags;
@@ -202,21 +244,29 @@ async fn observe(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: 
         }
     };
     for side in [Side::Legacy, Side::Candidate] {
-        let Some(workload) = t.workload(side) else { continue };
-        let field = if side == Side::Legacy { "legacy" } else { "candidate" };
+        let Some(workload) = t.workload(side) else {
+            continue;
+        };
+        let field = if side == Side::Legacy {
+            "legacy"
+        } else {
+            "candidate"
+        };
         match t.workloads.observe(field, workload).await {
             Ok(state) => *slot(&mut obs, side) = Some(state),
             Err(e) => obs.problems.push(Problem::new(e.reason(), e.to_string())),
         }
     }
     if let Some(job) = &status.backfill_job {
-        obs.backfill = Some(match backfill::observe(ctx.client.clone(), &t.ns, job).await {
-            Ok(state) => state,
-            Err(e) => {
-                obs.problems.push(Problem::new(e.reason(), e.to_string()));
-                JobState::Running
-            }
-        });
+        obs.backfill = Some(
+            match backfill::observe(ctx.client.clone(), &t.ns, job).await {
+                Ok(state) => state,
+                Err(e) => {
+                    obs.problems.push(Problem::new(e.reason(), e.to_string()));
+                    JobState::Running
+                }
+            },
+        );
     }
     analyse(t, status, ctx, now, &mut obs).await;
     (obs, flags_readable)
@@ -224,31 +274,67 @@ async fn observe(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: 
 
 /// Gates and alerts: a Preflight check that Prometheus answers and every query parses, then one
 /// batch per analysis interval. Pushed alerts (webhook) are read from the annotation.
-async fn analyse(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: Timestamp, obs: &mut Observations) {
+async fn analyse(
+    t: &Targets<'_>,
+    status: &MigrationStatus,
+    ctx: &Context,
+    now: Timestamp,
+    obs: &mut Observations,
+) {
     let spec = &t.mig.spec;
-    let pushed = t.mig.annotations().get(annotations::FIRING_ALERTS).map(String::as_str).unwrap_or("");
-    obs.firing_alerts = pushed.split(',').map(str::trim).filter(|a| spec.rollback.on_alerts.iter().any(|n| n == a)).map(String::from).collect();
+    let pushed = t
+        .mig
+        .annotations()
+        .get(annotations::FIRING_ALERTS)
+        .map(String::as_str)
+        .unwrap_or("");
+    obs.firing_alerts = pushed
+        .split(',')
+        .map(str::trim)
+        .filter(|a| spec.rollback.on_alerts.iter().any(|n| n == a))
+        .map(String::from)
+        .collect();
 
-    let Some((analysis, url)) = spec.analysis.as_ref().and_then(|a| Some((a, &a.prometheus.as_ref()?.url))) else { return };
+    let Some((analysis, url)) = spec
+        .analysis
+        .as_ref()
+        .and_then(|a| Some((a, &a.prometheus.as_ref()?.url)))
+    else {
+        return;
+    };
     let interval = crate::duration::parse(&analysis.interval).unwrap_or(Duration::from_secs(15));
     let timeout = (interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let prometheus = match ctx.prometheus.get(url, timeout) {
         Ok(p) => p,
-        Err(message) => return obs.problems.push(Problem::new("InvalidPrometheusUrl", message)),
+        Err(message) => {
+            return obs
+                .problems
+                .push(Problem::new("InvalidPrometheusUrl", message));
+        }
     };
     if status.phase == crate::crd::Phase::Preflight {
-        if analysis.gates.is_empty() && !spec.rollback.on_alerts.is_empty()
+        if analysis.gates.is_empty()
+            && !spec.rollback.on_alerts.is_empty()
             && let Outcome::Unreachable(message) = prometheus.query("vector(1)").await
         {
-            obs.problems.push(Problem::new("PrometheusUnreachable", format!("{url}: {message}")));
+            obs.problems.push(Problem::new(
+                "PrometheusUnreachable",
+                format!("{url}: {message}"),
+            ));
         }
         let results = prometheus.evaluate(&analysis.gates).await;
         for r in &results {
             let message = r.message.clone().unwrap_or_default();
             match r.verdict {
-                Verdict::Error => obs.problems.push(Problem::new("InvalidQuery", format!("gate {}: {message}", r.name))),
+                Verdict::Error => obs.problems.push(Problem::new(
+                    "InvalidQuery",
+                    format!("gate {}: {message}", r.name),
+                )),
                 Verdict::Inconclusive if message.starts_with("Prometheus unreachable") => {
-                    obs.problems.push(Problem::new("PrometheusUnreachable", format!("{url}: {message}")));
+                    obs.problems.push(Problem::new(
+                        "PrometheusUnreachable",
+                        format!("{url}: {message}"),
+                    ));
                     break;
                 }
                 _ => {}
@@ -268,7 +354,9 @@ async fn analyse(t: &Targets<'_>, status: &MigrationStatus, ctx: &Context, now: 
     obs.analysis = Some(gates);
     match alerts {
         Ok(firing) => obs.firing_alerts.extend(firing),
-        Err(e) => debug!(migration = %t.mig.name_any(), error = %e, "alert poll failed; no rollback on missing evidence"),
+        Err(e) => {
+            debug!(migration = %t.mig.name_any(), error = %e, "alert poll failed; no rollback on missing evidence")
+        }
     }
     obs.firing_alerts.sort();
     obs.firing_alerts.dedup();
@@ -304,9 +392,21 @@ async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     if let Err(problem) = converge(&t, &obs, &decision, flags_readable, ctx).await {
         warn!(migration = %mig.name_any(), reason = %problem.reason, "{}", problem.message);
         obs.problems.push(problem);
-        obs.flags = if flags_readable { t.read_flags().await.unwrap_or(obs.flags) } else { obs.flags };
+        obs.flags = if flags_readable {
+            t.read_flags().await.unwrap_or(obs.flags)
+        } else {
+            obs.flags
+        };
         let recorded = decision.status.clone();
-        let retried = machine::decide(&mig.spec, &recorded, &Observations { commands: Commands::default(), ..obs }, now);
+        let retried = machine::decide(
+            &mig.spec,
+            &recorded,
+            &Observations {
+                commands: Commands::default(),
+                ..obs
+            },
+            now,
+        );
         decision.events.extend(retried.events);
         decision.requeue_after = retried.requeue_after;
         if let Some(updated) = write_status(&latest, &recorded, &retried.status, ctx).await? {
@@ -314,58 +414,114 @@ async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
-    let after: Vec<&str> = decision.consumed.iter().copied().filter(|a| *a != annotations::PROMOTE).collect();
+    let after: Vec<&str> = decision
+        .consumed
+        .iter()
+        .copied()
+        .filter(|a| *a != annotations::PROMOTE)
+        .collect();
     if !after.is_empty() {
         remove_annotations(&latest, &after, ctx).await?;
     }
     publish(mig, &decision.events, ctx).await;
-    Ok(Action::requeue(decision.requeue_after + jitter(mig, decision.requeue_after)))
+    Ok(Action::requeue(
+        decision.requeue_after + jitter(mig, decision.requeue_after),
+    ))
 }
 
-async fn converge(t: &Targets<'_>, obs: &Observations, decision: &Decision, flags_readable: bool, ctx: &Context) -> Result<(), Problem> {
+async fn converge(
+    t: &Targets<'_>,
+    obs: &Observations,
+    decision: &Decision,
+    flags_readable: bool,
+    ctx: &Context,
+) -> Result<(), Problem> {
     if let Some(flags) = &decision.flags
         && flags_readable
         && obs.flags.as_ref() != Some(flags)
     {
-        t.write_flags(flags).await.map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+        t.write_flags(flags)
+            .await
+            .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
         info!(migration = %t.mig.name_any(), generation = flags.generation, values = ?flags.values, "flags written");
     }
     for (side, replicas) in &decision.scale {
         if let Some(workload) = t.workload(*side) {
-            t.workloads.scale(workload, *replicas).await.map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+            t.workloads
+                .scale(workload, *replicas)
+                .await
+                .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
             info!(migration = %t.mig.name_any(), workload = %workload.describe(), replicas, "scaled");
         }
     }
     if let (Some(name), Some(spec)) = (&decision.create_backfill_job, &t.mig.spec.backfill) {
-        backfill::create(ctx.client.clone(), t.mig, spec, name).await.map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+        backfill::create(ctx.client.clone(), t.mig, spec, name)
+            .await
+            .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
     }
     Ok(())
 }
 
 /// Replaces the status when it changed. `None` when the object moved on since it was read
 /// (409): the decision was made on stale data and is dropped; a fresh reconcile follows.
-async fn write_status(mig: &Migration, current: &MigrationStatus, next: &MigrationStatus, ctx: &Context) -> Result<Option<Migration>, Error> {
+async fn write_status(
+    mig: &Migration,
+    current: &MigrationStatus,
+    next: &MigrationStatus,
+    ctx: &Context,
+) -> Result<Option<Migration>, Error> {
     if current == next {
         return Ok(Some(mig.clone()));
     }
-    let api: Api<Migration> = Api::namespaced(ctx.client.clone(), &mig.namespace().unwrap_or_default());
+    let api: Api<Migration> =
+        Api::namespaced(ctx.client.clone(), &mig.namespace().unwrap_or_default());
     let mut obj = mig.clone();
     obj.status = Some(next.clone());
-    match api.replace_status(&mig.name_any(), &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &obj).await {
+    match api
+        .replace_status(
+            &mig.name_any(),
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &obj,
+        )
+        .await
+    {
         Ok(updated) => Ok(Some(updated)),
         Err(kube::Error::Api(s)) if s.code == 409 => {
             debug!(migration = %mig.name_any(), "status changed since read; deciding again");
             Ok(None)
         }
-        Err(source) => Err(Error::Write { what: "status", source }),
+        Err(source) => Err(Error::Write {
+            what: "status",
+            source,
+        }),
     }
 }
 
-async fn remove_annotations(mig: &Migration, keys: &[&str], ctx: &Context) -> Result<Migration, Error> {
-    let api: Api<Migration> = Api::namespaced(ctx.client.clone(), &mig.namespace().unwrap_or_default());
-    let nulls: serde_json::Map<String, serde_json::Value> = keys.iter().map(|k| (k.to_string(), serde_json::Value::Null)).collect();
+async fn remove_annotations(
+    mig: &Migration,
+    keys: &[&str],
+    ctx: &Context,
+) -> Result<Migration, Error> {
+    let api: Api<Migration> =
+        Api::namespaced(ctx.client.clone(), &mig.namespace().unwrap_or_default());
+    let nulls: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|k| (k.to_string(), serde_json::Value::Null))
+        .collect();
     let patch = json!({ "metadata": { "annotations": nulls } });
-    api.patch(&mig.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|source| Error::Write { what: "annotations", source })
+    api.patch(
+        &mig.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|source| Error::Write {
+        what: "annotations",
+        source,
+    })
 }
 
 async fn publish(mig: &Migration, notes: &[Note], ctx: &Context) {
@@ -415,24 +571,38 @@ async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     let t = Targets::new(mig, ctx).await?;
     let status = mig.status.clone().unwrap_or_default();
     let safe = machine::deletion_flags(status.phase);
-    let current = t.read_flags().await.map_err(|e| Error::Cleanup(e.to_string()))?;
+    let current = t
+        .read_flags()
+        .await
+        .map_err(|e| Error::Cleanup(e.to_string()))?;
     if let Some(cur) = current
         && cur.values != safe
     {
-        let next = AppliedFlags { generation: cur.generation + 1, values: safe };
-        t.write_flags(&next).await.map_err(|e| Error::Cleanup(e.to_string()))?;
+        let next = AppliedFlags {
+            generation: cur.generation + 1,
+            values: safe,
+        };
+        t.write_flags(&next)
+            .await
+            .map_err(|e| Error::Cleanup(e.to_string()))?;
     }
     if status.phase != crate::crd::Phase::Completed
         && let (Some(before), Some(legacy)) = (status.legacy_replicas_before, &mig.spec.legacy)
         && let Ok(state) = t.workloads.observe("legacy", legacy).await
         && state.replicas < before
     {
-        t.workloads.scale(legacy, before).await.map_err(|e| Error::Cleanup(e.to_string()))?;
+        t.workloads
+            .scale(legacy, before)
+            .await
+            .map_err(|e| Error::Cleanup(e.to_string()))?;
     }
     let note = Note {
         type_: EventType::Normal,
         reason: "SafeStateRestored".into(),
-        message: format!("deleting: flags left at write_primary={:?}, read_split_percent={}", safe.write_primary, safe.read_split_percent),
+        message: format!(
+            "deleting: flags left at write_primary={:?}, read_split_percent={}",
+            safe.write_primary, safe.read_split_percent
+        ),
         action: "Finalize".into(),
     };
     publish(mig, &[note], ctx).await;

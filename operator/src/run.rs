@@ -39,7 +39,9 @@ pub struct LeaderConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("leader election on Lease {namespace}/{name} failed: {source}; check that the operator may get, create and patch leases there")]
+    #[error(
+        "leader election on Lease {namespace}/{name} failed: {source}; check that the operator may get, create and patch leases there"
+    )]
     Lease {
         namespace: String,
         name: String,
@@ -55,17 +57,35 @@ pub enum RunError {
 }
 
 /// Runs until `shutdown` resolves.
-pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     // The endpoint lives exactly as long as this function, also when its future is dropped.
     let mut _http = None;
     if let Some(addr) = config.http_addr {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| RunError::Http { addr, source })?;
-        let webhook = config.webhook_token.clone().filter(|t| !t.is_empty()).map(|token| {
-            Arc::new(Webhook { client: client.clone(), namespace: config.namespace.clone(), token })
-        });
-        let state = HttpState { metrics: metrics.clone(), ready: ready.clone(), webhook };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Http { addr, source })?;
+        let webhook = config
+            .webhook_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(|token| {
+                Arc::new(Webhook {
+                    client: client.clone(),
+                    namespace: config.namespace.clone(),
+                    token,
+                })
+            });
+        let state = HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            webhook,
+        };
         _http = Some(AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, http::router(state)).await {
                 warn!(error = %e, "metrics endpoint stopped");
@@ -73,9 +93,20 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         })));
         info!(%addr, "serving /metrics, /healthz, /readyz");
     }
-    let reporter = Reporter { controller: "ficus-operator".into(), instance: Some(config.identity.clone()) };
+    let reporter = Reporter {
+        controller: "ficus-operator".into(),
+        instance: Some(config.identity.clone()),
+    };
     let namespace = config.namespace.clone();
-    let controller = || reconciler::run_controller(client.clone(), namespace.as_deref(), metrics.clone(), reporter.clone(), config.aws.clone());
+    let controller = || {
+        reconciler::run_controller(
+            client.clone(),
+            namespace.as_deref(),
+            metrics.clone(),
+            reporter.clone(),
+            config.aws.clone(),
+        )
+    };
     tokio::pin!(shutdown);
 
     let Some(leader) = &config.leader else {
@@ -89,7 +120,11 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         return Ok(());
     };
 
-    let lease_error = |source| RunError::Lease { namespace: leader.namespace.clone(), name: leader.lease_name.clone(), source };
+    let lease_error = |source| RunError::Lease {
+        namespace: leader.namespace.clone(),
+        name: leader.lease_name.clone(),
+        source,
+    };
     let manager = LeaseManagerBuilder::new(client.clone(), &leader.lease_name)
         .with_namespace(&leader.namespace)
         .with_identity(&config.identity)

@@ -17,10 +17,21 @@ pub struct Caller(pub UserId);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         // A header value that is not visible ASCII cannot be a valid token or user id; passing
         // "" on lets the authenticator say which header is wrong.
-        let header = |name: &str| parts.headers.get(name).map(|v| v.to_str().unwrap_or_default());
-        Ok(Caller(app.auth.authenticate(header(AUTHORIZATION.as_str()), header(USER_HEADER))?))
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .map(|v| v.to_str().unwrap_or_default())
+        };
+        Ok(Caller(app.auth.authenticate(
+            header(AUTHORIZATION.as_str()),
+            header(USER_HEADER),
+        )?))
     }
 }

@@ -68,7 +68,10 @@ fn code_str<S: serde::Serializer>(code: &Code, s: S) -> Result<S::Ok, S::Error> 
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -113,7 +116,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => ApiError::new(Code::AlreadyExists, what),
             StoreError::Unavailable(detail) => {
                 warn!(%detail, "store unavailable");
-                ApiError::new(Code::Unavailable, "the database is unavailable; retry later")
+                ApiError::new(
+                    Code::Unavailable,
+                    "the database is unavailable; retry later",
+                )
             }
             // Details stay in the log: they may describe the schema or the data.
             StoreError::Internal(detail) => {
@@ -127,6 +133,9 @@ impl From<StoreError> for ApiError {
 impl From<CryptoError> for ApiError {
     fn from(e: CryptoError) -> Self {
         error!(error = %e, "message content could not be sealed or opened (is CHAT_ENCRYPTION_KEY the key the data was written with?)");
-        ApiError::new(Code::Internal, "stored message content could not be decrypted")
+        ApiError::new(
+            Code::Internal,
+            "stored message content could not be decrypted",
+        )
     }
 }

@@ -15,7 +15,10 @@ use crate::api::AppState;
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
@@ -25,10 +28,22 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
             debug!(error = %e, "not ready");
             (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {} did not answer within {PING_TIMEOUT:?}", app.store.database())),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: {} did not answer within {PING_TIMEOUT:?}",
+                app.store.database()
+            ),
+        ),
     }
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
 }

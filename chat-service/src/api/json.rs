@@ -28,7 +28,8 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         Some(b'{') => body,
         Some(_) => return Err(ApiError::invalid("request body must be a JSON object")),
     };
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ConnectJson<T> {
@@ -38,7 +39,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ConnectJson<T> {
         if let Some(value) = req.headers().get(header::CONTENT_TYPE) {
             let content_type = value.to_str().unwrap_or_default();
             if !is_json(content_type) {
-                return Err(ApiError::invalid(format!("unsupported Content-Type {content_type:?}: send application/json")).into_response());
+                return Err(ApiError::invalid(format!(
+                    "unsupported Content-Type {content_type:?}: send application/json"
+                ))
+                .into_response());
             }
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
@@ -47,10 +51,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ConnectJson<T> {
                 // turns every 413 into the same Connect error.
                 StatusCode::PAYLOAD_TOO_LARGE.into_response()
             } else {
-                ApiError::invalid(format!("could not read the request body: {}", rejection.body_text())).into_response()
+                ApiError::invalid(format!(
+                    "could not read the request body: {}",
+                    rejection.body_text()
+                ))
+                .into_response()
             }
         })?;
-        parse_body(&bytes).map(ConnectJson).map_err(IntoResponse::into_response)
+        parse_body(&bytes)
+            .map(ConnectJson)
+            .map_err(IntoResponse::into_response)
     }
 }
 
@@ -78,9 +88,23 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_invalid_arguments() {
-        for body in [&b"{"[..], b"[]", b"null", b"{\"roomId\": 5}", b"{\"roomId\": \"nope\"}", b"{\"limit\": 1}", b"{\"roomId\": \"8d6f1c4e-4b8e-4c1e-9c57-1f2d3e4f5a6b\", \"limit\": -1}", b"\xff"] {
+        for body in [
+            &b"{"[..],
+            b"[]",
+            b"null",
+            b"{\"roomId\": 5}",
+            b"{\"roomId\": \"nope\"}",
+            b"{\"limit\": 1}",
+            b"{\"roomId\": \"8d6f1c4e-4b8e-4c1e-9c57-1f2d3e4f5a6b\", \"limit\": -1}",
+            b"\xff",
+        ] {
             let err = parse_body::<Req>(body).expect_err("must fail");
-            assert_eq!(err.code, crate::api::error::Code::InvalidArgument, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                err.code,
+                crate::api::error::Code::InvalidArgument,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -92,7 +116,13 @@ mod tests {
             page: Option<u32>,
         }
         assert_eq!(parse_body::<Paging>(b"").expect("empty"), Paging::default());
-        assert_eq!(parse_body::<Paging>(b" \n").expect("blank"), Paging::default());
-        assert_eq!(parse_body::<Paging>(br#"{"page": 2, "extra": true}"#).expect("extra field"), Paging { page: Some(2) });
+        assert_eq!(
+            parse_body::<Paging>(b" \n").expect("blank"),
+            Paging::default()
+        );
+        assert_eq!(
+            parse_body::<Paging>(br#"{"page": 2, "extra": true}"#).expect("extra field"),
+            Paging { page: Some(2) }
+        );
     }
 }

@@ -30,7 +30,11 @@ pub struct SendMessageReply {
     message: MessageJson,
 }
 
-pub async fn send_message(State(app): State<AppState>, Caller(me): Caller, ConnectJson(req): ConnectJson<SendMessageRequest>) -> Result<Json<SendMessageReply>, ApiError> {
+pub async fn send_message(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<SendMessageRequest>,
+) -> Result<Json<SendMessageReply>, ApiError> {
     validate::message_content(&req.content)?;
     let message_type = validate::message_type(req.message_type.as_deref())?;
     let access = app.member_access(req.room_id, me).await?;
@@ -38,10 +42,27 @@ pub async fn send_message(State(app): State<AppState>, Caller(me): Caller, Conne
     // The id's own time, so that both stores (and the timeuuid) agree on it.
     let created_at = id.created_at().unwrap_or_else(store::now);
     let content = app.cipher.seal(req.room_id, id, &req.content)?;
-    let stored = app.store.insert_message(NewMessage { id, room_id: req.room_id, sender_id: me, content, message_type, created_at }).await?;
-    app.metrics.message_sent(access.room_type.as_str(), app.store.database());
-    app.publish(RoomEvent::MessageCreated { message: stored.clone() }).await;
-    Ok(Json(SendMessageReply { success: true, message: MessageJson::with_content(stored, req.content) }))
+    let stored = app
+        .store
+        .insert_message(NewMessage {
+            id,
+            room_id: req.room_id,
+            sender_id: me,
+            content,
+            message_type,
+            created_at,
+        })
+        .await?;
+    app.metrics
+        .message_sent(access.room_type.as_str(), app.store.database());
+    app.publish(RoomEvent::MessageCreated {
+        message: stored.clone(),
+    })
+    .await;
+    Ok(Json(SendMessageReply {
+        success: true,
+        message: MessageJson::with_content(stored, req.content),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,11 +87,27 @@ pub struct Cursor {
     next_cursor: Option<MessageId>,
 }
 
-pub async fn get_message_history(State(app): State<AppState>, Caller(me): Caller, ConnectJson(req): ConnectJson<HistoryRequest>) -> Result<Json<HistoryReply>, ApiError> {
+pub async fn get_message_history(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<HistoryRequest>,
+) -> Result<Json<HistoryReply>, ApiError> {
     app.member_access(req.id, me).await?;
-    let page = app.store.history(req.id, req.before, effective_limit(req.limit)).await?;
-    let items = page.items.into_iter().map(|m| MessageJson::open(m, &app.cipher)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(HistoryReply { items, pagination: Cursor { next_cursor: page.next_cursor } }))
+    let page = app
+        .store
+        .history(req.id, req.before, effective_limit(req.limit))
+        .await?;
+    let items = page
+        .items
+        .into_iter()
+        .map(|m| MessageJson::open(m, &app.cipher))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(HistoryReply {
+        items,
+        pagination: Cursor {
+            next_cursor: page.next_cursor,
+        },
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,16 +125,30 @@ pub struct MarkReadReply {
     updated: u64,
 }
 
-pub async fn mark_messages_as_read(State(app): State<AppState>, Caller(me): Caller, ConnectJson(req): ConnectJson<MarkReadRequest>) -> Result<Json<MarkReadReply>, ApiError> {
+pub async fn mark_messages_as_read(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<MarkReadRequest>,
+) -> Result<Json<MarkReadReply>, ApiError> {
     let marker = validate::read_marker(req.message_ids, req.since)?;
     app.member_access(req.room_id, me).await?;
-    let updated = app.store.mark_read(req.room_id, me, marker.clone(), store::now()).await?;
+    let updated = app
+        .store
+        .mark_read(req.room_id, me, marker.clone(), store::now())
+        .await?;
     if updated > 0 {
         let (message_ids, since) = match marker {
             ReadMarker::Ids(ids) => (Some(ids), None),
             ReadMarker::Since(since) => (None, Some(since)),
         };
-        app.publish(RoomEvent::MessagesRead { room_id: req.room_id, user_id: me, updated, message_ids, since }).await;
+        app.publish(RoomEvent::MessagesRead {
+            room_id: req.room_id,
+            user_id: me,
+            updated,
+            message_ids,
+            since,
+        })
+        .await;
     }
     Ok(Json(MarkReadReply { updated }))
 }
@@ -109,13 +160,27 @@ pub struct ReactRequest {
     reaction: String,
 }
 
-pub async fn react_to_message(State(app): State<AppState>, Caller(me): Caller, ConnectJson(req): ConnectJson<ReactRequest>) -> Result<Json<SuccessReply>, ApiError> {
+pub async fn react_to_message(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<ReactRequest>,
+) -> Result<Json<SuccessReply>, ApiError> {
     let reaction = validate::reaction(&req.reaction)?;
     let room_id = app.store.message_room(req.message_id).await?;
     app.member_access(room_id, me).await?;
     // Idempotent: reacting twice succeeds and stores (and announces) one reaction.
-    if app.store.react(req.message_id, me, reaction.clone(), store::now()).await? {
-        app.publish(RoomEvent::ReactionAdded { room_id, message_id: req.message_id, user_id: me, reaction }).await;
+    if app
+        .store
+        .react(req.message_id, me, reaction.clone(), store::now())
+        .await?
+    {
+        app.publish(RoomEvent::ReactionAdded {
+            room_id,
+            message_id: req.message_id,
+            user_id: me,
+            reaction,
+        })
+        .await;
     }
     Ok(Json(SuccessReply::OK))
 }

@@ -66,7 +66,12 @@ pub async fn track_request(State(app): State<AppState>, request: Request, next: 
         None if response.status().is_success() => "ok",
         None => fallback_code(response.status()).as_str(),
     };
-    let cohort = response.extensions().get::<Cohort>().copied().or(noted).unwrap_or_default();
+    let cohort = response
+        .extensions()
+        .get::<Cohort>()
+        .copied()
+        .or(noted)
+        .unwrap_or_default();
     app.metrics.request(cohort.as_str(), code, start.elapsed());
     response
 }
@@ -85,7 +90,11 @@ fn fallback_code(status: StatusCode) -> Code {
 
 /// Gives every error response a Connect body: those from handlers already have one (they carry
 /// their [`Code`]); the body-limit layer's 413 and the timeout layer's 504 do not.
-pub async fn connect_error_body(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn connect_error_body(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     if status.is_success() || response.extensions().get::<Code>().is_some() {
@@ -93,11 +102,20 @@ pub async fn connect_error_body(State(app): State<AppState>, request: Request, n
     }
     let code = fallback_code(status);
     let message = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => format!("request body is larger than the {}-byte limit", app.limits.max_body_bytes),
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "request body is larger than the {}-byte limit",
+            app.limits.max_body_bytes
+        ),
         StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => {
-            format!("request did not complete within {} ms", app.limits.request_timeout.as_millis())
+            format!(
+                "request did not complete within {} ms",
+                app.limits.request_timeout.as_millis()
+            )
         }
-        other => other.canonical_reason().unwrap_or("request failed").to_owned(),
+        other => other
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned(),
     };
     ApiError::new(code, message).into_response()
 }
@@ -117,13 +135,31 @@ mod tests {
 
     #[test]
     fn statuses_from_layers_map_to_connect_codes() {
-        assert_eq!(fallback_code(StatusCode::PAYLOAD_TOO_LARGE), Code::InvalidArgument);
-        assert_eq!(fallback_code(StatusCode::GATEWAY_TIMEOUT), Code::DeadlineExceeded);
-        assert_eq!(fallback_code(StatusCode::REQUEST_TIMEOUT), Code::DeadlineExceeded);
-        assert_eq!(fallback_code(StatusCode::METHOD_NOT_ALLOWED), Code::NotFound);
-        assert_eq!(fallback_code(StatusCode::UNSUPPORTED_MEDIA_TYPE), Code::InvalidArgument);
+        assert_eq!(
+            fallback_code(StatusCode::PAYLOAD_TOO_LARGE),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            fallback_code(StatusCode::GATEWAY_TIMEOUT),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            fallback_code(StatusCode::REQUEST_TIMEOUT),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            fallback_code(StatusCode::METHOD_NOT_ALLOWED),
+            Code::NotFound
+        );
+        assert_eq!(
+            fallback_code(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            Code::InvalidArgument
+        );
         assert_eq!(fallback_code(StatusCode::BAD_GATEWAY), Code::Internal);
         // The status a client sees is the code's status: one status per code.
-        assert_eq!(fallback_code(StatusCode::PAYLOAD_TOO_LARGE).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            fallback_code(StatusCode::PAYLOAD_TOO_LARGE).status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

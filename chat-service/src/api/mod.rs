@@ -55,7 +55,11 @@ impl App {
     /// 404 for an unknown room, 403 unless `user` is a member.
     async fn member_access(&self, room: RoomId, user: UserId) -> Result<RoomAccess, ApiError> {
         let access = self.store.room_access(room, user).await?;
-        if access.is_member { Ok(access) } else { Err(ApiError::not_a_member()) }
+        if access.is_member {
+            Ok(access)
+        } else {
+            Err(ApiError::not_a_member())
+        }
     }
 
     /// Best effort: the change is stored; a stream that misses the event can re-read history.
@@ -72,27 +76,60 @@ pub fn router(app: AppState) -> Router {
         .route("/chat.v1.ChatService/GetRoom", post(rooms::get_room))
         .route("/chat.v1.ChatService/GetRooms", post(rooms::get_rooms))
         .route("/chat.v1.ChatService/LeaveRoom", post(rooms::leave_room))
-        .route("/chat.v1.ChatService/SendMessage", post(messages::send_message))
-        .route("/chat.v1.ChatService/GetMessageHistory", post(messages::get_message_history))
-        .route("/chat.v1.ChatService/MarkMessagesAsRead", post(messages::mark_messages_as_read))
-        .route("/chat.v1.ChatService/ReactToMessage", post(messages::react_to_message))
+        .route(
+            "/chat.v1.ChatService/SendMessage",
+            post(messages::send_message),
+        )
+        .route(
+            "/chat.v1.ChatService/GetMessageHistory",
+            post(messages::get_message_history),
+        )
+        .route(
+            "/chat.v1.ChatService/MarkMessagesAsRead",
+            post(messages::mark_messages_as_read),
+        )
+        .route(
+            "/chat.v1.ChatService/ReactToMessage",
+            post(messages::react_to_message),
+        )
         // Outermost first: metrics see the final code; the error-body layer sees the
         // responses of the timeout and body-limit layers.
         .layer(
             ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::track_request))
-                .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::connect_error_body))
+                .layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    middleware::track_request,
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    middleware::connect_error_body,
+                ))
                 .layer(RequestBodyLimitLayer::new(app.limits.max_body_bytes))
-                .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, app.limits.request_timeout)),
+                .layer(TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    app.limits.request_timeout,
+                )),
         );
     // Long-lived: no request timeout.
     let streams = Router::new()
-        .route("/chat.v1.ChatService/StreamMessages", get(stream::stream_messages).post(stream::stream_messages))
+        .route(
+            "/chat.v1.ChatService/StreamMessages",
+            get(stream::stream_messages).post(stream::stream_messages),
+        )
         .layer(
             ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(app.clone(), middleware::connect_error_body))
+                .layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    middleware::connect_error_body,
+                ))
                 .layer(RequestBodyLimitLayer::new(app.limits.max_body_bytes)),
         );
-    let api = unary.merge(streams).fallback(middleware::unknown_method).method_not_allowed_fallback(middleware::unknown_method);
-    health::router().merge(api).layer(TraceLayer::new_for_http()).with_state(app)
+    let api = unary
+        .merge(streams)
+        .fallback(middleware::unknown_method)
+        .method_not_allowed_fallback(middleware::unknown_method);
+    health::router()
+        .merge(api)
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
 }

@@ -24,14 +24,26 @@ pub struct CreateRoomRequest {
     participants: Vec<i64>,
 }
 
-pub async fn create_room(State(app): State<AppState>, Caller(me): Caller, ConnectJson(req): ConnectJson<CreateRoomRequest>) -> Result<Json<RoomReply>, ApiError> {
+pub async fn create_room(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<CreateRoomRequest>,
+) -> Result<Json<RoomReply>, ApiError> {
     let participants = validate::participants(me, req.room_type, &req.participants)?;
     let name = validate::room_name(&req.name)?;
     let room = app
         .store
-        .create_room(NewRoom { id: RoomId::random(), name, room_type: req.room_type, created_by: me, participants, created_at: store::now() })
+        .create_room(NewRoom {
+            id: RoomId::random(),
+            name,
+            room_type: req.room_type,
+            created_by: me,
+            participants,
+            created_at: store::now(),
+        })
         .await?;
-    app.publish(RoomEvent::RoomCreated { room: room.clone() }).await;
+    app.publish(RoomEvent::RoomCreated { room: room.clone() })
+        .await;
     Ok(Json(RoomReply { room: room.into() }))
 }
 
@@ -41,7 +53,11 @@ pub struct RoomIdRequest {
     id: RoomId,
 }
 
-pub async fn get_room(State(app): State<AppState>, Caller(me): Caller, ConnectJson(req): ConnectJson<RoomIdRequest>) -> Result<Json<RoomReply>, ApiError> {
+pub async fn get_room(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<RoomIdRequest>,
+) -> Result<Json<RoomReply>, ApiError> {
     let room = app.store.get_room(req.id, me).await?;
     if !room.participants.contains(&me) {
         return Err(ApiError::not_a_member());
@@ -70,17 +86,36 @@ pub struct Pagination {
     total: u64,
 }
 
-pub async fn get_rooms(State(app): State<AppState>, Caller(me): Caller, ConnectJson(req): ConnectJson<GetRoomsRequest>) -> Result<Json<GetRoomsReply>, ApiError> {
+pub async fn get_rooms(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<GetRoomsRequest>,
+) -> Result<Json<GetRoomsReply>, ApiError> {
     let page = PageRequest::new(req.page, req.limit);
     let (rooms, total) = app.store.rooms_for_user(me, page).await?;
-    Ok(Json(GetRoomsReply { items: rooms.into_iter().map(RoomJson::from).collect(), pagination: Pagination { page: page.page, limit: page.limit, total } }))
+    Ok(Json(GetRoomsReply {
+        items: rooms.into_iter().map(RoomJson::from).collect(),
+        pagination: Pagination {
+            page: page.page,
+            limit: page.limit,
+            total,
+        },
+    }))
 }
 
-pub async fn leave_room(State(app): State<AppState>, Caller(me): Caller, ConnectJson(req): ConnectJson<RoomIdRequest>) -> Result<Json<SuccessReply>, ApiError> {
+pub async fn leave_room(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<RoomIdRequest>,
+) -> Result<Json<SuccessReply>, ApiError> {
     app.member_access(req.id, me).await?;
     // False only if a concurrent LeaveRoom won: the caller is out either way.
     if app.store.leave_room(req.id, me, store::now()).await? {
-        app.publish(RoomEvent::MemberLeft { room_id: req.id, user_id: me }).await;
+        app.publish(RoomEvent::MemberLeft {
+            room_id: req.id,
+            user_id: me,
+        })
+        .await;
     }
     Ok(Json(SuccessReply::OK))
 }

@@ -37,13 +37,23 @@ struct Subscription {
     filter: StreamFilter,
 }
 
-pub async fn stream_messages(State(app): State<AppState>, Caller(me): Caller) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+pub async fn stream_messages(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before reading the room list, so an event between the two is not lost.
     let events = app.events.subscribe();
     let filter = StreamFilter::new(me, app.store.room_ids_for_user(me).await?);
-    let ready = Event::default().event("ready").data(json!({ "userId": me, "rooms": filter.rooms() }).to_string());
-    let subscription = Subscription { app, events, filter };
-    let stream = futures::stream::once(async { Ok(ready) }).chain(futures::stream::unfold(subscription, next_event));
+    let ready = Event::default()
+        .event("ready")
+        .data(json!({ "userId": me, "rooms": filter.rooms() }).to_string());
+    let subscription = Subscription {
+        app,
+        events,
+        filter,
+    };
+    let stream = futures::stream::once(async { Ok(ready) })
+        .chain(futures::stream::unfold(subscription, next_event));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
@@ -63,7 +73,9 @@ async fn next_event(mut sub: Subscription) -> Option<(Result<Event, Infallible>,
             }
             Ok(_) => {}
             Err(RecvError::Lagged(missed)) => {
-                let lagged = Event::default().event("lagged").data(json!({ "missed": missed }).to_string());
+                let lagged = Event::default()
+                    .event("lagged")
+                    .data(json!({ "missed": missed }).to_string());
                 return Some((Ok(lagged), sub));
             }
             Err(RecvError::Closed) => return None,
@@ -75,15 +87,30 @@ async fn next_event(mut sub: Subscription) -> Option<(Result<Event, Infallible>,
 /// does not end the stream.
 fn to_sse(app: &App, event: &RoomEvent) -> Option<Event> {
     let data = match event {
-        RoomEvent::MessageCreated { message } => serde_json::to_value(MessageJson::open(message.clone(), &app.cipher).ok()?).ok()?,
-        RoomEvent::MessagesRead { room_id, user_id, updated, message_ids, since } => {
+        RoomEvent::MessageCreated { message } => {
+            serde_json::to_value(MessageJson::open(message.clone(), &app.cipher).ok()?).ok()?
+        }
+        RoomEvent::MessagesRead {
+            room_id,
+            user_id,
+            updated,
+            message_ids,
+            since,
+        } => {
             json!({ "roomId": room_id, "userId": user_id, "updated": updated, "messageIds": message_ids, "since": since })
         }
-        RoomEvent::ReactionAdded { room_id, message_id, user_id, reaction } => {
+        RoomEvent::ReactionAdded {
+            room_id,
+            message_id,
+            user_id,
+            reaction,
+        } => {
             json!({ "roomId": room_id, "messageId": message_id, "userId": user_id, "reaction": reaction })
         }
         RoomEvent::RoomCreated { room } => json!({ "room": RoomJson::from(room.clone()) }),
-        RoomEvent::MemberLeft { room_id, user_id } => json!({ "roomId": room_id, "userId": user_id }),
+        RoomEvent::MemberLeft { room_id, user_id } => {
+            json!({ "roomId": room_id, "userId": user_id })
+        }
     };
     Some(Event::default().event(event.name()).data(data.to_string()))
 }

@@ -60,7 +60,14 @@ impl MessageJson {
     }
 
     pub fn with_content(message: StoredMessage, content: String) -> Self {
-        MessageJson { id: message.id, room_id: message.room_id, sender_id: message.sender_id, content, message_type: message.message_type, created_at: message.created_at }
+        MessageJson {
+            id: message.id,
+            room_id: message.room_id,
+            sender_id: message.sender_id,
+            content,
+            message_type: message.message_type,
+            created_at: message.created_at,
+        }
     }
 }
 

@@ -27,10 +27,23 @@ pub(super) enum Outcome {
 }
 
 impl Applier {
-    pub(super) fn new(origin: String, initial: Flags, gauge: Gauge) -> (Applier, watch::Receiver<Flags>) {
+    pub(super) fn new(
+        origin: String,
+        initial: Flags,
+        gauge: Gauge,
+    ) -> (Applier, watch::Receiver<Flags>) {
         let (tx, rx) = watch::channel(initial);
         gauge.set(initial.generation);
-        (Applier { origin, tx, gauge, had_document: false, last_rejected: None }, rx)
+        (
+            Applier {
+                origin,
+                tx,
+                gauge,
+                had_document: false,
+                last_rejected: None,
+            },
+            rx,
+        )
     }
 
     pub(super) fn origin(&self) -> &str {
@@ -51,7 +64,8 @@ impl Applier {
         let current = self.current();
         // A document with none of the flag keys (an empty ConfigMap someone pre-created, a file
         // caught mid-truncate) is no document yet, as for the operator.
-        let no_keys = matches!(&doc, Document::Entries(e) if !keys::ALL.iter().any(|k| e.contains_key(*k)));
+        let no_keys =
+            matches!(&doc, Document::Entries(e) if !keys::ALL.iter().any(|k| e.contains_key(*k)));
         let entries = match &doc {
             _ if no_keys => {
                 if self.had_document {

@@ -13,15 +13,31 @@ use tracing::{debug, info, warn};
 use super::apply::{Applier, Outcome};
 use super::{Document, FlagError, Flags};
 
-pub(super) async fn start(client: Client, namespace: String, name: String, gauge: Gauge) -> Result<watch::Receiver<Flags>, FlagError> {
+pub(super) async fn start(
+    client: Client,
+    namespace: String,
+    name: String,
+    gauge: Gauge,
+) -> Result<watch::Receiver<Flags>, FlagError> {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let (mut applier, rx) = Applier::new(format!("ConfigMap {namespace}/{name}"), Flags::default(), gauge);
+    let (mut applier, rx) = Applier::new(
+        format!("ConfigMap {namespace}/{name}"),
+        Flags::default(),
+        gauge,
+    );
 
     // One GET so `start` returns with the document in force (or a clear error: RBAC, no API
     // server). The watcher's initial list re-delivers it, which is a no-op.
-    let cm = api.get_opt(&name).await.map_err(|source| FlagError::Api { namespace: namespace.clone(), name: name.clone(), source })?;
+    let cm = api.get_opt(&name).await.map_err(|source| FlagError::Api {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        source,
+    })?;
     if let Outcome::Rejected(err) = applier.offer(document(cm.as_ref())) {
-        return Err(FlagError::Rejected { origin: applier.origin().to_owned(), source: Box::new(err) });
+        return Err(FlagError::Rejected {
+            origin: applier.origin().to_owned(),
+            source: Box::new(err),
+        });
     }
 
     tokio::spawn(follow(applier, api, name));

@@ -32,8 +32,12 @@ enum Snapshot {
     Unreadable(String),
 }
 
-pub(super) async fn start(path: PathBuf, gauge: Gauge) -> Result<watch::Receiver<Flags>, FlagError> {
-    let (mut applier, rx) = Applier::new(format!("file {}", path.display()), Flags::default(), gauge);
+pub(super) async fn start(
+    path: PathBuf,
+    gauge: Gauge,
+) -> Result<watch::Receiver<Flags>, FlagError> {
+    let (mut applier, rx) =
+        Applier::new(format!("file {}", path.display()), Flags::default(), gauge);
 
     // The first read decides start: unreadable or invalid is an error, missing is the default.
     let first = match read(&path) {
@@ -56,24 +60,42 @@ pub(super) async fn start(path: PathBuf, gauge: Gauge) -> Result<watch::Receiver
     };
     let wake = Arc::new(Notify::new());
     let notify_wake = Arc::clone(&wake);
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(event) if touches_content(&event.kind) => notify_wake.notify_one(),
-        Ok(_) => {}
-        Err(err) => {
-            // Events may have been lost: read now rather than wait for the timer.
-            warn!(%err, "flag file watch error");
-            notify_wake.notify_one();
-        }
-    })
-    .map_err(|source| FlagError::Watch { dir: dir.clone(), source })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|source| FlagError::Watch { dir: dir.clone(), source })?;
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(event) if touches_content(&event.kind) => notify_wake.notify_one(),
+            Ok(_) => {}
+            Err(err) => {
+                // Events may have been lost: read now rather than wait for the timer.
+                warn!(%err, "flag file watch error");
+                notify_wake.notify_one();
+            }
+        })
+        .map_err(|source| FlagError::Watch {
+            dir: dir.clone(),
+            source,
+        })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| FlagError::Watch {
+            dir: dir.clone(),
+            source,
+        })?;
 
     tokio::spawn(follow(applier, path, watcher, wake, first));
     Ok(rx)
 }
 
-async fn follow(mut applier: Applier, path: PathBuf, watcher: notify::RecommendedWatcher, wake: Arc<Notify>, mut last: Snapshot) {
-    let mut timer = interval_at(tokio::time::Instant::now() + FALLBACK_INTERVAL, FALLBACK_INTERVAL);
+async fn follow(
+    mut applier: Applier,
+    path: PathBuf,
+    watcher: notify::RecommendedWatcher,
+    wake: Arc<Notify>,
+    mut last: Snapshot,
+) {
+    let mut timer = interval_at(
+        tokio::time::Instant::now() + FALLBACK_INTERVAL,
+        FALLBACK_INTERVAL,
+    );
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -130,7 +152,10 @@ fn read(path: &Path) -> std::io::Result<Option<String>> {
 }
 
 fn rejected(applier: &Applier, err: FlagError) -> FlagError {
-    FlagError::Rejected { origin: applier.origin().to_owned(), source: Box::new(err) }
+    FlagError::Rejected {
+        origin: applier.origin().to_owned(),
+        source: Box::new(err),
+    }
 }
 
 /// `key=value` lines; blank lines and `#` comments skipped, whitespace trimmed.
@@ -143,17 +168,27 @@ pub(super) fn parse_text(text: &str) -> Result<BTreeMap<String, String>, FlagErr
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(FlagError::Syntax { line: i + 1, content: raw.to_owned() });
+            return Err(FlagError::Syntax {
+                line: i + 1,
+                content: raw.to_owned(),
+            });
         };
         let key = key.trim();
         if key.is_empty() {
-            return Err(FlagError::Syntax { line: i + 1, content: raw.to_owned() });
+            return Err(FlagError::Syntax {
+                line: i + 1,
+                content: raw.to_owned(),
+            });
         }
         match entries.entry(key.to_owned()) {
             // Two values for one key: which one the operator meant is unknowable.
             Entry::Occupied(_) => {
                 let first = lines_of.get(key).copied().unwrap_or(0);
-                return Err(FlagError::DuplicateKey { key: key.to_owned(), first, second: i + 1 });
+                return Err(FlagError::DuplicateKey {
+                    key: key.to_owned(),
+                    first,
+                    second: i + 1,
+                });
             }
             Entry::Vacant(slot) => {
                 slot.insert(value.trim().to_owned());
@@ -185,7 +220,20 @@ mod tests {
         let err = parse_text("=x\n").expect_err("empty key");
         assert!(matches!(err, FlagError::Syntax { line: 1, .. }), "{err}");
         let err = parse_text("generation=1\n\ngeneration=2\n").expect_err("duplicate");
-        assert!(matches!(err, FlagError::DuplicateKey { first: 1, second: 3, .. }), "{err}");
-        assert_eq!(err.to_string(), "flag document sets `generation` twice (lines 1 and 3)");
+        assert!(
+            matches!(
+                err,
+                FlagError::DuplicateKey {
+                    first: 1,
+                    second: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "flag document sets `generation` twice (lines 1 and 3)"
+        );
     }
 }

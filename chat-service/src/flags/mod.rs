@@ -72,7 +72,13 @@ pub mod keys {
     pub const SHADOW_READ_PERCENT: &str = "shadow_read_percent";
     pub const READ_SPLIT_PERCENT: &str = "read_split_percent";
     /// All keys a document must carry, in the order they are checked.
-    pub const ALL: [&str; 5] = [GENERATION, WRITE_PRIMARY, DUAL_WRITE, SHADOW_READ_PERCENT, READ_SPLIT_PERCENT];
+    pub const ALL: [&str; 5] = [
+        GENERATION,
+        WRITE_PRIMARY,
+        DUAL_WRITE,
+        SHADOW_READ_PERCENT,
+        READ_SPLIT_PERCENT,
+    ];
 }
 
 /// One of the two stores.
@@ -138,7 +144,13 @@ pub struct Flags {
 impl Default for Flags {
     /// Before any migration: legacy only, nothing mirrored, nothing split.
     fn default() -> Self {
-        Flags { generation: 0, write_primary: StoreSide::Legacy, dual_write: DualWrite::Off, shadow_read_percent: 0, read_split_percent: 0 }
+        Flags {
+            generation: 0,
+            write_primary: StoreSide::Legacy,
+            dual_write: DualWrite::Off,
+            shadow_read_percent: 0,
+            read_split_percent: 0,
+        }
     }
 }
 
@@ -148,7 +160,12 @@ impl Flags {
     /// key and its value.
     pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Flags, FlagError> {
         let value = |key: &'static str| get(key).ok_or(FlagError::MissingKey { key });
-        let invalid = |key: &'static str, raw: &str, expected: &'static str| FlagError::InvalidValue { key, value: raw.to_owned(), expected };
+        let invalid =
+            |key: &'static str, raw: &str, expected: &'static str| FlagError::InvalidValue {
+                key,
+                value: raw.to_owned(),
+                expected,
+            };
 
         let raw = value(keys::GENERATION)?;
         let generation = parse_unsigned(raw.trim())
@@ -180,7 +197,13 @@ impl Flags {
         let shadow_read_percent = percent(keys::SHADOW_READ_PERCENT)?;
         let read_split_percent = percent(keys::READ_SPLIT_PERCENT)?;
 
-        Ok(Flags { generation, write_primary, dual_write, shadow_read_percent, read_split_percent })
+        Ok(Flags {
+            generation,
+            write_primary,
+            dual_write,
+            shadow_read_percent,
+            read_split_percent,
+        })
     }
 
     /// The document as key/value pairs (the format [`Flags::parse`] reads).
@@ -189,19 +212,36 @@ impl Flags {
             (keys::GENERATION, self.generation.to_string()),
             (keys::WRITE_PRIMARY, self.write_primary.as_str().to_owned()),
             (keys::DUAL_WRITE, self.dual_write.as_str().to_owned()),
-            (keys::SHADOW_READ_PERCENT, self.shadow_read_percent.to_string()),
-            (keys::READ_SPLIT_PERCENT, self.read_split_percent.to_string()),
+            (
+                keys::SHADOW_READ_PERCENT,
+                self.shadow_read_percent.to_string(),
+            ),
+            (
+                keys::READ_SPLIT_PERCENT,
+                self.read_split_percent.to_string(),
+            ),
         ]
     }
 
     /// The checks [`Flags::parse`] makes that the types alone do not (for `Static` flags).
     fn validate(&self) -> Result<(), FlagError> {
         if self.generation < 0 {
-            return Err(FlagError::InvalidValue { key: keys::GENERATION, value: self.generation.to_string(), expected: "a non-negative integer" });
+            return Err(FlagError::InvalidValue {
+                key: keys::GENERATION,
+                value: self.generation.to_string(),
+                expected: "a non-negative integer",
+            });
         }
-        for (key, p) in [(keys::SHADOW_READ_PERCENT, self.shadow_read_percent), (keys::READ_SPLIT_PERCENT, self.read_split_percent)] {
+        for (key, p) in [
+            (keys::SHADOW_READ_PERCENT, self.shadow_read_percent),
+            (keys::READ_SPLIT_PERCENT, self.read_split_percent),
+        ] {
             if p > 100 {
-                return Err(FlagError::InvalidValue { key, value: p.to_string(), expected: "an integer from 0 to 100" });
+                return Err(FlagError::InvalidValue {
+                    key,
+                    value: p.to_string(),
+                    expected: "an integer from 0 to 100",
+                });
             }
         }
         Ok(())
@@ -221,11 +261,19 @@ pub enum FlagError {
     #[error("flag document has no `{key}` key")]
     MissingKey { key: &'static str },
     #[error("flag `{key}` has invalid value {value:?}: expected {expected}")]
-    InvalidValue { key: &'static str, value: String, expected: &'static str },
+    InvalidValue {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("flag document line {line} is not `key=value`: {content:?}")]
     Syntax { line: usize, content: String },
     #[error("flag document sets `{key}` twice (lines {first} and {second})")]
-    DuplicateKey { key: String, first: usize, second: usize },
+    DuplicateKey {
+        key: String,
+        first: usize,
+        second: usize,
+    },
     /// A document rejected at start, with where it came from.
     #[error("flag document {origin} rejected: {source}")]
     Rejected {
@@ -254,7 +302,9 @@ pub enum FlagError {
         #[source]
         source: kube::Error,
     },
-    #[error("SSM flag prefix {0:?} must be a parameter path that starts and ends with '/', e.g. /hse/chat/")]
+    #[error(
+        "SSM flag prefix {0:?} must be a parameter path that starts and ends with '/', e.g. /hse/chat/"
+    )]
     SsmPrefix(String),
     #[error("flag parameters {prefix}* could not be read from SSM Parameter Store: {message}")]
     Ssm { prefix: String, message: String },
@@ -265,10 +315,16 @@ pub enum FlagError {
 pub enum FlagSource {
     Static(Flags),
     File(PathBuf),
-    ConfigMap { namespace: String, name: String },
+    ConfigMap {
+        namespace: String,
+        name: String,
+    },
     /// SSM Parameter Store parameters under `prefix` (e.g. `/hse/chat/`), read every
     /// `poll_interval` (at least 50 ms).
-    Ssm { prefix: String, poll_interval: Duration },
+    Ssm {
+        prefix: String,
+        poll_interval: Duration,
+    },
 }
 
 /// What a source read: the document's entries, or that there is none.
@@ -291,10 +347,15 @@ impl FlagWatcher {
     ///
     /// A ConfigMap source uses `kube::Client::try_default()` (in-cluster or KUBECONFIG); an SSM
     /// source the AWS SDK's default configuration (`aws_config::defaults`).
-    pub async fn start(source: FlagSource, generation_gauge: Gauge) -> Result<FlagWatcher, FlagError> {
+    pub async fn start(
+        source: FlagSource,
+        generation_gauge: Gauge,
+    ) -> Result<FlagWatcher, FlagError> {
         match source {
             FlagSource::ConfigMap { .. } => {
-                let client = kube::Client::try_default().await.map_err(FlagError::Client)?;
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(FlagError::Client)?;
                 Self::start_with_client(source, client, generation_gauge).await
             }
             other => Self::start_inner(other, None, None, generation_gauge).await,
@@ -302,7 +363,11 @@ impl FlagWatcher {
     }
 
     /// [`start`](Self::start) with a given client (used for ConfigMap sources; others ignore it).
-    pub async fn start_with_client(source: FlagSource, client: kube::Client, generation_gauge: Gauge) -> Result<FlagWatcher, FlagError> {
+    pub async fn start_with_client(
+        source: FlagSource,
+        client: kube::Client,
+        generation_gauge: Gauge,
+    ) -> Result<FlagWatcher, FlagError> {
         Self::start_inner(source, Some(client), None, generation_gauge).await
     }
 
@@ -310,11 +375,20 @@ impl FlagWatcher {
     /// it): a region, credentials or endpoint other than the default chain's. An
     /// `endpoint_url` set on the loader (`aws_config::defaults(..).endpoint_url(..)`) wins over
     /// `AWS_ENDPOINT_URL_SSM` / `AWS_ENDPOINT_URL` and the profile.
-    pub async fn start_with_aws_config(source: FlagSource, config: &aws_config::SdkConfig, generation_gauge: Gauge) -> Result<FlagWatcher, FlagError> {
+    pub async fn start_with_aws_config(
+        source: FlagSource,
+        config: &aws_config::SdkConfig,
+        generation_gauge: Gauge,
+    ) -> Result<FlagWatcher, FlagError> {
         Self::start_inner(source, None, Some(config), generation_gauge).await
     }
 
-    async fn start_inner(source: FlagSource, client: Option<kube::Client>, aws: Option<&aws_config::SdkConfig>, gauge: Gauge) -> Result<FlagWatcher, FlagError> {
+    async fn start_inner(
+        source: FlagSource,
+        client: Option<kube::Client>,
+        aws: Option<&aws_config::SdkConfig>,
+        gauge: Gauge,
+    ) -> Result<FlagWatcher, FlagError> {
         match source {
             FlagSource::Static(flags) => {
                 flags.validate()?;
@@ -332,12 +406,17 @@ impl FlagWatcher {
                 // `start` always passes one; a missing client is the in-cluster default.
                 let client = match client {
                     Some(c) => c,
-                    None => kube::Client::try_default().await.map_err(FlagError::Client)?,
+                    None => kube::Client::try_default()
+                        .await
+                        .map_err(FlagError::Client)?,
                 };
                 let rx = configmap::start(client, namespace, name, gauge).await?;
                 Ok(FlagWatcher { rx })
             }
-            FlagSource::Ssm { prefix, poll_interval } => {
+            FlagSource::Ssm {
+                prefix,
+                poll_interval,
+            } => {
                 // A bad prefix fails before any AWS configuration is loaded.
                 ssm::check_prefix(&prefix)?;
                 let client = match aws {
@@ -368,33 +447,79 @@ mod tests {
     use super::*;
 
     fn doc(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn entries_round_trip() {
-        let flags = Flags { generation: 9, write_primary: StoreSide::New, dual_write: DualWrite::Async, shadow_read_percent: 5, read_split_percent: 100 };
-        let map: BTreeMap<String, String> = flags.to_entries().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let flags = Flags {
+            generation: 9,
+            write_primary: StoreSide::New,
+            dual_write: DualWrite::Async,
+            shadow_read_percent: 5,
+            read_split_percent: 100,
+        };
+        let map: BTreeMap<String, String> = flags
+            .to_entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         assert_eq!(Flags::parse(|k| map.get(k).cloned()).expect("valid"), flags);
     }
 
     #[test]
     fn values_are_trimmed_but_case_sensitive() {
-        let base = [("generation", " 3\n"), ("write_primary", "new "), ("dual_write", "\tsync"), ("shadow_read_percent", "0"), ("read_split_percent", "100\n")];
+        let base = [
+            ("generation", " 3\n"),
+            ("write_primary", "new "),
+            ("dual_write", "\tsync"),
+            ("shadow_read_percent", "0"),
+            ("read_split_percent", "100\n"),
+        ];
         let flags = Flags::parse(doc(&base)).expect("trimmed values are valid");
-        assert_eq!((flags.generation, flags.write_primary, flags.dual_write), (3, StoreSide::New, DualWrite::Sync));
+        assert_eq!(
+            (flags.generation, flags.write_primary, flags.dual_write),
+            (3, StoreSide::New, DualWrite::Sync)
+        );
         let mut upper = base;
         upper[1] = ("write_primary", "New");
-        assert!(matches!(Flags::parse(doc(&upper)), Err(FlagError::InvalidValue { key: "write_primary", .. })));
+        assert!(matches!(
+            Flags::parse(doc(&upper)),
+            Err(FlagError::InvalidValue {
+                key: "write_primary",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn static_flags_are_validated() {
         assert!(Flags::default().validate().is_ok());
-        let bad = Flags { read_split_percent: 101, ..Flags::default() };
-        assert!(matches!(bad.validate(), Err(FlagError::InvalidValue { key: "read_split_percent", .. })));
-        let bad = Flags { generation: -1, ..Flags::default() };
-        assert!(matches!(bad.validate(), Err(FlagError::InvalidValue { key: "generation", .. })));
+        let bad = Flags {
+            read_split_percent: 101,
+            ..Flags::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(FlagError::InvalidValue {
+                key: "read_split_percent",
+                ..
+            })
+        ));
+        let bad = Flags {
+            generation: -1,
+            ..Flags::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(FlagError::InvalidValue {
+                key: "generation",
+                ..
+            })
+        ));
     }
 }

@@ -42,9 +42,17 @@ pub(super) async fn default_config() -> SdkConfig {
 /// An SSM client for `config`, with an operation timeout unless `config` has one.
 pub(super) fn client(config: &SdkConfig) -> Client {
     let mut builder = aws_sdk_ssm::config::Builder::from(config);
-    let timeouts = config.timeout_config().cloned().unwrap_or_else(TimeoutConfig::disabled);
+    let timeouts = config
+        .timeout_config()
+        .cloned()
+        .unwrap_or_else(TimeoutConfig::disabled);
     if timeouts.operation_timeout().is_none() {
-        builder = builder.timeout_config(timeouts.to_builder().operation_timeout(OPERATION_TIMEOUT).build());
+        builder = builder.timeout_config(
+            timeouts
+                .to_builder()
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        );
     }
     Client::from_conf(builder.build())
 }
@@ -55,8 +63,17 @@ pub(super) fn check_prefix(prefix: &str) -> Result<(), FlagError> {
     let valid = prefix.len() >= 3
         && prefix.starts_with('/')
         && prefix.ends_with('/')
-        && prefix[1..prefix.len() - 1].split('/').all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
-    if valid { Ok(()) } else { Err(FlagError::SsmPrefix(prefix.to_owned())) }
+        && prefix[1..prefix.len() - 1].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(FlagError::SsmPrefix(prefix.to_owned()))
+    }
 }
 
 /// Parses a poll interval: `500ms`, `5s`, `2m`, or a bare number of seconds; zero is refused.
@@ -64,12 +81,18 @@ pub fn parse_poll_interval(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration: expected e.g. 500ms, 5s or 1m"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: expected e.g. 500ms, 5s or 1m"))?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("{s:?} has an unknown unit: use ms, s or m (e.g. 500ms, 5s, 1m)")),
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit: use ms, s or m (e.g. 500ms, 5s, 1m)"
+            ));
+        }
     };
     if d.is_zero() {
         return Err("the poll interval must be above zero".into());
@@ -77,24 +100,42 @@ pub fn parse_poll_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-pub(super) async fn start(client: Client, prefix: String, poll_interval: Duration, gauge: Gauge) -> Result<watch::Receiver<Flags>, FlagError> {
+pub(super) async fn start(
+    client: Client,
+    prefix: String,
+    poll_interval: Duration,
+    gauge: Gauge,
+) -> Result<watch::Receiver<Flags>, FlagError> {
     check_prefix(&prefix)?;
     let reader = Reader { client, prefix };
-    let (mut applier, rx) = Applier::new(format!("SSM parameters {}*", reader.prefix), Flags::default(), gauge);
+    let (mut applier, rx) = Applier::new(
+        format!("SSM parameters {}*", reader.prefix),
+        Flags::default(),
+        gauge,
+    );
 
     // One read so `start` returns with the document in force, or a clear error (no
     // credentials, access denied, no endpoint): running on defaults could write to the wrong
     // primary. No parameters yet is the default flags, as for the other sources.
     let first = reader.read().await?;
     if let Outcome::Rejected(err) = applier.offer(first.clone()) {
-        return Err(FlagError::Rejected { origin: applier.origin().to_owned(), source: Box::new(err) });
+        return Err(FlagError::Rejected {
+            origin: applier.origin().to_owned(),
+            source: Box::new(err),
+        });
     }
 
     let interval = poll_interval.max(MIN_POLL_INTERVAL);
     if interval != poll_interval {
         warn!(origin = %applier.origin(), requested = ?poll_interval, used = ?interval, "SSM flag poll interval raised to the minimum");
     }
-    let poller = Poller { applier, reader, last: first, deferred: false, failed_polls: 0 };
+    let poller = Poller {
+        applier,
+        reader,
+        last: first,
+        deferred: false,
+        failed_polls: 0,
+    };
     tokio::spawn(poller.follow(interval));
     Ok(rx)
 }
@@ -109,21 +150,43 @@ impl Reader {
     /// `use-new-system` are not read: they restate `read_split_percent`). Parameters that do
     /// not exist come back as `InvalidParameters`; none at all is no document.
     async fn read(&self) -> Result<Document, FlagError> {
-        let names: Vec<String> = keys::ALL.iter().map(|k| format!("{}{k}", self.prefix)).collect();
-        let out = self.client.get_parameters().set_names(Some(names)).with_decryption(true).send().await.map_err(|err| {
-            let message = match (err.code(), err.message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_owned(),
-                _ => DisplayErrorContext(&err).to_string(),
-            };
-            FlagError::Ssm { prefix: self.prefix.clone(), message }
-        })?;
+        let names: Vec<String> = keys::ALL
+            .iter()
+            .map(|k| format!("{}{k}", self.prefix))
+            .collect();
+        let out = self
+            .client
+            .get_parameters()
+            .set_names(Some(names))
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|err| {
+                let message = match (err.code(), err.message()) {
+                    (Some(code), Some(message)) => format!("{code}: {message}"),
+                    (Some(code), None) => code.to_owned(),
+                    _ => DisplayErrorContext(&err).to_string(),
+                };
+                FlagError::Ssm {
+                    prefix: self.prefix.clone(),
+                    message,
+                }
+            })?;
         let entries: BTreeMap<String, String> = out
             .parameters()
             .iter()
-            .filter_map(|p| Some((p.name()?.strip_prefix(&self.prefix)?.to_owned(), p.value()?.to_owned())))
+            .filter_map(|p| {
+                Some((
+                    p.name()?.strip_prefix(&self.prefix)?.to_owned(),
+                    p.value()?.to_owned(),
+                ))
+            })
             .collect();
-        Ok(if entries.is_empty() { Document::Missing } else { Document::Entries(entries) })
+        Ok(if entries.is_empty() {
+            Document::Missing
+        } else {
+            Document::Entries(entries)
+        })
     }
 }
 
@@ -192,9 +255,12 @@ impl Poller {
 
     /// A valid document with the applied generation but other values.
     fn unbumped_change(&self, doc: &Document) -> bool {
-        let Document::Entries(entries) = doc else { return false };
+        let Document::Entries(entries) = doc else {
+            return false;
+        };
         let current = self.applier.current();
-        Flags::parse(|k| entries.get(k).cloned()).is_ok_and(|f| f.generation == current.generation && f != current)
+        Flags::parse(|k| entries.get(k).cloned())
+            .is_ok_and(|f| f.generation == current.generation && f != current)
     }
 }
 
@@ -207,7 +273,16 @@ mod tests {
         for ok in ["/hse/", "/hse/chat/", "/a.b/c_d-1/"] {
             assert!(check_prefix(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/", "//", "hse/", "/hse", "/hse//chat/", "/h se/", "/hse/*/"] {
+        for bad in [
+            "",
+            "/",
+            "//",
+            "hse/",
+            "/hse",
+            "/hse//chat/",
+            "/h se/",
+            "/hse/*/",
+        ] {
             let err = check_prefix(bad).expect_err(bad);
             assert!(err.to_string().contains("/hse/chat/"), "{err}");
         }

@@ -12,7 +12,10 @@ use chrono::{DateTime, Utc};
 
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
-use crate::store::{ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView, StoreError, StoreFuture, StoredMessage};
+use crate::store::{
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView,
+    StoreError, StoreFuture, StoredMessage,
+};
 
 pub struct Instrumented<S> {
     inner: S,
@@ -28,12 +31,24 @@ impl<S: ChatStore> Instrumented<S> {
         &self.inner
     }
 
-    fn observe<'a, T: Send + 'a>(&'a self, operation: &'static str, call: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
+    fn observe<'a, T: Send + 'a>(
+        &'a self,
+        operation: &'static str,
+        call: StoreFuture<'a, T>,
+    ) -> StoreFuture<'a, T> {
         Box::pin(async move {
             let start = Instant::now();
             let result = call.await;
-            let success = !matches!(result, Err(StoreError::Unavailable(_) | StoreError::Internal(_)));
-            self.metrics.database_operation(self.inner.database(), operation, success, start.elapsed());
+            let success = !matches!(
+                result,
+                Err(StoreError::Unavailable(_) | StoreError::Internal(_))
+            );
+            self.metrics.database_operation(
+                self.inner.database(),
+                operation,
+                success,
+                start.elapsed(),
+            );
             result
         })
     }
@@ -60,7 +75,11 @@ impl<S: ChatStore> ChatStore for Instrumented<S> {
         self.observe("room_access", self.inner.room_access(room, user))
     }
 
-    fn rooms_for_user(&self, user: UserId, page: PageRequest) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+    fn rooms_for_user(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
         self.observe("rooms_for_user", self.inner.rooms_for_user(user, page))
     }
 
@@ -76,15 +95,32 @@ impl<S: ChatStore> ChatStore for Instrumented<S> {
         self.observe("insert_message", self.inner.insert_message(message))
     }
 
-    fn history(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreFuture<'_, HistoryPage> {
+    fn history(
+        &self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreFuture<'_, HistoryPage> {
         self.observe("history", self.inner.history(room, before, limit))
     }
 
-    fn mark_read(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreFuture<'_, u64> {
+    fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: ReadMarker,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, u64> {
         self.observe("mark_read", self.inner.mark_read(room, user, marker, at))
     }
 
-    fn react(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+    fn react(
+        &self,
+        message: MessageId,
+        user: UserId,
+        reaction: String,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
         self.observe("react", self.inner.react(message, user, reaction, at))
     }
 

@@ -31,7 +31,8 @@ pub use page::{HistoryPage, PageRequest};
 /// to a client equals the stored one.
 pub fn now() -> DateTime<Utc> {
     let t = Utc::now();
-    t.with_nanosecond(t.nanosecond() - t.nanosecond() % 1_000).unwrap_or(t)
+    t.with_nanosecond(t.nanosecond() - t.nanosecond() % 1_000)
+        .unwrap_or(t)
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -133,7 +134,14 @@ pub struct StoredMessage {
 
 impl From<NewMessage> for StoredMessage {
     fn from(m: NewMessage) -> Self {
-        StoredMessage { id: m.id, room_id: m.room_id, sender_id: m.sender_id, content: m.content, message_type: m.message_type, created_at: m.created_at }
+        StoredMessage {
+            id: m.id,
+            room_id: m.room_id,
+            sender_id: m.sender_id,
+            content: m.content,
+            message_type: m.message_type,
+            created_at: m.created_at,
+        }
     }
 }
 
@@ -163,7 +171,11 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// A page of the user's rooms, pinned first, then by latest activity (last message, else
     /// creation), and the user's total number of rooms.
-    fn rooms_for_user(&self, user: UserId, page: PageRequest) -> StoreFuture<'_, (Vec<RoomView>, u64)>;
+    fn rooms_for_user(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> StoreFuture<'_, (Vec<RoomView>, u64)>;
 
     /// Every room the user is a member of (for event streams).
     fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>>;
@@ -176,13 +188,30 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// Up to `limit` messages of the room older than `before` (a message id of this room;
     /// NotFound otherwise), newest first, ordered by `(created_at, id)` descending.
-    fn history(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreFuture<'_, HistoryPage>;
+    fn history(
+        &self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreFuture<'_, HistoryPage>;
 
     /// Marks messages of the room read by `user`; returns how many were newly marked.
-    fn mark_read(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreFuture<'_, u64>;
+    fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: ReadMarker,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, u64>;
 
     /// Adds `user`'s `reaction` to a message; false if it was already there.
-    fn react(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreFuture<'_, bool>;
+    fn react(
+        &self,
+        message: MessageId,
+        user: UserId,
+        reaction: String,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool>;
 
     /// The room a (not deleted) message belongs to. NotFound if no such message.
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId>;

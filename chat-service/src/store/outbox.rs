@@ -121,7 +121,13 @@ impl WriteOp {
             ReadMarker::Ids(ids) => (Some(ids.clone()), None),
             ReadMarker::Since(t) => (None, Some(*t)),
         };
-        WriteOp::MarkRead { room, user, ids, since, at }
+        WriteOp::MarkRead {
+            room,
+            user,
+            ids,
+            since,
+            at,
+        }
     }
 
     /// The `op` column.
@@ -147,7 +153,14 @@ impl WriteOp {
 
     pub fn new_message(&self) -> Option<NewMessage> {
         match self {
-            WriteOp::InsertMessage { id, room_id, sender_id, content, message_type, created_at } => Some(NewMessage {
+            WriteOp::InsertMessage {
+                id,
+                room_id,
+                sender_id,
+                content,
+                message_type,
+                created_at,
+            } => Some(NewMessage {
                 id: *id,
                 room_id: *room_id,
                 sender_id: *sender_id,
@@ -162,12 +175,40 @@ impl WriteOp {
     /// Makes the write on `store`.
     pub async fn apply(&self, store: &dyn ChatStore) -> StoreResult<Applied> {
         Ok(match self.clone() {
-            WriteOp::CreateRoom { id, name, room_type, created_by, participants, created_at } => {
-                Applied::Room(store.create_room(NewRoom { id, name, room_type, created_by, participants, created_at }).await?)
+            WriteOp::CreateRoom {
+                id,
+                name,
+                room_type,
+                created_by,
+                participants,
+                created_at,
+            } => Applied::Room(
+                store
+                    .create_room(NewRoom {
+                        id,
+                        name,
+                        room_type,
+                        created_by,
+                        participants,
+                        created_at,
+                    })
+                    .await?,
+            ),
+            WriteOp::LeaveRoom { room, user, at } => {
+                Applied::Changed(store.leave_room(room, user, at).await?)
             }
-            WriteOp::LeaveRoom { room, user, at } => Applied::Changed(store.leave_room(room, user, at).await?),
-            op @ WriteOp::InsertMessage { .. } => Applied::Message(store.insert_message(op.new_message().expect("insert_message")).await?),
-            WriteOp::MarkRead { room, user, ids, since, at } => {
+            op @ WriteOp::InsertMessage { .. } => Applied::Message(
+                store
+                    .insert_message(op.new_message().expect("insert_message"))
+                    .await?,
+            ),
+            WriteOp::MarkRead {
+                room,
+                user,
+                ids,
+                since,
+                at,
+            } => {
                 let marker = match (ids, since) {
                     (Some(ids), _) => ReadMarker::Ids(ids),
                     (None, Some(t)) => ReadMarker::Since(t),
@@ -175,7 +216,13 @@ impl WriteOp {
                 };
                 Applied::Count(store.mark_read(room, user, marker, at).await?)
             }
-            WriteOp::React { message, user, reaction, at, .. } => Applied::Changed(store.react(message, user, reaction, at).await?),
+            WriteOp::React {
+                message,
+                user,
+                reaction,
+                at,
+                ..
+            } => Applied::Changed(store.react(message, user, reaction, at).await?),
         })
     }
 
@@ -255,7 +302,9 @@ fn side_from(text: &str) -> Option<StoreSide> {
 
 fn db(e: sqlx::Error) -> StoreError {
     match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
         e => StoreError::Internal(e.to_string()),
     }
 }
@@ -302,7 +351,8 @@ const HEADS: &str = "with heads as (
       for update of o skip locked";
 
 /// The room's next entry after `$3` (due or not: a not-due entry stops the room).
-const NEXT_IN_ROOM: &str = "select id, target, room_id, payload, attempts, created_at, next_attempt_at <= now() as due
+const NEXT_IN_ROOM: &str =
+    "select id, target, room_id, payload, attempts, created_at, next_attempt_at <= now() as due
        from outbox where target = $1 and room_id = $2 and id > $3
       order by id limit 1
       for update";
@@ -324,7 +374,11 @@ impl Outbox {
 
     /// The secondary write of entry `id` went through.
     pub async fn complete(&self, id: i64) -> StoreResult<()> {
-        sqlx::query::<sqlx::Postgres>("delete from outbox where id = $1").bind(id).execute(&self.pool).await.map_err(db)?;
+        sqlx::query::<sqlx::Postgres>("delete from outbox where id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(())
     }
 
@@ -344,23 +398,39 @@ impl Outbox {
 
     /// Rows waiting (the `chat_retry_queue_size` gauge).
     pub async fn depth(&self) -> StoreResult<i64> {
-        sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox").fetch_one(&self.pool).await.map_err(db)
+        sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
     }
 
     pub async fn dead_letters(&self) -> StoreResult<i64> {
-        sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox_dead_letter").fetch_one(&self.pool).await.map_err(db)
+        sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox_dead_letter")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
     }
 
     /// One replay round over the stores in `up` (targets not listed are left alone, so a store
     /// that is down does not burn attempts). Returns how many entries were settled (replayed or
     /// dead-lettered).
-    pub async fn replay_round(&self, up: &[(StoreSide, Arc<dyn ChatStore>)], config: &ReplayConfig, metrics: &Metrics) -> StoreResult<usize> {
+    pub async fn replay_round(
+        &self,
+        up: &[(StoreSide, Arc<dyn ChatStore>)],
+        config: &ReplayConfig,
+        metrics: &Metrics,
+    ) -> StoreResult<usize> {
         if up.is_empty() {
             return Ok(0);
         }
         let targets: Vec<&str> = up.iter().map(|(s, _)| s.as_str()).collect();
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let heads = sqlx::query_as::<sqlx::Postgres, Row>(HEADS).bind(&targets).bind(config.batch_rooms).fetch_all(&mut *tx).await.map_err(db)?;
+        let heads = sqlx::query_as::<sqlx::Postgres, Row>(HEADS)
+            .bind(&targets)
+            .bind(config.batch_rooms)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
         let mut settled = 0;
         for head in heads {
             let mut row = head;
@@ -368,14 +438,23 @@ impl Outbox {
                 if !row.due {
                     break;
                 }
-                let Some(side) = side_from(&row.target) else { break };
-                let Some((_, store)) = up.iter().find(|(s, _)| *s == side) else { break };
+                let Some(side) = side_from(&row.target) else {
+                    break;
+                };
+                let Some((_, store)) = up.iter().find(|(s, _)| *s == side) else {
+                    break;
+                };
                 let op = &row.payload.0;
                 let result = op.apply(store.as_ref()).await;
                 if op.landed(&result) {
-                    sqlx::query::<sqlx::Postgres>("delete from outbox where id = $1").bind(row.id).execute(&mut *tx).await.map_err(db)?;
+                    sqlx::query::<sqlx::Postgres>("delete from outbox where id = $1")
+                        .bind(row.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
                     metrics.dual_write(side.as_str(), "replayed");
-                    metrics.dual_write_lag((Utc::now() - row.created_at).to_std().unwrap_or_default());
+                    metrics
+                        .dual_write_lag((Utc::now() - row.created_at).to_std().unwrap_or_default());
                     settled += 1;
                 } else {
                     let error = result.err().map(|e| e.to_string()).unwrap_or_default();
@@ -395,7 +474,12 @@ impl Outbox {
                         tracing::error!(id = row.id, target = %side, op = op.name(), %error, attempts, "outbox entry moved to the dead-letter table");
                         settled += 1;
                     } else {
-                        let delay = backoff(attempts, config.backoff_base, config.backoff_cap, rand::random::<f64>());
+                        let delay = backoff(
+                            attempts,
+                            config.backoff_base,
+                            config.backoff_cap,
+                            rand::random::<f64>(),
+                        );
                         sqlx::query::<sqlx::Postgres>(
                             "update outbox set attempts = $2, next_attempt_at = now() + make_interval(secs => $3), last_error = $4 where id = $1",
                         )
@@ -412,7 +496,14 @@ impl Outbox {
                     break;
                 }
                 let Some(room) = row.room_id else { break };
-                match sqlx::query_as::<sqlx::Postgres, Row>(NEXT_IN_ROOM).bind(&row.target).bind(room).bind(row.id).fetch_optional(&mut *tx).await.map_err(db)? {
+                match sqlx::query_as::<sqlx::Postgres, Row>(NEXT_IN_ROOM)
+                    .bind(&row.target)
+                    .bind(room)
+                    .bind(row.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?
+                {
                     Some(next) => row = next,
                     None => break,
                 }
@@ -434,12 +525,23 @@ mod tests {
         assert_eq!(backoff(1, base, cap, 0.0), Duration::from_millis(250));
         assert_eq!(backoff(2, base, cap, 1.0), Duration::from_secs(1));
         assert_eq!(backoff(4, base, cap, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(8, base, cap, 1.0), Duration::from_secs(60), "capped");
-        assert_eq!(backoff(1000, base, cap, 0.5), Duration::from_secs(45), "no overflow");
+        assert_eq!(
+            backoff(8, base, cap, 1.0),
+            Duration::from_secs(60),
+            "capped"
+        );
+        assert_eq!(
+            backoff(1000, base, cap, 0.5),
+            Duration::from_secs(45),
+            "no overflow"
+        );
         for attempts in 1..20 {
             let lo = backoff(attempts, base, cap, 0.0);
             let hi = backoff(attempts, base, cap, 1.0);
-            assert!(lo <= hi && hi <= cap && lo * 2 == hi, "{attempts}: {lo:?}..{hi:?}");
+            assert!(
+                lo <= hi && hi <= cap && lo * 2 == hi,
+                "{attempts}: {lo:?}..{hi:?}"
+            );
             assert!(backoff(attempts, base, cap, 2.0) == hi, "jitter is clamped");
         }
     }
@@ -456,20 +558,46 @@ mod tests {
                 message_type: "user_message".into(),
                 created_at: crate::store::now(),
             },
-            WriteOp::mark_read(room, UserId(4), &ReadMarker::Since(crate::store::now()), crate::store::now()),
-            WriteOp::React { message: MessageId(Uuid::new_v4()), user: UserId(1), reaction: "+1".into(), at: crate::store::now(), room: None },
+            WriteOp::mark_read(
+                room,
+                UserId(4),
+                &ReadMarker::Since(crate::store::now()),
+                crate::store::now(),
+            ),
+            WriteOp::React {
+                message: MessageId(Uuid::new_v4()),
+                user: UserId(1),
+                reaction: "+1".into(),
+                at: crate::store::now(),
+                room: None,
+            },
         ];
         for op in ops {
             let json = serde_json::to_value(&op).expect("serialize");
             assert_eq!(json["op"], op.name());
-            assert_eq!(serde_json::from_value::<WriteOp>(json).expect("deserialize"), op);
+            assert_eq!(
+                serde_json::from_value::<WriteOp>(json).expect("deserialize"),
+                op
+            );
         }
-        assert_eq!(WriteOp::LeaveRoom { room, user: UserId(1), at: crate::store::now() }.room(), Some(room));
+        assert_eq!(
+            WriteOp::LeaveRoom {
+                room,
+                user: UserId(1),
+                at: crate::store::now()
+            }
+            .room(),
+            Some(room)
+        );
     }
 
     #[test]
     fn a_conflict_means_landed_only_for_create_room() {
-        let room = WriteOp::LeaveRoom { room: RoomId::random(), user: UserId(1), at: crate::store::now() };
+        let room = WriteOp::LeaveRoom {
+            room: RoomId::random(),
+            user: UserId(1),
+            at: crate::store::now(),
+        };
         assert!(!room.landed(&Err(StoreError::Conflict("x".into()))));
         let create = WriteOp::CreateRoom {
             id: RoomId::random(),

@@ -34,7 +34,10 @@ pub struct PageRequest {
 
 impl PageRequest {
     pub fn new(page: Option<u32>, limit: Option<u32>) -> Self {
-        PageRequest { page: page.filter(|p| *p > 0).unwrap_or(1).min(MAX_PAGE), limit: effective_limit(limit) }
+        PageRequest {
+            page: page.filter(|p| *p > 0).unwrap_or(1).min(MAX_PAGE),
+            limit: effective_limit(limit),
+        }
     }
 
     /// Rows to skip.
@@ -55,7 +58,11 @@ impl HistoryPage {
     /// The page from rows fetched with `LIMIT limit + 1`.
     pub fn from_rows(rows: Vec<StoredMessage>, limit: u32) -> Self {
         let (items, more) = trim_to_limit(rows, limit as usize);
-        let next_cursor = if more { items.last().map(|m| m.id) } else { None };
+        let next_cursor = if more {
+            items.last().map(|m| m.id)
+        } else {
+            None
+        };
         HistoryPage { items, next_cursor }
     }
 }
@@ -84,7 +91,13 @@ mod tests {
 
     #[test]
     fn pages_are_one_based_and_bounded() {
-        assert_eq!(PageRequest::new(None, None), PageRequest { page: 1, limit: DEFAULT_LIMIT });
+        assert_eq!(
+            PageRequest::new(None, None),
+            PageRequest {
+                page: 1,
+                limit: DEFAULT_LIMIT
+            }
+        );
         assert_eq!(PageRequest::new(Some(0), Some(10)).offset(), 0);
         assert_eq!(PageRequest::new(Some(3), Some(10)).offset(), 20);
         let far = PageRequest::new(Some(u32::MAX), Some(u32::MAX));
@@ -98,7 +111,14 @@ mod tests {
         (0..n)
             .map(|_| {
                 let id = ids.next();
-                StoredMessage { id, room_id: room, sender_id: UserId(1), content: vec![], message_type: "user_message".into(), created_at: chrono::Utc::now() }
+                StoredMessage {
+                    id,
+                    room_id: room,
+                    sender_id: UserId(1),
+                    content: vec![],
+                    message_type: "user_message".into(),
+                    created_at: chrono::Utc::now(),
+                }
             })
             .collect()
     }
@@ -108,7 +128,11 @@ mod tests {
         let rows = messages(4);
         let page = HistoryPage::from_rows(rows.clone(), 3);
         assert_eq!(page.items, rows[..3]);
-        assert_eq!(page.next_cursor, Some(rows[2].id), "the cursor is the last item returned, not the extra row");
+        assert_eq!(
+            page.next_cursor,
+            Some(rows[2].id),
+            "the cursor is the last item returned, not the extra row"
+        );
 
         let page = HistoryPage::from_rows(rows[..3].to_vec(), 3);
         assert_eq!(page.items.len(), 3);

@@ -9,7 +9,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::store::{ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage};
+use crate::store::{
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomType,
+    RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -25,13 +28,20 @@ pub struct PgStore {
 /// Maps sqlx errors to what a caller can act on.
 pub(crate) fn classify(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
         sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
         sqlx::Error::Database(db) => match db.code().as_deref() {
             // Retry-later conditions. Class 08: connection exception; 57P01..03: shutting down
             // or starting up; 57014: statement cancelled; 53300: too many connections;
             // 40001/40P01: serialization failure, deadlock.
-            Some(code) if code.starts_with("08") || code.starts_with("57P0") || ["57014", "53300", "40001", "40P01"].contains(&code) => {
+            Some(code)
+                if code.starts_with("08")
+                    || code.starts_with("57P0")
+                    || ["57014", "53300", "40001", "40P01"].contains(&code) =>
+            {
                 StoreError::Unavailable(e.to_string())
             }
             Some("23505") => StoreError::Conflict(e.to_string()),
@@ -56,7 +66,12 @@ struct RoomRow {
 
 impl RoomRow {
     fn into_view(self) -> StoreResult<RoomView> {
-        let room_type = RoomType::parse(&self.room_type).ok_or_else(|| StoreError::Internal(format!("room {} has unknown type {:?}", self.id, self.room_type)))?;
+        let room_type = RoomType::parse(&self.room_type).ok_or_else(|| {
+            StoreError::Internal(format!(
+                "room {} has unknown type {:?}",
+                self.id, self.room_type
+            ))
+        })?;
         Ok(RoomView {
             id: RoomId(self.id),
             name: self.name,
@@ -81,7 +96,14 @@ struct MessageRow {
 
 impl From<MessageRow> for StoredMessage {
     fn from(r: MessageRow) -> Self {
-        StoredMessage { id: MessageId(r.id), room_id: RoomId(r.room_id), sender_id: UserId(r.sender_id), content: r.content, message_type: r.message_type, created_at: r.created_at }
+        StoredMessage {
+            id: MessageId(r.id),
+            room_id: RoomId(r.room_id),
+            sender_id: UserId(r.sender_id),
+            content: r.content,
+            message_type: r.message_type,
+            created_at: r.created_at,
+        }
     }
 }
 
@@ -140,7 +162,12 @@ macro_rules! mark_read_sql {
 impl PgStore {
     /// Connects a pool of at most `max_connections`; fails when the database cannot be reached.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
-        let pool = PgPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT).connect(url).await.map_err(classify)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(classify)?;
         Ok(PgStore { pool })
     }
 
@@ -161,7 +188,11 @@ impl PgStore {
     /// [`ChatStore::insert_message`] and an outbox entry (the same write for the other store) in
     /// one transaction: the message commits if and only if its entry does, so a crash after the
     /// commit never loses the secondary write (the replayer makes it). Returns the entry's id.
-    pub async fn insert_message_with_outbox(&self, message: NewMessage, entry: &crate::store::outbox::NewEntry) -> StoreResult<(StoredMessage, i64)> {
+    pub async fn insert_message_with_outbox(
+        &self,
+        message: NewMessage,
+        entry: &crate::store::outbox::NewEntry,
+    ) -> StoreResult<(StoredMessage, i64)> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let inserted = sqlx::query::<sqlx::Postgres>(
             "insert into room_message (id, room_id, sender_id, content, type, created_at) values ($1, $2, $3, $4, $5, $6)
@@ -179,29 +210,43 @@ impl PgStore {
         let stored: StoredMessage = if inserted.rows_affected() == 1 {
             message.into()
         } else {
-            let existing: StoredMessage =
-                sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(message_select!(), "where id = $1")).bind(message.id).fetch_one(&mut *tx).await.map_err(classify)?.into();
+            let existing: StoredMessage = sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(
+                message_select!(),
+                "where id = $1"
+            ))
+            .bind(message.id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?
+            .into();
             if existing.room_id != message.room_id || existing.sender_id != message.sender_id {
-                return Err(StoreError::Conflict(format!("message id {} already belongs to another message", message.id)));
+                return Err(StoreError::Conflict(format!(
+                    "message id {} already belongs to another message",
+                    message.id
+                )));
             }
             existing
         };
-        let id = crate::store::outbox::insert_entry(&mut tx, entry).await.map_err(classify)?;
+        let id = crate::store::outbox::insert_entry(&mut tx, entry)
+            .await
+            .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok((stored, id))
     }
 
     async fn create_room_tx(&self, room: NewRoom) -> StoreResult<RoomView> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query::<sqlx::Postgres>("insert into room (id, name, type, created_by, created_at) values ($1, $2, $3, $4, $5)")
-            .bind(room.id)
-            .bind(&room.name)
-            .bind(room.room_type.as_str())
-            .bind(room.created_by)
-            .bind(room.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        sqlx::query::<sqlx::Postgres>(
+            "insert into room (id, name, type, created_by, created_at) values ($1, $2, $3, $4, $5)",
+        )
+        .bind(room.id)
+        .bind(&room.name)
+        .bind(room.room_type.as_str())
+        .bind(room.created_by)
+        .bind(room.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
         let members: Vec<i32> = room.participants.iter().map(|u| u.0).collect();
         sqlx::query::<sqlx::Postgres>(
             "insert into room_member (room_id, user_id, role, joined_at)
@@ -217,7 +262,15 @@ impl PgStore {
         tx.commit().await.map_err(classify)?;
         let mut participants = room.participants;
         participants.sort();
-        Ok(RoomView { id: room.id, name: room.name, room_type: room.room_type, participants, created_at: room.created_at, last_message_at: None, is_pinned: false })
+        Ok(RoomView {
+            id: room.id,
+            name: room.name,
+            room_type: room.room_type,
+            participants,
+            created_at: room.created_at,
+            last_message_at: None,
+            is_pinned: false,
+        })
     }
 
     async fn get_room_query(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
@@ -228,8 +281,14 @@ impl PgStore {
             last_message_join!(),
             " where r.id = $1"
         );
-        let row = sqlx::query_as::<sqlx::Postgres, RoomRow>(SQL).bind(room).bind(viewer).fetch_optional(&self.pool).await.map_err(classify)?;
-        row.ok_or_else(|| StoreError::NotFound(format!("room {room}")))?.into_view()
+        let row = sqlx::query_as::<sqlx::Postgres, RoomRow>(SQL)
+            .bind(room)
+            .bind(viewer)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        row.ok_or_else(|| StoreError::NotFound(format!("room {room}")))?
+            .into_view()
     }
 
     async fn room_access_query(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
@@ -242,12 +301,22 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(classify)?;
-        let (room_type, is_member) = row.ok_or_else(|| StoreError::NotFound(format!("room {room}")))?;
-        let room_type = RoomType::parse(&room_type).ok_or_else(|| StoreError::Internal(format!("room {room} has unknown type {room_type:?}")))?;
-        Ok(RoomAccess { room_type, is_member })
+        let (room_type, is_member) =
+            row.ok_or_else(|| StoreError::NotFound(format!("room {room}")))?;
+        let room_type = RoomType::parse(&room_type).ok_or_else(|| {
+            StoreError::Internal(format!("room {room} has unknown type {room_type:?}"))
+        })?;
+        Ok(RoomAccess {
+            room_type,
+            is_member,
+        })
     }
 
-    async fn rooms_for_user_query(&self, user: UserId, page: PageRequest) -> StoreResult<(Vec<RoomView>, u64)> {
+    async fn rooms_for_user_query(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> StoreResult<(Vec<RoomView>, u64)> {
         const PAGE: &str = concat!(
             "select ",
             room_columns!(),
@@ -257,24 +326,41 @@ impl PgStore {
               order by m.is_pinned desc, coalesce(lm.created_at, r.created_at) desc, r.id desc
               limit $2 offset $3"
         );
-        const TOTAL: &str = "select count(*) from room_member where user_id = $1 and removed_at is null";
-        let rows = sqlx::query_as::<sqlx::Postgres, RoomRow>(PAGE).bind(user).bind(i64::from(page.limit)).bind(page.offset()).fetch_all(&self.pool);
-        let total = sqlx::query_scalar::<sqlx::Postgres, i64>(TOTAL).bind(user).fetch_one(&self.pool);
+        const TOTAL: &str =
+            "select count(*) from room_member where user_id = $1 and removed_at is null";
+        let rows = sqlx::query_as::<sqlx::Postgres, RoomRow>(PAGE)
+            .bind(user)
+            .bind(i64::from(page.limit))
+            .bind(page.offset())
+            .fetch_all(&self.pool);
+        let total = sqlx::query_scalar::<sqlx::Postgres, i64>(TOTAL)
+            .bind(user)
+            .fetch_one(&self.pool);
         let (rows, total) = tokio::try_join!(rows, total).map_err(classify)?;
-        let rooms = rows.into_iter().map(RoomRow::into_view).collect::<StoreResult<Vec<_>>>()?;
+        let rooms = rows
+            .into_iter()
+            .map(RoomRow::into_view)
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok((rooms, u64::try_from(total).unwrap_or(0)))
     }
 
     async fn room_ids_query(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
-        let ids = sqlx::query_scalar::<sqlx::Postgres, Uuid>("select room_id from room_member where user_id = $1 and removed_at is null")
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(classify)?;
+        let ids = sqlx::query_scalar::<sqlx::Postgres, Uuid>(
+            "select room_id from room_member where user_id = $1 and removed_at is null",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
         Ok(ids.into_iter().map(RoomId).collect())
     }
 
-    async fn leave_room_query(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn leave_room_query(
+        &self,
+        room: RoomId,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         let done = sqlx::query::<sqlx::Postgres>("update room_member set removed_at = $3 where room_id = $1 and user_id = $2 and removed_at is null")
             .bind(room)
             .bind(user)
@@ -303,56 +389,115 @@ impl PgStore {
             return Ok(message.into());
         }
         // Already stored (a retried or replayed write): same id must mean same message.
-        let existing: StoredMessage = sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(message_select!(), "where id = $1"))
-            .bind(message.id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify)?
-            .into();
+        let existing: StoredMessage = sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(
+            message_select!(),
+            "where id = $1"
+        ))
+        .bind(message.id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?
+        .into();
         if existing.room_id != message.room_id || existing.sender_id != message.sender_id {
-            return Err(StoreError::Conflict(format!("message id {} already belongs to another message", message.id)));
+            return Err(StoreError::Conflict(format!(
+                "message id {} already belongs to another message",
+                message.id
+            )));
         }
         Ok(existing)
     }
 
-    async fn history_query(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreResult<HistoryPage> {
-        const FIRST: &str = concat!(message_select!(), "where room_id = $1 and deleted_at is null order by created_at desc, id desc limit $2");
+    async fn history_query(
+        &self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreResult<HistoryPage> {
+        const FIRST: &str = concat!(
+            message_select!(),
+            "where room_id = $1 and deleted_at is null order by created_at desc, id desc limit $2"
+        );
         // Row-value comparison: strictly older than the cursor in (created_at, id) order, so
         // equal timestamps neither repeat nor skip a message, and no OFFSET is needed.
-        const BEFORE: &str =
-            concat!(message_select!(), "where room_id = $1 and deleted_at is null and (created_at, id) < ($3, $4) order by created_at desc, id desc limit $2");
+        const BEFORE: &str = concat!(
+            message_select!(),
+            "where room_id = $1 and deleted_at is null and (created_at, id) < ($3, $4) order by created_at desc, id desc limit $2"
+        );
         let fetch = i64::from(limit) + 1;
         let rows = match before {
-            None => sqlx::query_as::<sqlx::Postgres, MessageRow>(FIRST).bind(room).bind(fetch).fetch_all(&self.pool).await,
+            None => {
+                sqlx::query_as::<sqlx::Postgres, MessageRow>(FIRST)
+                    .bind(room)
+                    .bind(fetch)
+                    .fetch_all(&self.pool)
+                    .await
+            }
             Some(cursor) => {
                 // The cursor's position; a deleted cursor message still marks a position.
-                let at = sqlx::query_scalar::<sqlx::Postgres, DateTime<Utc>>("select created_at from room_message where id = $1 and room_id = $2")
-                    .bind(cursor)
+                let at = sqlx::query_scalar::<sqlx::Postgres, DateTime<Utc>>(
+                    "select created_at from room_message where id = $1 and room_id = $2",
+                )
+                .bind(cursor)
+                .bind(room)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!(
+                        "message {cursor} (the `before` cursor) in room {room}"
+                    ))
+                })?;
+                sqlx::query_as::<sqlx::Postgres, MessageRow>(BEFORE)
                     .bind(room)
-                    .fetch_optional(&self.pool)
+                    .bind(fetch)
+                    .bind(at)
+                    .bind(cursor)
+                    .fetch_all(&self.pool)
                     .await
-                    .map_err(classify)?
-                    .ok_or_else(|| StoreError::NotFound(format!("message {cursor} (the `before` cursor) in room {room}")))?;
-                sqlx::query_as::<sqlx::Postgres, MessageRow>(BEFORE).bind(room).bind(fetch).bind(at).bind(cursor).fetch_all(&self.pool).await
             }
         }
         .map_err(classify)?;
-        Ok(HistoryPage::from_rows(rows.into_iter().map(Into::into).collect(), limit))
+        Ok(HistoryPage::from_rows(
+            rows.into_iter().map(Into::into).collect(),
+            limit,
+        ))
     }
 
-    async fn mark_read_query(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreResult<u64> {
+    async fn mark_read_query(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: ReadMarker,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
         let query = match marker {
             ReadMarker::Ids(ids) => {
                 let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
-                sqlx::query_scalar::<sqlx::Postgres, i64>(mark_read_sql!("id = any($3)")).bind(room).bind(user).bind(ids).bind(at)
+                sqlx::query_scalar::<sqlx::Postgres, i64>(mark_read_sql!("id = any($3)"))
+                    .bind(room)
+                    .bind(user)
+                    .bind(ids)
+                    .bind(at)
             }
-            ReadMarker::Since(since) => sqlx::query_scalar::<sqlx::Postgres, i64>(mark_read_sql!("created_at >= $3")).bind(room).bind(user).bind(since).bind(at),
+            ReadMarker::Since(since) => {
+                sqlx::query_scalar::<sqlx::Postgres, i64>(mark_read_sql!("created_at >= $3"))
+                    .bind(room)
+                    .bind(user)
+                    .bind(since)
+                    .bind(at)
+            }
         };
         let n = query.fetch_one(&self.pool).await.map_err(classify)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn react_query(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn react_query(
+        &self,
+        message: MessageId,
+        user: UserId,
+        reaction: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         let done = sqlx::query::<sqlx::Postgres>(
             "insert into room_message_reaction (message_id, user_id, reaction, created_at) values ($1, $2, $3, $4) on conflict do nothing",
         )
@@ -367,12 +512,15 @@ impl PgStore {
     }
 
     async fn message_room_query(&self, message: MessageId) -> StoreResult<RoomId> {
-        let room = sqlx::query_scalar::<sqlx::Postgres, Uuid>("select room_id from room_message where id = $1 and deleted_at is null")
-            .bind(message)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(classify)?;
-        room.map(RoomId).ok_or_else(|| StoreError::NotFound(format!("message {message}")))
+        let room = sqlx::query_scalar::<sqlx::Postgres, Uuid>(
+            "select room_id from room_message where id = $1 and deleted_at is null",
+        )
+        .bind(message)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        room.map(RoomId)
+            .ok_or_else(|| StoreError::NotFound(format!("message {message}")))
     }
 }
 
@@ -383,7 +531,10 @@ impl ChatStore for PgStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            sqlx::query::<sqlx::Postgres>("select 1").execute(&self.pool).await.map_err(classify)?;
+            sqlx::query::<sqlx::Postgres>("select 1")
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?;
             Ok(())
         })
     }
@@ -400,7 +551,11 @@ impl ChatStore for PgStore {
         Box::pin(self.room_access_query(room, user))
     }
 
-    fn rooms_for_user(&self, user: UserId, page: PageRequest) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+    fn rooms_for_user(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
         Box::pin(self.rooms_for_user_query(user, page))
     }
 
@@ -416,15 +571,32 @@ impl ChatStore for PgStore {
         Box::pin(self.insert_message_query(message))
     }
 
-    fn history(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreFuture<'_, HistoryPage> {
+    fn history(
+        &self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreFuture<'_, HistoryPage> {
         Box::pin(self.history_query(room, before, limit))
     }
 
-    fn mark_read(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreFuture<'_, u64> {
+    fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: ReadMarker,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, u64> {
         Box::pin(self.mark_read_query(room, user, marker, at))
     }
 
-    fn react(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+    fn react(
+        &self,
+        message: MessageId,
+        user: UserId,
+        reaction: String,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
         Box::pin(self.react_query(message, user, reaction, at))
     }
 

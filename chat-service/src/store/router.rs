@@ -64,7 +64,8 @@ use crate::store::instrumented::Instrumented;
 use crate::store::outbox::{Applied, NewEntry, Outbox, ReplayConfig, WriteOp, backoff};
 use crate::store::postgres::PgStore;
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView,
+    StoreError, StoreFuture, StoreResult, StoredMessage,
 };
 
 /// Router settings.
@@ -103,7 +104,11 @@ struct Health {
 
 impl Health {
     fn new() -> Self {
-        Health { up: AtomicBool::new(true), probing: AtomicBool::new(false), checked: Mutex::new(None) }
+        Health {
+            up: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+            checked: Mutex::new(None),
+        }
     }
 }
 
@@ -158,7 +163,13 @@ fn internal(what: &str) -> StoreError {
 
 impl MigrationRouter {
     /// `legacy` is wrapped in [`Instrumented`] here; pass `new` already instrumented.
-    pub fn new(legacy: PgStore, new: Arc<dyn ChatStore>, flags: FlagWatcher, metrics: Arc<Metrics>, options: RouterOptions) -> Self {
+    pub fn new(
+        legacy: PgStore,
+        new: Arc<dyn ChatStore>,
+        flags: FlagWatcher,
+        metrics: Arc<Metrics>,
+        options: RouterOptions,
+    ) -> Self {
         let outbox = Outbox::new(legacy.pool().clone());
         let inner = Inner {
             legacy: Arc::new(Instrumented::new(legacy.clone(), metrics.clone())),
@@ -172,7 +183,9 @@ impl MigrationRouter {
             pending: Mutex::new(VecDeque::new()),
             last_depth: AtomicI64::new(0),
         };
-        MigrationRouter { inner: Arc::new(inner) }
+        MigrationRouter {
+            inner: Arc::new(inner),
+        }
     }
 
     pub fn outbox(&self) -> &Outbox {
@@ -181,7 +194,11 @@ impl MigrationRouter {
 
     /// Entries held in memory (not yet in the outbox table).
     pub fn pending_in_memory(&self) -> usize {
-        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Starts the outbox replayer (one per instance; several instances replay together).
@@ -208,7 +225,9 @@ impl MigrationRouter {
         let plan = read_plan(&flags, user, rand::random_range(0..100u8));
         note_cohort(as_cohort(plan.serve), Some(user));
         let served = call(self.inner.store(plan.serve).clone());
-        let Some(side) = plan.shadow else { return served };
+        let Some(side) = plan.shadow else {
+            return served;
+        };
         let shadow = tokio::spawn(call(self.inner.store(side).clone()));
         let metrics = self.inner.metrics.clone();
         Box::pin(async move {
@@ -242,10 +261,16 @@ impl MigrationRouter {
     }
 
     fn note_user(&self, user: UserId) {
-        note_cohort(as_cohort(cohort(&self.inner.flags.current(), user)), Some(user));
+        note_cohort(
+            as_cohort(cohort(&self.inner.flags.current(), user)),
+            Some(user),
+        );
     }
 
-    fn write(&self, op: WriteOp) -> impl std::future::Future<Output = StoreResult<Applied>> + Send + 'static {
+    fn write(
+        &self,
+        op: WriteOp,
+    ) -> impl std::future::Future<Output = StoreResult<Applied>> + Send + 'static {
         self.inner.clone().write(op)
     }
 }
@@ -268,7 +293,10 @@ impl Inner {
             let this = self.clone();
             tokio::spawn(async move {
                 let store = this.store(side).clone();
-                let up = matches!(tokio::time::timeout(this.options.ping_timeout, store.ping()).await, Ok(Ok(())));
+                let up = matches!(
+                    tokio::time::timeout(this.options.ping_timeout, store.ping()).await,
+                    Ok(Ok(()))
+                );
                 let health = &this.health[side_index(side)];
                 *health.checked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 if health.up.swap(up, Ordering::AcqRel) != up {
@@ -299,7 +327,8 @@ impl Inner {
         let primary_write = self.primary_write(primary, side, &op);
         if mode == DualWrite::Sync && secondary_up {
             let secondary = self.store(side).clone();
-            let (first, second) = tokio::join!(primary_write, self.secondary_write(secondary.as_ref(), &op));
+            let (first, second) =
+                tokio::join!(primary_write, self.secondary_write(secondary.as_ref(), &op));
             let (applied, entry) = match first {
                 Ok(done) => done,
                 Err(e) => {
@@ -309,7 +338,8 @@ impl Inner {
                     return Err(e);
                 }
             };
-            self.settle(side, primary, op, entry, second, Duration::ZERO).await;
+            self.settle(side, primary, op, entry, second, Duration::ZERO)
+                .await;
             return Ok(applied);
         }
         let (applied, entry) = primary_write.await?;
@@ -324,7 +354,19 @@ impl Inner {
                         let _ = this.outbox.retry_later(id, Duration::ZERO, &error).await;
                     });
                 }
-                None => self.park(primary, NewEntry { target: side, op, attempts: 0, delay: Duration::ZERO, last_error: Some(error) }).await,
+                None => {
+                    self.park(
+                        primary,
+                        NewEntry {
+                            target: side,
+                            op,
+                            attempts: 0,
+                            delay: Duration::ZERO,
+                            last_error: Some(error),
+                        },
+                    )
+                    .await
+                }
             }
             return Ok(applied);
         }
@@ -333,21 +375,44 @@ impl Inner {
             let start = Instant::now();
             let secondary = this.store(side).clone();
             let result = this.secondary_write(secondary.as_ref(), &op).await;
-            this.settle(side, primary, op, entry, result, start.elapsed()).await;
+            this.settle(side, primary, op, entry, result, start.elapsed())
+                .await;
         });
         Ok(applied)
     }
 
     /// The primary write; with legacy PostgreSQL primary, `insert_message` also commits the
     /// outbox entry for `secondary` (returned).
-    async fn primary_write(&self, primary: StoreSide, secondary: StoreSide, op: &WriteOp) -> StoreResult<(Applied, Option<i64>)> {
+    async fn primary_write(
+        &self,
+        primary: StoreSide,
+        secondary: StoreSide,
+        op: &WriteOp,
+    ) -> StoreResult<(Applied, Option<i64>)> {
         match (primary, op.new_message()) {
             (StoreSide::Legacy, Some(message)) => {
-                let entry = NewEntry { target: secondary, op: op.clone(), attempts: 0, delay: self.options.replay.inline_grace, last_error: None };
+                let entry = NewEntry {
+                    target: secondary,
+                    op: op.clone(),
+                    attempts: 0,
+                    delay: self.options.replay.inline_grace,
+                    last_error: None,
+                };
                 let start = Instant::now();
-                let result = self.legacy_pg.insert_message_with_outbox(message, &entry).await;
-                let success = !matches!(result, Err(StoreError::Unavailable(_) | StoreError::Internal(_)));
-                self.metrics.database_operation(self.legacy_pg.database(), "insert_message", success, start.elapsed());
+                let result = self
+                    .legacy_pg
+                    .insert_message_with_outbox(message, &entry)
+                    .await;
+                let success = !matches!(
+                    result,
+                    Err(StoreError::Unavailable(_) | StoreError::Internal(_))
+                );
+                self.metrics.database_operation(
+                    self.legacy_pg.database(),
+                    "insert_message",
+                    success,
+                    start.elapsed(),
+                );
                 let (stored, id) = result?;
                 Ok((Applied::Message(stored), Some(id)))
             }
@@ -358,12 +423,23 @@ impl Inner {
     async fn secondary_write(&self, store: &dyn ChatStore, op: &WriteOp) -> StoreResult<Applied> {
         match tokio::time::timeout(self.options.secondary_timeout, op.apply(store)).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!("no answer within {:?}", self.options.secondary_timeout))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.options.secondary_timeout
+            ))),
         }
     }
 
     /// Records the secondary write's outcome; a failure goes to (or stays in) the outbox.
-    async fn settle(self: &Arc<Self>, side: StoreSide, primary: StoreSide, op: WriteOp, entry: Option<i64>, result: StoreResult<Applied>, lag: Duration) {
+    async fn settle(
+        self: &Arc<Self>,
+        side: StoreSide,
+        primary: StoreSide,
+        op: WriteOp,
+        entry: Option<i64>,
+        result: StoreResult<Applied>,
+        lag: Duration,
+    ) {
         if op.landed(&result) {
             self.metrics.dual_write(side.as_str(), "success");
             self.metrics.dual_write_lag(lag);
@@ -394,13 +470,30 @@ impl Inner {
                     let _ = this.outbox.retry_later(id, delay, &error).await;
                 });
             }
-            None => self.park(primary, NewEntry { target: side, op, attempts: 1, delay, last_error: Some(error) }).await,
+            None => {
+                self.park(
+                    primary,
+                    NewEntry {
+                        target: side,
+                        op,
+                        attempts: 1,
+                        delay,
+                        last_error: Some(error),
+                    },
+                )
+                .await
+            }
         }
     }
 
     /// Puts an entry in the outbox table, or in memory when the table cannot be written.
     async fn park(&self, primary: StoreSide, mut entry: NewEntry) {
-        if let WriteOp::React { message, room: room @ None, .. } = &mut entry.op {
+        if let WriteOp::React {
+            message,
+            room: room @ None,
+            ..
+        } = &mut entry.op
+        {
             // The ordering key, from the store that has the message.
             *room = self.store(primary).message_room(*message).await.ok();
         }
@@ -419,20 +512,38 @@ impl Inner {
     /// Moves entries held in memory to the outbox table, oldest first.
     async fn flush_pending(&self) {
         loop {
-            let Some(entry) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).front().cloned() else { return };
+            let Some(entry) = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .front()
+                .cloned()
+            else {
+                return;
+            };
             if self.outbox.enqueue(&entry).await.is_err() {
                 return;
             }
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
         }
     }
 
     async fn replay_loop(self: Arc<Self>) {
         loop {
             self.flush_pending().await;
-            let up: Vec<(StoreSide, Arc<dyn ChatStore>)> =
-                [StoreSide::Legacy, StoreSide::New].into_iter().filter(|s| self.is_up(*s)).map(|s| (s, self.store(s).clone())).collect();
-            let settled = match self.outbox.replay_round(&up, &self.options.replay, &self.metrics).await {
+            let up: Vec<(StoreSide, Arc<dyn ChatStore>)> = [StoreSide::Legacy, StoreSide::New]
+                .into_iter()
+                .filter(|s| self.is_up(*s))
+                .map(|s| (s, self.store(s).clone()))
+                .collect();
+            let settled = match self
+                .outbox
+                .replay_round(&up, &self.options.replay, &self.metrics)
+                .await
+            {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "outbox replay round failed");
@@ -443,7 +554,9 @@ impl Inner {
                 self.last_depth.store(depth, Ordering::Relaxed);
             }
             let in_memory = self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() as i64;
-            self.metrics.retry_queue_size.set(self.last_depth.load(Ordering::Relaxed) + in_memory);
+            self.metrics
+                .retry_queue_size
+                .set(self.last_depth.load(Ordering::Relaxed) + in_memory);
             if settled == 0 {
                 tokio::time::sleep(self.options.replay.poll_interval).await;
             }
@@ -454,13 +567,17 @@ impl Inner {
 impl ChatStore for MigrationRouter {
     /// The write primary's database (labels `chat_messages_sent_total`).
     fn database(&self) -> &'static str {
-        self.inner.store(self.inner.flags.current().write_primary).database()
+        self.inner
+            .store(self.inner.flags.current().write_primary)
+            .database()
     }
 
     /// Readiness follows the write primary only: a secondary that is down is what the outbox
     /// is for.
     fn ping(&self) -> StoreFuture<'_, ()> {
-        self.inner.store(self.inner.flags.current().write_primary).ping()
+        self.inner
+            .store(self.inner.flags.current().write_primary)
+            .ping()
     }
 
     fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
@@ -475,16 +592,36 @@ impl ChatStore for MigrationRouter {
     }
 
     fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
-        self.read(viewer, move |s| Box::pin(async move { s.get_room(room, viewer).await }), |a, b| if rooms_equal(a, b) { vec![] } else { vec!["content"] })
+        self.read(
+            viewer,
+            move |s| Box::pin(async move { s.get_room(room, viewer).await }),
+            |a, b| {
+                if rooms_equal(a, b) {
+                    vec![]
+                } else {
+                    vec!["content"]
+                }
+            },
+        )
     }
 
     fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
         self.note_user(user);
-        self.inner.store(self.inner.flags.current().write_primary).room_access(room, user)
+        self.inner
+            .store(self.inner.flags.current().write_primary)
+            .room_access(room, user)
     }
 
-    fn rooms_for_user(&self, user: UserId, page: PageRequest) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
-        self.read(user, move |s| Box::pin(async move { s.rooms_for_user(user, page).await }), compare_rooms_page)
+    fn rooms_for_user(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+        self.read(
+            user,
+            move |s| Box::pin(async move { s.rooms_for_user(user, page).await }),
+            compare_rooms_page,
+        )
     }
 
     fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
@@ -518,12 +655,27 @@ impl ChatStore for MigrationRouter {
     /// The trait names no user here: the user is the one the request noted before (the
     /// handler's `room_access`), read back from the request scope; outside a request, `UserId(0)`
     /// (a fixed bucket).
-    fn history(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreFuture<'_, HistoryPage> {
+    fn history(
+        &self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreFuture<'_, HistoryPage> {
         let user = noted_user().unwrap_or(UserId(0));
-        self.read(user, move |s| Box::pin(async move { s.history(room, before, limit).await }), compare_history)
+        self.read(
+            user,
+            move |s| Box::pin(async move { s.history(room, before, limit).await }),
+            compare_history,
+        )
     }
 
-    fn mark_read(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreFuture<'_, u64> {
+    fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: ReadMarker,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, u64> {
         self.note_user(user);
         let write = self.write(WriteOp::mark_read(room, user, &marker, at));
         Box::pin(async move {
@@ -534,9 +686,21 @@ impl ChatStore for MigrationRouter {
         })
     }
 
-    fn react(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+    fn react(
+        &self,
+        message: MessageId,
+        user: UserId,
+        reaction: String,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
         self.note_user(user);
-        let write = self.write(WriteOp::React { message, user, reaction, at, room: None });
+        let write = self.write(WriteOp::React {
+            message,
+            user,
+            reaction,
+            at,
+            room: None,
+        });
         Box::pin(async move {
             match write.await? {
                 Applied::Changed(b) => Ok(b),
@@ -546,7 +710,9 @@ impl ChatStore for MigrationRouter {
     }
 
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
-        self.inner.store(self.inner.flags.current().write_primary).message_room(message)
+        self.inner
+            .store(self.inner.flags.current().write_primary)
+            .message_room(message)
     }
 }
 
@@ -564,19 +730,34 @@ fn ms(t: DateTime<Utc>) -> i64 {
 /// separate column.
 pub fn rooms_equal(a: &RoomView, b: &RoomView) -> bool {
     let members = |r: &RoomView| r.participants.iter().copied().collect::<HashSet<_>>();
-    a.id == b.id && a.name == b.name && a.room_type == b.room_type && members(a) == members(b) && ms(a.created_at) == ms(b.created_at) && a.is_pinned == b.is_pinned
+    a.id == b.id
+        && a.name == b.name
+        && a.room_type == b.room_type
+        && members(a) == members(b)
+        && ms(a.created_at) == ms(b.created_at)
+        && a.is_pinned == b.is_pinned
 }
 
 /// Messages are equal when every field agrees, the time to the millisecond. `content` is
 /// compared as stored: both stores hold the same sealed bytes (sealed once, before the write).
 pub fn messages_equal(a: &StoredMessage, b: &StoredMessage) -> bool {
-    a.id == b.id && a.room_id == b.room_id && a.sender_id == b.sender_id && a.content == b.content && a.message_type == b.message_type && ms(a.created_at) == ms(b.created_at)
+    a.id == b.id
+        && a.room_id == b.room_id
+        && a.sender_id == b.sender_id
+        && a.content == b.content
+        && a.message_type == b.message_type
+        && ms(a.created_at) == ms(b.created_at)
 }
 
 /// Differences between two lists of the same query, `served` being the answer the caller got:
 /// `missing` (in served, not in shadow), `extra` (in shadow only), `content` (same id, different
 /// fields), `order` (the common ids in another order). Each kind at most once.
-pub fn diff_lists<T>(served: &[T], shadow: &[T], id: impl Fn(&T) -> Uuid, same: impl Fn(&T, &T) -> bool) -> Vec<&'static str> {
+pub fn diff_lists<T>(
+    served: &[T],
+    shadow: &[T],
+    id: impl Fn(&T) -> Uuid,
+    same: impl Fn(&T, &T) -> bool,
+) -> Vec<&'static str> {
     let mut kinds = Vec::new();
     let by_id: HashMap<Uuid, &T> = shadow.iter().map(|t| (id(t), t)).collect();
     let served_ids: HashSet<Uuid> = served.iter().map(&id).collect();
@@ -586,11 +767,22 @@ pub fn diff_lists<T>(served: &[T], shadow: &[T], id: impl Fn(&T) -> Uuid, same: 
     if shadow.iter().any(|t| !served_ids.contains(&id(t))) {
         kinds.push("extra");
     }
-    if served.iter().any(|t| by_id.get(&id(t)).is_some_and(|s| !same(t, s))) {
+    if served
+        .iter()
+        .any(|t| by_id.get(&id(t)).is_some_and(|s| !same(t, s)))
+    {
         kinds.push("content");
     }
-    let common_served: Vec<Uuid> = served.iter().map(&id).filter(|i| by_id.contains_key(i)).collect();
-    let common_shadow: Vec<Uuid> = shadow.iter().map(&id).filter(|i| served_ids.contains(i)).collect();
+    let common_served: Vec<Uuid> = served
+        .iter()
+        .map(&id)
+        .filter(|i| by_id.contains_key(i))
+        .collect();
+    let common_shadow: Vec<Uuid> = shadow
+        .iter()
+        .map(&id)
+        .filter(|i| served_ids.contains(i))
+        .collect();
     if common_served != common_shadow {
         kinds.push("order");
     }
@@ -607,7 +799,13 @@ pub fn compare_history(served: &HistoryPage, shadow: &HistoryPage) -> Vec<&'stat
     let mut shadow_items: &[StoredMessage] = &shadow.items;
     let (mut a, mut b);
     if served.next_cursor.is_some() || shadow.next_cursor.is_some() {
-        let cutoff = served.items.last().map(key).into_iter().chain(shadow.items.last().map(key)).max();
+        let cutoff = served
+            .items
+            .last()
+            .map(key)
+            .into_iter()
+            .chain(shadow.items.last().map(key))
+            .max();
         if let Some(cutoff) = cutoff {
             a = served.items.clone();
             a.retain(|m| key(m) >= cutoff);
@@ -621,7 +819,10 @@ pub fn compare_history(served: &HistoryPage, shadow: &HistoryPage) -> Vec<&'stat
 }
 
 /// A page of a user's rooms, and the total (`count` when they differ).
-pub fn compare_rooms_page(served: &(Vec<RoomView>, u64), shadow: &(Vec<RoomView>, u64)) -> Vec<&'static str> {
+pub fn compare_rooms_page(
+    served: &(Vec<RoomView>, u64),
+    shadow: &(Vec<RoomView>, u64),
+) -> Vec<&'static str> {
     let mut kinds = diff_lists(&served.0, &shadow.0, |r| r.id.0, rooms_equal);
     if served.1 != shadow.1 {
         kinds.push("count");
@@ -631,7 +832,11 @@ pub fn compare_rooms_page(served: &(Vec<RoomView>, u64), shadow: &(Vec<RoomView>
 
 /// Results of a read on both stores: both NotFound agree; found on one side only is `missing`
 /// (the shadow lacks it) or `extra` (only the shadow has it).
-pub fn compare_results<T>(served: &Result<T, String>, shadow: &Result<T, String>, compare: fn(&T, &T) -> Vec<&'static str>) -> Vec<&'static str> {
+pub fn compare_results<T>(
+    served: &Result<T, String>,
+    shadow: &Result<T, String>,
+    compare: fn(&T, &T) -> Vec<&'static str>,
+) -> Vec<&'static str> {
     match (served, shadow) {
         (Ok(a), Ok(b)) => compare(a, b),
         (Ok(_), Err(_)) => vec!["missing"],
@@ -657,8 +862,16 @@ mod tests {
     }
 
     fn page(ids: &[u128], more: bool) -> HistoryPage {
-        let items: Vec<StoredMessage> = ids.iter().map(|n| message(*n, 1_000 * *n as i64)).collect();
-        HistoryPage { next_cursor: if more { items.last().map(|m| m.id) } else { None }, items }
+        let items: Vec<StoredMessage> =
+            ids.iter().map(|n| message(*n, 1_000 * *n as i64)).collect();
+        HistoryPage {
+            next_cursor: if more {
+                items.last().map(|m| m.id)
+            } else {
+                None
+            },
+            items,
+        }
     }
 
     #[test]
@@ -671,18 +884,33 @@ mod tests {
 
     #[test]
     fn kinds_of_history_mismatch() {
-        assert_eq!(compare_history(&page(&[5, 4, 3], false), &page(&[5, 3], false)), vec!["missing"]);
-        assert_eq!(compare_history(&page(&[5, 3], false), &page(&[5, 4, 3], false)), vec!["extra"]);
+        assert_eq!(
+            compare_history(&page(&[5, 4, 3], false), &page(&[5, 3], false)),
+            vec!["missing"]
+        );
+        assert_eq!(
+            compare_history(&page(&[5, 3], false), &page(&[5, 4, 3], false)),
+            vec!["extra"]
+        );
         let mut changed = page(&[5, 4], false);
         changed.items[1].content = vec![9];
-        assert_eq!(compare_history(&page(&[5, 4], false), &changed), vec!["content"]);
-        assert_eq!(compare_history(&page(&[5, 4], false), &page(&[4, 5], false)), vec!["order"]);
+        assert_eq!(
+            compare_history(&page(&[5, 4], false), &changed),
+            vec!["content"]
+        );
+        assert_eq!(
+            compare_history(&page(&[5, 4], false), &page(&[4, 5], false)),
+            vec!["order"]
+        );
     }
 
     #[test]
     fn a_full_page_missing_one_message_counts_missing_only() {
         // Limit 3: the shadow lacks 4, so its page reaches down to 2.
-        assert_eq!(compare_history(&page(&[5, 4, 3], true), &page(&[5, 3, 2], true)), vec!["missing"]);
+        assert_eq!(
+            compare_history(&page(&[5, 4, 3], true), &page(&[5, 3, 2], true)),
+            vec!["missing"]
+        );
     }
 
     #[test]
@@ -696,12 +924,34 @@ mod tests {
             last_message_at: None,
             is_pinned: false,
         };
-        let other = RoomView { participants: vec![UserId(2), UserId(1)], last_message_at: Some(Utc::now()), ..room.clone() };
+        let other = RoomView {
+            participants: vec![UserId(2), UserId(1)],
+            last_message_at: Some(Utc::now()),
+            ..room.clone()
+        };
         assert!(rooms_equal(&room, &other));
-        assert!(!rooms_equal(&room, &RoomView { name: "x".into(), ..room.clone() }));
-        assert_eq!(compare_rooms_page(&(vec![room.clone()], 1), &(vec![other], 2)), vec!["count"]);
-        assert_eq!(compare_results::<RoomView>(&Ok(room.clone()), &Err("nf".into()), |_, _| vec![]), vec!["missing"]);
-        assert_eq!(compare_results::<RoomView>(&Err("nf".into()), &Ok(room), |_, _| vec![]), vec!["extra"]);
-        assert!(compare_results::<RoomView>(&Err("a".into()), &Err("b".into()), |_, _| vec![]).is_empty());
+        assert!(!rooms_equal(
+            &room,
+            &RoomView {
+                name: "x".into(),
+                ..room.clone()
+            }
+        ));
+        assert_eq!(
+            compare_rooms_page(&(vec![room.clone()], 1), &(vec![other], 2)),
+            vec!["count"]
+        );
+        assert_eq!(
+            compare_results::<RoomView>(&Ok(room.clone()), &Err("nf".into()), |_, _| vec![]),
+            vec!["missing"]
+        );
+        assert_eq!(
+            compare_results::<RoomView>(&Err("nf".into()), &Ok(room), |_, _| vec![]),
+            vec!["extra"]
+        );
+        assert!(
+            compare_results::<RoomView>(&Err("a".into()), &Err("b".into()), |_, _| vec![])
+                .is_empty()
+        );
     }
 }

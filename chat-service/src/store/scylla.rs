@@ -39,7 +39,10 @@ use scylla::value::{Counter, CqlTimeuuid};
 use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::store::{ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage};
+use crate::store::{
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomType,
+    RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+};
 
 /// The CQL schema, in order; entry `i` is version `i + 1`. Append only: an applied statement is
 /// never edited (add a new one, e.g. `ALTER TABLE`). Every statement is idempotent
@@ -114,23 +117,30 @@ pub struct CqlConfig {
 /// Parses a consistency level as CQL spells it: `ONE`, `LOCAL_ONE`, `QUORUM`, `LOCAL_QUORUM`,
 /// `EACH_QUORUM`, `ALL`, `TWO`, `THREE`, `ANY` (case-insensitive).
 pub fn parse_consistency(text: &str) -> Result<Consistency, String> {
-    Ok(match text.trim().to_ascii_uppercase().replace('-', "_").as_str() {
-        "ANY" => Consistency::Any,
-        "ONE" => Consistency::One,
-        "TWO" => Consistency::Two,
-        "THREE" => Consistency::Three,
-        "QUORUM" => Consistency::Quorum,
-        "ALL" => Consistency::All,
-        "LOCAL_QUORUM" => Consistency::LocalQuorum,
-        "EACH_QUORUM" => Consistency::EachQuorum,
-        "LOCAL_ONE" => Consistency::LocalOne,
-        other => return Err(format!("unknown consistency level {other:?}: use ONE, LOCAL_ONE, QUORUM, LOCAL_QUORUM, EACH_QUORUM, ALL")),
-    })
+    Ok(
+        match text.trim().to_ascii_uppercase().replace('-', "_").as_str() {
+            "ANY" => Consistency::Any,
+            "ONE" => Consistency::One,
+            "TWO" => Consistency::Two,
+            "THREE" => Consistency::Three,
+            "QUORUM" => Consistency::Quorum,
+            "ALL" => Consistency::All,
+            "LOCAL_QUORUM" => Consistency::LocalQuorum,
+            "EACH_QUORUM" => Consistency::EachQuorum,
+            "LOCAL_ONE" => Consistency::LocalOne,
+            other => {
+                return Err(format!(
+                    "unknown consistency level {other:?}: use ONE, LOCAL_ONE, QUORUM, LOCAL_QUORUM, EACH_QUORUM, ALL"
+                ));
+            }
+        },
+    )
 }
 
 fn attempt_unavailable(e: &RequestAttemptError) -> bool {
     match e {
-        RequestAttemptError::BrokenConnectionError(_) | RequestAttemptError::UnableToAllocStreamId => true,
+        RequestAttemptError::BrokenConnectionError(_)
+        | RequestAttemptError::UnableToAllocStreamId => true,
         RequestAttemptError::DbError(db, _) => matches!(
             db,
             DbError::Unavailable { .. }
@@ -149,12 +159,18 @@ fn attempt_unavailable(e: &RequestAttemptError) -> bool {
 /// statements, type mismatches) need an operator.
 fn classify(e: ExecutionError) -> StoreError {
     let unavailable = match &e {
-        ExecutionError::ConnectionPoolError(_) | ExecutionError::EmptyPlan | ExecutionError::RequestTimeout(_) => true,
+        ExecutionError::ConnectionPoolError(_)
+        | ExecutionError::EmptyPlan
+        | ExecutionError::RequestTimeout(_) => true,
         ExecutionError::LastAttemptError(a) => attempt_unavailable(a),
         ExecutionError::PrepareError(p) => prepare_unavailable(p),
         _ => false,
     };
-    if unavailable { StoreError::Unavailable(e.to_string()) } else { StoreError::Internal(e.to_string()) }
+    if unavailable {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(e.to_string())
+    }
 }
 
 fn prepare_unavailable(e: &PrepareError) -> bool {
@@ -166,12 +182,18 @@ fn prepare_unavailable(e: &PrepareError) -> bool {
 }
 
 fn classify_prepare(e: PrepareError) -> StoreError {
-    if prepare_unavailable(&e) { StoreError::Unavailable(e.to_string()) } else { StoreError::Internal(e.to_string()) }
+    if prepare_unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Internal(e.to_string())
+    }
 }
 
 fn classify_session(e: NewSessionError) -> StoreError {
     match e {
-        NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_) => StoreError::Internal(e.to_string()),
+        NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_) => {
+            StoreError::Internal(e.to_string())
+        }
         _ => StoreError::Unavailable(e.to_string()),
     }
 }
@@ -186,7 +208,10 @@ where
     R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
 {
     let rows = result.into_rows_result().map_err(decode)?;
-    rows.rows::<R>().map_err(decode)?.collect::<Result<Vec<R>, _>>().map_err(decode)
+    rows.rows::<R>()
+        .map_err(decode)?
+        .collect::<Result<Vec<R>, _>>()
+        .map_err(decode)
 }
 
 fn first_row<R>(result: QueryResult) -> StoreResult<Option<R>>
@@ -200,7 +225,10 @@ where
 /// Whether a lightweight transaction applied (its first column is `[applied]`).
 fn applied(result: QueryResult) -> StoreResult<bool> {
     let rows = result.into_rows_result().map_err(decode)?;
-    let (i, _) = rows.column_specs().get_by_name("[applied]").ok_or_else(|| decode("no [applied] column"))?;
+    let (i, _) = rows
+        .column_specs()
+        .get_by_name("[applied]")
+        .ok_or_else(|| decode("no [applied] column"))?;
     let row: scylla::value::Row = rows.first_row().map_err(decode)?;
     match row.columns.get(i) {
         Some(Some(scylla::value::CqlValue::Boolean(b))) => Ok(*b),
@@ -213,7 +241,8 @@ fn micros(t: DateTime<Utc>) -> i64 {
 }
 
 fn from_micros(us: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(us).ok_or_else(|| StoreError::Internal(format!("time {us} out of range")))
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| StoreError::Internal(format!("time {us} out of range")))
 }
 
 fn timeuuid(id: MessageId) -> CqlTimeuuid {
@@ -275,7 +304,12 @@ struct Statements {
 
 impl Statements {
     async fn prepare(session: &Session, keyspace: &str) -> StoreResult<Self> {
-        let p = |cql: &'static str| async move { session.prepare(cql.replace("{ks}", keyspace)).await.map_err(classify_prepare) };
+        let p = |cql: &'static str| async move {
+            session
+                .prepare(cql.replace("{ks}", keyspace))
+                .await
+                .map_err(classify_prepare)
+        };
         Ok(Statements {
             ping: p("SELECT release_version FROM system.local WHERE key = 'local'").await?,
             insert_room: p("INSERT INTO {ks}.room_details (room_id, name, type, created_by, created_at) VALUES (?, ?, ?, ?, ?)").await?,
@@ -325,7 +359,10 @@ impl CqlStore {
     /// Connects to the cluster, uses the keyspace, applies the schema and prepares the
     /// statements. The keyspace must exist.
     pub async fn connect(config: &CqlConfig) -> StoreResult<Self> {
-        let profile = ExecutionProfile::builder().consistency(config.consistency).request_timeout(Some(Duration::from_secs(5))).build();
+        let profile = ExecutionProfile::builder()
+            .consistency(config.consistency)
+            .request_timeout(Some(Duration::from_secs(5)))
+            .build();
         let session = SessionBuilder::new()
             .known_nodes(&config.contact_points)
             .connection_timeout(Duration::from_secs(5))
@@ -336,12 +373,29 @@ impl CqlStore {
         // Table names are qualified with the keyspace (no `USE`: prepared statements and a
         // session keyspace are ambiguous, and Cassandra warns about it on every prepare).
         let keyspace = config.keyspace.to_ascii_lowercase();
-        if keyspace.is_empty() || keyspace.len() > 48 || !keyspace.starts_with(|c: char| c.is_ascii_alphabetic()) || !keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(StoreError::Internal(format!("CQL keyspace {:?} is not a valid unquoted name (a letter, then letters, digits, _; at most 48)", config.keyspace)));
+        if keyspace.is_empty()
+            || keyspace.len() > 48
+            || !keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !keyspace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::Internal(format!(
+                "CQL keyspace {:?} is not a valid unquoted name (a letter, then letters, digits, _; at most 48)",
+                config.keyspace
+            )));
         }
-        let found = session.query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?", (&keyspace,)).await.map_err(classify)?;
+        let found = session
+            .query_unpaged(
+                "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+                (&keyspace,),
+            )
+            .await
+            .map_err(classify)?;
         if first_row::<(String,)>(found)?.is_none() {
-            return Err(StoreError::Internal(format!("CQL keyspace {keyspace:?} does not exist: create it first (its replication is a deployment choice)")));
+            return Err(StoreError::Internal(format!(
+                "CQL keyspace {keyspace:?} does not exist: create it first (its replication is a deployment choice)"
+            )));
         }
         migrate(&session, &keyspace).await?;
         let st = Statements::prepare(&session, &keyspace).await?;
@@ -352,12 +406,23 @@ impl CqlStore {
         &self.session
     }
 
-    async fn exec(&self, statement: &PreparedStatement, values: impl scylla::serialize::row::SerializeRow) -> StoreResult<QueryResult> {
-        self.session.execute_unpaged(statement, values).await.map_err(classify)
+    async fn exec(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<QueryResult> {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(classify)
     }
 
     /// Writes `rows` of one partition in batches of [`BATCH_ROWS`].
-    async fn batch_in_partition<V>(&self, statement: &PreparedStatement, rows: Vec<V>) -> StoreResult<()>
+    async fn batch_in_partition<V>(
+        &self,
+        statement: &PreparedStatement,
+        rows: Vec<V>,
+    ) -> StoreResult<()>
     where
         V: scylla::serialize::row::SerializeRow,
     {
@@ -375,35 +440,87 @@ impl CqlStore {
 
     async fn create_room_query(&self, room: NewRoom) -> StoreResult<RoomView> {
         let created = micros(room.created_at);
-        let members: Vec<_> =
-            room.participants.iter().map(|u| (room.id.0, u.0, if *u == room.created_by { "owner" } else { "member" }, created)).collect();
-        self.batch_in_partition(&self.st.insert_participant, members).await?;
+        let members: Vec<_> = room
+            .participants
+            .iter()
+            .map(|u| {
+                (
+                    room.id.0,
+                    u.0,
+                    if *u == room.created_by {
+                        "owner"
+                    } else {
+                        "member"
+                    },
+                    created,
+                )
+            })
+            .collect();
+        self.batch_in_partition(&self.st.insert_participant, members)
+            .await?;
         let (name, room_type) = (room.name.as_str(), room.room_type.as_str());
         let users: Vec<i32> = room.participants.iter().map(|u| u.0).collect();
-        futures::stream::iter(users.into_iter().map(|u| self.exec(&self.st.insert_room_for_user, (u, room.id.0, name, room_type, created))))
-            .buffer_unordered(FAN_OUT)
-            .try_collect::<Vec<_>>()
-            .await?;
+        futures::stream::iter(users.into_iter().map(|u| {
+            self.exec(
+                &self.st.insert_room_for_user,
+                (u, room.id.0, name, room_type, created),
+            )
+        }))
+        .buffer_unordered(FAN_OUT)
+        .try_collect::<Vec<_>>()
+        .await?;
         // Last: the room exists (room_access finds it) only once its members are written.
-        self.exec(&self.st.insert_room, (room.id.0, &room.name, room.room_type.as_str(), room.created_by.0, created)).await?;
+        self.exec(
+            &self.st.insert_room,
+            (
+                room.id.0,
+                &room.name,
+                room.room_type.as_str(),
+                room.created_by.0,
+                created,
+            ),
+        )
+        .await?;
         let mut participants = room.participants;
         participants.sort();
-        Ok(RoomView { id: room.id, name: room.name, room_type: room.room_type, participants, created_at: room.created_at, last_message_at: None, is_pinned: false })
+        Ok(RoomView {
+            id: room.id,
+            name: room.name,
+            room_type: room.room_type,
+            participants,
+            created_at: room.created_at,
+            last_message_at: None,
+            is_pinned: false,
+        })
     }
 
     async fn room_row(&self, room: RoomId) -> StoreResult<RoomRow> {
-        first_row::<RoomRow>(self.exec(&self.st.select_room, (room.0,)).await?)?.ok_or_else(|| StoreError::NotFound(format!("room {room}")))
+        first_row::<RoomRow>(self.exec(&self.st.select_room, (room.0,)).await?)?
+            .ok_or_else(|| StoreError::NotFound(format!("room {room}")))
     }
 
     /// Current members, ascending (the clustering order).
     async fn members(&self, room: RoomId) -> StoreResult<Vec<UserId>> {
-        let rows = rows::<(i32, Option<i64>)>(self.exec(&self.st.select_participants, (room.0,)).await?)?;
-        Ok(rows.into_iter().filter(|(_, removed)| removed.is_none()).map(|(u, _)| UserId(u)).collect())
+        let rows =
+            rows::<(i32, Option<i64>)>(self.exec(&self.st.select_participants, (room.0,)).await?)?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, removed)| removed.is_none())
+            .map(|(u, _)| UserId(u))
+            .collect())
     }
 
     async fn get_room_query(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
-        let pinned = async { Ok(first_row::<(Option<bool>,)>(self.exec(&self.st.select_user_room, (viewer.0, room.0)).await?)?.and_then(|(p,)| p).unwrap_or(false)) };
-        let ((name, room_type, created_at, last_message_at), participants, is_pinned) = tokio::try_join!(self.room_row(room), self.members(room), pinned)?;
+        let pinned = async {
+            Ok(first_row::<(Option<bool>,)>(
+                self.exec(&self.st.select_user_room, (viewer.0, room.0))
+                    .await?,
+            )?
+            .and_then(|(p,)| p)
+            .unwrap_or(false))
+        };
+        let ((name, room_type, created_at, last_message_at), participants, is_pinned) =
+            tokio::try_join!(self.room_row(room), self.members(room), pinned)?;
         Ok(RoomView {
             id: room,
             name,
@@ -416,41 +533,78 @@ impl CqlStore {
     }
 
     async fn room_access_query(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
-        let member = async { first_row::<(Option<i64>,)>(self.exec(&self.st.select_participant, (room.0, user.0)).await?) };
+        let member = async {
+            first_row::<(Option<i64>,)>(
+                self.exec(&self.st.select_participant, (room.0, user.0))
+                    .await?,
+            )
+        };
         let ((_, room_type, _, _), member) = tokio::try_join!(self.room_row(room), member)?;
-        Ok(RoomAccess { room_type: parse_type(room, &room_type)?, is_member: matches!(member, Some((None,))) })
+        Ok(RoomAccess {
+            room_type: parse_type(room, &room_type)?,
+            is_member: matches!(member, Some((None,))),
+        })
     }
 
     /// The user's rooms from `rooms_by_user`. A row without `type` is the remains of a row
     /// deleted on leave that a concurrent send's fan-out updated again: not a membership.
-    async fn user_rooms(&self, user: UserId) -> StoreResult<Vec<(Uuid, String, String, i64, bool, Option<i64>)>> {
-        type Row = (Uuid, Option<String>, Option<String>, Option<i64>, Option<bool>, Option<i64>);
+    async fn user_rooms(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<(Uuid, String, String, i64, bool, Option<i64>)>> {
+        type Row = (
+            Uuid,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<bool>,
+            Option<i64>,
+        );
         let rows = rows::<Row>(self.exec(&self.st.select_user_rooms, (user.0,)).await?)?;
         Ok(rows
             .into_iter()
-            .filter_map(|(id, name, ty, created, pinned, last)| Some((id, name.unwrap_or_default(), ty?, created?, pinned.unwrap_or(false), last)))
+            .filter_map(|(id, name, ty, created, pinned, last)| {
+                Some((
+                    id,
+                    name.unwrap_or_default(),
+                    ty?,
+                    created?,
+                    pinned.unwrap_or(false),
+                    last,
+                ))
+            })
             .collect())
     }
 
-    async fn rooms_for_user_query(&self, user: UserId, page: PageRequest) -> StoreResult<(Vec<RoomView>, u64)> {
+    async fn rooms_for_user_query(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> StoreResult<(Vec<RoomView>, u64)> {
         let mut rooms = self.user_rooms(user).await?;
         let total = rooms.len() as u64;
         // Pinned first, then latest activity (last message, else creation), then id: as PostgreSQL.
         rooms.sort_by_key(|r| std::cmp::Reverse((r.4, r.5.unwrap_or(r.3), r.0)));
         let offset = usize::try_from(page.offset()).unwrap_or(usize::MAX);
-        let picked: Vec<_> = rooms.into_iter().skip(offset).take(page.limit as usize).collect();
-        let views = futures::stream::iter(picked.into_iter().map(|(id, name, ty, created, is_pinned, last)| async move {
-            let room = RoomId(id);
-            Ok::<_, StoreError>(RoomView {
-                id: room,
-                name,
-                room_type: parse_type(room, &ty)?,
-                participants: self.members(room).await?,
-                created_at: from_micros(created)?,
-                last_message_at: last.map(from_micros).transpose()?,
-                is_pinned,
-            })
-        }))
+        let picked: Vec<_> = rooms
+            .into_iter()
+            .skip(offset)
+            .take(page.limit as usize)
+            .collect();
+        let views = futures::stream::iter(picked.into_iter().map(
+            |(id, name, ty, created, is_pinned, last)| async move {
+                let room = RoomId(id);
+                Ok::<_, StoreError>(RoomView {
+                    id: room,
+                    name,
+                    room_type: parse_type(room, &ty)?,
+                    participants: self.members(room).await?,
+                    created_at: from_micros(created)?,
+                    last_message_at: last.map(from_micros).transpose()?,
+                    is_pinned,
+                })
+            },
+        ))
         .buffered(FAN_OUT)
         .try_collect::<Vec<_>>()
         .await?;
@@ -458,24 +612,48 @@ impl CqlStore {
     }
 
     async fn room_ids_query(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
-        Ok(self.user_rooms(user).await?.into_iter().map(|r| RoomId(r.0)).collect())
+        Ok(self
+            .user_rooms(user)
+            .await?
+            .into_iter()
+            .map(|r| RoomId(r.0))
+            .collect())
     }
 
-    async fn leave_room_query(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn leave_room_query(
+        &self,
+        room: RoomId,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         // The LWT's condition on a missing row would insert one: check existence first.
-        match first_row::<(Option<i64>,)>(self.exec(&self.st.select_participant, (room.0, user.0)).await?)? {
+        match first_row::<(Option<i64>,)>(
+            self.exec(&self.st.select_participant, (room.0, user.0))
+                .await?,
+        )? {
             Some((None,)) => {}
             _ => return Ok(false),
         }
-        let left = applied(self.exec(&self.st.leave, (micros(at), room.0, user.0)).await?)?;
+        let left = applied(
+            self.exec(&self.st.leave, (micros(at), room.0, user.0))
+                .await?,
+        )?;
         // Also on a retry (`left` false because an earlier attempt applied): idempotent.
-        self.exec(&self.st.delete_room_for_user, (user.0, room.0)).await?;
+        self.exec(&self.st.delete_room_for_user, (user.0, room.0))
+            .await?;
         // The unread counter stays: a deleted counter cannot safely be written again.
         Ok(left)
     }
 
-    async fn read_message(&self, room: RoomId, id: MessageId) -> StoreResult<Option<(i32, Vec<u8>, String, Option<bool>)>> {
-        first_row(self.exec(&self.st.select_message, (room.0, timeuuid(id))).await?)
+    async fn read_message(
+        &self,
+        room: RoomId,
+        id: MessageId,
+    ) -> StoreResult<Option<(i32, Vec<u8>, String, Option<bool>)>> {
+        first_row(
+            self.exec(&self.st.select_message, (room.0, timeuuid(id)))
+                .await?,
+        )
     }
 
     /// Idempotent by id. The claim (`message_rooms ... IF NOT EXISTS`, a lightweight
@@ -489,14 +667,47 @@ impl CqlStore {
     ///   So unread counters are at-most-once: a first write that died after the claim and
     ///   before its counter updates leaves them one short, never double.
     async fn insert_message_query(&self, message: NewMessage) -> StoreResult<StoredMessage> {
-        let claim = self.exec(&self.st.claim_message, (timeuuid(message.id), message.room_id.0, message.sender_id.0)).await?;
+        let claim = self
+            .exec(
+                &self.st.claim_message,
+                (timeuuid(message.id), message.room_id.0, message.sender_id.0),
+            )
+            .await?;
         let first = applied_claim(claim, &message)?;
-        if !first && let Some((sender, content, message_type, _)) = self.read_message(message.room_id, message.id).await? {
-            let existing = StoredMessage { id: message.id, room_id: message.room_id, sender_id: UserId(sender), content, message_type, created_at: message.created_at };
-            self.fan_out(&NewMessage { content: existing.content.clone(), message_type: existing.message_type.clone(), ..message }, false).await?;
+        if !first
+            && let Some((sender, content, message_type, _)) =
+                self.read_message(message.room_id, message.id).await?
+        {
+            let existing = StoredMessage {
+                id: message.id,
+                room_id: message.room_id,
+                sender_id: UserId(sender),
+                content,
+                message_type,
+                created_at: message.created_at,
+            };
+            self.fan_out(
+                &NewMessage {
+                    content: existing.content.clone(),
+                    message_type: existing.message_type.clone(),
+                    ..message
+                },
+                false,
+            )
+            .await?;
             return Ok(existing);
         }
-        self.exec(&self.st.insert_message, (message.room_id.0, timeuuid(message.id), message.sender_id.0, &message.content, &message.message_type)).await?;
+        self.exec(
+            &self.st.insert_message,
+            (
+                message.room_id.0,
+                timeuuid(message.id),
+                message.sender_id.0,
+                &message.content,
+                &message.message_type,
+            ),
+        )
+        .await?;
         self.fan_out(&message, first).await?;
         Ok(message.into())
     }
@@ -507,28 +718,48 @@ impl CqlStore {
         let ts = write_time(message);
         let at = micros(message.created_at);
         let room = message.room_id.0;
-        self.exec(&self.st.room_last_message, (ts, at, room)).await?;
+        self.exec(&self.st.room_last_message, (ts, at, room))
+            .await?;
         let members = self.members(message.room_id).await?;
         let id = timeuuid(message.id);
-        let (sender, message_type, content) = (message.sender_id.0, message.message_type.as_str(), message.content.as_slice());
+        let (sender, message_type, content) = (
+            message.sender_id.0,
+            message.message_type.as_str(),
+            message.content.as_slice(),
+        );
         let mut writes = Vec::with_capacity(members.len() * 2);
         for u in members.into_iter().map(|u| u.0) {
-            writes.push(futures::future::Either::Left(self.exec(&self.st.user_room_last_message, (ts, at, id, sender, message_type, content, u, room))));
+            writes.push(futures::future::Either::Left(self.exec(
+                &self.st.user_room_last_message,
+                (ts, at, id, sender, message_type, content, u, room),
+            )));
             if count && u != sender {
-                writes.push(futures::future::Either::Right(self.exec(&self.st.add_unread, (Counter(1), u, room))));
+                writes.push(futures::future::Either::Right(
+                    self.exec(&self.st.add_unread, (Counter(1), u, room)),
+                ));
             }
         }
-        futures::stream::iter(writes).buffer_unordered(FAN_OUT).try_collect::<Vec<_>>().await?;
+        futures::stream::iter(writes)
+            .buffer_unordered(FAN_OUT)
+            .try_collect::<Vec<_>>()
+            .await?;
         Ok(())
     }
 
-    async fn history_query(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreResult<HistoryPage> {
+    async fn history_query(
+        &self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreResult<HistoryPage> {
         let mut cursor = match before {
             None => None,
             Some(c) => {
                 // The cursor must be a message of this room; a deleted one still marks a position.
                 if self.read_message(room, c).await?.is_none() {
-                    return Err(StoreError::NotFound(format!("message {c} (the `before` cursor) in room {room}")));
+                    return Err(StoreError::NotFound(format!(
+                        "message {c} (the `before` cursor) in room {room}"
+                    )));
                 }
                 Some(timeuuid(c))
             }
@@ -541,7 +772,10 @@ impl CqlStore {
             let fetch = i32::try_from(want - found.len()).unwrap_or(i32::MAX);
             let result = match cursor {
                 None => self.exec(&self.st.history_first, (room.0, fetch)).await?,
-                Some(c) => self.exec(&self.st.history_before, (room.0, c, fetch)).await?,
+                Some(c) => {
+                    self.exec(&self.st.history_before, (room.0, c, fetch))
+                        .await?
+                }
             };
             let batch = rows::<MessageRow>(result)?;
             let exhausted = batch.len() < fetch as usize;
@@ -551,8 +785,17 @@ impl CqlStore {
                     continue;
                 }
                 let id = message_id(id);
-                let created_at = id.created_at().ok_or_else(|| StoreError::Internal(format!("message id {id} is not a timeuuid")))?;
-                found.push(StoredMessage { id, room_id: room, sender_id: UserId(sender), content, message_type, created_at });
+                let created_at = id.created_at().ok_or_else(|| {
+                    StoreError::Internal(format!("message id {id} is not a timeuuid"))
+                })?;
+                found.push(StoredMessage {
+                    id,
+                    room_id: room,
+                    sender_id: UserId(sender),
+                    content,
+                    message_type,
+                    created_at,
+                });
             }
             if exhausted || found.len() >= want {
                 break;
@@ -562,12 +805,22 @@ impl CqlStore {
     }
 
     /// Candidate messages of a read marker: `(id, sender, deleted)`.
-    async fn marker_candidates(&self, room: RoomId, marker: &ReadMarker) -> StoreResult<Vec<(CqlTimeuuid, i32, Option<bool>)>> {
+    async fn marker_candidates(
+        &self,
+        room: RoomId,
+        marker: &ReadMarker,
+    ) -> StoreResult<Vec<(CqlTimeuuid, i32, Option<bool>)>> {
         type Row = (CqlTimeuuid, i32, Option<bool>);
         match marker {
             ReadMarker::Ids(ids) => {
                 // Only time-based ids can be messages; others are ignored like ids of other rooms.
-                let ids: Vec<CqlTimeuuid> = ids.iter().filter(|id| id.0.get_version_num() == 1).map(|id| timeuuid(*id)).collect::<HashSet<_>>().into_iter().collect();
+                let ids: Vec<CqlTimeuuid> = ids
+                    .iter()
+                    .filter(|id| id.0.get_version_num() == 1)
+                    .map(|id| timeuuid(*id))
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
                 if ids.is_empty() {
                     return Ok(vec![]);
                 }
@@ -579,13 +832,26 @@ impl CqlStore {
                 let mut upper: Option<CqlTimeuuid> = None;
                 loop {
                     let result = match upper {
-                        None => self.exec(&self.st.messages_since, (room.0, lower, SCAN_ROWS)).await?,
-                        Some(u) => self.exec(&self.st.messages_since_before, (room.0, lower, u, SCAN_ROWS)).await?,
+                        None => {
+                            self.exec(&self.st.messages_since, (room.0, lower, SCAN_ROWS))
+                                .await?
+                        }
+                        Some(u) => {
+                            self.exec(
+                                &self.st.messages_since_before,
+                                (room.0, lower, u, SCAN_ROWS),
+                            )
+                            .await?
+                        }
                     };
                     let batch = rows::<Row>(result)?;
                     let done = batch.len() < SCAN_ROWS as usize;
                     upper = batch.last().map(|r| r.0);
-                    all.extend(batch.into_iter().filter(|r| message_id(r.0).created_at().is_some_and(|t| t >= *since)));
+                    all.extend(
+                        batch
+                            .into_iter()
+                            .filter(|r| message_id(r.0).created_at().is_some_and(|t| t >= *since)),
+                    );
                     if done {
                         return Ok(all);
                     }
@@ -596,36 +862,87 @@ impl CqlStore {
 
     /// Read markers are written after reading which exist; two concurrent marks of the same
     /// messages by the same member may both count them (the markers themselves stay exact).
-    async fn mark_read_query(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreResult<u64> {
-        let candidates: Vec<CqlTimeuuid> =
-            self.marker_candidates(room, &marker).await?.into_iter().filter(|(_, sender, deleted)| *sender != user.0 && *deleted != Some(true)).map(|r| r.0).collect();
+    async fn mark_read_query(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: ReadMarker,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let candidates: Vec<CqlTimeuuid> = self
+            .marker_candidates(room, &marker)
+            .await?
+            .into_iter()
+            .filter(|(_, sender, deleted)| *sender != user.0 && *deleted != Some(true))
+            .map(|r| r.0)
+            .collect();
         if candidates.is_empty() {
             return Ok(0);
         }
         let already: HashSet<CqlTimeuuid> = match &marker {
-            ReadMarker::Ids(_) => rows::<(CqlTimeuuid,)>(self.exec(&self.st.read_in, (room.0, user.0, candidates.clone())).await?)?,
-            ReadMarker::Since(since) => rows::<(CqlTimeuuid,)>(self.exec(&self.st.read_since, (room.0, user.0, timeuuid_lower_bound(*since))).await?)?,
+            ReadMarker::Ids(_) => rows::<(CqlTimeuuid,)>(
+                self.exec(&self.st.read_in, (room.0, user.0, candidates.clone()))
+                    .await?,
+            )?,
+            ReadMarker::Since(since) => rows::<(CqlTimeuuid,)>(
+                self.exec(
+                    &self.st.read_since,
+                    (room.0, user.0, timeuuid_lower_bound(*since)),
+                )
+                .await?,
+            )?,
         }
         .into_iter()
         .map(|(id,)| id)
         .collect();
-        let new: Vec<CqlTimeuuid> = candidates.into_iter().filter(|id| !already.contains(id)).collect();
+        let new: Vec<CqlTimeuuid> = candidates
+            .into_iter()
+            .filter(|id| !already.contains(id))
+            .collect();
         if new.is_empty() {
             return Ok(0);
         }
         let read_at = micros(at);
-        self.batch_in_partition(&self.st.insert_read, new.iter().map(|id| (room.0, user.0, *id, read_at)).collect()).await?;
+        self.batch_in_partition(
+            &self.st.insert_read,
+            new.iter()
+                .map(|id| (room.0, user.0, *id, read_at))
+                .collect(),
+        )
+        .await?;
         // The newest message read; stamped with its time so the newest marker wins.
-        if let Some(newest) = new.iter().map(|id| message_id(*id)).filter_map(|id| id.created_at().map(|t| (t, id))).max() {
-            self.exec(&self.st.last_read, (micros(newest.0), timeuuid(newest.1), room.0, user.0)).await?;
+        if let Some(newest) = new
+            .iter()
+            .map(|id| message_id(*id))
+            .filter_map(|id| id.created_at().map(|t| (t, id)))
+            .max()
+        {
+            self.exec(
+                &self.st.last_read,
+                (micros(newest.0), timeuuid(newest.1), room.0, user.0),
+            )
+            .await?;
         }
         let n = new.len() as u64;
-        self.exec(&self.st.add_unread, (Counter(-(n as i64)), user.0, room.0)).await?;
+        self.exec(&self.st.add_unread, (Counter(-(n as i64)), user.0, room.0))
+            .await?;
         Ok(n)
     }
 
-    async fn react_query(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreResult<bool> {
-        applied(self.exec(&self.st.insert_reaction, (timeuuid(message), user.0, reaction, micros(at))).await?)
+    async fn react_query(
+        &self,
+        message: MessageId,
+        user: UserId,
+        reaction: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        applied(
+            self.exec(
+                &self.st.insert_reaction,
+                (timeuuid(message), user.0, reaction, micros(at)),
+            )
+            .await?,
+        )
     }
 
     async fn message_room_query(&self, message: MessageId) -> StoreResult<RoomId> {
@@ -633,7 +950,11 @@ impl CqlStore {
         if message.0.get_version_num() != 1 {
             return Err(not_found());
         }
-        let (room,): (Uuid,) = first_row(self.exec(&self.st.select_message_room, (timeuuid(message),)).await?)?.ok_or_else(not_found)?;
+        let (room,): (Uuid,) = first_row(
+            self.exec(&self.st.select_message_room, (timeuuid(message),))
+                .await?,
+        )?
+        .ok_or_else(not_found)?;
         let room = RoomId(room);
         match self.read_message(room, message).await? {
             Some((_, _, _, deleted)) if deleted != Some(true) => Ok(room),
@@ -662,7 +983,10 @@ fn applied_claim(result: QueryResult, message: &NewMessage) -> StoreResult<bool>
                 _ => None,
             };
             if room != Some(message.room_id.0) || sender != Some(message.sender_id.0) {
-                return Err(StoreError::Conflict(format!("message id {} already belongs to another message", message.id)));
+                return Err(StoreError::Conflict(format!(
+                    "message id {} already belongs to another message",
+                    message.id
+                )));
             }
             Ok(false)
         }
@@ -671,18 +995,35 @@ fn applied_claim(result: QueryResult, message: &NewMessage) -> StoreResult<bool>
 }
 
 fn parse_type(room: RoomId, text: &str) -> StoreResult<RoomType> {
-    RoomType::parse(text).ok_or_else(|| StoreError::Internal(format!("room {room} has unknown type {text:?}")))
+    RoomType::parse(text)
+        .ok_or_else(|| StoreError::Internal(format!("room {room} has unknown type {text:?}")))
 }
 
 /// Applies the statements of [`SCHEMA`] not yet recorded in `schema_version`, in order, in
 /// `keyspace` (each statement's `{ks}`).
 pub async fn migrate(session: &Session, keyspace: &str) -> StoreResult<()> {
     let ks = |cql: &str| cql.replace("{ks}", keyspace);
-    session.query_unpaged(ks(SCHEMA_VERSION_TABLE), &[]).await.map_err(classify)?;
-    let applied = session.query_unpaged(ks("SELECT version FROM {ks}.schema_version WHERE component = ? LIMIT 1"), (COMPONENT,)).await.map_err(classify)?;
+    session
+        .query_unpaged(ks(SCHEMA_VERSION_TABLE), &[])
+        .await
+        .map_err(classify)?;
+    let applied = session
+        .query_unpaged(
+            ks("SELECT version FROM {ks}.schema_version WHERE component = ? LIMIT 1"),
+            (COMPONENT,),
+        )
+        .await
+        .map_err(classify)?;
     let current = first_row::<(i32,)>(applied)?.map(|(v,)| v).unwrap_or(0);
-    for (i, cql) in SCHEMA.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
-        session.query_unpaged(ks(cql), &[]).await.map_err(classify)?;
+    for (i, cql) in SCHEMA
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
+        session
+            .query_unpaged(ks(cql), &[])
+            .await
+            .map_err(classify)?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         session
             .query_unpaged(
@@ -720,7 +1061,11 @@ impl ChatStore for CqlStore {
         Box::pin(self.room_access_query(room, user))
     }
 
-    fn rooms_for_user(&self, user: UserId, page: PageRequest) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+    fn rooms_for_user(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
         Box::pin(self.rooms_for_user_query(user, page))
     }
 
@@ -736,15 +1081,32 @@ impl ChatStore for CqlStore {
         Box::pin(self.insert_message_query(message))
     }
 
-    fn history(&self, room: RoomId, before: Option<MessageId>, limit: u32) -> StoreFuture<'_, HistoryPage> {
+    fn history(
+        &self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreFuture<'_, HistoryPage> {
         Box::pin(self.history_query(room, before, limit))
     }
 
-    fn mark_read(&self, room: RoomId, user: UserId, marker: ReadMarker, at: DateTime<Utc>) -> StoreFuture<'_, u64> {
+    fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: ReadMarker,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, u64> {
         Box::pin(self.mark_read_query(room, user, marker, at))
     }
 
-    fn react(&self, message: MessageId, user: UserId, reaction: String, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+    fn react(
+        &self,
+        message: MessageId,
+        user: UserId,
+        reaction: String,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
         Box::pin(self.react_query(message, user, reaction, at))
     }
 
@@ -811,7 +1173,12 @@ impl CqlStore {
         let keyspace = keyspace.to_ascii_lowercase();
         let session = &self.session;
         let ks = keyspace.as_str();
-        let p = |cql: &'static str| async move { session.prepare(cql.replace("{ks}", ks)).await.map_err(classify_prepare) };
+        let p = |cql: &'static str| async move {
+            session
+                .prepare(cql.replace("{ks}", ks))
+                .await
+                .map_err(classify_prepare)
+        };
         let st = BackfillStatements {
             insert_message: p("INSERT INTO {ks}.messages_by_room (room_id, message_id, sender_id, content, type, deleted) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?").await?,
             insert_message_room: p("INSERT INTO {ks}.message_rooms (message_id, room_id, sender_id) VALUES (?, ?, ?) USING TIMESTAMP ?").await?,
@@ -826,7 +1193,11 @@ impl CqlStore {
             select_message: p("SELECT sender_id, content, type, deleted FROM {ks}.messages_by_room WHERE room_id = ? AND message_id = ?").await?,
             select_room: p("SELECT room_id FROM {ks}.room_details WHERE room_id = ?").await?,
         };
-        Ok(CqlBackfill { store: self, st, keyspace })
+        Ok(CqlBackfill {
+            store: self,
+            st,
+            keyspace,
+        })
     }
 }
 
@@ -834,14 +1205,40 @@ impl CqlBackfill<'_> {
     /// Writes one chunk of a room's messages (`messages_by_room` in unlogged single-partition
     /// batches, then `message_rooms`), every cell stamped `ts` (µs). Messages whose id is not a
     /// timeuuid cannot be keyed in CQL: they are returned, not written.
-    pub async fn write_messages(&self, room: RoomId, messages: &[BackfillMessage], ts: i64) -> StoreResult<Vec<MessageId>> {
-        let (ok, bad): (Vec<&BackfillMessage>, Vec<&BackfillMessage>) = messages.iter().partition(|m| m.id.0.get_version_num() == 1);
-        let rows: Vec<_> = ok.iter().map(|m| (room.0, timeuuid(m.id), m.sender_id.0, m.content.as_slice(), m.message_type.as_str(), m.deleted, ts)).collect();
-        self.store.batch_in_partition(&self.st.insert_message, rows).await?;
-        futures::stream::iter(ok.iter().map(|m| self.store.exec(&self.st.insert_message_room, (timeuuid(m.id), room.0, m.sender_id.0, ts))))
-            .buffer_unordered(FAN_OUT)
-            .try_collect::<Vec<_>>()
+    pub async fn write_messages(
+        &self,
+        room: RoomId,
+        messages: &[BackfillMessage],
+        ts: i64,
+    ) -> StoreResult<Vec<MessageId>> {
+        let (ok, bad): (Vec<&BackfillMessage>, Vec<&BackfillMessage>) =
+            messages.iter().partition(|m| m.id.0.get_version_num() == 1);
+        let rows: Vec<_> = ok
+            .iter()
+            .map(|m| {
+                (
+                    room.0,
+                    timeuuid(m.id),
+                    m.sender_id.0,
+                    m.content.as_slice(),
+                    m.message_type.as_str(),
+                    m.deleted,
+                    ts,
+                )
+            })
+            .collect();
+        self.store
+            .batch_in_partition(&self.st.insert_message, rows)
             .await?;
+        futures::stream::iter(ok.iter().map(|m| {
+            self.store.exec(
+                &self.st.insert_message_room,
+                (timeuuid(m.id), room.0, m.sender_id.0, ts),
+            )
+        }))
+        .buffer_unordered(FAN_OUT)
+        .try_collect::<Vec<_>>()
+        .await?;
         Ok(bad.into_iter().map(|m| m.id).collect())
     }
 
@@ -849,9 +1246,29 @@ impl CqlBackfill<'_> {
     /// row (with the newest live message, if any), then `room_details` (last, as on the live
     /// path: the room exists for `room_access` once the rest is there). Every cell stamped `ts`.
     /// Unread counters are not written (a counter cannot carry a write timestamp).
-    pub async fn write_room(&self, room: &BackfillRoom, last: Option<&BackfillMessage>, ts: i64) -> StoreResult<()> {
-        let members: Vec<_> = room.members.iter().map(|m| (room.id.0, m.user_id.0, m.role.as_str(), micros(m.joined_at), m.removed_at.map(micros), ts)).collect();
-        self.store.batch_in_partition(&self.st.insert_participant, members).await?;
+    pub async fn write_room(
+        &self,
+        room: &BackfillRoom,
+        last: Option<&BackfillMessage>,
+        ts: i64,
+    ) -> StoreResult<()> {
+        let members: Vec<_> = room
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    room.id.0,
+                    m.user_id.0,
+                    m.role.as_str(),
+                    micros(m.joined_at),
+                    m.removed_at.map(micros),
+                    ts,
+                )
+            })
+            .collect();
+        self.store
+            .batch_in_partition(&self.st.insert_participant, members)
+            .await?;
         let created = micros(room.created_at);
         let last_at = last.map(|m| micros(m.created_at));
         let current = room.members.iter().filter(|m| m.removed_at.is_none());
@@ -875,27 +1292,56 @@ impl CqlBackfill<'_> {
         .buffer_unordered(FAN_OUT)
         .try_collect::<Vec<_>>()
         .await?;
-        self.store.exec(&self.st.insert_room, (room.id.0, room.name.as_str(), room.room_type.as_str(), room.created_by.0, created, last_at, ts)).await?;
+        self.store
+            .exec(
+                &self.st.insert_room,
+                (
+                    room.id.0,
+                    room.name.as_str(),
+                    room.room_type.as_str(),
+                    room.created_by.0,
+                    created,
+                    last_at,
+                    ts,
+                ),
+            )
+            .await?;
         Ok(())
     }
 
     /// Rows of the room's `messages_by_room` partition (soft-deleted included).
     pub async fn message_count(&self, room: RoomId) -> StoreResult<u64> {
-        let (n,): (i64,) = first_row(self.store.exec(&self.st.count_room_messages, (room.0,)).await?)?.unwrap_or((0,));
+        let (n,): (i64,) = first_row(
+            self.store
+                .exec(&self.st.count_room_messages, (room.0,))
+                .await?,
+        )?
+        .unwrap_or((0,));
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// One message as stored: `(sender, content, type, deleted)`.
-    pub async fn message(&self, room: RoomId, id: MessageId) -> StoreResult<Option<(UserId, Vec<u8>, String, bool)>> {
+    pub async fn message(
+        &self,
+        room: RoomId,
+        id: MessageId,
+    ) -> StoreResult<Option<(UserId, Vec<u8>, String, bool)>> {
         if id.0.get_version_num() != 1 {
             return Ok(None);
         }
-        let row: Option<(i32, Vec<u8>, String, Option<bool>)> = first_row(self.store.exec(&self.st.select_message, (room.0, timeuuid(id))).await?)?;
+        let row: Option<(i32, Vec<u8>, String, Option<bool>)> = first_row(
+            self.store
+                .exec(&self.st.select_message, (room.0, timeuuid(id)))
+                .await?,
+        )?;
         Ok(row.map(|(s, c, t, d)| (UserId(s), c, t, d == Some(true))))
     }
 
     pub async fn room_exists(&self, room: RoomId) -> StoreResult<bool> {
-        Ok(first_row::<(Uuid,)>(self.store.exec(&self.st.select_room, (room.0,)).await?)?.is_some())
+        Ok(
+            first_row::<(Uuid,)>(self.store.exec(&self.st.select_room, (room.0,)).await?)?
+                .is_some(),
+        )
     }
 
     /// Rooms (`room_details`) and messages (`messages_by_room`) in the keyspace: full scans
@@ -904,7 +1350,14 @@ impl CqlBackfill<'_> {
         let mut counts = [0u64; 2];
         for (i, table) in ["room_details", "messages_by_room"].iter().enumerate() {
             let cql = format!("SELECT room_id FROM {}.{table}", self.keyspace);
-            let mut stream = self.store.session.query_iter(cql, &[]).await.map_err(|e| StoreError::Unavailable(e.to_string()))?.rows_stream::<(Uuid,)>().map_err(decode)?;
+            let mut stream = self
+                .store
+                .session
+                .query_iter(cql, &[])
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                .rows_stream::<(Uuid,)>()
+                .map_err(decode)?;
             while let Some(row) = stream.next().await {
                 row.map_err(|e| StoreError::Unavailable(e.to_string()))?;
                 counts[i] += 1;
@@ -921,7 +1374,10 @@ mod tests {
 
     #[test]
     fn consistency_levels_parse() {
-        assert_eq!(parse_consistency("local_quorum"), Ok(Consistency::LocalQuorum));
+        assert_eq!(
+            parse_consistency("local_quorum"),
+            Ok(Consistency::LocalQuorum)
+        );
         assert_eq!(parse_consistency("LOCAL_ONE"), Ok(Consistency::LocalOne));
         assert_eq!(parse_consistency("One"), Ok(Consistency::One));
         assert!(parse_consistency("most").is_err());

@@ -13,8 +13,8 @@ use chat_service::ids::UserId;
 use chat_service::serve::{self, ServeError};
 use chat_service::store::scylla::CqlConfig;
 use ficus_e2e::{Cassandra, HarnessError, Postgres};
-use sqlx::postgres::PgPool;
 use serde_json::Value;
+use sqlx::postgres::PgPool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -60,7 +60,11 @@ pub async fn backend_config(backend: Backend, test: &str) -> Result<ServeConfig,
             let cassandra = Cassandra::shared()?;
             let keyspace = cassandra.create_keyspace(test).await?;
             let mut config = config_for(String::new(), EncryptionKey::random());
-            config.store = StoreChoice::Scylla(CqlConfig { contact_points: vec![cassandra.contact_point()], keyspace, consistency: scylla::statement::Consistency::One });
+            config.store = StoreChoice::Scylla(CqlConfig {
+                contact_points: vec![cassandra.contact_point()],
+                keyspace,
+                consistency: scylla::statement::Consistency::One,
+            });
             Ok(config)
         }
     }
@@ -69,17 +73,31 @@ pub async fn backend_config(backend: Backend, test: &str) -> Result<ServeConfig,
 /// Direct access to a test's database, for what the API does not show (or cannot set).
 pub enum Db {
     Pg(PgPool),
-    Cql { session: Box<scylla::client::session::Session>, keyspace: String },
+    Cql {
+        session: Box<scylla::client::session::Session>,
+        keyspace: String,
+    },
 }
 
 impl Db {
     pub async fn connect(config: &ServeConfig) -> Db {
         match &config.store {
             // The router's legacy database.
-            StoreChoice::Postgres | StoreChoice::Router { .. } => Db::Pg(PgPool::connect(&config.database_url).await.expect("test pool")),
+            StoreChoice::Postgres | StoreChoice::Router { .. } => Db::Pg(
+                PgPool::connect(&config.database_url)
+                    .await
+                    .expect("test pool"),
+            ),
             StoreChoice::Scylla(cql) => {
-                let session = Cassandra::shared().expect("cassandra").session().await.expect("CQL session");
-                Db::Cql { session: Box::new(session), keyspace: cql.keyspace.clone() }
+                let session = Cassandra::shared()
+                    .expect("cassandra")
+                    .session()
+                    .await
+                    .expect("CQL session");
+                Db::Cql {
+                    session: Box::new(session),
+                    keyspace: cql.keyspace.clone(),
+                }
             }
         }
     }
@@ -88,14 +106,22 @@ impl Db {
     where
         R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
-        let Db::Cql { session, keyspace } = self else { unreachable!("a CQL query on PostgreSQL") };
+        let Db::Cql { session, keyspace } = self else {
+            unreachable!("a CQL query on PostgreSQL")
+        };
         let cql = cql.replace("{ks}", keyspace);
-        let result = session.query_unpaged(cql.as_str(), values).await.unwrap_or_else(|e| panic!("{cql}: {e}"));
+        let result = session
+            .query_unpaged(cql.as_str(), values)
+            .await
+            .unwrap_or_else(|e| panic!("{cql}: {e}"));
         if !result.is_rows() {
             return vec![];
         }
         let rows = result.into_rows_result().expect("rows");
-        rows.rows::<R>().expect("row type").collect::<Result<Vec<R>, _>>().expect("rows")
+        rows.rows::<R>()
+            .expect("row type")
+            .collect::<Result<Vec<R>, _>>()
+            .expect("rows")
     }
 
     /// Pins `room` for `user` (there is no API for it yet).
@@ -103,7 +129,14 @@ impl Db {
         let room: uuid::Uuid = room.parse().expect("uuid");
         match self {
             Db::Pg(pool) => {
-                sqlx::query("update room_member set is_pinned = true where room_id = $1 and user_id = $2").bind(room).bind(user).execute(pool).await.expect("pin");
+                sqlx::query(
+                    "update room_member set is_pinned = true where room_id = $1 and user_id = $2",
+                )
+                .bind(room)
+                .bind(user)
+                .execute(pool)
+                .await
+                .expect("pin");
             }
             Db::Cql { .. } => {
                 self.cql::<(bool,)>("UPDATE {ks}.rooms_by_user SET is_pinned = true WHERE user_id = ? AND room_id = ?", (user, room)).await;
@@ -115,13 +148,15 @@ impl Db {
     pub async fn removed_at_is_set(&self, room: &str, user: i32) -> bool {
         let room: uuid::Uuid = room.parse().expect("uuid");
         match self {
-            Db::Pg(pool) => sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>("select removed_at from room_member where room_id = $1 and user_id = $2")
-                .bind(room)
-                .bind(user)
-                .fetch_one(pool)
-                .await
-                .expect("row")
-                .is_some(),
+            Db::Pg(pool) => sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+                "select removed_at from room_member where room_id = $1 and user_id = $2",
+            )
+            .bind(room)
+            .bind(user)
+            .fetch_one(pool)
+            .await
+            .expect("row")
+            .is_some(),
             Db::Cql { .. } => {
                 let rows = self.cql::<(Option<i64>,)>("SELECT removed_at FROM {ks}.participants_by_room WHERE room_id = ? AND user_id = ?", (room, user)).await;
                 matches!(rows.as_slice(), [(Some(_),)])
@@ -130,13 +165,26 @@ impl Db {
     }
 
     /// The time of the newest message `user` has read in `room`.
-    pub async fn last_read_at(&self, room: &str, user: i32) -> Option<chrono::DateTime<chrono::Utc>> {
+    pub async fn last_read_at(
+        &self,
+        room: &str,
+        user: i32,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
         let room: uuid::Uuid = room.parse().expect("uuid");
         match self {
-            Db::Pg(pool) => sqlx::query_scalar("select last_read_at from room_member where room_id = $1 and user_id = $2").bind(room).bind(user).fetch_one(pool).await.expect("row"),
+            Db::Pg(pool) => sqlx::query_scalar(
+                "select last_read_at from room_member where room_id = $1 and user_id = $2",
+            )
+            .bind(room)
+            .bind(user)
+            .fetch_one(pool)
+            .await
+            .expect("row"),
             Db::Cql { .. } => {
                 let rows = self.cql::<(Option<scylla::value::CqlTimeuuid>,)>("SELECT last_read_message_id FROM {ks}.participants_by_room WHERE room_id = ? AND user_id = ?", (room, user)).await;
-                rows.first().and_then(|(id,)| *id).and_then(|id| chat_service::ids::MessageId(id.into()).created_at())
+                rows.first()
+                    .and_then(|(id,)| *id)
+                    .and_then(|id| chat_service::ids::MessageId(id.into()).created_at())
             }
         }
     }
@@ -144,10 +192,21 @@ impl Db {
     pub async fn reaction_count(&self, message: &str) -> i64 {
         let message: uuid::Uuid = message.parse().expect("uuid");
         match self {
-            Db::Pg(pool) => sqlx::query_scalar("select count(*) from room_message_reaction where message_id = $1").bind(message).fetch_one(pool).await.expect("count"),
+            Db::Pg(pool) => sqlx::query_scalar(
+                "select count(*) from room_message_reaction where message_id = $1",
+            )
+            .bind(message)
+            .fetch_one(pool)
+            .await
+            .expect("count"),
             Db::Cql { .. } => {
                 let id = scylla::value::CqlTimeuuid::from(message);
-                self.cql::<(i64,)>("SELECT count(*) FROM {ks}.reactions_by_message WHERE message_id = ?", (id,)).await[0].0
+                self.cql::<(i64,)>(
+                    "SELECT count(*) FROM {ks}.reactions_by_message WHERE message_id = ?",
+                    (id,),
+                )
+                .await[0]
+                    .0
             }
         }
     }
@@ -155,10 +214,22 @@ impl Db {
     /// Every message id of the room in the store's history order (newest first).
     pub async fn message_ids(&self, room: uuid::Uuid) -> Vec<uuid::Uuid> {
         match self {
-            Db::Pg(pool) => sqlx::query_scalar("select id from room_message where room_id = $1 order by created_at desc, id desc").bind(room).fetch_all(pool).await.expect("ids"),
-            Db::Cql { .. } => {
-                self.cql::<(scylla::value::CqlTimeuuid,)>("SELECT message_id FROM {ks}.messages_by_room WHERE room_id = ?", (room,)).await.into_iter().map(|(id,)| id.into()).collect()
-            }
+            Db::Pg(pool) => sqlx::query_scalar(
+                "select id from room_message where room_id = $1 order by created_at desc, id desc",
+            )
+            .bind(room)
+            .fetch_all(pool)
+            .await
+            .expect("ids"),
+            Db::Cql { .. } => self
+                .cql::<(scylla::value::CqlTimeuuid,)>(
+                    "SELECT message_id FROM {ks}.messages_by_room WHERE room_id = ?",
+                    (room,),
+                )
+                .await
+                .into_iter()
+                .map(|(id,)| id.into())
+                .collect(),
         }
     }
 }
@@ -173,13 +244,21 @@ pub struct TestService {
 }
 
 pub async fn start(config: ServeConfig) -> TestService {
-    let server = serve::bind(config.clone()).await.expect("chat-service starts");
+    let server = serve::bind(config.clone())
+        .await
+        .expect("chat-service starts");
     let base_url = format!("http://{}", server.local_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    TestService { client: ChatClient::new(&base_url, JWT_SECRET), base_url, config, stop: Some(stop), task: Some(task) }
+    TestService {
+        client: ChatClient::new(&base_url, JWT_SECRET),
+        base_url,
+        config,
+        stop: Some(stop),
+        task: Some(task),
+    }
 }
 
 impl TestService {
@@ -188,23 +267,43 @@ impl TestService {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task).await.expect("graceful shutdown in time").expect("server task").expect("server ran");
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("graceful shutdown in time")
+                .expect("server task")
+                .expect("server ran");
         }
     }
 
     pub async fn call(&self, user: i32, method: &str, body: Value) -> Value {
-        self.client.call(UserId(user), method, &body).await.unwrap_or_else(|e| panic!("{method} {body}: {e}"))
+        self.client
+            .call(UserId(user), method, &body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {body}: {e}"))
     }
 
     /// Status and body of any call.
     pub async fn raw(&self, user: i32, method: &str, body: Value) -> (u16, Value) {
-        let (status, body) = self.client.raw(UserId(user), method, &body).await.expect("HTTP");
+        let (status, body) = self
+            .client
+            .raw(UserId(user), method, &body)
+            .await
+            .expect("HTTP");
         (status.as_u16(), body)
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let response = self.client.http().get(format!("{}{path}", self.base_url)).send().await.expect("HTTP");
-        (response.status().as_u16(), response.text().await.expect("body"))
+        let response = self
+            .client
+            .http()
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .expect("HTTP");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
     }
 
     pub async fn create_group(&self, owner: i32, participants: &[i32]) -> String {
@@ -213,7 +312,13 @@ impl TestService {
     }
 
     pub async fn send(&self, user: i32, room: &str, content: &str) -> Value {
-        let reply = self.call(user, "SendMessage", serde_json::json!({ "roomId": room, "content": content, "type": "user_message" })).await;
+        let reply = self
+            .call(
+                user,
+                "SendMessage",
+                serde_json::json!({ "roomId": room, "content": content, "type": "user_message" }),
+            )
+            .await;
         reply["message"].clone()
     }
 }
@@ -230,8 +335,15 @@ impl Drop for TestService {
 #[track_caller]
 pub fn assert_error(result: &(u16, Value), status: u16, code: &str) {
     let (got, body) = result;
-    assert_eq!((*got, body["code"].as_str()), (status, Some(code)), "body: {body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {body}");
+    assert_eq!(
+        (*got, body["code"].as_str()),
+        (status, Some(code)),
+        "body: {body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {body}"
+    );
 }
 
 /// One Server-Sent Event.
@@ -249,9 +361,17 @@ pub struct SseReader {
 
 impl SseReader {
     pub async fn open(service: &TestService, user: i32) -> SseReader {
-        let response = service.client.request(UserId(user), "StreamMessages").send().await.expect("stream request");
+        let response = service
+            .client
+            .request(UserId(user), "StreamMessages")
+            .send()
+            .await
+            .expect("stream request");
         assert_eq!(response.status().as_u16(), 200, "StreamMessages status");
-        SseReader { response, buffer: String::new() }
+        SseReader {
+            response,
+            buffer: String::new(),
+        }
     }
 
     /// The next event (keep-alive comments skipped), or `None` when the stream ends.
@@ -270,7 +390,10 @@ impl SseReader {
                 if event.is_empty() && data.is_empty() {
                     continue;
                 }
-                return Some(SseEvent { event, data: serde_json::from_str(&data).unwrap_or(Value::String(data)) });
+                return Some(SseEvent {
+                    event,
+                    data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                });
             }
             let chunk = self.response.chunk().await.ok()??;
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use ficus_e2e::control_plane::free_ports;
 use ficus_e2e::operator::{Operator, install_crds};
-use ficus_e2e::{Alertmanager, ControlPlane, Exporter, Prometheus, PrometheusConfig, create_namespace, unique_namespace};
+use ficus_e2e::{
+    Alertmanager, ControlPlane, Exporter, Prometheus, PrometheusConfig, create_namespace,
+    unique_namespace,
+};
 use ficus_operator::crd::Migration;
 use ficus_operator::run::Config;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -54,13 +57,19 @@ impl Path {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     ficus_e2e::init();
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
     let cp = ControlPlane::start()?;
     install_crds(&cp)?;
     let client = cp.client().await?;
     let [port] = free_ports::<1>()?;
     let operator_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let alertmanager = Alertmanager::start(&format!("http://{operator_addr}/webhook/alertmanager"), TOKEN)?;
+    let alertmanager = Alertmanager::start(
+        &format!("http://{operator_addr}/webhook/alertmanager"),
+        TOKEN,
+    )?;
     let exporter = Exporter::start()?;
     exporter.set(DRIFT, &[("service", "chat")], 0.001);
     let prometheus = Prometheus::start(PrometheusConfig {
@@ -71,11 +80,19 @@ async fn main() -> Result<(), BoxError> {
     prometheus.wait_for_targets(Duration::from_secs(30)).await?;
 
     println!("time-to-rollback, {runs} runs per path");
-    println!("settings: Prometheus scrape 1s and rule evaluation 1s; gate interval 1s; Alertmanager group_wait 0s, group_interval 1s");
-    for path in [Path::Gate, Path::AlertPushed, Path::AlertPolled, Path::WebhookToFlags] {
+    println!(
+        "settings: Prometheus scrape 1s and rule evaluation 1s; gate interval 1s; Alertmanager group_wait 0s, group_interval 1s"
+    );
+    for path in [
+        Path::Gate,
+        Path::AlertPushed,
+        Path::AlertPolled,
+        Path::WebhookToFlags,
+    ] {
         let mut samples = Vec::new();
         for _ in 0..runs {
-            samples.push(run_once(path, &client, &cp, operator_addr, &exporter, &prometheus).await?);
+            samples
+                .push(run_once(path, &client, &cp, operator_addr, &exporter, &prometheus).await?);
         }
         samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -90,14 +107,30 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn run_once(path: Path, client: &Client, _cp: &ControlPlane, addr: SocketAddr, exporter: &Exporter, prometheus: &Prometheus) -> Result<Duration, BoxError> {
+async fn run_once(
+    path: Path,
+    client: &Client,
+    _cp: &ControlPlane,
+    addr: SocketAddr,
+    exporter: &Exporter,
+    prometheus: &Prometheus,
+) -> Result<Duration, BoxError> {
     // Quiet start: the metric is healthy and no alert is firing anywhere.
     exporter.set(DRIFT, &[("service", "chat")], 0.001);
-    prometheus.wait_for("ALERTS", TIMEOUT, |s| s.is_empty().then_some(())).await?;
+    prometheus
+        .wait_for("ALERTS", TIMEOUT, |s| s.is_empty().then_some(()))
+        .await?;
 
     let ns = unique_namespace("bench");
     create_namespace(client, &ns).await?;
-    let config = Config { namespace: Some(ns.clone()), identity: "bench".into(), leader: None, http_addr: Some(addr), webhook_token: Some(TOKEN.into()), aws: Default::default() };
+    let config = Config {
+        namespace: Some(ns.clone()),
+        identity: "bench".into(),
+        leader: None,
+        http_addr: Some(addr),
+        webhook_token: Some(TOKEN.into()),
+        aws: Default::default(),
+    };
     let operator = Operator::start_with(client.clone(), config);
     let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
     let mut spec = json!({
@@ -116,10 +149,15 @@ async fn run_once(path: Path, client: &Client, _cp: &ControlPlane, addr: SocketA
                 "gates": [{ "name": "drift", "query": format!("max({DRIFT})"), "max": 0.01 }],
             });
         }
-        Path::AlertPolled => spec["analysis"] = json!({ "prometheus": { "url": prometheus.url() }, "interval": "1s" }),
+        Path::AlertPolled => {
+            spec["analysis"] =
+                json!({ "prometheus": { "url": prometheus.url() }, "interval": "1s" })
+        }
         Path::AlertPushed | Path::WebhookToFlags => {}
     }
-    let m: Migration = serde_json::from_value(json!({ "apiVersion": "ficus.dev/v1alpha1", "kind": "Migration", "metadata": { "name": "m" }, "spec": spec }))?;
+    let m: Migration = serde_json::from_value(
+        json!({ "apiVersion": "ficus.dev/v1alpha1", "kind": "Migration", "metadata": { "name": "m" }, "spec": spec }),
+    )?;
     api.create(&PostParams::default(), &m).await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     wait_flags(&cms, "10").await?;
@@ -153,7 +191,8 @@ async fn wait_flags(cms: &Api<ConfigMap>, split: &str) -> Result<(), BoxError> {
     while start.elapsed() < TIMEOUT {
         if let Some(cm) = cms.get_opt("flags").await? {
             let data = cm.data.unwrap_or_default();
-            let safe = split != "0" || data.get("write_primary").map(String::as_str) == Some("legacy");
+            let safe =
+                split != "0" || data.get("write_primary").map(String::as_str) == Some("legacy");
             if data.get("read_split_percent").map(String::as_str) == Some(split) && safe {
                 return Ok(());
             }

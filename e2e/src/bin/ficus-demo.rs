@@ -17,10 +17,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let operator_bin = std::env::var("FICUS_OPERATOR_BIN")
         .map(Into::into)
-        .unwrap_or_else(|_| std::env::current_exe().map(|p| p.with_file_name("ficus-operator")).unwrap_or_default());
+        .unwrap_or_else(|_| {
+            std::env::current_exe()
+                .map(|p| p.with_file_name("ficus-operator"))
+                .unwrap_or_default()
+        });
     let log_path = cp.dir().join("operator.log");
     let log_file = std::fs::File::create(&log_path)?;
-    println!("==> running {} (log: {})", operator_bin.display(), log_path.display());
+    println!(
+        "==> running {} (log: {})",
+        operator_bin.display(),
+        log_path.display()
+    );
     let mut operator = Command::new(&operator_bin)
         .args(["--http-addr", "127.0.0.1:0", "--lease-namespace", "default"])
         .env("KUBECONFIG", cp.kubeconfig_path())
@@ -28,7 +36,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stdout(Stdio::from(log_file.try_clone()?))
         .stderr(Stdio::from(log_file))
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}; build it with `cargo build -p ficus-operator`", operator_bin.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot start {}: {e}; build it with `cargo build -p ficus-operator`",
+                operator_bin.display()
+            )
+        })?;
 
     let example = repo_root().join("examples/demo-local.yaml");
     println!("==> kubectl apply -f examples/demo-local.yaml");
@@ -43,12 +56,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut last = String::new();
     let mut completed = false;
     while start.elapsed() < Duration::from_secs(120) {
-        let table = cp.kubectl(&["get", "migrations", "-n", "default", "--no-headers"])?.stdout;
-        let flags = cp
-            .kubectl(&["get", "configmap", "demo-migration-flags", "-n", "default", "-o", "jsonpath={.data}"])?
+        let table = cp
+            .kubectl(&["get", "migrations", "-n", "default", "--no-headers"])?
             .stdout;
-        let line = format!("{}   flags: {}", table.trim(), if flags.is_empty() { "(not written yet)" } else { &flags });
-        let key: String = table.split_whitespace().take(4).collect::<Vec<_>>().join(" ") + &flags;
+        let flags = cp
+            .kubectl(&[
+                "get",
+                "configmap",
+                "demo-migration-flags",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.data}",
+            ])?
+            .stdout;
+        let line = format!(
+            "{}   flags: {}",
+            table.trim(),
+            if flags.is_empty() {
+                "(not written yet)"
+            } else {
+                &flags
+            }
+        );
+        let key: String = table
+            .split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(" ")
+            + &flags;
         if key != last {
             println!("[{:>5.1}s] {line}", start.elapsed().as_secs_f32());
             last = key;
@@ -66,7 +102,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!("==> kubectl describe migration demo (events)");
-    let described = cp.kubectl(&["describe", "migration", "demo", "-n", "default"])?.stdout;
+    let described = cp
+        .kubectl(&["describe", "migration", "demo", "-n", "default"])?
+        .stdout;
     if let Some(events) = described.find("Events:") {
         print!("{}", &described[events..]);
     }
@@ -77,7 +115,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     } else {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
-        Err(format!("the demo migration did not complete within 120 s; operator log tail:\n{}", tail.join("\n")).into())
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(format!(
+            "the demo migration did not complete within 120 s; operator log tail:\n{}",
+            tail.join("\n")
+        )
+        .into())
     }
 }

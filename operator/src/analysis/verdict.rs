@@ -31,17 +31,32 @@ pub fn judge(gate: &Gate, outcome: &Outcome) -> GateResult {
         result(verdict, None, Some(why.to_string()))
     };
     match outcome {
-        Outcome::Invalid(msg) => result(Verdict::Error, None, Some(format!("invalid query: {msg}"))),
-        Outcome::Unreachable(msg) => result(Verdict::Inconclusive, None, Some(format!("Prometheus unreachable: {msg}"))),
-        Outcome::Values(values) if values.is_empty() => no_data("no data: the query returned an empty result"),
-        Outcome::Values(values) if values.iter().any(|v| v.is_nan()) => no_data("no data: the query returned NaN"),
+        Outcome::Invalid(msg) => {
+            result(Verdict::Error, None, Some(format!("invalid query: {msg}")))
+        }
+        Outcome::Unreachable(msg) => result(
+            Verdict::Inconclusive,
+            None,
+            Some(format!("Prometheus unreachable: {msg}")),
+        ),
+        Outcome::Values(values) if values.is_empty() => {
+            no_data("no data: the query returned an empty result")
+        }
+        Outcome::Values(values) if values.iter().any(|v| v.is_nan()) => {
+            no_data("no data: the query returned NaN")
+        }
         Outcome::Values(values) => {
-            let out_of_range = |v: f64| gate.max.is_some_and(|m| v > m) || gate.min.is_some_and(|m| v < m);
+            let out_of_range =
+                |v: f64| gate.max.is_some_and(|m| v > m) || gate.min.is_some_and(|m| v < m);
             match values.iter().copied().find(|v| out_of_range(*v)) {
                 Some(bad) => result(Verdict::Fail, Some(bad), Some(describe_breach(gate, bad))),
                 None => {
                     // Report the value closest to a threshold: the one a reader worries about.
-                    let worst = if gate.max.is_some() { values.iter().copied().fold(f64::MIN, f64::max) } else { values.iter().copied().fold(f64::MAX, f64::min) };
+                    let worst = if gate.max.is_some() {
+                        values.iter().copied().fold(f64::MIN, f64::max)
+                    } else {
+                        values.iter().copied().fold(f64::MAX, f64::min)
+                    };
                     result(Verdict::Pass, Some(worst), None)
                 }
             }
@@ -62,7 +77,13 @@ mod tests {
     use super::*;
 
     fn gate(min: Option<f64>, max: Option<f64>, on_no_data: NoDataPolicy) -> Gate {
-        Gate { name: "g".into(), query: "q".into(), min, max, on_no_data }
+        Gate {
+            name: "g".into(),
+            query: "q".into(),
+            min,
+            max,
+            on_no_data,
+        }
     }
 
     #[test]
@@ -80,7 +101,11 @@ mod tests {
         for (values, verdict, value) in cases {
             let r = judge(&g, &Outcome::Values(values.clone()));
             assert_eq!((r.verdict, r.value), (verdict, value), "{values:?}");
-            assert_eq!((r.min, r.max), (Some(0.5), Some(1.5)), "thresholds are recorded with the verdict");
+            assert_eq!(
+                (r.min, r.max),
+                (Some(0.5), Some(1.5)),
+                "thresholds are recorded with the verdict"
+            );
         }
     }
 
@@ -101,9 +126,18 @@ mod tests {
     fn unreachable_is_inconclusive_whatever_the_policy_and_bad_queries_are_errors() {
         let g = gate(None, Some(1.0), NoDataPolicy::Pass);
         let r = judge(&g, &Outcome::Unreachable("connection refused".into()));
-        assert_eq!(r.verdict, Verdict::Inconclusive, "missing evidence never passes");
+        assert_eq!(
+            r.verdict,
+            Verdict::Inconclusive,
+            "missing evidence never passes"
+        );
         let r = judge(&g, &Outcome::Invalid("parse error at char 5".into()));
         assert_eq!(r.verdict, Verdict::Error);
-        assert!(r.message.unwrap_or_default().contains("parse error at char 5"), "Prometheus's own message is kept");
+        assert!(
+            r.message
+                .unwrap_or_default()
+                .contains("parse error at char 5"),
+            "Prometheus's own message is kept"
+        );
     }
 }

@@ -31,12 +31,19 @@ pub struct AwsConfigs {
 
 impl AwsConfigs {
     pub fn new(defaults: AwsDefaults) -> Self {
-        Self { defaults, loaded: Mutex::default() }
+        Self {
+            defaults,
+            loaded: Mutex::default(),
+        }
     }
 
     pub async fn config(&self, spec: Option<&AwsSpec>) -> SdkConfig {
-        let region = spec.and_then(|a| a.region.clone()).or_else(|| self.defaults.region.clone());
-        let endpoint = spec.and_then(|a| a.endpoint_url.clone()).or_else(|| self.defaults.endpoint_url.clone());
+        let region = spec
+            .and_then(|a| a.region.clone())
+            .or_else(|| self.defaults.region.clone());
+        let endpoint = spec
+            .and_then(|a| a.endpoint_url.clone())
+            .or_else(|| self.defaults.endpoint_url.clone());
         let key = (region.clone(), endpoint.clone());
         let mut loaded = self.loaded.lock().await;
         if let Some(config) = loaded.get(&key) {
@@ -46,7 +53,12 @@ impl AwsConfigs {
         // backoff); a call never blocks a reconcile for long.
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(4))
-            .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_secs(20)).connect_timeout(Duration::from_secs(5)).build());
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(20))
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            );
         if let Some(region) = region {
             loader = loader.region(Region::new(region));
         }
@@ -62,12 +74,23 @@ impl AwsConfigs {
 /// A failed AWS call, classified for conditions and Events.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
-    #[error("AWS denied {action}: {message}. Allow {action} for the operator's IAM role (see docs/aws.md)")]
-    Denied { action: &'static str, message: String },
+    #[error(
+        "AWS denied {action}: {message}. Allow {action} for the operator's IAM role (see docs/aws.md)"
+    )]
+    Denied {
+        action: &'static str,
+        message: String,
+    },
     #[error("AWS could not find what {action} asked for: {message}")]
-    NotFound { action: &'static str, message: String },
+    NotFound {
+        action: &'static str,
+        message: String,
+    },
     #[error("AWS call {action} failed: {message}")]
-    Failed { action: &'static str, message: String },
+    Failed {
+        action: &'static str,
+        message: String,
+    },
 }
 
 impl AwsError {
@@ -86,21 +109,40 @@ impl AwsError {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let code = err.code().unwrap_or_default();
-        let message = err.message().map(String::from).unwrap_or_else(|| crate::error_chain(err));
-        let message = if code.is_empty() { message } else { format!("{code}: {message}") };
+        let message = err
+            .message()
+            .map(String::from)
+            .unwrap_or_else(|| crate::error_chain(err));
+        let message = if code.is_empty() {
+            message
+        } else {
+            format!("{code}: {message}")
+        };
         if code.is_empty()
             && let Some(raw) = err.raw_response()
             && raw.status().as_u16() == 403
         {
-            let body = raw.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
-            let message = between(&body, "<Message>", "</Message>").unwrap_or("HTTP 403 Forbidden").to_string();
+            let body = raw
+                .body()
+                .bytes()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let message = between(&body, "<Message>", "</Message>")
+                .unwrap_or("HTTP 403 Forbidden")
+                .to_string();
             return AwsError::Denied { action, message };
         }
         match code {
-            c if c.contains("AccessDenied") || c == "UnauthorizedOperation" || c == "UnrecognizedClientException" || c == "InvalidClientTokenId" => {
+            c if c.contains("AccessDenied")
+                || c == "UnauthorizedOperation"
+                || c == "UnrecognizedClientException"
+                || c == "InvalidClientTokenId" =>
+            {
                 AwsError::Denied { action, message }
             }
-            "ClusterNotFoundException" | "ServiceNotFoundException" | "ParameterNotFound" => AwsError::NotFound { action, message },
+            "ClusterNotFoundException" | "ServiceNotFoundException" | "ParameterNotFound" => {
+                AwsError::NotFound { action, message }
+            }
             _ => AwsError::Failed { action, message },
         }
     }
@@ -111,4 +153,3 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     let len = text[start..].find(close)?;
     Some(&text[start..start + len])
 }
-

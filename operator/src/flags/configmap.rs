@@ -21,11 +21,20 @@ pub struct ConfigMapStore {
 
 impl ConfigMapStore {
     pub fn new(client: Client, namespace: &str, name: &str, migration: &str) -> Self {
-        Self { api: Api::namespaced(client, namespace), namespace: namespace.into(), name: name.into(), migration: migration.into() }
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.into(),
+            name: name.into(),
+            migration: migration.into(),
+        }
     }
 
     pub async fn read(&self) -> Result<Option<AppliedFlags>, FlagStoreError> {
-        let cm = self.api.get_opt(&self.name).await.map_err(|e| self.error("read", e))?;
+        let cm = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.error("read", e))?;
         let data = cm.and_then(|cm| cm.data).unwrap_or_default();
         Ok(from_entries(|k| data.get(k).cloned()))
     }
@@ -45,7 +54,11 @@ impl ConfigMapStore {
             "data": data,
         });
         self.api
-            .patch(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .patch(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
             .await
             .map_err(|e| self.error("write", e))?;
         Ok(())
@@ -54,8 +67,17 @@ impl ConfigMapStore {
     fn error(&self, verb: &'static str, source: kube::Error) -> FlagStoreError {
         let (namespace, name) = (self.namespace.clone(), self.name.clone());
         match &source {
-            kube::Error::Api(status) if status.code == 403 => FlagStoreError::Forbidden { verb, namespace, name },
-            _ => FlagStoreError::Api { verb, namespace, name, source },
+            kube::Error::Api(status) if status.code == 403 => FlagStoreError::Forbidden {
+                verb,
+                namespace,
+                name,
+            },
+            _ => FlagStoreError::Api {
+                verb,
+                namespace,
+                name,
+                source,
+            },
         }
     }
 }

@@ -24,8 +24,14 @@ pub mod keys {
 pub enum FlagStoreError {
     #[error("SSM flag store: {0}")]
     Aws(#[source] crate::aws::AwsError),
-    #[error("the operator may not {verb} ConfigMap {namespace}/{name}: grant get, create and patch on configmaps in that namespace to the operator's ServiceAccount")]
-    Forbidden { verb: &'static str, namespace: String, name: String },
+    #[error(
+        "the operator may not {verb} ConfigMap {namespace}/{name}: grant get, create and patch on configmaps in that namespace to the operator's ServiceAccount"
+    )]
+    Forbidden {
+        verb: &'static str,
+        namespace: String,
+        name: String,
+    },
     #[error("flag store ConfigMap {namespace}/{name} could not be {verb}: {source}")]
     Api {
         verb: &'static str,
@@ -78,7 +84,13 @@ pub fn combine(docs: &[Option<AppliedFlags>]) -> Option<AppliedFlags> {
         return first;
     }
     let generation = docs.iter().flatten().map(|d| d.generation).max()?;
-    Some(AppliedFlags { generation, values: FlagValues { read_split_percent: -1, ..FlagValues::default() } })
+    Some(AppliedFlags {
+        generation,
+        values: FlagValues {
+            read_split_percent: -1,
+            ..FlagValues::default()
+        },
+    })
 }
 
 /// The document as key/value strings, identical for every store.
@@ -86,8 +98,23 @@ pub fn to_entries(flags: &AppliedFlags) -> Vec<(&'static str, String)> {
     let v = &flags.values;
     vec![
         (keys::GENERATION, flags.generation.to_string()),
-        (keys::WRITE_PRIMARY, match v.write_primary { WritePrimary::Legacy => "legacy", WritePrimary::New => "new" }.into()),
-        (keys::DUAL_WRITE, match v.dual_write { DualWrite::Off => "off", DualWrite::Sync => "sync", DualWrite::Async => "async" }.into()),
+        (
+            keys::WRITE_PRIMARY,
+            match v.write_primary {
+                WritePrimary::Legacy => "legacy",
+                WritePrimary::New => "new",
+            }
+            .into(),
+        ),
+        (
+            keys::DUAL_WRITE,
+            match v.dual_write {
+                DualWrite::Off => "off",
+                DualWrite::Sync => "sync",
+                DualWrite::Async => "async",
+            }
+            .into(),
+        ),
         (keys::SHADOW_READ_PERCENT, v.shadow_read_percent.to_string()),
         (keys::READ_SPLIT_PERCENT, v.read_split_percent.to_string()),
     ]
@@ -97,7 +124,11 @@ pub fn to_entries(flags: &AppliedFlags) -> Vec<(&'static str, String)> {
 /// generation only (values reset), so the next write repairs it with a higher generation.
 pub fn from_entries(get: impl Fn(&str) -> Option<String>) -> Option<AppliedFlags> {
     let generation: i64 = get(keys::GENERATION)?.trim().parse().ok()?;
-    let percent = |k| get(k).and_then(|s| s.trim().parse::<i32>().ok()).filter(|p| (0..=100).contains(p));
+    let percent = |k| {
+        get(k)
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|p| (0..=100).contains(p))
+    };
     let values = (|| {
         Some(FlagValues {
             write_primary: match get(keys::WRITE_PRIMARY)?.trim() {
@@ -118,7 +149,10 @@ pub fn from_entries(get: impl Fn(&str) -> Option<String>) -> Option<AppliedFlags
     Some(AppliedFlags {
         generation,
         // An invalid value never matches a desired document, so the operator rewrites it.
-        values: values.unwrap_or(FlagValues { read_split_percent: -1, ..FlagValues::default() }),
+        values: values.unwrap_or(FlagValues {
+            read_split_percent: -1,
+            ..FlagValues::default()
+        }),
     })
 }
 
@@ -131,7 +165,12 @@ mod tests {
     fn documents_round_trip() {
         let flags = AppliedFlags {
             generation: 7,
-            values: FlagValues { write_primary: WritePrimary::New, dual_write: DualWrite::Async, shadow_read_percent: 10, read_split_percent: 100 },
+            values: FlagValues {
+                write_primary: WritePrimary::New,
+                dual_write: DualWrite::Async,
+                shadow_read_percent: 10,
+                read_split_percent: 100,
+            },
         };
         let map: BTreeMap<_, _> = to_entries(&flags).into_iter().collect();
         assert_eq!(map["write_primary"], "new");
@@ -140,8 +179,14 @@ mod tests {
 
     #[test]
     fn stores_that_disagree_read_as_a_document_to_rewrite_above_every_generation() {
-        let a = AppliedFlags { generation: 3, values: FlagValues::default() };
-        let b = AppliedFlags { generation: 5, values: FlagValues::default() };
+        let a = AppliedFlags {
+            generation: 3,
+            values: FlagValues::default(),
+        };
+        let b = AppliedFlags {
+            generation: 5,
+            values: FlagValues::default(),
+        };
         assert_eq!(combine(&[Some(a), Some(a)]), Some(a));
         assert_eq!(combine(&[None, None]), None);
         let mixed = combine(&[Some(a), Some(b)]).expect("a document");
@@ -153,8 +198,13 @@ mod tests {
     #[test]
     fn missing_generation_reads_as_no_document_and_bad_values_force_a_rewrite() {
         assert_eq!(from_entries(|_| None), None);
-        let read = from_entries(|k| (k == "generation").then(|| "4".to_string())).expect("generation is readable");
+        let read = from_entries(|k| (k == "generation").then(|| "4".to_string()))
+            .expect("generation is readable");
         assert_eq!(read.generation, 4);
-        assert_ne!(read.values, FlagValues::default(), "an unreadable document never equals a desired one");
+        assert_ne!(
+            read.values,
+            FlagValues::default(),
+            "an unreadable document never equals a desired one"
+        );
     }
 }

@@ -23,16 +23,28 @@ pub struct SsmStore {
 /// Every parameter of the document, `generation` last: a reader that sees the new generation
 /// sees the values that go with it.
 pub fn parameters(flags: &AppliedFlags) -> Vec<(&'static str, String)> {
-    let mut entries: Vec<(&'static str, String)> = to_entries(flags).into_iter().filter(|(k, _)| *k != keys::GENERATION).collect();
-    entries.push((TRAFFIC_SPLIT_PERCENT, flags.values.read_split_percent.to_string()));
-    entries.push((USE_NEW_SYSTEM, (flags.values.read_split_percent > 0).to_string()));
+    let mut entries: Vec<(&'static str, String)> = to_entries(flags)
+        .into_iter()
+        .filter(|(k, _)| *k != keys::GENERATION)
+        .collect();
+    entries.push((
+        TRAFFIC_SPLIT_PERCENT,
+        flags.values.read_split_percent.to_string(),
+    ));
+    entries.push((
+        USE_NEW_SYSTEM,
+        (flags.values.read_split_percent > 0).to_string(),
+    ));
     entries.push((keys::GENERATION, flags.generation.to_string()));
     entries
 }
 
 impl SsmStore {
     pub fn new(config: &aws_config::SdkConfig, spec: &SsmSpec) -> Self {
-        Self { client: Client::new(config), spec: spec.clone() }
+        Self {
+            client: Client::new(config),
+            spec: spec.clone(),
+        }
     }
 
     fn name(&self, key: &str) -> String {
@@ -40,7 +52,13 @@ impl SsmStore {
     }
 
     async fn read_raw(&self) -> Result<BTreeMap<String, String>, FlagStoreError> {
-        let names: Vec<String> = parameters(&AppliedFlags { generation: 0, values: Default::default() }).iter().map(|(k, _)| self.name(k)).collect();
+        let names: Vec<String> = parameters(&AppliedFlags {
+            generation: 0,
+            values: Default::default(),
+        })
+        .iter()
+        .map(|(k, _)| self.name(k))
+        .collect();
         let out = self
             .client
             .get_parameters()
@@ -52,7 +70,12 @@ impl SsmStore {
         Ok(out
             .parameters()
             .iter()
-            .filter_map(|p| Some((p.name()?.strip_prefix(&self.spec.prefix)?.to_string(), p.value()?.to_string())))
+            .filter_map(|p| {
+                Some((
+                    p.name()?.strip_prefix(&self.spec.prefix)?.to_string(),
+                    p.value()?.to_string(),
+                ))
+            })
             .collect())
     }
 
@@ -65,16 +88,28 @@ impl SsmStore {
     /// and a throttled API call), generation last.
     pub async fn write(&self, flags: &AppliedFlags) -> Result<(), FlagStoreError> {
         let current = self.read_raw().await?;
-        let kind = if self.spec.secure { ParameterType::SecureString } else { ParameterType::String };
+        let kind = if self.spec.secure {
+            ParameterType::SecureString
+        } else {
+            ParameterType::String
+        };
         for (key, value) in parameters(flags) {
             if current.get(key) == Some(&value) {
                 continue;
             }
-            let mut put = self.client.put_parameter().name(self.name(key)).value(value).r#type(kind.clone()).overwrite(true);
+            let mut put = self
+                .client
+                .put_parameter()
+                .name(self.name(key))
+                .value(value)
+                .r#type(kind.clone())
+                .overwrite(true);
             if let (true, Some(kms)) = (self.spec.secure, &self.spec.kms_key_id) {
                 put = put.key_id(kms);
             }
-            put.send().await.map_err(|e| FlagStoreError::Aws(AwsError::from_sdk("ssm:PutParameter", &e)))?;
+            put.send()
+                .await
+                .map_err(|e| FlagStoreError::Aws(AwsError::from_sdk("ssm:PutParameter", &e)))?;
         }
         Ok(())
     }
@@ -89,14 +124,28 @@ mod tests {
     fn the_plans_parameters_mirror_the_split_and_generation_comes_last() {
         let flags = AppliedFlags {
             generation: 4,
-            values: FlagValues { write_primary: WritePrimary::Legacy, dual_write: DualWrite::Sync, shadow_read_percent: 10, read_split_percent: 25 },
+            values: FlagValues {
+                write_primary: WritePrimary::Legacy,
+                dual_write: DualWrite::Sync,
+                shadow_read_percent: 10,
+                read_split_percent: 25,
+            },
         };
         let p = parameters(&flags);
         assert_eq!(p.last(), Some(&("generation", "4".to_string())));
         let map: BTreeMap<_, _> = p.into_iter().collect();
         assert_eq!(map[TRAFFIC_SPLIT_PERCENT], "25");
         assert_eq!(map[USE_NEW_SYSTEM], "true");
-        let safe = AppliedFlags { generation: 5, values: FlagValues { read_split_percent: 0, ..flags.values } };
-        assert_eq!(parameters(&safe).into_iter().collect::<BTreeMap<_, _>>()[USE_NEW_SYSTEM], "false");
+        let safe = AppliedFlags {
+            generation: 5,
+            values: FlagValues {
+                read_split_percent: 0,
+                ..flags.values
+            },
+        };
+        assert_eq!(
+            parameters(&safe).into_iter().collect::<BTreeMap<_, _>>()[USE_NEW_SYSTEM],
+            "false"
+        );
     }
 }

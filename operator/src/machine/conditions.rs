@@ -12,7 +12,12 @@ pub const DEGRADED: &str = "Degraded";
 
 /// Rewrites the three conditions from the new status; returns an Event when Degraded starts or
 /// its reason changes (not on every reconcile, so a stuck Migration does not spam Events).
-pub fn update(status: &mut MigrationStatus, previous: &MigrationStatus, problems: &[Problem], now: Timestamp) -> Option<Note> {
+pub fn update(
+    status: &mut MigrationStatus,
+    previous: &MigrationStatus,
+    problems: &[Problem],
+    now: Timestamp,
+) -> Option<Note> {
     let generation = status.observed_generation;
     let phase = status.phase;
     let (progressing, p_reason, p_message) = match phase {
@@ -21,27 +26,44 @@ pub fn update(status: &mut MigrationStatus, previous: &MigrationStatus, problems
                 Some(PauseReason::Inconclusive) => "Inconclusive",
                 _ => "Paused",
             };
-            (false, why.to_string(), format!("paused in {}", status.paused.as_ref().map_or(phase, |p| p.from)))
+            (
+                false,
+                why.to_string(),
+                format!(
+                    "paused in {}",
+                    status.paused.as_ref().map_or(phase, |p| p.from)
+                ),
+            )
         }
-        Phase::Completed | Phase::RolledBack => (false, phase.to_string(), format!("migration is {phase}")),
+        Phase::Completed | Phase::RolledBack => {
+            (false, phase.to_string(), format!("migration is {phase}"))
+        }
         _ => (true, phase.to_string(), progress_message(status)),
     };
     let (degraded, d_reason, d_message) = match problems.first() {
         Some(p) => (true, p.reason.clone(), p.message.clone()),
-        None => (false, "AsExpected".to_string(), "no problems found".to_string()),
+        None => (
+            false,
+            "AsExpected".to_string(),
+            "no problems found".to_string(),
+        ),
     };
     let (ready, r_reason, r_message) = if degraded {
         (false, d_reason.clone(), d_message.clone())
     } else {
         match phase {
             Phase::RollingBack | Phase::RolledBack => {
-                let why = status.last_rollback.as_ref().map_or_else(|| "rolled back".into(), |r| r.message.clone());
+                let why = status
+                    .last_rollback
+                    .as_ref()
+                    .map_or_else(|| "rolled back".into(), |r| r.message.clone());
                 (false, phase.to_string(), why)
             }
             _ => (true, phase.to_string(), p_message.clone()),
         }
     };
-    let was_degraded = find(&previous.conditions, DEGRADED).map(|c| (c.status == "True", c.reason.clone()));
+    let was_degraded =
+        find(&previous.conditions, DEGRADED).map(|c| (c.status == "True", c.reason.clone()));
     let mut next = Vec::with_capacity(3);
     for (type_, ok, reason, message) in [
         (READY, ready, r_reason, r_message),
@@ -64,12 +86,19 @@ pub fn update(status: &mut MigrationStatus, previous: &MigrationStatus, problems
     }
     status.conditions = next;
     let starts = degraded && was_degraded != Some((true, d_reason.clone()));
-    starts.then(|| Note { type_: EventType::Warning, reason: d_reason, message: d_message, action: "Observe".into() })
+    starts.then(|| Note {
+        type_: EventType::Warning,
+        reason: d_reason,
+        message: d_message,
+        action: "Observe".into(),
+    })
 }
 
 /// When the Degraded condition last turned True.
 pub fn degraded_since(status: &MigrationStatus) -> Option<Timestamp> {
-    find(&status.conditions, DEGRADED).filter(|c| c.status == "True").map(|c| c.last_transition_time.0)
+    find(&status.conditions, DEGRADED)
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.0)
 }
 
 fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -78,7 +107,13 @@ fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
 
 fn progress_message(status: &MigrationStatus) -> String {
     match (status.phase, status.step) {
-        (Phase::Split, Some(step)) => format!("step {step} at {}% on the new system", status.traffic_percent),
-        (phase, _) => format!("in {phase} at {}% on the new system", status.traffic_percent),
+        (Phase::Split, Some(step)) => format!(
+            "step {step} at {}% on the new system",
+            status.traffic_percent
+        ),
+        (phase, _) => format!(
+            "in {phase} at {}% on the new system",
+            status.traffic_percent
+        ),
     }
 }

@@ -24,11 +24,24 @@ pub fn desired_flags(spec: &MigrationSpec, status: &MigrationStatus) -> Option<F
         Phase::Split => legacy(dual, sample, status.traffic_percent),
         Phase::CutOver => FlagValues {
             write_primary: WritePrimary::New,
-            dual_write: if spec.cutover.reverse_dual_write { dual } else { DualWrite::Off },
-            shadow_read_percent: if spec.cutover.reverse_dual_write { sample } else { 0 },
+            dual_write: if spec.cutover.reverse_dual_write {
+                dual
+            } else {
+                DualWrite::Off
+            },
+            shadow_read_percent: if spec.cutover.reverse_dual_write {
+                sample
+            } else {
+                0
+            },
             read_split_percent: 100,
         },
-        Phase::Completed => FlagValues { write_primary: WritePrimary::New, dual_write: DualWrite::Off, shadow_read_percent: 0, read_split_percent: 100 },
+        Phase::Completed => FlagValues {
+            write_primary: WritePrimary::New,
+            dual_write: DualWrite::Off,
+            shadow_read_percent: 0,
+            read_split_percent: 100,
+        },
         Phase::RollingBack | Phase::RolledBack => rollback_flags(spec),
     })
 }
@@ -36,7 +49,12 @@ pub fn desired_flags(spec: &MigrationSpec, status: &MigrationStatus) -> Option<F
 /// The last safe state: no user on the new system, legacy primary, dual-write kept on so the
 /// new store stays in sync for a retry.
 pub fn rollback_flags(spec: &MigrationSpec) -> FlagValues {
-    FlagValues { write_primary: WritePrimary::Legacy, dual_write: spec.shadow.dual_write.into(), shadow_read_percent: 0, read_split_percent: 0 }
+    FlagValues {
+        write_primary: WritePrimary::Legacy,
+        dual_write: spec.shadow.dual_write.into(),
+        shadow_read_percent: 0,
+        read_split_percent: 0,
+    }
 }
 
 /// What a deleted Migration leaves behind. A completed migration leaves the new system in
@@ -44,7 +62,17 @@ pub fn rollback_flags(spec: &MigrationSpec) -> FlagValues {
 /// legacy system alone, since no operator will keep the new store in sync any more.
 pub fn deletion_flags(phase: Phase) -> FlagValues {
     match phase {
-        Phase::Completed => FlagValues { write_primary: WritePrimary::New, dual_write: DualWrite::Off, shadow_read_percent: 0, read_split_percent: 100 },
-        _ => FlagValues { write_primary: WritePrimary::Legacy, dual_write: DualWrite::Off, shadow_read_percent: 0, read_split_percent: 0 },
+        Phase::Completed => FlagValues {
+            write_primary: WritePrimary::New,
+            dual_write: DualWrite::Off,
+            shadow_read_percent: 0,
+            read_split_percent: 100,
+        },
+        _ => FlagValues {
+            write_primary: WritePrimary::Legacy,
+            dual_write: DualWrite::Off,
+            shadow_read_percent: 0,
+            read_split_percent: 0,
+        },
     }
 }

@@ -20,7 +20,7 @@ use crate::crd::{
 use crate::duration;
 
 pub use conditions::{DEGRADED, PROGRESSING, READY};
-pub use flags::{desired_flags, rollback_flags, deletion_flags};
+pub use flags::{deletion_flags, desired_flags, rollback_flags};
 
 /// How many transitions `status.history` keeps.
 pub const HISTORY_LIMIT: usize = 20;
@@ -46,7 +46,10 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { reason: reason.into(), message: message.into() }
+        Self {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -127,7 +130,12 @@ pub struct Decision {
 }
 
 /// Decides what happens next. See DESIGN §2 and `docs/architecture.md`.
-pub fn decide(spec: &MigrationSpec, current: &MigrationStatus, obs: &Observations, now: Timestamp) -> Decision {
+pub fn decide(
+    spec: &MigrationSpec,
+    current: &MigrationStatus,
+    obs: &Observations,
+    now: Timestamp,
+) -> Decision {
     let mut m = Machine {
         spec,
         obs,
@@ -172,14 +180,22 @@ impl Machine<'_> {
         if cmd.abort && !phase.is_active() {
             self.consumed.push(annotations::ABORT);
             if phase == Phase::Completed {
-                self.note(EventType::Warning, "AbortIgnored", "the migration is complete; there is nothing to roll back");
+                self.note(
+                    EventType::Warning,
+                    "AbortIgnored",
+                    "the migration is complete; there is nothing to roll back",
+                );
             }
         }
         if cmd.promote {
             // Consumed everywhere so a stale promote never fires in a later phase.
             self.consumed.push(annotations::PROMOTE);
             if !matches!(phase, Phase::Shadow | Phase::Split | Phase::CutOver) {
-                self.note(EventType::Warning, "PromoteIgnored", format!("nothing to promote in phase {phase}"));
+                self.note(
+                    EventType::Warning,
+                    "PromoteIgnored",
+                    format!("nothing to promote in phase {phase}"),
+                );
             }
         }
         if cmd.retry {
@@ -190,7 +206,11 @@ impl Machine<'_> {
         }
 
         match phase {
-            Phase::Pending => self.transition(Phase::Preflight, "Started", "checking flag stores and workloads"),
+            Phase::Pending => self.transition(
+                Phase::Preflight,
+                "Started",
+                "checking flag stores and workloads",
+            ),
             Phase::Preflight => self.preflight(),
             Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver => self.active(),
             Phase::Paused => self.paused(),
@@ -203,14 +223,23 @@ impl Machine<'_> {
     /// traffic so traffic never grows without evidence, and bake again.
     fn apply_spec_change(&mut self) {
         let generation = self.obs.generation;
-        let changed = self.status.observed_generation.is_some_and(|g| g != generation);
+        let changed = self
+            .status
+            .observed_generation
+            .is_some_and(|g| g != generation);
         self.status.observed_generation = Some(generation);
         if !changed {
             return;
         }
         let in_split = self.status.phase == Phase::Split
-            || self.status.paused.as_ref().is_some_and(|p| p.from == Phase::Split);
-        let Some(step) = self.status.step.filter(|_| in_split) else { return };
+            || self
+                .status
+                .paused
+                .as_ref()
+                .is_some_and(|p| p.from == Phase::Split);
+        let Some(step) = self.status.step.filter(|_| in_split) else {
+            return;
+        };
         let traffic = self.status.traffic_percent;
         let steps = &self.spec.steps;
         // Every new step above the current traffic: hold it as step 0 ("before step 1") and
@@ -226,17 +255,37 @@ impl Machine<'_> {
         self.status.step = Some(new_step);
         self.status.traffic_percent = new_traffic;
         self.restart_bake();
-        self.push_history(from, from, "SpecChanged", format!("steps changed: now step {new_step}/{} at {new_traffic}%", steps.len()));
-        self.note(EventType::Normal, "SpecChanged", format!("steps changed: continuing at step {new_step}/{} ({new_traffic}%), bake restarted", steps.len()));
+        self.push_history(
+            from,
+            from,
+            "SpecChanged",
+            format!(
+                "steps changed: now step {new_step}/{} at {new_traffic}%",
+                steps.len()
+            ),
+        );
+        self.note(
+            EventType::Normal,
+            "SpecChanged",
+            format!(
+                "steps changed: continuing at step {new_step}/{} ({new_traffic}%), bake restarted",
+                steps.len()
+            ),
+        );
     }
 
     /// Folds a fresh evaluation into the counters and the passing streak.
     fn record_analysis(&mut self) {
-        let Some(gates) = &self.obs.analysis else { return };
+        let Some(gates) = &self.obs.analysis else {
+            return;
+        };
         if !evaluates(self.status.phase) {
             return;
         }
-        self.status.last_analysis = Some(AnalysisRun { time: self.now, gates: gates.clone() });
+        self.status.last_analysis = Some(AnalysisRun {
+            time: self.now,
+            gates: gates.clone(),
+        });
         let any = |v: Verdict| gates.iter().any(|g| g.verdict == v);
         if any(Verdict::Error) {
             self.status.passing_since = None;
@@ -261,7 +310,10 @@ impl Machine<'_> {
         }
         if self.obs.commands.abort {
             self.consumed.push(annotations::ABORT);
-            return Some(("Aborted".into(), format!("{} annotation set", annotations::ABORT)));
+            return Some((
+                "Aborted".into(),
+                format!("{} annotation set", annotations::ABORT),
+            ));
         }
         if !self.spec.rollback.automatic || !phase.is_active() {
             return None;
@@ -269,27 +321,41 @@ impl Machine<'_> {
         if let Some(alert) = self.obs.firing_alerts.first() {
             return Some(("AlertFiring".into(), format!("alert {alert} is firing")));
         }
-        let limit = self.spec.analysis.as_ref().map_or(i32::MAX, |a| a.failure_limit);
+        let limit = self
+            .spec
+            .analysis
+            .as_ref()
+            .map_or(i32::MAX, |a| a.failure_limit);
         if self.status.consecutive_failures >= limit {
             let failing = self.failing_gates();
-            return Some(("GateFailed".into(), format!("{failing} failed {limit} evaluation(s) in a row")));
+            return Some((
+                "GateFailed".into(),
+                format!("{failing} failed {limit} evaluation(s) in a row"),
+            ));
         }
         if let Some(JobState::Failed(msg)) = &self.obs.backfill
             && self.current_phase() == Phase::Backfill
         {
-            return Some(("BackfillFailed".into(), format!("backfill job failed: {msg}")));
+            return Some((
+                "BackfillFailed".into(),
+                format!("backfill job failed: {msg}"),
+            ));
         }
         None
     }
 
     fn failing_gates(&self) -> String {
-        let Some(run) = &self.status.last_analysis else { return "a gate".into() };
+        let Some(run) = &self.status.last_analysis else {
+            return "a gate".into();
+        };
         let parts: Vec<String> = run
             .gates
             .iter()
             .filter(|g| g.verdict == Verdict::Fail)
             .map(|g| {
-                let value = g.value.map_or_else(|| "no data".to_string(), |v| format!("{v}"));
+                let value = g
+                    .value
+                    .map_or_else(|| "no data".to_string(), |v| format!("{v}"));
                 let range = match (g.min, g.max) {
                     (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
                     (None, Some(hi)) => format!("max {hi}"),
@@ -299,7 +365,11 @@ impl Machine<'_> {
                 format!("gate {} = {value} ({range})", g.name)
             })
             .collect();
-        if parts.is_empty() { "a gate".into() } else { parts.join(", ") }
+        if parts.is_empty() {
+            "a gate".into()
+        } else {
+            parts.join(", ")
+        }
     }
 
     /// The phase whose plan is in force (the paused-from phase while Paused).
@@ -312,7 +382,12 @@ impl Machine<'_> {
 
     fn roll_back(&mut self, reason: &str, message: &str) {
         let from = self.current_phase();
-        self.status.last_rollback = Some(RollbackRecord { time: self.now, from, reason: reason.into(), message: message.into() });
+        self.status.last_rollback = Some(RollbackRecord {
+            time: self.now,
+            from,
+            reason: reason.into(),
+            message: message.into(),
+        });
         self.status.paused = None;
         self.status.step = None;
         self.status.traffic_percent = 0;
@@ -330,14 +405,25 @@ impl Machine<'_> {
 
     fn rolling_back(&mut self) {
         self.restore_legacy();
-        let flags_safe = self.obs.flags.is_some_and(|f| f.values == rollback_flags(self.spec));
+        let flags_safe = self
+            .obs
+            .flags
+            .is_some_and(|f| f.values == rollback_flags(self.spec));
         let legacy_back = match (self.status.legacy_replicas_before, self.obs.legacy) {
             (Some(before), Some(legacy)) => legacy.replicas >= before,
             _ => true,
         };
         if flags_safe && legacy_back {
-            let message = self.status.last_rollback.as_ref().map_or_else(String::new, |r| r.message.clone());
-            self.transition(Phase::RolledBack, "RolledBack", &format!("safe state applied (0% new, legacy primary): {message}"));
+            let message = self
+                .status
+                .last_rollback
+                .as_ref()
+                .map_or_else(String::new, |r| r.message.clone());
+            self.transition(
+                Phase::RolledBack,
+                "RolledBack",
+                &format!("safe state applied (0% new, legacy primary): {message}"),
+            );
         }
     }
 
@@ -347,12 +433,23 @@ impl Machine<'_> {
         self.status.consecutive_failures = 0;
         self.status.consecutive_inconclusive = 0;
         self.status.last_analysis = None;
-        self.transition(Phase::Pending, "Retry", &format!("{} annotation set: starting attempt {}", annotations::RETRY, self.status.attempt + 1));
+        self.transition(
+            Phase::Pending,
+            "Retry",
+            &format!(
+                "{} annotation set: starting attempt {}",
+                annotations::RETRY,
+                self.status.attempt + 1
+            ),
+        );
     }
 
     fn preflight(&mut self) {
         if self.spec.paused {
-            self.status.paused = Some(PauseState { from: Phase::Preflight, reason: PauseReason::Manual });
+            self.status.paused = Some(PauseState {
+                from: Phase::Preflight,
+                reason: PauseReason::Manual,
+            });
             return self.transition(Phase::Paused, "Paused", "spec.paused is true");
         }
         if !self.problems.is_empty() {
@@ -362,9 +459,16 @@ impl Machine<'_> {
             self.status.legacy_replicas_before = self.obs.legacy.map(|l| l.replicas);
         }
         // The stores must hold the preflight flags: proof that they are writable.
-        let written = self.obs.flags.is_some_and(|f| Some(f.values) == desired_flags(self.spec, &self.status));
+        let written = self
+            .obs
+            .flags
+            .is_some_and(|f| Some(f.values) == desired_flags(self.spec, &self.status));
         if written {
-            self.transition(Phase::Shadow, "PreflightPassed", "flag stores writable, workloads present; shadow traffic starts");
+            self.transition(
+                Phase::Shadow,
+                "PreflightPassed",
+                "flag stores writable, workloads present; shadow traffic starts",
+            );
         }
     }
 
@@ -374,9 +478,14 @@ impl Machine<'_> {
             return self.roll_back("PauseStateLost", "paused without a phase to resume");
         };
         match pause.reason {
-            PauseReason::Manual if !self.spec.paused => self.resume(pause.from, "Resumed", "spec.paused is false"),
+            PauseReason::Manual if !self.spec.paused => {
+                self.resume(pause.from, "Resumed", "spec.paused is false")
+            }
             PauseReason::Inconclusive if self.spec.paused => {
-                self.status.paused = Some(PauseState { from: pause.from, reason: PauseReason::Manual });
+                self.status.paused = Some(PauseState {
+                    from: pause.from,
+                    reason: PauseReason::Manual,
+                });
             }
             PauseReason::Inconclusive if self.status.passing_since.is_some() => {
                 self.resume(pause.from, "EvidenceReturned", "every gate passes again")
@@ -394,12 +503,22 @@ impl Machine<'_> {
     fn active(&mut self) {
         let phase = self.status.phase;
         if self.spec.paused {
-            self.status.paused = Some(PauseState { from: phase, reason: PauseReason::Manual });
+            self.status.paused = Some(PauseState {
+                from: phase,
+                reason: PauseReason::Manual,
+            });
             return self.transition(Phase::Paused, "Paused", "spec.paused is true");
         }
-        let limit = self.spec.analysis.as_ref().map_or(i32::MAX, |a| a.inconclusive_limit);
+        let limit = self
+            .spec
+            .analysis
+            .as_ref()
+            .map_or(i32::MAX, |a| a.inconclusive_limit);
         if self.status.consecutive_inconclusive >= limit {
-            self.status.paused = Some(PauseState { from: phase, reason: PauseReason::Inconclusive });
+            self.status.paused = Some(PauseState {
+                from: phase,
+                reason: PauseReason::Inconclusive,
+            });
             return self.transition(Phase::Paused, "Inconclusive", &format!("{limit} evaluation(s) in a row without evidence; waiting for the gates to answer"));
         }
         if phase == Phase::Backfill {
@@ -412,14 +531,20 @@ impl Machine<'_> {
         if !(promote || self.baked()) {
             return;
         }
-        let how = if promote { "promoted by hand" } else { "every gate passed for the bake time" };
+        let how = if promote {
+            "promoted by hand"
+        } else {
+            "every gate passed for the bake time"
+        };
         self.promote(how);
     }
 
     fn backfill(&mut self) {
         let name = format!("{}-backfill-{}", self.spec.service, self.status.attempt + 1);
         match &self.obs.backfill {
-            Some(JobState::Succeeded) if self.problems.is_empty() && self.workloads_ready() => self.promote("backfill job succeeded"),
+            Some(JobState::Succeeded) if self.problems.is_empty() && self.workloads_ready() => {
+                self.promote("backfill job succeeded")
+            }
             Some(JobState::Missing) | None => {
                 self.status.backfill_job = Some(name.clone());
                 self.create_job = Some(name);
@@ -432,14 +557,24 @@ impl Machine<'_> {
     fn promote(&mut self, how: &str) {
         let steps = &self.spec.steps;
         match self.status.phase {
-            Phase::Shadow if self.spec.backfill.is_some() => self.transition(Phase::Backfill, "ShadowPassed", how),
+            Phase::Shadow if self.spec.backfill.is_some() => {
+                self.transition(Phase::Backfill, "ShadowPassed", how)
+            }
             Phase::Shadow | Phase::Backfill => self.enter_step(1, how),
             Phase::Split => match self.status.step {
                 Some(s) if (s as usize) < steps.len() => self.enter_step(s + 1, how),
-                _ => self.transition(Phase::CutOver, "CutOver", &format!("{how}; the new system becomes primary")),
+                _ => self.transition(
+                    Phase::CutOver,
+                    "CutOver",
+                    &format!("{how}; the new system becomes primary"),
+                ),
             },
             Phase::CutOver => {
-                self.transition(Phase::Completed, "Completed", &format!("{how}; the new system serves alone"));
+                self.transition(
+                    Phase::Completed,
+                    "Completed",
+                    &format!("{how}; the new system serves alone"),
+                );
                 if self.spec.cutover.scale_down_legacy && self.spec.legacy.is_some() {
                     self.scale.push((Side::Legacy, 0));
                 }
@@ -458,15 +593,22 @@ impl Machine<'_> {
             self.status.phase = Phase::Split;
             self.status.phase_started_at = Some(self.now);
         }
-        let message = format!("step {step}/{}: {traffic}% of users on the new system ({how})", self.spec.steps.len());
+        let message = format!(
+            "step {step}/{}: {traffic}% of users on the new system ({how})",
+            self.spec.steps.len()
+        );
         self.push_history(from, Phase::Split, "Promoted", message.clone());
         self.note(EventType::Normal, "Promoted", message);
     }
 
     /// Has the current phase baked long enough with passing gates?
     fn baked(&self) -> bool {
-        let Some(needed) = self.bake_duration() else { return false };
-        let Some(started) = &self.status.step_started_at else { return false };
+        let Some(needed) = self.bake_duration() else {
+            return false;
+        };
+        let Some(started) = &self.status.step_started_at else {
+            return false;
+        };
         if elapsed(self.now, *started) < needed {
             return false;
         }
@@ -499,12 +641,19 @@ impl Machine<'_> {
     }
 
     fn has_gates(&self) -> bool {
-        self.spec.analysis.as_ref().is_some_and(|a| !a.gates.is_empty())
+        self.spec
+            .analysis
+            .as_ref()
+            .is_some_and(|a| !a.gates.is_empty())
     }
 
     fn restart_bake(&mut self) {
         self.status.step_started_at = Some(self.now);
-        self.status.passing_since = if self.has_gates() { None } else { Some(self.now) };
+        self.status.passing_since = if self.has_gates() {
+            None
+        } else {
+            Some(self.now)
+        };
         self.status.consecutive_failures = 0;
         self.status.consecutive_inconclusive = 0;
     }
@@ -538,7 +687,14 @@ impl Machine<'_> {
 
     fn push_history(&mut self, from: Phase, to: Phase, reason: &str, message: String) {
         let h = &mut self.status.history;
-        h.push(Transition { time: self.now, from, to, traffic_percent: self.status.traffic_percent, reason: reason.into(), message });
+        h.push(Transition {
+            time: self.now,
+            from,
+            to,
+            traffic_percent: self.status.traffic_percent,
+            reason: reason.into(),
+            message,
+        });
         if h.len() > HISTORY_LIMIT {
             h.drain(..h.len() - HISTORY_LIMIT);
         }
@@ -549,26 +705,41 @@ impl Machine<'_> {
             (Phase::Split, Some(step)) => format!("EnterSplit{step}"),
             (phase, _) => format!("Enter{phase}"),
         };
-        self.events.push(Note { type_, reason: reason.into(), message: message.into(), action });
+        self.events.push(Note {
+            type_,
+            reason: reason.into(),
+            message: message.into(),
+            action,
+        });
     }
 
     fn finish(mut self, previous: &MigrationStatus) -> Decision {
         let flags = desired_flags(self.spec, &self.status).map(|values| match self.obs.flags {
             Some(cur) if cur.values == values => cur,
-            Some(cur) => AppliedFlags { generation: cur.generation + 1, values },
+            Some(cur) => AppliedFlags {
+                generation: cur.generation + 1,
+                values,
+            },
             // Store empty or unreadable: what the status already asked for stands (no new
             // generation per reconcile); otherwise continue after it, never going back.
             None => match self.status.applied_flags {
                 Some(a) if a.values == values => a,
-                Some(a) => AppliedFlags { generation: a.generation + 1, values },
-                None => AppliedFlags { generation: 1, values },
+                Some(a) => AppliedFlags {
+                    generation: a.generation + 1,
+                    values,
+                },
+                None => AppliedFlags {
+                    generation: 1,
+                    values,
+                },
             },
         });
         if let Some(f) = flags {
             self.status.applied_flags = Some(f);
         }
         self.status.healthy = Some(self.healthy().into());
-        let degraded_note = conditions::update(&mut self.status, previous, &self.problems, self.now);
+        let degraded_note =
+            conditions::update(&mut self.status, previous, &self.problems, self.now);
         if let Some(note) = degraded_note {
             self.events.push(note);
         }
@@ -604,13 +775,17 @@ impl Machine<'_> {
         // Transitions continue at once (also those that change no flag, e.g. Shadow -> Backfill):
         // the status write triggers the next reconcile anyway, this is the fallback.
         let transitioned = self.status.phase != previous.phase || self.status.step != previous.step;
-        if transitioned || self.status.phase == Phase::RollingBack || self.status.phase == Phase::Pending {
+        if transitioned
+            || self.status.phase == Phase::RollingBack
+            || self.status.phase == Phase::Pending
+        {
             return Duration::from_millis(200);
         }
         if !self.problems.is_empty() {
             // Back off without stored state: wait about as long as the problem has lasted. Also
             // when flags are still to be written: the problem may be that they cannot be.
-            let since = conditions::degraded_since(&self.status).map_or(Duration::ZERO, |t| elapsed(self.now, t));
+            let since = conditions::degraded_since(&self.status)
+                .map_or(Duration::ZERO, |t| elapsed(self.now, t));
             return since.clamp(Duration::from_secs(2), Duration::from_secs(120));
         }
         if flags != self.obs.flags {
@@ -630,12 +805,19 @@ impl Machine<'_> {
 
 /// Phases in which gates and polled alerts are evaluated on the analysis interval.
 pub fn evaluates(phase: Phase) -> bool {
-    matches!(phase, Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver | Phase::Paused)
+    matches!(
+        phase,
+        Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver | Phase::Paused
+    )
 }
 
 /// Time until the next gate/alert evaluation is due (zero: due now); None when the Migration
 /// has nothing to evaluate in its phase.
-pub fn next_analysis_in(spec: &MigrationSpec, status: &MigrationStatus, now: Timestamp) -> Option<Duration> {
+pub fn next_analysis_in(
+    spec: &MigrationSpec,
+    status: &MigrationStatus,
+    now: Timestamp,
+) -> Option<Duration> {
     let analysis = spec.analysis.as_ref()?;
     analysis.prometheus.as_ref()?;
     if analysis.gates.is_empty() && spec.rollback.on_alerts.is_empty() || !evaluates(status.phase) {
@@ -650,16 +832,33 @@ pub fn next_analysis_in(spec: &MigrationSpec, status: &MigrationStatus, now: Tim
 
 /// A gate whose query Prometheus rejects is a spec problem: shown as Degraded, never a rollback.
 fn analysis_problems(status: &MigrationStatus) -> Vec<Problem> {
-    let Some(run) = status.last_analysis.as_ref().filter(|_| evaluates(status.phase)) else { return Vec::new() };
+    let Some(run) = status
+        .last_analysis
+        .as_ref()
+        .filter(|_| evaluates(status.phase))
+    else {
+        return Vec::new();
+    };
     run.gates
         .iter()
         .filter(|g| g.verdict == Verdict::Error)
-        .map(|g| Problem::new("InvalidQuery", format!("gate {}: {}", g.name, g.message.as_deref().unwrap_or("invalid query"))))
+        .map(|g| {
+            Problem::new(
+                "InvalidQuery",
+                format!(
+                    "gate {}: {}",
+                    g.name,
+                    g.message.as_deref().unwrap_or("invalid query")
+                ),
+            )
+        })
         .collect()
 }
 
 /// Time from `earlier` to `now`, zero when the clock went backwards.
 pub fn elapsed(now: Timestamp, earlier: Timestamp) -> Duration {
-    let ms = now.as_millisecond().saturating_sub(earlier.as_millisecond());
+    let ms = now
+        .as_millisecond()
+        .saturating_sub(earlier.as_millisecond());
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

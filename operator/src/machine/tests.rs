@@ -14,8 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
 use crate::crd::{
-    AnalysisSpec, BackfillSpec, ConfigMapStore, CutoverSpec, DualWrite, FlagStores, FlagValues, Gate, MigrationSpec,
-    NoDataPolicy, PrometheusSpec, RollbackSpec, ShadowSpec, Workload, WritePrimary,
+    AnalysisSpec, BackfillSpec, ConfigMapStore, CutoverSpec, DualWrite, FlagStores, FlagValues,
+    Gate, MigrationSpec, NoDataPolicy, PrometheusSpec, RollbackSpec, ShadowSpec, Workload,
+    WritePrimary,
 };
 use Phase::*;
 
@@ -49,14 +50,26 @@ fn spec() -> MigrationSpec {
         service: "chat".into(),
         legacy: None,
         candidate: None,
-        flags: FlagStores { config_map: Some(ConfigMapStore { name: "chat-migration-flags".into() }), ssm: None },
+        flags: FlagStores {
+            config_map: Some(ConfigMapStore {
+                name: "chat-migration-flags".into(),
+            }),
+            ssm: None,
+        },
         aws: None,
-        shadow: ShadowSpec { duration: "2m".into(), ..ShadowSpec::default() },
+        shadow: ShadowSpec {
+            duration: "2m".into(),
+            ..ShadowSpec::default()
+        },
         backfill: None,
         steps: vec![10, 25, 50, 100],
         bake_time: "1m".into(),
         analysis: None,
-        rollback: RollbackSpec { automatic: true, on_alerts: vec![ALERT.into()], alert_labels: None },
+        rollback: RollbackSpec {
+            automatic: true,
+            on_alerts: vec![ALERT.into()],
+            alert_labels: None,
+        },
         cutover: CutoverSpec::default(),
         paused: false,
     }
@@ -72,42 +85,76 @@ fn analysis() -> AnalysisSpec {
         on_no_data: NoDataPolicy::Inconclusive,
     };
     AnalysisSpec {
-        prometheus: Some(PrometheusSpec { url: "http://prometheus:9090".into() }),
+        prometheus: Some(PrometheusSpec {
+            url: "http://prometheus:9090".into(),
+        }),
         interval: "15s".into(),
         failure_limit: 2,
         inconclusive_limit: 3,
         gates: vec![
-            gate("error-rate", "sum(rate(chat_requests_total{cohort=\"new\",code=~\"5..\"}[1m]))", 0.01),
-            gate("p99-latency", "histogram_quantile(0.99, chat_request_duration_seconds_bucket)", 0.5),
+            gate(
+                "error-rate",
+                "sum(rate(chat_requests_total{cohort=\"new\",code=~\"5..\"}[1m]))",
+                0.01,
+            ),
+            gate(
+                "p99-latency",
+                "histogram_quantile(0.99, chat_request_duration_seconds_bucket)",
+                0.5,
+            ),
         ],
     }
 }
 
 fn gated() -> MigrationSpec {
-    MigrationSpec { analysis: Some(analysis()), ..spec() }
+    MigrationSpec {
+        analysis: Some(analysis()),
+        ..spec()
+    }
 }
 
 fn with_backfill(spec: MigrationSpec) -> MigrationSpec {
     MigrationSpec {
-        backfill: Some(BackfillSpec { image: "chat:1.0".into(), args: vec!["migrate".into()], parallelism: 4 }),
+        backfill: Some(BackfillSpec {
+            image: "chat:1.0".into(),
+            args: vec!["migrate".into()],
+            parallelism: 4,
+        }),
         ..spec
     }
 }
 
 fn with_workloads(spec: MigrationSpec) -> MigrationSpec {
     MigrationSpec {
-        legacy: Some(Workload { deployment: Some("chat-legacy".into()), ecs: None, require_ready: false }),
-        candidate: Some(Workload { deployment: Some("chat-new".into()), ecs: None, require_ready: false }),
+        legacy: Some(Workload {
+            deployment: Some("chat-legacy".into()),
+            ecs: None,
+            require_ready: false,
+        }),
+        candidate: Some(Workload {
+            deployment: Some("chat-new".into()),
+            ecs: None,
+            require_ready: false,
+        }),
         ..spec
     }
 }
 
 fn paused(spec: MigrationSpec) -> MigrationSpec {
-    MigrationSpec { paused: true, ..spec }
+    MigrationSpec {
+        paused: true,
+        ..spec
+    }
 }
 
 fn complete_after(spec: MigrationSpec, after: &str) -> MigrationSpec {
-    MigrationSpec { cutover: CutoverSpec { complete_after: Some(after.into()), ..spec.cutover }, ..spec }
+    MigrationSpec {
+        cutover: CutoverSpec {
+            complete_after: Some(after.into()),
+            ..spec.cutover
+        },
+        ..spec
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,8 +163,18 @@ fn complete_after(spec: MigrationSpec, after: &str) -> MigrationSpec {
 mod fl {
     use crate::crd::{DualWrite, FlagValues, WritePrimary};
 
-    fn doc(write_primary: WritePrimary, dual_write: DualWrite, shadow_read_percent: i32, read_split_percent: i32) -> FlagValues {
-        FlagValues { write_primary, dual_write, shadow_read_percent, read_split_percent }
+    fn doc(
+        write_primary: WritePrimary,
+        dual_write: DualWrite,
+        shadow_read_percent: i32,
+        read_split_percent: i32,
+    ) -> FlagValues {
+        FlagValues {
+            write_primary,
+            dual_write,
+            shadow_read_percent,
+            read_split_percent,
+        }
     }
     pub fn preflight() -> FlagValues {
         doc(WritePrimary::Legacy, DualWrite::Off, 0, 0)
@@ -172,13 +229,21 @@ fn status_in(spec: &MigrationSpec, phase: Phase, step: Option<i32>) -> Migration
         observed_generation: Some(1),
         ..MigrationStatus::default()
     };
-    status.applied_flags = desired_flags(spec, &status).map(|values| AppliedFlags { generation: GEN, values });
+    status.applied_flags = desired_flags(spec, &status).map(|values| AppliedFlags {
+        generation: GEN,
+        values,
+    });
     status
 }
 
 /// Paused since t0, from `from` (at `step`). An inconclusive pause follows evaluations that
 /// broke the passing streak.
-fn paused_in(spec: &MigrationSpec, from: Phase, step: Option<i32>, reason: PauseReason) -> MigrationStatus {
+fn paused_in(
+    spec: &MigrationSpec,
+    from: Phase,
+    step: Option<i32>,
+    reason: PauseReason,
+) -> MigrationStatus {
     let mut status = status_in(spec, from, step);
     status.phase = Paused;
     status.paused = Some(PauseState { from, reason });
@@ -194,20 +259,33 @@ fn paused_in(spec: &MigrationSpec, from: Phase, step: Option<i32>, reason: Pause
 /// What the reconciler sees when nothing happened: the spec generation the status observed and
 /// the flags the status applied, in the store.
 fn seen(status: &MigrationStatus) -> Observations {
-    Observations { generation: status.observed_generation.unwrap_or(1), flags: status.applied_flags, ..Observations::default() }
+    Observations {
+        generation: status.observed_generation.unwrap_or(1),
+        flags: status.applied_flags,
+        ..Observations::default()
+    }
 }
 
 fn nothing() -> Commands {
     Commands::default()
 }
 fn abort() -> Commands {
-    Commands { abort: true, ..Commands::default() }
+    Commands {
+        abort: true,
+        ..Commands::default()
+    }
 }
 fn promote() -> Commands {
-    Commands { promote: true, ..Commands::default() }
+    Commands {
+        promote: true,
+        ..Commands::default()
+    }
 }
 fn retry() -> Commands {
-    Commands { retry: true, ..Commands::default() }
+    Commands {
+        retry: true,
+        ..Commands::default()
+    }
 }
 
 fn firing() -> Vec<String> {
@@ -222,8 +300,22 @@ fn eval(verdict: Verdict) -> Vec<GateResult> {
         Verdict::Inconclusive | Verdict::Error => None,
     };
     vec![
-        GateResult { name: "error-rate".into(), verdict, value, min: None, max: Some(0.01), message: None },
-        GateResult { name: "p99-latency".into(), verdict: Verdict::Pass, value: Some(0.2), min: None, max: Some(0.5), message: None },
+        GateResult {
+            name: "error-rate".into(),
+            verdict,
+            value,
+            min: None,
+            max: Some(0.01),
+            message: None,
+        },
+        GateResult {
+            name: "p99-latency".into(),
+            verdict: Verdict::Pass,
+            value: Some(0.2),
+            min: None,
+            max: Some(0.5),
+            message: None,
+        },
     ]
 }
 fn pass() -> Option<Vec<GateResult>> {
@@ -253,7 +345,10 @@ fn verdicts(seq: &str) -> Vec<Verdict> {
 }
 
 fn workload(replicas: i32) -> Option<WorkloadState> {
-    Some(WorkloadState { replicas, ready_replicas: replicas })
+    Some(WorkloadState {
+        replicas,
+        ready_replicas: replicas,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,12 +359,20 @@ fn reasons(d: &Decision) -> Vec<&str> {
 }
 
 fn warnings(d: &Decision) -> Vec<&str> {
-    d.events.iter().filter(|e| e.type_ == EventType::Warning).map(|e| e.reason.as_str()).collect()
+    d.events
+        .iter()
+        .filter(|e| e.type_ == EventType::Warning)
+        .map(|e| e.reason.as_str())
+        .collect()
 }
 
 /// (status, reason) of a condition.
 fn condition<'a>(status: &'a MigrationStatus, type_: &str) -> (&'a str, &'a str) {
-    let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"));
     (c.status.as_str(), c.reason.as_str())
 }
 
@@ -283,29 +386,57 @@ fn roundtrip(status: &MigrationStatus) -> MigrationStatus {
 
 /// [`decide`], plus the invariants every decision must keep.
 #[track_caller]
-fn step(spec: &MigrationSpec, status: &MigrationStatus, obs: &Observations, now: Timestamp) -> Decision {
+fn step(
+    spec: &MigrationSpec,
+    status: &MigrationStatus,
+    obs: &Observations,
+    now: Timestamp,
+) -> Decision {
     let d = decide(spec, status, obs, now);
     let next = &d.status;
     let ctx = format!("{:?} -> {:?} at {now}", status.phase, next.phase);
 
     // Flags: exactly what the new status asks for, and the generation moves by one per change.
     let desired = desired_flags(spec, next);
-    assert_eq!(d.flags.map(|f| f.values), desired, "{ctx}: flags are the desired flags of the new status");
+    assert_eq!(
+        d.flags.map(|f| f.values),
+        desired,
+        "{ctx}: flags are the desired flags of the new status"
+    );
     if let Some(f) = d.flags {
-        assert_eq!(next.applied_flags, Some(f), "{ctx}: status records the flags it asks for");
+        assert_eq!(
+            next.applied_flags,
+            Some(f),
+            "{ctx}: status records the flags it asks for"
+        );
         match obs.flags {
-            Some(cur) if cur.values == f.values => assert_eq!(f, cur, "{ctx}: unchanged flags keep their generation"),
-            Some(cur) => assert_eq!(f.generation, cur.generation + 1, "{ctx}: changed flags bump the generation by one"),
+            Some(cur) if cur.values == f.values => {
+                assert_eq!(f, cur, "{ctx}: unchanged flags keep their generation")
+            }
+            Some(cur) => assert_eq!(
+                f.generation,
+                cur.generation + 1,
+                "{ctx}: changed flags bump the generation by one"
+            ),
             None => match status.applied_flags {
                 // Store empty or unreadable: the same request stands, so repeated reconciles
                 // write nothing new (no status churn, no hot loop).
-                Some(a) if a.values == f.values => assert_eq!(f, a, "{ctx}: the recorded request stands"),
-                a => assert!(f.generation > a.map_or(0, |a| a.generation), "{ctx}: generation never goes back"),
+                Some(a) if a.values == f.values => {
+                    assert_eq!(f, a, "{ctx}: the recorded request stands")
+                }
+                a => assert!(
+                    f.generation > a.map_or(0, |a| a.generation),
+                    "{ctx}: generation never goes back"
+                ),
             },
         }
     }
     if matches!(next.phase, RollingBack | RolledBack) {
-        assert_eq!(d.flags.map(|f| f.values), Some(rollback_flags(spec)), "{ctx}: rolling back means the safe flags");
+        assert_eq!(
+            d.flags.map(|f| f.values),
+            Some(rollback_flags(spec)),
+            "{ctx}: rolling back means the safe flags"
+        );
     }
 
     // Traffic: only where the phase allows it, and it never grows without a promotion.
@@ -313,36 +444,88 @@ fn step(spec: &MigrationSpec, status: &MigrationStatus, obs: &Observations, now:
     match (next.phase, next.paused.as_ref().map(|p| p.from)) {
         (Split, _) | (Paused, Some(Split)) => {
             let s = next.step.expect("a step in Split");
-            assert!(s as usize <= steps.len(), "{ctx}: step {s} within {steps:?}");
+            assert!(
+                s as usize <= steps.len(),
+                "{ctx}: step {s} within {steps:?}"
+            );
             if s == 0 {
                 // Held below the first step after a spec edit raised every step.
-                assert!(next.traffic_percent < steps[0], "{ctx}: step 0 holds traffic below the first step");
+                assert!(
+                    next.traffic_percent < steps[0],
+                    "{ctx}: step 0 holds traffic below the first step"
+                );
             } else {
-                assert_eq!(next.traffic_percent, steps[s as usize - 1], "{ctx}: traffic is the step's percent");
+                assert_eq!(
+                    next.traffic_percent,
+                    steps[s as usize - 1],
+                    "{ctx}: traffic is the step's percent"
+                );
             }
         }
-        (CutOver | Completed, _) | (Paused, Some(CutOver)) => assert_eq!(next.traffic_percent, 100, "{ctx}"),
-        _ => assert_eq!(next.traffic_percent, 0, "{ctx}: no user on the new system in {:?}", next.phase),
+        (CutOver | Completed, _) | (Paused, Some(CutOver)) => {
+            assert_eq!(next.traffic_percent, 100, "{ctx}")
+        }
+        _ => assert_eq!(
+            next.traffic_percent, 0,
+            "{ctx}: no user on the new system in {:?}",
+            next.phase
+        ),
     }
     if next.traffic_percent > status.traffic_percent {
-        let promoted = reasons(&d).iter().any(|r| matches!(*r, "Promoted" | "CutOver"));
-        assert!(promoted, "{ctx}: traffic grew {}% -> {}% without a promotion: {:?}", status.traffic_percent, next.traffic_percent, d.events);
+        let promoted = reasons(&d)
+            .iter()
+            .any(|r| matches!(*r, "Promoted" | "CutOver"));
+        assert!(
+            promoted,
+            "{ctx}: traffic grew {}% -> {}% without a promotion: {:?}",
+            status.traffic_percent, next.traffic_percent, d.events
+        );
     }
 
     // Commands: only what was set is consumed; an abort is always consumed.
-    let set = [(obs.commands.abort, annotations::ABORT), (obs.commands.promote, annotations::PROMOTE), (obs.commands.retry, annotations::RETRY)];
+    let set = [
+        (obs.commands.abort, annotations::ABORT),
+        (obs.commands.promote, annotations::PROMOTE),
+        (obs.commands.retry, annotations::RETRY),
+    ];
     for c in &d.consumed {
-        assert!(set.iter().any(|(on, name)| *on && name == c), "{ctx}: consumed {c} which was not set");
+        assert!(
+            set.iter().any(|(on, name)| *on && name == c),
+            "{ctx}: consumed {c} which was not set"
+        );
     }
     if obs.commands.abort {
-        assert!(d.consumed.contains(&annotations::ABORT), "{ctx}: abort consumed");
+        assert!(
+            d.consumed.contains(&annotations::ABORT),
+            "{ctx}: abort consumed"
+        );
     }
 
-    assert!(next.history.len() <= HISTORY_LIMIT, "{ctx}: history bounded");
-    assert_eq!(next.observed_generation, Some(obs.generation), "{ctx}: observed generation");
-    assert_eq!(next.conditions.len(), 3, "{ctx}: Ready, Progressing, Degraded");
-    assert!(next.conditions.iter().all(|c| c.observed_generation == Some(obs.generation)), "{ctx}");
-    assert!(!d.requeue_after.is_zero() && d.requeue_after <= IDLE_REQUEUE, "{ctx}: requeue {:?}", d.requeue_after);
+    assert!(
+        next.history.len() <= HISTORY_LIMIT,
+        "{ctx}: history bounded"
+    );
+    assert_eq!(
+        next.observed_generation,
+        Some(obs.generation),
+        "{ctx}: observed generation"
+    );
+    assert_eq!(
+        next.conditions.len(),
+        3,
+        "{ctx}: Ready, Progressing, Degraded"
+    );
+    assert!(
+        next.conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(obs.generation)),
+        "{ctx}"
+    );
+    assert!(
+        !d.requeue_after.is_zero() && d.requeue_after <= IDLE_REQUEUE,
+        "{ctx}: requeue {:?}",
+        d.requeue_after
+    );
     d
 }
 
@@ -359,14 +542,26 @@ struct Simulation {
 }
 
 fn simulate(spec: MigrationSpec) -> Simulation {
-    Simulation { spec, status: MigrationStatus::default(), store: None, legacy: None, generation: 1 }
+    Simulation {
+        spec,
+        status: MigrationStatus::default(),
+        store: None,
+        legacy: None,
+        generation: 1,
+    }
 }
 
 impl Simulation {
     /// Starts from a status as if the store held its applied flags.
     fn from(spec: MigrationSpec, status: MigrationStatus) -> Self {
         let generation = status.observed_generation.unwrap_or(1);
-        Self { store: status.applied_flags, spec, status, legacy: None, generation }
+        Self {
+            store: status.applied_flags,
+            spec,
+            status,
+            legacy: None,
+            generation,
+        }
     }
 
     /// A reconcile at `t0 + secs` that observes nothing special.
@@ -377,11 +572,20 @@ impl Simulation {
     /// A reconcile at `t0 + secs` that also observes `extra` (commands, gates, alerts, jobs,
     /// problems); generation, flags and the legacy workload come from the simulation.
     fn with(&mut self, secs: i64, extra: Observations) -> Decision {
-        let obs = Observations { generation: self.generation, flags: self.store, legacy: self.legacy.or(extra.legacy), ..extra };
+        let obs = Observations {
+            generation: self.generation,
+            flags: self.store,
+            legacy: self.legacy.or(extra.legacy),
+            ..extra
+        };
         let d = step(&self.spec, &self.status, &obs, at(secs));
         let restarted = roundtrip(&self.status);
         assert_eq!(restarted, self.status, "status survives serialization");
-        assert_eq!(decide(&self.spec, &restarted, &obs, at(secs)), d, "a restarted operator decides the same at +{secs}s");
+        assert_eq!(
+            decide(&self.spec, &restarted, &obs, at(secs)),
+            d,
+            "a restarted operator decides the same at +{secs}s"
+        );
         self.apply(&d);
         d
     }
@@ -399,17 +603,33 @@ impl Simulation {
     }
 
     fn phase(&self) -> (Phase, Option<i32>, i32) {
-        (self.status.phase, self.status.step, self.status.traffic_percent)
+        (
+            self.status.phase,
+            self.status.step,
+            self.status.traffic_percent,
+        )
     }
 }
 
 /// Feeds one gate evaluation per 15 s (at +15, +30, ...) from `start`; returns the decisions.
-fn evaluate(spec: &MigrationSpec, start: MigrationStatus, seq: &str) -> (Simulation, Vec<Decision>) {
+fn evaluate(
+    spec: &MigrationSpec,
+    start: MigrationStatus,
+    seq: &str,
+) -> (Simulation, Vec<Decision>) {
     let mut sim = Simulation::from(spec.clone(), start);
     let decisions = verdicts(seq)
         .into_iter()
         .enumerate()
-        .map(|(i, v)| sim.with(15 * (i as i64 + 1), Observations { analysis: Some(eval(v)), ..Observations::default() }))
+        .map(|(i, v)| {
+            sim.with(
+                15 * (i as i64 + 1),
+                Observations {
+                    analysis: Some(eval(v)),
+                    ..Observations::default()
+                },
+            )
+        })
         .collect();
     (sim, decisions)
 }
@@ -447,23 +667,41 @@ fn a_run_without_gates_walks_every_phase_baking_each_step() {
     ];
     for (secs, commands, phase, step_, traffic, flags, generation, events) in rows {
         let before = sim.store;
-        let d = sim.with(secs, Observations { commands: commands.clone(), ..Observations::default() });
+        let d = sim.with(
+            secs,
+            Observations {
+                commands: commands.clone(),
+                ..Observations::default()
+            },
+        );
         let row = format!("at +{secs}s");
         assert_eq!(sim.phase(), (phase, step_, traffic), "{row}");
         assert_eq!(d.flags, applied(generation, flags), "{row}");
         if before.is_some_and(|b| b.values == flags) {
-            assert_eq!(before, d.flags, "{row}: unchanged flags are not rewritten with a new generation");
+            assert_eq!(
+                before, d.flags,
+                "{row}: unchanged flags are not rewritten with a new generation"
+            );
         }
         assert_eq!(reasons(&d), events, "{row}");
         assert!(warnings(&d).is_empty(), "{row}: {:?}", d.events);
-        let expected_consumed: &[&str] = if commands.promote { &[annotations::PROMOTE] } else { &[] };
+        let expected_consumed: &[&str] = if commands.promote {
+            &[annotations::PROMOTE]
+        } else {
+            &[]
+        };
         assert_eq!(d.consumed, expected_consumed, "{row}");
         assert_eq!(d.create_backfill_job, None, "{row}");
         assert_eq!(d.scale, vec![], "{row}");
     }
 
     // The history tells the same story, with the traffic after each transition.
-    let history: Vec<_> = sim.status.history.iter().map(|t| (t.from, t.to, t.traffic_percent, t.reason.as_str())).collect();
+    let history: Vec<_> = sim
+        .status
+        .history
+        .iter()
+        .map(|t| (t.from, t.to, t.traffic_percent, t.reason.as_str()))
+        .collect();
     assert_eq!(
         history,
         [
@@ -496,21 +734,49 @@ fn preflight_moves_to_shadow_only_once_the_store_holds_the_preflight_flags() {
         (applied(3, fl::preflight()), Shadow),
     ];
     for (store, phase) in rows {
-        let d = step(&spec, &s, &Observations { flags: store, ..seen(&s) }, at(5));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                flags: store,
+                ..seen(&s)
+            },
+            at(5),
+        );
         assert_eq!(d.status.phase, phase, "store {store:?}");
         // An empty store gets the status's recorded request again, with its generation.
-        let expected = if phase == Shadow { applied(4, fl::shadow()) } else { Some(AppliedFlags { generation: store.map_or(GEN, |f| f.generation + 1), values: fl::preflight() }) };
+        let expected = if phase == Shadow {
+            applied(4, fl::shadow())
+        } else {
+            Some(AppliedFlags {
+                generation: store.map_or(GEN, |f| f.generation + 1),
+                values: fl::preflight(),
+            })
+        };
         assert_eq!(d.flags, expected, "store {store:?}");
     }
 }
 
 #[test]
 fn cutover_makes_the_new_store_primary_keeping_legacy_in_sync_only_with_reverse_dual_write() {
-    for (reverse, flags) in [(true, fl::cutover()), (false, fl::cutover_without_reverse())] {
-        let spec = MigrationSpec { cutover: CutoverSpec { reverse_dual_write: reverse, ..CutoverSpec::default() }, ..spec() };
+    for (reverse, flags) in [
+        (true, fl::cutover()),
+        (false, fl::cutover_without_reverse()),
+    ] {
+        let spec = MigrationSpec {
+            cutover: CutoverSpec {
+                reverse_dual_write: reverse,
+                ..CutoverSpec::default()
+            },
+            ..spec()
+        };
         let s = status_in(&spec, Split, Some(4));
         let d = step(&spec, &s, &seen(&s), at(60));
-        assert_eq!((d.status.phase, d.status.step, d.status.traffic_percent), (CutOver, None, 100), "reverse {reverse}");
+        assert_eq!(
+            (d.status.phase, d.status.step, d.status.traffic_percent),
+            (CutOver, None, 100),
+            "reverse {reverse}"
+        );
         assert_eq!(d.flags, applied(GEN + 1, flags), "reverse {reverse}");
     }
 }
@@ -520,7 +786,12 @@ fn cutover_completes_after_complete_after_and_not_a_second_earlier() {
     let spec = complete_after(spec(), "5m");
     let s = status_in(&spec, CutOver, None);
     // (at, phase)
-    for (secs, phase) in [(1, CutOver), (299, CutOver), (300, Completed), (301, Completed)] {
+    for (secs, phase) in [
+        (1, CutOver),
+        (299, CutOver),
+        (300, Completed),
+        (301, Completed),
+    ] {
         let d = step(&spec, &s, &seen(&s), at(secs));
         assert_eq!(d.status.phase, phase, "at +{secs}s");
         if phase == Completed {
@@ -537,16 +808,32 @@ fn cutover_completes_after_complete_after_and_not_a_second_earlier() {
 #[test]
 fn completion_scales_legacy_down_only_when_asked_and_named() {
     // (scaleDownLegacy, workloads named, scale)
-    for (scale_down, named, scale) in [(true, true, vec![(Side::Legacy, 0)]), (true, false, vec![]), (false, true, vec![])] {
+    for (scale_down, named, scale) in [
+        (true, true, vec![(Side::Legacy, 0)]),
+        (true, false, vec![]),
+        (false, true, vec![]),
+    ] {
         let mut spec = complete_after(spec(), "5m");
         spec.cutover.scale_down_legacy = scale_down;
         if named {
             spec = with_workloads(spec);
         }
         let s = status_in(&spec, CutOver, None);
-        let d = step(&spec, &s, &Observations { legacy: workload(3), candidate: workload(3), ..seen(&s) }, at(300));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                legacy: workload(3),
+                candidate: workload(3),
+                ..seen(&s)
+            },
+            at(300),
+        );
         assert_eq!(d.status.phase, Completed);
-        assert_eq!(d.scale, scale, "scaleDownLegacy {scale_down}, named {named}");
+        assert_eq!(
+            d.scale, scale,
+            "scaleDownLegacy {scale_down}, named {named}"
+        );
     }
 }
 
@@ -555,13 +842,33 @@ fn history_keeps_only_the_latest_transitions() {
     let spec = spec();
     let mut s = status_in(&spec, Split, Some(1));
     s.history = (0..HISTORY_LIMIT as i64)
-        .map(|i| Transition { time: at(i - 100), from: Split, to: Split, traffic_percent: 10, reason: format!("Old{i}"), message: String::new() })
+        .map(|i| Transition {
+            time: at(i - 100),
+            from: Split,
+            to: Split,
+            traffic_percent: 10,
+            reason: format!("Old{i}"),
+            message: String::new(),
+        })
         .collect();
     let d = step(&spec, &s, &seen(&s), at(60));
     assert_eq!(d.status.history.len(), HISTORY_LIMIT);
-    assert_eq!(d.status.history.first().unwrap().reason, "Old1", "the oldest transition is dropped");
+    assert_eq!(
+        d.status.history.first().unwrap().reason,
+        "Old1",
+        "the oldest transition is dropped"
+    );
     let last = d.status.history.last().unwrap();
-    assert_eq!((last.from, last.to, last.traffic_percent, last.reason.as_str(), &last.time), (Split, Split, 25, "Promoted", &at(60)));
+    assert_eq!(
+        (
+            last.from,
+            last.to,
+            last.traffic_percent,
+            last.reason.as_str(),
+            &last.time
+        ),
+        (Split, Split, 25, "Promoted", &at(60))
+    );
 }
 
 #[test]
@@ -571,9 +878,20 @@ fn workloads_that_must_be_ready_hold_promotion_until_they_are() {
     let s = status_in(&spec, Split, Some(1));
     // (candidate replicas, ready, promoted)
     for (replicas, ready, promoted) in [(3, 1, false), (0, 0, false), (3, 3, true)] {
-        let obs = Observations { legacy: workload(3), candidate: Some(WorkloadState { replicas, ready_replicas: ready }), ..seen(&s) };
+        let obs = Observations {
+            legacy: workload(3),
+            candidate: Some(WorkloadState {
+                replicas,
+                ready_replicas: ready,
+            }),
+            ..seen(&s)
+        };
         let d = step(&spec, &s, &obs, at(60));
-        assert_eq!(d.status.step, Some(if promoted { 2 } else { 1 }), "candidate {ready}/{replicas} ready");
+        assert_eq!(
+            d.status.step,
+            Some(if promoted { 2 } else { 1 }),
+            "candidate {ready}/{replicas} ready"
+        );
     }
 }
 
@@ -582,8 +900,14 @@ fn workloads_that_must_be_ready_hold_promotion_until_they_are() {
 
 #[test]
 fn backfill_runs_its_job_between_shadow_and_the_first_step() {
-    let mut sim = Simulation::from(with_backfill(spec()), status_in(&with_backfill(spec()), Shadow, None));
-    let job = |state: JobState| Observations { backfill: Some(state), ..Observations::default() };
+    let mut sim = Simulation::from(
+        with_backfill(spec()),
+        status_in(&with_backfill(spec()), Shadow, None),
+    );
+    let job = |state: JobState| Observations {
+        backfill: Some(state),
+        ..Observations::default()
+    };
 
     // Shadow baked: Backfill, flags unchanged (still legacy primary, dual-write, no users).
     let d = sim.at(120);
@@ -603,13 +927,21 @@ fn backfill_runs_its_job_between_shadow_and_the_first_step() {
     for (secs, state, phase, create, events) in rows {
         let d = sim.with(secs, job(state.clone()));
         assert_eq!(d.status.phase, phase, "{state:?} at +{secs}s");
-        assert_eq!(d.create_backfill_job.as_deref(), create, "{state:?} at +{secs}s");
+        assert_eq!(
+            d.create_backfill_job.as_deref(),
+            create,
+            "{state:?} at +{secs}s"
+        );
         assert_eq!(reasons(&d), events, "{state:?} at +{secs}s");
     }
     assert_eq!(sim.status.backfill_job.as_deref(), Some("chat-backfill-1"));
     assert_eq!(sim.phase(), (Split, Some(1), 10));
     assert_eq!(sim.store, applied(GEN + 1, fl::split(10)));
-    assert_eq!(sim.status.step_started_at, time(5_001), "the first step bakes from its own start");
+    assert_eq!(
+        sim.status.step_started_at,
+        time(5_001),
+        "the first step bakes from its own start"
+    );
 }
 
 #[test]
@@ -617,22 +949,55 @@ fn a_failed_backfill_rolls_back() {
     let spec = with_backfill(spec());
     let mut s = status_in(&spec, Backfill, None);
     s.backfill_job = Some("chat-backfill-1".into());
-    let d = step(&spec, &s, &Observations { backfill: Some(JobState::Failed("drift 3.2% > 0.1%".into())), ..seen(&s) }, at(30));
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            backfill: Some(JobState::Failed("drift 3.2% > 0.1%".into())),
+            ..seen(&s)
+        },
+        at(30),
+    );
     assert_eq!((d.status.phase, d.status.traffic_percent), (RollingBack, 0));
     assert_eq!(warnings(&d), ["BackfillFailed"]);
     assert!(d.events[0].message.contains("drift 3.2%"), "{:?}", d.events);
-    assert_eq!(d.status.last_rollback.as_ref().map(|r| (r.from, r.reason.as_str())), Some((Backfill, "BackfillFailed")));
+    assert_eq!(
+        d.status
+            .last_rollback
+            .as_ref()
+            .map(|r| (r.from, r.reason.as_str())),
+        Some((Backfill, "BackfillFailed"))
+    );
     assert_eq!(d.create_backfill_job, None, "a failed job is not recreated");
 }
 
 #[test]
 fn backfill_jobs_are_named_per_attempt() {
     let spec = with_backfill(spec());
-    for (attempt, name) in [(0, "chat-backfill-1"), (1, "chat-backfill-2"), (4, "chat-backfill-5")] {
-        let s = MigrationStatus { attempt, ..status_in(&spec, Backfill, None) };
+    for (attempt, name) in [
+        (0, "chat-backfill-1"),
+        (1, "chat-backfill-2"),
+        (4, "chat-backfill-5"),
+    ] {
+        let s = MigrationStatus {
+            attempt,
+            ..status_in(&spec, Backfill, None)
+        };
         for job in [None, Some(JobState::Missing)] {
-            let d = step(&spec, &s, &Observations { backfill: job.clone(), ..seen(&s) }, at(1));
-            assert_eq!(d.create_backfill_job.as_deref(), Some(name), "attempt {attempt}, job {job:?}");
+            let d = step(
+                &spec,
+                &s,
+                &Observations {
+                    backfill: job.clone(),
+                    ..seen(&s)
+                },
+                at(1),
+            );
+            assert_eq!(
+                d.create_backfill_job.as_deref(),
+                Some(name),
+                "attempt {attempt}, job {job:?}"
+            );
             assert_eq!(d.status.backfill_job.as_deref(), Some(name));
         }
     }
@@ -646,20 +1011,26 @@ fn a_step_is_promoted_only_after_every_gate_passed_for_the_whole_bake() {
     // Split step 1 entered at t0; one evaluation every 15 s; bakeTime 1m.
     // (evaluations, when step 2 starts)
     let rows = [
-        ("PPPPP", Some(75)),        // passing since +15: promoted at +75, not at +60
+        ("PPPPP", Some(75)), // passing since +15: promoted at +75, not at +60
         ("PPPP", None),
-        ("PFPPPPP", Some(105)),     // a Fail resets the streak: passing since +45
-        ("PIPPPPP", Some(105)),     // so does an Inconclusive
-        ("PEPPPPP", Some(105)),     // and an Error
+        ("PFPPPPP", Some(105)), // a Fail resets the streak: passing since +45
+        ("PIPPPPP", Some(105)), // so does an Inconclusive
+        ("PEPPPPP", Some(105)), // and an Error
         ("PPPPPPF", Some(75)),
-        ("PPPPF", None),            // failing at the moment the bake would end
+        ("PPPPF", None), // failing at the moment the bake would end
         ("EEEEEEEEEEEE", None),
     ];
     for (seq, promoted_at) in rows {
         let (_, ds) = evaluate(&gated(), status_in(&gated(), Split, Some(1)), seq);
-        let first = ds.iter().position(|d| d.status.step == Some(2)).map(|i| 15 * (i as i64 + 1));
+        let first = ds
+            .iter()
+            .position(|d| d.status.step == Some(2))
+            .map(|i| 15 * (i as i64 + 1));
         assert_eq!(first, promoted_at, "{seq}");
-        assert!(ds.iter().all(|d| matches!(d.status.phase, Split)), "{seq}: never paused nor rolled back");
+        assert!(
+            ds.iter().all(|d| matches!(d.status.phase, Split)),
+            "{seq}: never paused nor rolled back"
+        );
     }
 }
 
@@ -667,7 +1038,7 @@ fn a_step_is_promoted_only_after_every_gate_passed_for_the_whole_bake() {
 fn shadow_and_cutover_bake_on_gates_too() {
     // (phase, spec, evaluations, phase after)
     let rows = [
-        (Shadow, gated(), "PPPPPPPPP", Split),  // shadow 2m: passing since +15, promoted at +135
+        (Shadow, gated(), "PPPPPPPPP", Split), // shadow 2m: passing since +15, promoted at +135
         (Shadow, gated(), "PPPPPPPP", Shadow),
         (Shadow, gated(), "PPPPFPPPP", Shadow),
         (CutOver, complete_after(gated(), "1m"), "PPPPP", Completed),
@@ -687,15 +1058,15 @@ fn consecutive_failures_roll_back_at_the_failure_limit() {
     let rows = [
         ("F", Split, 1, 0),
         ("FF", RollingBack, 0, 0),
-        ("FPF", Split, 1, 0),       // a Pass in between resets the counter
+        ("FPF", Split, 1, 0), // a Pass in between resets the counter
         ("PFPFPFP", Split, 0, 0),
         ("PFF", RollingBack, 0, 0),
-        ("FE", Split, 1, 0),        // an Error neither counts nor clears
+        ("FE", Split, 1, 0), // an Error neither counts nor clears
         ("FEEEEE", Split, 1, 0),
         ("II", Split, 0, 2),
         ("III", Paused, 0, 3),
-        ("IIPII", Split, 0, 2),     // a Pass in between resets the counter
-        ("IIFI", Split, 1, 1),      // a Fail is evidence: resets the inconclusive counter
+        ("IIPII", Split, 0, 2), // a Pass in between resets the counter
+        ("IIFI", Split, 1, 1),  // a Fail is evidence: resets the inconclusive counter
         ("IIFF", RollingBack, 0, 0),
         ("EEEEEEEEEE", Split, 0, 0),
     ];
@@ -704,14 +1075,30 @@ fn consecutive_failures_roll_back_at_the_failure_limit() {
         let s = &sim.status;
         assert_eq!(s.phase, phase, "{seq}");
         if phase != RollingBack {
-            assert_eq!((s.consecutive_failures, s.consecutive_inconclusive), (failures, inconclusive), "{seq}");
+            assert_eq!(
+                (s.consecutive_failures, s.consecutive_inconclusive),
+                (failures, inconclusive),
+                "{seq}"
+            );
         }
-        let rolled_back: Vec<_> = ds.iter().filter(|d| d.status.phase == RollingBack).collect();
+        let rolled_back: Vec<_> = ds
+            .iter()
+            .filter(|d| d.status.phase == RollingBack)
+            .collect();
         if let Some(d) = rolled_back.first() {
             assert_eq!(warnings(d), ["GateFailed"], "{seq}");
-            assert!(d.events[0].message.contains("gate error-rate = 0.05 (max 0.01) failed 2 evaluation(s) in a row"), "{seq}: {:?}", d.events);
+            assert!(
+                d.events[0]
+                    .message
+                    .contains("gate error-rate = 0.05 (max 0.01) failed 2 evaluation(s) in a row"),
+                "{seq}: {:?}",
+                d.events
+            );
             assert_eq!(d.status.healthy.as_deref(), Some("False"));
-            assert_eq!(d.status.last_analysis.as_ref().map(|a| a.time.clone()), Some(at(15 * seq.len() as i64)));
+            assert_eq!(
+                d.status.last_analysis.as_ref().map(|a| a.time.clone()),
+                Some(at(15 * seq.len() as i64))
+            );
         }
     }
 }
@@ -722,34 +1109,111 @@ fn inconclusive_evidence_pauses_with_flags_unchanged_and_passing_evidence_resume
     let (mut sim, ds) = evaluate(&spec, status_in(&spec, Split, Some(2)), "III");
     let d = ds.last().unwrap();
     assert_eq!(d.status.phase, Paused);
-    assert_eq!(d.status.paused, Some(PauseState { from: Split, reason: PauseReason::Inconclusive }));
-    assert_eq!((d.status.step, d.status.traffic_percent), (Some(2), 25), "users stay where they were");
-    assert_eq!(d.flags, applied(GEN, fl::split(25)), "flags unchanged, same generation");
+    assert_eq!(
+        d.status.paused,
+        Some(PauseState {
+            from: Split,
+            reason: PauseReason::Inconclusive
+        })
+    );
+    assert_eq!(
+        (d.status.step, d.status.traffic_percent),
+        (Some(2), 25),
+        "users stay where they were"
+    );
+    assert_eq!(
+        d.flags,
+        applied(GEN, fl::split(25)),
+        "flags unchanged, same generation"
+    );
     assert_eq!(warnings(d), ["Inconclusive"]);
     assert_eq!(condition(&d.status, PROGRESSING), ("False", "Inconclusive"));
-    assert_eq!(condition(&d.status, READY).0, "True", "paused is not broken");
+    assert_eq!(
+        condition(&d.status, READY).0,
+        "True",
+        "paused is not broken"
+    );
     assert_eq!(d.status.healthy.as_deref(), Some("Unknown"));
 
     // Still no evidence: stays paused, quietly.
     for secs in [60, 75, 90] {
-        let d = sim.with(secs, Observations { analysis: inconclusive(), ..Observations::default() });
+        let d = sim.with(
+            secs,
+            Observations {
+                analysis: inconclusive(),
+                ..Observations::default()
+            },
+        );
         assert_eq!((d.status.phase, d.events.len()), (Paused, 0), "+{secs}s");
     }
     // Errors are not evidence either.
-    assert_eq!(sim.with(100, Observations { analysis: error(), ..Observations::default() }).status.phase, Paused);
+    assert_eq!(
+        sim.with(
+            100,
+            Observations {
+                analysis: error(),
+                ..Observations::default()
+            }
+        )
+        .status
+        .phase,
+        Paused
+    );
     // Every gate passes: the same step again, baking from now.
-    let d = sim.with(105, Observations { analysis: pass(), ..Observations::default() });
+    let d = sim.with(
+        105,
+        Observations {
+            analysis: pass(),
+            ..Observations::default()
+        },
+    );
     assert_eq!(sim.phase(), (Split, Some(2), 25));
     assert_eq!(reasons(&d), ["EvidenceReturned"]);
     assert_eq!(d.flags, applied(GEN, fl::split(25)));
-    assert_eq!((d.status.step_started_at.clone(), d.status.passing_since.clone()), (time(105), None), "a fresh bake");
-    assert_eq!((d.status.consecutive_failures, d.status.consecutive_inconclusive), (0, 0));
+    assert_eq!(
+        (
+            d.status.step_started_at.clone(),
+            d.status.passing_since.clone()
+        ),
+        (time(105), None),
+        "a fresh bake"
+    );
+    assert_eq!(
+        (
+            d.status.consecutive_failures,
+            d.status.consecutive_inconclusive
+        ),
+        (0, 0)
+    );
     assert_eq!(d.status.paused, None);
     // ... which needs the full bake of passing evaluations again.
     for secs in [120, 135, 150, 165] {
-        assert_eq!(sim.with(secs, Observations { analysis: pass(), ..Observations::default() }).status.step, Some(2), "+{secs}s");
+        assert_eq!(
+            sim.with(
+                secs,
+                Observations {
+                    analysis: pass(),
+                    ..Observations::default()
+                }
+            )
+            .status
+            .step,
+            Some(2),
+            "+{secs}s"
+        );
     }
-    assert_eq!(sim.with(180, Observations { analysis: pass(), ..Observations::default() }).status.step, Some(3));
+    assert_eq!(
+        sim.with(
+            180,
+            Observations {
+                analysis: pass(),
+                ..Observations::default()
+            }
+        )
+        .status
+        .step,
+        Some(3)
+    );
 }
 
 #[test]
@@ -765,12 +1229,36 @@ fn failures_while_paused_still_count_towards_rollback() {
         (PauseReason::Inconclusive, 1, pass(), Split),
     ];
     for (reason, failures, analysis, phase) in rows {
-        let spec = if reason == PauseReason::Manual { paused(spec.clone()) } else { spec.clone() };
-        let s = MigrationStatus { consecutive_failures: failures, ..paused_in(&spec, Split, Some(3), reason) };
-        let d = step(&spec, &s, &Observations { analysis: analysis.clone(), ..seen(&s) }, at(30));
-        assert_eq!(d.status.phase, phase, "{reason:?} after {failures} failure(s), then {:?}", analysis.unwrap()[0].verdict);
+        let spec = if reason == PauseReason::Manual {
+            paused(spec.clone())
+        } else {
+            spec.clone()
+        };
+        let s = MigrationStatus {
+            consecutive_failures: failures,
+            ..paused_in(&spec, Split, Some(3), reason)
+        };
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                analysis: analysis.clone(),
+                ..seen(&s)
+            },
+            at(30),
+        );
+        assert_eq!(
+            d.status.phase,
+            phase,
+            "{reason:?} after {failures} failure(s), then {:?}",
+            analysis.unwrap()[0].verdict
+        );
         if phase == RollingBack {
-            assert_eq!(d.status.last_rollback.as_ref().map(|r| r.from), Some(Split), "rolled back from the paused-from phase");
+            assert_eq!(
+                d.status.last_rollback.as_ref().map(|r| r.from),
+                Some(Split),
+                "rolled back from the paused-from phase"
+            );
         }
     }
 }
@@ -778,12 +1266,38 @@ fn failures_while_paused_still_count_towards_rollback() {
 #[test]
 fn gate_errors_never_roll_back_promote_or_pause() {
     let spec = gated();
-    let s = MigrationStatus { consecutive_failures: 1, consecutive_inconclusive: 2, passing_since: time(0), ..status_in(&spec, Split, Some(2)) };
+    let s = MigrationStatus {
+        consecutive_failures: 1,
+        consecutive_inconclusive: 2,
+        passing_since: time(0),
+        ..status_in(&spec, Split, Some(2))
+    };
     for secs in [1, 60, 3600] {
-        let d = step(&spec, &s, &Observations { analysis: error(), ..seen(&s) }, at(secs));
-        assert_eq!((d.status.phase, d.status.step), (Split, Some(2)), "+{secs}s");
-        assert_eq!(d.status.passing_since, None, "an error breaks the passing streak");
-        assert_eq!((d.status.consecutive_failures, d.status.consecutive_inconclusive), (1, 2));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                analysis: error(),
+                ..seen(&s)
+            },
+            at(secs),
+        );
+        assert_eq!(
+            (d.status.phase, d.status.step),
+            (Split, Some(2)),
+            "+{secs}s"
+        );
+        assert_eq!(
+            d.status.passing_since, None,
+            "an error breaks the passing streak"
+        );
+        assert_eq!(
+            (
+                d.status.consecutive_failures,
+                d.status.consecutive_inconclusive
+            ),
+            (1, 2)
+        );
         assert_eq!(d.status.healthy.as_deref(), Some("Unknown"));
         assert_eq!(d.status.history, s.history, "no transition");
     }
@@ -793,21 +1307,71 @@ fn gate_errors_never_roll_back_promote_or_pause() {
 fn gates_do_not_run_before_shadow() {
     let spec = gated();
     let s = status_in(&spec, Preflight, None);
-    let d = step(&spec, &s, &Observations { analysis: fail(), ..seen(&s) }, at(5));
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            analysis: fail(),
+            ..seen(&s)
+        },
+        at(5),
+    );
     assert_eq!(d.status.phase, Shadow);
-    assert_eq!((d.status.consecutive_failures, d.status.last_analysis.clone()), (0, None));
+    assert_eq!(
+        (
+            d.status.consecutive_failures,
+            d.status.last_analysis.clone()
+        ),
+        (0, None)
+    );
 }
 
 #[test]
 fn without_automatic_rollback_only_an_abort_rolls_back() {
-    let spec = MigrationSpec { rollback: RollbackSpec { automatic: false, on_alerts: vec![ALERT.into()], alert_labels: None }, ..gated() };
-    let s = MigrationStatus { consecutive_failures: 5, ..status_in(&spec, Split, Some(2)) };
+    let spec = MigrationSpec {
+        rollback: RollbackSpec {
+            automatic: false,
+            on_alerts: vec![ALERT.into()],
+            alert_labels: None,
+        },
+        ..gated()
+    };
+    let s = MigrationStatus {
+        consecutive_failures: 5,
+        ..status_in(&spec, Split, Some(2))
+    };
     // (observations, phase after)
     let rows = [
-        (Observations { analysis: fail(), ..seen(&s) }, Split),
-        (Observations { firing_alerts: firing(), ..seen(&s) }, Split),
-        (Observations { analysis: fail(), firing_alerts: firing(), ..seen(&s) }, Split),
-        (Observations { commands: abort(), analysis: fail(), ..seen(&s) }, RollingBack),
+        (
+            Observations {
+                analysis: fail(),
+                ..seen(&s)
+            },
+            Split,
+        ),
+        (
+            Observations {
+                firing_alerts: firing(),
+                ..seen(&s)
+            },
+            Split,
+        ),
+        (
+            Observations {
+                analysis: fail(),
+                firing_alerts: firing(),
+                ..seen(&s)
+            },
+            Split,
+        ),
+        (
+            Observations {
+                commands: abort(),
+                analysis: fail(),
+                ..seen(&s)
+            },
+            RollingBack,
+        ),
     ];
     for (obs, phase) in rows {
         let d = step(&spec, &s, &obs, at(120));
@@ -816,8 +1380,19 @@ fn without_automatic_rollback_only_an_abort_rolls_back() {
     // A failed backfill waits for a human too.
     let spec = with_backfill(spec);
     let s = status_in(&spec, Backfill, None);
-    let d = step(&spec, &s, &Observations { backfill: Some(JobState::Failed("OOMKilled".into())), ..seen(&s) }, at(30));
-    assert_eq!((d.status.phase, d.create_backfill_job.clone()), (Backfill, None));
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            backfill: Some(JobState::Failed("OOMKilled".into())),
+            ..seen(&s)
+        },
+        at(30),
+    );
+    assert_eq!(
+        (d.status.phase, d.create_backfill_job.clone()),
+        (Backfill, None)
+    );
 }
 
 // =============================================================================================
@@ -826,17 +1401,52 @@ fn without_automatic_rollback_only_an_abort_rolls_back() {
 /// Every active phase, as a settled status, with a spec that has gates and a backfill.
 fn every_active_phase(spec: &MigrationSpec) -> Vec<(String, MigrationSpec, MigrationStatus)> {
     let mut rows = vec![
-        ("Preflight".to_string(), spec.clone(), status_in(spec, Preflight, None)),
-        ("Shadow".to_string(), spec.clone(), status_in(spec, Shadow, None)),
-        ("Backfill".to_string(), spec.clone(), MigrationStatus { backfill_job: Some("chat-backfill-1".into()), ..status_in(spec, Backfill, None) }),
+        (
+            "Preflight".to_string(),
+            spec.clone(),
+            status_in(spec, Preflight, None),
+        ),
+        (
+            "Shadow".to_string(),
+            spec.clone(),
+            status_in(spec, Shadow, None),
+        ),
+        (
+            "Backfill".to_string(),
+            spec.clone(),
+            MigrationStatus {
+                backfill_job: Some("chat-backfill-1".into()),
+                ..status_in(spec, Backfill, None)
+            },
+        ),
     ];
     for i in 1..=spec.steps.len() as i32 {
-        rows.push((format!("Split step {i}"), spec.clone(), status_in(spec, Split, Some(i))));
+        rows.push((
+            format!("Split step {i}"),
+            spec.clone(),
+            status_in(spec, Split, Some(i)),
+        ));
     }
-    rows.push(("CutOver".into(), spec.clone(), status_in(spec, CutOver, None)));
-    rows.push(("Paused (manual) in Split step 2".into(), paused(spec.clone()), paused_in(spec, Split, Some(2), PauseReason::Manual)));
-    rows.push(("Paused (manual) in CutOver".into(), paused(spec.clone()), paused_in(spec, CutOver, None, PauseReason::Manual)));
-    rows.push(("Paused (inconclusive) in Shadow".into(), spec.clone(), paused_in(spec, Shadow, None, PauseReason::Inconclusive)));
+    rows.push((
+        "CutOver".into(),
+        spec.clone(),
+        status_in(spec, CutOver, None),
+    ));
+    rows.push((
+        "Paused (manual) in Split step 2".into(),
+        paused(spec.clone()),
+        paused_in(spec, Split, Some(2), PauseReason::Manual),
+    ));
+    rows.push((
+        "Paused (manual) in CutOver".into(),
+        paused(spec.clone()),
+        paused_in(spec, CutOver, None, PauseReason::Manual),
+    ));
+    rows.push((
+        "Paused (inconclusive) in Shadow".into(),
+        spec.clone(),
+        paused_in(spec, Shadow, None, PauseReason::Inconclusive),
+    ));
     rows
 }
 
@@ -846,9 +1456,30 @@ fn every_active_phase_rolls_back_on_abort_alert_or_failing_gates_and_settles() {
     for (name, spec, start) in every_active_phase(&spec) {
         let from = start.paused.as_ref().map_or(start.phase, |p| p.from);
         let causes = [
-            ("abort", Observations { commands: abort(), ..Observations::default() }, "Aborted"),
-            ("alert", Observations { firing_alerts: firing(), ..Observations::default() }, "AlertFiring"),
-            ("gates", Observations { analysis: fail(), ..Observations::default() }, "GateFailed"),
+            (
+                "abort",
+                Observations {
+                    commands: abort(),
+                    ..Observations::default()
+                },
+                "Aborted",
+            ),
+            (
+                "alert",
+                Observations {
+                    firing_alerts: firing(),
+                    ..Observations::default()
+                },
+                "AlertFiring",
+            ),
+            (
+                "gates",
+                Observations {
+                    analysis: fail(),
+                    ..Observations::default()
+                },
+                "GateFailed",
+            ),
         ];
         for (cause, obs, reason) in causes {
             if cause == "gates" && from == Preflight {
@@ -856,33 +1487,81 @@ fn every_active_phase_rolls_back_on_abort_alert_or_failing_gates_and_settles() {
             }
             let case = format!("{name}, {cause}");
             // One failed evaluation on record: the next one reaches failureLimit.
-            let mut sim = Simulation::from(spec.clone(), MigrationStatus { consecutive_failures: 1, ..start.clone() });
+            let mut sim = Simulation::from(
+                spec.clone(),
+                MigrationStatus {
+                    consecutive_failures: 1,
+                    ..start.clone()
+                },
+            );
             let d = sim.with(30, obs);
             let s = &d.status;
-            assert_eq!((s.phase, s.step, s.traffic_percent), (RollingBack, None, 0), "{case}");
-            assert_eq!(d.flags, applied(GEN + 1, fl::rollback()), "{case}: legacy primary, dual-write kept on, 0/0");
+            assert_eq!(
+                (s.phase, s.step, s.traffic_percent),
+                (RollingBack, None, 0),
+                "{case}"
+            );
+            assert_eq!(
+                d.flags,
+                applied(GEN + 1, fl::rollback()),
+                "{case}: legacy primary, dual-write kept on, 0/0"
+            );
             assert_eq!(warnings(&d), [reason], "{case}");
-            let consumed: &[&str] = if cause == "abort" { &[annotations::ABORT] } else { &[] };
+            let consumed: &[&str] = if cause == "abort" {
+                &[annotations::ABORT]
+            } else {
+                &[]
+            };
             assert_eq!(d.consumed, consumed, "{case}");
             assert_eq!(s.paused, None, "{case}");
             let record = s.last_rollback.as_ref().expect("a rollback record");
-            assert_eq!((record.from, record.reason.as_str(), &record.time), (from, reason, &at(30)), "{case}");
+            assert_eq!(
+                (record.from, record.reason.as_str(), &record.time),
+                (from, reason, &at(30)),
+                "{case}"
+            );
             assert_eq!(condition(s, READY), ("False", "RollingBack"), "{case}");
             assert_eq!(d.create_backfill_job, None, "{case}");
-            assert!(d.requeue_after <= SHORT, "{case}: rolling back does not wait for a reconcile period");
+            assert!(
+                d.requeue_after <= SHORT,
+                "{case}: rolling back does not wait for a reconcile period"
+            );
             let last = s.history.last().unwrap();
-            assert_eq!((last.from, last.to, last.traffic_percent), (start.phase, RollingBack, 0), "{case}");
+            assert_eq!(
+                (last.from, last.to, last.traffic_percent),
+                (start.phase, RollingBack, 0),
+                "{case}"
+            );
 
             // Once the store holds the safe flags: RolledBack, and there it stays.
             let d = sim.at(31);
             assert_eq!(d.status.phase, RolledBack, "{case}");
             assert_eq!(warnings(&d), ["RolledBack"], "{case}");
             assert_eq!(d.flags, applied(GEN + 1, fl::rollback()), "{case}");
-            assert_eq!(condition(&d.status, READY), ("False", "RolledBack"), "{case}");
-            assert_eq!(condition(&d.status, PROGRESSING), ("False", "RolledBack"), "{case}");
+            assert_eq!(
+                condition(&d.status, READY),
+                ("False", "RolledBack"),
+                "{case}"
+            );
+            assert_eq!(
+                condition(&d.status, PROGRESSING),
+                ("False", "RolledBack"),
+                "{case}"
+            );
             for secs in [32, 10_000] {
-                let d = sim.with(secs, Observations { firing_alerts: firing(), analysis: fail(), ..Observations::default() });
-                assert_eq!((d.status.phase, d.events.len(), d.flags), (RolledBack, 0, applied(GEN + 1, fl::rollback())), "{case}");
+                let d = sim.with(
+                    secs,
+                    Observations {
+                        firing_alerts: firing(),
+                        analysis: fail(),
+                        ..Observations::default()
+                    },
+                );
+                assert_eq!(
+                    (d.status.phase, d.events.len(), d.flags),
+                    (RolledBack, 0, applied(GEN + 1, fl::rollback())),
+                    "{case}"
+                );
                 assert_eq!(d.requeue_after, IDLE_REQUEUE, "{case}");
             }
         }
@@ -893,7 +1572,12 @@ fn every_active_phase_rolls_back_on_abort_alert_or_failing_gates_and_settles() {
 fn rollback_waits_for_the_safe_flags_in_the_store() {
     let spec = spec();
     let s = MigrationStatus {
-        last_rollback: Some(RollbackRecord { time: at(0), from: Split, reason: "Aborted".into(), message: "ficus.dev/abort annotation set".into() }),
+        last_rollback: Some(RollbackRecord {
+            time: at(0),
+            from: Split,
+            reason: "Aborted".into(),
+            message: "ficus.dev/abort annotation set".into(),
+        }),
         ..status_in(&spec, RollingBack, None)
     };
     // (what the store holds, phase after)
@@ -904,11 +1588,29 @@ fn rollback_waits_for_the_safe_flags_in_the_store() {
         (applied(GEN, fl::rollback()), RolledBack),
     ];
     for (store, phase) in rows {
-        let d = step(&spec, &s, &Observations { flags: store, ..seen(&s) }, at(5));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                flags: store,
+                ..seen(&s)
+            },
+            at(5),
+        );
         assert_eq!(d.status.phase, phase, "store {store:?}");
-        assert!(d.requeue_after <= SHORT, "store {store:?}: {:?}", d.requeue_after);
+        assert!(
+            d.requeue_after <= SHORT,
+            "store {store:?}: {:?}",
+            d.requeue_after
+        );
         if phase == RolledBack {
-            assert!(d.events[0].message.contains("ficus.dev/abort annotation set"), "{:?}", d.events);
+            assert!(
+                d.events[0]
+                    .message
+                    .contains("ficus.dev/abort annotation set"),
+                "{:?}",
+                d.events
+            );
         }
     }
 }
@@ -917,18 +1619,34 @@ fn rollback_waits_for_the_safe_flags_in_the_store() {
 fn rollback_restores_the_legacy_replicas() {
     let spec = with_workloads(spec());
     // Rolling back from CutOver with legacy scaled down to 1 of its original 3.
-    let start = MigrationStatus { legacy_replicas_before: Some(3), ..status_in(&spec, CutOver, None) };
+    let start = MigrationStatus {
+        legacy_replicas_before: Some(3),
+        ..status_in(&spec, CutOver, None)
+    };
     let mut sim = Simulation::from(spec, start);
     sim.legacy = workload(1);
-    let d = sim.with(10, Observations { commands: abort(), ..Observations::default() });
+    let d = sim.with(
+        10,
+        Observations {
+            commands: abort(),
+            ..Observations::default()
+        },
+    );
     assert_eq!(d.status.phase, RollingBack);
-    assert_eq!(d.flags.map(|f| f.values.write_primary), Some(WritePrimary::Legacy), "legacy primary again after cutover");
+    assert_eq!(
+        d.flags.map(|f| f.values.write_primary),
+        Some(WritePrimary::Legacy),
+        "legacy primary again after cutover"
+    );
     assert_eq!(d.scale, [(Side::Legacy, 3)]);
 
     // The store holds the safe flags but legacy is still short: keep rolling back, keep scaling.
     sim.legacy = workload(1);
     let d = sim.at(11);
-    assert_eq!((d.status.phase, d.scale.clone()), (RollingBack, vec![(Side::Legacy, 3)]));
+    assert_eq!(
+        (d.status.phase, d.scale.clone()),
+        (RollingBack, vec![(Side::Legacy, 3)])
+    );
     // The scale applied: done.
     let d = sim.at(12);
     assert_eq!((d.status.phase, d.scale.clone()), (RolledBack, vec![]));
@@ -941,13 +1659,27 @@ fn rollback_restores_the_legacy_replicas() {
 fn abort_outside_active_phases_is_consumed() {
     let spec = spec();
     // Rolling back, the store not yet safe.
-    let rolling_back = MigrationStatus { applied_flags: applied(GEN, fl::split(50)), ..status_in(&spec, RollingBack, None) };
+    let rolling_back = MigrationStatus {
+        applied_flags: applied(GEN, fl::split(50)),
+        ..status_in(&spec, RollingBack, None)
+    };
     // (status, warnings)
-    let rows: [(MigrationStatus, &[&str]); 3] =
-        [(status_in(&spec, Completed, None), &["AbortIgnored"]), (status_in(&spec, RolledBack, None), &[]), (rolling_back, &[])];
+    let rows: [(MigrationStatus, &[&str]); 3] = [
+        (status_in(&spec, Completed, None), &["AbortIgnored"]),
+        (status_in(&spec, RolledBack, None), &[]),
+        (rolling_back, &[]),
+    ];
     for (s, warned) in rows {
         let phase = s.phase;
-        let d = step(&spec, &s, &Observations { commands: abort(), ..seen(&s) }, at(5));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                commands: abort(),
+                ..seen(&s)
+            },
+            at(5),
+        );
         assert_eq!(d.consumed, [annotations::ABORT], "{phase:?}");
         assert_eq!(warnings(&d), warned, "{phase:?}");
         assert_eq!(d.status.phase, phase, "{phase:?}");
@@ -955,15 +1687,34 @@ fn abort_outside_active_phases_is_consumed() {
     }
     // A completed migration keeps the new system in charge.
     let s = status_in(&spec, Completed, None);
-    let d = step(&spec, &s, &Observations { commands: abort(), ..seen(&s) }, at(5));
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            commands: abort(),
+            ..seen(&s)
+        },
+        at(5),
+    );
     assert_eq!(d.flags, applied(GEN, fl::completed()));
 }
 
 #[test]
 fn abort_before_the_start_rolls_back() {
     let spec = spec();
-    let s = MigrationStatus { observed_generation: Some(1), ..MigrationStatus::default() };
-    let d = step(&spec, &s, &Observations { commands: abort(), ..seen(&s) }, at(0));
+    let s = MigrationStatus {
+        observed_generation: Some(1),
+        ..MigrationStatus::default()
+    };
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            commands: abort(),
+            ..seen(&s)
+        },
+        at(0),
+    );
     assert_eq!(d.status.phase, RollingBack);
     assert_eq!(d.consumed, [annotations::ABORT]);
     assert_eq!(d.flags, applied(1, fl::rollback()));
@@ -979,14 +1730,33 @@ fn retry_after_a_rollback_starts_a_new_attempt_from_the_beginning() {
         attempt: 0,
         consecutive_failures: 2,
         backfill_job: Some("chat-backfill-1".into()),
-        last_analysis: Some(AnalysisRun { time: at(0), gates: eval(Verdict::Fail) }),
+        last_analysis: Some(AnalysisRun {
+            time: at(0),
+            gates: eval(Verdict::Fail),
+        }),
         ..status_in(&spec, RolledBack, None)
     };
     let mut sim = Simulation::from(spec, rolled_back);
-    let d = sim.with(10, Observations { commands: retry(), ..Observations::default() });
+    let d = sim.with(
+        10,
+        Observations {
+            commands: retry(),
+            ..Observations::default()
+        },
+    );
     let s = &d.status;
-    assert_eq!((s.phase, s.attempt, s.step, s.traffic_percent), (Pending, 1, None, 0));
-    assert_eq!((s.consecutive_failures, s.backfill_job.clone(), s.last_analysis.clone()), (0, None, None));
+    assert_eq!(
+        (s.phase, s.attempt, s.step, s.traffic_percent),
+        (Pending, 1, None, 0)
+    );
+    assert_eq!(
+        (
+            s.consecutive_failures,
+            s.backfill_job.clone(),
+            s.last_analysis.clone()
+        ),
+        (0, None, None)
+    );
     assert_eq!(d.consumed, [annotations::RETRY]);
     assert_eq!(reasons(&d), ["Retry"]);
     assert!(d.events[0].message.contains("attempt 2"), "{:?}", d.events);
@@ -1003,10 +1773,24 @@ fn retry_after_a_rollback_starts_a_new_attempt_from_the_beginning() {
     ];
     for (secs, phase, flags, events) in rows {
         let d = sim.at(secs);
-        assert_eq!((d.status.phase, d.flags, reasons(&d)), (phase, flags, events.to_vec()), "+{secs}s");
+        assert_eq!(
+            (d.status.phase, d.flags, reasons(&d)),
+            (phase, flags, events.to_vec()),
+            "+{secs}s"
+        );
     }
-    let d = sim.with(133, Observations { backfill: Some(JobState::Missing), ..Observations::default() });
-    assert_eq!(d.create_backfill_job.as_deref(), Some("chat-backfill-2"), "a new Job for the new attempt");
+    let d = sim.with(
+        133,
+        Observations {
+            backfill: Some(JobState::Missing),
+            ..Observations::default()
+        },
+    );
+    assert_eq!(
+        d.create_backfill_job.as_deref(),
+        Some("chat-backfill-2"),
+        "a new Job for the new attempt"
+    );
 }
 
 #[test]
@@ -1014,20 +1798,49 @@ fn retry_anywhere_else_is_consumed_and_ignored() {
     let spec = with_backfill(spec());
     // (status, phase after)
     let rows = [
-        (MigrationStatus { observed_generation: Some(1), ..MigrationStatus::default() }, Preflight),
+        (
+            MigrationStatus {
+                observed_generation: Some(1),
+                ..MigrationStatus::default()
+            },
+            Preflight,
+        ),
         (status_in(&spec, Preflight, None), Shadow),
         (status_in(&spec, Shadow, None), Shadow),
         (status_in(&spec, Backfill, None), Backfill),
         (status_in(&spec, Split, Some(2)), Split),
         (status_in(&spec, CutOver, None), CutOver),
         (status_in(&spec, Completed, None), Completed),
-        (paused_in(&spec, Split, Some(2), PauseReason::Inconclusive), Paused),
-        (MigrationStatus { applied_flags: applied(GEN, fl::split(50)), ..status_in(&spec, RollingBack, None) }, RollingBack),
+        (
+            paused_in(&spec, Split, Some(2), PauseReason::Inconclusive),
+            Paused,
+        ),
+        (
+            MigrationStatus {
+                applied_flags: applied(GEN, fl::split(50)),
+                ..status_in(&spec, RollingBack, None)
+            },
+            RollingBack,
+        ),
     ];
     for (s, phase) in rows {
-        let d = step(&spec, &s, &Observations { commands: retry(), backfill: Some(JobState::Running), ..seen(&s) }, at(10));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                commands: retry(),
+                backfill: Some(JobState::Running),
+                ..seen(&s)
+            },
+            at(10),
+        );
         assert_eq!(d.consumed, [annotations::RETRY], "{:?}", s.phase);
-        assert_eq!((d.status.phase, d.status.attempt), (phase, 0), "{:?}", s.phase);
+        assert_eq!(
+            (d.status.phase, d.status.attempt),
+            (phase, 0),
+            "{:?}",
+            s.phase
+        );
         assert!(!reasons(&d).contains(&"Retry"), "{:?}", s.phase);
     }
 }
@@ -1037,21 +1850,83 @@ fn promote_skips_the_rest_of_the_bake() {
     let spec = gated();
     // (status, phase, step, traffic, flags, event) — one second into the bake, gates not passing yet.
     let rows = [
-        (status_in(&spec, Shadow, None), Split, Some(1), 10, fl::split(10), "Promoted"),
-        (status_in(&with_backfill(spec.clone()), Shadow, None), Backfill, None, 0, fl::shadow(), "ShadowPassed"),
-        (status_in(&spec, Split, Some(1)), Split, Some(2), 25, fl::split(25), "Promoted"),
-        (status_in(&spec, Split, Some(3)), Split, Some(4), 100, fl::split(100), "Promoted"),
-        (status_in(&spec, Split, Some(4)), CutOver, None, 100, fl::cutover(), "CutOver"),
-        (status_in(&spec, CutOver, None), Completed, None, 100, fl::completed(), "Completed"),
+        (
+            status_in(&spec, Shadow, None),
+            Split,
+            Some(1),
+            10,
+            fl::split(10),
+            "Promoted",
+        ),
+        (
+            status_in(&with_backfill(spec.clone()), Shadow, None),
+            Backfill,
+            None,
+            0,
+            fl::shadow(),
+            "ShadowPassed",
+        ),
+        (
+            status_in(&spec, Split, Some(1)),
+            Split,
+            Some(2),
+            25,
+            fl::split(25),
+            "Promoted",
+        ),
+        (
+            status_in(&spec, Split, Some(3)),
+            Split,
+            Some(4),
+            100,
+            fl::split(100),
+            "Promoted",
+        ),
+        (
+            status_in(&spec, Split, Some(4)),
+            CutOver,
+            None,
+            100,
+            fl::cutover(),
+            "CutOver",
+        ),
+        (
+            status_in(&spec, CutOver, None),
+            Completed,
+            None,
+            100,
+            fl::completed(),
+            "Completed",
+        ),
     ];
     for (s, phase, step_, traffic, flags, event) in rows {
-        let spec = if phase == Backfill { with_backfill(spec.clone()) } else { spec.clone() };
-        let d = step(&spec, &s, &Observations { commands: promote(), ..seen(&s) }, at(1));
+        let spec = if phase == Backfill {
+            with_backfill(spec.clone())
+        } else {
+            spec.clone()
+        };
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                commands: promote(),
+                ..seen(&s)
+            },
+            at(1),
+        );
         let case = format!("{:?} {:?}", s.phase, s.step);
-        assert_eq!((d.status.phase, d.status.step, d.status.traffic_percent), (phase, step_, traffic), "{case}");
+        assert_eq!(
+            (d.status.phase, d.status.step, d.status.traffic_percent),
+            (phase, step_, traffic),
+            "{case}"
+        );
         assert_eq!(d.flags.map(|f| f.values), Some(flags), "{case}");
         assert_eq!(reasons(&d), [event], "{case}");
-        assert!(d.events[0].message.contains("promoted by hand"), "{case}: {:?}", d.events);
+        assert!(
+            d.events[0].message.contains("promoted by hand"),
+            "{case}: {:?}",
+            d.events
+        );
         assert_eq!(d.consumed, [annotations::PROMOTE], "{case}");
     }
 }
@@ -1061,19 +1936,53 @@ fn promote_where_there_is_nothing_to_promote_is_consumed_with_a_warning() {
     let spec = with_backfill(spec());
     // (status, phase after)
     let rows = [
-        (MigrationStatus { observed_generation: Some(1), ..MigrationStatus::default() }, Preflight),
-        (MigrationStatus { applied_flags: None, ..status_in(&spec, Preflight, None) }, Preflight),
+        (
+            MigrationStatus {
+                observed_generation: Some(1),
+                ..MigrationStatus::default()
+            },
+            Preflight,
+        ),
+        (
+            MigrationStatus {
+                applied_flags: None,
+                ..status_in(&spec, Preflight, None)
+            },
+            Preflight,
+        ),
         (status_in(&spec, Backfill, None), Backfill),
-        (paused_in(&spec, Split, Some(2), PauseReason::Inconclusive), Paused),
-        (MigrationStatus { applied_flags: applied(GEN, fl::split(50)), ..status_in(&spec, RollingBack, None) }, RollingBack),
+        (
+            paused_in(&spec, Split, Some(2), PauseReason::Inconclusive),
+            Paused,
+        ),
+        (
+            MigrationStatus {
+                applied_flags: applied(GEN, fl::split(50)),
+                ..status_in(&spec, RollingBack, None)
+            },
+            RollingBack,
+        ),
         (status_in(&spec, RolledBack, None), RolledBack),
         (status_in(&spec, Completed, None), Completed),
     ];
     for (s, phase) in rows {
-        let d = step(&spec, &s, &Observations { commands: promote(), backfill: Some(JobState::Running), ..seen(&s) }, at(1));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                commands: promote(),
+                backfill: Some(JobState::Running),
+                ..seen(&s)
+            },
+            at(1),
+        );
         let case = format!("{:?}", s.phase);
         assert_eq!(d.status.phase, phase, "{case}");
-        assert_eq!(d.consumed, [annotations::PROMOTE], "{case}: consumed so it never fires in a later phase");
+        assert_eq!(
+            d.consumed,
+            [annotations::PROMOTE],
+            "{case}: consumed so it never fires in a later phase"
+        );
         assert_eq!(warnings(&d), ["PromoteIgnored"], "{case}");
         assert_eq!(d.status.traffic_percent, s.traffic_percent, "{case}");
     }
@@ -1085,14 +1994,40 @@ fn promote_where_there_is_nothing_to_promote_is_consumed_with_a_warning() {
 #[test]
 fn pausing_holds_the_phase_and_the_flags() {
     let spec = with_backfill(gated());
-    for (name, _, start) in every_active_phase(&spec).into_iter().filter(|(_, _, s)| s.phase != Paused) {
+    for (name, _, start) in every_active_phase(&spec)
+        .into_iter()
+        .filter(|(_, _, s)| s.phase != Paused)
+    {
         let spec = paused(spec.clone());
-        let d = step(&spec, &start, &Observations { backfill: Some(JobState::Running), analysis: pass(), ..seen(&start) }, at(30));
+        let d = step(
+            &spec,
+            &start,
+            &Observations {
+                backfill: Some(JobState::Running),
+                analysis: pass(),
+                ..seen(&start)
+            },
+            at(30),
+        );
         let s = &d.status;
         assert_eq!(s.phase, Paused, "{name}");
-        assert_eq!(s.paused, Some(PauseState { from: start.phase, reason: PauseReason::Manual }), "{name}");
-        assert_eq!((s.step, s.traffic_percent), (start.step, start.traffic_percent), "{name}");
-        assert_eq!(d.flags, start.applied_flags, "{name}: flags untouched, same generation");
+        assert_eq!(
+            s.paused,
+            Some(PauseState {
+                from: start.phase,
+                reason: PauseReason::Manual
+            }),
+            "{name}"
+        );
+        assert_eq!(
+            (s.step, s.traffic_percent),
+            (start.step, start.traffic_percent),
+            "{name}"
+        );
+        assert_eq!(
+            d.flags, start.applied_flags,
+            "{name}: flags untouched, same generation"
+        );
         assert_eq!(reasons(&d), ["Paused"], "{name}");
         assert!(warnings(&d).is_empty(), "{name}");
         assert_eq!(condition(s, PROGRESSING), ("False", "Paused"), "{name}");
@@ -1100,8 +2035,20 @@ fn pausing_holds_the_phase_and_the_flags() {
 
         // Held however long, whatever the gates say.
         for secs in [31, 3600] {
-            let d = step(&spec, s, &Observations { analysis: pass(), ..seen(s) }, at(secs));
-            assert_eq!((d.status.phase, d.flags, d.events.len()), (Paused, start.applied_flags, 0), "{name} +{secs}s");
+            let d = step(
+                &spec,
+                s,
+                &Observations {
+                    analysis: pass(),
+                    ..seen(s)
+                },
+                at(secs),
+            );
+            assert_eq!(
+                (d.status.phase, d.flags, d.events.len()),
+                (Paused, start.applied_flags, 0),
+                "{name} +{secs}s"
+            );
         }
     }
 }
@@ -1112,10 +2059,20 @@ fn a_migration_created_paused_changes_nothing_for_users() {
     for secs in 0..10 {
         sim.at(secs);
         let dual = sim.store.map(|f| f.values.dual_write);
-        assert!(matches!(dual, None | Some(DualWrite::Off)), "+{secs}s: dual-write turned on while paused ({:?})", sim.status.phase);
+        assert!(
+            matches!(dual, None | Some(DualWrite::Off)),
+            "+{secs}s: dual-write turned on while paused ({:?})",
+            sim.status.phase
+        );
     }
     assert_eq!(sim.status.phase, Paused);
-    assert_eq!(sim.status.paused, Some(PauseState { from: Preflight, reason: PauseReason::Manual }));
+    assert_eq!(
+        sim.status.paused,
+        Some(PauseState {
+            from: Preflight,
+            reason: PauseReason::Manual
+        })
+    );
 
     // Unpaused: preflight again, then shadow.
     sim.spec.paused = false;
@@ -1135,15 +2092,26 @@ fn resuming_returns_to_the_same_phase_and_step_with_a_fresh_bake() {
         (CutOver, None, 100, fl::cutover()),
     ];
     for (from, step_, traffic, flags) in rows {
-        let mut sim = Simulation::from(spec.clone(), paused_in(&spec, from, step_, PauseReason::Manual));
+        let mut sim = Simulation::from(
+            spec.clone(),
+            paused_in(&spec, from, step_, PauseReason::Manual),
+        );
         let d = sim.at(500);
         let s = &d.status;
-        assert_eq!((s.phase, s.step, s.traffic_percent, s.paused.clone()), (from, step_, traffic, None), "{from:?}");
+        assert_eq!(
+            (s.phase, s.step, s.traffic_percent, s.paused.clone()),
+            (from, step_, traffic, None),
+            "{from:?}"
+        );
         assert_eq!(d.flags, applied(GEN, flags), "{from:?}");
         assert_eq!(reasons(&d), ["Resumed"], "{from:?}");
         assert_eq!(s.step_started_at, time(500), "{from:?}: a fresh bake");
         if from == Split {
-            assert_eq!(sim.at(559).status.step, step_, "{from:?}: bakes again in full");
+            assert_eq!(
+                sim.at(559).status.step,
+                step_,
+                "{from:?}: bakes again in full"
+            );
             let promoted = sim.at(560).status;
             assert_ne!((promoted.phase, promoted.step), (from, step_), "{from:?}");
         }
@@ -1154,9 +2122,26 @@ fn resuming_returns_to_the_same_phase_and_step_with_a_fresh_bake() {
 fn a_manual_pause_overrides_an_inconclusive_one() {
     let spec = paused(gated());
     let s = paused_in(&spec, Split, Some(2), PauseReason::Inconclusive);
-    let d = step(&spec, &s, &Observations { analysis: pass(), ..seen(&s) }, at(30));
-    assert_eq!(d.status.phase, Paused, "passing gates do not resume a manual pause");
-    assert_eq!(d.status.paused, Some(PauseState { from: Split, reason: PauseReason::Manual }));
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            analysis: pass(),
+            ..seen(&s)
+        },
+        at(30),
+    );
+    assert_eq!(
+        d.status.phase, Paused,
+        "passing gates do not resume a manual pause"
+    );
+    assert_eq!(
+        d.status.paused,
+        Some(PauseState {
+            from: Split,
+            reason: PauseReason::Manual
+        })
+    );
     // Unpausing then resumes.
     let spec = gated();
     let d = step(&spec, &d.status, &seen(&d.status), at(40));
@@ -1166,8 +2151,19 @@ fn a_manual_pause_overrides_an_inconclusive_one() {
 #[test]
 fn a_paused_phase_without_its_record_rolls_back() {
     let spec = spec();
-    let s = MigrationStatus { paused: None, ..paused_in(&spec, Split, Some(2), PauseReason::Manual) };
-    let d = step(&spec, &s, &Observations { flags: applied(GEN, fl::split(25)), ..seen(&s) }, at(30));
+    let s = MigrationStatus {
+        paused: None,
+        ..paused_in(&spec, Split, Some(2), PauseReason::Manual)
+    };
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            flags: applied(GEN, fl::split(25)),
+            ..seen(&s)
+        },
+        at(30),
+    );
     assert_eq!(d.status.phase, RollingBack);
     assert_eq!(warnings(&d), ["PauseStateLost"]);
 }
@@ -1180,80 +2176,212 @@ fn changed_steps_remap_the_current_step_without_raising_traffic() {
     // Split step 2 (25%) since t0, 50 s into the bake; the spec changes (generation 2) at +50.
     // (new steps, step after, traffic after, bake restarted)
     let rows: [(&[i32], i32, i32, bool); 6] = [
-        (&[10, 50, 100], 1, 10, true),        // 25% is gone: back to the largest step below it
-        (&[10, 20, 25, 100], 3, 25, true),    // same traffic, new index
-        (&[10, 25, 75, 100], 2, 25, false),   // nothing to remap
+        (&[10, 50, 100], 1, 10, true), // 25% is gone: back to the largest step below it
+        (&[10, 20, 25, 100], 3, 25, true), // same traffic, new index
+        (&[10, 25, 75, 100], 2, 25, false), // nothing to remap
         (&[5, 25, 100], 2, 25, false),
         (&[25, 50], 1, 25, true),
-        (&[10, 20], 2, 20, true),             // every step below 25%: the highest one
+        (&[10, 20], 2, 20, true), // every step below 25%: the highest one
     ];
     for (steps, step_after, traffic, restarted) in rows {
         let old = spec();
-        let spec = MigrationSpec { steps: steps.to_vec(), ..spec() };
+        let spec = MigrationSpec {
+            steps: steps.to_vec(),
+            ..spec()
+        };
         let s = status_in(&old, Split, Some(2));
-        let d = step(&spec, &s, &Observations { generation: 2, ..seen(&s) }, at(50));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                generation: 2,
+                ..seen(&s)
+            },
+            at(50),
+        );
         let case = format!("{steps:?}");
         let st = &d.status;
-        assert_eq!((st.phase, st.step, st.traffic_percent), (Split, Some(step_after), traffic), "{case}");
+        assert_eq!(
+            (st.phase, st.step, st.traffic_percent),
+            (Split, Some(step_after), traffic),
+            "{case}"
+        );
         assert_eq!(st.observed_generation, Some(2), "{case}");
-        assert_eq!(d.flags.map(|f| f.values), Some(fl::split(traffic)), "{case}");
+        assert_eq!(
+            d.flags.map(|f| f.values),
+            Some(fl::split(traffic)),
+            "{case}"
+        );
         if restarted {
             assert_eq!(reasons(&d), ["SpecChanged"], "{case}");
             assert_eq!(st.step_started_at, time(50), "{case}: bake restarted");
             let last = st.history.last().unwrap();
-            assert_eq!((last.reason.as_str(), last.traffic_percent), ("SpecChanged", traffic), "{case}");
+            assert_eq!(
+                (last.reason.as_str(), last.traffic_percent),
+                ("SpecChanged", traffic),
+                "{case}"
+            );
         } else {
             assert!(d.events.is_empty(), "{case}");
             assert_eq!(st.step_started_at, time(0), "{case}: bake continues");
         }
         // The bake (1m) counts from the restart.
-        let next = step(&spec, st, &Observations { generation: 2, ..seen(st) }, at(60));
-        let expected = if restarted { step_after } else { step_after + 1 };
-        assert_eq!((next.status.phase, next.status.step), (Split, Some(expected)), "{case} at +60");
+        let next = step(
+            &spec,
+            st,
+            &Observations {
+                generation: 2,
+                ..seen(st)
+            },
+            at(60),
+        );
+        let expected = if restarted {
+            step_after
+        } else {
+            step_after + 1
+        };
+        assert_eq!(
+            (next.status.phase, next.status.step),
+            (Split, Some(expected)),
+            "{case} at +60"
+        );
     }
 }
 
 #[test]
 fn changed_steps_all_above_the_current_traffic_hold_it_as_step_zero_then_bake_into_step_one() {
     let old = spec();
-    let spec = MigrationSpec { steps: vec![30, 60, 100], ..spec() };
+    let spec = MigrationSpec {
+        steps: vec![30, 60, 100],
+        ..spec()
+    };
     let s = status_in(&old, Split, Some(2)); // 25%
-    let d = step(&spec, &s, &Observations { generation: 2, ..seen(&s) }, at(50));
-    assert_eq!((d.status.step, d.status.traffic_percent), (Some(0), 25), "traffic is never raised by a spec edit");
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            generation: 2,
+            ..seen(&s)
+        },
+        at(50),
+    );
+    assert_eq!(
+        (d.status.step, d.status.traffic_percent),
+        (Some(0), 25),
+        "traffic is never raised by a spec edit"
+    );
     assert_eq!(reasons(&d), ["SpecChanged"]);
     let st = &d.status;
-    let early = step(&spec, st, &Observations { generation: 2, ..seen(st) }, at(109));
+    let early = step(
+        &spec,
+        st,
+        &Observations {
+            generation: 2,
+            ..seen(st)
+        },
+        at(109),
+    );
     assert_eq!(early.status.step, Some(0), "the bake restarted at the edit");
-    let next = step(&spec, st, &Observations { generation: 2, ..seen(st) }, at(110));
-    assert_eq!((next.status.step, next.status.traffic_percent), (Some(1), 30));
+    let next = step(
+        &spec,
+        st,
+        &Observations {
+            generation: 2,
+            ..seen(st)
+        },
+        at(110),
+    );
+    assert_eq!(
+        (next.status.step, next.status.traffic_percent),
+        (Some(1), 30)
+    );
 }
 
 #[test]
 fn changed_steps_while_paused_in_split_remap_too() {
     let old = spec();
-    let spec = MigrationSpec { steps: vec![10, 50, 100], ..paused(spec()) };
+    let spec = MigrationSpec {
+        steps: vec![10, 50, 100],
+        ..paused(spec())
+    };
     let s = paused_in(&old, Split, Some(2), PauseReason::Manual);
-    let d = step(&spec, &s, &Observations { generation: 2, ..seen(&s) }, at(50));
-    assert_eq!((d.status.phase, d.status.step, d.status.traffic_percent), (Paused, Some(1), 10));
-    assert_eq!(d.flags, applied(GEN + 1, fl::split(10)), "traffic lowered at once, even while paused");
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            generation: 2,
+            ..seen(&s)
+        },
+        at(50),
+    );
+    assert_eq!(
+        (d.status.phase, d.status.step, d.status.traffic_percent),
+        (Paused, Some(1), 10)
+    );
+    assert_eq!(
+        d.flags,
+        applied(GEN + 1, fl::split(10)),
+        "traffic lowered at once, even while paused"
+    );
     assert_eq!(reasons(&d), ["SpecChanged"]);
 }
 
 #[test]
 fn a_spec_change_outside_split_only_records_the_generation() {
     let old = spec();
-    let spec = MigrationSpec { steps: vec![50, 100], bake_time: "2m".into(), ..spec() };
+    let spec = MigrationSpec {
+        steps: vec![50, 100],
+        bake_time: "2m".into(),
+        ..spec()
+    };
     for phase in [Preflight, Shadow, CutOver, Completed, RolledBack] {
         let s = status_in(&old, phase, None);
-        let d = step(&spec, &s, &Observations { generation: 3, ..seen(&s) }, at(10));
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                generation: 3,
+                ..seen(&s)
+            },
+            at(10),
+        );
         assert_eq!(d.status.observed_generation, Some(3), "{phase:?}");
         assert!(!reasons(&d).contains(&"SpecChanged"), "{phase:?}");
     }
     // A longer bakeTime applies to the running bake.
     let s = status_in(&old, Split, Some(2));
-    let spec = MigrationSpec { bake_time: "2m".into(), ..old };
-    assert_eq!(step(&spec, &s, &Observations { generation: 2, ..seen(&s) }, at(60)).status.step, Some(2));
-    assert_eq!(step(&spec, &s, &Observations { generation: 2, ..seen(&s) }, at(120)).status.step, Some(3));
+    let spec = MigrationSpec {
+        bake_time: "2m".into(),
+        ..old
+    };
+    assert_eq!(
+        step(
+            &spec,
+            &s,
+            &Observations {
+                generation: 2,
+                ..seen(&s)
+            },
+            at(60)
+        )
+        .status
+        .step,
+        Some(2)
+    );
+    assert_eq!(
+        step(
+            &spec,
+            &s,
+            &Observations {
+                generation: 2,
+                ..seen(&s)
+            },
+            at(120)
+        )
+        .status
+        .step,
+        Some(3)
+    );
 }
 
 // =============================================================================================
@@ -1264,18 +2392,45 @@ fn a_restarted_operator_continues_mid_step_without_skipping_or_repeating() {
     let spec = gated();
     // Mid-step: Split step 2, one failure on record, a last analysis.
     let mut sim = Simulation::from(spec.clone(), status_in(&spec, Split, Some(2)));
-    sim.with(15, Observations { analysis: pass(), ..Observations::default() });
-    sim.with(30, Observations { analysis: pass(), ..Observations::default() });
-    sim.with(45, Observations { analysis: fail(), ..Observations::default() });
-    assert_eq!((sim.status.consecutive_failures, sim.status.step), (1, Some(2)));
+    sim.with(
+        15,
+        Observations {
+            analysis: pass(),
+            ..Observations::default()
+        },
+    );
+    sim.with(
+        30,
+        Observations {
+            analysis: pass(),
+            ..Observations::default()
+        },
+    );
+    sim.with(
+        45,
+        Observations {
+            analysis: fail(),
+            ..Observations::default()
+        },
+    );
+    assert_eq!(
+        (sim.status.consecutive_failures, sim.status.step),
+        (1, Some(2))
+    );
 
     // A second operator starts from the status as stored in the API server.
     let mut restarted = Simulation::from(spec.clone(), roundtrip(&sim.status));
-    assert_eq!((&restarted.status, restarted.store), (&sim.status, sim.store));
+    assert_eq!(
+        (&restarted.status, restarted.store),
+        (&sim.status, sim.store)
+    );
 
     let mut steps_seen = vec![];
     for secs in (60..=400).step_by(15) {
-        let obs = Observations { analysis: pass(), ..Observations::default() };
+        let obs = Observations {
+            analysis: pass(),
+            ..Observations::default()
+        };
         let a = sim.with(secs, obs.clone());
         let b = restarted.with(secs, obs);
         assert_eq!(a, b, "+{secs}s");
@@ -1283,7 +2438,16 @@ fn a_restarted_operator_continues_mid_step_without_skipping_or_repeating() {
             steps_seen.push((a.status.phase, a.status.step));
         }
     }
-    assert_eq!(steps_seen, [(Split, Some(2)), (Split, Some(3)), (Split, Some(4)), (CutOver, None)], "each step once, in order");
+    assert_eq!(
+        steps_seen,
+        [
+            (Split, Some(2)),
+            (Split, Some(3)),
+            (Split, Some(4)),
+            (CutOver, None)
+        ],
+        "each step once, in order"
+    );
 }
 
 // =============================================================================================
@@ -1293,7 +2457,13 @@ fn a_restarted_operator_continues_mid_step_without_skipping_or_repeating() {
 fn a_problem_blocks_preflight_reports_once_and_backs_off() {
     let spec = with_workloads(spec());
     let mut sim = Simulation::from(spec.clone(), status_in(&spec, Preflight, None));
-    let missing = || Observations { problems: vec![Problem::new("WorkloadNotFound", "Deployment chat-new not found")], ..Observations::default() };
+    let missing = || Observations {
+        problems: vec![Problem::new(
+            "WorkloadNotFound",
+            "Deployment chat-new not found",
+        )],
+        ..Observations::default()
+    };
 
     // (at, problem, phase, Degraded, events, requeue)
     #[rustfmt::skip]
@@ -1306,26 +2476,54 @@ fn a_problem_blocks_preflight_reports_once_and_backs_off() {
         (1001, false, Shadow,    ("False", "AsExpected"),       &["PreflightPassed"],  Duration::from_millis(200)),
     ];
     for (secs, problem, phase, degraded, events, requeue) in rows {
-        let obs = if problem { missing() } else { Observations { legacy: workload(3), candidate: workload(2), ..Observations::default() } };
+        let obs = if problem {
+            missing()
+        } else {
+            Observations {
+                legacy: workload(3),
+                candidate: workload(2),
+                ..Observations::default()
+            }
+        };
         let d = sim.with(secs, obs);
         assert_eq!(d.status.phase, phase, "+{secs}s");
         assert_eq!(condition(&d.status, DEGRADED), degraded, "+{secs}s");
         assert_eq!(reasons(&d), events, "+{secs}s");
         assert_eq!(d.requeue_after, requeue, "+{secs}s");
         if problem {
-            assert_eq!(condition(&d.status, READY), ("False", "WorkloadNotFound"), "+{secs}s");
+            assert_eq!(
+                condition(&d.status, READY),
+                ("False", "WorkloadNotFound"),
+                "+{secs}s"
+            );
             assert_eq!(warnings(&d), events, "+{secs}s: a problem is a Warning");
-            assert_eq!(d.status.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap().last_transition_time, Time(at(100)), "+{secs}s");
+            assert_eq!(
+                d.status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == DEGRADED)
+                    .unwrap()
+                    .last_transition_time,
+                Time(at(100)),
+                "+{secs}s"
+            );
         }
     }
-    assert_eq!(sim.status.legacy_replicas_before, Some(3), "legacy replicas recorded once the workloads are seen");
+    assert_eq!(
+        sim.status.legacy_replicas_before,
+        Some(3),
+        "legacy replicas recorded once the workloads are seen"
+    );
 }
 
 #[test]
 fn a_new_problem_reason_is_reported_again() {
     let spec = spec();
     let s = status_in(&spec, Preflight, None);
-    let problem = |reason: &str| Observations { problems: vec![Problem::new(reason, "…")], ..seen(&s) };
+    let problem = |reason: &str| Observations {
+        problems: vec![Problem::new(reason, "…")],
+        ..seen(&s)
+    };
     let d = step(&spec, &s, &problem("WorkloadNotFound"), at(1));
     let d = step(&spec, &d.status, &problem("FlagStoreForbidden"), at(2));
     assert_eq!(warnings(&d), ["FlagStoreForbidden"]);
@@ -1335,12 +2533,26 @@ fn a_new_problem_reason_is_reported_again() {
 fn an_unwritable_flag_store_backs_off_instead_of_retrying_hot() {
     // The store never received the preflight flags because the operator may not write it.
     let spec = spec();
-    let s = MigrationStatus { applied_flags: applied(1, fl::preflight()), ..status_in(&spec, Preflight, None) };
-    let forbidden = Observations { flags: None, problems: vec![Problem::new("FlagStoreForbidden", "configmaps is forbidden")], ..seen(&s) };
+    let s = MigrationStatus {
+        applied_flags: applied(1, fl::preflight()),
+        ..status_in(&spec, Preflight, None)
+    };
+    let forbidden = Observations {
+        flags: None,
+        problems: vec![Problem::new(
+            "FlagStoreForbidden",
+            "configmaps is forbidden",
+        )],
+        ..seen(&s)
+    };
     let d = step(&spec, &s, &forbidden, at(0));
     let d = step(&spec, &d.status, &forbidden, at(30));
     assert_eq!(d.status.phase, Preflight);
-    assert_eq!(d.requeue_after, Duration::from_secs(30), "backs off like any other problem");
+    assert_eq!(
+        d.requeue_after,
+        Duration::from_secs(30),
+        "backs off like any other problem"
+    );
     // Nothing new to record: a reconcile that cannot read the store does not rewrite the status
     // (each rewrite would wake the controller again).
     let again = step(&spec, &d.status, &forbidden, at(60));
@@ -1350,19 +2562,65 @@ fn an_unwritable_flag_store_backs_off_instead_of_retrying_hot() {
 #[test]
 fn problems_block_progress_but_never_rollback() {
     let spec = with_workloads(with_backfill(gated()));
-    let problem = vec![Problem::new("WorkloadNotFound", "Deployment chat-new not found")];
+    let problem = vec![Problem::new(
+        "WorkloadNotFound",
+        "Deployment chat-new not found",
+    )];
     // (status, observations, phase after)
-    let split = MigrationStatus { passing_since: time(0), ..status_in(&spec, Split, Some(2)) };
-    let shadow = MigrationStatus { passing_since: time(0), ..status_in(&spec, Shadow, None) };
+    let split = MigrationStatus {
+        passing_since: time(0),
+        ..status_in(&spec, Split, Some(2))
+    };
+    let shadow = MigrationStatus {
+        passing_since: time(0),
+        ..status_in(&spec, Shadow, None)
+    };
     let backfill = status_in(&spec, Backfill, None);
     let rows = [
-        (split.clone(), Observations { analysis: pass(), ..seen(&split) }, Split, Some(2)),
-        (shadow.clone(), Observations { analysis: pass(), ..seen(&shadow) }, Shadow, None),
-        (backfill.clone(), Observations { backfill: Some(JobState::Succeeded), ..seen(&backfill) }, Backfill, None),
+        (
+            split.clone(),
+            Observations {
+                analysis: pass(),
+                ..seen(&split)
+            },
+            Split,
+            Some(2),
+        ),
+        (
+            shadow.clone(),
+            Observations {
+                analysis: pass(),
+                ..seen(&shadow)
+            },
+            Shadow,
+            None,
+        ),
+        (
+            backfill.clone(),
+            Observations {
+                backfill: Some(JobState::Succeeded),
+                ..seen(&backfill)
+            },
+            Backfill,
+            None,
+        ),
     ];
     for (s, obs, phase, step_) in rows {
-        let d = step(&spec, &s, &Observations { problems: problem.clone(), ..obs }, at(600));
-        assert_eq!((d.status.phase, d.status.step), (phase, step_), "{:?}", s.phase);
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                problems: problem.clone(),
+                ..obs
+            },
+            at(600),
+        );
+        assert_eq!(
+            (d.status.phase, d.status.step),
+            (phase, step_),
+            "{:?}",
+            s.phase
+        );
         assert_eq!(d.flags, s.applied_flags, "{:?}", s.phase);
         assert_eq!(condition(&d.status, DEGRADED), ("True", "WorkloadNotFound"));
     }
@@ -1371,18 +2629,66 @@ fn problems_block_progress_but_never_rollback() {
 #[test]
 fn a_degraded_migration_still_rolls_back() {
     let spec = with_workloads(gated());
-    let problem = vec![Problem::new("WorkloadNotFound", "Deployment chat-new not found")];
+    let problem = vec![Problem::new(
+        "WorkloadNotFound",
+        "Deployment chat-new not found",
+    )];
     for (name, obs, reason) in [
-        ("abort", Observations { commands: abort(), ..Observations::default() }, "Aborted"),
-        ("alert", Observations { firing_alerts: firing(), ..Observations::default() }, "AlertFiring"),
+        (
+            "abort",
+            Observations {
+                commands: abort(),
+                ..Observations::default()
+            },
+            "Aborted",
+        ),
+        (
+            "alert",
+            Observations {
+                firing_alerts: firing(),
+                ..Observations::default()
+            },
+            "AlertFiring",
+        ),
     ] {
         let mut sim = Simulation::from(spec.clone(), status_in(&spec, Preflight, None));
-        sim.with(0, Observations { problems: problem.clone(), ..Observations::default() });
-        let d = sim.with(5, Observations { problems: problem.clone(), ..obs });
+        sim.with(
+            0,
+            Observations {
+                problems: problem.clone(),
+                ..Observations::default()
+            },
+        );
+        let d = sim.with(
+            5,
+            Observations {
+                problems: problem.clone(),
+                ..obs
+            },
+        );
         assert_eq!(d.status.phase, RollingBack, "{name}");
-        assert_eq!(warnings(&d), [reason], "{name}: the ongoing problem is not reported again");
-        assert!(d.requeue_after <= SHORT, "{name}: rolling back does not back off");
-        assert_eq!(sim.with(6, Observations { problems: problem.clone(), ..Observations::default() }).status.phase, RolledBack, "{name}");
+        assert_eq!(
+            warnings(&d),
+            [reason],
+            "{name}: the ongoing problem is not reported again"
+        );
+        assert!(
+            d.requeue_after <= SHORT,
+            "{name}: rolling back does not back off"
+        );
+        assert_eq!(
+            sim.with(
+                6,
+                Observations {
+                    problems: problem.clone(),
+                    ..Observations::default()
+                }
+            )
+            .status
+            .phase,
+            RolledBack,
+            "{name}"
+        );
     }
 }
 
@@ -1393,15 +2699,55 @@ fn a_degraded_migration_still_rolls_back() {
 fn requeue_waits_for_the_rest_of_the_bake() {
     // (spec, status, at, requeue)
     let rows = [
-        (spec(), status_in(&spec(), Shadow, None), 30, Duration::from_secs(90)),
-        (spec(), status_in(&spec(), Split, Some(1)), 20, Duration::from_secs(40)),
-        (spec(), status_in(&spec(), Split, Some(3)), 59, Duration::from_secs(1)),
-        (complete_after(spec(), "10m"), status_in(&spec(), CutOver, None), 400, Duration::from_secs(200)),
-        (complete_after(spec(), "1h"), status_in(&spec(), CutOver, None), 0, IDLE_REQUEUE),
+        (
+            spec(),
+            status_in(&spec(), Shadow, None),
+            30,
+            Duration::from_secs(90),
+        ),
+        (
+            spec(),
+            status_in(&spec(), Split, Some(1)),
+            20,
+            Duration::from_secs(40),
+        ),
+        (
+            spec(),
+            status_in(&spec(), Split, Some(3)),
+            59,
+            Duration::from_secs(1),
+        ),
+        (
+            complete_after(spec(), "10m"),
+            status_in(&spec(), CutOver, None),
+            400,
+            Duration::from_secs(200),
+        ),
+        (
+            complete_after(spec(), "1h"),
+            status_in(&spec(), CutOver, None),
+            0,
+            IDLE_REQUEUE,
+        ),
         (spec(), status_in(&spec(), CutOver, None), 100, IDLE_REQUEUE),
-        (spec(), status_in(&spec(), Completed, None), 100, IDLE_REQUEUE),
-        (spec(), status_in(&spec(), RolledBack, None), 100, IDLE_REQUEUE),
-        (paused(spec()), paused_in(&spec(), Split, Some(2), PauseReason::Manual), 100, IDLE_REQUEUE),
+        (
+            spec(),
+            status_in(&spec(), Completed, None),
+            100,
+            IDLE_REQUEUE,
+        ),
+        (
+            spec(),
+            status_in(&spec(), RolledBack, None),
+            100,
+            IDLE_REQUEUE,
+        ),
+        (
+            paused(spec()),
+            paused_in(&spec(), Split, Some(2), PauseReason::Manual),
+            100,
+            IDLE_REQUEUE,
+        ),
     ];
     for (spec, s, secs, requeue) in rows {
         let d = step(&spec, &s, &seen(&s), at(secs));
@@ -1419,23 +2765,103 @@ fn requeue_is_short_right_after_every_transition() {
     let backfill = status_in(&spec, Backfill, None);
     let cutover = status_in(&spec, CutOver, None);
     let paused_split = paused_in(&spec, Split, Some(2), PauseReason::Manual);
-    let pending = MigrationStatus { observed_generation: Some(1), ..MigrationStatus::default() };
+    let pending = MigrationStatus {
+        observed_generation: Some(1),
+        ..MigrationStatus::default()
+    };
     let rows = [
-        ("start", spec.clone(), pending.clone(), seen(&pending), Preflight),
-        ("preflight passed", spec.clone(), status_in(&spec, Preflight, None), seen(&status_in(&spec, Preflight, None)), Shadow),
-        ("shadow passed", spec.clone(), shadow.clone(), seen(&shadow), Backfill),
-        ("backfill done", spec.clone(), backfill.clone(), Observations { backfill: Some(JobState::Succeeded), ..seen(&backfill) }, Split),
+        (
+            "start",
+            spec.clone(),
+            pending.clone(),
+            seen(&pending),
+            Preflight,
+        ),
+        (
+            "preflight passed",
+            spec.clone(),
+            status_in(&spec, Preflight, None),
+            seen(&status_in(&spec, Preflight, None)),
+            Shadow,
+        ),
+        (
+            "shadow passed",
+            spec.clone(),
+            shadow.clone(),
+            seen(&shadow),
+            Backfill,
+        ),
+        (
+            "backfill done",
+            spec.clone(),
+            backfill.clone(),
+            Observations {
+                backfill: Some(JobState::Succeeded),
+                ..seen(&backfill)
+            },
+            Split,
+        ),
         ("step", spec.clone(), split.clone(), seen(&split), Split),
-        ("cutover", spec.clone(), status_in(&spec, Split, Some(4)), seen(&status_in(&spec, Split, Some(4))), CutOver),
-        ("paused", paused(spec.clone()), split.clone(), seen(&split), Paused),
-        ("resumed", spec.clone(), paused_split.clone(), seen(&paused_split), Split),
-        ("abort", spec.clone(), split.clone(), Observations { commands: abort(), ..seen(&split) }, RollingBack),
-        ("retry", spec.clone(), status_in(&spec, RolledBack, None), Observations { commands: retry(), ..seen(&status_in(&spec, RolledBack, None)) }, Pending),
-        ("complete", spec.clone(), cutover.clone(), Observations { commands: promote(), ..seen(&cutover) }, Completed),
+        (
+            "cutover",
+            spec.clone(),
+            status_in(&spec, Split, Some(4)),
+            seen(&status_in(&spec, Split, Some(4))),
+            CutOver,
+        ),
+        (
+            "paused",
+            paused(spec.clone()),
+            split.clone(),
+            seen(&split),
+            Paused,
+        ),
+        (
+            "resumed",
+            spec.clone(),
+            paused_split.clone(),
+            seen(&paused_split),
+            Split,
+        ),
+        (
+            "abort",
+            spec.clone(),
+            split.clone(),
+            Observations {
+                commands: abort(),
+                ..seen(&split)
+            },
+            RollingBack,
+        ),
+        (
+            "retry",
+            spec.clone(),
+            status_in(&spec, RolledBack, None),
+            Observations {
+                commands: retry(),
+                ..seen(&status_in(&spec, RolledBack, None))
+            },
+            Pending,
+        ),
+        (
+            "complete",
+            spec.clone(),
+            cutover.clone(),
+            Observations {
+                commands: promote(),
+                ..seen(&cutover)
+            },
+            Completed,
+        ),
     ];
     for (name, spec, s, obs, phase) in rows {
         let d = step(&spec, &s, &obs, at(600));
         assert_eq!(d.status.phase, phase, "{name}");
-        assert!(d.requeue_after <= SHORT, "{name}: requeue {:?} after {:?} -> {phase:?}", d.requeue_after, s.phase);
+        assert!(
+            d.requeue_after <= SHORT,
+            "{name}: requeue {:?} after {:?} -> {phase:?}",
+            d.requeue_after,
+            s.phase
+        );
     }
 }

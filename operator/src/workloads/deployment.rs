@@ -15,16 +15,37 @@ pub struct DeploymentDriver {
 
 impl DeploymentDriver {
     pub fn new(client: Client, namespace: &str) -> Self {
-        Self { api: Api::namespaced(client, namespace), namespace: namespace.into() }
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.into(),
+        }
     }
 
     /// Replicas asked for and ready. `side` names the spec field for the error message.
-    pub async fn observe(&self, side: &'static str, name: &str) -> Result<WorkloadState, WorkloadError> {
-        let deployment = self.api.get_opt(name).await.map_err(|e| self.error("get", name, e))?;
-        let deployment = deployment.ok_or_else(|| WorkloadError::NotFound { side, namespace: self.namespace.clone(), name: name.into() })?;
+    pub async fn observe(
+        &self,
+        side: &'static str,
+        name: &str,
+    ) -> Result<WorkloadState, WorkloadError> {
+        let deployment = self
+            .api
+            .get_opt(name)
+            .await
+            .map_err(|e| self.error("get", name, e))?;
+        let deployment = deployment.ok_or_else(|| WorkloadError::NotFound {
+            side,
+            namespace: self.namespace.clone(),
+            name: name.into(),
+        })?;
         let replicas = deployment.spec.replicas.unwrap_or(1);
-        let ready_replicas = deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-        Ok(WorkloadState { replicas, ready_replicas })
+        let ready_replicas = deployment
+            .status
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        Ok(WorkloadState {
+            replicas,
+            ready_replicas,
+        })
     }
 
     pub async fn scale(&self, name: &str, replicas: i32) -> Result<(), WorkloadError> {
@@ -39,9 +60,22 @@ impl DeploymentDriver {
     fn error(&self, verb: &'static str, name: &str, source: kube::Error) -> WorkloadError {
         let (namespace, name) = (self.namespace.clone(), name.to_string());
         match &source {
-            kube::Error::Api(s) if s.code == 403 => WorkloadError::Forbidden { verb, namespace, name },
-            kube::Error::Api(s) if s.code == 404 => WorkloadError::NotFound { side: "legacy/candidate", namespace, name },
-            _ => WorkloadError::Api { verb, namespace, name, source },
+            kube::Error::Api(s) if s.code == 403 => WorkloadError::Forbidden {
+                verb,
+                namespace,
+                name,
+            },
+            kube::Error::Api(s) if s.code == 404 => WorkloadError::NotFound {
+                side: "legacy/candidate",
+                namespace,
+                name,
+            },
+            _ => WorkloadError::Api {
+                verb,
+                namespace,
+                name,
+                source,
+            },
         }
     }
 }

@@ -15,10 +15,16 @@ pub struct EcsDriver {
 
 impl EcsDriver {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
-        Self { client: Client::new(config) }
+        Self {
+            client: Client::new(config),
+        }
     }
 
-    pub async fn observe(&self, side: &'static str, target: &EcsService) -> Result<WorkloadState, WorkloadError> {
+    pub async fn observe(
+        &self,
+        side: &'static str,
+        target: &EcsService,
+    ) -> Result<WorkloadState, WorkloadError> {
         let out = self
             .client
             .describe_services()
@@ -26,15 +32,41 @@ impl EcsDriver {
             .services(&target.service)
             .send()
             .await
-            .map_err(|e| not_found_or(side, target, AwsError::from_sdk("ecs:DescribeServices", &e)))?;
-        let Some(service) = out.services().iter().find(|s| s.status() != Some("INACTIVE")) else {
-            let why = out.failures().first().and_then(|f| f.reason()).unwrap_or("MISSING");
-            return Err(WorkloadError::EcsNotFound { side, cluster: target.cluster.clone(), service: target.service.clone(), why: why.into() });
+            .map_err(|e| {
+                not_found_or(side, target, AwsError::from_sdk("ecs:DescribeServices", &e))
+            })?;
+        let Some(service) = out
+            .services()
+            .iter()
+            .find(|s| s.status() != Some("INACTIVE"))
+        else {
+            let why = out
+                .failures()
+                .first()
+                .and_then(|f| f.reason())
+                .unwrap_or("MISSING");
+            return Err(WorkloadError::EcsNotFound {
+                side,
+                cluster: target.cluster.clone(),
+                service: target.service.clone(),
+                why: why.into(),
+            });
         };
-        let stable = service.running_count() == service.desired_count() && service.deployments().len() <= 1;
+        let stable =
+            service.running_count() == service.desired_count() && service.deployments().len() <= 1;
         // Ready replicas count only once the service is stable: a rollout in progress is not ready.
-        let ready = if stable { service.running_count() } else { service.running_count().min(service.desired_count() - 1).max(0) };
-        Ok(WorkloadState { replicas: service.desired_count(), ready_replicas: ready })
+        let ready = if stable {
+            service.running_count()
+        } else {
+            service
+                .running_count()
+                .min(service.desired_count() - 1)
+                .max(0)
+        };
+        Ok(WorkloadState {
+            replicas: service.desired_count(),
+            ready_replicas: ready,
+        })
     }
 
     pub async fn scale(&self, target: &EcsService, desired: i32) -> Result<(), WorkloadError> {
@@ -45,14 +77,25 @@ impl EcsDriver {
             .desired_count(desired)
             .send()
             .await
-            .map_err(|e| not_found_or("legacy/candidate", target, AwsError::from_sdk("ecs:UpdateService", &e)))?;
+            .map_err(|e| {
+                not_found_or(
+                    "legacy/candidate",
+                    target,
+                    AwsError::from_sdk("ecs:UpdateService", &e),
+                )
+            })?;
         Ok(())
     }
 }
 
 fn not_found_or(side: &'static str, target: &EcsService, e: AwsError) -> WorkloadError {
     match e {
-        AwsError::NotFound { message, .. } => WorkloadError::EcsNotFound { side, cluster: target.cluster.clone(), service: target.service.clone(), why: message },
+        AwsError::NotFound { message, .. } => WorkloadError::EcsNotFound {
+            side,
+            cluster: target.cluster.clone(),
+            service: target.service.clone(),
+            why: message,
+        },
         other => WorkloadError::Aws(other),
     }
 }

@@ -17,7 +17,11 @@ pub struct Workloads {
 }
 
 impl Workloads {
-    pub async fn observe(&self, side: &'static str, w: &Workload) -> Result<WorkloadState, WorkloadError> {
+    pub async fn observe(
+        &self,
+        side: &'static str,
+        w: &Workload,
+    ) -> Result<WorkloadState, WorkloadError> {
         match (&w.deployment, &w.ecs, &self.ecs) {
             (Some(name), _, _) => self.deployments.observe(side, name).await,
             (None, Some(target), Some(ecs)) => ecs.observe(side, target).await,
@@ -29,7 +33,9 @@ impl Workloads {
         match (&w.deployment, &w.ecs, &self.ecs) {
             (Some(name), _, _) => self.deployments.scale(name, replicas).await,
             (None, Some(target), Some(ecs)) => ecs.scale(target, replicas).await,
-            _ => Err(WorkloadError::Unnamed { side: "legacy/candidate" }),
+            _ => Err(WorkloadError::Unnamed {
+                side: "legacy/candidate",
+            }),
         }
     }
 }
@@ -37,11 +43,28 @@ impl Workloads {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     #[error("Deployment {namespace}/{name} not found: create it or fix spec.{side}.deployment")]
-    NotFound { side: &'static str, namespace: String, name: String },
-    #[error("the operator may not {verb} Deployment {namespace}/{name}: grant {verb} on deployments to its ServiceAccount")]
-    Forbidden { verb: &'static str, namespace: String, name: String },
-    #[error("ECS service {service} in cluster {cluster} not found ({why}): create it or fix spec.{side}.ecs")]
-    EcsNotFound { side: &'static str, cluster: String, service: String, why: String },
+    NotFound {
+        side: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error(
+        "the operator may not {verb} Deployment {namespace}/{name}: grant {verb} on deployments to its ServiceAccount"
+    )]
+    Forbidden {
+        verb: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error(
+        "ECS service {service} in cluster {cluster} not found ({why}): create it or fix spec.{side}.ecs"
+    )]
+    EcsNotFound {
+        side: &'static str,
+        cluster: String,
+        service: String,
+        why: String,
+    },
     #[error("spec.{side} names neither a deployment nor an ecs service")]
     Unnamed { side: &'static str },
     #[error("ECS: {0}")]
