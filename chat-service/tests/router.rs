@@ -4,82 +4,29 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chat_service::config::{NewStoreChoice, StoreChoice};
-use chat_service::flags::{DualWrite, FlagSource, FlagWatcher, Flags, StoreSide};
-use chat_service::ids::{MessageIdGenerator, RoomId, UserId};
-use chat_service::metrics::Metrics;
+use chat_service::flags::{DualWrite, FlagSource, Flags, StoreSide};
+use chat_service::ids::{MessageIdGenerator, UserId};
 use chat_service::routing::cohort;
-use chat_service::store::instrumented::Instrumented;
-use chat_service::store::outbox::ReplayConfig;
-use chat_service::store::postgres::PgStore;
-use chat_service::store::router::{MigrationRouter, ReplayerHandle, RouterOptions};
-use chat_service::store::{ChatStore, NewMessage, NewRoom, PageRequest, RoomType, StoreError};
+use chat_service::store::{ChatStore, PageRequest, StoreError};
 use ficus_e2e::Postgres;
-use prometheus_client::metrics::gauge::Gauge;
 use sqlx::postgres::PgPool;
-use uuid::Uuid;
 
-fn flags(write_primary: StoreSide, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
-    Flags {
-        generation: 1,
-        write_primary,
-        dual_write,
-        shadow_read_percent: shadow,
-        read_split_percent: split,
-    }
-}
+use common::router::{
+    RouterSetup, eventually, flags, message, message_ids, new_room, outbox_depth, pg_store,
+    start_router,
+};
 
-fn options() -> RouterOptions {
-    RouterOptions {
-        ping_interval: Duration::from_millis(200),
-        ping_timeout: Duration::from_millis(500),
-        secondary_timeout: Duration::from_secs(2),
-        memory_queue_limit: 10_000,
-        replay: ReplayConfig {
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(500),
-            poll_interval: Duration::from_millis(50),
-            inline_grace: Duration::from_secs(5),
-            ..ReplayConfig::default()
-        },
-    }
-}
-
-struct Setup {
-    router: MigrationRouter,
-    metrics: Arc<Metrics>,
-    legacy: PgPool,
-    new: PgPool,
-    _replayer: ReplayerHandle,
-}
-
-async fn connect(url: &str) -> PgStore {
-    let pg = PgStore::connect(url, 10).await.expect("connect");
-    pg.migrate().await.expect("migrate");
-    pg
-}
-
-async fn setup(legacy_url: &str, new_url: &str, f: Flags) -> Setup {
-    let metrics = Arc::new(Metrics::default());
-    let watcher = FlagWatcher::start(FlagSource::Static(f), Gauge::default())
-        .await
-        .expect("flags");
-    let legacy = connect(legacy_url).await;
-    let new = connect(new_url).await;
-    let (legacy_pool, new_pool) = (legacy.pool().clone(), new.pool().clone());
-    let new: Arc<dyn ChatStore> = Arc::new(Instrumented::new(new, metrics.clone()));
-    let router = MigrationRouter::new(legacy, new, watcher, metrics.clone(), options());
-    let replayer = router.start_replayer();
-    Setup {
-        router,
-        metrics,
-        legacy: legacy_pool,
-        new: new_pool,
-        _replayer: replayer,
-    }
+/// The router over two PostgreSQL databases, and a pool on the new one for direct checks.
+async fn setup(legacy_url: &str, new_url: &str, f: Flags) -> (RouterSetup, PgPool) {
+    let new = pg_store(new_url).await;
+    let new_pool = new.pool().clone();
+    (
+        start_router(pg_store(legacy_url).await, new, f).await,
+        new_pool,
+    )
 }
 
 async fn two_databases(test: &str) -> (String, String) {
@@ -94,75 +41,14 @@ async fn two_databases(test: &str) -> (String, String) {
     )
 }
 
-async fn new_room(router: &MigrationRouter, owner: i32, members: &[i32]) -> RoomId {
-    let mut participants: Vec<UserId> = std::iter::once(owner)
-        .chain(members.iter().copied())
-        .map(UserId)
-        .collect();
-    participants.dedup();
-    let room = NewRoom {
-        id: RoomId::random(),
-        name: "Team".into(),
-        room_type: RoomType::Group,
-        created_by: UserId(owner),
-        participants,
-        created_at: chat_service::store::now(),
-    };
-    router.create_room(room).await.expect("create room").id
-}
-
-fn message(ids: &MessageIdGenerator, room: RoomId, sender: i32, text: &str) -> NewMessage {
-    let id = ids.next();
-    NewMessage {
-        id,
-        room_id: room,
-        sender_id: UserId(sender),
-        content: text.as_bytes().to_vec(),
-        message_type: "user_message".into(),
-        created_at: id.created_at().expect("v1"),
-    }
-}
-
-async fn message_ids(pool: &PgPool) -> Vec<Uuid> {
-    sqlx::query_scalar::<sqlx::Postgres, Uuid>("select id from room_message order by id")
-        .fetch_all(pool)
-        .await
-        .expect("ids")
-}
-
-async fn outbox_depth(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox")
-        .fetch_one(pool)
-        .await
-        .expect("depth")
-}
-
-/// Polls `check` until it holds, or panics after `timeout`.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dual_write_sync_and_async_land_every_message_in_both_stores() {
     common::init();
     let ids = MessageIdGenerator::default();
     for mode in [DualWrite::Sync, DualWrite::Async] {
         let (legacy_url, new_url) = two_databases(&format!("router_dual_{mode}")).await;
-        let s = setup(&legacy_url, &new_url, flags(StoreSide::Legacy, mode, 0, 0)).await;
+        let (s, new_pool) =
+            setup(&legacy_url, &new_url, flags(StoreSide::Legacy, mode, 0, 0)).await;
         let room = new_room(&s.router, 1, &[2]).await;
         for i in 0..30 {
             s.router
@@ -170,26 +56,30 @@ async fn dual_write_sync_and_async_land_every_message_in_both_stores() {
                 .await
                 .expect("send");
         }
-        let legacy = message_ids(&s.legacy).await;
+        let legacy = message_ids(&s.legacy_pool).await;
         assert_eq!(
             legacy.len(),
             30,
             "{mode}: the primary has every message when the call returns"
         );
         if mode == DualWrite::Sync {
-            assert_eq!(message_ids(&s.new).await, legacy, "sync: the secondary too");
+            assert_eq!(
+                message_ids(&new_pool).await,
+                legacy,
+                "sync: the secondary too"
+            );
         }
         eventually(
             &format!("{mode}: secondary holds every message"),
             Duration::from_secs(15),
-            || async { message_ids(&s.new).await == legacy },
+            || async { message_ids(&new_pool).await == legacy },
         )
         .await;
         // The transactional outbox rows are deleted once the secondary write went through.
         eventually(
             &format!("{mode}: outbox empty"),
             Duration::from_secs(15),
-            || async { outbox_depth(&s.legacy).await == 0 },
+            || async { outbox_depth(&s.legacy_pool).await == 0 },
         )
         .await;
         // Async secondary writes are not ordered: a message can reach the secondary before its
@@ -239,7 +129,7 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
         .create_database("router_outage_new")
         .await
         .expect("db");
-    let s = setup(
+    let (s, new_pool) = setup(
         &legacy_url,
         &new_url,
         flags(StoreSide::Legacy, DualWrite::Sync, 0, 0),
@@ -315,7 +205,7 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
     .expect("restart");
 
     eventually("the outbox drains", Duration::from_secs(60), || async {
-        outbox_depth(&s.legacy).await == 0 && s.router.pending_in_memory() == 0
+        outbox_depth(&s.legacy_pool).await == 0 && s.router.pending_in_memory() == 0
     })
     .await;
     eventually("gauge back to 0", Duration::from_secs(10), || async {
@@ -325,10 +215,10 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
             .any(|l| l == "chat_retry_queue_size 0")
     })
     .await;
-    let legacy = message_ids(&s.legacy).await;
+    let legacy = message_ids(&s.legacy_pool).await;
     assert_eq!(legacy.len(), 70);
     assert_eq!(
-        message_ids(&s.new).await,
+        message_ids(&new_pool).await,
         legacy,
         "both stores hold exactly the same messages"
     );
@@ -347,7 +237,7 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
     common::init();
     let ids = MessageIdGenerator::default();
     let (legacy_url, new_url) = two_databases("router_shadow").await;
-    let s = setup(
+    let (s, new_pool) = setup(
         &legacy_url,
         &new_url,
         flags(StoreSide::Legacy, DualWrite::Sync, 100, 0),
@@ -388,12 +278,12 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
     // Injected straight into the new store's tables: one message lost, one altered.
     sqlx::query::<sqlx::Postgres>("delete from room_message where id = $1")
         .bind(sent[9].id.0)
-        .execute(&s.new)
+        .execute(&new_pool)
         .await
         .expect("delete");
     sqlx::query::<sqlx::Postgres>("update room_message set content = 'tampered' where id = $1")
         .bind(sent[8].id.0)
-        .execute(&s.new)
+        .execute(&new_pool)
         .await
         .expect("update");
     let page = s.router.history(room, None, 5).await.expect("history");
@@ -417,7 +307,7 @@ async fn the_read_split_keeps_each_user_on_one_side() {
     common::init();
     let (legacy_url, new_url) = two_databases("router_split").await;
     let f = flags(StoreSide::Legacy, DualWrite::Off, 0, 50);
-    let s = setup(&legacy_url, &new_url, f).await;
+    let (s, _new_pool) = setup(&legacy_url, &new_url, f).await;
     let on_new: Vec<i32> = (1..)
         .filter(|u| cohort(&f, UserId(*u)) == StoreSide::New)
         .take(3)
@@ -479,7 +369,7 @@ async fn after_cutover_writes_go_to_new_and_the_reverse_dual_write_fills_legacy(
     let ids = MessageIdGenerator::default();
     for mode in [DualWrite::Sync, DualWrite::Async] {
         let (legacy_url, new_url) = two_databases(&format!("router_cutover_{mode}")).await;
-        let s = setup(&legacy_url, &new_url, flags(StoreSide::New, mode, 0, 100)).await;
+        let (s, new_pool) = setup(&legacy_url, &new_url, flags(StoreSide::New, mode, 0, 100)).await;
         let room = new_room(&s.router, 1, &[2]).await;
         for i in 0..20 {
             s.router
@@ -487,19 +377,19 @@ async fn after_cutover_writes_go_to_new_and_the_reverse_dual_write_fills_legacy(
                 .await
                 .expect("send");
         }
-        let new = message_ids(&s.new).await;
+        let new = message_ids(&new_pool).await;
         assert_eq!(new.len(), 20, "{mode}: the new store is primary");
         eventually(
             &format!("{mode}: legacy filled by the reverse dual write"),
             Duration::from_secs(15),
-            || async { message_ids(&s.legacy).await == new },
+            || async { message_ids(&s.legacy_pool).await == new },
         )
         .await;
         // A replayed entry is deleted just after its write lands.
         eventually(
             &format!("{mode}: nothing left queued"),
             Duration::from_secs(15),
-            || async { outbox_depth(&s.legacy).await == 0 },
+            || async { outbox_depth(&s.legacy_pool).await == 0 },
         )
         .await;
         // Counted just after the write lands (async: in the spawned task).

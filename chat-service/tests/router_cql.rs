@@ -12,69 +12,24 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_service::flags::{DualWrite, FlagSource, FlagWatcher, Flags, StoreSide};
-use chat_service::ids::{MessageId, MessageIdGenerator, RoomId, UserId};
-use chat_service::metrics::Metrics;
-use chat_service::store::instrumented::Instrumented;
-use chat_service::store::outbox::ReplayConfig;
-use chat_service::store::postgres::PgStore;
-use chat_service::store::router::{MigrationRouter, ReplayerHandle, RouterOptions};
+use chat_service::flags::{DualWrite, StoreSide};
+use chat_service::ids::MessageIdGenerator;
+use chat_service::store::ChatStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
-use chat_service::store::{ChatStore, NewMessage, NewRoom, RoomType};
-use ficus_e2e::{Cassandra, Postgres};
-use prometheus_client::metrics::gauge::Gauge;
-use sqlx::postgres::PgPool;
-use uuid::Uuid;
+use ficus_e2e::Cassandra;
+
+use common::router::{
+    RouterSetup, eventually, flags, fresh_pg_store, history_ids, message, new_room, outbox_depth,
+    retry_queue_size, start_router, try_history_ids,
+};
 
 /// The tests of this binary take turns on the one CQL node.
 static NODE: Mutex<()> = Mutex::new(());
 
-fn options() -> RouterOptions {
-    RouterOptions {
-        ping_interval: Duration::from_millis(200),
-        ping_timeout: Duration::from_millis(500),
-        secondary_timeout: Duration::from_secs(2),
-        memory_queue_limit: 10_000,
-        replay: ReplayConfig {
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(500),
-            poll_interval: Duration::from_millis(50),
-            inline_grace: Duration::from_secs(5),
-            ..ReplayConfig::default()
-        },
-    }
-}
-
-struct Setup {
-    router: MigrationRouter,
-    metrics: Arc<Metrics>,
-    legacy: Arc<dyn ChatStore>,
-    new: Arc<dyn ChatStore>,
-    legacy_pool: PgPool,
-    _replayer: ReplayerHandle,
-}
-
 /// Legacy: a fresh database of the harness's PostgreSQL; new: the CQL store on a fresh keyspace
 /// of this binary's Cassandra node (consistency ONE: one node).
-async fn setup(cassandra: &Cassandra, test: &str, dual_write: DualWrite) -> Setup {
-    let metrics = Arc::new(Metrics::default());
-    let f = Flags {
-        generation: 1,
-        write_primary: StoreSide::Legacy,
-        dual_write,
-        shadow_read_percent: 0,
-        read_split_percent: 0,
-    };
-    let watcher = FlagWatcher::start(FlagSource::Static(f), Gauge::default())
-        .await
-        .expect("flags");
-    let legacy_url = Postgres::shared()
-        .expect("postgres")
-        .create_database(&format!("{test}_legacy"))
-        .await
-        .expect("db");
-    let legacy = PgStore::connect(&legacy_url, 10).await.expect("connect");
-    legacy.migrate().await.expect("migrate");
+async fn setup(cassandra: &Cassandra, test: &str, dual_write: DualWrite) -> RouterSetup {
+    let legacy = fresh_pg_store(&format!("{test}_legacy")).await;
     let keyspace = cassandra.create_keyspace(test).await.expect("keyspace");
     let cql = CqlStore::connect(&CqlConfig {
         contact_points: vec![cassandra.contact_point()],
@@ -83,104 +38,7 @@ async fn setup(cassandra: &Cassandra, test: &str, dual_write: DualWrite) -> Setu
     })
     .await
     .expect("CQL store");
-    let new: Arc<dyn ChatStore> = Arc::new(Instrumented::new(cql, metrics.clone()));
-    let legacy_pool = legacy.pool().clone();
-    let legacy_store: Arc<dyn ChatStore> = Arc::new(legacy.clone());
-    let router = MigrationRouter::new(legacy, new.clone(), watcher, metrics.clone(), options());
-    let replayer = router.start_replayer();
-    Setup {
-        router,
-        metrics,
-        legacy: legacy_store,
-        new,
-        legacy_pool,
-        _replayer: replayer,
-    }
-}
-
-async fn new_room(router: &MigrationRouter, owner: i32, member: i32) -> RoomId {
-    let room = NewRoom {
-        id: RoomId::random(),
-        name: "Team".into(),
-        room_type: RoomType::Group,
-        created_by: UserId(owner),
-        participants: vec![UserId(owner), UserId(member)],
-        created_at: chat_service::store::now(),
-    };
-    router.create_room(room).await.expect("create room").id
-}
-
-fn message(ids: &MessageIdGenerator, room: RoomId, sender: i32, text: &str) -> NewMessage {
-    let id = ids.next();
-    NewMessage {
-        id,
-        room_id: room,
-        sender_id: UserId(sender),
-        content: text.as_bytes().to_vec(),
-        message_type: "user_message".into(),
-        created_at: id.created_at().expect("v1"),
-    }
-}
-
-/// Every message id of `room` in `store`, newest first (the store's own `history`, paged).
-async fn history_ids(store: &dyn ChatStore, room: RoomId) -> Vec<Uuid> {
-    let mut ids = Vec::new();
-    let mut before: Option<MessageId> = None;
-    loop {
-        let page = store.history(room, before, 100).await.expect("history");
-        ids.extend(page.items.iter().map(|m| m.id.0));
-        match page.next_cursor {
-            Some(cursor) => before = Some(cursor),
-            None => return ids,
-        }
-    }
-}
-
-/// The history of `room` in `store`, or `None` while the store fails.
-async fn try_history_ids(store: &dyn ChatStore, room: RoomId) -> Option<Vec<Uuid>> {
-    let mut ids = Vec::new();
-    let mut before: Option<MessageId> = None;
-    loop {
-        let page = store.history(room, before, 100).await.ok()?;
-        ids.extend(page.items.iter().map(|m| m.id.0));
-        match page.next_cursor {
-            Some(cursor) => before = Some(cursor),
-            None => return Some(ids),
-        }
-    }
-}
-
-async fn outbox_depth(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox")
-        .fetch_one(pool)
-        .await
-        .expect("depth")
-}
-
-fn retry_queue_size(metrics: &Metrics) -> Option<f64> {
-    metrics.encode().lines().find_map(|l| {
-        l.strip_prefix("chat_retry_queue_size ")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    })
-}
-
-/// Polls `check` until it holds, or panics after `timeout`.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_router(legacy, cql, flags(StoreSide::Legacy, dual_write, 0, 0)).await
 }
 
 fn node() -> Option<&'static Cassandra> {
@@ -202,8 +60,8 @@ async fn dual_write_sync_and_async_land_every_message_in_postgres_and_cql() {
     for mode in [DualWrite::Sync, DualWrite::Async] {
         let s = setup(cassandra, &format!("router_cql_dual_{mode}"), mode).await;
         let rooms = [
-            new_room(&s.router, 1, 2).await,
-            new_room(&s.router, 3, 4).await,
+            new_room(&s.router, 1, &[2]).await,
+            new_room(&s.router, 3, &[4]).await,
         ];
         for i in 0..40 {
             s.router
@@ -262,9 +120,9 @@ async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges(
     let ids = Arc::new(MessageIdGenerator::default());
     let s = setup(cassandra, "router_cql_crash", DualWrite::Sync).await;
     let rooms = [
-        new_room(&s.router, 1, 2).await,
-        new_room(&s.router, 3, 4).await,
-        new_room(&s.router, 5, 6).await,
+        new_room(&s.router, 1, &[2]).await,
+        new_room(&s.router, 3, &[4]).await,
+        new_room(&s.router, 5, &[6]).await,
     ];
     for i in 0..15 {
         s.router

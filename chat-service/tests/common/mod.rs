@@ -3,6 +3,8 @@
 //! [`Backend`]), and small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod router;
+
 use std::time::Duration;
 
 use chat_service::client::ChatClient;
