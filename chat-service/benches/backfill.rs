@@ -17,6 +17,8 @@
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it runs a small smoke pass.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use chat_service::backfill::{self, BackfillConfig};
@@ -32,15 +34,9 @@ use futures::StreamExt;
 use scylla::value::CqlTimeuuid;
 use uuid::Uuid;
 
-const CONTENT_BYTES: usize = 64;
-const INSERT_BATCH: usize = 1000;
+use support::CONTENT_BYTES;
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+const INSERT_BATCH: usize = 1000;
 
 struct Settings {
     messages: usize,
@@ -51,20 +47,17 @@ struct Settings {
 }
 
 fn main() {
-    ficus_e2e::init();
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = support::full_run();
     let settings = Settings {
-        messages: env_or("BENCH_MESSAGES", if full { 20_000 } else { 300 }).max(1) as usize,
-        rooms: env_or("BENCH_ROOMS", if full { 50 } else { 5 }).max(1) as usize,
-        workers: env_or("BENCH_WORKERS", 4).max(1) as usize,
-        concurrency: env_or("BENCH_CONCURRENCY", if full { 64 } else { 8 }).max(1) as usize,
-        chunk: env_or("BENCH_CHUNK", 500).max(1) as u32,
+        messages: support::env_or("BENCH_MESSAGES", if full { 20_000 } else { 300 }).max(1)
+            as usize,
+        rooms: support::env_or("BENCH_ROOMS", if full { 50 } else { 5 }).max(1) as usize,
+        workers: support::env_or("BENCH_WORKERS", 4).max(1) as usize,
+        concurrency: support::env_or("BENCH_CONCURRENCY", if full { 64 } else { 8 }).max(1)
+            as usize,
+        chunk: support::env_or("BENCH_CHUNK", 500).max(1) as u32,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(bench(&settings)) {
+    if let Err(e) = support::run(bench(&settings)) {
         // Prints SKIP for a missing PostgreSQL/Cassandra (fails on CI), panics on other errors.
         ficus_e2e::skip_or_panic(&e);
     }

@@ -11,40 +11,19 @@
 //!
 //! Under `cargo test --benches` (no `--bench` argument) it runs a one-second smoke pass.
 
+mod support;
+
 use std::time::Duration;
 
-use chat_service::client::ChatClient;
-use chat_service::config::{Limits, NewStoreChoice, ServeConfig, StoreChoice};
-use chat_service::crypto::EncryptionKey;
-use chat_service::flags::{DualWrite, FlagSource, Flags, StoreSide};
-use chat_service::ids::{RoomId, UserId};
-use chat_service::loadtest::{RunReport, drive, timed};
-use chat_service::serve;
+use chat_service::config::{NewStoreChoice, StoreChoice};
+use chat_service::flags::{DualWrite, Flags, StoreSide};
+use chat_service::loadtest::RunReport;
 use ficus_e2e::Postgres;
 
-const JWT_SECRET: &[u8] = b"chat-service-benchmark-secret-0123456789abcdef";
-const ROOMS: usize = 10;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{CONTENT_BYTES, Load, ROOMS, Server};
 
 fn main() {
-    ficus_e2e::init();
-    let full = std::env::args().any(|a| a == "--bench");
-    let concurrency = env_or("BENCH_CONCURRENCY", if full { 16 } else { 2 }) as u32;
-    let seconds = env_or("BENCH_SECONDS", if full { 10 } else { 1 });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(bench(
-        concurrency.max(1),
-        Duration::from_secs(seconds.max(1)),
-    ));
+    support::run(bench(Load::from_env()));
 }
 
 #[derive(Clone, Copy)]
@@ -64,14 +43,13 @@ impl Setting {
     }
 }
 
-async fn bench(concurrency: u32, duration: Duration) {
+async fn bench(load: Load) {
     let pg = match Postgres::start() {
         Ok(pg) => pg,
         // Prints SKIP for a missing PostgreSQL (fails on CI), panics on other errors.
         Err(e) => return ficus_e2e::skip_or_panic(&e),
     };
-    let max_connections = concurrency.max(4) * 2;
-    let content = "x".repeat(64);
+    let max_connections = load.max_connections();
     let settings = [
         Setting::PrimaryOnly,
         Setting::Router(DualWrite::Sync),
@@ -105,63 +83,14 @@ async fn bench(concurrency: u32, duration: Duration) {
                 },
             ),
         };
-        let config = ServeConfig {
-            store,
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            database_url: legacy_url.clone(),
-            database_max_connections: max_connections,
-            jwt_secret: JWT_SECRET.to_vec(),
-            encryption_key: EncryptionKey::random(),
-            nats_url: None,
-            flags: FlagSource::Static(flags),
-            limits: Limits::default(),
-        };
-        let server = serve::bind(config).await.expect("chat-service starts");
-        let base_url = format!("http://{}", server.local_addr());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server.run(async move {
-            let _ = stopped.await;
-        }));
-        let client = ChatClient::new(&base_url, JWT_SECRET);
-        let users: Vec<UserId> = (1..=concurrency as i32).map(UserId).collect();
-        let mut rooms = Vec::new();
-        for i in 0..ROOMS {
-            rooms.push(
-                client
-                    .create_room(users[0], &format!("bench {i}"), "group", &users)
-                    .await
-                    .expect("room"),
-            );
-        }
-        let shared = std::sync::Arc::new((client, users, rooms, content.clone()));
-        let report = drive(concurrency, duration, None, Duration::ZERO, move |worker| {
-            let shared = shared.clone();
-            async move {
-                let (client, users, rooms, content) = &*shared;
-                let room: RoomId = rooms[worker as usize % rooms.len()];
-                vec![
-                    timed(
-                        "SendMessage",
-                        client.send_message(users[worker as usize], room, content),
-                    )
-                    .await
-                    .0,
-                ]
-            }
-        })
-        .await;
+        let config = support::config(legacy_url.clone(), store, flags, max_connections);
+        let server = Server::start(config, load.concurrency).await;
+        let report = server.send_messages(load).await;
         // Let async secondary writes finish before counting.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let count = |url: String| async move {
-            let pool = sqlx::postgres::PgPool::connect(&url).await.expect("pool");
-            sqlx::query_scalar::<_, i64>("select count(*) from room_message")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(0)
-        };
-        let (in_legacy, in_new) = (count(legacy_url).await, count(new_url).await);
-        let _ = stop.send(());
-        let _ = serving.await;
+        let in_legacy = support::stored_messages(&legacy_url).await;
+        let in_new = support::stored_messages(&new_url).await;
+        server.stop().await;
         rows.push((setting, report, in_legacy, in_new));
     }
 
@@ -173,16 +102,11 @@ async fn bench(concurrency: u32, duration: Duration) {
         "  through HTTP on loopback, in-process server, pool of {max_connections} connections per store"
     );
     println!(
-        "  concurrency {concurrency} (closed loop, no think time), {}s per setting, {ROOMS} rooms, {} byte messages",
-        duration.as_secs(),
-        content.len()
+        "  concurrency {} (closed loop, no think time), {}s per setting, {ROOMS} rooms, {CONTENT_BYTES} byte messages",
+        load.concurrency,
+        load.duration.as_secs(),
     );
-    println!(
-        "  machine: {} CPUs",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
+    println!("  {}", support::machine());
     println!();
     println!(
         "{:<26} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}",
