@@ -89,6 +89,34 @@ impl Alertmanager {
         Ok(am)
     }
 
+    /// Names of the alerts Alertmanager holds as active (firing, not silenced or inhibited).
+    /// A resolved alert leaves this list once Prometheus has sent its resolution.
+    pub fn active_alerts(&self) -> Result<Vec<String>, HarnessError> {
+        #[derive(serde::Deserialize)]
+        struct Alert {
+            labels: std::collections::BTreeMap<String, String>,
+        }
+        let path = "/api/v2/alerts?active=true&silenced=false&inhibited=false";
+        let url = format!("{}{path}", self.url());
+        let response = http::get_blocking(self.addr, path).map_err(|e| HarnessError::Request {
+            url: url.clone(),
+            source: std::sync::Arc::new(e),
+        })?;
+        if response.status != 200 {
+            let reason = format!("HTTP {}: {}", response.status, response.body.trim());
+            return Err(HarnessError::Response { url, reason });
+        }
+        let alerts: Vec<Alert> =
+            serde_json::from_str(&response.body).map_err(|e| HarnessError::Response {
+                url,
+                reason: format!("not a list of alerts: {e}"),
+            })?;
+        Ok(alerts
+            .into_iter()
+            .filter_map(|mut a| a.labels.remove("alertname"))
+            .collect())
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

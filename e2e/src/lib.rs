@@ -19,6 +19,7 @@ pub mod cassandra;
 pub mod certs;
 pub mod control_plane;
 mod error;
+pub mod evidence;
 pub mod exporter;
 mod http;
 pub mod kubectl;

@@ -2,92 +2,56 @@
 //! test sets is scraped every second; the operator runs against the real API server.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ficus_e2e::control_plane::free_ports;
+use ficus_e2e::evidence::{DRIFT, Evidence, EvidenceOptions, WEBHOOK_TOKEN};
 use ficus_e2e::operator::{Operator, test_namespace, wait_for};
-use ficus_e2e::{Alertmanager, Exporter, Prometheus, PrometheusConfig};
+use ficus_e2e::{Prometheus, PrometheusConfig};
 use ficus_operator::crd::{Migration, PauseReason, Phase, Verdict};
 use ficus_operator::run::Config;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Client;
 use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(60);
-const TOKEN: &str = "s3cret-webhook-token";
-const DRIFT: &str = "chat_shadow_drift_ratio";
-
-/// Alerting rule shaped like the chart's: drift above 1 % for the chat service.
-const RULES: &str = r#"
-groups:
-  - name: chat
-    rules:
-      - alert: ChatDataInconsistency
-        expr: max(chat_shadow_drift_ratio) > 0.01
-        for: 0s
-        labels: { service: chat, severity: critical }
-"#;
 
 struct Stack {
     client: Client,
     ns: String,
     api: Api<Migration>,
-    exporter: Exporter,
-    prometheus: Prometheus,
-    operator_addr: SocketAddr,
-    _alertmanager: Option<Alertmanager>,
+    evidence: Evidence,
     _operator: Operator,
 }
 
-/// Control plane (shared), exporter, Prometheus (own), optional Alertmanager posting to the
-/// operator's webhook, and an operator for a fresh namespace.
-async fn stack(prefix: &str, rules: bool, alertmanager: bool) -> anyhow::Result<Option<Stack>> {
+/// Control plane (shared), the staged evidence (own exporter, Prometheus and, if asked,
+/// Alertmanager posting to the operator's webhook), and an operator for a fresh namespace.
+async fn stack(
+    prefix: &str,
+    alert_rule: bool,
+    alertmanager: bool,
+) -> anyhow::Result<Option<Stack>> {
     let Some((_cp, client, ns)) = test_namespace(prefix).await? else {
         return Ok(None);
     };
-    let [port] = free_ports::<1>()?;
-    let operator_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let am = if alertmanager {
-        match Alertmanager::start(
-            &format!("http://{operator_addr}/webhook/alertmanager"),
-            TOKEN,
-        ) {
-            Ok(am) => Some(am),
-            Err(e) => {
-                ficus_e2e::skip_or_panic(&e);
-                return Ok(None);
-            }
-        }
-    } else {
-        None
+    let options = EvidenceOptions {
+        alert_rule,
+        alertmanager,
     };
-    let exporter = Exporter::start()?;
-    exporter.set(DRIFT, &[("service", "chat")], 0.001);
-    let config = PrometheusConfig {
-        targets: vec![exporter.addr().to_string()],
-        rules: rules.then(|| RULES.to_string()),
-        alertmanager: am.as_ref().map(|a| a.addr().to_string()),
-    };
-    let prometheus = match Prometheus::start(config) {
-        Ok(p) => p,
+    let evidence = match Evidence::start(options).await {
+        Ok(evidence) => evidence,
         Err(e) => {
+            // Skips locally when Prometheus or Alertmanager is not installed; fails under CI.
             ficus_e2e::skip_or_panic(&e);
             return Ok(None);
         }
     };
-    prometheus.wait_for_targets(Duration::from_secs(30)).await?;
-    prometheus
-        .wait_for_value(DRIFT, Duration::from_secs(15))
-        .await?;
-
     let config = Config {
         namespace: Some(ns.clone()),
         identity: "gates".into(),
         leader: None,
-        http_addr: Some(operator_addr),
-        webhook_token: Some(TOKEN.into()),
+        http_addr: Some(evidence.operator_addr),
+        webhook_token: Some(WEBHOOK_TOKEN.into()),
         aws: Default::default(),
     };
     let operator = Operator::start_with(client.clone(), config);
@@ -96,10 +60,7 @@ async fn stack(prefix: &str, rules: bool, alertmanager: bool) -> anyhow::Result<
         client,
         ns,
         api,
-        exporter,
-        prometheus,
-        operator_addr,
-        _alertmanager: am,
+        evidence,
         _operator: operator,
     }))
 }
@@ -153,7 +114,7 @@ async fn healthy_gates_promote_step_by_step_after_the_bake() -> anyhow::Result<(
     let Some(s) = stack("gates-healthy", false, false).await? else {
         return Ok(());
     };
-    create(&s.api, gated(&s.prometheus.url(), "2s", 2, "1s")).await?;
+    create(&s.api, gated(&s.evidence.prometheus.url(), "2s", 2, "1s")).await?;
     let done = wait_for(&s.api, "m", LONG, "CutOver", |m| phase(m) == Phase::CutOver).await;
     let status = done.status.expect("status");
     let steps: Vec<i32> = status
@@ -181,9 +142,9 @@ async fn a_failing_gate_rolls_back_after_exactly_failure_limit_evaluations() -> 
         return Ok(());
     };
     // Evaluations every 2 s so every count is observable; 3 failures roll back.
-    create(&s.api, gated(&s.prometheus.url(), "1h", 3, "2s")).await?;
+    create(&s.api, gated(&s.evidence.prometheus.url(), "1h", 3, "2s")).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
-    s.exporter.set(DRIFT, &[("service", "chat")], 0.2);
+    s.evidence.set_drift(0.2);
 
     let mut counts = Vec::new();
     let start = Instant::now();
@@ -241,9 +202,9 @@ async fn missing_data_pauses_after_the_inconclusive_limit_and_resumes_when_it_re
     let Some(s) = stack("gates-nodata", false, false).await? else {
         return Ok(());
     };
-    create(&s.api, gated(&s.prometheus.url(), "4s", 2, "1s")).await?;
+    create(&s.api, gated(&s.evidence.prometheus.url(), "4s", 2, "1s")).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
-    s.exporter.remove(DRIFT);
+    s.evidence.remove_drift();
     let paused = wait_for(&s.api, "m", LONG, "Paused", |m| phase(m) == Phase::Paused).await;
     let status = paused.status.clone().expect("status");
     assert_eq!(
@@ -267,11 +228,11 @@ async fn missing_data_pauses_after_the_inconclusive_limit_and_resumes_when_it_re
     );
 
     // NaN (0/0 at no traffic) is no evidence either: still paused.
-    s.exporter.set(DRIFT, &[("service", "chat")], f64::NAN);
+    s.evidence.set_drift(f64::NAN);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(phase(&s.api.get("m").await?), Phase::Paused);
 
-    s.exporter.set(DRIFT, &[("service", "chat")], 0.001);
+    s.evidence.set_drift(0.001);
     wait_for(&s.api, "m", LONG, "resumed and promoted to step 2", |m| {
         step(m) == Some(2) && phase(m) == Phase::Split
     })
@@ -284,9 +245,9 @@ async fn prometheus_down_pauses_without_promotion_and_its_return_continues() -> 
     let Some(s) = stack("gates-down", false, false).await? else {
         return Ok(());
     };
-    create(&s.api, gated(&s.prometheus.url(), "4s", 2, "1s")).await?;
+    create(&s.api, gated(&s.evidence.prometheus.url(), "4s", 2, "1s")).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
-    s.prometheus.stop();
+    s.evidence.prometheus.stop();
     let paused = wait_for(&s.api, "m", LONG, "Paused", |m| phase(m) == Phase::Paused).await;
     assert_eq!(step(&paused), Some(1));
     let gate = &paused
@@ -304,8 +265,9 @@ async fn prometheus_down_pauses_without_promotion_and_its_return_continues() -> 
         "{gate:?}"
     );
 
-    s.prometheus.restart()?;
-    s.prometheus
+    s.evidence.prometheus.restart()?;
+    s.evidence
+        .prometheus
         .wait_for_targets(Duration::from_secs(30))
         .await?;
     wait_for(&s.api, "m", LONG, "step 2 after Prometheus returned", |m| {
@@ -321,7 +283,7 @@ async fn an_invalid_query_is_degraded_with_prometheus_message_and_never_rolls_ba
     let Some(s) = stack("gates-invalid", false, false).await? else {
         return Ok(());
     };
-    let mut spec = gated(&s.prometheus.url(), "1s", 1, "1s");
+    let mut spec = gated(&s.evidence.prometheus.url(), "1s", 1, "1s");
     spec["analysis"]["gates"][0]["query"] = json!("sum(rate(chat_requests_total[5m])");
     create(&s.api, spec).await?;
     let degraded = wait_for(&s.api, "m", LONG, "Degraded", |m| {
@@ -378,7 +340,7 @@ async fn a_firing_alert_pushed_by_alertmanager_rolls_back_and_unauthenticated_ca
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
 
     let http = prometheus_http_query::reqwest::Client::new();
-    let url = format!("http://{}/webhook/alertmanager", s.operator_addr);
+    let url = s.evidence.webhook_url();
     let forged = json!({ "alerts": [{ "status": "firing", "labels": { "alertname": "ChatDataInconsistency", "service": "chat" } }] });
     let anonymous = http.post(&url).json(&forged).send().await?;
     assert_eq!(anonymous.status().as_u16(), 401);
@@ -396,7 +358,7 @@ async fn a_firing_alert_pushed_by_alertmanager_rolls_back_and_unauthenticated_ca
         "an unauthenticated call changes nothing"
     );
 
-    s.exporter.set(DRIFT, &[("service", "chat")], 0.5);
+    s.evidence.set_drift(0.5);
     let rolled = wait_for(&s.api, "m", LONG, "RolledBack", |m| {
         phase(m) == Phase::RolledBack
     })
@@ -412,7 +374,7 @@ async fn a_firing_alert_pushed_by_alertmanager_rolls_back_and_unauthenticated_ca
     assert_eq!(flags(&s.client, &s.ns).await["read_split_percent"], "0");
 
     // Resolved: the annotation clears, and a retry is no longer rolled back at once.
-    s.exporter.set(DRIFT, &[("service", "chat")], 0.001);
+    s.evidence.set_drift(0.001);
     wait_for(&s.api, "m", LONG, "alert resolved", |m| {
         !m.annotations().contains_key("ficus.dev/firing-alerts")
     })
@@ -425,9 +387,9 @@ async fn a_firing_alert_found_by_polling_alerts_rolls_back() -> anyhow::Result<(
     let Some(s) = stack("alerts-poll", true, false).await? else {
         return Ok(());
     };
-    create(&s.api, alert_only(Some(&s.prometheus.url()))).await?;
+    create(&s.api, alert_only(Some(&s.evidence.prometheus.url()))).await?;
     wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
-    s.exporter.set(DRIFT, &[("service", "chat")], 0.5);
+    s.evidence.set_drift(0.5);
     let rolled = wait_for(&s.api, "m", LONG, "RolledBack", |m| {
         phase(m) == Phase::RolledBack
     })
@@ -447,8 +409,6 @@ async fn a_firing_alert_found_by_polling_alerts_rolls_back() -> anyhow::Result<(
     );
     Ok(())
 }
-
-use kube::ResourceExt;
 
 /// The example rules and the example Migration's gate queries are valid for real Prometheus:
 /// the rules load, and every gate query evaluates without a parse error.

@@ -4,15 +4,11 @@
 //!
 //! `cargo run --release -p ficus-e2e --bin bench-rollback [-- RUNS]`
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ficus_e2e::control_plane::free_ports;
+use ficus_e2e::evidence::{ALERT, DRIFT, Evidence, EvidenceOptions, HEALTHY_DRIFT, WEBHOOK_TOKEN};
 use ficus_e2e::operator::{Operator, install_crds};
-use ficus_e2e::{
-    Alertmanager, ControlPlane, Exporter, Prometheus, PrometheusConfig, create_namespace,
-    unique_namespace,
-};
+use ficus_e2e::{ControlPlane, create_namespace, unique_namespace};
 use ficus_operator::crd::Migration;
 use ficus_operator::run::Config;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -20,17 +16,6 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-const TOKEN: &str = "bench-token";
-const DRIFT: &str = "chat_shadow_drift_ratio";
-const RULES: &str = r#"
-groups:
-  - name: chat
-    rules:
-      - alert: ChatDataInconsistency
-        expr: max(chat_shadow_drift_ratio) > 0.01
-        for: 0s
-        labels: { service: chat }
-"#;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,20 +49,11 @@ async fn main() -> Result<(), BoxError> {
     let cp = ControlPlane::start()?;
     install_crds(&cp)?;
     let client = cp.client().await?;
-    let [port] = free_ports::<1>()?;
-    let operator_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let alertmanager = Alertmanager::start(
-        &format!("http://{operator_addr}/webhook/alertmanager"),
-        TOKEN,
-    )?;
-    let exporter = Exporter::start()?;
-    exporter.set(DRIFT, &[("service", "chat")], 0.001);
-    let prometheus = Prometheus::start(PrometheusConfig {
-        targets: vec![exporter.addr().to_string()],
-        rules: Some(RULES.into()),
-        alertmanager: Some(alertmanager.addr().to_string()),
-    })?;
-    prometheus.wait_for_targets(Duration::from_secs(30)).await?;
+    let evidence = Evidence::start(EvidenceOptions {
+        alert_rule: true,
+        alertmanager: true,
+    })
+    .await?;
 
     println!("time-to-rollback, {runs} runs per path");
     println!(
@@ -91,8 +67,10 @@ async fn main() -> Result<(), BoxError> {
     ] {
         let mut samples = Vec::new();
         for _ in 0..runs {
-            samples
-                .push(run_once(path, &client, &cp, operator_addr, &exporter, &prometheus).await?);
+            let took = run_once(path, &client, &evidence)
+                .await
+                .map_err(|e| format!("{}: {e}", path.describe()))?;
+            samples.push(took);
         }
         samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -107,19 +85,30 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn run_once(
-    path: Path,
-    client: &Client,
-    _cp: &ControlPlane,
-    addr: SocketAddr,
-    exporter: &Exporter,
-    prometheus: &Prometheus,
-) -> Result<Duration, BoxError> {
-    // Quiet start: the metric is healthy and no alert is firing anywhere.
-    exporter.set(DRIFT, &[("service", "chat")], 0.001);
+async fn run_once(path: Path, client: &Client, evidence: &Evidence) -> Result<Duration, BoxError> {
+    let prometheus = &evidence.prometheus;
+    // Quiet start: the metric is healthy and no alert is firing anywhere. Prometheus must have
+    // scraped the healthy value already: a gate reading the previous run's bad one would roll
+    // this run back before its first step.
+    evidence.set_drift(HEALTHY_DRIFT);
+    let healthy = |s: &[ficus_e2e::Sample]| {
+        (!s.is_empty() && s.iter().all(|s| s.value == HEALTHY_DRIFT)).then_some(())
+    };
+    prometheus.wait_for(DRIFT, TIMEOUT, healthy).await?;
     prometheus
         .wait_for("ALERTS", TIMEOUT, |s| s.is_empty().then_some(()))
         .await?;
+    // Alertmanager too: an alert it still holds from the previous run would be pushed to this
+    // run's operator at once and make the run look instant.
+    if let Some(alertmanager) = &evidence.alertmanager {
+        let start = Instant::now();
+        while !alertmanager.active_alerts()?.is_empty() {
+            if start.elapsed() > TIMEOUT {
+                return Err("Alertmanager still holds an alert from the previous run".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     let ns = unique_namespace("bench");
     create_namespace(client, &ns).await?;
@@ -127,8 +116,8 @@ async fn run_once(
         namespace: Some(ns.clone()),
         identity: "bench".into(),
         leader: None,
-        http_addr: Some(addr),
-        webhook_token: Some(TOKEN.into()),
+        http_addr: Some(evidence.operator_addr),
+        webhook_token: Some(WEBHOOK_TOKEN.into()),
         aws: Default::default(),
     };
     let operator = Operator::start_with(client.clone(), config);
@@ -139,7 +128,7 @@ async fn run_once(
         "shadow": { "duration": "0s" },
         "steps": [10, 50],
         "bakeTime": "1h",
-        "rollback": { "onAlerts": ["ChatDataInconsistency"] },
+        "rollback": { "onAlerts": [ALERT] },
     });
     match path {
         Path::Gate => {
@@ -164,10 +153,10 @@ async fn run_once(
 
     let start = Instant::now();
     if path == Path::WebhookToFlags {
-        let body = json!({ "alerts": [{ "status": "firing", "labels": { "alertname": "ChatDataInconsistency", "service": "chat" } }] });
+        let body = json!({ "alerts": [{ "status": "firing", "labels": { "alertname": ALERT, "service": "chat" } }] });
         let response = prometheus_http_query::reqwest::Client::new()
-            .post(format!("http://{addr}/webhook/alertmanager"))
-            .bearer_auth(TOKEN)
+            .post(evidence.webhook_url())
+            .bearer_auth(WEBHOOK_TOKEN)
             .json(&body)
             .send()
             .await?;
@@ -175,7 +164,7 @@ async fn run_once(
             return Err(format!("webhook answered {}", response.status()).into());
         }
     } else {
-        exporter.set(DRIFT, &[("service", "chat")], 0.5);
+        evidence.set_drift(0.5);
     }
     wait_flags(&cms, "0").await?;
     let took = start.elapsed();
