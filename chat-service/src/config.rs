@@ -115,15 +115,9 @@ pub struct ServeArgs {
     /// PostgreSQL URL (with `--store postgres`).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// CQL nodes to connect to first, `host:port`, comma-separated (with `--store scylla`).
-    #[arg(long, env = "CHAT_CQL_CONTACT_POINTS", value_delimiter = ',')]
-    pub cql_contact_points: Vec<String>,
-    /// CQL keyspace (created beforehand; the service creates its tables in it).
-    #[arg(long, env = "CHAT_CQL_KEYSPACE", default_value = "chat")]
-    pub cql_keyspace: String,
-    /// CQL consistency level of reads and writes: LOCAL_QUORUM, QUORUM, LOCAL_ONE, ONE, ...
-    #[arg(long, env = "CHAT_CQL_CONSISTENCY", default_value = "LOCAL_QUORUM")]
-    pub cql_consistency: String,
+    /// The CQL store (with `--store scylla`, or `--store router --new-store scylla`).
+    #[command(flatten)]
+    pub cql: CqlArgs,
     /// With `--store router`: the new store, `scylla` (the `--cql-*` settings) or `postgres`.
     #[arg(long, env = "CHAT_NEW_STORE", value_enum, default_value_t = StoreKind::Scylla)]
     pub new_store: StoreKind,
@@ -175,24 +169,6 @@ impl ServeArgs {
                 "CHAT_JWT_SECRET is shorter than 32 bytes; HS256 wants at least 256 bits of secret"
             );
         }
-        let cql = |args: &ServeArgs| -> Result<CqlConfig, ConfigError> {
-            let contact_points: Vec<String> = args
-                .cql_contact_points
-                .iter()
-                .map(|c| c.trim().to_owned())
-                .filter(|c| !c.is_empty())
-                .collect();
-            if contact_points.is_empty() {
-                return Err(ConfigError::MissingCqlContactPoints);
-            }
-            let consistency =
-                parse_consistency(&args.cql_consistency).map_err(ConfigError::CqlConsistency)?;
-            Ok(CqlConfig {
-                contact_points,
-                keyspace: args.cql_keyspace.clone(),
-                consistency,
-            })
-        };
         let (store, database_url) = match self.store {
             StoreKind::Router => {
                 let new = match self.new_store {
@@ -203,7 +179,7 @@ impl ServeArgs {
                             .filter(|u| !u.is_empty())
                             .ok_or(ConfigError::MissingNewDatabaseUrl)?,
                     },
-                    StoreKind::Scylla => NewStoreChoice::Scylla(cql(&self)?),
+                    StoreKind::Scylla => NewStoreChoice::Scylla(self.cql.config()?),
                     StoreKind::Router => return Err(ConfigError::NewStoreKind),
                 };
                 let legacy = self
@@ -225,27 +201,10 @@ impl ServeArgs {
                     .filter(|u| !u.is_empty())
                     .ok_or(ConfigError::MissingDatabaseUrl)?,
             ),
-            StoreKind::Scylla => {
-                let contact_points: Vec<String> = self
-                    .cql_contact_points
-                    .into_iter()
-                    .map(|c| c.trim().to_owned())
-                    .filter(|c| !c.is_empty())
-                    .collect();
-                if contact_points.is_empty() {
-                    return Err(ConfigError::MissingCqlContactPoints);
-                }
-                let consistency = parse_consistency(&self.cql_consistency)
-                    .map_err(ConfigError::CqlConsistency)?;
-                (
-                    StoreChoice::Scylla(CqlConfig {
-                        contact_points,
-                        keyspace: self.cql_keyspace,
-                        consistency,
-                    }),
-                    self.database_url.unwrap_or_default(),
-                )
-            }
+            StoreKind::Scylla => (
+                StoreChoice::Scylla(self.cql.config()?),
+                self.database_url.unwrap_or_default(),
+            ),
         };
         let flags = match (self.flags_file, self.flags_configmap, self.flags_ssm_prefix) {
             (Some(path), None, None) => FlagSource::File(path),
@@ -284,25 +243,37 @@ impl ServeArgs {
     }
 }
 
-/// Both stores, for `migrate`, `validate` and `status`.
+/// A CQL database: where it is and how to read and write it.
 #[derive(clap::Args, Debug, Clone)]
-pub struct MigrationStoreArgs {
-    /// The legacy PostgreSQL (also holds the backfill checkpoints).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// CQL nodes of the new store, `host:port`, comma-separated.
-    #[arg(long, env = "CHAT_CQL_CONTACT_POINTS", value_delimiter = ',')]
-    pub cql_contact_points: Vec<String>,
-    #[arg(long, env = "CHAT_CQL_KEYSPACE", default_value = "chat")]
-    pub cql_keyspace: String,
-    #[arg(long, env = "CHAT_CQL_CONSISTENCY", default_value = "LOCAL_QUORUM")]
-    pub cql_consistency: String,
+pub struct CqlArgs {
+    /// CQL nodes to connect to first, `host:port`, comma-separated.
+    #[arg(
+        long = "cql-contact-points",
+        env = "CHAT_CQL_CONTACT_POINTS",
+        value_delimiter = ','
+    )]
+    pub contact_points: Vec<String>,
+    /// CQL keyspace (created beforehand; the service creates its tables in it).
+    #[arg(
+        long = "cql-keyspace",
+        env = "CHAT_CQL_KEYSPACE",
+        default_value = "chat"
+    )]
+    pub keyspace: String,
+    /// CQL consistency level of reads and writes: LOCAL_QUORUM, QUORUM, LOCAL_ONE, ONE, ...
+    #[arg(
+        long = "cql-consistency",
+        env = "CHAT_CQL_CONSISTENCY",
+        default_value = "LOCAL_QUORUM"
+    )]
+    pub consistency: String,
 }
 
-impl MigrationStoreArgs {
-    pub fn cql(&self) -> Result<CqlConfig, ConfigError> {
+impl CqlArgs {
+    /// The store's connection settings; at least one contact point and a known consistency.
+    pub fn config(&self) -> Result<CqlConfig, ConfigError> {
         let contact_points: Vec<String> = self
-            .cql_contact_points
+            .contact_points
             .iter()
             .map(|c| c.trim().to_owned())
             .filter(|c| !c.is_empty())
@@ -311,13 +282,24 @@ impl MigrationStoreArgs {
             return Err(ConfigError::MissingCqlContactPoints);
         }
         let consistency =
-            parse_consistency(&self.cql_consistency).map_err(ConfigError::CqlConsistency)?;
+            parse_consistency(&self.consistency).map_err(ConfigError::CqlConsistency)?;
         Ok(CqlConfig {
             contact_points,
-            keyspace: self.cql_keyspace.clone(),
+            keyspace: self.keyspace.clone(),
             consistency,
         })
     }
+}
+
+/// Both stores, for `migrate`, `validate` and `status`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MigrationStoreArgs {
+    /// The legacy PostgreSQL (also holds the backfill checkpoints).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// The new store.
+    #[command(flatten)]
+    pub cql: CqlArgs,
 }
 
 #[cfg(test)]

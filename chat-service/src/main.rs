@@ -146,7 +146,7 @@ fn shard_of(flag: Option<String>) -> Result<Shard, String> {
 }
 
 async fn connect_cql(stores: &MigrationStoreArgs) -> Result<CqlStore, String> {
-    let config = stores.cql().map_err(|e| e.to_string())?;
+    let config = stores.cql.config().map_err(|e| e.to_string())?;
     CqlStore::connect(&config)
         .await
         .map_err(|e| format!("cannot connect to the CQL store: {e}"))
@@ -252,7 +252,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             } else {
                 let cql = connect_cql(&stores).await?;
                 let backfill = cql
-                    .backfill(&stores.cql_keyspace)
+                    .backfill(&stores.cql.keyspace)
                     .await
                     .map_err(|e| e.to_string())?;
                 backfill::run(&pg, Some(&backfill), &config, &metrics).await
@@ -287,7 +287,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
             let cql = connect_cql(&stores).await?;
             let backfill = cql
-                .backfill(&stores.cql_keyspace)
+                .backfill(&stores.cql.keyspace)
                 .await
                 .map_err(|e| e.to_string())?;
             let report = validate::run(&pg, &backfill, &config, &metrics)
@@ -307,7 +307,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
             let cql = connect_cql(&stores).await?;
             let backfill = cql
-                .backfill(&stores.cql_keyspace)
+                .backfill(&stores.cql.keyspace)
                 .await
                 .map_err(|e| e.to_string())?;
             print!(
