@@ -194,39 +194,7 @@ impl PgStore {
         entry: &crate::store::outbox::NewEntry,
     ) -> StoreResult<(StoredMessage, i64)> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let inserted = sqlx::query::<sqlx::Postgres>(
-            "insert into room_message (id, room_id, sender_id, content, type, created_at) values ($1, $2, $3, $4, $5, $6)
-             on conflict (id) do nothing",
-        )
-        .bind(message.id)
-        .bind(message.room_id)
-        .bind(message.sender_id)
-        .bind(&message.content)
-        .bind(&message.message_type)
-        .bind(message.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let stored: StoredMessage = if inserted.rows_affected() == 1 {
-            message.into()
-        } else {
-            let existing: StoredMessage = sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(
-                message_select!(),
-                "where id = $1"
-            ))
-            .bind(message.id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(classify)?
-            .into();
-            if existing.room_id != message.room_id || existing.sender_id != message.sender_id {
-                return Err(StoreError::Conflict(format!(
-                    "message id {} already belongs to another message",
-                    message.id
-                )));
-            }
-            existing
-        };
+        let stored = insert_message_on(&mut tx, message).await?;
         let id = crate::store::outbox::insert_entry(&mut tx, entry)
             .await
             .map_err(classify)?;
@@ -372,39 +340,8 @@ impl PgStore {
     }
 
     async fn insert_message_query(&self, message: NewMessage) -> StoreResult<StoredMessage> {
-        let inserted = sqlx::query::<sqlx::Postgres>(
-            "insert into room_message (id, room_id, sender_id, content, type, created_at) values ($1, $2, $3, $4, $5, $6)
-             on conflict (id) do nothing",
-        )
-        .bind(message.id)
-        .bind(message.room_id)
-        .bind(message.sender_id)
-        .bind(&message.content)
-        .bind(&message.message_type)
-        .bind(message.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(classify)?;
-        if inserted.rows_affected() == 1 {
-            return Ok(message.into());
-        }
-        // Already stored (a retried or replayed write): same id must mean same message.
-        let existing: StoredMessage = sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(
-            message_select!(),
-            "where id = $1"
-        ))
-        .bind(message.id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(classify)?
-        .into();
-        if existing.room_id != message.room_id || existing.sender_id != message.sender_id {
-            return Err(StoreError::Conflict(format!(
-                "message id {} already belongs to another message",
-                message.id
-            )));
-        }
-        Ok(existing)
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        insert_message_on(&mut conn, message).await
     }
 
     async fn history_query(
@@ -603,4 +540,42 @@ impl ChatStore for PgStore {
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
         Box::pin(self.message_room_query(message))
     }
+}
+
+/// Inserts `message` unless its id is already stored (a retried or replayed write), on `conn`
+/// (a pooled connection or an open transaction). The same id must mean the same message.
+async fn insert_message_on(
+    conn: &mut sqlx::PgConnection,
+    message: NewMessage,
+) -> StoreResult<StoredMessage> {
+    let inserted = sqlx::query::<sqlx::Postgres>(
+        "insert into room_message (id, room_id, sender_id, content, type, created_at) values ($1, $2, $3, $4, $5, $6)
+         on conflict (id) do nothing",
+    )
+    .bind(message.id)
+    .bind(message.room_id)
+    .bind(message.sender_id)
+    .bind(&message.content)
+    .bind(&message.message_type)
+    .bind(message.created_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    if inserted.rows_affected() == 1 {
+        return Ok(message.into());
+    }
+    let existing: StoredMessage =
+        sqlx::query_as::<sqlx::Postgres, MessageRow>(concat!(message_select!(), "where id = $1"))
+            .bind(message.id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(classify)?
+            .into();
+    if existing.room_id != message.room_id || existing.sender_id != message.sender_id {
+        return Err(StoreError::Conflict(format!(
+            "message id {} already belongs to another message",
+            message.id
+        )));
+    }
+    Ok(existing)
 }
