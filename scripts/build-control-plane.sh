@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver + etcd, and a matching kubectl) from their Go modules and caches the
-# binaries under ~/.cache/ficus/bin, keyed by version. Idempotent: a cached binary is reused.
+# Builds the test control plane (kube-apiserver + etcd, and a matching kubectl) and helm from their Go modules and
+# caches the binaries under ~/.cache/ficus/bin, keyed by version. Idempotent: a cached binary is reused.
 #
 # kube-apiserver lives in k8s.io/kubernetes, whose go.mod points every k8s.io/* staging module at
 # a local path. A throwaway module pins each of those to the matching v0.x release instead.
@@ -8,6 +8,7 @@ set -euo pipefail
 
 KUBE_VERSION="${FICUS_KUBE_VERSION:-v1.35.4}"
 ETCD_VERSION="${FICUS_ETCD_VERSION:-v3.6.16}"
+HELM_VERSION="${FICUS_HELM_VERSION:-v3.22.0}"
 CACHE="${FICUS_CACHE:-$HOME/.cache/ficus}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
@@ -65,9 +66,32 @@ build_kube() {
   rm -rf "$work"
 }
 
+# helm, with the version stamps its Makefile sets (else `helm template` assumes Kubernetes 1.20).
+build_helm() {
+  local out="$BIN/helm-$HELM_VERSION"
+  if [[ -x "$out" ]]; then log "helm $HELM_VERSION cached at $out"; return; fi
+  local work; work="$(mktemp -d)"
+  log "building helm $HELM_VERSION (first time only; about 2 minutes)"
+  (
+    # Helm stamps the Kubernetes version it assumes from its client-go (v0.X.Y -> 1.X).
+    local gomod minor
+    gomod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
+    minor="$(awk '$1 == "k8s.io/client-go" { split($2, v, "."); print v[2] }' "$gomod")"
+    local ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
+    ldflags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
+    GOBIN="$work" CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    mv "$work/helm" "$out.tmp"
+  )
+  mv "$out.tmp" "$out"
+  rm -rf "$work"
+  log "helm ready: $out"
+}
+
 case "${1:-all}" in
   etcd) build_etcd ;;
   kube) build_kube ;;
-  all) build_etcd; build_kube ;;
-  *) echo "usage: $0 [all|etcd|kube]" >&2; exit 2 ;;
+  helm) build_helm ;;
+  all) build_etcd; build_kube; build_helm ;;
+  *) echo "usage: $0 [all|etcd|kube|helm]" >&2; exit 2 ;;
 esac

@@ -21,6 +21,7 @@ pub mod control_plane;
 mod error;
 pub mod evidence;
 pub mod exporter;
+pub mod helm;
 mod http;
 pub mod kubectl;
 pub mod moto;
