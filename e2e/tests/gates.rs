@@ -410,13 +410,15 @@ async fn a_firing_alert_found_by_polling_alerts_rolls_back() -> anyhow::Result<(
     Ok(())
 }
 
-/// The example rules and the example Migration's gate queries are valid for real Prometheus:
-/// the rules load, and every gate query evaluates without a parse error.
+/// The shipped alert rules (the chart's rule file), the example Migration's gate queries and the
+/// chart's dashboard queries are valid for real Prometheus: the rules load, and every query
+/// evaluates without a parse error.
 #[tokio::test]
-async fn the_shipped_rules_and_gate_queries_are_valid_promql() -> anyhow::Result<()> {
+async fn the_shipped_rules_gate_and_dashboard_queries_are_valid_promql() -> anyhow::Result<()> {
     ficus_e2e::init();
     let root = ficus_e2e::operator::repo_root().join("examples");
-    let rules = std::fs::read_to_string(root.join("prometheus/chat-alerts.rules.yml"))?;
+    let chart = ficus_e2e::helm::chart_dir();
+    let rules = std::fs::read_to_string(chart.join("files/chat-alerts.rules.yml"))?;
     let prometheus = match Prometheus::start(PrometheusConfig {
         rules: Some(rules),
         ..Default::default()
@@ -440,16 +442,31 @@ async fn the_shipped_rules_and_gate_queries_are_valid_promql() -> anyhow::Result
         .as_array()
         .expect("gates");
     assert_eq!(gates.len(), 3);
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        chart.join("files/chat-migration-dashboard.json"),
+    )?)?;
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    let queries = gates
+        .iter()
+        .map(|g| (format!("gate {}", g["name"]), g["query"].clone()))
+        .chain(panels.iter().flat_map(|p| {
+            let title = p["title"].clone();
+            p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |t| (format!("dashboard panel {title}"), t["expr"].clone()))
+        }));
     let checker =
         ficus_operator::analysis::Prometheus::new(&prometheus.url(), Duration::from_secs(5))
             .map_err(anyhow::Error::msg)?;
-    for gate in gates {
-        let query = gate["query"].as_str().expect("query");
+    for (what, query) in queries {
+        let query = query.as_str().expect("a query string");
         let outcome = checker.query(query).await;
         assert!(
             matches!(outcome, ficus_operator::analysis::Outcome::Values(_)),
-            "gate {} must be valid PromQL: {outcome:?}",
-            gate["name"]
+            "{what} must be valid PromQL: {query}: {outcome:?}"
         );
     }
     Ok(())
