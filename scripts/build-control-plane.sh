@@ -31,11 +31,27 @@ build_etcd() {
   log "etcd ready: $out"
 }
 
+# Whether binary $1 (kube-apiserver or kubectl, $2) reports the release it was built as.
+stamped() {
+  local out
+  case "$2" in
+    kube-apiserver) out="$("$1" --version 2>/dev/null)" ;;
+    kubectl) out="$("$1" version --client 2>/dev/null)" ;;
+  esac
+  [[ "$out" == *"$KUBE_VERSION"* ]]
+}
+
 # kube-apiserver and kubectl of the same release, from one throwaway module.
 build_kube() {
   local want=()
   for bin in kube-apiserver kubectl; do
-    if [[ -x "$BIN/$bin-$KUBE_VERSION" ]]; then log "$bin $KUBE_VERSION cached"; else want+=("$bin"); fi
+    # A binary without the version stamp (an earlier build of this script) reports v0.0.0, which
+    # breaks version checks such as a chart's kubeVersion: build it again.
+    if [[ -x "$BIN/$bin-$KUBE_VERSION" ]] && stamped "$BIN/$bin-$KUBE_VERSION" "$bin"; then
+      log "$bin $KUBE_VERSION cached"
+    else
+      want+=("$bin")
+    fi
   done
   [[ ${#want[@]} -gt 0 ]] || return 0
   local work; work="$(mktemp -d)"
@@ -57,8 +73,16 @@ build_kube() {
     } >>go.mod
     printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' >tools.go
     go mod tidy >/dev/null 2>&1 || go mod tidy
+    # The version stamps the Kubernetes release build sets (hack/lib/version.sh).
+    local major minor ldflags="-s -w"
+    major="$(echo "${KUBE_VERSION#v}" | cut -d. -f1)"
+    minor="$(echo "${KUBE_VERSION#v}" | cut -d. -f2)"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+      ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
     for bin in "${want[@]}"; do
-      CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$BIN/$bin-$KUBE_VERSION.tmp" "k8s.io/kubernetes/cmd/$bin"
+      CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$BIN/$bin-$KUBE_VERSION.tmp" "k8s.io/kubernetes/cmd/$bin"
       mv "$BIN/$bin-$KUBE_VERSION.tmp" "$BIN/$bin-$KUBE_VERSION"
       log "$bin ready: $BIN/$bin-$KUBE_VERSION"
     done

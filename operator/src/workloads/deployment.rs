@@ -62,6 +62,11 @@ impl DeploymentDriver {
         match &source {
             kube::Error::Api(s) if s.code == 403 => WorkloadError::Forbidden {
                 verb,
+                resource: if verb == "patch" {
+                    "deployments/scale"
+                } else {
+                    "deployments"
+                },
                 namespace,
                 name,
             },

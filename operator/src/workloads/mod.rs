@@ -49,10 +49,12 @@ pub enum WorkloadError {
         name: String,
     },
     #[error(
-        "the operator may not {verb} Deployment {namespace}/{name}: grant {verb} on deployments to its ServiceAccount"
+        "the operator may not {verb} Deployment {namespace}/{name}: grant {verb} on {resource} to its ServiceAccount"
     )]
     Forbidden {
         verb: &'static str,
+        /// `deployments`, or `deployments/scale` for scaling.
+        resource: &'static str,
         namespace: String,
         name: String,
     },

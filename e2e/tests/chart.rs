@@ -1,0 +1,478 @@
+//! The Helm chart (`charts/ficus`) with the real `helm` against the real API server: it lints,
+//! refuses bad values with messages that say what to do, installs everything it renders,
+//! keeps the webhook token across upgrades, and its RBAC is enough for the operator to run a
+//! whole migration (and no more than the documented calls).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ficus_e2e::helm::{chart_dir, helm};
+use ficus_e2e::operator::{Operator, test_namespace, wait_for};
+use ficus_e2e::{ControlPlane, KubectlOutput, create_namespace, unique_namespace};
+use ficus_operator::crd::{Migration, Phase};
+use ficus_operator::run::{Config, LeaderConfig};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A minimal PrometheusRule CRD (the Prometheus Operator's API, schema left open), so the
+/// API server serves `monitoring.coreos.com/v1` as it does where the Prometheus Operator runs.
+const PROMETHEUS_RULE_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: prometheusrules.monitoring.coreos.com }
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: { kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList }
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true }
+"#;
+
+/// `helm <args>` that must succeed; the output for further checks.
+fn helm_ok(args: &[&str]) -> anyhow::Result<KubectlOutput> {
+    let out = helm(args)?;
+    anyhow::ensure!(out.success(), "{out}");
+    Ok(out)
+}
+
+/// `helm template` of the chart with `sets` (`key=value`), split into documents.
+fn render(sets: &[&str], extra: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let chart = chart_dir();
+    let mut args = vec!["template", "ficus", chart.to_str().expect("utf-8 path")];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.extend(extra);
+    let out = helm_ok(&args)?;
+    Ok(out
+        .stdout
+        .split("\n---")
+        .filter_map(|d| serde_saphyr::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d.is_object())
+        .collect())
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// The helm binary, or skip (fail under CI) when it is not built.
+fn helm_or_skip() -> bool {
+    match ficus_e2e::helm::helm_binary() {
+        Ok(_) => true,
+        Err(e) => {
+            ficus_e2e::skip_or_panic(&e);
+            false
+        }
+    }
+}
+
+#[test]
+fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Result<()> {
+    ficus_e2e::init();
+    if !helm_or_skip() {
+        return Ok(());
+    }
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("utf-8 path");
+    helm_ok(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "chat.existingSecret=chat",
+    ])?;
+
+    let refused = [
+        (
+            vec![],
+            "chat.existingSecret is required: a Secret with DATABASE_URL, CHAT_JWT_SECRET and CHAT_ENCRYPTION_KEY",
+        ),
+        (
+            vec![
+                "chat.enabled=false",
+                "operator.leaderElection.enabled=false",
+            ],
+            "operator.replicas > 1 needs operator.leaderElection.enabled",
+        ),
+        (
+            vec!["chat.existingSecret=chat", "chat.new.newStore=mongo"],
+            "value must be one of 'scylla', 'postgres'",
+        ),
+        (
+            vec!["chat.existingSecret=chat", "chat.new.cql.consistency=SOME"],
+            "/chat/new/cql/consistency",
+        ),
+    ];
+    for (sets, message) in refused {
+        let mut args = vec!["template", "ficus", chart];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        let out = helm(&args)?;
+        assert!(!out.success(), "{sets:?} must be refused: {out}");
+        assert!(out.stderr.contains(message), "{sets:?}: {out}");
+    }
+
+    // The PrometheusRule wraps exactly the shipped rule file, and only where its API is served.
+    let rules: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(
+        chart_dir().join("files/chat-alerts.rules.yml"),
+    )?)?;
+    let sets = ["chat.existingSecret=chat"];
+    assert!(find(&render(&sets, &[])?, "PrometheusRule").is_empty());
+    let docs = render(
+        &sets,
+        &["--api-versions", "monitoring.coreos.com/v1/PrometheusRule"],
+    )?;
+    let rule = find(&docs, "PrometheusRule");
+    assert_eq!(rule.len(), 1);
+    assert_eq!(rule[0]["spec"]["groups"], rules["groups"]);
+
+    // The chart's Migration gates are the example's (the thresholds of the original plan).
+    let docs = render(
+        &["chat.existingSecret=chat", "chat.migration.enabled=true"],
+        &[],
+    )?;
+    let migration = find(&docs, "Migration");
+    assert_eq!(migration.len(), 1);
+    let example = std::fs::read_to_string(
+        ficus_e2e::operator::repo_root().join("examples/chat-postgres-to-scylla.yaml"),
+    )?;
+    let example: Vec<serde_json::Value> = example
+        .split("\n---")
+        .filter_map(|d| serde_saphyr::from_str(d).ok())
+        .collect();
+    let example = find(&example, "Migration")[0];
+    assert_eq!(
+        migration[0]["spec"]["analysis"]["gates"],
+        example["spec"]["analysis"]["gates"]
+    );
+    assert_eq!(
+        migration[0]["spec"]["rollback"],
+        example["spec"]["rollback"]
+    );
+    Ok(())
+}
+
+/// Installs the chart as release `release` into `ns` with `sets`.
+fn install(
+    cp: &ControlPlane,
+    verb: &str,
+    release: &str,
+    ns: &str,
+    sets: &[&str],
+) -> anyhow::Result<KubectlOutput> {
+    let chart = chart_dir();
+    let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
+    let mut args = vec![
+        verb,
+        release,
+        chart.to_str().expect("utf-8 path"),
+        "--namespace",
+        ns,
+        "--kubeconfig",
+        &kubeconfig,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    helm_ok(&args)
+}
+
+async fn webhook_token(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?;
+    let token = secret
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .ok_or_else(|| anyhow::anyhow!("Secret {name} has no token"))?;
+    Ok(String::from_utf8(token.0)?)
+}
+
+#[tokio::test]
+async fn helm_install_puts_the_operator_and_chat_stack_on_the_cluster_and_upgrade_keeps_the_token()
+-> anyhow::Result<()> {
+    if !helm_or_skip() {
+        return Ok(());
+    }
+    let Some((cp, client, ns)) = test_namespace("chart-install").await? else {
+        return Ok(());
+    };
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], PROMETHEUS_RULE_CRD)?;
+    assert!(out.success(), "{out}");
+    let out = cp.kubectl(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/prometheusrules.monitoring.coreos.com",
+    ])?;
+    assert!(out.success(), "{out}");
+
+    let release = ns.clone();
+    let sets = [
+        "chat.existingSecret=chat-secrets",
+        "chat.migration.enabled=true",
+    ];
+    let out = install(cp, "install", &release, &ns, &sets)?;
+    assert!(
+        out.stdout.contains("The Migration"),
+        "NOTES say how to follow the migration: {out}"
+    );
+
+    let name = |suffix: &str| format!("{release}-ficus-{suffix}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let mut names: Vec<String> = deployments
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(|d| d.name_any())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [name("chat-legacy"), name("chat-new"), name("operator")]
+    );
+    let operator = deployments.get(&name("operator")).await?;
+    let spec = operator.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some(name("operator").as_str())
+    );
+    let env: BTreeMap<String, String> = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    assert_eq!(
+        env.get("FICUS_WEBHOOK_TOKEN_FILE").map(String::as_str),
+        Some("/var/run/ficus/webhook/token")
+    );
+    assert_eq!(
+        env.get("FICUS_LEASE_NAME").map(String::as_str),
+        Some("ficus-operator-leader")
+    );
+
+    for (kind, object) in [
+        ("prometheusrule", name("chat-alerts")),
+        ("configmap", name("chat-dashboard")),
+        ("service", name("chat")),
+        ("service", name("chat-legacy")),
+        ("service", name("operator")),
+        ("migration", name("chat")),
+        ("clusterrole", name("operator")),
+        ("role", name("operator-leader")),
+        ("role", name("chat-flags")),
+    ] {
+        let out = cp.kubectl(&["get", "-n", &ns, kind, &object])?;
+        assert!(out.success(), "{kind} {object} installed: {out}");
+    }
+    let migration = Api::<Migration>::namespaced(client.clone(), &ns)
+        .get(&name("chat"))
+        .await?;
+    assert_eq!(
+        migration
+            .spec
+            .candidate
+            .as_ref()
+            .and_then(|w| w.deployment.clone()),
+        Some(name("chat-new"))
+    );
+
+    let token = webhook_token(&client, &ns, &name("operator-webhook")).await?;
+    assert_eq!(token.len(), 40);
+    install(cp, "upgrade", &release, &ns, &sets)?;
+    assert_eq!(
+        webhook_token(&client, &ns, &name("operator-webhook")).await?,
+        token,
+        "Alertmanager keeps working after an upgrade"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_operator_runs_a_whole_migration_with_only_the_charts_rbac() -> anyhow::Result<()> {
+    if !helm_or_skip() {
+        return Ok(());
+    }
+    // The release namespace holds the operator's ServiceAccount and Lease; the Migration lives
+    // in another namespace, reached through the ClusterRole.
+    let Some((cp, admin, release_ns)) = test_namespace("chart-rbac").await? else {
+        return Ok(());
+    };
+    let release = release_ns.clone();
+    install(
+        cp,
+        "install",
+        &release,
+        &release_ns,
+        &["chat.enabled=false", "operator.replicas=1"],
+    )?;
+    let ns = unique_namespace("chart-rbac-app");
+    create_namespace(&admin, &ns).await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    for name in ["legacy", "candidate"] {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "replicas": 3,
+                "selector": { "matchLabels": { "app": name } },
+                "template": {
+                    "metadata": { "labels": { "app": name } },
+                    "spec": { "containers": [{ "name": "c", "image": "example.invalid/c" }] },
+                },
+            },
+        }))?;
+        deployments.create(&PostParams::default(), &d).await?;
+    }
+
+    let account = format!("system:serviceaccount:{release_ns}:{release}-ficus-operator");
+    let groups = [
+        "system:serviceaccounts",
+        &format!("system:serviceaccounts:{release_ns}"),
+        "system:authenticated",
+    ];
+    let as_operator = cp.client_as(&account, &groups).await?;
+    let identity = "chart-operator";
+    let _operator = Operator::start_with(
+        as_operator,
+        Config {
+            namespace: None,
+            identity: identity.into(),
+            leader: Some(LeaderConfig {
+                namespace: release_ns.clone(),
+                lease_name: "ficus-operator-leader".into(),
+                duration_secs: 3,
+                grace_secs: 1,
+            }),
+            http_addr: None,
+            webhook_token: None,
+            aws: Default::default(),
+        },
+    );
+
+    let api: Api<Migration> = Api::namespaced(admin.clone(), &ns);
+    let migration: Migration = serde_json::from_value(json!({
+        "apiVersion": "ficus.dev/v1alpha1",
+        "kind": "Migration",
+        "metadata": { "name": "m" },
+        "spec": {
+            "service": "chat",
+            "legacy": { "deployment": "legacy" },
+            "candidate": { "deployment": "candidate" },
+            "flags": { "configMap": { "name": "flags" } },
+            "shadow": { "duration": "0s" },
+            "backfill": { "image": "example.invalid/chat-service", "args": ["migrate"], "parallelism": 1 },
+            "steps": [100],
+            "bakeTime": "1s",
+            "cutover": { "completeAfter": "1s", "scaleDownLegacy": true },
+        },
+    }))?;
+    api.create(&PostParams::default(), &migration).await?;
+
+    // Backfill: the operator creates the Job; no kubelet runs it here, so complete it by hand.
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &ns);
+    let job = {
+        let deadline = tokio::time::Instant::now() + LONG;
+        loop {
+            let list = jobs.list(&Default::default()).await?;
+            if let Some(job) = list.items.into_iter().next() {
+                break job;
+            }
+            let m = api.get("m").await?;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no backfill Job created; status: {:?}",
+                m.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let now = jiff::Timestamp::now().to_string();
+    let condition = |type_: &str| json!({ "type": type_, "status": "True", "lastProbeTime": now, "lastTransitionTime": now });
+    jobs.patch_status(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": {
+            "startTime": now,
+            "completionTime": now,
+            "succeeded": 1,
+            "completedIndexes": "0",
+            "conditions": [condition("SuccessCriteriaMet"), condition("Complete")],
+        }})),
+    )
+    .await?;
+
+    let done = wait_for(&api, "m", LONG, "Completed", |m| {
+        m.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Completed)
+    })
+    .await;
+    let status = done.status.expect("status");
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "Degraded" || c.status == "False"),
+        "never degraded by a forbidden call: {:?}",
+        status.conditions
+    );
+    let flags = Api::<ConfigMap>::namespaced(admin.clone(), &ns)
+        .get("flags")
+        .await?
+        .data
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            flags.get("write_primary").map(String::as_str),
+            flags.get("read_split_percent").map(String::as_str)
+        ),
+        (Some("new"), Some("100"))
+    );
+    let legacy = deployments.get("legacy").await?;
+    assert_eq!(
+        legacy.spec.replicas,
+        Some(0),
+        "legacy scaled down through deployments/scale"
+    );
+    let lease = Api::<Lease>::namespaced(admin.clone(), &release_ns)
+        .get("ficus-operator-leader")
+        .await?;
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(identity)
+    );
+    let events = cp.kubectl(&["get", "events.events.k8s.io", "-n", &ns, "-o", "name"])?;
+    assert!(
+        events.success() && !events.stdout.trim().is_empty(),
+        "Events recorded: {events}"
+    );
+
+    // And no more: the ServiceAccount cannot read Secrets or delete Deployments.
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("delete", "deployments"),
+        ("list", "pods"),
+    ] {
+        let out = cp.kubectl(&["auth", "can-i", verb, resource, "-n", &ns, "--as", &account])?;
+        assert_eq!(out.stdout.trim(), "no", "{verb} {resource}: {out}");
+    }
+    Ok(())
+}
