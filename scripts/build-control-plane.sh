@@ -116,6 +116,7 @@ case "${1:-all}" in
   etcd) build_etcd ;;
   kube) build_kube ;;
   helm) build_helm ;;
+  control-plane) build_etcd; build_kube ;;
   all) build_etcd; build_kube; build_helm ;;
-  *) echo "usage: $0 [all|etcd|kube|helm]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|control-plane|etcd|kube|helm]" >&2; exit 2 ;;
 esac

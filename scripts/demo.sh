@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh demo
-bash scripts/build-control-plane.sh
+bash scripts/build-control-plane.sh control-plane
 cargo build -q -p ficus-operator -p ficus-e2e --bins
 exec target/debug/ficus-demo
