@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use ficus_operator::crd::Migration;
 use ficus_operator::run::{Config, LeaderConfig};
+use k8s_openapi::api::batch::v1::Job;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use tokio::task::JoinHandle;
 
 use crate::{ControlPlane, HarnessError};
@@ -161,4 +162,70 @@ pub async fn test_namespace(
     let ns = crate::unique_namespace(prefix);
     crate::create_namespace(&client, &ns).await?;
     Ok(Some((cp, client, ns)))
+}
+
+/// Waits until Job `name` exists in `ns` (the operator creates it) and returns it.
+pub async fn wait_for_job(client: &Client, ns: &str, name: &str, timeout: Duration) -> Job {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(job)) = jobs.get_opt(name).await {
+            return job;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for Job {ns}/{name}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ends Job `name` the way the Job controller would (there is no controller-manager here):
+/// `Ok(())` completes it, `Err(message)` fails it with that message.
+pub async fn finish_job(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    outcome: Result<(), &str>,
+) -> Result<(), kube::Error> {
+    let now = jiff::Timestamp::now().to_string();
+    let condition = |type_: &str, reason: &str, message: &str| {
+        serde_json::json!({
+            "type": type_, "status": "True", "reason": reason, "message": message,
+            "lastProbeTime": now, "lastTransitionTime": now,
+        })
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let spec = jobs.get(name).await?.spec.unwrap_or_default();
+    let completions = spec.completions.unwrap_or(1);
+    // The API server checks the status against the spec: an Indexed Job lists its indexes.
+    let indexes = (spec.completion_mode.as_deref() == Some("Indexed"))
+        .then(|| format!("0-{}", completions - 1).replace("0-0", "0"));
+    let status = match outcome {
+        Ok(()) => serde_json::json!({
+            "startTime": now,
+            "completionTime": now,
+            "succeeded": completions,
+            "completedIndexes": indexes,
+            "conditions": [
+                condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
+                condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
+            ],
+        }),
+        Err(message) => serde_json::json!({
+            "startTime": now,
+            "failed": 1,
+            "conditions": [
+                condition("FailureTarget", "PodFailurePolicy", message),
+                condition("Failed", "PodFailurePolicy", message),
+            ],
+        }),
+    };
+    jobs.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
 }

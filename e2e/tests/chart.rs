@@ -7,15 +7,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ficus_e2e::helm::{chart_dir, helm};
-use ficus_e2e::operator::{Operator, test_namespace, wait_for};
+use ficus_e2e::operator::{Operator, finish_job, test_namespace, wait_for, wait_for_job};
 use ficus_e2e::{ControlPlane, KubectlOutput, create_namespace, unique_namespace};
 use ficus_operator::crd::{Migration, Phase};
 use ficus_operator::run::{Config, LeaderConfig};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -387,37 +386,8 @@ async fn the_operator_runs_a_whole_migration_with_only_the_charts_rbac() -> anyh
     api.create(&PostParams::default(), &migration).await?;
 
     // Backfill: the operator creates the Job; no kubelet runs it here, so complete it by hand.
-    let jobs: Api<Job> = Api::namespaced(admin.clone(), &ns);
-    let job = {
-        let deadline = tokio::time::Instant::now() + LONG;
-        loop {
-            let list = jobs.list(&Default::default()).await?;
-            if let Some(job) = list.items.into_iter().next() {
-                break job;
-            }
-            let m = api.get("m").await?;
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no backfill Job created; status: {:?}",
-                m.status
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    let now = jiff::Timestamp::now().to_string();
-    let condition = |type_: &str| json!({ "type": type_, "status": "True", "lastProbeTime": now, "lastTransitionTime": now });
-    jobs.patch_status(
-        &job.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": {
-            "startTime": now,
-            "completionTime": now,
-            "succeeded": 1,
-            "completedIndexes": "0",
-            "conditions": [condition("SuccessCriteriaMet"), condition("Complete")],
-        }})),
-    )
-    .await?;
+    wait_for_job(&admin, &ns, "chat-backfill-1", LONG).await;
+    finish_job(&admin, &ns, "chat-backfill-1", Ok(())).await?;
 
     let done = wait_for(&api, "m", LONG, "Completed", |m| {
         m.status

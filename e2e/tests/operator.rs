@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ficus_e2e::ControlPlane;
-use ficus_e2e::operator::{Operator, repo_root, short_lease, test_namespace, wait_for};
+use ficus_e2e::operator::{
+    Operator, finish_job, repo_root, short_lease, test_namespace, wait_for, wait_for_job,
+};
 use ficus_operator::crd::{Migration, Phase};
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -685,5 +687,92 @@ subjects: [{{ kind: User, name: ficus-limited }}]
         Some("False".into())
     );
     assert_eq!(fixed.status.and_then(|s| s.legacy_replicas_before), Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_validation_job_rolls_back_and_a_retry_validates_again() -> anyhow::Result<()> {
+    let Some((_cp, client, ns)) = setup("validate").await? else {
+        return Ok(());
+    };
+    let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
+    let _operator = Operator::start(client.clone(), &ns, "solo", None);
+    let mut spec = held_spec("1h");
+    spec["backfill"] = json!({
+        "image": "example.invalid/chat-service",
+        "args": ["migrate"],
+        "validateArgs": ["validate", "--max-drift", "0.001"],
+    });
+    api.create(&PostParams::default(), &migration("m", spec))
+        .await?;
+
+    wait_for_job(&client, &ns, "chat-backfill-1", LONG).await;
+    finish_job(&client, &ns, "chat-backfill-1", Ok(())).await?;
+    let validate = wait_for_job(&client, &ns, "chat-validate-1", LONG).await;
+    let pod = validate
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let container = &pod.spec.as_ref().expect("pod spec").containers[0];
+    assert_eq!(
+        (container.image.as_deref(), container.args.clone()),
+        (
+            Some("example.invalid/chat-service"),
+            Some(vec![
+                "validate".into(),
+                "--max-drift".into(),
+                "0.001".into()
+            ])
+        )
+    );
+    let rule = validate
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_failure_policy.as_ref())
+        .map(|p| p.rules[0].clone())
+        .expect("a pod failure policy");
+    assert_eq!(rule.action, "FailJob");
+    assert_eq!(
+        rule.on_exit_codes.map(|c| c.values),
+        Some(vec![2]),
+        "the validator's drift verdict fails the Job at once"
+    );
+    assert_eq!(
+        phase(&api.get("m").await?),
+        Phase::Backfill,
+        "no traffic before the validation passed"
+    );
+
+    let verdict = "Container validate for pod chat-validate-1-x failed with exit code 2";
+    finish_job(&client, &ns, "chat-validate-1", Err(verdict)).await?;
+    let rolled = wait_for(&api, "m", LONG, "RolledBack", |m| {
+        phase(m) == Phase::RolledBack
+    })
+    .await;
+    let last = rolled
+        .status
+        .and_then(|s| s.last_rollback)
+        .expect("a rollback record");
+    assert_eq!(
+        (last.from, last.reason.as_str()),
+        (Phase::Backfill, "ValidationFailed")
+    );
+    assert!(last.message.contains("exit code 2"), "{}", last.message);
+    assert_eq!(
+        flags(&client, &ns, "flags").await["read_split_percent"],
+        "0"
+    );
+
+    annotate(&api, "m", "ficus.dev/retry").await?;
+    wait_for_job(&client, &ns, "chat-backfill-2", LONG).await;
+    finish_job(&client, &ns, "chat-backfill-2", Ok(())).await?;
+    wait_for_job(&client, &ns, "chat-validate-2", LONG).await;
+    finish_job(&client, &ns, "chat-validate-2", Ok(())).await?;
+    wait_for(&api, "m", LONG, "step 1 after the validation passed", |m| {
+        m.status.as_ref().is_some_and(|s| s.step == Some(1))
+    })
+    .await;
+    flags_when(&client, &ns, "flags", "read_split_percent", "10").await;
     Ok(())
 }

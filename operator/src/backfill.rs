@@ -1,5 +1,6 @@
 //! The backfill Job: an Indexed Job whose pods each copy shard `JOB_COMPLETION_INDEX` of
-//! `FICUS_SHARD_COUNT`. Its success promotes the Backfill phase; its failure rolls back.
+//! `FICUS_SHARD_COUNT`; then, with `validateArgs`, a one-pod validation Job. The success of the
+//! last one promotes the Backfill phase; a failure of either rolls back.
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, PostParams};
@@ -10,7 +11,7 @@ use crate::crd::{BackfillSpec, Migration};
 use crate::machine::JobState;
 
 #[derive(Debug, thiserror::Error)]
-#[error("backfill Job {namespace}/{name} could not be {verb}: {source}")]
+#[error("Job {namespace}/{name} could not be {verb}: {source}")]
 pub struct BackfillError {
     verb: &'static str,
     namespace: String,
@@ -74,6 +75,57 @@ pub async fn create(
     spec: &BackfillSpec,
     name: &str,
 ) -> Result<(), BackfillError> {
+    let job = json!({
+        "completionMode": "Indexed",
+        "completions": spec.parallelism,
+        "parallelism": spec.parallelism,
+        "backoffLimit": 3,
+        "template": { "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "backfill",
+                "image": spec.image,
+                "args": spec.args,
+                "env": [{ "name": "FICUS_SHARD_COUNT", "value": spec.parallelism.to_string() }],
+            }],
+        }},
+    });
+    submit(client, migration, name, job).await
+}
+
+/// The validation Job: one pod running the backfill image with `args`. Exit code 2 is the
+/// validator's verdict (drift above its threshold) and fails the Job at once; any other failure
+/// (a database not reachable yet) is retried.
+pub async fn create_validate(
+    client: Client,
+    migration: &Migration,
+    spec: &BackfillSpec,
+    args: &[String],
+    name: &str,
+) -> Result<(), BackfillError> {
+    let job = json!({
+        "completions": 1,
+        "parallelism": 1,
+        "backoffLimit": 3,
+        "podFailurePolicy": { "rules": [{
+            "action": "FailJob",
+            "onExitCodes": { "containerName": "validate", "operator": "In", "values": [2] },
+        }]},
+        "template": { "spec": {
+            "restartPolicy": "Never",
+            "containers": [{ "name": "validate", "image": spec.image, "args": args }],
+        }},
+    });
+    submit(client, migration, name, job).await
+}
+
+/// Creates Job `name` with `spec`, owned by the Migration; an existing one is left alone.
+async fn submit(
+    client: Client,
+    migration: &Migration,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<(), BackfillError> {
     let namespace = migration.namespace().unwrap_or_default();
     let owner = migration.controller_owner_ref(&());
     let job: Job = serde_json::from_value(json!({
@@ -82,21 +134,7 @@ pub async fn create(
             "labels": { "app.kubernetes.io/managed-by": "ficus", "ficus.dev/migration": migration.name_any() },
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
-        "spec": {
-            "completionMode": "Indexed",
-            "completions": spec.parallelism,
-            "parallelism": spec.parallelism,
-            "backoffLimit": 3,
-            "template": { "spec": {
-                "restartPolicy": "Never",
-                "containers": [{
-                    "name": "backfill",
-                    "image": spec.image,
-                    "args": spec.args,
-                    "env": [{ "name": "FICUS_SHARD_COUNT", "value": spec.parallelism.to_string() }],
-                }],
-            }},
-        },
+        "spec": spec,
     }))
     .map_err(|e| BackfillError { verb: "built", namespace: namespace.clone(), name: name.into(), source: kube::Error::SerdeError(e) })?;
     let api: Api<Job> = Api::namespaced(client, &namespace);

@@ -232,6 +232,13 @@ pub struct BackfillSpec {
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 64))]
     pub parallelism: i32,
+    /// Once the backfill succeeded, run the same image with these arguments in one more Job
+    /// (e.g. `[validate, --max-drift, "0.001"]`) and leave Backfill only when it succeeds. Exit
+    /// code 2 (drift above the threshold) fails the Job at once and rolls back; other failures
+    /// are retried like the backfill's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub validate_args: Option<Vec<String>>,
 }
 
 fn one() -> i32 {
@@ -608,6 +615,9 @@ pub struct MigrationStatus {
     /// Name of the backfill Job of this attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill_job: Option<String>,
+    /// Name of the validation Job of this attempt (`backfill.validateArgs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_job: Option<String>,
     /// Attempt number, bumped by every retry (names Jobs uniquely).
     #[serde(default)]
     pub attempt: i32,

@@ -257,16 +257,21 @@ async fn observe(
             Err(e) => obs.problems.push(Problem::new(e.reason(), e.to_string())),
         }
     }
-    if let Some(job) = &status.backfill_job {
-        obs.backfill = Some(
-            match backfill::observe(ctx.client.clone(), &t.ns, job).await {
-                Ok(state) => state,
-                Err(e) => {
-                    obs.problems.push(Problem::new(e.reason(), e.to_string()));
-                    JobState::Running
-                }
-            },
-        );
+    for (job, slot) in [
+        (&status.backfill_job, &mut obs.backfill),
+        (&status.validate_job, &mut obs.validate),
+    ] {
+        if let Some(job) = job {
+            *slot = Some(
+                match backfill::observe(ctx.client.clone(), &t.ns, job).await {
+                    Ok(state) => state,
+                    Err(e) => {
+                        obs.problems.push(Problem::new(e.reason(), e.to_string()));
+                        JobState::Running
+                    }
+                },
+            );
+        }
     }
     analyse(t, status, ctx, now, &mut obs).await;
     (obs, flags_readable)
@@ -456,6 +461,13 @@ async fn converge(
     }
     if let (Some(name), Some(spec)) = (&decision.create_backfill_job, &t.mig.spec.backfill) {
         backfill::create(ctx.client.clone(), t.mig, spec, name)
+            .await
+            .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+    }
+    if let (Some(name), Some(spec)) = (&decision.create_validate_job, &t.mig.spec.backfill)
+        && let Some(args) = &spec.validate_args
+    {
+        backfill::create_validate(ctx.client.clone(), t.mig, spec, args, name)
             .await
             .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
     }

@@ -60,7 +60,7 @@ pub struct WorkloadState {
     pub ready_replicas: i32,
 }
 
-/// The backfill Job of the current attempt.
+/// The backfill or validation Job of the current attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobState {
     Missing,
@@ -85,6 +85,8 @@ pub struct Observations {
     /// Names from `rollback.onAlerts` that are firing now.
     pub firing_alerts: Vec<String>,
     pub backfill: Option<JobState>,
+    /// The validation Job (`backfill.validateArgs`), once its name is in the status.
+    pub validate: Option<JobState>,
     pub problems: Vec<Problem>,
 }
 
@@ -123,6 +125,8 @@ pub struct Decision {
     pub scale: Vec<(Side, i32)>,
     /// Create the backfill Job with this name when it does not exist.
     pub create_backfill_job: Option<String>,
+    /// Create the validation Job with this name when it does not exist.
+    pub create_validate_job: Option<String>,
     pub events: Vec<Note>,
     /// Command annotations handled by this decision, to remove.
     pub consumed: Vec<&'static str>,
@@ -146,6 +150,7 @@ pub fn decide(
         consumed: Vec::new(),
         scale: Vec::new(),
         create_job: None,
+        create_validate_job: None,
     };
     m.run();
     m.finish(current)
@@ -162,6 +167,7 @@ struct Machine<'a> {
     consumed: Vec<&'static str>,
     scale: Vec<(Side, i32)>,
     create_job: Option<String>,
+    create_validate_job: Option<String>,
 }
 
 impl Machine<'_> {
@@ -341,6 +347,14 @@ impl Machine<'_> {
                 format!("backfill job failed: {msg}"),
             ));
         }
+        if let Some(JobState::Failed(msg)) = &self.obs.validate
+            && self.current_phase() == Phase::Backfill
+        {
+            return Some((
+                "ValidationFailed".into(),
+                format!("validation job failed: {msg}"),
+            ));
+        }
         None
     }
 
@@ -430,6 +444,7 @@ impl Machine<'_> {
     fn retry(&mut self) {
         self.status.attempt += 1;
         self.status.backfill_job = None;
+        self.status.validate_job = None;
         self.status.consecutive_failures = 0;
         self.status.consecutive_inconclusive = 0;
         self.status.last_analysis = None;
@@ -539,17 +554,43 @@ impl Machine<'_> {
         self.promote(how);
     }
 
+    /// The backfill Job, then (with `validateArgs`) the validation Job; each is created when
+    /// missing, and the phase ends when the last one succeeded.
     fn backfill(&mut self) {
-        let name = format!("{}-backfill-{}", self.spec.service, self.status.attempt + 1);
+        let attempt = self.status.attempt + 1;
+        let name = format!("{}-backfill-{attempt}", self.spec.service);
         match &self.obs.backfill {
-            Some(JobState::Succeeded) if self.problems.is_empty() && self.workloads_ready() => {
-                self.promote("backfill job succeeded")
-            }
+            Some(JobState::Succeeded) => {}
             Some(JobState::Missing) | None => {
                 self.status.backfill_job = Some(name.clone());
                 self.create_job = Some(name);
+                return;
             }
-            Some(JobState::Succeeded | JobState::Running | JobState::Failed(_)) => {}
+            Some(JobState::Running | JobState::Failed(_)) => return,
+        }
+        let validates = self
+            .spec
+            .backfill
+            .as_ref()
+            .is_some_and(|b| b.validate_args.is_some());
+        if validates {
+            let name = format!("{}-validate-{attempt}", self.spec.service);
+            match &self.obs.validate {
+                Some(JobState::Succeeded) => {}
+                Some(JobState::Missing) | None => {
+                    self.status.validate_job = Some(name.clone());
+                    self.create_validate_job = Some(name);
+                    return;
+                }
+                Some(JobState::Running | JobState::Failed(_)) => return,
+            }
+        }
+        if self.problems.is_empty() && self.workloads_ready() {
+            self.promote(if validates {
+                "backfill and validation jobs succeeded"
+            } else {
+                "backfill job succeeded"
+            })
         }
     }
 
@@ -751,6 +792,7 @@ impl Machine<'_> {
             flags,
             scale: self.scale,
             create_backfill_job: self.create_job,
+            create_validate_job: self.create_validate_job,
             events: self.events,
             consumed: self.consumed,
             requeue_after,

@@ -119,9 +119,22 @@ fn with_backfill(spec: MigrationSpec) -> MigrationSpec {
             image: "chat:1.0".into(),
             args: vec!["migrate".into()],
             parallelism: 4,
+            validate_args: None,
         }),
         ..spec
     }
+}
+
+fn with_validation(spec: MigrationSpec) -> MigrationSpec {
+    let mut spec = with_backfill(spec);
+    if let Some(b) = spec.backfill.as_mut() {
+        b.validate_args = Some(vec![
+            "validate".into(),
+            "--max-drift".into(),
+            "0.001".into(),
+        ]);
+    }
+    spec
 }
 
 fn with_workloads(spec: MigrationSpec) -> MigrationSpec {
@@ -969,6 +982,95 @@ fn a_failed_backfill_rolls_back() {
         Some((Backfill, "BackfillFailed"))
     );
     assert_eq!(d.create_backfill_job, None, "a failed job is not recreated");
+}
+
+#[test]
+fn with_validate_args_the_validation_job_runs_after_the_backfill_and_gates_the_phase() {
+    let spec = with_validation(spec());
+    let s = MigrationStatus {
+        backfill_job: Some("chat-backfill-1".into()),
+        ..status_in(&spec, Backfill, None)
+    };
+    let obs = |backfill: JobState, validate: Option<JobState>| Observations {
+        backfill: Some(backfill),
+        validate,
+        ..seen(&s)
+    };
+    // (backfill, validate, phase, backfill job to create, validation job to create, events)
+    #[rustfmt::skip]
+    let rows: [(JobState, Option<JobState>, Phase, Option<&str>, Option<&str>, &[&str]); 7] = [
+        (JobState::Running,   None,                      Backfill, None, None,                     &[]),
+        (JobState::Missing,   None,                      Backfill, Some("chat-backfill-1"), None,  &[]),
+        (JobState::Succeeded, None,                      Backfill, None, Some("chat-validate-1"),  &[]),
+        (JobState::Succeeded, Some(JobState::Missing),   Backfill, None, Some("chat-validate-1"),  &[]),
+        (JobState::Succeeded, Some(JobState::Running),   Backfill, None, None,                     &[]),
+        (JobState::Succeeded, Some(JobState::Succeeded), Split,    None, None,                     &["Promoted"]),
+        (JobState::Succeeded, Some(JobState::Failed("drift 2.1% above 0.1%".into())), RollingBack, None, None, &["ValidationFailed"]),
+    ];
+    for (backfill, validate, phase, create_backfill, create_validate, events) in rows {
+        let row = format!("backfill {backfill:?}, validate {validate:?}");
+        let d = step(&spec, &s, &obs(backfill, validate), at(30));
+        assert_eq!(d.status.phase, phase, "{row}");
+        assert_eq!(d.create_backfill_job.as_deref(), create_backfill, "{row}");
+        assert_eq!(d.create_validate_job.as_deref(), create_validate, "{row}");
+        assert_eq!(reasons(&d), events, "{row}");
+        if create_validate.is_some() {
+            assert_eq!(d.status.validate_job.as_deref(), create_validate, "{row}");
+        }
+    }
+
+    // The rollback says why, with the validator's message.
+    let d = step(
+        &spec,
+        &s,
+        &obs(
+            JobState::Succeeded,
+            Some(JobState::Failed("drift 2.1% above 0.1%".into())),
+        ),
+        at(30),
+    );
+    assert!(d.events[0].message.contains("drift 2.1%"), "{:?}", d.events);
+    assert_eq!(
+        d.status
+            .last_rollback
+            .as_ref()
+            .map(|r| (r.from, r.reason.as_str())),
+        Some((Backfill, "ValidationFailed"))
+    );
+}
+
+#[test]
+fn a_retry_runs_backfill_and_validation_again_under_new_names() {
+    let spec = with_validation(spec());
+    let s = MigrationStatus {
+        backfill_job: Some("chat-backfill-1".into()),
+        validate_job: Some("chat-validate-1".into()),
+        ..status_in(&spec, RolledBack, None)
+    };
+    let mut obs = seen(&s);
+    obs.commands.retry = true;
+    let d = step(&spec, &s, &obs, at(30));
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!(
+        (d.status.backfill_job.clone(), d.status.validate_job.clone()),
+        (None, None),
+        "the next attempt starts without the old Jobs"
+    );
+    let s = MigrationStatus {
+        attempt: 1,
+        backfill_job: Some("chat-backfill-2".into()),
+        ..status_in(&spec, Backfill, None)
+    };
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            backfill: Some(JobState::Succeeded),
+            ..seen(&s)
+        },
+        at(30),
+    );
+    assert_eq!(d.create_validate_job.as_deref(), Some("chat-validate-2"));
 }
 
 #[test]
