@@ -113,6 +113,14 @@ fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Re
             vec!["chat.existingSecret=chat", "chat.new.cql.consistency=SOME"],
             "/chat/new/cql/consistency",
         ),
+        (
+            vec![
+                "chat.existingSecret=chat",
+                "chat.migration.enabled=true",
+                "chat.migration.backfill.enabled=true",
+            ],
+            "chat.migration.backfill.dualWriteStartedAt is required with the backfill",
+        ),
     ];
     for (sets, message) in refused {
         let mut args = vec!["template", "ficus", chart];
@@ -223,6 +231,8 @@ async fn helm_install_puts_the_operator_and_chat_stack_on_the_cluster_and_upgrad
     let sets = [
         "chat.existingSecret=chat-secrets",
         "chat.migration.enabled=true",
+        "chat.migration.backfill.enabled=true",
+        "chat.migration.backfill.dualWriteStartedAt=2026-11-01T00:00:00Z",
     ];
     let out = install(cp, "install", &release, &ns, &sets)?;
     assert!(
@@ -291,6 +301,22 @@ async fn helm_install_puts_the_operator_and_chat_stack_on_the_cluster_and_upgrad
             .as_ref()
             .and_then(|w| w.deployment.clone()),
         Some(name("chat-new"))
+    );
+    let backfill = migration.spec.backfill.expect("the backfill is on");
+    assert_eq!(
+        (
+            backfill.secret_name.as_deref(),
+            backfill.args.first().map(String::as_str)
+        ),
+        (Some("chat-secrets"), Some("migrate"))
+    );
+    assert!(
+        backfill
+            .validate_args
+            .as_ref()
+            .is_some_and(|a| a.contains(&"--max-drift=0.001".to_owned())),
+        "{:?}",
+        backfill.validate_args
     );
 
     let token = webhook_token(&client, &ns, &name("operator-webhook")).await?;

@@ -702,6 +702,7 @@ async fn a_failed_validation_job_rolls_back_and_a_retry_validates_again() -> any
         "image": "example.invalid/chat-service",
         "args": ["migrate"],
         "validateArgs": ["validate", "--max-drift", "0.001"],
+        "secretName": "chat-secrets",
     });
     api.create(&PostParams::default(), &migration("m", spec))
         .await?;
@@ -725,6 +726,27 @@ async fn a_failed_validation_job_rolls_back_and_a_retry_validates_again() -> any
                 "0.001".into()
             ])
         )
+    );
+    let secret_of = |c: &k8s_openapi::api::core::v1::Container| {
+        c.env_from
+            .iter()
+            .flatten()
+            .filter_map(|e| e.secret_ref.as_ref().map(|r| r.name.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        secret_of(container),
+        ["chat-secrets"],
+        "validation pods get the database settings"
+    );
+    let backfill = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &ns)
+        .get("chat-backfill-1")
+        .await?;
+    let backfill_pod = backfill.spec.map(|s| s.template).unwrap_or_default();
+    assert_eq!(
+        secret_of(&backfill_pod.spec.expect("pod spec").containers[0]),
+        ["chat-secrets"],
+        "backfill pods too"
     );
     let rule = validate
         .spec

@@ -87,6 +87,7 @@ pub async fn create(
                 "image": spec.image,
                 "args": spec.args,
                 "env": [{ "name": "FICUS_SHARD_COUNT", "value": spec.parallelism.to_string() }],
+                "envFrom": env_from(spec),
             }],
         }},
     });
@@ -113,10 +114,23 @@ pub async fn create_validate(
         }]},
         "template": { "spec": {
             "restartPolicy": "Never",
-            "containers": [{ "name": "validate", "image": spec.image, "args": args }],
+            "containers": [{
+                "name": "validate",
+                "image": spec.image,
+                "args": args,
+                "envFrom": env_from(spec),
+            }],
         }},
     });
     submit(client, migration, name, job).await
+}
+
+/// The pods' environment from `spec.secretName`, if any.
+fn env_from(spec: &BackfillSpec) -> serde_json::Value {
+    match &spec.secret_name {
+        Some(name) => json!([{ "secretRef": { "name": name } }]),
+        None => json!([]),
+    }
 }
 
 /// Creates Job `name` with `spec`, owned by the Migration; an existing one is left alone.

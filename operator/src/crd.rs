@@ -228,6 +228,11 @@ pub struct BackfillSpec {
     pub image: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Secret whose keys become the environment of the backfill and validation pods (database
+    /// URLs and credentials, e.g. `DATABASE_URL`); the operator itself never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
     /// Pods of the Indexed Job; each takes shard `i/N` of the key space.
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 64))]

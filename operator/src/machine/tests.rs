@@ -119,6 +119,7 @@ fn with_backfill(spec: MigrationSpec) -> MigrationSpec {
             image: "chat:1.0".into(),
             args: vec!["migrate".into()],
             parallelism: 4,
+            secret_name: None,
             validate_args: None,
         }),
         ..spec
