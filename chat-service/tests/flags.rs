@@ -5,6 +5,8 @@
 //! Apply latencies are printed (`--nocapture` to see them), not asserted: a loaded CI machine
 //! must not fail a correctness test. Waits use a 5 s timeout.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,21 +24,7 @@ const WAIT: Duration = Duration::from_secs(5);
 /// ignored to have been seen and ignored.
 const SETTLE: Duration = Duration::from_millis(800);
 
-fn flags(
-    generation: i64,
-    write_primary: StoreSide,
-    dual_write: DualWrite,
-    shadow: u8,
-    split: u8,
-) -> Flags {
-    Flags {
-        generation,
-        write_primary,
-        dual_write,
-        shadow_read_percent: shadow,
-        read_split_percent: split,
-    }
-}
+use common::flag_doc as flags;
 
 fn entries(f: &Flags) -> BTreeMap<String, String> {
     f.to_entries()

@@ -6,6 +6,8 @@
 //! Apply latencies are printed (`--nocapture` to see them), not asserted: a loaded CI machine
 //! must not fail a correctness test. Waits use a 10 s timeout.
 
+mod common;
+
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -74,21 +76,7 @@ fn ssm_source() -> FlagSource {
     }
 }
 
-fn flags(
-    generation: i64,
-    write_primary: StoreSide,
-    dual_write: DualWrite,
-    shadow: u8,
-    split: u8,
-) -> Flags {
-    Flags {
-        generation,
-        write_primary,
-        dual_write,
-        shadow_read_percent: shadow,
-        read_split_percent: split,
-    }
-}
+use common::flag_doc as flags;
 
 impl Aws {
     async fn put(&self, key: &str, value: &str, kind: ParameterType) {

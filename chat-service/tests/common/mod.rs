@@ -26,6 +26,23 @@ pub fn init() {
     ficus_e2e::init();
 }
 
+/// A flag document with every field given.
+pub fn flag_doc(
+    generation: i64,
+    write_primary: chat_service::flags::StoreSide,
+    dual_write: chat_service::flags::DualWrite,
+    shadow: u8,
+    split: u8,
+) -> Flags {
+    Flags {
+        generation,
+        write_primary,
+        dual_write,
+        shadow_read_percent: shadow,
+        read_split_percent: split,
+    }
+}
+
 /// A config for a fresh database of `pg` (named after `test`).
 pub async fn config(pg: &Postgres, test: &str) -> ServeConfig {
     let database_url = pg.create_database(test).await.expect("create database");

@@ -19,14 +19,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
+/// Generation 1 of a flag document.
 pub fn flags(write_primary: StoreSide, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
-    Flags {
-        generation: 1,
-        write_primary,
-        dual_write,
-        shadow_read_percent: shadow,
-        read_split_percent: split,
-    }
+    super::flag_doc(1, write_primary, dual_write, shadow, split)
 }
 
 /// Production timings scaled down so outages and replays play out in seconds.
