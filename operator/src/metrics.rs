@@ -21,6 +21,8 @@ pub struct PhaseLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Counter,
+    /// Status writes refused (409) because the Migration changed after it was read.
+    pub status_conflicts: Counter,
     pub errors: Family<ReasonLabels, Counter>,
     pub migrations: Family<PhaseLabels, Gauge>,
     pub is_leader: Gauge,
@@ -30,10 +32,16 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("ficus");
         let reconciles = Counter::default();
+        let status_conflicts = Counter::default();
         let errors = Family::<ReasonLabels, Counter>::default();
         let migrations = Family::<PhaseLabels, Gauge>::default();
         let is_leader = Gauge::default();
         registry.register("reconciles", "Reconciles of Migrations", reconciles.clone());
+        registry.register(
+            "status_conflicts",
+            "Status writes refused because the Migration changed since it was read (decided again)",
+            status_conflicts.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Reconciles that failed, by reason",
@@ -48,6 +56,7 @@ impl Default for Metrics {
         Self {
             registry,
             reconciles,
+            status_conflicts,
             errors,
             migrations,
             is_leader,

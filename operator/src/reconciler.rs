@@ -502,6 +502,7 @@ async fn write_status(
     {
         Ok(updated) => Ok(Some(updated)),
         Err(kube::Error::Api(s)) if s.code == 409 => {
+            ctx.metrics.status_conflicts.inc();
             debug!(migration = %mig.name_any(), "status changed since read; deciding again");
             Ok(None)
         }

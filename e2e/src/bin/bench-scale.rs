@@ -74,17 +74,24 @@ fn usage(pid: u32) -> Usage {
     }
 }
 
-/// `ficus_reconciles_total` summed over its labels, from the operator's /metrics.
-async fn reconciles(addr: SocketAddr) -> Result<f64, BoxError> {
+/// Counter `name` summed over its labels, from the operator's /metrics.
+async fn counter(addr: SocketAddr, name: &str) -> Result<f64, BoxError> {
     let body = prometheus_http_query::reqwest::get(format!("http://{addr}/metrics"))
         .await?
         .text()
         .await?;
     Ok(body
         .lines()
-        .filter(|l| l.starts_with("ficus_reconciles_total"))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum())
+}
+
+async fn reconciles(addr: SocketAddr) -> Result<f64, BoxError> {
+    counter(addr, "ficus_reconciles_total").await
 }
 
 fn spec(n: usize) -> serde_json::Value {
@@ -190,6 +197,7 @@ async fn main() -> Result<(), BoxError> {
     let all_done = begin.elapsed();
     let busy = usage(pid);
     let busy_reconciles = reconciles(addr).await?;
+    let conflicts = counter(addr, "ficus_status_conflicts_total").await?;
 
     // Steady state: every Migration Completed, nothing to do but requeues.
     tokio::time::sleep(IDLE).await;
@@ -215,7 +223,7 @@ async fn main() -> Result<(), BoxError> {
         all_done.as_secs_f64()
     );
     println!(
-        "reconciles until all Completed: {busy_reconciles:.0} ({:.1} per Migration)",
+        "reconciles until all Completed: {busy_reconciles:.0} ({:.1} per Migration; {conflicts:.0} status writes refused as stale and decided again)",
         busy_reconciles / n as f64
     );
     let busy_cpu = busy.cpu_secs - at_rest.cpu_secs;
