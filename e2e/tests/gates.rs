@@ -447,9 +447,12 @@ async fn the_shipped_rules_gate_and_dashboard_queries_are_valid_promql() -> anyh
     )?)?;
     let panels = dashboard["panels"].as_array().expect("panels");
     assert!(!panels.is_empty());
+    let generation_query = migration["spec"]["analysis"]["appliedGenerationQuery"].clone();
+    assert!(generation_query.is_string());
     let queries = gates
         .iter()
         .map(|g| (format!("gate {}", g["name"]), g["query"].clone()))
+        .chain([("appliedGenerationQuery".to_owned(), generation_query)])
         .chain(panels.iter().flat_map(|p| {
             let title = p["title"].clone();
             p["targets"]
@@ -469,5 +472,90 @@ async fn the_shipped_rules_gate_and_dashboard_queries_are_valid_promql() -> anyh
             "{what} must be valid PromQL: {query}: {outcome:?}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_step_waits_until_every_instance_reports_the_written_flag_generation()
+-> anyhow::Result<()> {
+    let Some(s) = stack("gates-generation", false, false).await? else {
+        return Ok(());
+    };
+    // Two instances of the service; one lags behind on generation 0.
+    let generation = |instance: &str, g: f64| {
+        s.evidence
+            .exporter
+            .set("chat_flags_generation", &[("instance", instance)], g)
+    };
+    generation("a", 0.0);
+    generation("b", 0.0);
+    s.evidence
+        .prometheus
+        .wait_for_value("chat_flags_generation", Duration::from_secs(15))
+        .await?;
+    let mut spec = gated(&s.evidence.prometheus.url(), "1s", 2, "1s");
+    spec["analysis"]["appliedGenerationQuery"] = json!("min(chat_flags_generation)");
+    create(&s.api, spec).await?;
+
+    let written = |m: &Migration| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.applied_flags.as_ref())
+            .map(|f| f.generation)
+            .expect("flags written")
+    };
+    let progressing = |m: &Migration| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Progressing"))
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+
+    // Shadow (0 s) and its bake (1 s) are long over, but the instances run older flags.
+    let shadow = wait_for(&s.api, "m", LONG, "Shadow with a report", |m| {
+        phase(m) == Phase::Shadow
+            && m.status
+                .as_ref()
+                .is_some_and(|s| s.reported_generation == Some(0))
+    })
+    .await;
+    let shadow_flags = written(&shadow);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = s.api.get("m").await?;
+    assert_eq!(
+        phase(&m),
+        Phase::Shadow,
+        "no promotion before the flags are applied"
+    );
+    assert!(
+        progressing(&m).contains(&format!(
+            "apply flag generation {shadow_flags} (lowest reported: 0)"
+        )),
+        "{}",
+        progressing(&m)
+    );
+
+    generation("a", shadow_flags as f64);
+    generation("b", shadow_flags as f64);
+    let first = wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
+    let step_flags = written(&first);
+    assert!(step_flags > shadow_flags);
+    generation("a", step_flags as f64);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        step(&s.api.get("m").await?),
+        Some(1),
+        "one instance is still behind"
+    );
+    generation("b", step_flags as f64);
+    wait_for(
+        &s.api,
+        "m",
+        LONG,
+        "step 2 once every instance applied",
+        |m| step(m) == Some(2),
+    )
+    .await;
     Ok(())
 }

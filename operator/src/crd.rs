@@ -253,6 +253,7 @@ fn one() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("size(self.gates) == 0 || has(self.prometheus)").message("analysis.prometheus.url is required when gates are declared"))]
+#[x_kube(validation = Rule::new("!has(self.appliedGenerationQuery) || has(self.prometheus)").message("analysis.prometheus.url is required with analysis.appliedGenerationQuery"))]
 pub struct AnalysisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSpec>,
@@ -273,6 +274,13 @@ pub struct AnalysisSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(g, self.filter(h, h.name == g.name).size() == 1)").message("analysis.gates: gate names must be unique"))]
     pub gates: Vec<Gate>,
+    /// PromQL for the lowest flag generation the service's instances report applied, e.g.
+    /// `min(chat_flags_generation{namespace="chat"})`. When set, a phase is promoted only once
+    /// it reaches the generation the operator wrote: the bake counts for flags every instance
+    /// runs with, not for flags still on their way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub applied_generation_query: Option<String>,
 }
 
 fn default_interval() -> String {
@@ -620,6 +628,10 @@ pub struct MigrationStatus {
     /// Name of the backfill Job of this attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill_job: Option<String>,
+    /// The lowest flag generation the services reported applied at the last analysis
+    /// (`analysis.appliedGenerationQuery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_generation: Option<i64>,
     /// Name of the validation Job of this attempt (`backfill.validateArgs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validate_job: Option<String>,

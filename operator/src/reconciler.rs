@@ -327,6 +327,14 @@ async fn analyse(
                 format!("{url}: {message}"),
             ));
         }
+        if let Some(query) = &analysis.applied_generation_query
+            && let Outcome::Invalid(message) = prometheus.query(query).await
+        {
+            obs.problems.push(Problem::new(
+                "InvalidQuery",
+                format!("analysis.appliedGenerationQuery: {message}"),
+            ));
+        }
         let results = prometheus.evaluate(&analysis.gates).await;
         for r in &results {
             let message = r.message.clone().unwrap_or_default();
@@ -351,10 +359,33 @@ async fn analyse(
         return;
     }
     let selector = spec.alert_selector();
-    let (gates, alerts) = futures::join!(
+    let reported = async {
+        match &analysis.applied_generation_query {
+            Some(query) => Some(prometheus.query(query).await),
+            None => None,
+        }
+    };
+    let (gates, alerts, reported) = futures::join!(
         prometheus.evaluate(&analysis.gates),
-        prometheus.firing(&spec.rollback.on_alerts, &selector, &t.ns)
+        prometheus.firing(&spec.rollback.on_alerts, &selector, &t.ns),
+        reported
     );
+    // The lowest instance counts; no answer (no instance scraped yet) confirms nothing.
+    obs.reported_generation = match reported {
+        Some(Outcome::Values(values)) => values
+            .into_iter()
+            .filter(|v| v.is_finite())
+            .map(|v| v as i64)
+            .min(),
+        Some(Outcome::Invalid(message)) => {
+            obs.problems.push(Problem::new(
+                "InvalidQuery",
+                format!("analysis.appliedGenerationQuery: {message}"),
+            ));
+            None
+        }
+        Some(Outcome::Unreachable(_)) | None => None,
+    };
     // Recorded even without gates: its time schedules the next alert poll.
     obs.analysis = Some(gates);
     match alerts {

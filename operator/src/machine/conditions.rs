@@ -106,6 +106,15 @@ fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
 }
 
 fn progress_message(status: &MigrationStatus) -> String {
+    let written = status.applied_flags.as_ref().map(|f| f.generation);
+    if let (Some(seen), Some(want)) = (status.reported_generation, written)
+        && seen < want
+    {
+        return format!(
+            "in {} at {}% on the new system; waiting for every instance to apply flag generation {want} (lowest reported: {seen})",
+            status.phase, status.traffic_percent
+        );
+    }
     match (status.phase, status.step) {
         (Phase::Split, Some(step)) => format!(
             "step {step} at {}% on the new system",

@@ -87,6 +87,9 @@ pub struct Observations {
     pub backfill: Option<JobState>,
     /// The validation Job (`backfill.validateArgs`), once its name is in the status.
     pub validate: Option<JobState>,
+    /// The lowest flag generation the services report applied, when
+    /// `analysis.appliedGenerationQuery` was evaluated this reconcile and answered.
+    pub reported_generation: Option<i64>,
     pub problems: Vec<Problem>,
 }
 
@@ -282,6 +285,9 @@ impl Machine<'_> {
 
     /// Folds a fresh evaluation into the counters and the passing streak.
     fn record_analysis(&mut self) {
+        if let Some(generation) = self.obs.reported_generation {
+            self.status.reported_generation = Some(generation);
+        }
         let Some(gates) = &self.obs.analysis else {
             return;
         };
@@ -659,7 +665,21 @@ impl Machine<'_> {
                 _ => return false,
             }
         }
-        self.workloads_ready()
+        self.flags_applied() && self.workloads_ready()
+    }
+
+    /// With `appliedGenerationQuery`: have the services reported the generation written last?
+    fn flags_applied(&self) -> bool {
+        let checks = self
+            .spec
+            .analysis
+            .as_ref()
+            .is_some_and(|a| a.applied_generation_query.is_some());
+        if !checks {
+            return true;
+        }
+        let written = self.status.applied_flags.as_ref().map(|f| f.generation);
+        matches!((self.status.reported_generation, written), (Some(seen), Some(want)) if seen >= want)
     }
 
     fn workloads_ready(&self) -> bool {
@@ -862,7 +882,10 @@ pub fn next_analysis_in(
 ) -> Option<Duration> {
     let analysis = spec.analysis.as_ref()?;
     analysis.prometheus.as_ref()?;
-    if analysis.gates.is_empty() && spec.rollback.on_alerts.is_empty() || !evaluates(status.phase) {
+    let nothing_to_ask = analysis.gates.is_empty()
+        && spec.rollback.on_alerts.is_empty()
+        && analysis.applied_generation_query.is_none();
+    if nothing_to_ask || !evaluates(status.phase) {
         return None;
     }
     let interval = duration::parse(&analysis.interval).unwrap_or(Duration::from_secs(15));

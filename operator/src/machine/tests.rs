@@ -103,6 +103,7 @@ fn analysis() -> AnalysisSpec {
                 0.5,
             ),
         ],
+        applied_generation_query: None,
     }
 }
 
@@ -2967,4 +2968,97 @@ fn requeue_is_short_right_after_every_transition() {
             s.phase
         );
     }
+}
+
+fn checking_generation(spec: MigrationSpec) -> MigrationSpec {
+    let mut analysis = spec.analysis.clone().unwrap_or_else(analysis);
+    analysis.gates.clear();
+    analysis.applied_generation_query = Some("min(chat_flags_generation)".into());
+    MigrationSpec {
+        analysis: Some(analysis),
+        ..spec
+    }
+}
+
+#[test]
+fn with_an_applied_generation_query_a_step_is_promoted_only_once_every_instance_runs_its_flags() {
+    let spec = checking_generation(spec());
+    // Split step 1 baked long ago (bakeTime 1m), flags generation GEN written.
+    let s = status_in(&spec, Split, Some(1));
+    // (generation reported now, generation recorded before, promoted?)
+    #[rustfmt::skip]
+    let rows: [(Option<i64>, Option<i64>, bool); 7] = [
+        (None,          None,          false), // no instance answered yet: nothing confirmed
+        (Some(GEN - 1), None,          false), // an instance still runs the previous flags
+        (Some(GEN - 1), Some(GEN),     false), // the fresh answer wins over the recorded one
+        (Some(GEN),     None,          true),
+        (Some(GEN + 1), None,          true),  // ahead (another writer) still includes ours
+        (None,          Some(GEN),     true),  // no fresh answer: the recorded one stands
+        (None,          Some(GEN - 1), false),
+    ];
+    for (reported, recorded, promoted) in rows {
+        let row = format!("reported {reported:?}, recorded {recorded:?}");
+        let s = MigrationStatus {
+            reported_generation: recorded,
+            ..s.clone()
+        };
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                reported_generation: reported,
+                ..seen(&s)
+            },
+            at(600),
+        );
+        let expected = if promoted { Some(2) } else { Some(1) };
+        assert_eq!(d.status.step, expected, "{row}");
+        assert_eq!(
+            d.status.reported_generation,
+            reported.or(recorded),
+            "{row}: the last answer is kept in status"
+        );
+        if !promoted && d.status.reported_generation.is_some() {
+            let progressing = d
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing")
+                .expect("Progressing");
+            assert!(
+                progressing.message.contains(&format!(
+                    "waiting for every instance to apply flag generation {GEN}"
+                )),
+                "{row}: {}",
+                progressing.message
+            );
+        }
+    }
+
+    // Without the query the reported generation plays no part.
+    let plain = super::tests::spec();
+    let s = status_in(&plain, Split, Some(1));
+    let d = step(
+        &plain,
+        &s,
+        &Observations {
+            reported_generation: Some(1),
+            ..seen(&s)
+        },
+        at(600),
+    );
+    assert_eq!(d.status.step, Some(2));
+}
+
+#[test]
+fn the_applied_generation_query_alone_schedules_analysis() {
+    let spec = checking_generation(spec());
+    assert!(spec.analysis.as_ref().is_some_and(|a| a.gates.is_empty()));
+    let s = status_in(&spec, Split, Some(1));
+    assert_eq!(next_analysis_in(&spec, &s, at(0)), Some(Duration::ZERO));
+    assert_eq!(
+        next_analysis_in(&super::tests::spec(), &s, at(0)),
+        None,
+        "no analysis section"
+    );
 }
