@@ -798,3 +798,89 @@ async fn a_failed_validation_job_rolls_back_and_a_retry_validates_again() -> any
     flags_when(&client, &ns, "flags", "read_split_percent", "10").await;
     Ok(())
 }
+
+/// `kubectl ficus <args>` against the test control plane, as the plugin binary runs it.
+async fn kubectl_ficus(
+    client: &Client,
+    ns: &str,
+    args: &[&str],
+) -> Result<String, ficus_operator::cli::CliError> {
+    use clap::Parser;
+    let cli =
+        ficus_operator::cli::Cli::parse_from(["kubectl-ficus", "-n", ns].iter().chain(args.iter()));
+    ficus_operator::cli::run(client.clone(), "default", cli).await
+}
+
+#[tokio::test]
+async fn kubectl_ficus_drives_a_migration_and_says_what_happened() -> anyhow::Result<()> {
+    let Some((_cp, client, ns)) = setup("plugin").await? else {
+        return Ok(());
+    };
+    let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &migration("m", held_spec("1h")))
+        .await?;
+
+    // No operator yet: the command is set, and the plugin says nobody handled it.
+    let err = kubectl_ficus(&client, &ns, &["promote", "m", "--wait", "1"])
+        .await
+        .expect_err("nobody handles it");
+    assert!(
+        err.to_string()
+            .contains("the operator has not handled it within 1s"),
+        "{err}"
+    );
+    let missing = kubectl_ficus(&client, &ns, &["abort", "nope"])
+        .await
+        .expect_err("unknown Migration");
+    assert_eq!(
+        missing.to_string(),
+        format!("migration nope not found in namespace {ns}")
+    );
+
+    let _operator = Operator::start(client.clone(), &ns, "solo", None);
+    wait_for(&api, "m", LONG, "step 1", |m| {
+        m.status.as_ref().is_some_and(|s| s.step == Some(1))
+    })
+    .await;
+    // The stale promote set above was consumed on the way (in Pending: ignored).
+    let out = kubectl_ficus(&client, &ns, &["promote", "m"]).await?;
+    assert_eq!(
+        out,
+        format!("promote: {ns}/m Split step 1/3 (10%) -> Split step 2/3 (50%)\n")
+    );
+    let table = kubectl_ficus(&client, &ns, &["status"]).await?;
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.starts_with("m ")
+            && l.contains("Split")
+            && l.contains("2/3")
+            && l.contains("50%")),
+        "{table}"
+    );
+
+    let out = kubectl_ficus(&client, &ns, &["pause", "m"]).await?;
+    assert!(out.contains("Split step 2/3 (50%) -> Paused"), "{out}");
+    let out = kubectl_ficus(&client, &ns, &["resume", "m"]).await?;
+    assert!(
+        out.contains("Paused step 2/3 (50%) -> Split step 2/3 (50%)"),
+        "{out}"
+    );
+
+    let out = kubectl_ficus(&client, &ns, &["abort", "m"]).await?;
+    assert!(
+        out.contains("-> RolledBack (0%)") || out.contains("-> RollingBack (0%)"),
+        "{out}"
+    );
+    wait_for(&api, "m", LONG, "RolledBack", |m| {
+        phase(m) == Phase::RolledBack
+    })
+    .await;
+    let status = kubectl_ficus(&client, &ns, &["status", "m"]).await?;
+    assert!(
+        status.contains("rolled back from Split (Aborted)"),
+        "{status}"
+    );
+    let out = kubectl_ficus(&client, &ns, &["retry", "m"]).await?;
+    assert!(out.contains("RolledBack (0%) -> "), "{out}");
+    Ok(())
+}

@@ -7,6 +7,7 @@ pub mod alert_webhook;
 pub mod analysis;
 pub mod aws;
 pub mod backfill;
+pub mod cli;
 pub mod crd;
 pub mod duration;
 pub mod flags;
