@@ -330,10 +330,7 @@ async fn analyse(
         if let Some(query) = &analysis.applied_generation_query
             && let Outcome::Invalid(message) = prometheus.query(query).await
         {
-            obs.problems.push(Problem::new(
-                "InvalidQuery",
-                format!("analysis.appliedGenerationQuery: {message}"),
-            ));
+            obs.problems.push(invalid_generation_query(&message));
         }
         let results = prometheus.evaluate(&analysis.gates).await;
         for r in &results {
@@ -378,10 +375,7 @@ async fn analyse(
             .map(|v| v as i64)
             .min(),
         Some(Outcome::Invalid(message)) => {
-            obs.problems.push(Problem::new(
-                "InvalidQuery",
-                format!("analysis.appliedGenerationQuery: {message}"),
-            ));
+            obs.problems.push(invalid_generation_query(&message));
             None
         }
         Some(Outcome::Unreachable(_)) | None => None,
@@ -396,6 +390,14 @@ async fn analyse(
     }
     obs.firing_alerts.sort();
     obs.firing_alerts.dedup();
+}
+
+/// Prometheus rejected `analysis.appliedGenerationQuery`: a spec problem, shown as Degraded.
+fn invalid_generation_query(message: &str) -> Problem {
+    Problem::new(
+        "InvalidQuery",
+        format!("analysis.appliedGenerationQuery: {message}"),
+    )
 }
 
 fn slot(obs: &mut Observations, side: Side) -> &mut Option<WorkloadState> {

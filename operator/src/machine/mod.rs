@@ -345,21 +345,15 @@ impl Machine<'_> {
                 format!("{failing} failed {limit} evaluation(s) in a row"),
             ));
         }
-        if let Some(JobState::Failed(msg)) = &self.obs.backfill
-            && self.current_phase() == Phase::Backfill
-        {
-            return Some((
-                "BackfillFailed".into(),
-                format!("backfill job failed: {msg}"),
-            ));
-        }
-        if let Some(JobState::Failed(msg)) = &self.obs.validate
-            && self.current_phase() == Phase::Backfill
-        {
-            return Some((
-                "ValidationFailed".into(),
-                format!("validation job failed: {msg}"),
-            ));
+        if self.current_phase() == Phase::Backfill {
+            for (job, reason, what) in [
+                (&self.obs.backfill, "BackfillFailed", "backfill"),
+                (&self.obs.validate, "ValidationFailed", "validation"),
+            ] {
+                if let Some(JobState::Failed(msg)) = job {
+                    return Some((reason.into(), format!("{what} job failed: {msg}")));
+                }
+            }
         }
         None
     }
@@ -565,14 +559,14 @@ impl Machine<'_> {
     fn backfill(&mut self) {
         let attempt = self.status.attempt + 1;
         let name = format!("{}-backfill-{attempt}", self.spec.service);
-        match &self.obs.backfill {
-            Some(JobState::Succeeded) => {}
-            Some(JobState::Missing) | None => {
-                self.status.backfill_job = Some(name.clone());
-                self.create_job = Some(name);
-                return;
-            }
-            Some(JobState::Running | JobState::Failed(_)) => return,
+        let state = self.obs.backfill.as_ref();
+        if !job_succeeded(
+            state,
+            name,
+            &mut self.status.backfill_job,
+            &mut self.create_job,
+        ) {
+            return;
         }
         let validates = self
             .spec
@@ -581,14 +575,10 @@ impl Machine<'_> {
             .is_some_and(|b| b.validate_args.is_some());
         if validates {
             let name = format!("{}-validate-{attempt}", self.spec.service);
-            match &self.obs.validate {
-                Some(JobState::Succeeded) => {}
-                Some(JobState::Missing) | None => {
-                    self.status.validate_job = Some(name.clone());
-                    self.create_validate_job = Some(name);
-                    return;
-                }
-                Some(JobState::Running | JobState::Failed(_)) => return,
+            let state = self.obs.validate.as_ref();
+            let (record, create) = (&mut self.status.validate_job, &mut self.create_validate_job);
+            if !job_succeeded(state, name, record, create) {
+                return;
             }
         }
         if self.problems.is_empty() && self.workloads_ready() {
@@ -893,6 +883,26 @@ pub fn next_analysis_in(
         Some(run) => interval.saturating_sub(elapsed(now, run.time)),
         None => Duration::ZERO,
     })
+}
+
+/// Whether a Job of the Backfill phase succeeded. A missing one is recorded in `record` and
+/// asked for in `create` (named `name`); a running or failed one is waited on (a failure rolls
+/// back through `rollback_cause`).
+fn job_succeeded(
+    state: Option<&JobState>,
+    name: String,
+    record: &mut Option<String>,
+    create: &mut Option<String>,
+) -> bool {
+    match state {
+        Some(JobState::Succeeded) => true,
+        Some(JobState::Missing) | None => {
+            *record = Some(name.clone());
+            *create = Some(name);
+            false
+        }
+        Some(JobState::Running | JobState::Failed(_)) => false,
+    }
 }
 
 /// A gate whose query Prometheus rejects is a spec problem: shown as Degraded, never a rollback.

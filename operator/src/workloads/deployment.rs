@@ -31,7 +31,7 @@ impl DeploymentDriver {
             .api
             .get_opt(name)
             .await
-            .map_err(|e| self.error("get", name, e))?;
+            .map_err(|e| self.error("get", "deployments", name, e))?;
         let deployment = deployment.ok_or_else(|| WorkloadError::NotFound {
             side,
             namespace: self.namespace.clone(),
@@ -53,20 +53,23 @@ impl DeploymentDriver {
         self.api
             .patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|e| self.error("patch", name, e))?;
+            .map_err(|e| self.error("patch", "deployments/scale", name, e))?;
         Ok(())
     }
 
-    fn error(&self, verb: &'static str, name: &str, source: kube::Error) -> WorkloadError {
+    /// `resource` is what the call needs `verb` on, named in a permission error.
+    fn error(
+        &self,
+        verb: &'static str,
+        resource: &'static str,
+        name: &str,
+        source: kube::Error,
+    ) -> WorkloadError {
         let (namespace, name) = (self.namespace.clone(), name.to_string());
         match &source {
             kube::Error::Api(s) if s.code == 403 => WorkloadError::Forbidden {
                 verb,
-                resource: if verb == "patch" {
-                    "deployments/scale"
-                } else {
-                    "deployments"
-                },
+                resource,
                 namespace,
                 name,
             },
