@@ -14,6 +14,9 @@ use serde_json::json;
 
 use crate::crd::{Migration, Phase, annotations};
 
+/// How long a report waits, after a promote was consumed, for the status it leads to.
+const SETTLE: Duration = Duration::from_secs(2);
+
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "kubectl-ficus",
@@ -154,26 +157,14 @@ async fn annotate(
     if target.wait == 0 {
         return Ok(format!("{command}: set on {namespace}/{}\n", target.name));
     }
-    let handled = wait_until(api, namespace, &target, |m| {
+    let handled = wait_handled(api, namespace, &target, command, |m| {
         !m.annotations().contains_key(key)
     })
-    .await?
-    .ok_or_else(|| CliError::NotHandled {
-        command,
-        namespace: namespace.into(),
-        name: target.name.clone(),
-        waited: target.wait,
-    })?;
+    .await?;
     // The operator removes a promote before acting on it (so a crash can never apply it twice):
     // the new status follows within the same reconcile. Give it a moment to land.
-    let settle = Target {
-        name: target.name.clone(),
-        wait: 2,
-    };
-    let moved = wait_until(api, namespace, &settle, |m| {
-        position(m) != position(&before)
-    })
-    .await?;
+    let was = position(&before);
+    let moved = wait_until(api, namespace, &target.name, SETTLE, |m| position(m) != was).await?;
     Ok(outcome(
         command,
         &before,
@@ -210,19 +201,13 @@ async fn set_paused(
         ));
     }
     let generation = before.metadata.generation.unwrap_or(0) + 1;
-    let after = wait_until(api, namespace, &target, |m| {
+    let after = wait_handled(api, namespace, &target, command, |m| {
         m.status
             .as_ref()
             .and_then(|s| s.observed_generation)
             .is_some_and(|g| g >= generation)
     })
-    .await?
-    .ok_or_else(|| CliError::NotHandled {
-        command,
-        namespace: namespace.into(),
-        name: target.name.clone(),
-        waited: target.wait,
-    })?;
+    .await?;
     Ok(outcome(command, &before, &after))
 }
 
@@ -249,16 +234,36 @@ async fn patch_migration(
     Ok(())
 }
 
-/// Polls until `done` holds (`Some`), or `None` after `target.wait` seconds.
-async fn wait_until(
+/// Waits up to `target.wait` seconds until `done` shows the operator handled `command`.
+async fn wait_handled(
     api: &Api<Migration>,
     namespace: &str,
     target: &Target,
+    command: &'static str,
+    done: impl Fn(&Migration) -> bool,
+) -> Result<Migration, CliError> {
+    let within = Duration::from_secs(target.wait);
+    wait_until(api, namespace, &target.name, within, done)
+        .await?
+        .ok_or_else(|| CliError::NotHandled {
+            command,
+            namespace: namespace.into(),
+            name: target.name.clone(),
+            waited: target.wait,
+        })
+}
+
+/// Polls Migration `name` until `done` holds (`Some`), or `None` after `within`.
+async fn wait_until(
+    api: &Api<Migration>,
+    namespace: &str,
+    name: &str,
+    within: Duration,
     done: impl Fn(&Migration) -> bool,
 ) -> Result<Option<Migration>, CliError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(target.wait);
+    let deadline = tokio::time::Instant::now() + within;
     loop {
-        let m = get(api, namespace, &target.name).await?;
+        let m = get(api, namespace, name).await?;
         if done(&m) {
             return Ok(Some(m));
         }
