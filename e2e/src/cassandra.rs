@@ -186,7 +186,7 @@ impl Cassandra {
             contact_point = %cassandra.contact_point(),
             %version,
             pid,
-            rss_mib = rss_mib(pid),
+            rss_mib = crate::memory_mib(pid, "VmRSS").round(),
             dir = %cassandra.dir().display(),
             elapsed = ?begin.elapsed(),
             "cassandra ready"
@@ -418,19 +418,6 @@ async fn ping(addr: SocketAddr) -> Result<String, String> {
         .single_row()
         .map_err(|e| e.to_string())?;
     Ok(version)
-}
-
-/// Resident set size of process `pid` in MiB, for the logs (0 if unreadable).
-fn rss_mib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib / 1024)
 }
 
 /// `<prefix>_<pid>_<n>`: lowercase `[a-z0-9_]`, starting with a letter, at most 48 bytes

@@ -46,12 +46,5 @@ pub fn helm(args: &[&str]) -> Result<KubectlOutput, HarnessError> {
         .env("HELM_DATA_HOME", home.path().join("data"))
         .output()
         .map_err(HarnessError::io("running", &bin))?;
-    Ok(KubectlOutput {
-        args: std::iter::once("(helm)".to_owned())
-            .chain(args.iter().map(|a| a.to_string()))
-            .collect(),
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    Ok(KubectlOutput::new("helm", args, output))
 }

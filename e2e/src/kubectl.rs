@@ -3,14 +3,17 @@
 use std::{
     fmt,
     io::{self, Write},
-    process::{Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Output, Stdio},
 };
 
 use crate::{ControlPlane, HarnessError};
 
-/// What one `kubectl` run printed. `Display` renders everything, for assertion messages.
+/// What one `kubectl` (or `helm`) run printed. `Display` renders everything, for assertion
+/// messages.
 #[derive(Debug, Clone)]
 pub struct KubectlOutput {
+    /// `kubectl` or `helm`.
+    pub program: &'static str,
     pub args: Vec<String>,
     pub status: ExitStatus,
     pub stdout: String,
@@ -18,6 +21,16 @@ pub struct KubectlOutput {
 }
 
 impl KubectlOutput {
+    pub(crate) fn new(program: &'static str, args: &[&str], output: Output) -> Self {
+        Self {
+            program,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     pub fn success(&self) -> bool {
         self.status.success()
     }
@@ -27,7 +40,8 @@ impl fmt::Display for KubectlOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "kubectl {} ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            "{} {} ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.program,
             self.args.join(" "),
             self.status,
             self.stdout,
@@ -83,12 +97,7 @@ impl ControlPlane {
             child.wait_with_output()
         })()
         .map_err(HarnessError::io("running", &bin))?;
-        let out = KubectlOutput {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            status: output.status,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
+        let out = KubectlOutput::new("kubectl", args, output);
         tracing::debug!(args = ?out.args, status = %out.status, "kubectl");
         Ok(out)
     }

@@ -48,6 +48,7 @@ pub use exporter::Exporter;
 pub use kubectl::KubectlOutput;
 pub use nats::Nats;
 pub use postgres::Postgres;
+pub use process::memory_mib;
 pub use prometheus::{Prometheus, PrometheusConfig, Sample};
 
 /// One-time process setup; every entry point calls it, tests may too.

@@ -143,6 +143,16 @@ pub async fn wait_for(
     );
 }
 
+/// The traffic percent of every Split step `m` entered, in order (from `status.history`).
+pub fn split_steps(m: &Migration) -> Vec<i32> {
+    m.status
+        .iter()
+        .flat_map(|s| &s.history)
+        .filter(|t| t.to == ficus_operator::crd::Phase::Split)
+        .map(|t| t.traffic_percent)
+        .collect()
+}
+
 /// The shared control plane with the CRDs installed, an admin client and a fresh namespace.
 /// `None` (after a SKIP line) when the control plane is missing outside CI; under CI a missing
 /// component panics.

@@ -191,6 +191,17 @@ pub(crate) enum NotReady {
     Timeout(String),
 }
 
+/// A memory figure of process `pid` from `/proc/<pid>/status` in MiB, e.g. `VmRSS` (resident
+/// now) or `VmHWM` (resident at its peak); 0 when it cannot be read.
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// The last `lines` lines of the log file `log` (empty if it cannot be read).
 pub(crate) fn log_tail(log: &Path, lines: usize) -> String {
     let log = std::fs::read_to_string(log).unwrap_or_default();

@@ -40,20 +40,33 @@ spec:
 
 /// `helm <args>` that must succeed; the output for further checks.
 fn helm_ok(args: &[&str]) -> anyhow::Result<KubectlOutput> {
-    let out = helm(args)?;
+    succeeded(helm(args)?)
+}
+
+fn succeeded(out: KubectlOutput) -> anyhow::Result<KubectlOutput> {
     anyhow::ensure!(out.success(), "{out}");
     Ok(out)
 }
 
-/// `helm template` of the chart with `sets` (`key=value`), split into documents.
-fn render(sets: &[&str], extra: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
-    let chart = chart_dir();
-    let mut args = vec!["template", "ficus", chart.to_str().expect("utf-8 path")];
+/// `helm <verb> <release> charts/ficus --set <each of sets> <extra>`, whatever its exit status.
+fn chart(
+    verb: &str,
+    release: &str,
+    sets: &[&str],
+    extra: &[&str],
+) -> anyhow::Result<KubectlOutput> {
+    let dir = chart_dir();
+    let mut args = vec![verb, release, dir.to_str().expect("utf-8 path")];
     for set in sets {
         args.extend(["--set", set]);
     }
     args.extend(extra);
-    let out = helm_ok(&args)?;
+    Ok(helm(&args)?)
+}
+
+/// `helm template` of the chart with `sets` (`key=value`), split into documents.
+fn render(sets: &[&str], extra: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = succeeded(chart("template", "ficus", sets, extra)?)?;
     Ok(out
         .stdout
         .split("\n---")
@@ -83,12 +96,11 @@ fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Re
     if !helm_or_skip() {
         return Ok(());
     }
-    let chart = chart_dir();
-    let chart = chart.to_str().expect("utf-8 path");
+    let dir = chart_dir();
     helm_ok(&[
         "lint",
         "--strict",
-        chart,
+        dir.to_str().expect("utf-8 path"),
         "--set",
         "chat.existingSecret=chat",
     ])?;
@@ -123,11 +135,7 @@ fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Re
         ),
     ];
     for (sets, message) in refused {
-        let mut args = vec!["template", "ficus", chart];
-        for set in &sets {
-            args.extend(["--set", set]);
-        }
-        let out = helm(&args)?;
+        let out = chart("template", "ficus", &sets, &[])?;
         assert!(!out.success(), "{sets:?} must be refused: {out}");
         assert!(out.stderr.contains(message), "{sets:?}: {out}");
     }
@@ -180,21 +188,9 @@ fn install(
     ns: &str,
     sets: &[&str],
 ) -> anyhow::Result<KubectlOutput> {
-    let chart = chart_dir();
     let kubeconfig = cp.kubeconfig_path().to_string_lossy().into_owned();
-    let mut args = vec![
-        verb,
-        release,
-        chart.to_str().expect("utf-8 path"),
-        "--namespace",
-        ns,
-        "--kubeconfig",
-        &kubeconfig,
-    ];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    helm_ok(&args)
+    let target = ["--namespace", ns, "--kubeconfig", &kubeconfig];
+    succeeded(chart(verb, release, sets, &target)?)
 }
 
 async fn webhook_token(client: &Client, ns: &str, name: &str) -> anyhow::Result<String> {

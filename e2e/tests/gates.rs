@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ficus_e2e::evidence::{DRIFT, Evidence, EvidenceOptions, WEBHOOK_TOKEN};
-use ficus_e2e::operator::{Operator, test_namespace, wait_for};
+use ficus_e2e::operator::{Operator, split_steps, test_namespace, wait_for};
 use ficus_e2e::{Prometheus, PrometheusConfig};
 use ficus_operator::crd::{Migration, PauseReason, Phase, Verdict};
 use ficus_operator::run::Config;
@@ -116,14 +116,8 @@ async fn healthy_gates_promote_step_by_step_after_the_bake() -> anyhow::Result<(
     };
     create(&s.api, gated(&s.evidence.prometheus.url(), "2s", 2, "1s")).await?;
     let done = wait_for(&s.api, "m", LONG, "CutOver", |m| phase(m) == Phase::CutOver).await;
+    assert_eq!(split_steps(&done), vec![10, 50]);
     let status = done.status.expect("status");
-    let steps: Vec<i32> = status
-        .history
-        .iter()
-        .filter(|t| t.to == Phase::Split)
-        .map(|t| t.traffic_percent)
-        .collect();
-    assert_eq!(steps, vec![10, 50]);
     let gate = &status
         .last_analysis
         .expect("an analysis was recorded")

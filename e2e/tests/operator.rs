@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use ficus_e2e::ControlPlane;
 use ficus_e2e::operator::{
-    Operator, finish_job, repo_root, short_lease, test_namespace, wait_for, wait_for_job,
+    Operator, finish_job, repo_root, short_lease, split_steps, test_namespace, wait_for,
+    wait_for_job,
 };
 use ficus_operator::crd::{Migration, Phase};
 use futures::TryStreamExt;
@@ -410,14 +411,7 @@ async fn restarted_operator_resumes_from_status_without_skipping_or_repeating_a_
         "the bake already served counts: one step, not two"
     );
     let done = wait_for(&api, "m", LONG, "CutOver", |m| phase(m) == Phase::CutOver).await;
-    let steps: Vec<i32> = done
-        .status
-        .expect("status")
-        .history
-        .iter()
-        .filter(|t| t.to == Phase::Split)
-        .map(|t| t.traffic_percent)
-        .collect();
+    let steps = split_steps(&done);
     assert_eq!(steps, vec![10, 50, 100], "every step exactly once");
     Ok(())
 }
@@ -478,14 +472,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() -> anyhow::Result<()> {
         acting.contains("replica-b"),
         "the standby acts after taking over: {acting:?}"
     );
-    let steps: Vec<i32> = done
-        .status
-        .expect("status")
-        .history
-        .iter()
-        .filter(|t| t.to == Phase::Split)
-        .map(|t| t.traffic_percent)
-        .collect();
+    let steps = split_steps(&done);
     assert_eq!(
         steps,
         vec![10, 50, 100],

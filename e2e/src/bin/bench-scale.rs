@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ficus_e2e::control_plane::free_ports;
 use ficus_e2e::operator::install_crds;
-use ficus_e2e::{ControlPlane, create_namespace};
+use ficus_e2e::{ControlPlane, create_namespace, memory_mib};
 use ficus_operator::crd::{Migration, Phase};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -58,19 +58,10 @@ fn usage(pid: u32) -> Usage {
             .unwrap_or(0.0)
     };
     // utime and stime are fields 14 and 15 of /proc/pid/stat, i.e. 11 and 12 after the name.
-    let cpu_secs = (field(11) + field(12)) / ticks;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     Usage {
-        cpu_secs,
-        rss_mib: kib("VmRSS:") / 1024.0,
-        peak_rss_mib: kib("VmHWM:") / 1024.0,
+        cpu_secs: (field(11) + field(12)) / ticks,
+        rss_mib: memory_mib(pid, "VmRSS"),
+        peak_rss_mib: memory_mib(pid, "VmHWM"),
     }
 }
 
