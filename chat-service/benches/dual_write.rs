@@ -16,7 +16,7 @@ mod support;
 use std::time::Duration;
 
 use chat_service::config::{NewStoreChoice, StoreChoice};
-use chat_service::flags::{DualWrite, Flags, StoreSide};
+use chat_service::flags::{DualWrite, FlagValues, Flags, Side};
 use chat_service::loadtest::RunReport;
 use ficus_e2e::Postgres;
 
@@ -76,10 +76,11 @@ async fn bench(load: Load) {
                 },
                 Flags {
                     generation: 1,
-                    write_primary: StoreSide::Legacy,
-                    dual_write: mode,
-                    shadow_read_percent: 0,
-                    read_split_percent: 0,
+                    values: FlagValues {
+                        write_primary: Side::Legacy,
+                        dual_write: mode,
+                        ..FlagValues::default()
+                    },
                 },
             ),
         };

@@ -2,54 +2,37 @@
 //! is shadowed or dual-written. A pure function of (flags, user, operation) — the router that
 //! executes it does the I/O.
 
-use crate::flags::{DualWrite, Flags, StoreSide};
+use crate::flags::{DualWrite, Flags, Side};
 use crate::ids::UserId;
 
-/// The user's stable bucket in 0..100: FNV-1a of the decimal user id. Fixed forever (changing
-/// it would move users between stores mid-migration), identical on every instance.
+/// The user's stable bucket in 0..100 (the contract's [`ficus_flags::bucket`] of the decimal
+/// user id): identical on every instance and in every service of the migration.
 pub fn bucket(user: UserId) -> u8 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = user
-        .0
-        .to_string()
-        .bytes()
-        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
-    (hash % 100) as u8
+    ficus_flags::bucket(&user.0.to_string())
 }
 
 /// The side a user's reads come from. Users enter the new cohort in bucket order, so raising
 /// the percent only ever moves users legacy -> new (and lowering it, back).
-pub fn cohort(flags: &Flags, user: UserId) -> StoreSide {
-    if bucket(user) < flags.read_split_percent {
-        StoreSide::New
-    } else {
-        StoreSide::Legacy
-    }
-}
-
-fn other(side: StoreSide) -> StoreSide {
-    match side {
-        StoreSide::Legacy => StoreSide::New,
-        StoreSide::New => StoreSide::Legacy,
-    }
+pub fn cohort(flags: &Flags, user: UserId) -> Side {
+    flags.values.cohort(bucket(user))
 }
 
 /// How one read is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadPlan {
     /// The store whose answer the caller gets.
-    pub serve: StoreSide,
+    pub serve: Side,
     /// Also read this store and compare (never returned to the caller).
-    pub shadow: Option<StoreSide>,
+    pub shadow: Option<Side>,
 }
 
 /// `sample` is a uniform draw in 0..100 made by the caller, so this stays deterministic.
 pub fn read_plan(flags: &Flags, user: UserId, sample: u8) -> ReadPlan {
     let serve = cohort(flags, user);
     // Shadowing a store that receives no writes would only measure its staleness.
-    let both_written = flags.dual_write != DualWrite::Off;
-    let shadow = (both_written && sample < flags.shadow_read_percent).then(|| other(serve));
+    let both_written = flags.values.dual_write != DualWrite::Off;
+    let shadow =
+        (both_written && sample < flags.values.shadow_read_percent.get()).then(|| serve.other());
     ReadPlan { serve, shadow }
 }
 
@@ -57,17 +40,17 @@ pub fn read_plan(flags: &Flags, user: UserId, sample: u8) -> ReadPlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WritePlan {
     /// Must succeed for the call to succeed.
-    pub primary: StoreSide,
+    pub primary: Side,
     /// Also written: in parallel before answering (`Sync`) or after (`Async`). A failed or
     /// skipped secondary write goes to the outbox.
-    pub secondary: Option<(StoreSide, DualWrite)>,
+    pub secondary: Option<(Side, DualWrite)>,
 }
 
 pub fn write_plan(flags: &Flags) -> WritePlan {
-    let primary = flags.write_primary;
-    let secondary = match flags.dual_write {
+    let primary = flags.values.write_primary;
+    let secondary = match flags.values.dual_write {
         DualWrite::Off => None,
-        mode => Some((other(primary), mode)),
+        mode => Some((primary.other(), mode)),
     };
     WritePlan { primary, secondary }
 }
@@ -75,29 +58,17 @@ pub fn write_plan(flags: &Flags) -> WritePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::{FlagValues, Percent};
 
-    fn flags(write_primary: StoreSide, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
+    fn flags(write_primary: Side, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
         Flags {
             generation: 1,
-            write_primary,
-            dual_write,
-            shadow_read_percent: shadow,
-            read_split_percent: split,
-        }
-    }
-
-    #[test]
-    fn buckets_are_stable_and_spread_over_the_whole_range() {
-        assert_eq!(bucket(UserId(42)), bucket(UserId(42)));
-        let mut counts = [0u32; 10];
-        for user in 0..10_000 {
-            counts[usize::from(bucket(UserId(user)) / 10)] += 1;
-        }
-        for (decile, n) in counts.iter().enumerate() {
-            assert!(
-                (800..1200).contains(n),
-                "decile {decile} has {n} of 10000 users"
-            );
+            values: FlagValues {
+                write_primary,
+                dual_write,
+                shadow_read_percent: Percent::new(shadow).expect("percent"),
+                read_split_percent: Percent::new(split).expect("percent"),
+            },
         }
     }
 
@@ -107,13 +78,13 @@ mod tests {
             let mut was_new = false;
             for split in [0, 10, 25, 50, 100] {
                 let side = cohort(
-                    &flags(StoreSide::Legacy, DualWrite::Sync, 0, split),
+                    &flags(Side::Legacy, DualWrite::Sync, 0, split),
                     UserId(user),
                 );
                 assert_eq!(
                     side,
                     cohort(
-                        &flags(StoreSide::Legacy, DualWrite::Sync, 0, split),
+                        &flags(Side::Legacy, DualWrite::Sync, 0, split),
                         UserId(user)
                     ),
                     "sticky"
@@ -121,28 +92,24 @@ mod tests {
                 if was_new {
                     assert_eq!(
                         side,
-                        StoreSide::New,
+                        Side::New,
                         "user {user} went back to legacy at {split}%"
                     );
                 }
-                was_new = side == StoreSide::New;
+                was_new = side == Side::New;
             }
             assert!(was_new, "at 100 % everyone is on the new store");
         }
-        assert!((0..1000).all(|u| cohort(
-            &flags(StoreSide::Legacy, DualWrite::Off, 0, 0),
-            UserId(u)
-        ) == StoreSide::Legacy));
+        assert!((0..1000).all(
+            |u| cohort(&flags(Side::Legacy, DualWrite::Off, 0, 0), UserId(u)) == Side::Legacy
+        ));
     }
 
     #[test]
     fn the_split_share_matches_the_percent() {
         let on_new = (0..10_000)
             .filter(|u| {
-                cohort(
-                    &flags(StoreSide::Legacy, DualWrite::Sync, 0, 25),
-                    UserId(*u),
-                ) == StoreSide::New
+                cohort(&flags(Side::Legacy, DualWrite::Sync, 0, 25), UserId(*u)) == Side::New
             })
             .count();
         assert!(
@@ -153,37 +120,37 @@ mod tests {
 
     #[test]
     fn shadow_reads_sample_the_other_store_only_while_both_are_written() {
-        let f = flags(StoreSide::Legacy, DualWrite::Sync, 10, 0);
+        let f = flags(Side::Legacy, DualWrite::Sync, 10, 0);
         let user = (0..)
             .map(UserId)
-            .find(|u| cohort(&f, *u) == StoreSide::Legacy)
+            .find(|u| cohort(&f, *u) == Side::Legacy)
             .expect("a legacy user");
         assert_eq!(
             read_plan(&f, user, 9),
             ReadPlan {
-                serve: StoreSide::Legacy,
-                shadow: Some(StoreSide::New)
+                serve: Side::Legacy,
+                shadow: Some(Side::New)
             }
         );
         assert_eq!(
             read_plan(&f, user, 10),
             ReadPlan {
-                serve: StoreSide::Legacy,
+                serve: Side::Legacy,
                 shadow: None
             }
         );
-        let off = flags(StoreSide::Legacy, DualWrite::Off, 100, 0);
+        let off = flags(Side::Legacy, DualWrite::Off, 100, 0);
         assert_eq!(
             read_plan(&off, user, 0).shadow,
             None,
             "no dual write, no shadow"
         );
-        let cutover = flags(StoreSide::New, DualWrite::Sync, 100, 100);
+        let cutover = flags(Side::New, DualWrite::Sync, 100, 100);
         assert_eq!(
             read_plan(&cutover, user, 0),
             ReadPlan {
-                serve: StoreSide::New,
-                shadow: Some(StoreSide::Legacy)
+                serve: Side::New,
+                shadow: Some(Side::Legacy)
             }
         );
     }
@@ -192,42 +159,42 @@ mod tests {
     fn writes_go_to_the_primary_and_the_other_store_per_dual_write() {
         let cases = [
             (
-                StoreSide::Legacy,
+                Side::Legacy,
                 DualWrite::Off,
                 WritePlan {
-                    primary: StoreSide::Legacy,
+                    primary: Side::Legacy,
                     secondary: None,
                 },
             ),
             (
-                StoreSide::Legacy,
+                Side::Legacy,
                 DualWrite::Sync,
                 WritePlan {
-                    primary: StoreSide::Legacy,
-                    secondary: Some((StoreSide::New, DualWrite::Sync)),
+                    primary: Side::Legacy,
+                    secondary: Some((Side::New, DualWrite::Sync)),
                 },
             ),
             (
-                StoreSide::Legacy,
+                Side::Legacy,
                 DualWrite::Async,
                 WritePlan {
-                    primary: StoreSide::Legacy,
-                    secondary: Some((StoreSide::New, DualWrite::Async)),
+                    primary: Side::Legacy,
+                    secondary: Some((Side::New, DualWrite::Async)),
                 },
             ),
             (
-                StoreSide::New,
+                Side::New,
                 DualWrite::Sync,
                 WritePlan {
-                    primary: StoreSide::New,
-                    secondary: Some((StoreSide::Legacy, DualWrite::Sync)),
+                    primary: Side::New,
+                    secondary: Some((Side::Legacy, DualWrite::Sync)),
                 },
             ),
             (
-                StoreSide::New,
+                Side::New,
                 DualWrite::Off,
                 WritePlan {
-                    primary: StoreSide::New,
+                    primary: Side::New,
                     secondary: None,
                 },
             ),

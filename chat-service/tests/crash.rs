@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use chat_service::client::ChatClient;
 use chat_service::crypto::EncryptionKey;
+use chat_service::flags::{DualWrite, Side};
 use chat_service::ids::{RoomId, UserId};
 use ficus_e2e::Postgres;
 use sqlx::postgres::PgPool;
@@ -121,7 +122,11 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
     let dir = std::env::temp_dir().join(format!("chat-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let flags_file = dir.join("flags");
-    std::fs::write(&flags_file, "generation=1\nwrite_primary=legacy\ndual_write=sync\nshadow_read_percent=0\nread_split_percent=0\n").expect("flags file");
+    std::fs::write(
+        &flags_file,
+        common::flag_doc(1, Side::Legacy, DualWrite::Sync, 0, 0).to_file_text(),
+    )
+    .expect("flags file");
     let port = free_port();
     let service = Service {
         args: vec![

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ssm::types::ParameterType;
-use chat_service::flags::{DualWrite, FlagError, FlagSource, FlagWatcher, Flags, StoreSide, keys};
+use chat_service::flags::{
+    DualWrite, FlagError, FlagSource, FlagValues, FlagWatcher, Flags, Percent, Side, keys,
+};
 use ficus_e2e::moto::Moto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
@@ -96,28 +98,12 @@ impl Aws {
             });
     }
 
-    /// The whole document as the operator writes it: values, its own two extra parameters,
-    /// then `generation` last.
+    /// The whole document as the operator writes it (the contract's parameters, `generation`
+    /// last).
     async fn put_flags(&self, f: &Flags, kind: ParameterType) {
-        for (key, value) in f.to_entries() {
-            if key != keys::GENERATION {
-                self.put(key, &value, kind.clone()).await;
-            }
+        for (key, value) in ficus_flags::ssm::parameters(f) {
+            self.put(key, &value, kind.clone()).await;
         }
-        self.put(
-            "traffic-split-percent",
-            &f.read_split_percent.to_string(),
-            kind.clone(),
-        )
-        .await;
-        self.put(
-            "use-new-system",
-            &(f.read_split_percent > 0).to_string(),
-            kind.clone(),
-        )
-        .await;
-        self.put(keys::GENERATION, &f.generation.to_string(), kind)
-            .await;
     }
 
     async fn delete_all(&self) {
@@ -183,7 +169,7 @@ async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
     let Some(aws) = moto_or_skip().await else {
         return;
     };
-    let g1 = flags(1, StoreSide::Legacy, DualWrite::Sync, 0, 0);
+    let g1 = flags(1, Side::Legacy, DualWrite::Sync, 0, 0);
     aws.put_flags(&g1, ParameterType::String).await;
 
     let gauge = Gauge::default();
@@ -197,7 +183,7 @@ async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
     let mut rx = watcher.subscribe();
 
     // A new generation with new values.
-    let g2 = flags(2, StoreSide::Legacy, DualWrite::Sync, 10, 25);
+    let g2 = flags(2, Side::Legacy, DualWrite::Sync, 10, 25);
     let t = Instant::now();
     aws.put_flags(&g2, ParameterType::String).await;
     let latency = wait_for_flags(&mut rx, g2, t).await;
@@ -215,7 +201,7 @@ async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
     assert_kept(&watcher, &rx, &gauge, g2, "write_primary=sideways").await;
 
     // Fixed with the next generation: applied.
-    let g4 = flags(4, StoreSide::New, DualWrite::Async, 10, 50);
+    let g4 = flags(4, Side::New, DualWrite::Async, 10, 50);
     let t = Instant::now();
     aws.put_flags(&g4, ParameterType::String).await;
     let latency = wait_for_flags(&mut rx, g4, t).await;
@@ -225,19 +211,22 @@ async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
 
     // A lower generation (a stale writer; generation first, so every reading is stale) is
     // ignored.
-    let stale = flags(1, StoreSide::Legacy, DualWrite::Off, 0, 0);
+    let stale = flags(1, Side::Legacy, DualWrite::Off, 0, 0);
     aws.put(keys::GENERATION, "1", ParameterType::String).await;
     aws.put_flags(&stale, ParameterType::String).await;
     assert_kept(&watcher, &rx, &gauge, g4, "generation 1 after 4").await;
 
-    let g5 = flags(5, StoreSide::New, DualWrite::Async, 0, 75);
+    let g5 = flags(5, Side::New, DualWrite::Async, 0, 75);
     let t = Instant::now();
     aws.put_flags(&g5, ParameterType::String).await;
     wait_for_flags(&mut rx, g5, t).await;
 
     // A hand edit without a generation bump is followed (after a confirming poll).
     let edited = Flags {
-        read_split_percent: 100,
+        values: FlagValues {
+            read_split_percent: Percent::ALL,
+            ..g5.values
+        },
         ..g5
     };
     let t = Instant::now();
@@ -253,7 +242,7 @@ async fn ssm_source_follows_changes_and_keeps_the_last_good_flags() {
     assert_kept(&watcher, &rx, &gauge, edited, "parameters deleted").await;
 
     // Written again: applied.
-    let g6 = flags(6, StoreSide::New, DualWrite::Off, 0, 100);
+    let g6 = flags(6, Side::New, DualWrite::Off, 0, 100);
     let t = Instant::now();
     aws.put_flags(&g6, ParameterType::String).await;
     let latency = wait_for_flags(&mut rx, g6, t).await;
@@ -297,7 +286,7 @@ async fn ssm_source_starts_on_defaults_and_reads_secure_strings() {
     let mut rx = watcher.subscribe();
 
     // SecureString parameters come back decrypted.
-    let g1 = flags(1, StoreSide::Legacy, DualWrite::Async, 5, 0);
+    let g1 = flags(1, Side::Legacy, DualWrite::Async, 5, 0);
     let t = Instant::now();
     aws.put_flags(&g1, ParameterType::SecureString).await;
     let latency = wait_for_flags(&mut rx, g1, t).await;
@@ -330,7 +319,7 @@ async fn ssm_source_refuses_to_start_on_a_bad_document_or_prefix() {
         return;
     };
     aws.put_flags(
-        &flags(3, StoreSide::New, DualWrite::Sync, 0, 0),
+        &flags(3, Side::New, DualWrite::Sync, 0, 0),
         ParameterType::String,
     )
     .await;
@@ -342,7 +331,7 @@ async fn ssm_source_refuses_to_start_on_a_bad_document_or_prefix() {
         .expect_err("invalid document at start");
     println!("{err}");
     assert!(
-        matches!(err, FlagError::Rejected { ref source, .. } if matches!(**source, FlagError::InvalidValue { key: "shadow_read_percent", .. })),
+        matches!(err, FlagError::Rejected { ref source, .. } if matches!(**source, FlagError::Document(ficus_flags::FlagError::InvalidValue { key: "shadow_read_percent", .. }))),
         "{err:?}"
     );
 
@@ -370,7 +359,7 @@ async fn ssm_source_refuses_to_start_on_a_bad_document_or_prefix() {
             .await
             .expect_err(bad);
         assert!(
-            matches!(err, FlagError::SsmPrefix(ref p) if p == bad),
+            matches!(err, FlagError::SsmPrefix(ref p) if p.0 == bad),
             "{bad}: {err:?}"
         );
     }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use chat_service::config::{NewStoreChoice, StoreChoice};
-use chat_service::flags::{DualWrite, FlagSource, Flags, StoreSide};
+use chat_service::flags::{DualWrite, FlagSource, Flags, Side};
 use chat_service::ids::{MessageIdGenerator, UserId};
 use chat_service::routing::cohort;
 use chat_service::store::{ChatStore, PageRequest, StoreError};
@@ -47,8 +47,7 @@ async fn dual_write_sync_and_async_land_every_message_in_both_stores() {
     let ids = MessageIdGenerator::default();
     for mode in [DualWrite::Sync, DualWrite::Async] {
         let (legacy_url, new_url) = two_databases(&format!("router_dual_{mode}")).await;
-        let (s, new_pool) =
-            setup(&legacy_url, &new_url, flags(StoreSide::Legacy, mode, 0, 0)).await;
+        let (s, new_pool) = setup(&legacy_url, &new_url, flags(Side::Legacy, mode, 0, 0)).await;
         let room = new_room(&s.router, 1, &[2]).await;
         for i in 0..30 {
             s.router
@@ -132,7 +131,7 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
     let (s, new_pool) = setup(
         &legacy_url,
         &new_url,
-        flags(StoreSide::Legacy, DualWrite::Sync, 0, 0),
+        flags(Side::Legacy, DualWrite::Sync, 0, 0),
     )
     .await;
     let rooms = [
@@ -169,10 +168,7 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
         failed, 0,
         "no client call fails while the secondary is down"
     );
-    assert!(
-        !s.router.is_up(StoreSide::New),
-        "the secondary is marked down"
-    );
+    assert!(!s.router.is_up(Side::New), "the secondary is marked down");
     eventually(
         "the outbox gauge shows the backlog",
         Duration::from_secs(10),
@@ -240,7 +236,7 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
     let (s, new_pool) = setup(
         &legacy_url,
         &new_url,
-        flags(StoreSide::Legacy, DualWrite::Sync, 100, 0),
+        flags(Side::Legacy, DualWrite::Sync, 100, 0),
     )
     .await;
     let room = new_room(&s.router, 1, &[2]).await;
@@ -306,14 +302,14 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
 async fn the_read_split_keeps_each_user_on_one_side() {
     common::init();
     let (legacy_url, new_url) = two_databases("router_split").await;
-    let f = flags(StoreSide::Legacy, DualWrite::Off, 0, 50);
+    let f = flags(Side::Legacy, DualWrite::Off, 0, 50);
     let (s, _new_pool) = setup(&legacy_url, &new_url, f).await;
     let on_new: Vec<i32> = (1..)
-        .filter(|u| cohort(&f, UserId(*u)) == StoreSide::New)
+        .filter(|u| cohort(&f, UserId(*u)) == Side::New)
         .take(3)
         .collect();
     let on_legacy: Vec<i32> = (1..)
-        .filter(|u| cohort(&f, UserId(*u)) == StoreSide::Legacy)
+        .filter(|u| cohort(&f, UserId(*u)) == Side::Legacy)
         .take(3)
         .collect();
     // Dual write off: the room exists in legacy only, so the answer shows which store served.
@@ -369,7 +365,7 @@ async fn after_cutover_writes_go_to_new_and_the_reverse_dual_write_fills_legacy(
     let ids = MessageIdGenerator::default();
     for mode in [DualWrite::Sync, DualWrite::Async] {
         let (legacy_url, new_url) = two_databases(&format!("router_cutover_{mode}")).await;
-        let (s, new_pool) = setup(&legacy_url, &new_url, flags(StoreSide::New, mode, 0, 100)).await;
+        let (s, new_pool) = setup(&legacy_url, &new_url, flags(Side::New, mode, 0, 100)).await;
         let room = new_room(&s.router, 1, &[2]).await;
         for i in 0..20 {
             s.router
@@ -435,7 +431,7 @@ async fn after_cutover_writes_go_to_new_and_the_reverse_dual_write_fills_legacy(
 async fn serve_with_the_router_writes_both_databases_and_labels_requests_by_cohort() {
     common::init();
     let (legacy_url, new_url) = two_databases("router_serve").await;
-    let f = flags(StoreSide::Legacy, DualWrite::Sync, 0, 50);
+    let f = flags(Side::Legacy, DualWrite::Sync, 0, 50);
     let mut config = common::config_for(
         legacy_url.clone(),
         chat_service::crypto::EncryptionKey::random(),
@@ -449,10 +445,10 @@ async fn serve_with_the_router_writes_both_databases_and_labels_requests_by_coho
     config.flags = FlagSource::Static(f);
     let svc = common::start(config).await;
     let new_user = (1..)
-        .find(|u| cohort(&f, UserId(*u)) == StoreSide::New)
+        .find(|u| cohort(&f, UserId(*u)) == Side::New)
         .expect("a new-cohort user");
     let legacy_user = (1..)
-        .find(|u| cohort(&f, UserId(*u)) == StoreSide::Legacy)
+        .find(|u| cohort(&f, UserId(*u)) == Side::Legacy)
         .expect("a legacy-cohort user");
     let room = svc.create_group(legacy_user, &[new_user]).await;
     svc.send(legacy_user, &room, "hello").await;

@@ -12,7 +12,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_service::flags::{DualWrite, StoreSide};
+use chat_service::flags::{DualWrite, Side};
 use chat_service::ids::MessageIdGenerator;
 use chat_service::store::ChatStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
@@ -38,7 +38,7 @@ async fn setup(cassandra: &Cassandra, test: &str, dual_write: DualWrite) -> Rout
     })
     .await
     .expect("CQL store");
-    start_router(legacy, cql, flags(StoreSide::Legacy, dual_write, 0, 0)).await
+    start_router(legacy, cql, flags(Side::Legacy, dual_write, 0, 0)).await
 }
 
 fn node() -> Option<&'static Cassandra> {
@@ -169,10 +169,7 @@ async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges(
         failed += w.await.expect("writer");
     }
     assert_eq!(failed, 0, "no client call fails while the CQL node is down");
-    assert!(
-        !s.router.is_up(StoreSide::New),
-        "the CQL store is marked down"
-    );
+    assert!(!s.router.is_up(Side::New), "the CQL store is marked down");
     let depth = outbox_depth(&s.legacy_pool).await;
     assert!(depth > 0, "the outbox holds the writes CQL missed");
     eventually(

@@ -9,7 +9,7 @@ use ficus_e2e::operator::{
     Operator, finish_job, repo_root, short_lease, split_steps, test_namespace, wait_for,
     wait_for_job,
 };
-use ficus_operator::crd::{Migration, Phase};
+use ficus_operator::crd::{DualWrite, FlagValues, Flags, Migration, Percent, Phase, Side};
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -40,20 +40,29 @@ fn flags_of(cm: &ConfigMap) -> BTreeMap<String, String> {
     cm.data.clone().unwrap_or_default()
 }
 
+/// The ConfigMap data the operator writes for this document.
 fn doc(
     generation: i64,
-    primary: &str,
-    dual: &str,
-    shadow: i32,
-    split: i32,
+    primary: Side,
+    dual: DualWrite,
+    shadow: u8,
+    split: u8,
 ) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("generation".into(), generation.to_string()),
-        ("write_primary".into(), primary.into()),
-        ("dual_write".into(), dual.into()),
-        ("shadow_read_percent".into(), shadow.to_string()),
-        ("read_split_percent".into(), split.to_string()),
-    ])
+    let percent = |p| Percent::new(p).expect("a percent");
+    let flags = Flags {
+        generation,
+        values: FlagValues {
+            write_primary: primary,
+            dual_write: dual,
+            shadow_read_percent: percent(shadow),
+            read_split_percent: percent(split),
+        },
+    };
+    flags
+        .to_entries()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
 }
 
 async fn flags(client: &Client, ns: &str, name: &str) -> BTreeMap<String, String> {
@@ -244,13 +253,13 @@ async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step(
     assert_eq!(
         seen,
         vec![
-            doc(1, "legacy", "off", 0, 0),
-            doc(2, "legacy", "sync", 20, 0),
-            doc(3, "legacy", "sync", 20, 10),
-            doc(4, "legacy", "sync", 20, 50),
-            doc(5, "legacy", "sync", 20, 100),
-            doc(6, "new", "sync", 20, 100),
-            doc(7, "new", "off", 0, 100),
+            doc(1, Side::Legacy, DualWrite::Off, 0, 0),
+            doc(2, Side::Legacy, DualWrite::Sync, 20, 0),
+            doc(3, Side::Legacy, DualWrite::Sync, 20, 10),
+            doc(4, Side::Legacy, DualWrite::Sync, 20, 50),
+            doc(5, Side::Legacy, DualWrite::Sync, 20, 100),
+            doc(6, Side::New, DualWrite::Sync, 20, 100),
+            doc(7, Side::New, DualWrite::Off, 0, 100),
         ],
         "the flag ConfigMap at every step"
     );
@@ -517,7 +526,7 @@ async fn deleting_a_migration_restores_the_safe_flags_before_it_disappears() -> 
     );
     assert_eq!(
         flags(&client, &ns, "flags").await,
-        doc(before + 1, "legacy", "off", 0, 0)
+        doc(before + 1, Side::Legacy, DualWrite::Off, 0, 0)
     );
     Ok(())
 }

@@ -8,6 +8,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The flag document types live in the contract crate shared with the services.
+pub use ficus_flags::{DualWrite, FlagValues, Flags, Percent, Side};
+
 /// A phased strangler-fig migration of one service from its legacy system to a new one.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -472,25 +475,6 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// Which store must succeed for a write to succeed.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum WritePrimary {
-    #[default]
-    Legacy,
-    New,
-}
-
-/// The dual-write setting as services read it.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DualWrite {
-    #[default]
-    Off,
-    Sync,
-    Async,
-}
-
 impl From<DualWriteMode> for DualWrite {
     fn from(m: DualWriteMode) -> Self {
         match m {
@@ -498,25 +482,6 @@ impl From<DualWriteMode> for DualWrite {
             DualWriteMode::Async => DualWrite::Async,
         }
     }
-}
-
-/// The flag document (DESIGN §3) without its generation.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct FlagValues {
-    pub write_primary: WritePrimary,
-    pub dual_write: DualWrite,
-    pub shadow_read_percent: i32,
-    pub read_split_percent: i32,
-}
-
-/// Flags as last written to the stores, with the generation the services should report.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct AppliedFlags {
-    pub generation: i64,
-    #[serde(flatten)]
-    pub values: FlagValues,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -620,8 +585,9 @@ pub struct MigrationStatus {
     pub paused: Option<PauseState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback: Option<RollbackRecord>,
+    /// Flags as last written to the stores, with the generation the services should report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub applied_flags: Option<AppliedFlags>,
+    pub applied_flags: Option<Flags>,
     /// Legacy replicas before the operator first scaled it, restored on rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy_replicas_before: Option<i32>,

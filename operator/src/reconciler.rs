@@ -24,13 +24,14 @@ use tracing::{debug, info, warn};
 use crate::analysis::Outcome;
 use crate::backfill;
 use crate::crd::Verdict;
-use crate::crd::{AppliedFlags, Migration, MigrationStatus, Workload, annotations};
-use crate::flags::{self, ConfigMapStore, FlagStoreError, SsmStore, Store as FlagStore};
+use crate::crd::{Flags, Migration, MigrationStatus, Side, Workload, annotations};
+use crate::flags::{ConfigMapStore, FlagStoreError, SsmStore, Store as FlagStore};
 use crate::machine::{
-    self, Commands, Decision, EventType, JobState, Note, Observations, Problem, Side, WorkloadState,
+    self, Commands, Decision, EventType, JobState, Note, Observations, Problem, WorkloadState,
 };
 use crate::metrics::Metrics;
 use crate::workloads::{DeploymentDriver, EcsDriver, Workloads};
+use ficus_flags::FlagRead;
 
 pub const FINALIZER: &str = "ficus.dev/safe-state";
 const FIELD_MANAGER: &str = "ficus-operator";
@@ -188,16 +189,16 @@ impl<'a> Targets<'a> {
         })
     }
 
-    /// The document every store holds (see [`flags::combine`] when they disagree).
-    async fn read_flags(&self) -> Result<Option<AppliedFlags>, FlagStoreError> {
+    /// The document every store holds (see [`FlagRead::combine`] when they disagree).
+    async fn read_flags(&self) -> Result<FlagRead, FlagStoreError> {
         let mut docs = Vec::with_capacity(self.stores.len());
         for store in &self.stores {
             docs.push(store.read().await?);
         }
-        Ok(flags::combine(&docs))
+        Ok(FlagRead::combine(docs))
     }
 
-    async fn write_flags(&self, flags: &AppliedFlags) -> Result<(), FlagStoreError> {
+    async fn write_flags(&self, flags: &Flags) -> Result<(), FlagStoreError> {
         for store in &self.stores {
             store.write(flags).await?;
         }
@@ -207,7 +208,7 @@ impl<'a> Targets<'a> {
     fn workload(&self, side: Side) -> Option<&Workload> {
         match side {
             Side::Legacy => self.mig.spec.legacy.as_ref(),
-            Side::Candidate => self.mig.spec.candidate.as_ref(),
+            Side::New => self.mig.spec.candidate.as_ref(),
         }
     }
 }
@@ -243,7 +244,7 @@ async fn observe(
             false
         }
     };
-    for side in [Side::Legacy, Side::Candidate] {
+    for side in [Side::Legacy, Side::New] {
         let Some(workload) = t.workload(side) else {
             continue;
         };
@@ -403,7 +404,7 @@ fn invalid_generation_query(message: &str) -> Problem {
 fn slot(obs: &mut Observations, side: Side) -> &mut Option<WorkloadState> {
     match side {
         Side::Legacy => &mut obs.legacy,
-        Side::Candidate => &mut obs.candidate,
+        Side::New => &mut obs.candidate,
     }
 }
 
@@ -431,9 +432,9 @@ async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
         warn!(migration = %mig.name_any(), reason = %problem.reason, "{}", problem.message);
         obs.problems.push(problem);
         obs.flags = if flags_readable {
-            t.read_flags().await.unwrap_or(obs.flags)
+            t.read_flags().await.unwrap_or(obs.flags.clone())
         } else {
-            obs.flags
+            obs.flags.clone()
         };
         let recorded = decision.status.clone();
         let retried = machine::decide(
@@ -476,7 +477,7 @@ async fn converge(
 ) -> Result<(), Problem> {
     if let Some(flags) = &decision.flags
         && flags_readable
-        && obs.flags.as_ref() != Some(flags)
+        && obs.flags.doc() != Some(flags)
     {
         t.write_flags(flags)
             .await
@@ -621,13 +622,9 @@ async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
         .read_flags()
         .await
         .map_err(|e| Error::Cleanup(e.to_string()))?;
-    if let Some(cur) = current
-        && cur.values != safe
-    {
-        let next = AppliedFlags {
-            generation: cur.generation + 1,
-            values: safe,
-        };
+    // An empty store is already safe: services without a document run legacy only.
+    let next = machine::next_document(&current, status.applied_flags, safe);
+    if current != FlagRead::Absent && current.doc() != Some(&next) {
         t.write_flags(&next)
             .await
             .map_err(|e| Error::Cleanup(e.to_string()))?;

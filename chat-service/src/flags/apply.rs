@@ -92,7 +92,7 @@ impl Applier {
                     warn!(origin = %self.origin, kept_generation = current.generation, "rejected flag document, keeping the last good flags: {err}");
                     self.last_rejected = Some(doc);
                 }
-                return Outcome::Rejected(err);
+                return Outcome::Rejected(err.into());
             }
         };
         self.accept(flags)
@@ -127,10 +127,10 @@ impl Applier {
         info!(
             origin = %self.origin,
             generation = flags.generation,
-            write_primary = %flags.write_primary,
-            dual_write = %flags.dual_write,
-            shadow_read_percent = flags.shadow_read_percent,
-            read_split_percent = flags.read_split_percent,
+            write_primary = %flags.values.write_primary,
+            dual_write = %flags.values.dual_write,
+            shadow_read_percent = %flags.values.shadow_read_percent,
+            read_split_percent = %flags.values.read_split_percent,
             "applied flags"
         );
         Outcome::Applied

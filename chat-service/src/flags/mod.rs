@@ -1,5 +1,6 @@
-//! The flag reader: which store is primary, dual-write mode, shadow reads and the read split
-//! (DESIGN §3), as written by the Ficus operator.
+//! The flag reader: which store is primary, dual-write mode, shadow reads and the read split,
+//! as written by the Ficus operator. The document itself (keys, values, strict parse, SSM
+//! names) is the `ficus-flags` contract crate, shared with the operator.
 //!
 //! # Sources
 //!
@@ -41,7 +42,7 @@
 //!   file or ConfigMap, or one without any of the flag keys) means [`Flags::default`], the state
 //!   before any migration. An invalid
 //!   document at start is an error: running with defaults could write to the wrong primary.
-//! * Later documents are checked with [`Flags::parse`] (strict) and swapped in whole through a
+//! * Later documents are checked with `Flags::parse` (strict) and swapped in whole through a
 //!   [`tokio::sync::watch`] channel, so a reader never sees half a change.
 //! * An invalid document is rejected with a warning naming the key and value; the last good
 //!   flags stay in force. So does a document whose generation is lower than the applied one
@@ -54,7 +55,6 @@ mod file;
 mod ssm;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,208 +64,13 @@ use tokio::sync::watch;
 use apply::Applier;
 pub use ssm::{DEFAULT_POLL_INTERVAL as DEFAULT_SSM_POLL_INTERVAL, parse_poll_interval};
 
-/// Flag document keys (identical to the operator's `flags::keys`).
-pub mod keys {
-    pub const GENERATION: &str = "generation";
-    pub const WRITE_PRIMARY: &str = "write_primary";
-    pub const DUAL_WRITE: &str = "dual_write";
-    pub const SHADOW_READ_PERCENT: &str = "shadow_read_percent";
-    pub const READ_SPLIT_PERCENT: &str = "read_split_percent";
-    /// All keys a document must carry, in the order they are checked.
-    pub const ALL: [&str; 5] = [
-        GENERATION,
-        WRITE_PRIMARY,
-        DUAL_WRITE,
-        SHADOW_READ_PERCENT,
-        READ_SPLIT_PERCENT,
-    ];
-}
-
-/// One of the two stores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreSide {
-    Legacy,
-    New,
-}
-
-impl StoreSide {
-    /// The document value (`legacy` / `new`), also usable as a metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreSide::Legacy => "legacy",
-            StoreSide::New => "new",
-        }
-    }
-}
-
-impl fmt::Display for StoreSide {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Whether (and how) writes also go to the store that is not primary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DualWrite {
-    Off,
-    Sync,
-    Async,
-}
-
-impl DualWrite {
-    /// The document value (`off` / `sync` / `async`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DualWrite::Off => "off",
-            DualWrite::Sync => "sync",
-            DualWrite::Async => "async",
-        }
-    }
-}
-
-impl fmt::Display for DualWrite {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One complete flag document.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flags {
-    pub generation: i64,
-    pub write_primary: StoreSide,
-    pub dual_write: DualWrite,
-    /// 0..=100
-    pub shadow_read_percent: u8,
-    /// 0..=100
-    pub read_split_percent: u8,
-}
-
-impl Default for Flags {
-    /// Before any migration: legacy only, nothing mirrored, nothing split.
-    fn default() -> Self {
-        Flags {
-            generation: 0,
-            write_primary: StoreSide::Legacy,
-            dual_write: DualWrite::Off,
-            shadow_read_percent: 0,
-            read_split_percent: 0,
-        }
-    }
-}
-
-impl Flags {
-    /// Reads a document strictly: every key present and valid (values are trimmed; keys and
-    /// values are case-sensitive, as the operator writes them). The error names the first bad
-    /// key and its value.
-    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Flags, FlagError> {
-        let value = |key: &'static str| get(key).ok_or(FlagError::MissingKey { key });
-        let invalid =
-            |key: &'static str, raw: &str, expected: &'static str| FlagError::InvalidValue {
-                key,
-                value: raw.to_owned(),
-                expected,
-            };
-
-        let raw = value(keys::GENERATION)?;
-        let generation = parse_unsigned(raw.trim())
-            .and_then(|n| i64::try_from(n).ok())
-            .ok_or_else(|| invalid(keys::GENERATION, &raw, "a non-negative integer"))?;
-
-        let raw = value(keys::WRITE_PRIMARY)?;
-        let write_primary = match raw.trim() {
-            "legacy" => StoreSide::Legacy,
-            "new" => StoreSide::New,
-            _ => return Err(invalid(keys::WRITE_PRIMARY, &raw, "`legacy` or `new`")),
-        };
-
-        let raw = value(keys::DUAL_WRITE)?;
-        let dual_write = match raw.trim() {
-            "off" => DualWrite::Off,
-            "sync" => DualWrite::Sync,
-            "async" => DualWrite::Async,
-            _ => return Err(invalid(keys::DUAL_WRITE, &raw, "`off`, `sync` or `async`")),
-        };
-
-        let percent = |key: &'static str| -> Result<u8, FlagError> {
-            let raw = value(key)?;
-            parse_unsigned(raw.trim())
-                .filter(|p| *p <= 100)
-                .map(|p| p as u8)
-                .ok_or_else(|| invalid(key, &raw, "an integer from 0 to 100"))
-        };
-        let shadow_read_percent = percent(keys::SHADOW_READ_PERCENT)?;
-        let read_split_percent = percent(keys::READ_SPLIT_PERCENT)?;
-
-        Ok(Flags {
-            generation,
-            write_primary,
-            dual_write,
-            shadow_read_percent,
-            read_split_percent,
-        })
-    }
-
-    /// The document as key/value pairs (the format [`Flags::parse`] reads).
-    pub fn to_entries(&self) -> [(&'static str, String); 5] {
-        [
-            (keys::GENERATION, self.generation.to_string()),
-            (keys::WRITE_PRIMARY, self.write_primary.as_str().to_owned()),
-            (keys::DUAL_WRITE, self.dual_write.as_str().to_owned()),
-            (
-                keys::SHADOW_READ_PERCENT,
-                self.shadow_read_percent.to_string(),
-            ),
-            (
-                keys::READ_SPLIT_PERCENT,
-                self.read_split_percent.to_string(),
-            ),
-        ]
-    }
-
-    /// The checks [`Flags::parse`] makes that the types alone do not (for `Static` flags).
-    fn validate(&self) -> Result<(), FlagError> {
-        if self.generation < 0 {
-            return Err(FlagError::InvalidValue {
-                key: keys::GENERATION,
-                value: self.generation.to_string(),
-                expected: "a non-negative integer",
-            });
-        }
-        for (key, p) in [
-            (keys::SHADOW_READ_PERCENT, self.shadow_read_percent),
-            (keys::READ_SPLIT_PERCENT, self.read_split_percent),
-        ] {
-            if p > 100 {
-                return Err(FlagError::InvalidValue {
-                    key,
-                    value: p.to_string(),
-                    expected: "an integer from 0 to 100",
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Digits only: `str::parse` would also take `+5`, which the operator never writes.
-fn parse_unsigned(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
+pub use ficus_flags::{DualWrite, FlagValues, Flags, Percent, Side, keys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlagError {
-    #[error("flag document has no `{key}` key")]
-    MissingKey { key: &'static str },
-    #[error("flag `{key}` has invalid value {value:?}: expected {expected}")]
-    InvalidValue {
-        key: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    /// A missing key or an invalid value (the contract's strict parse).
+    #[error(transparent)]
+    Document(#[from] ficus_flags::FlagError),
     #[error("flag document line {line} is not `key=value`: {content:?}")]
     Syntax { line: usize, content: String },
     #[error("flag document sets `{key}` twice (lines {first} and {second})")]
@@ -302,10 +107,8 @@ pub enum FlagError {
         #[source]
         source: kube::Error,
     },
-    #[error(
-        "SSM flag prefix {0:?} must be a parameter path that starts and ends with '/', e.g. /hse/chat/"
-    )]
-    SsmPrefix(String),
+    #[error(transparent)]
+    SsmPrefix(#[from] ficus_flags::ssm::PrefixError),
     #[error("flag parameters {prefix}* could not be read from SSM Parameter Store: {message}")]
     Ssm { prefix: String, message: String },
 }
@@ -439,87 +242,5 @@ impl FlagWatcher {
         let mut rx = self.rx.clone();
         rx.mark_unchanged();
         rx
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn doc(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn entries_round_trip() {
-        let flags = Flags {
-            generation: 9,
-            write_primary: StoreSide::New,
-            dual_write: DualWrite::Async,
-            shadow_read_percent: 5,
-            read_split_percent: 100,
-        };
-        let map: BTreeMap<String, String> = flags
-            .to_entries()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        assert_eq!(Flags::parse(|k| map.get(k).cloned()).expect("valid"), flags);
-    }
-
-    #[test]
-    fn values_are_trimmed_but_case_sensitive() {
-        let base = [
-            ("generation", " 3\n"),
-            ("write_primary", "new "),
-            ("dual_write", "\tsync"),
-            ("shadow_read_percent", "0"),
-            ("read_split_percent", "100\n"),
-        ];
-        let flags = Flags::parse(doc(&base)).expect("trimmed values are valid");
-        assert_eq!(
-            (flags.generation, flags.write_primary, flags.dual_write),
-            (3, StoreSide::New, DualWrite::Sync)
-        );
-        let mut upper = base;
-        upper[1] = ("write_primary", "New");
-        assert!(matches!(
-            Flags::parse(doc(&upper)),
-            Err(FlagError::InvalidValue {
-                key: "write_primary",
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn static_flags_are_validated() {
-        assert!(Flags::default().validate().is_ok());
-        let bad = Flags {
-            read_split_percent: 101,
-            ..Flags::default()
-        };
-        assert!(matches!(
-            bad.validate(),
-            Err(FlagError::InvalidValue {
-                key: "read_split_percent",
-                ..
-            })
-        ));
-        let bad = Flags {
-            generation: -1,
-            ..Flags::default()
-        };
-        assert!(matches!(
-            bad.validate(),
-            Err(FlagError::InvalidValue {
-                key: "generation",
-                ..
-            })
-        ));
     }
 }

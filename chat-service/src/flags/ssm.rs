@@ -21,7 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at};
 use tracing::{debug, info, warn};
 
 use super::apply::{Applier, Outcome};
-use super::{Document, FlagError, Flags, keys};
+use super::{Document, FlagError, Flags};
 
 /// The CLI default for `--flags-ssm-poll-interval`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -57,23 +57,9 @@ pub(super) fn client(config: &SdkConfig) -> Client {
     Client::from_conf(builder.build())
 }
 
-/// Checks `prefix` the way the operator's CRD does: a parameter path that starts and ends with
-/// `/`, segments of `A-Za-z0-9_.-` (e.g. `/hse/chat/`).
+/// Checks `prefix` with the contract's rule (the operator's CRD enforces the same).
 pub(super) fn check_prefix(prefix: &str) -> Result<(), FlagError> {
-    let valid = prefix.len() >= 3
-        && prefix.starts_with('/')
-        && prefix.ends_with('/')
-        && prefix[1..prefix.len() - 1].split('/').all(|seg| {
-            !seg.is_empty()
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(FlagError::SsmPrefix(prefix.to_owned()))
-    }
+    Ok(ficus_flags::ssm::check_prefix(prefix)?)
 }
 
 /// Parses a poll interval: `500ms`, `5s`, `2m`, or a bare number of seconds; zero is refused.
@@ -150,10 +136,7 @@ impl Reader {
     /// `use-new-system` are not read: they restate `read_split_percent`). Parameters that do
     /// not exist come back as `InvalidParameters`; none at all is no document.
     async fn read(&self) -> Result<Document, FlagError> {
-        let names: Vec<String> = keys::ALL
-            .iter()
-            .map(|k| format!("{}{k}", self.prefix))
-            .collect();
+        let names = ficus_flags::ssm::document_names(&self.prefix);
         let out = self
             .client
             .get_parameters()
@@ -267,26 +250,6 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefixes_follow_the_operators_rule() {
-        for ok in ["/hse/", "/hse/chat/", "/a.b/c_d-1/"] {
-            assert!(check_prefix(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "/",
-            "//",
-            "hse/",
-            "/hse",
-            "/hse//chat/",
-            "/h se/",
-            "/hse/*/",
-        ] {
-            let err = check_prefix(bad).expect_err(bad);
-            assert!(err.to_string().contains("/hse/chat/"), "{err}");
-        }
-    }
 
     #[test]
     fn poll_intervals() {

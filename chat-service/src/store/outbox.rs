@@ -35,7 +35,7 @@ use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::flags::StoreSide;
+use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::{ChatStore, NewMessage, NewRoom, ReadMarker, RoomType, StoreError, StoreResult};
@@ -284,7 +284,7 @@ impl Default for ReplayConfig {
 /// An entry to write.
 #[derive(Clone, Debug)]
 pub struct NewEntry {
-    pub target: StoreSide,
+    pub target: Side,
     pub op: WriteOp,
     pub attempts: i32,
     /// Due after this delay.
@@ -292,10 +292,10 @@ pub struct NewEntry {
     pub last_error: Option<String>,
 }
 
-fn side_from(text: &str) -> Option<StoreSide> {
+fn side_from(text: &str) -> Option<Side> {
     match text {
-        "legacy" => Some(StoreSide::Legacy),
-        "new" => Some(StoreSide::New),
+        "legacy" => Some(Side::Legacy),
+        "new" => Some(Side::New),
         _ => None,
     }
 }
@@ -416,7 +416,7 @@ impl Outbox {
     /// dead-lettered).
     pub async fn replay_round(
         &self,
-        up: &[(StoreSide, Arc<dyn ChatStore>)],
+        up: &[(Side, Arc<dyn ChatStore>)],
         config: &ReplayConfig,
         metrics: &Metrics,
     ) -> StoreResult<usize> {

@@ -56,7 +56,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::api::{Cohort, note_cohort, noted_user};
-use crate::flags::{DualWrite, FlagWatcher, StoreSide};
+use crate::flags::{DualWrite, FlagWatcher, Side};
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::routing::{cohort, read_plan, write_plan};
@@ -143,17 +143,17 @@ impl Drop for ReplayerHandle {
     }
 }
 
-fn side_index(side: StoreSide) -> usize {
+fn side_index(side: Side) -> usize {
     match side {
-        StoreSide::Legacy => 0,
-        StoreSide::New => 1,
+        Side::Legacy => 0,
+        Side::New => 1,
     }
 }
 
-fn as_cohort(side: StoreSide) -> Cohort {
+fn as_cohort(side: Side) -> Cohort {
     match side {
-        StoreSide::Legacy => Cohort::Legacy,
-        StoreSide::New => Cohort::New,
+        Side::Legacy => Cohort::Legacy,
+        Side::New => Cohort::New,
     }
 }
 
@@ -207,7 +207,7 @@ impl MigrationRouter {
     }
 
     /// The store's cached health (refreshing it in the background when stale).
-    pub fn is_up(&self, side: StoreSide) -> bool {
+    pub fn is_up(&self, side: Side) -> bool {
         self.inner.is_up(side)
     }
 
@@ -276,14 +276,14 @@ impl MigrationRouter {
 }
 
 impl Inner {
-    fn store(&self, side: StoreSide) -> &Arc<dyn ChatStore> {
+    fn store(&self, side: Side) -> &Arc<dyn ChatStore> {
         match side {
-            StoreSide::Legacy => &self.legacy,
-            StoreSide::New => &self.new,
+            Side::Legacy => &self.legacy,
+            Side::New => &self.new,
         }
     }
 
-    fn is_up(self: &Arc<Self>, side: StoreSide) -> bool {
+    fn is_up(self: &Arc<Self>, side: Side) -> bool {
         let health = &self.health[side_index(side)];
         let stale = {
             let checked = health.checked.lock().unwrap_or_else(|e| e.into_inner());
@@ -309,7 +309,7 @@ impl Inner {
     }
 
     /// A write failed for lack of the store: down until a ping says otherwise.
-    fn mark_down(&self, side: StoreSide) {
+    fn mark_down(&self, side: Side) {
         let health = &self.health[side_index(side)];
         if health.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(store = %side, "store marked down after a failed write");
@@ -385,12 +385,12 @@ impl Inner {
     /// outbox entry for `secondary` (returned).
     async fn primary_write(
         &self,
-        primary: StoreSide,
-        secondary: StoreSide,
+        primary: Side,
+        secondary: Side,
         op: &WriteOp,
     ) -> StoreResult<(Applied, Option<i64>)> {
         match (primary, op.new_message()) {
-            (StoreSide::Legacy, Some(message)) => {
+            (Side::Legacy, Some(message)) => {
                 let entry = NewEntry {
                     target: secondary,
                     op: op.clone(),
@@ -433,8 +433,8 @@ impl Inner {
     /// Records the secondary write's outcome; a failure goes to (or stays in) the outbox.
     async fn settle(
         self: &Arc<Self>,
-        side: StoreSide,
-        primary: StoreSide,
+        side: Side,
+        primary: Side,
         op: WriteOp,
         entry: Option<i64>,
         result: StoreResult<Applied>,
@@ -487,7 +487,7 @@ impl Inner {
     }
 
     /// Puts an entry in the outbox table, or in memory when the table cannot be written.
-    async fn park(&self, primary: StoreSide, mut entry: NewEntry) {
+    async fn park(&self, primary: Side, mut entry: NewEntry) {
         if let WriteOp::React {
             message,
             room: room @ None,
@@ -534,7 +534,7 @@ impl Inner {
     async fn replay_loop(self: Arc<Self>) {
         loop {
             self.flush_pending().await;
-            let up: Vec<(StoreSide, Arc<dyn ChatStore>)> = [StoreSide::Legacy, StoreSide::New]
+            let up: Vec<(Side, Arc<dyn ChatStore>)> = [Side::Legacy, Side::New]
                 .into_iter()
                 .filter(|s| self.is_up(*s))
                 .map(|s| (s, self.store(s).clone()))
@@ -568,7 +568,7 @@ impl ChatStore for MigrationRouter {
     /// The write primary's database (labels `chat_messages_sent_total`).
     fn database(&self) -> &'static str {
         self.inner
-            .store(self.inner.flags.current().write_primary)
+            .store(self.inner.flags.current().values.write_primary)
             .database()
     }
 
@@ -576,7 +576,7 @@ impl ChatStore for MigrationRouter {
     /// is for.
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.inner
-            .store(self.inner.flags.current().write_primary)
+            .store(self.inner.flags.current().values.write_primary)
             .ping()
     }
 
@@ -608,7 +608,7 @@ impl ChatStore for MigrationRouter {
     fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
         self.note_user(user);
         self.inner
-            .store(self.inner.flags.current().write_primary)
+            .store(self.inner.flags.current().values.write_primary)
             .room_access(room, user)
     }
 
@@ -711,7 +711,7 @@ impl ChatStore for MigrationRouter {
 
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
         self.inner
-            .store(self.inner.flags.current().write_primary)
+            .store(self.inner.flags.current().values.write_primary)
             .message_room(message)
     }
 }

@@ -29,17 +29,20 @@ pub fn init() {
 /// A flag document with every field given.
 pub fn flag_doc(
     generation: i64,
-    write_primary: chat_service::flags::StoreSide,
+    write_primary: chat_service::flags::Side,
     dual_write: chat_service::flags::DualWrite,
     shadow: u8,
     split: u8,
 ) -> Flags {
+    let percent = |p| chat_service::flags::Percent::new(p).expect("a percent");
     Flags {
         generation,
-        write_primary,
-        dual_write,
-        shadow_read_percent: shadow,
-        read_split_percent: split,
+        values: chat_service::flags::FlagValues {
+            write_primary,
+            dual_write,
+            shadow_read_percent: percent(shadow),
+            read_split_percent: percent(split),
+        },
     }
 }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_service::flags::{DualWrite, FlagSource, FlagWatcher, Flags, StoreSide};
+use chat_service::flags::{DualWrite, FlagSource, FlagWatcher, Flags, Side};
 use chat_service::ids::{MessageId, MessageIdGenerator, RoomId, UserId};
 use chat_service::metrics::Metrics;
 use chat_service::store::instrumented::Instrumented;
@@ -20,7 +20,7 @@ use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
 /// Generation 1 of a flag document.
-pub fn flags(write_primary: StoreSide, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
+pub fn flags(write_primary: Side, dual_write: DualWrite, shadow: u8, split: u8) -> Flags {
     super::flag_doc(1, write_primary, dual_write, shadow, split)
 }
 

@@ -7,8 +7,10 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::{FlagStoreError, from_entries, to_entries};
-use crate::crd::AppliedFlags;
+use ficus_flags::FlagRead;
+
+use super::FlagStoreError;
+use crate::crd::Flags;
 
 pub const FIELD_MANAGER: &str = "ficus-operator";
 
@@ -29,20 +31,20 @@ impl ConfigMapStore {
         }
     }
 
-    pub async fn read(&self) -> Result<Option<AppliedFlags>, FlagStoreError> {
+    pub async fn read(&self) -> Result<FlagRead, FlagStoreError> {
         let cm = self
             .api
             .get_opt(&self.name)
             .await
             .map_err(|e| self.error("read", e))?;
         let data = cm.and_then(|cm| cm.data).unwrap_or_default();
-        Ok(from_entries(|k| data.get(k).cloned()))
+        Ok(FlagRead::from_entries(|k| data.get(k).cloned()))
     }
 
     /// Server-side apply of the whole document: creates the ConfigMap when it is missing and
     /// leaves keys other tools own alone.
-    pub async fn write(&self, flags: &AppliedFlags) -> Result<(), FlagStoreError> {
-        let data: BTreeMap<&str, String> = to_entries(flags).into_iter().collect();
+    pub async fn write(&self, flags: &Flags) -> Result<(), FlagStoreError> {
+        let data: BTreeMap<&str, String> = flags.to_entries().into_iter().collect();
         let body = json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",

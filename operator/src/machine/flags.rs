@@ -1,6 +1,7 @@
-//! The flag document each phase asks the services to apply (DESIGN §3).
+//! The flag document each phase asks the services to apply (the contract is in the `ficus-flags`
+//! crate).
 
-use crate::crd::{DualWrite, FlagValues, MigrationSpec, MigrationStatus, Phase, WritePrimary};
+use crate::crd::{DualWrite, FlagValues, MigrationSpec, MigrationStatus, Percent, Phase, Side};
 
 /// Flags for the phase in `status`; None where the operator leaves the stores alone (Pending).
 pub fn desired_flags(spec: &MigrationSpec, status: &MigrationStatus) -> Option<FlagValues> {
@@ -10,20 +11,24 @@ pub fn desired_flags(spec: &MigrationSpec, status: &MigrationStatus) -> Option<F
         (phase, _) => *phase,
     };
     let dual: DualWrite = spec.shadow.dual_write.into();
-    let sample = spec.shadow.read_sample_percent;
+    let sample = Percent::saturating(spec.shadow.read_sample_percent.into());
     let legacy = |dual_write, shadow_read_percent, read_split_percent| FlagValues {
-        write_primary: WritePrimary::Legacy,
+        write_primary: Side::Legacy,
         dual_write,
         shadow_read_percent,
         read_split_percent,
     };
     Some(match phase {
         Phase::Pending | Phase::Paused => return None,
-        Phase::Preflight => legacy(DualWrite::Off, 0, 0),
-        Phase::Shadow | Phase::Backfill => legacy(dual, sample, 0),
-        Phase::Split => legacy(dual, sample, status.traffic_percent),
+        Phase::Preflight => legacy(DualWrite::Off, Percent::ZERO, Percent::ZERO),
+        Phase::Shadow | Phase::Backfill => legacy(dual, sample, Percent::ZERO),
+        Phase::Split => legacy(
+            dual,
+            sample,
+            Percent::saturating(status.traffic_percent.into()),
+        ),
         Phase::CutOver => FlagValues {
-            write_primary: WritePrimary::New,
+            write_primary: Side::New,
             dual_write: if spec.cutover.reverse_dual_write {
                 dual
             } else {
@@ -32,15 +37,15 @@ pub fn desired_flags(spec: &MigrationSpec, status: &MigrationStatus) -> Option<F
             shadow_read_percent: if spec.cutover.reverse_dual_write {
                 sample
             } else {
-                0
+                Percent::ZERO
             },
-            read_split_percent: 100,
+            read_split_percent: Percent::ALL,
         },
         Phase::Completed => FlagValues {
-            write_primary: WritePrimary::New,
+            write_primary: Side::New,
             dual_write: DualWrite::Off,
-            shadow_read_percent: 0,
-            read_split_percent: 100,
+            shadow_read_percent: Percent::ZERO,
+            read_split_percent: Percent::ALL,
         },
         Phase::RollingBack | Phase::RolledBack => rollback_flags(spec),
     })
@@ -50,10 +55,10 @@ pub fn desired_flags(spec: &MigrationSpec, status: &MigrationStatus) -> Option<F
 /// new store stays in sync for a retry.
 pub fn rollback_flags(spec: &MigrationSpec) -> FlagValues {
     FlagValues {
-        write_primary: WritePrimary::Legacy,
+        write_primary: Side::Legacy,
         dual_write: spec.shadow.dual_write.into(),
-        shadow_read_percent: 0,
-        read_split_percent: 0,
+        shadow_read_percent: Percent::ZERO,
+        read_split_percent: Percent::ZERO,
     }
 }
 
@@ -63,16 +68,16 @@ pub fn rollback_flags(spec: &MigrationSpec) -> FlagValues {
 pub fn deletion_flags(phase: Phase) -> FlagValues {
     match phase {
         Phase::Completed => FlagValues {
-            write_primary: WritePrimary::New,
+            write_primary: Side::New,
             dual_write: DualWrite::Off,
-            shadow_read_percent: 0,
-            read_split_percent: 100,
+            shadow_read_percent: Percent::ZERO,
+            read_split_percent: Percent::ALL,
         },
         _ => FlagValues {
-            write_primary: WritePrimary::Legacy,
+            write_primary: Side::Legacy,
             dual_write: DualWrite::Off,
-            shadow_read_percent: 0,
-            read_split_percent: 0,
+            shadow_read_percent: Percent::ZERO,
+            read_split_percent: Percent::ZERO,
         },
     }
 }

@@ -14,10 +14,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::crd::{
-    AnalysisRun, AppliedFlags, GateResult, MigrationSpec, MigrationStatus, PauseReason, PauseState,
-    Phase, RollbackRecord, Transition, Verdict, annotations,
+    AnalysisRun, FlagValues, Flags, GateResult, MigrationSpec, MigrationStatus, PauseReason,
+    PauseState, Phase, RollbackRecord, Side, Transition, Verdict, annotations,
 };
 use crate::duration;
+use ficus_flags::FlagRead;
 
 pub use conditions::{DEGRADED, PROGRESSING, READY};
 pub use flags::{deletion_flags, desired_flags, rollback_flags};
@@ -75,8 +76,8 @@ pub struct Observations {
     /// `metadata.generation` of the Migration.
     pub generation: i64,
     pub commands: Commands,
-    /// The flag document currently in the stores (None: never written).
-    pub flags: Option<AppliedFlags>,
+    /// What the flag stores hold now.
+    pub flags: FlagRead,
     /// Present when the spec names workloads and they exist.
     pub legacy: Option<WorkloadState>,
     pub candidate: Option<WorkloadState>,
@@ -110,20 +111,13 @@ pub struct Note {
     pub action: String,
 }
 
-/// Which workload an action is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Legacy,
-    Candidate,
-}
-
 /// What the reconciler must do, all of it idempotent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     /// The status to write (only written when it differs from the current one).
     pub status: MigrationStatus,
     /// Flags to write to every store when they differ from what is there.
-    pub flags: Option<AppliedFlags>,
+    pub flags: Option<Flags>,
     /// Desired replicas per workload.
     pub scale: Vec<(Side, i32)>,
     /// Create the backfill Job with this name when it does not exist.
@@ -422,6 +416,7 @@ impl Machine<'_> {
         let flags_safe = self
             .obs
             .flags
+            .doc()
             .is_some_and(|f| f.values == rollback_flags(self.spec));
         let legacy_back = match (self.status.legacy_replicas_before, self.obs.legacy) {
             (Some(before), Some(legacy)) => legacy.replicas >= before,
@@ -477,6 +472,7 @@ impl Machine<'_> {
         let written = self
             .obs
             .flags
+            .doc()
             .is_some_and(|f| Some(f.values) == desired_flags(self.spec, &self.status));
         if written {
             self.transition(
@@ -765,26 +761,8 @@ impl Machine<'_> {
     }
 
     fn finish(mut self, previous: &MigrationStatus) -> Decision {
-        let flags = desired_flags(self.spec, &self.status).map(|values| match self.obs.flags {
-            Some(cur) if cur.values == values => cur,
-            Some(cur) => AppliedFlags {
-                generation: cur.generation + 1,
-                values,
-            },
-            // Store empty or unreadable: what the status already asked for stands (no new
-            // generation per reconcile); otherwise continue after it, never going back.
-            None => match self.status.applied_flags {
-                Some(a) if a.values == values => a,
-                Some(a) => AppliedFlags {
-                    generation: a.generation + 1,
-                    values,
-                },
-                None => AppliedFlags {
-                    generation: 1,
-                    values,
-                },
-            },
-        });
+        let flags = desired_flags(self.spec, &self.status)
+            .map(|values| next_document(&self.obs.flags, self.status.applied_flags, values));
         if let Some(f) = flags {
             self.status.applied_flags = Some(f);
         }
@@ -823,7 +801,7 @@ impl Machine<'_> {
     }
 
     /// The next moment something can change on its own.
-    fn requeue_after(&self, previous: &MigrationStatus, flags: Option<AppliedFlags>) -> Duration {
+    fn requeue_after(&self, previous: &MigrationStatus, flags: Option<Flags>) -> Duration {
         // Transitions continue at once (also those that change no flag, e.g. Shadow -> Backfill):
         // the status write triggers the next reconcile anyway, this is the fallback.
         let transitioned = self.status.phase != previous.phase || self.status.step != previous.step;
@@ -840,7 +818,7 @@ impl Machine<'_> {
                 .map_or(Duration::ZERO, |t| elapsed(self.now, t));
             return since.clamp(Duration::from_secs(2), Duration::from_secs(120));
         }
-        if flags != self.obs.flags {
+        if flags.as_ref() != self.obs.flags.doc() {
             return Duration::from_millis(200);
         }
         let mut next = IDLE_REQUEUE;
@@ -852,6 +830,30 @@ impl Machine<'_> {
             next = next.min(due.max(Duration::from_millis(100)));
         }
         next
+    }
+}
+
+/// The document to write for `values`, given what the stores hold and what the status last
+/// asked for. The generation only ever rises: a store that already holds `values` keeps its
+/// generation; a changed, corrupt or unreadable document gets one above every generation seen,
+/// so services (which ignore lower generations) apply it.
+pub fn next_document(read: &FlagRead, recorded: Option<Flags>, values: FlagValues) -> Flags {
+    let recorded_generation = recorded.map(|a| a.generation);
+    let above = |seen: Option<i64>| Flags {
+        generation: seen.max(recorded_generation).map_or(1, |g| g + 1),
+        values,
+    };
+    match read {
+        FlagRead::Doc(cur) if cur.values == values => *cur,
+        FlagRead::Doc(cur) => above(Some(cur.generation)),
+        FlagRead::Corrupt { generation, .. } => above(Some(*generation)),
+        FlagRead::Unreadable { .. } => above(None),
+        // Store empty: what the status already asked for stands (no new generation per
+        // reconcile); otherwise continue after it, never going back.
+        FlagRead::Absent => match recorded {
+            Some(a) if a.values == values => a,
+            _ => above(None),
+        },
     }
 }
 

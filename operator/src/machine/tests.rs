@@ -15,10 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::*;
 use crate::crd::{
     AnalysisSpec, BackfillSpec, ConfigMapStore, CutoverSpec, DualWrite, FlagStores, FlagValues,
-    Gate, MigrationSpec, NoDataPolicy, PrometheusSpec, RollbackSpec, ShadowSpec, Workload,
-    WritePrimary,
+    Gate, MigrationSpec, NoDataPolicy, PrometheusSpec, RollbackSpec, ShadowSpec, Side, Workload,
 };
 use Phase::*;
+use ficus_flags::FlagRead;
 
 // ---------------------------------------------------------------------------------------------
 // Clock
@@ -173,13 +173,13 @@ fn complete_after(spec: MigrationSpec, after: &str) -> MigrationSpec {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Flag documents (DESIGN §3)
+// Flag documents
 
 mod fl {
-    use crate::crd::{DualWrite, FlagValues, WritePrimary};
+    use crate::crd::{DualWrite, FlagValues, Percent, Side};
 
     fn doc(
-        write_primary: WritePrimary,
+        write_primary: Side,
         dual_write: DualWrite,
         shadow_read_percent: i32,
         read_split_percent: i32,
@@ -187,38 +187,38 @@ mod fl {
         FlagValues {
             write_primary,
             dual_write,
-            shadow_read_percent,
-            read_split_percent,
+            shadow_read_percent: Percent::saturating(shadow_read_percent.into()),
+            read_split_percent: Percent::saturating(read_split_percent.into()),
         }
     }
     pub fn preflight() -> FlagValues {
-        doc(WritePrimary::Legacy, DualWrite::Off, 0, 0)
+        doc(Side::Legacy, DualWrite::Off, 0, 0)
     }
     pub fn shadow() -> FlagValues {
-        doc(WritePrimary::Legacy, DualWrite::Sync, 10, 0)
+        doc(Side::Legacy, DualWrite::Sync, 10, 0)
     }
     pub fn split(percent: i32) -> FlagValues {
-        doc(WritePrimary::Legacy, DualWrite::Sync, 10, percent)
+        doc(Side::Legacy, DualWrite::Sync, 10, percent)
     }
     pub fn cutover() -> FlagValues {
-        doc(WritePrimary::New, DualWrite::Sync, 10, 100)
+        doc(Side::New, DualWrite::Sync, 10, 100)
     }
     pub fn cutover_without_reverse() -> FlagValues {
-        doc(WritePrimary::New, DualWrite::Off, 0, 100)
+        doc(Side::New, DualWrite::Off, 0, 100)
     }
     pub fn completed() -> FlagValues {
-        doc(WritePrimary::New, DualWrite::Off, 0, 100)
+        doc(Side::New, DualWrite::Off, 0, 100)
     }
     pub fn rollback() -> FlagValues {
-        doc(WritePrimary::Legacy, DualWrite::Sync, 0, 0)
+        doc(Side::Legacy, DualWrite::Sync, 0, 0)
     }
 }
 
 /// The generation every [`status_in`] status has applied.
 const GEN: i64 = 7;
 
-fn applied(generation: i64, values: FlagValues) -> Option<AppliedFlags> {
-    Some(AppliedFlags { generation, values })
+fn applied(generation: i64, values: FlagValues) -> Option<Flags> {
+    Some(Flags { generation, values })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ fn status_in(spec: &MigrationSpec, phase: Phase, step: Option<i32>) -> Migration
         observed_generation: Some(1),
         ..MigrationStatus::default()
     };
-    status.applied_flags = desired_flags(spec, &status).map(|values| AppliedFlags {
+    status.applied_flags = desired_flags(spec, &status).map(|values| Flags {
         generation: GEN,
         values,
     });
@@ -276,7 +276,7 @@ fn paused_in(
 fn seen(status: &MigrationStatus) -> Observations {
     Observations {
         generation: status.observed_generation.unwrap_or(1),
-        flags: status.applied_flags,
+        flags: status.applied_flags.into(),
         ..Observations::default()
     }
 }
@@ -424,19 +424,22 @@ fn step(
             Some(f),
             "{ctx}: status records the flags it asks for"
         );
-        match obs.flags {
-            Some(cur) if cur.values == f.values => {
-                assert_eq!(f, cur, "{ctx}: unchanged flags keep their generation")
+        let recorded = status.applied_flags.map(|a| a.generation);
+        match &obs.flags {
+            FlagRead::Doc(cur) if cur.values == f.values => {
+                assert_eq!(f, *cur, "{ctx}: unchanged flags keep their generation")
             }
-            Some(cur) => assert_eq!(
-                f.generation,
-                cur.generation + 1,
-                "{ctx}: changed flags bump the generation by one"
-            ),
-            None => match status.applied_flags {
-                // Store empty or unreadable: the same request stands, so repeated reconciles
-                // write nothing new (no status churn, no hot loop).
-                Some(a) if a.values == f.values => {
+            FlagRead::Doc(Flags { generation, .. }) | FlagRead::Corrupt { generation, .. } => {
+                assert_eq!(
+                    f.generation,
+                    (*generation).max(recorded.unwrap_or(0)) + 1,
+                    "{ctx}: changed flags bump the generation by one above every generation seen"
+                )
+            }
+            FlagRead::Absent | FlagRead::Unreadable { .. } => match status.applied_flags {
+                // Store empty: the same request stands, so repeated reconciles write nothing
+                // new (no status churn, no hot loop).
+                Some(a) if a.values == f.values && obs.flags == FlagRead::Absent => {
                     assert_eq!(f, a, "{ctx}: the recorded request stands")
                 }
                 a => assert!(
@@ -551,7 +554,7 @@ struct Simulation {
     spec: MigrationSpec,
     status: MigrationStatus,
     /// The flag store.
-    store: Option<AppliedFlags>,
+    store: Option<Flags>,
     legacy: Option<WorkloadState>,
     generation: i64,
 }
@@ -589,7 +592,7 @@ impl Simulation {
     fn with(&mut self, secs: i64, extra: Observations) -> Decision {
         let obs = Observations {
             generation: self.generation,
-            flags: self.store,
+            flags: self.store.into(),
             legacy: self.legacy.or(extra.legacy),
             ..extra
         };
@@ -753,18 +756,19 @@ fn preflight_moves_to_shadow_only_once_the_store_holds_the_preflight_flags() {
             &spec,
             &s,
             &Observations {
-                flags: store,
+                flags: store.into(),
                 ..seen(&s)
             },
             at(5),
         );
         assert_eq!(d.status.phase, phase, "store {store:?}");
-        // An empty store gets the status's recorded request again, with its generation.
+        // An empty store gets the status's recorded request again, with its generation; a
+        // store that holds anything else gets a generation above both.
         let expected = if phase == Shadow {
-            applied(4, fl::shadow())
+            applied(GEN + 1, fl::shadow())
         } else {
-            Some(AppliedFlags {
-                generation: store.map_or(GEN, |f| f.generation + 1),
+            Some(Flags {
+                generation: store.map_or(GEN, |f| f.generation.max(GEN) + 1),
                 values: fl::preflight(),
             })
         };
@@ -1696,7 +1700,7 @@ fn rollback_waits_for_the_safe_flags_in_the_store() {
             &spec,
             &s,
             &Observations {
-                flags: store,
+                flags: store.into(),
                 ..seen(&s)
             },
             at(5),
@@ -1739,7 +1743,7 @@ fn rollback_restores_the_legacy_replicas() {
     assert_eq!(d.status.phase, RollingBack);
     assert_eq!(
         d.flags.map(|f| f.values.write_primary),
-        Some(WritePrimary::Legacy),
+        Some(Side::Legacy),
         "legacy primary again after cutover"
     );
     assert_eq!(d.scale, [(Side::Legacy, 3)]);
@@ -1869,7 +1873,7 @@ fn retry_after_a_rollback_starts_a_new_attempt_from_the_beginning() {
 
     // (at, phase, flags in the store, events)
     #[rustfmt::skip]
-    let rows: [(i64, Phase, Option<AppliedFlags>, &[&str]); 4] = [
+    let rows: [(i64, Phase, Option<Flags>, &[&str]); 4] = [
         (11,  Preflight, applied(GEN + 1, fl::preflight()), &["Started"]),
         (12,  Shadow,    applied(GEN + 2, fl::shadow()),    &["PreflightPassed"]),
         (131, Shadow,    applied(GEN + 2, fl::shadow()),    &[]),
@@ -2263,7 +2267,7 @@ fn a_paused_phase_without_its_record_rolls_back() {
         &spec,
         &s,
         &Observations {
-            flags: applied(GEN, fl::split(25)),
+            flags: applied(GEN, fl::split(25)).into(),
             ..seen(&s)
         },
         at(30),
@@ -2642,7 +2646,7 @@ fn an_unwritable_flag_store_backs_off_instead_of_retrying_hot() {
         ..status_in(&spec, Preflight, None)
     };
     let forbidden = Observations {
-        flags: None,
+        flags: FlagRead::Absent,
         problems: vec![Problem::new(
             "FlagStoreForbidden",
             "configmaps is forbidden",
