@@ -118,7 +118,7 @@ fn with_backfill(spec: MigrationSpec) -> MigrationSpec {
     MigrationSpec {
         backfill: Some(BackfillSpec {
             image: "chat:1.0".into(),
-            args: vec!["migrate".into()],
+            args: vec!["backfill".into()],
             parallelism: 4,
             secret_name: None,
             validate_args: None,
