@@ -500,7 +500,7 @@ impl From<DualWriteMode> for DualWrite {
     }
 }
 
-/// The flag document (DESIGN §3) without its generation.
+/// The flag document (`docs/flag-contract.md`) without its generation.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FlagValues {

@@ -1,4 +1,5 @@
-//! The flag document each phase asks the services to apply (DESIGN §3).
+//! The flag document each phase asks the services to apply (the contract:
+//! `docs/flag-contract.md`).
 
 use crate::crd::{DualWrite, FlagValues, MigrationSpec, MigrationStatus, Phase, WritePrimary};
 

@@ -173,7 +173,7 @@ fn complete_after(spec: MigrationSpec, after: &str) -> MigrationSpec {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Flag documents (DESIGN §3)
+// Flag documents (docs/flag-contract.md)
 
 mod fl {
     use crate::crd::{DualWrite, FlagValues, WritePrimary};
