@@ -1,4 +1,4 @@
-//! `chat-service migrate`: the backfill of legacy PostgreSQL data (rooms, memberships,
+//! `chat-service backfill`: the backfill of legacy PostgreSQL data (rooms, memberships,
 //! messages) into the new CQL store.
 //!
 //! * **Key ranges.** The room id space is split into `ranges` equal ranges (by the id's top 32

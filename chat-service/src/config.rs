@@ -291,7 +291,7 @@ impl CqlArgs {
     }
 }
 
-/// Both stores, for `migrate`, `validate` and `status`.
+/// Both stores, for `backfill`, `validate` and `status`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MigrationStoreArgs {
     /// The legacy PostgreSQL (also holds the backfill checkpoints).

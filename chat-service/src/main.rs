@@ -1,6 +1,7 @@
 //! `chat-service`: `serve` (the API), `migrate-schema` (apply the PostgreSQL migrations),
-//! `migrate` (backfill legacy PostgreSQL into the CQL store), `validate` and `status` (compare
-//! the stores), `loadtest` (the load client) and `token` (a test token, for local use).
+//! `backfill` (copy legacy PostgreSQL into the CQL store; `migrate` is kept as an alias),
+//! `validate` and `status` (compare the stores), `loadtest` (the load client) and `token` (a
+//! test token, for local use).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,7 +46,8 @@ enum Command {
     /// Backfill legacy PostgreSQL (rooms, members, messages) into the CQL store: key ranges,
     /// parallel workers, resumable checkpoints (table backfill_checkpoint), writes stamped just
     /// before --dual-write-started-at so live dual-written rows are never overwritten.
-    Migrate {
+    #[command(visible_alias = "migrate")]
+    Backfill {
         #[command(flatten)]
         stores: MigrationStoreArgs,
         /// When the dual write started (RFC 3339). Required unless --dry-run.
@@ -87,7 +89,7 @@ enum Command {
         max_drift: f64,
         #[arg(long, default_value_t = 8)]
         workers: usize,
-        /// INDEX/COUNT: only the rooms of this shard's ranges (as `migrate --shard`, same --ranges).
+        /// INDEX/COUNT: only the rooms of this shard's ranges (as `backfill --shard`, same --ranges).
         #[arg(long)]
         shard: Option<String>,
         #[arg(long, default_value_t = 256)]
@@ -215,7 +217,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             println!("schema up to date");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate {
+        Command::Backfill {
             stores,
             dual_write_started_at,
             workers,

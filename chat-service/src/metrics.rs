@@ -1,5 +1,6 @@
-//! `/metrics` (OpenMetrics text, prometheus-client). Names are those of the original system
-//! (DESIGN §4), so its dashboards and alerts keep working:
+//! `/metrics` (OpenMetrics text, prometheus-client). Names are those of the original system, so
+//! its dashboards and alerts keep working (also listed in `docs/chat-api.md`, "Metrics and
+//! health"):
 //!
 //! | metric | labels |
 //! |---|---|

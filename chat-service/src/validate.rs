@@ -40,7 +40,7 @@ pub struct ValidateConfig {
     pub max_drift: f64,
     /// Rooms checked concurrently.
     pub workers: usize,
-    /// With `ranges`: only the rooms of this shard's ranges (as `migrate --shard`).
+    /// With `ranges`: only the rooms of this shard's ranges (as `backfill --shard`).
     pub shard: Shard,
     pub ranges: u32,
 }

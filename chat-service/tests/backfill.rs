@@ -1,4 +1,4 @@
-//! `migrate` (backfill), `validate` and `status` against a real PostgreSQL (the legacy store)
+//! `backfill`, `validate` and `status` against a real PostgreSQL (the legacy store)
 //! and the harness's shared Cassandra node (the new store): a full copy validates with zero
 //! drift, a partial run resumes from its checkpoints without duplicates, a newer dual-written
 //! row is never overwritten by the backfill's older copy, and validate catches injected drift

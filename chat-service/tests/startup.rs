@@ -1,4 +1,5 @@
-//! The binary: start-up errors are clear, `migrate-schema` applies the schema.
+//! The binary: start-up errors are clear, `migrate-schema` applies the schema, `backfill` is
+//! also reachable under its earlier name `migrate`.
 
 mod common;
 
@@ -74,6 +75,31 @@ fn a_missing_jwt_secret_is_a_clear_start_up_error() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CHAT_JWT_SECRET"));
+}
+
+#[test]
+fn backfill_is_the_command_and_migrate_still_runs_it() {
+    // No database is needed: the missing dual-write start is refused before anything connects.
+    let env = [("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")];
+    for name in ["backfill", "migrate"] {
+        let out = run(&[name, "--cql-contact-points", "127.0.0.1:1"], &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{name}: ran without --dual-write-started-at"
+        );
+        assert!(
+            stderr.contains("--dual-write-started-at is required unless --dry-run"),
+            "{name}: {stderr}"
+        );
+    }
+    let help = run(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.lines()
+            .any(|l| l.trim_start().starts_with("backfill") && l.contains("[alias: migrate]")),
+        "{help}"
+    );
 }
 
 #[tokio::test]

@@ -304,7 +304,7 @@ async fn helm_install_puts_the_operator_and_chat_stack_on_the_cluster_and_upgrad
             backfill.secret_name.as_deref(),
             backfill.args.first().map(String::as_str)
         ),
-        (Some("chat-secrets"), Some("migrate"))
+        (Some("chat-secrets"), Some("backfill"))
     );
     assert!(
         backfill
@@ -399,7 +399,7 @@ async fn the_operator_runs_a_whole_migration_with_only_the_charts_rbac() -> anyh
             "candidate": { "deployment": "candidate" },
             "flags": { "configMap": { "name": "flags" } },
             "shadow": { "duration": "0s" },
-            "backfill": { "image": "example.invalid/chat-service", "args": ["migrate"], "parallelism": 1 },
+            "backfill": { "image": "example.invalid/chat-service", "args": ["backfill"], "parallelism": 1 },
             "steps": [100],
             "bakeTime": "1s",
             "cutover": { "completeAfter": "1s", "scaleDownLegacy": true },

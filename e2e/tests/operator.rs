@@ -696,7 +696,7 @@ async fn a_failed_validation_job_rolls_back_and_a_retry_validates_again() -> any
     let mut spec = held_spec("1h");
     spec["backfill"] = json!({
         "image": "example.invalid/chat-service",
-        "args": ["migrate"],
+        "args": ["backfill"],
         "validateArgs": ["validate", "--max-drift", "0.001"],
         "secretName": "chat-secrets",
     });

@@ -1146,7 +1146,7 @@ pub struct BackfillMessage {
     pub deleted: bool,
 }
 
-/// Statements of the backfill (`chat-service migrate`) and of `validate`/`status`: separate from
+/// Statements of the backfill (`chat-service backfill`) and of `validate`/`status`: separate from
 /// the request path's. Every write is `USING TIMESTAMP ?`, stamped by the caller with a time
 /// older than the start of the dual write, so a row (or cell) the live path wrote wins.
 struct BackfillStatements {

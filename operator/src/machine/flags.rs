@@ -1,5 +1,5 @@
-//! The flag document each phase asks the services to apply (the contract is in the `ficus-flags`
-//! crate).
+//! The flag document each phase asks the services to apply (the contract: the `ficus-flags`
+//! crate and `docs/flag-contract.md`).
 
 use crate::crd::{DualWrite, FlagValues, MigrationSpec, MigrationStatus, Percent, Phase, Side};
 

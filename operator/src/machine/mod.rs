@@ -130,7 +130,8 @@ pub struct Decision {
     pub requeue_after: Duration,
 }
 
-/// Decides what happens next. See DESIGN §2 and `docs/architecture.md`.
+/// Decides what happens next. The phases are drawn in `docs/concepts.md`; the rules are in
+/// `docs/architecture.md` (phases, bake, rollback, pause, spec changes, requeue timing).
 pub fn decide(
     spec: &MigrationSpec,
     current: &MigrationStatus,

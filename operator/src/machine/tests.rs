@@ -118,7 +118,7 @@ fn with_backfill(spec: MigrationSpec) -> MigrationSpec {
     MigrationSpec {
         backfill: Some(BackfillSpec {
             image: "chat:1.0".into(),
-            args: vec!["migrate".into()],
+            args: vec!["backfill".into()],
             parallelism: 4,
             secret_name: None,
             validate_args: None,
@@ -173,7 +173,7 @@ fn complete_after(spec: MigrationSpec, after: &str) -> MigrationSpec {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Flag documents
+// Flag documents (docs/flag-contract.md)
 
 mod fl {
     use crate::crd::{DualWrite, FlagValues, Percent, Side};
