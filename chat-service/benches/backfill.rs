@@ -115,6 +115,7 @@ async fn connect_cql(
         contact_points: vec![cassandra.contact_point()],
         keyspace: keyspace.clone(),
         consistency: scylla::statement::Consistency::One,
+        address_map: Default::default(),
     };
     Ok((
         CqlStore::connect(&config)

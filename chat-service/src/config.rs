@@ -96,6 +96,10 @@ pub enum ConfigError {
     NewStoreKind,
     #[error("--cql-consistency: {0}")]
     CqlConsistency(String),
+    #[error(
+        "--cql-address-map entry {0:?} is not broadcast=reachable with two ip:port addresses, e.g. 10.0.0.5:9042=127.0.0.1:19042"
+    )]
+    CqlAddressMap(String),
     #[error("--flags-configmap must be NAMESPACE/NAME, got {0:?}")]
     FlagsConfigMap(String),
     #[error("give only one of --flags-file, --flags-configmap and --flags-ssm-prefix")]
@@ -267,6 +271,15 @@ pub struct CqlArgs {
         default_value = "LOCAL_QUORUM"
     )]
     pub consistency: String,
+    /// Address translation, `broadcast=reachable` pairs (`ip:port`), comma-separated: the driver
+    /// connects to each node at the address the node broadcasts (`rpc_address`), so a node
+    /// behind NAT, a port-forward or a proxy needs its reachable address here.
+    #[arg(
+        long = "cql-address-map",
+        env = "CHAT_CQL_ADDRESS_MAP",
+        value_delimiter = ','
+    )]
+    pub address_map: Vec<String>,
 }
 
 impl CqlArgs {
@@ -283,12 +296,28 @@ impl CqlArgs {
         }
         let consistency =
             parse_consistency(&self.consistency).map_err(ConfigError::CqlConsistency)?;
+        let address_map = self
+            .address_map
+            .iter()
+            .map(|pair| parse_address_pair(pair.trim()))
+            .collect::<Result<_, _>>()?;
         Ok(CqlConfig {
             contact_points,
             keyspace: self.keyspace.clone(),
             consistency,
+            address_map,
         })
     }
+}
+
+/// One `broadcast=reachable` pair of `--cql-address-map`.
+fn parse_address_pair(pair: &str) -> Result<(SocketAddr, SocketAddr), ConfigError> {
+    let bad = || ConfigError::CqlAddressMap(pair.to_owned());
+    let (from, to) = pair.split_once('=').ok_or_else(bad)?;
+    Ok((
+        from.trim().parse().map_err(|_| bad())?,
+        to.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 /// Both stores, for `backfill`, `validate` and `status`.
@@ -391,6 +420,45 @@ mod tests {
             .into_config(env(&secrets())),
             Err(ConfigError::CqlConsistency(_))
         ));
+    }
+
+    #[test]
+    fn cql_address_maps_are_pairs_of_socket_addresses() {
+        let cli = |extra: &[&str]| {
+            let mut argv = vec!["serve", "--store", "scylla"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).expect("args").serve
+        };
+        let config = cli(&[
+            "--cql-contact-points",
+            "127.0.0.1:19042",
+            "--cql-address-map",
+            "127.0.0.1:9042=127.0.0.1:19042, 10.0.0.2:9042=127.0.0.1:19043",
+        ])
+        .into_config(env(&secrets()))
+        .expect("config");
+        let StoreChoice::Scylla(cql) = config.store else {
+            panic!("a CQL store")
+        };
+        let at = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(cql.address_map.len(), 2);
+        assert_eq!(
+            cql.address_map[&at("127.0.0.1:9042")],
+            at("127.0.0.1:19042")
+        );
+        for bad in [
+            "127.0.0.1:9042",
+            "host:9042=127.0.0.1:1",
+            "127.0.0.1:9042=:",
+        ] {
+            let err = cli(&["--cql-contact-points", "a:9042", "--cql-address-map", bad])
+                .into_config(env(&secrets()))
+                .expect_err(bad);
+            assert!(
+                matches!(err, ConfigError::CqlAddressMap(ref p) if p == bad),
+                "{err}"
+            );
+        }
     }
 
     #[test]

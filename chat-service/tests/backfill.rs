@@ -39,6 +39,7 @@ async fn setup(name: &str) -> Result<Env, HarnessError> {
         contact_points: vec![cassandra.contact_point()],
         keyspace: keyspace.clone(),
         consistency: scylla::statement::Consistency::One,
+        address_map: Default::default(),
     })
     .await
     .expect("cql");

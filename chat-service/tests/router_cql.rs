@@ -35,6 +35,7 @@ async fn setup(cassandra: &Cassandra, test: &str, dual_write: DualWrite) -> Rout
         contact_points: vec![cassandra.contact_point()],
         keyspace,
         consistency: scylla::statement::Consistency::One,
+        address_map: Default::default(),
     })
     .await
     .expect("CQL store");

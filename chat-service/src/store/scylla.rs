@@ -22,7 +22,9 @@
 //! configured). Batches are only used within one partition; a send fans out to each
 //! participant's `rooms_by_user` row and counter with separate (concurrent) writes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -112,6 +114,9 @@ pub struct CqlConfig {
     /// The keyspace: created beforehand (its replication is an operator's choice).
     pub keyspace: String,
     pub consistency: Consistency,
+    /// Where to reach a node that broadcasts an address this process cannot (or should not)
+    /// use directly: behind NAT, a port-forward or a proxy. Empty: the broadcast addresses.
+    pub address_map: HashMap<SocketAddr, SocketAddr>,
 }
 
 /// Parses a consistency level as CQL spells it: `ONE`, `LOCAL_ONE`, `QUORUM`, `LOCAL_QUORUM`,
@@ -363,7 +368,11 @@ impl CqlStore {
             .consistency(config.consistency)
             .request_timeout(Some(Duration::from_secs(5)))
             .build();
-        let session = SessionBuilder::new()
+        let mut builder = SessionBuilder::new();
+        if !config.address_map.is_empty() {
+            builder = builder.address_translator(Arc::new(config.address_map.clone()));
+        }
+        let session = builder
             .known_nodes(&config.contact_points)
             .connection_timeout(Duration::from_secs(5))
             .default_execution_profile_handle(profile.into_handle())

@@ -86,6 +86,7 @@ pub async fn backend_config(backend: Backend, test: &str) -> Result<ServeConfig,
                 contact_points: vec![cassandra.contact_point()],
                 keyspace,
                 consistency: scylla::statement::Consistency::One,
+                address_map: Default::default(),
             });
             Ok(config)
         }
