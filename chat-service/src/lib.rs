@@ -17,6 +17,7 @@ pub mod config;
 pub mod crypto;
 pub mod events;
 pub mod flags;
+pub mod flow;
 pub mod ids;
 pub mod loadtest;
 pub mod metrics;
