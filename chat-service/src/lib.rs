@@ -20,6 +20,7 @@ pub mod flags;
 pub mod ids;
 pub mod loadtest;
 pub mod metrics;
+pub mod rollback;
 pub mod routing;
 pub mod serve;
 pub mod store;
