@@ -369,8 +369,25 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             checkpoint_key,
             max_rooms,
         } => {
-            let since = rfc3339("--since", &since)?;
-            let until = until.map(|u| rfc3339("--until", &u)).transpose()?;
+            // Bad arguments exit 2 (as clap's own usage errors): retrying cannot help.
+            let window = rfc3339("--since", &since).and_then(|since| {
+                let until = until.map(|u| rfc3339("--until", &u)).transpose()?;
+                match until {
+                    Some(u) if u <= since => Err(rollback::RollbackError::EmptyWindow {
+                        since,
+                        until: u,
+                    }
+                    .to_string()),
+                    _ => Ok((since, until)),
+                }
+            });
+            let (since, until) = match window {
+                Ok(w) => w,
+                Err(message) => {
+                    eprintln!("chat-service: {message}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let config = rollback::RollbackConfig {
                 since,
                 until,

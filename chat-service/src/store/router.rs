@@ -650,7 +650,14 @@ impl Inner {
                 .collect();
             let mut settled = 0;
             let mut next_due: Option<Duration> = None;
-            for (i, log) in self.outboxes.iter().enumerate() {
+            let sum = |a: &[AtomicI64; 2]| a.iter().map(|v| v.load(Ordering::Relaxed)).sum::<i64>();
+            for (log, side) in self.outboxes.iter().zip([Side::Legacy, Side::New]) {
+                // An outbox lives in its store's database: while that is down, keep its last
+                // figures instead of waiting on it.
+                if !up.iter().any(|(s, _)| *s == side) {
+                    continue;
+                }
+                let i = side_index(side);
                 match log
                     .replay_round(&up, &self.options.replay, &self.metrics)
                     .await
@@ -670,10 +677,9 @@ impl Inner {
                 if let Ok(dead) = log.dead_letters().await {
                     self.last_dead[i].store(dead, Ordering::Relaxed);
                 }
+                self.metrics.retry_queue_size.set(sum(&self.last_depth));
+                self.metrics.outbox_dead_letters.set(sum(&self.last_dead));
             }
-            let sum = |a: &[AtomicI64; 2]| a.iter().map(|v| v.load(Ordering::Relaxed)).sum::<i64>();
-            self.metrics.retry_queue_size.set(sum(&self.last_depth));
-            self.metrics.outbox_dead_letters.set(sum(&self.last_dead));
             if settled > 0 {
                 continue;
             }
