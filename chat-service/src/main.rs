@@ -373,11 +373,9 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             let window = rfc3339("--since", &since).and_then(|since| {
                 let until = until.map(|u| rfc3339("--until", &u)).transpose()?;
                 match until {
-                    Some(u) if u <= since => Err(rollback::RollbackError::EmptyWindow {
-                        since,
-                        until: u,
+                    Some(u) if u <= since => {
+                        Err(rollback::RollbackError::EmptyWindow { since, until: u }.to_string())
                     }
-                    .to_string()),
                     _ => Ok((since, until)),
                 }
             });
@@ -432,7 +430,9 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             d.id,
                             d.target,
-                            d.room_id.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                            d.room_id
+                                .map(|r| r.to_string())
+                                .unwrap_or_else(|| "-".into()),
                             d.op,
                             d.attempts,
                             d.created_at.to_rfc3339(),

@@ -28,7 +28,9 @@ use uuid::Uuid;
 use crate::ids::MessageId;
 use crate::store::StoreError;
 use crate::store::postgres::{PgStore, classify};
-use crate::store::scylla::{CqlStore, classify as cql_classify, classify_prepare, rows, timeuuid_lower_bound};
+use crate::store::scylla::{
+    CqlStore, classify as cql_classify, classify_prepare, rows, timeuuid_lower_bound,
+};
 
 /// Rooms read per scan query.
 const ROOM_PAGE: i32 = 200;
@@ -84,7 +86,10 @@ impl fmt::Display for RollbackReport {
             self.read_markers_copied
         )?;
         if self.already_complete {
-            writeln!(f, "rollback: this checkpoint key was already complete; nothing to do")
+            writeln!(
+                f,
+                "rollback: this checkpoint key was already complete; nothing to do"
+            )
         } else if self.complete {
             writeln!(f, "rollback: complete")
         } else {
@@ -116,9 +121,22 @@ struct Statements {
     read_markers: PreparedStatement,
 }
 
-type RoomScanRow = (Uuid, i64, Option<String>, Option<String>, Option<i32>, Option<i64>);
+type RoomScanRow = (
+    Uuid,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<i64>,
+);
 type MemberRow = (i32, Option<String>, Option<i64>, Option<i64>);
-type MessageRow = (CqlTimeuuid, Option<i32>, Option<Vec<u8>>, Option<String>, Option<bool>);
+type MessageRow = (
+    CqlTimeuuid,
+    Option<i32>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<bool>,
+);
 
 fn from_micros(us: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(us)
@@ -181,7 +199,11 @@ pub async fn run(
     loop {
         let page = match last_token {
             None => session.execute_unpaged(&st.rooms_first, (ROOM_PAGE,)).await,
-            Some(t) => session.execute_unpaged(&st.rooms_after, (t, ROOM_PAGE)).await,
+            Some(t) => {
+                session
+                    .execute_unpaged(&st.rooms_after, (t, ROOM_PAGE))
+                    .await
+            }
         }
         .map_err(|e| RollbackError::Cql(cql_classify(e)))?;
         let rooms = rows::<RoomScanRow>(page).map_err(RollbackError::Cql)?;
@@ -190,10 +212,23 @@ pub async fn run(
         }
         for room in rooms {
             if config.max_rooms.is_some_and(|m| report.rooms_scanned >= m) {
-                tracing::info!(rooms = report.rooms_scanned, "rollback: stopping early (--max-rooms)");
+                tracing::info!(
+                    rooms = report.rooms_scanned,
+                    "rollback: stopping early (--max-rooms)"
+                );
                 return Ok(report);
             }
-            copy_room(pool, session, &st, &room, config.since, until, (lower, upper), &mut report).await?;
+            copy_room(
+                pool,
+                session,
+                &st,
+                &room,
+                config.since,
+                until,
+                (lower, upper),
+                &mut report,
+            )
+            .await?;
             last_token = Some(room.1);
             report.rooms_scanned += 1;
             sqlx::query(
@@ -239,9 +274,11 @@ async fn copy_room(
     )
     .map_err(RollbackError::Cql)?;
     let mut tx = pool.begin().await.map_err(pg)?;
-    let (Some(room_type), Some(created_by), Some(created)) =
-        (room_type.as_deref(), *created_by, created_at.and_then(from_micros))
-    else {
+    let (Some(room_type), Some(created_by), Some(created)) = (
+        room_type.as_deref(),
+        *created_by,
+        created_at.and_then(from_micros),
+    ) else {
         // A partly written room (its creation never finished): nothing a client was told about.
         return Ok(());
     };
@@ -296,11 +333,15 @@ async fn copy_room(
         .await
         .map_err(|e| RollbackError::Cql(StoreError::Unavailable(e.to_string())))?
     {
-        let Some(at) = MessageId(Uuid::from(id)).created_at() else { continue };
+        let Some(at) = MessageId(Uuid::from(id)).created_at() else {
+            continue;
+        };
         if at < since || at >= until {
             continue;
         }
-        let (Some(sender), Some(content)) = (sender, content) else { continue };
+        let (Some(sender), Some(content)) = (sender, content) else {
+            continue;
+        };
         let inserted = sqlx::query(
             "insert into room_message (id, room_id, sender_id, content, type, created_at, deleted_at) values ($1, $2, $3, $4, $5, $6, $7)
              on conflict (id) do nothing",
@@ -321,7 +362,10 @@ async fn copy_room(
     }
     for id in &copied {
         let reactions = rows::<(i32, String, Option<i64>)>(
-            session.execute_unpaged(&st.reactions, (*id,)).await.map_err(cql)?,
+            session
+                .execute_unpaged(&st.reactions, (*id,))
+                .await
+                .map_err(cql)?,
         )
         .map_err(RollbackError::Cql)?;
         for (user, reaction, at) in reactions {

@@ -22,8 +22,8 @@ use crate::events::{EventBus, EventBusError};
 use crate::flags::{FlagError, FlagWatcher};
 use crate::ids::MessageIdGenerator;
 use crate::metrics::Metrics;
-use crate::store::instrumented::Instrumented;
 use crate::store::cql_outbox::CqlOutbox;
+use crate::store::instrumented::Instrumented;
 use crate::store::outbox::{Outbox, OutboxLog};
 use crate::store::postgres::PgStore;
 use crate::store::router::{MigrationRouter, RouterOptions};
@@ -194,7 +194,10 @@ impl Server {
             .await
             .map_err(ServeError::Http)?;
         if let Some(router) = migration_router {
-            info!(in_flight = router.in_flight(), "draining the migration router's dual writes");
+            info!(
+                in_flight = router.in_flight(),
+                "draining the migration router's dual writes"
+            );
             router.drain(DRAIN_TIMEOUT).await;
         }
         drop(replayer);

@@ -288,8 +288,14 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
 /// reverse dual write, a 1 s grace period for outbox records.
 async fn after_cutover(test: &str) -> (Service, String, String, std::path::PathBuf) {
     let pg = Postgres::shared().expect("postgres");
-    let legacy_url = pg.create_database(&format!("{test}_legacy")).await.expect("db");
-    let new_url = pg.create_database(&format!("{test}_new")).await.expect("db");
+    let legacy_url = pg
+        .create_database(&format!("{test}_legacy"))
+        .await
+        .expect("db");
+    let new_url = pg
+        .create_database(&format!("{test}_new"))
+        .await
+        .expect("db");
     let dir = std::env::temp_dir().join(format!("chat-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let flags_file = dir.join("flags");
@@ -346,7 +352,11 @@ async fn burst(client: &Arc<ChatClient>, room: RoomId, n: usize) -> Vec<Uuid> {
             let client = client.clone();
             tokio::spawn(async move {
                 client
-                    .send_message(UserId(1 + (i % 2) as i32), room, &format!("after cutover {i}"))
+                    .send_message(
+                        UserId(1 + (i % 2) as i32),
+                        room,
+                        &format!("after cutover {i}"),
+                    )
                     .await
             })
         })
@@ -472,11 +482,13 @@ async fn sigterm_after_cutover_drains_every_pending_reverse_write_before_exiting
 
 async fn eventually_room_in_legacy(legacy: &PgPool, room: RoomId) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !sqlx::query_scalar::<sqlx::Postgres, bool>("select exists(select 1 from room where id = $1)")
-        .bind(room.0)
-        .fetch_one(legacy)
-        .await
-        .expect("room")
+    while !sqlx::query_scalar::<sqlx::Postgres, bool>(
+        "select exists(select 1 from room where id = $1)",
+    )
+    .bind(room.0)
+    .fetch_one(legacy)
+    .await
+    .expect("room")
     {
         assert!(Instant::now() < deadline, "the room never reached legacy");
         tokio::time::sleep(Duration::from_millis(100)).await;

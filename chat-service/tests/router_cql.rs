@@ -12,11 +12,11 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_service::metrics::DualWriteOutcome;
+use chat_service::flags::Flags;
 use chat_service::flags::{DualWrite, Side};
 use chat_service::ids::MessageIdGenerator;
+use chat_service::metrics::DualWriteOutcome;
 use chat_service::store::ChatStore;
-use chat_service::flags::Flags;
 use chat_service::store::cql_outbox::CqlOutbox;
 use chat_service::store::outbox::OutboxLog;
 use chat_service::store::postgres::PgStore;
@@ -195,7 +195,10 @@ async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges(
     )
     .await;
     assert!(
-        s.metrics.dual_write_count(Side::New, DualWriteOutcome::Skipped) + s.metrics.dual_write_count(Side::New, DualWriteOutcome::Error)
+        s.metrics
+            .dual_write_count(Side::New, DualWriteOutcome::Skipped)
+            + s.metrics
+                .dual_write_count(Side::New, DualWriteOutcome::Error)
             > 0
     );
 
@@ -261,7 +264,14 @@ async fn after_cutover_legacy_writes_wait_in_the_cql_outbox_across_a_crash() {
     let room = new_room(&s.router, 1, &[2]).await;
     let mut sent = Vec::new();
     for i in 0..5 {
-        sent.push(s.router.insert_message(message(&ids, room, 1, &format!("before {i}"))).await.expect("send").id.0);
+        sent.push(
+            s.router
+                .insert_message(message(&ids, room, 1, &format!("before {i}")))
+                .await
+                .expect("send")
+                .id
+                .0,
+        );
     }
     let legacy_server = tokio::task::spawn_blocking(move || {
         legacy_server.stop();
@@ -280,9 +290,11 @@ async fn after_cutover_legacy_writes_wait_in_the_cql_outbox_across_a_crash() {
         );
     }
     let outbox = s.router.new_outbox().clone();
-    eventually("every pending legacy write is recorded in the CQL outbox", Duration::from_secs(20), || async {
-        outbox.depth().await.is_ok_and(|d| d >= 20)
-    })
+    eventually(
+        "every pending legacy write is recorded in the CQL outbox",
+        Duration::from_secs(20),
+        || async { outbox.depth().await.is_ok_and(|d| d >= 20) },
+    )
     .await;
     // A crash: the router and its replayer are gone, nothing was drained.
     drop(s);
@@ -293,9 +305,11 @@ async fn after_cutover_legacy_writes_wait_in_the_cql_outbox_across_a_crash() {
     .await
     .expect("restart");
     let s = start_cql_router(pg_store(&legacy_url).await, &config, f).await;
-    eventually("the CQL outbox drains into legacy", Duration::from_secs(60), || async {
-        s.router.new_outbox().depth().await.is_ok_and(|d| d == 0)
-    })
+    eventually(
+        "the CQL outbox drains into legacy",
+        Duration::from_secs(60),
+        || async { s.router.new_outbox().depth().await.is_ok_and(|d| d == 0) },
+    )
     .await;
     let mut in_legacy = history_ids(s.legacy.as_ref(), room).await;
     in_legacy.sort();
@@ -323,16 +337,42 @@ async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and
     for r in 0..3 {
         let room = new_room(&s.router, 1, &[2, 3]).await;
         for i in 0..4 {
-            sent.push(s.router.insert_message(message(&ids, room, 1 + i % 2, &format!("room {r} message {i}"))).await.expect("send").id.0);
+            sent.push(
+                s.router
+                    .insert_message(message(
+                        &ids,
+                        room,
+                        1 + i % 2,
+                        &format!("room {r} message {i}"),
+                    ))
+                    .await
+                    .expect("send")
+                    .id
+                    .0,
+            );
         }
         rooms.push(room);
     }
-    assert!(s.router.leave_room(rooms[0], UserId(3), chat_service::store::now()).await.expect("leave"));
+    assert!(
+        s.router
+            .leave_room(rooms[0], UserId(3), chat_service::store::now())
+            .await
+            .expect("leave")
+    );
     let count = |sql: &'static str| {
         let pool = s.legacy_pool.clone();
-        async move { sqlx::query_scalar::<sqlx::Postgres, i64>(sql).fetch_one(&pool).await.expect("count") }
+        async move {
+            sqlx::query_scalar::<sqlx::Postgres, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
     };
-    assert_eq!(count("select count(*) from room_message").await, 0, "nothing reached legacy (no reverse dual write)");
+    assert_eq!(
+        count("select count(*) from room_message").await,
+        0,
+        "nothing reached legacy (no reverse dual write)"
+    );
 
     let run = |extra: &[&str]| {
         let mut args = vec![
@@ -356,7 +396,8 @@ async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and
             .expect("run rollback");
         (
             out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let (code, out) = run(&["--max-rooms", "1"]);
@@ -374,9 +415,21 @@ async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and
     in_legacy.sort();
     sent.sort();
     assert_eq!(in_legacy, sent, "every message of the window is in legacy");
-    let left = s.legacy.get_room(rooms[0], UserId(1)).await.expect("room in legacy");
-    assert_eq!(left.participants, vec![UserId(1), UserId(2)], "the leave reached legacy");
-    let kept = s.legacy.get_room(rooms[1], UserId(1)).await.expect("room in legacy");
+    let left = s
+        .legacy
+        .get_room(rooms[0], UserId(1))
+        .await
+        .expect("room in legacy");
+    assert_eq!(
+        left.participants,
+        vec![UserId(1), UserId(2)],
+        "the leave reached legacy"
+    );
+    let kept = s
+        .legacy
+        .get_room(rooms[1], UserId(1))
+        .await
+        .expect("room in legacy");
     assert_eq!(kept.participants, vec![UserId(1), UserId(2), UserId(3)]);
 
     let (code, out) = run(&[]);
@@ -384,10 +437,19 @@ async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and
     assert!(out.contains("already complete"), "{out}");
     let (code, out) = run(&["--checkpoint-key", "again"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("0 rooms created, 0 memberships updated, 0 messages"), "an idempotent copy: {out}");
-    assert_eq!(count("select count(*) from room_message").await, sent.len() as i64);
+    assert!(
+        out.contains("0 rooms created, 0 memberships updated, 0 messages"),
+        "an idempotent copy: {out}"
+    );
+    assert_eq!(
+        count("select count(*) from room_message").await,
+        sent.len() as i64
+    );
 
-    let (code, out) = run(&["--until", &(since - chrono::Duration::seconds(5)).to_rfc3339()]);
+    let (code, out) = run(&[
+        "--until",
+        &(since - chrono::Duration::seconds(5)).to_rfc3339(),
+    ]);
     assert_eq!(code, Some(2), "an empty window is a usage error: {out}");
 }
 
@@ -397,5 +459,7 @@ async fn legacy_database_url(store: &PgStore) -> String {
         .fetch_one(store.pool())
         .await
         .expect("database name");
-    ficus_e2e::Postgres::shared().expect("postgres").database_url(&name)
+    ficus_e2e::Postgres::shared()
+        .expect("postgres")
+        .database_url(&name)
 }

@@ -30,7 +30,10 @@ async fn setup(test: &str, f: Flags, options: RouterOptions) -> (RouterSetup, Pg
         .create_database(&format!("{test}_legacy"))
         .await
         .expect("db");
-    let new_url = pg.create_database(&format!("{test}_new")).await.expect("db");
+    let new_url = pg
+        .create_database(&format!("{test}_new"))
+        .await
+        .expect("db");
     let new = pg_store(&new_url).await;
     let new_pool = new.pool().clone();
     let outbox = pg_outbox(&new);
@@ -80,12 +83,7 @@ async fn a_caller_going_away_after_the_primary_commit_does_not_cancel_the_second
     let mut o = options();
     o.replay.inline_grace = Duration::from_secs(60);
     o.secondary_timeout = Duration::from_secs(30);
-    let (s, new_pool, _) = setup(
-        "wp_cancel",
-        flags(Side::Legacy, DualWrite::Sync, 0, 0),
-        o,
-    )
-    .await;
+    let (s, new_pool, _) = setup("wp_cancel", flags(Side::Legacy, DualWrite::Sync, 0, 0), o).await;
     let held = lock_rooms(&new_pool).await;
     let r = room(1, &[2]);
     let id = r.id;
@@ -115,20 +113,20 @@ async fn a_leave_behind_a_queued_room_creation_is_not_undone_by_its_replay() {
     common::init();
     let mut o = options();
     o.secondary_timeout = Duration::from_millis(500);
-    let (s, new_pool, _) = setup(
-        "wp_leave",
-        flags(Side::Legacy, DualWrite::Sync, 0, 0),
-        o,
-    )
-    .await;
+    let (s, new_pool, _) = setup("wp_leave", flags(Side::Legacy, DualWrite::Sync, 0, 0), o).await;
     let held = lock_rooms(&new_pool).await;
     let r = room(1, &[2, 3]);
     let id = r.id;
-    s.router.create_room(r).await.expect("create (the secondary times out)");
+    s.router
+        .create_room(r)
+        .await
+        .expect("create (the secondary times out)");
     // The secondary answers pings again: the leave would be made directly if nothing held it.
-    eventually("the secondary is up again", Duration::from_secs(10), || async {
-        s.router.is_up(Side::New)
-    })
+    eventually(
+        "the secondary is up again",
+        Duration::from_secs(10),
+        || async { s.router.is_up(Side::New) },
+    )
     .await;
     assert!(
         s.router
@@ -142,7 +140,11 @@ async fn a_leave_behind_a_queued_room_creation_is_not_undone_by_its_replay() {
         outbox_depth(&s.legacy_pool).await == 0
     })
     .await;
-    let on_new = s.new.get_room(id, UserId(1)).await.expect("room on the new store");
+    let on_new = s
+        .new
+        .get_room(id, UserId(1))
+        .await
+        .expect("room on the new store");
     assert_eq!(
         on_new.participants,
         vec![UserId(1), UserId(3)],
@@ -180,9 +182,11 @@ async fn an_undecodable_outbox_row_is_dead_lettered_and_replay_goes_on() {
         .execute(&s.legacy_pool)
         .await
         .expect("good row");
-    eventually("the good entry is replayed", Duration::from_secs(15), || async {
-        room_exists(&new_pool, good.id).await
-    })
+    eventually(
+        "the good entry is replayed",
+        Duration::from_secs(15),
+        || async { room_exists(&new_pool, good.id).await },
+    )
     .await;
     let dead: Vec<(i64, Option<String>)> =
         sqlx::query_as("select id, last_error from outbox_dead_letter")
@@ -192,16 +196,23 @@ async fn an_undecodable_outbox_row_is_dead_lettered_and_replay_goes_on() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].0, bad);
     assert!(
-        dead[0].1.as_deref().is_some_and(|e| e.contains("undecodable")),
+        dead[0]
+            .1
+            .as_deref()
+            .is_some_and(|e| e.contains("undecodable")),
         "{dead:?}"
     );
     assert_eq!(outbox_depth(&s.legacy_pool).await, 0);
-    eventually("chat_outbox_dead_letters 1", Duration::from_secs(10), || async {
-        s.metrics
-            .encode()
-            .lines()
-            .any(|l| l == "chat_outbox_dead_letters 1")
-    })
+    eventually(
+        "chat_outbox_dead_letters 1",
+        Duration::from_secs(10),
+        || async {
+            s.metrics
+                .encode()
+                .lines()
+                .any(|l| l == "chat_outbox_dead_letters 1")
+        },
+    )
     .await;
 }
 
@@ -227,16 +238,14 @@ async fn dead_letters_are_listed_and_redriven_from_the_command_line_and_replayed
     common::init();
     let mut o = options();
     o.replay.poll_interval = Duration::from_secs(60);
-    let (s, new_pool, legacy_url) = setup(
-        "wp_redrive",
-        flags(Side::Legacy, DualWrite::Sync, 0, 0),
-        o,
-    )
-    .await;
+    let (s, new_pool, legacy_url) =
+        setup("wp_redrive", flags(Side::Legacy, DualWrite::Sync, 0, 0), o).await;
     // Let the replayer go to sleep on its slow poll.
-    eventually("the replayer's first round", Duration::from_secs(10), || async {
-        s.metrics.encode().contains("chat_outbox_dead_letters 0")
-    })
+    eventually(
+        "the replayer's first round",
+        Duration::from_secs(10),
+        || async { s.metrics.encode().contains("chat_outbox_dead_letters 0") },
+    )
     .await;
     let r = room(7, &[8]);
     let op = WriteOp::create_room(&r);
@@ -257,7 +266,12 @@ async fn dead_letters_are_listed_and_redriven_from_the_command_line_and_replayed
         .lines()
         .find(|l| l.starts_with("9001\t"))
         .unwrap_or_else(|| panic!("dead letter 9001 not listed:\n{out}"));
-    assert!(line.contains(&r.id.to_string()) && line.contains("create_room") && line.contains("gave up"), "{line}");
+    assert!(
+        line.contains(&r.id.to_string())
+            && line.contains("create_room")
+            && line.contains("gave up"),
+        "{line}"
+    );
 
     let (ok, _, err) = run(&["outbox", "redrive", "--id", "123456"], &legacy_url);
     assert!(!ok, "redriving an unknown id fails");
@@ -294,7 +308,9 @@ async fn a_room_name_with_nul_is_a_400() {
         .await;
     common::assert_error(&result, 400, "invalid_argument");
     assert!(
-        result.1["message"].as_str().is_some_and(|m| m.contains("U+0000")),
+        result.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("U+0000")),
         "{}",
         result.1
     );

@@ -76,7 +76,15 @@ struct Statements {
 }
 
 /// A pending entry as read back.
-type Row = (Uuid, CqlTimeuuid, Option<String>, Option<String>, Option<i32>, Option<i64>, Option<i64>);
+type Row = (
+    Uuid,
+    CqlTimeuuid,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<i64>,
+    Option<i64>,
+);
 
 pub struct CqlOutbox {
     session: Session,
@@ -207,8 +215,7 @@ impl CqlOutbox {
     }
 
     pub async fn dead_letters(&self) -> StoreResult<i64> {
-        let (n,): (i64,) =
-            first_row(self.exec(&self.st.count_dead, ()).await?)?.unwrap_or((0,));
+        let (n,): (i64,) = first_row(self.exec(&self.st.count_dead, ()).await?)?.unwrap_or((0,));
         Ok(n)
     }
 
@@ -269,7 +276,8 @@ impl CqlOutbox {
                         continue;
                     }
                     None => {
-                        self.bury(shard, row, attempts, "entry without payload").await?;
+                        self.bury(shard, row, attempts, "entry without payload")
+                            .await?;
                         metrics.dual_write(Side::Legacy, DualWriteOutcome::DeadLetter);
                         round.settled += 1;
                         continue;

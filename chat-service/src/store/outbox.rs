@@ -236,8 +236,7 @@ impl WriteOp {
     /// `NotFound` and waits in the outbox behind the creation.
     pub async fn apply_on_secondary(&self, store: &dyn ChatStore) -> StoreResult<Applied> {
         let applied = self.apply(store).await?;
-        if let (WriteOp::LeaveRoom { room, user, .. }, Applied::Changed(false)) = (self, &applied)
-        {
+        if let (WriteOp::LeaveRoom { room, user, .. }, Applied::Changed(false)) = (self, &applied) {
             match store.room_access(*room, *user).await {
                 Ok(_) => {}
                 Err(StoreError::NotFound(_)) => {
@@ -395,7 +394,8 @@ const HEADS: &str = "with heads as (
       for update of o skip locked";
 
 /// The room's next entry after `$3` (due or not: a not-due entry stops the room).
-const NEXT_IN_ROOM: &str = "select id, target, room_id, payload::text as payload, attempts, created_at,
+const NEXT_IN_ROOM: &str =
+    "select id, target, room_id, payload::text as payload, attempts, created_at,
             next_attempt_at <= now() as due
        from outbox where target = $1 and room_id = $2 and id > $3
       order by id limit 1
@@ -542,12 +542,7 @@ impl Outbox {
         Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }
 
-    async fn bury(
-        tx: &mut PgConnection,
-        id: i64,
-        attempts: i32,
-        error: &str,
-    ) -> StoreResult<()> {
+    async fn bury(tx: &mut PgConnection, id: i64, attempts: i32, error: &str) -> StoreResult<()> {
         sqlx::query::<sqlx::Postgres>(
             "with gone as (delete from outbox where id = $1 returning *)
              insert into outbox_dead_letter (id, target, room_id, op, payload, attempts, created_at, last_error)
@@ -711,7 +706,12 @@ impl OutboxLog {
     }
 
     /// The inline write failed, was skipped or queued: the replayer takes it after `delay`.
-    pub async fn retry_later(&self, entry: EntryRef, delay: Duration, error: &str) -> StoreResult<()> {
+    pub async fn retry_later(
+        &self,
+        entry: EntryRef,
+        delay: Duration,
+        error: &str,
+    ) -> StoreResult<()> {
         match (self, entry) {
             (OutboxLog::Pg(o), EntryRef::Pg(id)) => o.retry_later(id, delay, error).await,
             (OutboxLog::Cql(o), EntryRef::Cql { shard, room, id }) => {

@@ -335,9 +335,11 @@ impl MigrationRouter {
                 return op.apply(inner.store(plan.primary).as_ref()).await;
             };
             let (answer, answered) = oneshot::channel();
-            inner
-                .tasks
-                .spawn(inner.clone().dual_write(plan.primary, side, mode, op, answer));
+            inner.tasks.spawn(
+                inner
+                    .clone()
+                    .dual_write(plan.primary, side, mode, op, answer),
+            );
             answered.await.unwrap_or_else(|_| {
                 Err(StoreError::Internal(
                     "the dual write task ended without an answer".into(),
@@ -367,9 +369,7 @@ impl Deferral {
     fn reason(self, side: Side) -> String {
         match self {
             Deferral::Down => format!("skipped: {side} store down"),
-            Deferral::BehindQueue => {
-                "queued behind earlier outbox entries of the room".to_owned()
-            }
+            Deferral::BehindQueue => "queued behind earlier outbox entries of the room".to_owned(),
         }
     }
 }
@@ -637,7 +637,13 @@ impl Inner {
                 },
                 Err(e) => tracing::debug!(error = %e, "cannot listen for outbox notifications"),
             }
-            tokio::time::sleep(self.options.replay.poll_interval.min(Duration::from_secs(1))).await;
+            tokio::time::sleep(
+                self.options
+                    .replay
+                    .poll_interval
+                    .min(Duration::from_secs(1)),
+            )
+            .await;
         }
     }
 
@@ -683,9 +689,10 @@ impl Inner {
             if settled > 0 {
                 continue;
             }
-            let pause = next_due
-                .unwrap_or(self.options.replay.poll_interval)
-                .clamp(MIN_REPLAY_PAUSE, self.options.replay.poll_interval.max(MIN_REPLAY_PAUSE));
+            let pause = next_due.unwrap_or(self.options.replay.poll_interval).clamp(
+                MIN_REPLAY_PAUSE,
+                self.options.replay.poll_interval.max(MIN_REPLAY_PAUSE),
+            );
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.wake.notified() => {}

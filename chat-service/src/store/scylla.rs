@@ -960,45 +960,45 @@ fn applied_claim(result: QueryResult, message: &NewMessage) -> StoreResult<bool>
 /// A session on the cluster of `config`, with its keyspace checked to exist; returns the
 /// keyspace as tables are qualified with it (lowercase).
 pub(crate) async fn open_session(config: &CqlConfig) -> StoreResult<(Session, String)> {
-        let profile = ExecutionProfile::builder()
-            .consistency(config.consistency)
-            .request_timeout(Some(Duration::from_secs(5)))
-            .build();
-        let session = SessionBuilder::new()
-            .known_nodes(&config.contact_points)
-            .connection_timeout(Duration::from_secs(5))
-            .default_execution_profile_handle(profile.into_handle())
-            .build()
-            .await
-            .map_err(classify_session)?;
-        // Table names are qualified with the keyspace (no `USE`: prepared statements and a
-        // session keyspace are ambiguous, and Cassandra warns about it on every prepare).
-        let keyspace = config.keyspace.to_ascii_lowercase();
-        if keyspace.is_empty()
-            || keyspace.len() > 48
-            || !keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
-            || !keyspace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(StoreError::Internal(format!(
-                "CQL keyspace {:?} is not a valid unquoted name (a letter, then letters, digits, _; at most 48)",
-                config.keyspace
-            )));
-        }
-        let found = session
-            .query_unpaged(
-                "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
-                (&keyspace,),
-            )
-            .await
-            .map_err(classify)?;
-        if first_row::<(String,)>(found)?.is_none() {
-            return Err(StoreError::Internal(format!(
-                "CQL keyspace {keyspace:?} does not exist: create it first (its replication is a deployment choice)"
-            )));
-        }
-        Ok((session, keyspace))
+    let profile = ExecutionProfile::builder()
+        .consistency(config.consistency)
+        .request_timeout(Some(Duration::from_secs(5)))
+        .build();
+    let session = SessionBuilder::new()
+        .known_nodes(&config.contact_points)
+        .connection_timeout(Duration::from_secs(5))
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .map_err(classify_session)?;
+    // Table names are qualified with the keyspace (no `USE`: prepared statements and a
+    // session keyspace are ambiguous, and Cassandra warns about it on every prepare).
+    let keyspace = config.keyspace.to_ascii_lowercase();
+    if keyspace.is_empty()
+        || keyspace.len() > 48
+        || !keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !keyspace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(StoreError::Internal(format!(
+            "CQL keyspace {:?} is not a valid unquoted name (a letter, then letters, digits, _; at most 48)",
+            config.keyspace
+        )));
+    }
+    let found = session
+        .query_unpaged(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (&keyspace,),
+        )
+        .await
+        .map_err(classify)?;
+    if first_row::<(String,)>(found)?.is_none() {
+        return Err(StoreError::Internal(format!(
+            "CQL keyspace {keyspace:?} does not exist: create it first (its replication is a deployment choice)"
+        )));
+    }
+    Ok((session, keyspace))
 }
 
 fn parse_type(room: RoomId, text: &str) -> StoreResult<RoomType> {
