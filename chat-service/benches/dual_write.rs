@@ -73,6 +73,7 @@ async fn bench(load: Load) {
                         database_url: new_url.clone(),
                     },
                     outbox_max_attempts: 10,
+                    outbox_inline_grace: std::time::Duration::from_secs(30),
                 },
                 Flags {
                     generation: 1,

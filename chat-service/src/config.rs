@@ -32,6 +32,9 @@ pub enum StoreChoice {
     Router {
         new: NewStoreChoice,
         outbox_max_attempts: u32,
+        /// How long a write's outbox record waits for the inline secondary write before a
+        /// replayer may make it (after a crash, the delay until the write is repaired).
+        outbox_inline_grace: Duration,
     },
 }
 
@@ -131,6 +134,10 @@ pub struct ServeArgs {
     /// With `--store router`: failed replays of an outbox entry before it is dead-lettered.
     #[arg(long, env = "CHAT_OUTBOX_MAX_ATTEMPTS", default_value_t = 10)]
     pub outbox_max_attempts: u32,
+    /// With `--store router`: milliseconds a write's outbox record waits for the inline
+    /// secondary write before a replayer may take it over (after a crash: how soon it is repaired).
+    #[arg(long, env = "CHAT_OUTBOX_INLINE_GRACE_MS", default_value_t = 30_000)]
+    pub outbox_inline_grace_ms: u64,
     #[arg(long, env = "CHAT_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
     /// NATS URL for fan-out of stream events across instances (default: this instance only).
@@ -195,6 +202,7 @@ impl ServeArgs {
                     StoreChoice::Router {
                         new,
                         outbox_max_attempts: self.outbox_max_attempts.max(1),
+                        outbox_inline_grace: Duration::from_millis(self.outbox_inline_grace_ms),
                     },
                     legacy,
                 )

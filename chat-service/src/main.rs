@@ -1,7 +1,8 @@
 //! `chat-service`: `serve` (the API), `migrate-schema` (apply the PostgreSQL migrations),
 //! `backfill` (copy legacy PostgreSQL into the CQL store; `migrate` is kept as an alias),
-//! `validate` and `status` (compare the stores), `loadtest` (the load client) and `token` (a
-//! test token, for local use).
+//! `validate` and `status` (compare the stores), `rollback` (copy the new store's writes of a
+//! time window back into legacy), `outbox` (the router's dead letters), `loadtest` (the load
+//! client) and `token` (a test token, for local use).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use chat_service::config::{MigrationStoreArgs, ServeArgs};
 use chat_service::ids::UserId;
 use chat_service::loadtest::{self, LoadConfig};
 use chat_service::metrics::Metrics;
+use chat_service::rollback;
 use chat_service::serve;
+use chat_service::store::outbox::{Outbox, Redrive};
 use chat_service::store::postgres::PgStore;
 use chat_service::store::scylla::CqlStore;
 use chat_service::validate::{self, ValidateConfig};
@@ -97,6 +100,36 @@ enum Command {
         #[arg(long)]
         metrics_file: Option<std::path::PathBuf>,
     },
+    /// Copy what the new CQL store holds for a time window back into legacy PostgreSQL (rooms,
+    /// memberships started or ended in it, messages, their reactions and read markers), for a
+    /// rollback from CutOver. Idempotent; resumable (table rollback_checkpoint). Exit codes: 0
+    /// copied (or already complete), 1 failed (run again to resume), 2 bad arguments.
+    Rollback {
+        #[command(flatten)]
+        stores: MigrationStoreArgs,
+        /// Start of the window (RFC 3339): when the new store started taking writes the legacy
+        /// store may lack (the dual write's start is always early enough).
+        #[arg(long, env = "FICUS_DUAL_WRITE_STARTED_AT")]
+        since: String,
+        /// End of the window, exclusive (RFC 3339); default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// The checkpoint key (default: FICUS_MIGRATION_ID, else the window).
+        #[arg(long, env = "FICUS_MIGRATION_ID")]
+        checkpoint_key: Option<String>,
+        /// Stop after this many rooms (a partial run; the next run resumes).
+        #[arg(long)]
+        max_rooms: Option<u64>,
+    },
+    /// The migration router's outbox: dead letters (writes given up) and their redrive.
+    Outbox {
+        /// The PostgreSQL database whose outbox to use (the legacy store's, or a PostgreSQL new
+        /// store's).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Room and message counts of both stores, side by side.
     Status {
         #[command(flatten)]
@@ -131,6 +164,32 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum OutboxCommand {
+    /// List the dead letters, oldest first (id, target, room, operation, attempts, times, last
+    /// error).
+    DeadLetters {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Move dead letters back into the outbox, due at once (the replayers are notified). Use
+    /// after fixing what made them fail.
+    Redrive {
+        /// One dead letter, by id.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn rfc3339(flag: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{flag} {text:?}: {e} (RFC 3339, e.g. 2025-01-31T12:00:00Z)"))
 }
 
 fn jwt_secret(purpose: &str) -> Result<Vec<u8>, String> {
@@ -302,6 +361,104 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Rollback {
+            stores,
+            since,
+            until,
+            checkpoint_key,
+            max_rooms,
+        } => {
+            // Bad arguments exit 2 (as clap's own usage errors): retrying cannot help.
+            let window = rfc3339("--since", &since).and_then(|since| {
+                let until = until.map(|u| rfc3339("--until", &u)).transpose()?;
+                match until {
+                    Some(u) if u <= since => {
+                        Err(rollback::RollbackError::EmptyWindow { since, until: u }.to_string())
+                    }
+                    _ => Ok((since, until)),
+                }
+            });
+            let (since, until) = match window {
+                Ok(w) => w,
+                Err(message) => {
+                    eprintln!("chat-service: {message}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let config = rollback::RollbackConfig {
+                since,
+                until,
+                checkpoint_key: checkpoint_key
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| rollback::default_checkpoint_key(since, until)),
+                max_rooms,
+            };
+            let pg = PgStore::connect(&stores.database_url, 4)
+                .await
+                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            pg.migrate()
+                .await
+                .map_err(|e| format!("cannot apply the PostgreSQL migrations: {e}"))?;
+            let cql = connect_cql(&stores).await?;
+            let report = rollback::run(&pg, &cql, &stores.cql.keyspace, &config)
+                .await
+                .map_err(|e| e.to_string())?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Outbox {
+            database_url,
+            command,
+        } => {
+            let url = database_url.ok_or(
+                "DATABASE_URL (or --database-url) is not set: the database whose outbox to use",
+            )?;
+            let pg = PgStore::connect(&url, 2)
+                .await
+                .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+            let outbox = Outbox::new(pg.pool().clone());
+            match command {
+                OutboxCommand::DeadLetters { limit } => {
+                    let letters = outbox
+                        .list_dead_letters(limit)
+                        .await
+                        .map_err(|e| format!("cannot read the dead letters: {e}"))?;
+                    println!("id\ttarget\troom\top\tattempts\tcreated_at\tdead_at\tlast_error");
+                    for d in &letters {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            d.id,
+                            d.target,
+                            d.room_id
+                                .map(|r| r.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            d.op,
+                            d.attempts,
+                            d.created_at.to_rfc3339(),
+                            d.dead_at.to_rfc3339(),
+                            d.last_error.as_deref().unwrap_or("").replace('\n', " ")
+                        );
+                    }
+                    eprintln!("{} dead letters", letters.len());
+                }
+                OutboxCommand::Redrive { id, all } => {
+                    let which = match (id, all) {
+                        (_, true) => Redrive::All,
+                        (Some(id), false) => Redrive::One(id),
+                        (None, false) => return Err("give --id N or --all".into()),
+                    };
+                    let moved = outbox
+                        .redrive(which)
+                        .await
+                        .map_err(|e| format!("cannot redrive: {e}"))?;
+                    println!("{moved} dead letters moved back to the outbox");
+                    if moved == 0 && matches!(which, Redrive::One(_)) {
+                        return Err(format!("no dead letter {which:?}"));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { stores } => {
             let pg = PgStore::connect(&stores.database_url, 2)

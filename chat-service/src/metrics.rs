@@ -10,9 +10,10 @@
 //! | `chat_requests_total` | `cohort` (`legacy`/`new`), `code` (`ok` or the Connect error code) |
 //! | `chat_request_duration_seconds` | `cohort` |
 //! | `chat_flags_generation` | (the applied flag document's generation) |
-//! | `chat_dual_write_operations_total` | `target` (`legacy`/`new`), `status` (`success`/`error`/`skipped`/`replayed`/`dead_letter`) |
+//! | `chat_dual_write_operations_total` | `target` (`legacy`/`new`), `status` ([`DualWriteOutcome`]: `success`/`error`/`skipped`/`queued`/`replayed`/`dead_letter`) |
 //! | `chat_dual_write_lag_seconds` | (primary write done -> secondary write done, inline or replayed) |
-//! | `chat_retry_queue_size` | (outbox depth: rows in `outbox` plus entries held in memory) |
+//! | `chat_retry_queue_size` | (outbox depth: entries in the outboxes of both stores, in-flight records included) |
+//! | `chat_outbox_dead_letters` | (entries in the outboxes' dead-letter tables: writes that need an operator) |
 //! | `chat_shadow_reads_total` | (shadow reads compared) |
 //! | `chat_shadow_read_mismatches_total` | `type` (`missing`/`extra`/`content`/`order`/`count`) |
 //! | `chat_shadow_read_errors_total` | (shadow reads that failed; never returned to callers) |
@@ -22,6 +23,38 @@
 //! | `chat_consistency_checks_total` | `status` (`pass`/`fail`: `validate` runs by verdict) |
 
 use std::time::Duration;
+
+use crate::flags::Side;
+
+/// What became of one secondary (dual) write: the `status` of `chat_dual_write_operations_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DualWriteOutcome {
+    /// The secondary accepted the write inline.
+    Success,
+    /// The inline write failed; the outbox retries it.
+    Error,
+    /// The secondary was down: not called, left to the outbox.
+    Skipped,
+    /// The room had earlier writes waiting in the outbox: queued behind them, in order.
+    Queued,
+    /// The replayer made the write.
+    Replayed,
+    /// Given up after the maximum attempts, or undecodable: moved to the dead-letter table.
+    DeadLetter,
+}
+
+impl DualWriteOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DualWriteOutcome::Success => "success",
+            DualWriteOutcome::Error => "error",
+            DualWriteOutcome::Skipped => "skipped",
+            DualWriteOutcome::Queued => "queued",
+            DualWriteOutcome::Replayed => "replayed",
+            DualWriteOutcome::DeadLetter => "dead_letter",
+        }
+    }
+}
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -102,6 +135,8 @@ pub struct Metrics {
     dual_write_lag: Histogram,
     /// Outbox depth, set by the replayer.
     pub retry_queue_size: Gauge,
+    /// Dead letters in the outboxes, set by the replayer.
+    pub outbox_dead_letters: Gauge,
     shadow_reads: Counter,
     shadow_mismatches: Family<MismatchLabels, Counter>,
     shadow_errors: Counter,
@@ -155,6 +190,7 @@ impl Default for Metrics {
         let dual_writes = Family::<DualWriteLabels, Counter>::default();
         let dual_write_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let retry_queue_size = Gauge::default();
+        let outbox_dead_letters = Gauge::default();
         let shadow_reads = Counter::default();
         let shadow_mismatches = Family::<MismatchLabels, Counter>::default();
         let shadow_errors = Counter::default();
@@ -172,6 +208,11 @@ impl Default for Metrics {
             "chat_retry_queue_size",
             "Secondary writes waiting in the outbox",
             retry_queue_size.clone(),
+        );
+        registry.register(
+            "chat_outbox_dead_letters",
+            "Secondary writes given up (dead-letter tables): each needs an operator (chat-service outbox dead-letters / redrive)",
+            outbox_dead_letters.clone(),
         );
         registry.register(
             "chat_shadow_reads",
@@ -228,6 +269,7 @@ impl Default for Metrics {
             dual_writes,
             dual_write_lag,
             retry_queue_size,
+            outbox_dead_letters,
             shadow_reads,
             shadow_mismatches,
             shadow_errors,
@@ -277,15 +319,21 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn dual_write(&self, target: &'static str, status: &'static str) {
+    pub fn dual_write(&self, target: Side, outcome: DualWriteOutcome) {
         self.dual_writes
-            .get_or_create(&DualWriteLabels { target, status })
+            .get_or_create(&DualWriteLabels {
+                target: target.as_str(),
+                status: outcome.as_str(),
+            })
             .inc();
     }
 
-    pub fn dual_write_count(&self, target: &'static str, status: &'static str) -> u64 {
+    pub fn dual_write_count(&self, target: Side, outcome: DualWriteOutcome) -> u64 {
         self.dual_writes
-            .get_or_create(&DualWriteLabels { target, status })
+            .get_or_create(&DualWriteLabels {
+                target: target.as_str(),
+                status: outcome.as_str(),
+            })
             .get()
     }
 

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,7 +22,9 @@ use crate::events::{EventBus, EventBusError};
 use crate::flags::{FlagError, FlagWatcher};
 use crate::ids::MessageIdGenerator;
 use crate::metrics::Metrics;
+use crate::store::cql_outbox::CqlOutbox;
 use crate::store::instrumented::Instrumented;
+use crate::store::outbox::{Outbox, OutboxLog};
 use crate::store::postgres::PgStore;
 use crate::store::router::{MigrationRouter, RouterOptions};
 use crate::store::scylla::CqlStore;
@@ -59,14 +62,22 @@ pub struct Server {
     // Keeps the flag watcher following its source while the server runs.
     _flags: FlagWatcher,
     // The migration router's outbox replayer (with `--store router`), stopped with the server.
-    _replayer: Option<crate::store::router::ReplayerHandle>,
+    replayer: Option<crate::store::router::ReplayerHandle>,
+    // The migration router, drained after the last request.
+    migration_router: Option<MigrationRouter>,
 }
+
+/// How long a shutdown waits for the migration router's dual writes after the last request:
+/// each is bounded by the secondary timeout, so this is only reached when a store hangs. Below
+/// Kubernetes' default grace period (30 s), so the pod is not killed mid-drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Connects, migrates and binds; nothing is served yet.
 pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
     let metrics = Arc::new(Metrics::default());
     let flags = FlagWatcher::start(config.flags.clone(), metrics.flags_generation.clone()).await?;
     let mut replayer = None;
+    let mut migration_router = None;
     let store: Arc<dyn ChatStore> = match &config.store {
         StoreChoice::Postgres => {
             let pg =
@@ -81,26 +92,42 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
         StoreChoice::Router {
             new,
             outbox_max_attempts,
+            outbox_inline_grace,
         } => {
             let legacy =
                 PgStore::connect(&config.database_url, config.database_max_connections).await?;
             legacy.migrate().await?;
-            let new: Arc<dyn ChatStore> = match new {
+            // The new store and the outbox in its database (the records of writes made while it
+            // is primary).
+            let (new, new_outbox): (Arc<dyn ChatStore>, OutboxLog) = match new {
                 NewStoreChoice::Postgres { database_url } => {
                     let pg =
                         PgStore::connect(database_url, config.database_max_connections).await?;
                     pg.migrate().await?;
-                    Arc::new(Instrumented::new(pg, metrics.clone()))
+                    let outbox = OutboxLog::Pg(Outbox::new(pg.pool().clone()));
+                    (Arc::new(Instrumented::new(pg, metrics.clone())), outbox)
                 }
-                NewStoreChoice::Scylla(cql) => Arc::new(Instrumented::new(
-                    CqlStore::connect(cql).await.map_err(ServeError::Cql)?,
-                    metrics.clone(),
-                )),
+                NewStoreChoice::Scylla(cql) => (
+                    Arc::new(Instrumented::new(
+                        CqlStore::connect(cql).await.map_err(ServeError::Cql)?,
+                        metrics.clone(),
+                    )),
+                    OutboxLog::Cql(CqlOutbox::connect(cql).await.map_err(ServeError::Cql)?),
+                ),
             };
             let mut options = RouterOptions::default();
             options.replay.max_attempts = *outbox_max_attempts;
-            let router = MigrationRouter::new(legacy, new, flags.clone(), metrics.clone(), options);
+            options.replay.inline_grace = *outbox_inline_grace;
+            let router = MigrationRouter::new(
+                legacy,
+                new,
+                new_outbox,
+                flags.clone(),
+                metrics.clone(),
+                options,
+            );
             replayer = Some(router.start_replayer());
+            migration_router = Some(router.clone());
             Arc::new(router)
         }
     };
@@ -137,7 +164,8 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
         router,
         stopping,
         _flags: flags,
-        _replayer: replayer,
+        replayer,
+        migration_router,
     })
 }
 
@@ -146,13 +174,16 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves until `shutdown` completes, then drains: open streams end, in-flight requests
-    /// finish (each bounded by the request timeout).
+    /// Serves until `shutdown` completes, then drains: no new connections, open streams end,
+    /// in-flight requests finish (each bounded by the request timeout), then the migration
+    /// router's dual writes still running (`async` secondary writes, outbox records) finish,
+    /// and only then the replayer stops.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let stopping = self.stopping;
+        let (replayer, migration_router) = (self.replayer, self.migration_router);
         let drain = async move {
             shutdown.await;
             info!("shutting down: finishing in-flight requests");
@@ -162,6 +193,14 @@ impl Server {
             .with_graceful_shutdown(drain)
             .await
             .map_err(ServeError::Http)?;
+        if let Some(router) = migration_router {
+            info!(
+                in_flight = router.in_flight(),
+                "draining the migration router's dual writes"
+            );
+            router.drain(DRAIN_TIMEOUT).await;
+        }
+        drop(replayer);
         info!("stopped");
         Ok(())
     }

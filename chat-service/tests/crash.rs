@@ -5,8 +5,13 @@
 //! SendMessage call was acknowledged (200) is in both stores.
 //!
 //! The transactional outbox row of a message commits with the legacy write and is due only after
-//! the inline grace period (30 s, not configurable from the command line), so the drain after the
-//! restart takes up to that long.
+//! the inline grace period (30 s by default), so the drain after the restart takes up to that long.
+//!
+//! After cutover (the new store primary, `async` reverse dual write to legacy), with legacy
+//! hanging (its message table locked) so that every legacy write is still pending when the
+//! process stops: a SIGKILL loses none of them (their outbox records are in the new store and a
+//! restarted instance replays them), and a SIGTERM drains: the process exits 0 only once each
+//! pending legacy write was made or recorded in an outbox.
 
 mod common;
 
@@ -277,4 +282,215 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
     child.kill().expect("stop");
     child.wait().expect("reap");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A chat-service binary over two fresh databases with the new store primary and the `async`
+/// reverse dual write, a 1 s grace period for outbox records.
+async fn after_cutover(test: &str) -> (Service, String, String, std::path::PathBuf) {
+    let pg = Postgres::shared().expect("postgres");
+    let legacy_url = pg
+        .create_database(&format!("{test}_legacy"))
+        .await
+        .expect("db");
+    let new_url = pg
+        .create_database(&format!("{test}_new"))
+        .await
+        .expect("db");
+    let dir = std::env::temp_dir().join(format!("chat-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let flags_file = dir.join("flags");
+    std::fs::write(
+        &flags_file,
+        common::flag_doc(1, Side::New, DualWrite::Async, 0, 100).to_file_text(),
+    )
+    .expect("flags file");
+    let port = free_port();
+    let service = Service {
+        args: vec![
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--store".into(),
+            "router".into(),
+            "--new-store".into(),
+            "postgres".into(),
+            "--new-database-url".into(),
+            new_url.clone(),
+            "--flags-file".into(),
+            flags_file.display().to_string(),
+            "--outbox-inline-grace-ms".into(),
+            "1000".into(),
+        ],
+        env: vec![
+            ("DATABASE_URL", legacy_url.clone()),
+            (
+                "CHAT_JWT_SECRET",
+                String::from_utf8(common::JWT_SECRET.to_vec()).expect("utf8"),
+            ),
+            ("CHAT_ENCRYPTION_KEY", EncryptionKey::random().to_base64()),
+        ],
+        base_url: format!("http://127.0.0.1:{port}"),
+        log: dir.join("chat-service"),
+    };
+    (service, legacy_url, new_url, dir)
+}
+
+/// Holds legacy's message table locked against writes (reads go on) until the transaction ends.
+async fn hang_legacy_messages(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("lock table room_message in exclusive mode")
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    tx
+}
+
+/// A burst of concurrent sends; returns the acknowledged ids.
+async fn burst(client: &Arc<ChatClient>, room: RoomId, n: usize) -> Vec<Uuid> {
+    let sends: Vec<_> = (0..n)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .send_message(
+                        UserId(1 + (i % 2) as i32),
+                        room,
+                        &format!("after cutover {i}"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for s in sends {
+        acked.push(s.await.expect("send task").expect("send acknowledged").0);
+    }
+    acked
+}
+
+/// Message ids the outbox of `pool`'s database holds for legacy.
+async fn recorded_for_legacy(pool: &PgPool) -> HashSet<Uuid> {
+    sqlx::query_scalar::<sqlx::Postgres, String>(
+        "select payload->>'id' from outbox where target = 'legacy' and op = 'insert_message'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("outbox")
+    .into_iter()
+    .filter_map(|id| id.parse().ok())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_after_cutover_loses_no_acknowledged_reverse_write() {
+    common::init();
+    if let Err(e) = Postgres::shared() {
+        return ficus_e2e::skip_or_panic(&e);
+    }
+    let (service, legacy_url, _new_url, dir) = after_cutover("crash_cutover_kill").await;
+    let mut child = service.spawn(1);
+    service.wait_ready(&mut child, 1).await;
+    let client = Arc::new(ChatClient::new(&service.base_url, common::JWT_SECRET));
+    let room = client
+        .create_room(UserId(1), "after cutover", "group", &[UserId(1), UserId(2)])
+        .await
+        .expect("room");
+    let legacy = PgPool::connect(&legacy_url).await.expect("legacy pool");
+    eventually_room_in_legacy(&legacy, room).await;
+
+    let held = hang_legacy_messages(&legacy).await;
+    let acked = burst(&client, room, 24).await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    held.rollback().await.expect("unlock");
+
+    let mut child = service.spawn(2);
+    service.wait_ready(&mut child, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let in_legacy = all_message_ids(&legacy).await;
+        let missing: Vec<&Uuid> = acked.iter().filter(|id| !in_legacy.contains(id)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged messages never reached legacy after the kill:\n{}",
+            missing.len(),
+            acked.len(),
+            service.log_text(2)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    child.kill().expect("stop");
+    child.wait().expect("reap");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_after_cutover_drains_every_pending_reverse_write_before_exiting() {
+    common::init();
+    if let Err(e) = Postgres::shared() {
+        return ficus_e2e::skip_or_panic(&e);
+    }
+    let (service, legacy_url, new_url, dir) = after_cutover("crash_cutover_term").await;
+    let mut child = service.spawn(1);
+    service.wait_ready(&mut child, 1).await;
+    let client = Arc::new(ChatClient::new(&service.base_url, common::JWT_SECRET));
+    let room = client
+        .create_room(UserId(1), "after cutover", "group", &[UserId(1), UserId(2)])
+        .await
+        .expect("room");
+    let legacy = PgPool::connect(&legacy_url).await.expect("legacy pool");
+    let new = PgPool::connect(&new_url).await.expect("new pool");
+    eventually_room_in_legacy(&legacy, room).await;
+
+    let held = hang_legacy_messages(&legacy).await;
+    let acked = burst(&client, room, 24).await;
+    let pid = child.id().to_string();
+    let term = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("wait task");
+    assert!(
+        status.success(),
+        "SIGTERM is a clean stop ({status}):\n{}",
+        service.log_text(1)
+    );
+    // Exited while legacy still hangs: each pending write must be in legacy or in an outbox.
+    let in_legacy = all_message_ids(&legacy).await;
+    let mut recorded = recorded_for_legacy(&new).await;
+    recorded.extend(recorded_for_legacy(&legacy).await);
+    let lost: Vec<&Uuid> = acked
+        .iter()
+        .filter(|id| !in_legacy.contains(id) && !recorded.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages neither in legacy nor recorded in an outbox after SIGTERM:\n{}",
+        lost.len(),
+        acked.len(),
+        service.log_text(1)
+    );
+    held.rollback().await.expect("unlock");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn eventually_room_in_legacy(legacy: &PgPool, room: RoomId) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sqlx::query_scalar::<sqlx::Postgres, bool>(
+        "select exists(select 1 from room where id = $1)",
+    )
+    .bind(room.0)
+    .fetch_one(legacy)
+    .await
+    .expect("room")
+    {
+        assert!(Instant::now() < deadline, "the room never reached legacy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

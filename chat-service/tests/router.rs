@@ -9,22 +9,24 @@ use std::time::Duration;
 use chat_service::config::{NewStoreChoice, StoreChoice};
 use chat_service::flags::{DualWrite, FlagSource, Flags, Side};
 use chat_service::ids::{MessageIdGenerator, UserId};
+use chat_service::metrics::DualWriteOutcome;
 use chat_service::routing::cohort;
 use chat_service::store::{ChatStore, PageRequest, StoreError};
 use ficus_e2e::Postgres;
 use sqlx::postgres::PgPool;
 
 use common::router::{
-    RouterSetup, eventually, flags, message, message_ids, new_room, outbox_depth, pg_store,
-    start_router,
+    RouterSetup, eventually, flags, message, message_ids, new_room, outbox_depth, pg_outbox,
+    pg_store, start_router,
 };
 
 /// The router over two PostgreSQL databases, and a pool on the new one for direct checks.
 async fn setup(legacy_url: &str, new_url: &str, f: Flags) -> (RouterSetup, PgPool) {
     let new = pg_store(new_url).await;
     let new_pool = new.pool().clone();
+    let outbox = pg_outbox(&new);
     (
-        start_router(pg_store(legacy_url).await, new, f).await,
+        start_router(pg_store(legacy_url).await, new, outbox, f).await,
         new_pool,
     )
 }
@@ -84,8 +86,10 @@ async fn dual_write_sync_and_async_land_every_message_in_both_stores() {
         // Async secondary writes are not ordered: a message can reach the secondary before its
         // room and fail once; the outbox replays it. Every write lands exactly once either way.
         let landed = || {
-            s.metrics.dual_write_count("new", "success")
-                + s.metrics.dual_write_count("new", "replayed")
+            s.metrics
+                .dual_write_count(Side::New, DualWriteOutcome::Success)
+                + s.metrics
+                    .dual_write_count(Side::New, DualWriteOutcome::Replayed)
         };
         eventually(
             &format!("{mode}: room + 30 messages counted"),
@@ -95,18 +99,22 @@ async fn dual_write_sync_and_async_land_every_message_in_both_stores() {
         .await;
         assert_eq!(landed(), 31, "{mode}: each dual write counted once");
         assert_eq!(
-            s.metrics.dual_write_count("new", "error"),
-            s.metrics.dual_write_count("new", "replayed"),
+            s.metrics
+                .dual_write_count(Side::New, DualWriteOutcome::Error),
+            s.metrics
+                .dual_write_count(Side::New, DualWriteOutcome::Replayed),
             "{mode}: every failed write was replayed"
         );
         assert_eq!(
-            s.metrics.dual_write_count("new", "skipped"),
+            s.metrics
+                .dual_write_count(Side::New, DualWriteOutcome::Skipped),
             0,
             "{mode}: the secondary was never down"
         );
         if mode == DualWrite::Sync {
             assert_eq!(
-                s.metrics.dual_write_count("new", "success"),
+                s.metrics
+                    .dual_write_count(Side::New, DualWriteOutcome::Success),
                 31,
                 "sync writes are ordered: none needs a replay"
             );
@@ -185,7 +193,9 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
     )
     .await;
     assert!(
-        s.metrics.dual_write_count("new", "skipped") > 0,
+        s.metrics
+            .dual_write_count(Side::New, DualWriteOutcome::Skipped)
+            > 0,
         "down secondary skipped (ping-before-write)"
     );
 
@@ -201,7 +211,7 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
     .expect("restart");
 
     eventually("the outbox drains", Duration::from_secs(60), || async {
-        outbox_depth(&s.legacy_pool).await == 0 && s.router.pending_in_memory() == 0
+        outbox_depth(&s.legacy_pool).await == 0
     })
     .await;
     eventually("gauge back to 0", Duration::from_secs(10), || async {
@@ -392,8 +402,10 @@ async fn after_cutover_writes_go_to_new_and_the_reverse_dual_write_fills_legacy(
         // Async secondary writes are not ordered: a message can reach legacy before its room and
         // fail once; the outbox then replays it. Every write lands exactly once either way.
         let landed = || {
-            s.metrics.dual_write_count("legacy", "success")
-                + s.metrics.dual_write_count("legacy", "replayed")
+            s.metrics
+                .dual_write_count(Side::Legacy, DualWriteOutcome::Success)
+                + s.metrics
+                    .dual_write_count(Side::Legacy, DualWriteOutcome::Replayed)
         };
         eventually(
             &format!("{mode}: 21 legacy dual writes counted"),
@@ -403,13 +415,16 @@ async fn after_cutover_writes_go_to_new_and_the_reverse_dual_write_fills_legacy(
         .await;
         assert_eq!(landed(), 21, "{mode}: each dual write counted once");
         assert_eq!(
-            s.metrics.dual_write_count("legacy", "error"),
-            s.metrics.dual_write_count("legacy", "replayed"),
+            s.metrics
+                .dual_write_count(Side::Legacy, DualWriteOutcome::Error),
+            s.metrics
+                .dual_write_count(Side::Legacy, DualWriteOutcome::Replayed),
             "{mode}: every failed write was replayed"
         );
         if mode == DualWrite::Sync {
             assert_eq!(
-                s.metrics.dual_write_count("legacy", "success"),
+                s.metrics
+                    .dual_write_count(Side::Legacy, DualWriteOutcome::Success),
                 21,
                 "sync writes are ordered: none needs a replay"
             );
@@ -441,6 +456,7 @@ async fn serve_with_the_router_writes_both_databases_and_labels_requests_by_coho
             database_url: new_url.clone(),
         },
         outbox_max_attempts: 10,
+        outbox_inline_grace: std::time::Duration::from_secs(30),
     };
     config.flags = FlagSource::Static(f);
     let svc = common::start(config).await;

@@ -12,15 +12,22 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chat_service::flags::Flags;
 use chat_service::flags::{DualWrite, Side};
 use chat_service::ids::MessageIdGenerator;
+use chat_service::metrics::DualWriteOutcome;
 use chat_service::store::ChatStore;
+use chat_service::store::cql_outbox::CqlOutbox;
+use chat_service::store::outbox::OutboxLog;
+use chat_service::store::postgres::PgStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
 use ficus_e2e::Cassandra;
 
+use chat_service::ids::UserId;
+
 use common::router::{
     RouterSetup, eventually, flags, fresh_pg_store, history_ids, message, new_room, outbox_depth,
-    retry_queue_size, start_router, try_history_ids,
+    pg_store, retry_queue_size, start_router, try_history_ids,
 };
 
 /// The tests of this binary take turns on the one CQL node.
@@ -30,16 +37,25 @@ static NODE: Mutex<()> = Mutex::new(());
 /// of this binary's Cassandra node (consistency ONE: one node).
 async fn setup(cassandra: &Cassandra, test: &str, dual_write: DualWrite) -> RouterSetup {
     let legacy = fresh_pg_store(&format!("{test}_legacy")).await;
-    let keyspace = cassandra.create_keyspace(test).await.expect("keyspace");
-    let cql = CqlStore::connect(&CqlConfig {
+    let config = cql_config(cassandra, test).await;
+    start_cql_router(legacy, &config, flags(Side::Legacy, dual_write, 0, 0)).await
+}
+
+/// A fresh keyspace of this binary's Cassandra node.
+async fn cql_config(cassandra: &Cassandra, test: &str) -> CqlConfig {
+    CqlConfig {
         contact_points: vec![cassandra.contact_point()],
-        keyspace,
+        keyspace: cassandra.create_keyspace(test).await.expect("keyspace"),
         consistency: scylla::statement::Consistency::One,
         address_map: Default::default(),
-    })
-    .await
-    .expect("CQL store");
-    start_router(legacy, cql, flags(Side::Legacy, dual_write, 0, 0)).await
+    }
+}
+
+/// The router over `legacy` and the CQL store of `config`, with the CQL outbox.
+async fn start_cql_router(legacy: PgStore, config: &CqlConfig, f: Flags) -> RouterSetup {
+    let cql = CqlStore::connect(config).await.expect("CQL store");
+    let outbox = CqlOutbox::connect(config).await.expect("CQL outbox");
+    start_router(legacy, cql, OutboxLog::Cql(outbox), f).await
 }
 
 fn node() -> Option<&'static Cassandra> {
@@ -180,7 +196,10 @@ async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges(
     )
     .await;
     assert!(
-        s.metrics.dual_write_count("new", "skipped") + s.metrics.dual_write_count("new", "error")
+        s.metrics
+            .dual_write_count(Side::New, DualWriteOutcome::Skipped)
+            + s.metrics
+                .dual_write_count(Side::New, DualWriteOutcome::Error)
             > 0
     );
 
@@ -190,7 +209,7 @@ async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges(
         .expect("restart");
 
     eventually("the outbox drains", Duration::from_secs(120), || async {
-        outbox_depth(&s.legacy_pool).await == 0 && s.router.pending_in_memory() == 0
+        outbox_depth(&s.legacy_pool).await == 0
     })
     .await;
     eventually(
@@ -223,4 +242,225 @@ async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges(
         0
     );
     println!("outbox depth after the burst: {depth}; {total} messages in both stores");
+}
+
+/// After cutover on the CQL store (`sync` reverse dual write), legacy PostgreSQL goes down: every
+/// call still succeeds, and each pending legacy write is recorded in the CQL store's outbox, not
+/// in memory. The router is then dropped without a drain (a crash); a router started afresh on
+/// the same stores replays every one of them into legacy once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_cutover_legacy_writes_wait_in_the_cql_outbox_across_a_crash() {
+    common::init();
+    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cassandra) = node() else { return };
+    let ids = MessageIdGenerator::default();
+    let legacy_server = ficus_e2e::Postgres::start().expect("private postgres");
+    let legacy_url = legacy_server
+        .create_database("cql_cutover_legacy")
+        .await
+        .expect("db");
+    let config = cql_config(cassandra, "cql_cutover").await;
+    let f = flags(Side::New, DualWrite::Sync, 0, 100);
+    let s = start_cql_router(pg_store(&legacy_url).await, &config, f.clone()).await;
+    let room = new_room(&s.router, 1, &[2]).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            s.router
+                .insert_message(message(&ids, room, 1, &format!("before {i}")))
+                .await
+                .expect("send")
+                .id
+                .0,
+        );
+    }
+    let legacy_server = tokio::task::spawn_blocking(move || {
+        legacy_server.stop();
+        legacy_server
+    })
+    .await
+    .expect("stop legacy");
+    for i in 0..20 {
+        sent.push(
+            s.router
+                .insert_message(message(&ids, room, 2, &format!("legacy down {i}")))
+                .await
+                .expect("no call fails while legacy is down")
+                .id
+                .0,
+        );
+    }
+    let outbox = s.router.new_outbox().clone();
+    eventually(
+        "every pending legacy write is recorded in the CQL outbox",
+        Duration::from_secs(20),
+        || async { outbox.depth().await.is_ok_and(|d| d >= 20) },
+    )
+    .await;
+    // A crash: the router and its replayer are gone, nothing was drained.
+    drop(s);
+    let legacy_server = tokio::task::spawn_blocking(move || {
+        legacy_server.restart().expect("restart legacy");
+        legacy_server
+    })
+    .await
+    .expect("restart");
+    let s = start_cql_router(pg_store(&legacy_url).await, &config, f).await;
+    eventually(
+        "the CQL outbox drains into legacy",
+        Duration::from_secs(60),
+        || async { s.router.new_outbox().depth().await.is_ok_and(|d| d == 0) },
+    )
+    .await;
+    let mut in_legacy = history_ids(s.legacy.as_ref(), room).await;
+    in_legacy.sort();
+    sent.sort();
+    assert_eq!(in_legacy, sent, "legacy holds every acknowledged message");
+    drop(legacy_server);
+}
+
+/// With `reverseDualWrite: false` legacy gets nothing while the new store is primary; `chat-service
+/// rollback --since` copies the window back: rooms, messages, leaves. A partial run resumes; a
+/// completed key is not run again; another key over the same window changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and_resumably() {
+    common::init();
+    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cassandra) = node() else { return };
+    let ids = MessageIdGenerator::default();
+    let legacy = fresh_pg_store("cql_rollback_legacy").await;
+    let legacy_url = legacy_database_url(&legacy).await;
+    let config = cql_config(cassandra, "cql_rollback").await;
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let s = start_cql_router(legacy, &config, flags(Side::New, DualWrite::Off, 0, 100)).await;
+    let mut rooms = Vec::new();
+    let mut sent = Vec::new();
+    for r in 0..3 {
+        let room = new_room(&s.router, 1, &[2, 3]).await;
+        for i in 0..4 {
+            sent.push(
+                s.router
+                    .insert_message(message(
+                        &ids,
+                        room,
+                        1 + i % 2,
+                        &format!("room {r} message {i}"),
+                    ))
+                    .await
+                    .expect("send")
+                    .id
+                    .0,
+            );
+        }
+        rooms.push(room);
+    }
+    assert!(
+        s.router
+            .leave_room(rooms[0], UserId(3), chat_service::store::now())
+            .await
+            .expect("leave")
+    );
+    let count = |sql: &'static str| {
+        let pool = s.legacy_pool.clone();
+        async move {
+            sqlx::query_scalar::<sqlx::Postgres, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+    assert_eq!(
+        count("select count(*) from room_message").await,
+        0,
+        "nothing reached legacy (no reverse dual write)"
+    );
+
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "rollback".to_owned(),
+            "--since".into(),
+            since.to_rfc3339(),
+            "--cql-contact-points".into(),
+            config.contact_points[0].clone(),
+            "--cql-keyspace".into(),
+            config.keyspace.clone(),
+            "--cql-consistency".into(),
+            "ONE".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
+            .args(&args)
+            .env("DATABASE_URL", &legacy_url)
+            .env("FICUS_MIGRATION_ID", "chat-migration-1")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run rollback");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["--max-rooms", "1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("partial"), "{out}");
+    assert_eq!(count("select count(*) from room").await, 1, "{out}");
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("complete"), "{out}");
+
+    let mut in_legacy: Vec<uuid::Uuid> = Vec::new();
+    for room in &rooms {
+        in_legacy.extend(history_ids(s.legacy.as_ref(), *room).await);
+    }
+    in_legacy.sort();
+    sent.sort();
+    assert_eq!(in_legacy, sent, "every message of the window is in legacy");
+    let left = s
+        .legacy
+        .get_room(rooms[0], UserId(1))
+        .await
+        .expect("room in legacy");
+    assert_eq!(
+        left.participants,
+        vec![UserId(1), UserId(2)],
+        "the leave reached legacy"
+    );
+    let kept = s
+        .legacy
+        .get_room(rooms[1], UserId(1))
+        .await
+        .expect("room in legacy");
+    assert_eq!(kept.participants, vec![UserId(1), UserId(2), UserId(3)]);
+
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("already complete"), "{out}");
+    let (code, out) = run(&["--checkpoint-key", "again"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("0 rooms created, 0 memberships updated, 0 messages"),
+        "an idempotent copy: {out}"
+    );
+    assert_eq!(
+        count("select count(*) from room_message").await,
+        sent.len() as i64
+    );
+
+    let (code, out) = run(&[
+        "--until",
+        &(since - chrono::Duration::seconds(5)).to_rfc3339(),
+    ]);
+    assert_eq!(code, Some(2), "an empty window is a usage error: {out}");
+}
+
+/// The URL of a store's database (the harness's shared server, the pool's database name).
+async fn legacy_database_url(store: &PgStore) -> String {
+    let name: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(store.pool())
+        .await
+        .expect("database name");
+    ficus_e2e::Postgres::shared()
+        .expect("postgres")
+        .database_url(&name)
 }

@@ -52,6 +52,12 @@ pub fn participants(
 }
 
 pub fn room_name(name: &str) -> Result<String, ApiError> {
+    // PostgreSQL text cannot hold U+0000: refused here, not a database error (500) later.
+    if name.contains('\0') {
+        return Err(ApiError::invalid(
+            "name: must not contain the NUL character (U+0000)",
+        ));
+    }
     let name = name.trim();
     if name.chars().count() > MAX_ROOM_NAME_CHARS {
         return Err(ApiError::invalid(format!(
@@ -201,6 +207,7 @@ mod tests {
     #[test]
     fn names_types_and_reactions() {
         assert_eq!(room_name("  Team ").expect("ok"), "Team");
+        assert!(room_name("a\0b").is_err());
         assert!(room_name(&"n".repeat(MAX_ROOM_NAME_CHARS + 1)).is_err());
         assert_eq!(message_type(None).expect("default"), DEFAULT_MESSAGE_TYPE);
         assert_eq!(

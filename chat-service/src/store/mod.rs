@@ -11,6 +11,7 @@
 //!   [`StoreError::Unavailable`] when the database cannot be reached (retry later), and
 //!   [`StoreError::Internal`] for everything that needs an operator.
 
+pub mod cql_outbox;
 pub mod instrumented;
 pub mod outbox;
 pub mod page;

@@ -1,19 +1,17 @@
-//! The transactional outbox of the migration router, in the legacy PostgreSQL (migration
-//! `0002_outbox.sql`), and its replayer.
+//! The outbox of the migration router and its replayer: the durable record of every secondary
+//! write that has not reached its store yet, kept in the **write primary's** database: the
+//! `outbox` table of the legacy PostgreSQL (migration `0002_outbox.sql`) while legacy is
+//! primary, the new store's outbox while new is primary (a PostgreSQL new store's own `outbox`
+//! table, or the CQL store's, [`crate::store::cql_outbox`]). [`OutboxLog`] is either.
 //!
-//! An entry is one secondary write that has not reached its store yet: the operation and its
-//! arguments ([`WriteOp`], serialized to `payload`), so replaying it is the same idempotent call
-//! (ids and times were chosen by the caller). Entries come from three places:
-//!
-//! * written **in the same transaction as the primary write** (legacy PostgreSQL primary,
-//!   `insert_message`: [`crate::store::postgres::PgStore::insert_message_with_outbox`]) with
-//!   `next_attempt_at` a grace period ahead; the router deletes it once the secondary accepted
-//!   the write, or pushes it back with backoff when the secondary failed. A crash between the
-//!   primary commit and the secondary write leaves the row, and the replayer makes the write
-//!   after the grace period;
-//! * enqueued after a secondary write failed, or was skipped because the store was down;
-//! * entries that could not be enqueued (PostgreSQL itself unreachable) are held in memory by
-//!   the router and flushed here when PostgreSQL answers again.
+//! An entry is one write: the operation and its arguments ([`WriteOp`], serialized to
+//! `payload`), so replaying it is the same idempotent call (ids and times were chosen by the
+//! caller). Every dual write has one **before its primary write can commit** (a legacy send's in
+//! the same transaction, [`crate::store::postgres::PgStore::insert_message_with_outbox`]; any
+//! other write's just before the primary write), due only after a grace period; the router
+//! deletes it once the secondary accepted the write, makes it due (with backoff) when the
+//! secondary failed, was skipped or the room has earlier entries queued, and deletes it when the
+//! primary write failed. A crash at any point leaves the entry and a replayer makes the write.
 //!
 //! # Replay
 //!
@@ -24,7 +22,13 @@
 //! that fails or is not due: a room's entries never overtake each other. A failed entry gets
 //! `attempts + 1` and `next_attempt_at = now + backoff(attempts)` ([`backoff`]: exponential,
 //! capped, with jitter); after `max_attempts` it moves to `outbox_dead_letter`, which unblocks
-//! the room.
+//! the room. An entry whose payload does not decode moves there at once (it can never succeed)
+//! and does not stop the others. `chat-service outbox dead-letters` lists the dead letters and
+//! `chat-service outbox redrive` moves them back ([`Outbox::redrive`]).
+//!
+//! The replayers are woken by `LISTEN/NOTIFY` (channel `chat_outbox`, a trigger of migration
+//! `0004` notifies when an entry is due at once) and otherwise sleep until the earliest entry is
+//! due, or at most `poll_interval` (a slow fallback).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +41,7 @@ use uuid::Uuid;
 
 use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::metrics::Metrics;
+use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::store::{ChatStore, NewMessage, NewRoom, ReadMarker, RoomType, StoreError, StoreResult};
 
 /// One write of the [`ChatStore`] trait with its arguments, as stored in `outbox.payload`.
@@ -226,6 +230,26 @@ impl WriteOp {
         })
     }
 
+    /// [`WriteOp::apply`] as a secondary write (inline or replayed). A leave that changes
+    /// nothing because the store does not have the room yet has **not** landed: counted as done,
+    /// the room's creation still on its way would bring the member back. It fails with
+    /// `NotFound` and waits in the outbox behind the creation.
+    pub async fn apply_on_secondary(&self, store: &dyn ChatStore) -> StoreResult<Applied> {
+        let applied = self.apply(store).await?;
+        if let (WriteOp::LeaveRoom { room, user, .. }, Applied::Changed(false)) = (self, &applied) {
+            match store.room_access(*room, *user).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound(_)) => {
+                    return Err(StoreError::NotFound(format!(
+                        "room {room} (its creation has not reached this store; the leave of user {user} waits for it)"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(applied)
+    }
+
     /// Whether `result` of this write on the secondary means "the store holds the write".
     /// A `Conflict` on `create_room` is the room already being there (a replay of a write that
     /// went through, or whose answer was lost).
@@ -256,7 +280,8 @@ pub struct ReplayConfig {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
-    /// Sleep between rounds that found nothing to do.
+    /// Longest sleep between rounds that found nothing to do: the fallback when a notification
+    /// is missed (the replayer otherwise sleeps until the earliest entry is due, or is woken).
     pub poll_interval: Duration,
     /// Rooms claimed per round.
     pub batch_rooms: i64,
@@ -273,7 +298,7 @@ impl Default for ReplayConfig {
             max_attempts: 10,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
-            poll_interval: Duration::from_millis(500),
+            poll_interval: Duration::from_secs(5),
             batch_rooms: 64,
             per_room: 200,
             inline_grace: Duration::from_secs(30),
@@ -292,7 +317,7 @@ pub struct NewEntry {
     pub last_error: Option<String>,
 }
 
-fn side_from(text: &str) -> Option<Side> {
+pub(crate) fn side_from(text: &str) -> Option<Side> {
     match text {
         "legacy" => Some(Side::Legacy),
         "new" => Some(Side::New),
@@ -307,6 +332,22 @@ fn db(e: sqlx::Error) -> StoreError {
         }
         e => StoreError::Internal(e.to_string()),
     }
+}
+
+/// Where an entry is kept: a row of a PostgreSQL `outbox` table or of the CQL outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryRef {
+    Pg(i64),
+    Cql { shard: i32, room: Uuid, id: Uuid },
+}
+
+/// What a replay round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Entries replayed or dead-lettered.
+    pub settled: usize,
+    /// The earliest entry seen that is not due yet is due in this long.
+    pub next_due: Option<Duration>,
 }
 
 /// Inserts `entry` on `conn` (a transaction of the primary write, or a plain connection).
@@ -326,12 +367,14 @@ pub async fn insert_entry(conn: &mut PgConnection, entry: &NewEntry) -> Result<i
     .await
 }
 
+/// An entry as read for replay. The payload is read as text and decoded per entry, so one
+/// undecodable row cannot fail the whole batch.
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
     target: String,
     room_id: Option<Uuid>,
-    payload: Json<WriteOp>,
+    payload: String,
     attempts: i32,
     created_at: DateTime<Utc>,
     due: bool,
@@ -343,7 +386,7 @@ const HEADS: &str = "with heads as (
        select distinct on (target, coalesce(room_id::text, 'entry:' || id::text)) id
          from outbox where target = any($1)
         order by target, coalesce(room_id::text, 'entry:' || id::text), id)
-     select o.id, o.target, o.room_id, o.payload, o.attempts, o.created_at, true as due
+     select o.id, o.target, o.room_id, o.payload::text as payload, o.attempts, o.created_at, true as due
        from outbox o join heads h on h.id = o.id
       where o.next_attempt_at <= now()
       order by o.id
@@ -352,11 +395,34 @@ const HEADS: &str = "with heads as (
 
 /// The room's next entry after `$3` (due or not: a not-due entry stops the room).
 const NEXT_IN_ROOM: &str =
-    "select id, target, room_id, payload, attempts, created_at, next_attempt_at <= now() as due
+    "select id, target, room_id, payload::text as payload, attempts, created_at,
+            next_attempt_at <= now() as due
        from outbox where target = $1 and room_id = $2 and id > $3
       order by id limit 1
       for update";
 
+/// A dead-lettered entry, as `chat-service outbox dead-letters` lists it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub target: String,
+    pub room_id: Option<Uuid>,
+    pub op: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub dead_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+}
+
+/// Which dead letters `redrive` moves back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redrive {
+    One(i64),
+    All,
+}
+
+/// The outbox tables of one PostgreSQL database (the legacy store's, or a PostgreSQL new
+/// store's while it is primary).
 #[derive(Clone, Debug)]
 pub struct Outbox {
     pool: PgPool,
@@ -365,6 +431,10 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(pool: PgPool) -> Self {
         Outbox { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     pub async fn enqueue(&self, entry: &NewEntry) -> StoreResult<i64> {
@@ -382,7 +452,7 @@ impl Outbox {
         Ok(())
     }
 
-    /// The inline attempt of entry `id` failed: due again after `delay`.
+    /// The inline attempt of entry `id` failed (or was not made): due again after `delay`.
     pub async fn retry_later(&self, id: i64, delay: Duration, error: &str) -> StoreResult<()> {
         sqlx::query::<sqlx::Postgres>(
             "update outbox set attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2), last_error = $3 where id = $1",
@@ -394,6 +464,20 @@ impl Outbox {
         .await
         .map_err(db)?;
         Ok(())
+    }
+
+    /// Whether `room` has entries for `target` that already failed or were skipped or queued
+    /// (`last_error` set). The in-flight records of writes still being made inline do not count:
+    /// they are deleted within the call.
+    pub async fn has_queued(&self, target: Side, room: RoomId) -> StoreResult<bool> {
+        sqlx::query_scalar::<sqlx::Postgres, bool>(
+            "select exists(select 1 from outbox where target = $1 and room_id = $2 and last_error is not null)",
+        )
+        .bind(target.as_str())
+        .bind(room.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
     }
 
     /// Rows waiting (the `chat_retry_queue_size` gauge).
@@ -411,17 +495,80 @@ impl Outbox {
             .map_err(db)
     }
 
+    /// The dead letters, oldest first.
+    pub async fn list_dead_letters(&self, limit: i64) -> StoreResult<Vec<DeadLetter>> {
+        sqlx::query_as::<sqlx::Postgres, DeadLetter>(
+            "select id, target, room_id, op, attempts, created_at, dead_at, last_error
+               from outbox_dead_letter order by id limit $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    /// Moves dead letters back into the outbox, due now with no attempts (new ids: behind what
+    /// their room has pending). Returns how many moved. The replayers are woken by the
+    /// `outbox_notify` trigger.
+    pub async fn redrive(&self, which: Redrive) -> StoreResult<u64> {
+        let (id, all) = match which {
+            Redrive::One(id) => (id, false),
+            Redrive::All => (0, true),
+        };
+        let moved = sqlx::query::<sqlx::Postgres>(
+            "with moved as (delete from outbox_dead_letter where $2 or id = $1 returning *)
+             insert into outbox (target, room_id, op, payload, attempts, next_attempt_at, created_at, last_error)
+             select target, room_id, op, payload, 0, now(), created_at, 'redriven: ' || coalesce(last_error, '')
+               from moved order by id",
+        )
+        .bind(id)
+        .bind(all)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(moved.rows_affected())
+    }
+
+    /// Time until the earliest entry for `targets` is due (zero when one is due now).
+    pub async fn next_due(&self, targets: &[Side]) -> StoreResult<Option<Duration>> {
+        let targets: Vec<&str> = targets.iter().map(|s| s.as_str()).collect();
+        let secs = sqlx::query_scalar::<sqlx::Postgres, Option<f64>>(
+            "select extract(epoch from min(next_attempt_at) - now())::float8 from outbox where target = any($1)",
+        )
+        .bind(&targets)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
+    async fn bury(tx: &mut PgConnection, id: i64, attempts: i32, error: &str) -> StoreResult<()> {
+        sqlx::query::<sqlx::Postgres>(
+            "with gone as (delete from outbox where id = $1 returning *)
+             insert into outbox_dead_letter (id, target, room_id, op, payload, attempts, created_at, last_error)
+             select id, target, room_id, op, payload, $3, created_at, $2 from gone",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(attempts)
+        .execute(tx)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
     /// One replay round over the stores in `up` (targets not listed are left alone, so a store
-    /// that is down does not burn attempts). Returns how many entries were settled (replayed or
-    /// dead-lettered).
+    /// that is down does not burn attempts). An entry whose payload does not decode (written by
+    /// another version, or altered by hand) can never succeed: it goes to the dead-letter table
+    /// at once and its room goes on.
     pub async fn replay_round(
         &self,
         up: &[(Side, Arc<dyn ChatStore>)],
         config: &ReplayConfig,
         metrics: &Metrics,
-    ) -> StoreResult<usize> {
+    ) -> StoreResult<Round> {
         if up.is_empty() {
-            return Ok(0);
+            return Ok(Round::default());
         }
         let targets: Vec<&str> = up.iter().map(|(s, _)| s.as_str()).collect();
         let mut tx = self.pool.begin().await.map_err(db)?;
@@ -444,15 +591,31 @@ impl Outbox {
                 let Some((_, store)) = up.iter().find(|(s, _)| *s == side) else {
                     break;
                 };
-                let op = &row.payload.0;
-                let result = op.apply(store.as_ref()).await;
+                let op = match serde_json::from_str::<WriteOp>(&row.payload) {
+                    Ok(op) => op,
+                    Err(e) => {
+                        let error = format!("undecodable payload: {e}");
+                        Self::bury(&mut tx, row.id, row.attempts, &error).await?;
+                        metrics.dual_write(side, DualWriteOutcome::DeadLetter);
+                        tracing::error!(id = row.id, target = %side, %error, "outbox entry moved to the dead-letter table");
+                        settled += 1;
+                        match next_in_room(&mut tx, &row).await? {
+                            Some(next) => {
+                                row = next;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                };
+                let result = op.apply_on_secondary(store.as_ref()).await;
                 if op.landed(&result) {
                     sqlx::query::<sqlx::Postgres>("delete from outbox where id = $1")
                         .bind(row.id)
                         .execute(&mut *tx)
                         .await
                         .map_err(db)?;
-                    metrics.dual_write(side.as_str(), "replayed");
+                    metrics.dual_write(side, DualWriteOutcome::Replayed);
                     metrics
                         .dual_write_lag((Utc::now() - row.created_at).to_std().unwrap_or_default());
                     settled += 1;
@@ -460,17 +623,8 @@ impl Outbox {
                     let error = result.err().map(|e| e.to_string()).unwrap_or_default();
                     let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
                     if attempts >= config.max_attempts {
-                        sqlx::query::<sqlx::Postgres>(
-                            "with gone as (delete from outbox where id = $1 returning *)
-                             insert into outbox_dead_letter (id, target, room_id, op, payload, attempts, created_at, last_error)
-                             select id, target, room_id, op, payload, attempts + 1, created_at, $2 from gone",
-                        )
-                        .bind(row.id)
-                        .bind(&error)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                        metrics.dual_write(side.as_str(), "dead_letter");
+                        Self::bury(&mut tx, row.id, attempts as i32, &error).await?;
+                        metrics.dual_write(side, DualWriteOutcome::DeadLetter);
                         tracing::error!(id = row.id, target = %side, op = op.name(), %error, attempts, "outbox entry moved to the dead-letter table");
                         settled += 1;
                     } else {
@@ -495,23 +649,114 @@ impl Outbox {
                     // The room waits for this entry (or the next round, after a dead letter).
                     break;
                 }
-                let Some(room) = row.room_id else { break };
-                match sqlx::query_as::<sqlx::Postgres, Row>(NEXT_IN_ROOM)
-                    .bind(&row.target)
-                    .bind(room)
-                    .bind(row.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db)?
-                {
+                match next_in_room(&mut tx, &row).await? {
                     Some(next) => row = next,
                     None => break,
                 }
             }
         }
         tx.commit().await.map_err(db)?;
-        Ok(settled)
+        let due: Vec<Side> = up.iter().map(|(s, _)| *s).collect();
+        Ok(Round {
+            settled,
+            next_due: self.next_due(&due).await?,
+        })
     }
+}
+
+/// The entry after `row` in its room, locked (none for entries without a room).
+async fn next_in_room(tx: &mut PgConnection, row: &Row) -> StoreResult<Option<Row>> {
+    let Some(room) = row.room_id else {
+        return Ok(None);
+    };
+    sqlx::query_as::<sqlx::Postgres, Row>(NEXT_IN_ROOM)
+        .bind(&row.target)
+        .bind(room)
+        .bind(row.id)
+        .fetch_optional(tx)
+        .await
+        .map_err(db)
+}
+
+/// The outbox in the write primary's database: the durable record of pending secondary writes.
+#[derive(Clone)]
+pub enum OutboxLog {
+    /// A PostgreSQL `outbox` table (legacy, or a PostgreSQL new store).
+    Pg(Outbox),
+    /// The CQL store's outbox (a CQL new store).
+    Cql(Arc<crate::store::cql_outbox::CqlOutbox>),
+}
+
+impl OutboxLog {
+    pub async fn enqueue(&self, entry: &NewEntry) -> StoreResult<EntryRef> {
+        match self {
+            OutboxLog::Pg(o) => o.enqueue(entry).await.map(EntryRef::Pg),
+            OutboxLog::Cql(o) => o.enqueue(entry).await,
+        }
+    }
+
+    pub async fn complete(&self, entry: EntryRef) -> StoreResult<()> {
+        match (self, entry) {
+            (OutboxLog::Pg(o), EntryRef::Pg(id)) => o.complete(id).await,
+            (OutboxLog::Cql(o), EntryRef::Cql { shard, room, id }) => {
+                o.complete(shard, room, id).await
+            }
+            _ => Err(mismatch(entry)),
+        }
+    }
+
+    /// The inline write failed, was skipped or queued: the replayer takes it after `delay`.
+    pub async fn retry_later(
+        &self,
+        entry: EntryRef,
+        delay: Duration,
+        error: &str,
+    ) -> StoreResult<()> {
+        match (self, entry) {
+            (OutboxLog::Pg(o), EntryRef::Pg(id)) => o.retry_later(id, delay, error).await,
+            (OutboxLog::Cql(o), EntryRef::Cql { shard, room, id }) => {
+                o.retry_later((shard, room, id), 1, delay, error).await
+            }
+            _ => Err(mismatch(entry)),
+        }
+    }
+
+    pub async fn has_queued(&self, target: Side, room: RoomId) -> StoreResult<bool> {
+        match self {
+            OutboxLog::Pg(o) => o.has_queued(target, room).await,
+            OutboxLog::Cql(o) => o.has_queued(target, room).await,
+        }
+    }
+
+    pub async fn replay_round(
+        &self,
+        up: &[(Side, Arc<dyn ChatStore>)],
+        config: &ReplayConfig,
+        metrics: &Metrics,
+    ) -> StoreResult<Round> {
+        match self {
+            OutboxLog::Pg(o) => o.replay_round(up, config, metrics).await,
+            OutboxLog::Cql(o) => o.replay_round(up, config, metrics).await,
+        }
+    }
+
+    pub async fn depth(&self) -> StoreResult<i64> {
+        match self {
+            OutboxLog::Pg(o) => o.depth().await,
+            OutboxLog::Cql(o) => o.depth().await,
+        }
+    }
+
+    pub async fn dead_letters(&self) -> StoreResult<i64> {
+        match self {
+            OutboxLog::Pg(o) => o.dead_letters().await,
+            OutboxLog::Cql(o) => o.dead_letters().await,
+        }
+    }
+}
+
+fn mismatch(entry: EntryRef) -> StoreError {
+    StoreError::Internal(format!("outbox entry {entry:?} belongs to another outbox"))
 }
 
 #[cfg(test)]

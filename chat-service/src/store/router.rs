@@ -6,32 +6,35 @@
 //! [`write_plan`]: the primary must succeed for the call to succeed. With `dual_write = sync`
 //! the secondary is written concurrently with the primary (`tokio::join!`: latency is the slower
 //! store, bounded by `secondary_timeout`); with `async` it is written after the primary, in a
-//! spawned task. **Ping-before-write**: each store has a cached health (a `ping` at most every
-//! `ping_interval`, run in the background so no write waits for it; a write failing with
+//! background task. **Ping-before-write**: each store has a cached health (a `ping` at most
+//! every `ping_interval`, run in the background so no write waits for it; a write failing with
 //! `Unavailable` or timing out marks the store down at once). A secondary that is down is not
-//! called: its write goes straight to the outbox.
+//! called: its write is left to the outbox.
 //!
-//! Failed or skipped secondary writes go to the outbox ([`crate::store::outbox`]) in the legacy
-//! PostgreSQL. How strong that is:
+//! **A durable record first.** Every dual write has a record in the outbox of the **primary's**
+//! database ([`crate::store::outbox`]) before its primary write can commit: with legacy
+//! PostgreSQL primary, a send's record commits in the message's own transaction
+//! ([`PgStore::insert_message_with_outbox`]); every other write, and every write while the new
+//! store is primary (the CQL store's outbox, [`crate::store::cql_outbox`], or a PostgreSQL new
+//! store's `outbox` table), writes its record just before the primary write. The record is due
+//! only after `inline_grace`; it is deleted once the secondary accepted the write, made due now
+//! when the secondary was skipped or failed (with backoff), and deleted when the primary write
+//! failed. A crash at any point after the primary commit leaves the record, and a replayer makes
+//! the write. No write is ever held only in memory.
 //!
-//! * **legacy primary, `insert_message`**: the outbox row commits in the primary's transaction
-//!   ([`PgStore::insert_message_with_outbox`]) and is deleted once the secondary accepted the
-//!   write (or pushed back with backoff when it failed). A crash at any point after the commit
-//!   leaves the row, and the replayer makes the write after `inline_grace`. Nothing is lost.
-//! * **legacy primary, other writes** (rooms, leave, read markers, reactions): the row is written
-//!   after the secondary failed or was skipped, before a `sync` call answers. A crash between
-//!   the primary commit and that insert (or, with `async`, before the spawned write ran) loses
-//!   the secondary write; `validate` finds it and the backfill repairs it.
-//! * **new primary (after cutover)**: the secondary is PostgreSQL itself, where the outbox lives.
-//!   A failed legacy write is enqueued there; when PostgreSQL cannot take the row either (it is
-//!   down: the usual reason the write failed), the entry is held in memory (bounded by
-//!   `memory_queue_limit`, counted in `chat_retry_queue_size`) and flushed to the table by the
-//!   replayer once PostgreSQL answers. Entries in memory die with the process; so does an
-//!   `async` write not yet made. That is weaker than before cutover, on purpose: writing an
-//!   intent row to PostgreSQL before every write to the new primary would put the old store back
-//!   on the critical path that cutover removes.
-//! * With `sync`, a primary that fails while the secondary succeeded leaves the write in the
-//!   secondary only (the client sees the error; a retry uses a new id). `validate` counts those.
+//! **Not cancellable.** A dual write runs in a task of its own that the call awaits: a request
+//! timeout or a client that goes away cannot cut off the secondary write or the record's update.
+//! The tasks are tracked: [`MigrationRouter::drain`] (on SIGTERM, after in-flight requests) waits
+//! for them, `async` secondary writes included.
+//!
+//! **Per-room order.** When the room already has entries for the secondary in the outbox that
+//! failed, were skipped or queued, a new write for the room is not made directly: its record is
+//! made due and the replayer makes it behind them, in order. A leave that finds no room on the
+//! secondary has not landed ([`WriteOp::apply_on_secondary`]): it waits for the room's creation
+//! instead of being counted and then undone by a replayed `CreateRoom`.
+//!
+//! With `sync`, a primary that fails while the secondary succeeded leaves the write in the
+//! secondary only (the client sees the error; a retry uses a new id).
 //!
 //! # Reads
 //!
@@ -47,21 +50,25 @@
 //! `history` and `room_ids_for_user` from the user's cohort. Every call that names a user notes
 //! the user's cohort for the request's metrics ([`crate::api::note_cohort`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::api::{Cohort, note_cohort, noted_user};
 use crate::flags::{DualWrite, FlagWatcher, Side};
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::metrics::Metrics;
+use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::routing::{cohort, read_plan, write_plan};
 use crate::store::instrumented::Instrumented;
-use crate::store::outbox::{Applied, NewEntry, Outbox, ReplayConfig, WriteOp, backoff};
+use crate::store::outbox::{
+    Applied, EntryRef, NewEntry, Outbox, OutboxLog, ReplayConfig, WriteOp, backoff,
+};
 use crate::store::postgres::PgStore;
 use crate::store::{
     ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView,
@@ -78,8 +85,6 @@ pub struct RouterOptions {
     /// A secondary write slower than this counts as failed (and goes to the outbox), so a
     /// hanging secondary cannot hold a `sync` caller.
     pub secondary_timeout: Duration,
-    /// Entries kept in memory while the outbox table cannot be written.
-    pub memory_queue_limit: usize,
     pub replay: ReplayConfig,
 }
 
@@ -89,7 +94,6 @@ impl Default for RouterOptions {
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(1),
             secondary_timeout: Duration::from_secs(2),
-            memory_queue_limit: 100_000,
             replay: ReplayConfig::default(),
         }
     }
@@ -117,15 +121,20 @@ struct Inner {
     new: Arc<dyn ChatStore>,
     /// The legacy store itself: its transactional insert and the outbox's database.
     legacy_pg: PgStore,
-    outbox: Outbox,
+    /// The outbox in each store's database, by [`side_index`]: the records of the writes made
+    /// while that store is primary.
+    outboxes: [OutboxLog; 2],
     flags: FlagWatcher,
     metrics: Arc<Metrics>,
     options: RouterOptions,
     health: [Health; 2],
-    /// Entries the outbox table could not take (PostgreSQL down), oldest first.
-    pending: Mutex<VecDeque<NewEntry>>,
-    /// Last outbox depth read (for the gauge while PostgreSQL is down).
-    last_depth: AtomicI64,
+    /// Dual writes in flight and `async` secondary writes: what a drain waits for.
+    tasks: TaskTracker,
+    /// Wakes the replayer (an entry of this instance became due now).
+    wake: Notify,
+    /// Last depth and dead-letter count read per outbox (kept while one cannot be read).
+    last_depth: [AtomicI64; 2],
+    last_dead: [AtomicI64; 2],
 }
 
 /// See the module docs.
@@ -134,14 +143,22 @@ pub struct MigrationRouter {
     inner: Arc<Inner>,
 }
 
-/// Stops the replayer when dropped.
-pub struct ReplayerHandle(tokio::task::JoinHandle<()>);
+/// Stops the replayer (and its notification listeners) when dropped.
+pub struct ReplayerHandle(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for ReplayerHandle {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
+
+/// The `LISTEN/NOTIFY` channel of the outbox trigger (migration `0004`).
+const NOTIFY_CHANNEL: &str = "chat_outbox";
+/// The shortest pause between replay rounds that settled nothing (an entry due now may be
+/// locked by another instance).
+const MIN_REPLAY_PAUSE: Duration = Duration::from_millis(50);
 
 fn side_index(side: Side) -> usize {
     match side {
@@ -163,47 +180,84 @@ fn internal(what: &str) -> StoreError {
 
 impl MigrationRouter {
     /// `legacy` is wrapped in [`Instrumented`] here; pass `new` already instrumented.
+    /// `new_outbox` is the outbox in the new store's database (the CQL store's, or the `outbox`
+    /// table of a PostgreSQL new store): where the records of writes go while new is primary.
     pub fn new(
         legacy: PgStore,
         new: Arc<dyn ChatStore>,
+        new_outbox: OutboxLog,
         flags: FlagWatcher,
         metrics: Arc<Metrics>,
         options: RouterOptions,
     ) -> Self {
-        let outbox = Outbox::new(legacy.pool().clone());
+        let legacy_outbox = OutboxLog::Pg(Outbox::new(legacy.pool().clone()));
         let inner = Inner {
             legacy: Arc::new(Instrumented::new(legacy.clone(), metrics.clone())),
             new,
             legacy_pg: legacy,
-            outbox,
+            outboxes: [legacy_outbox, new_outbox],
             flags,
             metrics,
             options,
             health: [Health::new(), Health::new()],
-            pending: Mutex::new(VecDeque::new()),
-            last_depth: AtomicI64::new(0),
+            tasks: TaskTracker::new(),
+            wake: Notify::new(),
+            last_depth: [AtomicI64::new(0), AtomicI64::new(0)],
+            last_dead: [AtomicI64::new(0), AtomicI64::new(0)],
         };
         MigrationRouter {
             inner: Arc::new(inner),
         }
     }
 
-    pub fn outbox(&self) -> &Outbox {
-        &self.inner.outbox
+    /// The legacy PostgreSQL outbox.
+    pub fn outbox(&self) -> Outbox {
+        Outbox::new(self.inner.legacy_pg.pool().clone())
     }
 
-    /// Entries held in memory (not yet in the outbox table).
-    pub fn pending_in_memory(&self) -> usize {
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+    /// The outbox of the new store's database.
+    pub fn new_outbox(&self) -> &OutboxLog {
+        &self.inner.outboxes[1]
     }
 
-    /// Starts the outbox replayer (one per instance; several instances replay together).
+    /// Dual writes (and `async` secondary writes) still running.
+    pub fn in_flight(&self) -> usize {
+        self.inner.tasks.len()
+    }
+
+    /// Starts the outbox replayer (one per instance; several instances replay together), woken
+    /// by `LISTEN/NOTIFY` on each PostgreSQL outbox, by this instance's own writes, and by its
+    /// timer (the earliest entry not due yet, or `poll_interval`, the slow fallback).
     pub fn start_replayer(&self) -> ReplayerHandle {
-        ReplayerHandle(tokio::spawn(self.inner.clone().replay_loop()))
+        let mut tasks = vec![tokio::spawn(self.inner.clone().replay_loop())];
+        for log in &self.inner.outboxes {
+            if let OutboxLog::Pg(outbox) = log {
+                tasks.push(tokio::spawn(
+                    self.inner.clone().listen(outbox.pool().clone()),
+                ));
+            }
+        }
+        ReplayerHandle(tasks)
+    }
+
+    /// Waits (at most `timeout`) for the dual writes in flight and the `async` secondary writes
+    /// to finish. Call after the server stopped taking requests. Returns whether all finished;
+    /// those that did not still have their outbox record, which a replayer makes later.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        let pending = tasks.len();
+        let done = tokio::time::timeout(timeout, tasks.wait()).await.is_ok();
+        if done {
+            tracing::info!(pending, "dual writes drained");
+        } else {
+            tracing::warn!(
+                left = tasks.len(),
+                ?timeout,
+                "dual writes still running at the end of the drain; their outbox records remain and are replayed"
+            );
+        }
+        done
     }
 
     /// The store's cached health (refreshing it in the background when stale).
@@ -267,11 +321,56 @@ impl MigrationRouter {
         );
     }
 
+    /// A write per the write plan. A dual write runs in a tracked task of its own and answers
+    /// through a channel: dropping the returned future (request timeout, client gone) does not
+    /// stop it.
     fn write(
         &self,
         op: WriteOp,
     ) -> impl std::future::Future<Output = StoreResult<Applied>> + Send + 'static {
-        self.inner.clone().write(op)
+        let inner = self.inner.clone();
+        async move {
+            let plan = write_plan(&inner.flags.current());
+            let Some((side, mode)) = plan.secondary else {
+                return op.apply(inner.store(plan.primary).as_ref()).await;
+            };
+            let (answer, answered) = oneshot::channel();
+            inner.tasks.spawn(
+                inner
+                    .clone()
+                    .dual_write(plan.primary, side, mode, op, answer),
+            );
+            answered.await.unwrap_or_else(|_| {
+                Err(StoreError::Internal(
+                    "the dual write task ended without an answer".into(),
+                ))
+            })
+        }
+    }
+}
+
+/// Why a secondary write was not made directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deferral {
+    /// The secondary is down (cached health).
+    Down,
+    /// The room has earlier entries for the secondary waiting in the outbox.
+    BehindQueue,
+}
+
+impl Deferral {
+    fn outcome(self) -> DualWriteOutcome {
+        match self {
+            Deferral::Down => DualWriteOutcome::Skipped,
+            Deferral::BehindQueue => DualWriteOutcome::Queued,
+        }
+    }
+
+    fn reason(self, side: Side) -> String {
+        match self {
+            Deferral::Down => format!("skipped: {side} store down"),
+            Deferral::BehindQueue => "queued behind earlier outbox entries of the room".to_owned(),
+        }
     }
 }
 
@@ -317,111 +416,166 @@ impl Inner {
         *health.checked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
-    async fn write(self: Arc<Self>, op: WriteOp) -> StoreResult<Applied> {
-        let plan = write_plan(&self.flags.current());
-        let primary = plan.primary;
-        let Some((side, mode)) = plan.secondary else {
-            return op.apply(self.store(primary).as_ref()).await;
-        };
-        let secondary_up = self.is_up(side);
-        let primary_write = self.primary_write(primary, side, &op);
-        if mode == DualWrite::Sync && secondary_up {
-            let secondary = self.store(side).clone();
-            let (first, second) =
-                tokio::join!(primary_write, self.secondary_write(secondary.as_ref(), &op));
-            let (applied, entry) = match first {
-                Ok(done) => done,
-                Err(e) => {
-                    if second.is_ok() {
-                        tracing::warn!(op = op.name(), store = %side, error = %e, "primary write failed after the secondary accepted it");
-                    }
-                    return Err(e);
-                }
-            };
-            self.settle(side, primary, op, entry, second, Duration::ZERO)
-                .await;
-            return Ok(applied);
+    /// One dual write, from its outbox record to the record's settlement. The caller is answered
+    /// through `answer` as soon as the outcome is known (after the primary, with `sync` also the
+    /// secondary); what follows (the `async` secondary write, the record's update) runs on.
+    async fn dual_write(
+        self: Arc<Self>,
+        primary: Side,
+        side: Side,
+        mode: DualWrite,
+        mut op: WriteOp,
+        answer: oneshot::Sender<StoreResult<Applied>>,
+    ) {
+        let log = &self.outboxes[side_index(primary)];
+        if let WriteOp::React {
+            message,
+            room: room @ None,
+            ..
+        } = &mut op
+        {
+            // The ordering key, from the store that has the message.
+            *room = self.store(primary).message_room(*message).await.ok();
         }
-        let (applied, entry) = primary_write.await?;
-        if !secondary_up {
-            self.metrics.dual_write(side.as_str(), "skipped");
-            let error = format!("skipped: {side} store down");
-            match entry {
-                // Already durable; due now instead of after the grace period.
-                Some(id) => {
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let _ = this.outbox.retry_later(id, Duration::ZERO, &error).await;
-                    });
-                }
-                None => {
-                    self.park(
-                        primary,
-                        NewEntry {
-                            target: side,
-                            op,
-                            attempts: 0,
-                            delay: Duration::ZERO,
-                            last_error: Some(error),
-                        },
-                    )
-                    .await
+        let secondary_up = self.is_up(side);
+        // A failing check counts as "queued": the replayer then makes the write, in order.
+        let behind_queue = match op.room() {
+            Some(room) => log.has_queued(side, room).await.unwrap_or(true),
+            None => false,
+        };
+        let deferral = if !secondary_up {
+            Some(Deferral::Down)
+        } else if behind_queue {
+            Some(Deferral::BehindQueue)
+        } else {
+            None
+        };
+        // Legacy-primary sends record in their own transaction; everything else records first.
+        let record = if primary == Side::Legacy && op.new_message().is_some() {
+            None
+        } else {
+            match log
+                .enqueue(&NewEntry {
+                    target: side,
+                    op: op.clone(),
+                    attempts: 0,
+                    delay: self.options.replay.inline_grace,
+                    last_error: None,
+                })
+                .await
+            {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    let _ = answer.send(Err(StoreError::Unavailable(format!(
+                        "cannot record the write in the {primary} store's outbox before making it: {e}"
+                    ))));
+                    return;
                 }
             }
-            return Ok(applied);
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            let secondary = this.store(side).clone();
-            let result = this.secondary_write(secondary.as_ref(), &op).await;
-            this.settle(side, primary, op, entry, result, start.elapsed())
+        };
+        let direct_sync = mode == DualWrite::Sync && deferral.is_none();
+        let (first, second) = if direct_sync {
+            let secondary = self.store(side).clone();
+            let (first, second) = tokio::join!(
+                self.primary_write(primary, side, &op, record),
+                self.secondary_write(secondary.as_ref(), &op)
+            );
+            (first, Some(second))
+        } else {
+            (self.primary_write(primary, side, &op, record).await, None)
+        };
+        let (applied, entry) = match first {
+            Ok(done) => done,
+            Err(e) => {
+                if matches!(second, Some(Ok(_))) {
+                    tracing::warn!(op = op.name(), store = %side, error = %e, "primary write failed after the secondary accepted it");
+                }
+                let _ = answer.send(Err(e));
+                // The write did not happen: its record must not be replayed.
+                if let Some(entry) = record
+                    && let Err(e) = log.complete(entry).await
+                {
+                    tracing::warn!(?entry, error = %e, "record of a failed write not deleted; its replay may add the write to the secondary");
+                }
+                return;
+            }
+        };
+        let _ = answer.send(Ok(applied));
+        if let Some(result) = second {
+            self.settle(log, side, &op, entry, result, Duration::ZERO)
                 .await;
-        });
-        Ok(applied)
+            return;
+        }
+        if let Some(deferral) = deferral {
+            self.metrics.dual_write(side, deferral.outcome());
+            // Due now; the replayer makes it in the room's order.
+            if let Err(e) = log
+                .retry_later(entry, Duration::ZERO, &deferral.reason(side))
+                .await
+            {
+                tracing::warn!(?entry, error = %e, "outbox record not made due; it is replayed after the grace period");
+            }
+            self.wake.notify_one();
+            return;
+        }
+        let start = Instant::now();
+        let secondary = self.store(side).clone();
+        let result = self.secondary_write(secondary.as_ref(), &op).await;
+        self.settle(log, side, &op, entry, result, start.elapsed())
+            .await;
     }
 
-    /// The primary write; with legacy PostgreSQL primary, `insert_message` also commits the
-    /// outbox entry for `secondary` (returned).
+    /// The primary write. With legacy PostgreSQL primary, a send without a `record` commits its
+    /// outbox entry for `secondary` in the same transaction; otherwise the record exists already.
     async fn primary_write(
         &self,
         primary: Side,
         secondary: Side,
         op: &WriteOp,
-    ) -> StoreResult<(Applied, Option<i64>)> {
-        match (primary, op.new_message()) {
-            (Side::Legacy, Some(message)) => {
-                let entry = NewEntry {
-                    target: secondary,
-                    op: op.clone(),
-                    attempts: 0,
-                    delay: self.options.replay.inline_grace,
-                    last_error: None,
-                };
-                let start = Instant::now();
-                let result = self
-                    .legacy_pg
-                    .insert_message_with_outbox(message, &entry)
-                    .await;
-                let success = !matches!(
-                    result,
-                    Err(StoreError::Unavailable(_) | StoreError::Internal(_))
-                );
-                self.metrics.database_operation(
-                    self.legacy_pg.database(),
-                    "insert_message",
-                    success,
-                    start.elapsed(),
-                );
-                let (stored, id) = result?;
-                Ok((Applied::Message(stored), Some(id)))
+        record: Option<EntryRef>,
+    ) -> StoreResult<(Applied, EntryRef)> {
+        let message = match (record, primary, op.new_message()) {
+            (Some(entry), _, _) => {
+                return Ok((op.apply(self.store(primary).as_ref()).await?, entry));
             }
-            _ => Ok((op.apply(self.store(primary).as_ref()).await?, None)),
-        }
+            (None, Side::Legacy, Some(message)) => message,
+            (None, ..) => {
+                return Err(StoreError::Internal(format!(
+                    "{} on {primary} primary without an outbox record",
+                    op.name()
+                )));
+            }
+        };
+        let entry = NewEntry {
+            target: secondary,
+            op: op.clone(),
+            attempts: 0,
+            delay: self.options.replay.inline_grace,
+            last_error: None,
+        };
+        let start = Instant::now();
+        let result = self
+            .legacy_pg
+            .insert_message_with_outbox(message, &entry)
+            .await;
+        let success = !matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Internal(_))
+        );
+        self.metrics.database_operation(
+            self.legacy_pg.database(),
+            "insert_message",
+            success,
+            start.elapsed(),
+        );
+        let (stored, id) = result?;
+        Ok((Applied::Message(stored), EntryRef::Pg(id)))
     }
 
     async fn secondary_write(&self, store: &dyn ChatStore, op: &WriteOp) -> StoreResult<Applied> {
-        match tokio::time::timeout(self.options.secondary_timeout, op.apply(store)).await {
+        match tokio::time::timeout(self.options.secondary_timeout, op.apply_on_secondary(store))
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "no answer within {:?}",
@@ -430,135 +584,118 @@ impl Inner {
         }
     }
 
-    /// Records the secondary write's outcome; a failure goes to (or stays in) the outbox.
+    /// Records the secondary write's outcome on its outbox record: deleted when it landed, due
+    /// again after a backoff when it failed.
     async fn settle(
-        self: &Arc<Self>,
+        &self,
+        log: &OutboxLog,
         side: Side,
-        primary: Side,
-        op: WriteOp,
-        entry: Option<i64>,
+        op: &WriteOp,
+        entry: EntryRef,
         result: StoreResult<Applied>,
         lag: Duration,
     ) {
         if op.landed(&result) {
-            self.metrics.dual_write(side.as_str(), "success");
+            self.metrics.dual_write(side, DualWriteOutcome::Success);
             self.metrics.dual_write_lag(lag);
-            if let Some(id) = entry {
-                let this = self.clone();
-                // Off the caller's path: if the delete is lost, a replay is a no-op.
-                tokio::spawn(async move {
-                    if let Err(e) = this.outbox.complete(id).await {
-                        tracing::warn!(id, error = %e, "outbox entry not deleted; it will be replayed (idempotent)");
-                    }
-                });
+            if let Err(e) = log.complete(entry).await {
+                tracing::warn!(?entry, error = %e, "outbox record not deleted; it will be replayed (idempotent)");
             }
             return;
         }
-        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
-        if error.starts_with("database unavailable") {
+        if matches!(result, Err(StoreError::Unavailable(_))) {
             self.mark_down(side);
         }
-        self.metrics.dual_write(side.as_str(), "error");
-        tracing::debug!(op = op.name(), store = %side, %error, "secondary write failed; queued in the outbox");
+        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+        self.metrics.dual_write(side, DualWriteOutcome::Error);
+        tracing::debug!(op = op.name(), store = %side, %error, "secondary write failed; left to the outbox");
         let r = &self.options.replay;
         let delay = backoff(1, r.backoff_base, r.backoff_cap, rand::random::<f64>());
-        match entry {
-            Some(id) => {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    // If this is lost the entry is still there, due after the grace period.
-                    let _ = this.outbox.retry_later(id, delay, &error).await;
-                });
-            }
-            None => {
-                self.park(
-                    primary,
-                    NewEntry {
-                        target: side,
-                        op,
-                        attempts: 1,
-                        delay,
-                        last_error: Some(error),
-                    },
-                )
-                .await
-            }
+        if let Err(e) = log.retry_later(entry, delay, &error).await {
+            tracing::warn!(?entry, error = %e, "outbox record not updated; it is replayed after the grace period");
         }
     }
 
-    /// Puts an entry in the outbox table, or in memory when the table cannot be written.
-    async fn park(&self, primary: Side, mut entry: NewEntry) {
-        if let WriteOp::React {
-            message,
-            room: room @ None,
-            ..
-        } = &mut entry.op
-        {
-            // The ordering key, from the store that has the message.
-            *room = self.store(primary).message_room(*message).await.ok();
-        }
-        if let Err(e) = self.outbox.enqueue(&entry).await {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.len() >= self.options.memory_queue_limit {
-                tracing::error!(op = entry.op.name(), target = %entry.target, "outbox and memory queue full: secondary write dropped");
-                self.metrics.dual_write(entry.target.as_str(), "dropped");
-            } else {
-                tracing::warn!(error = %e, "outbox table unavailable: secondary write held in memory");
-                pending.push_back(entry);
-            }
-        }
-    }
-
-    /// Moves entries held in memory to the outbox table, oldest first.
-    async fn flush_pending(&self) {
+    /// Relays the outbox trigger's notifications of one PostgreSQL database to the replayer;
+    /// reconnects after a failure (the replayer's timer covers the gap).
+    async fn listen(self: Arc<Self>, pool: sqlx::PgPool) {
         loop {
-            let Some(entry) = self
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .front()
-                .cloned()
-            else {
-                return;
+            let listener = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(NOTIFY_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
             };
-            if self.outbox.enqueue(&entry).await.is_err() {
-                return;
+            match listener.await {
+                Ok(mut listener) => loop {
+                    match listener.recv().await {
+                        Ok(_) => self.wake.notify_one(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "outbox notifications interrupted");
+                            break;
+                        }
+                    }
+                },
+                Err(e) => tracing::debug!(error = %e, "cannot listen for outbox notifications"),
             }
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
+            tokio::time::sleep(
+                self.options
+                    .replay
+                    .poll_interval
+                    .min(Duration::from_secs(1)),
+            )
+            .await;
         }
     }
 
     async fn replay_loop(self: Arc<Self>) {
         loop {
-            self.flush_pending().await;
             let up: Vec<(Side, Arc<dyn ChatStore>)> = [Side::Legacy, Side::New]
                 .into_iter()
                 .filter(|s| self.is_up(*s))
                 .map(|s| (s, self.store(s).clone()))
                 .collect();
-            let settled = match self
-                .outbox
-                .replay_round(&up, &self.options.replay, &self.metrics)
-                .await
-            {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(error = %e, "outbox replay round failed");
-                    0
+            let mut settled = 0;
+            let mut next_due: Option<Duration> = None;
+            let sum = |a: &[AtomicI64; 2]| a.iter().map(|v| v.load(Ordering::Relaxed)).sum::<i64>();
+            for (log, side) in self.outboxes.iter().zip([Side::Legacy, Side::New]) {
+                // An outbox lives in its store's database: while that is down, keep its last
+                // figures instead of waiting on it.
+                if !up.iter().any(|(s, _)| *s == side) {
+                    continue;
                 }
-            };
-            if let Ok(depth) = self.outbox.depth().await {
-                self.last_depth.store(depth, Ordering::Relaxed);
+                let i = side_index(side);
+                match log
+                    .replay_round(&up, &self.options.replay, &self.metrics)
+                    .await
+                {
+                    Ok(round) => {
+                        settled += round.settled;
+                        next_due = match (next_due, round.next_due) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                    Err(e) => tracing::debug!(error = %e, "outbox replay round failed"),
+                }
+                if let Ok(depth) = log.depth().await {
+                    self.last_depth[i].store(depth, Ordering::Relaxed);
+                }
+                if let Ok(dead) = log.dead_letters().await {
+                    self.last_dead[i].store(dead, Ordering::Relaxed);
+                }
+                self.metrics.retry_queue_size.set(sum(&self.last_depth));
+                self.metrics.outbox_dead_letters.set(sum(&self.last_dead));
             }
-            let in_memory = self.pending.lock().unwrap_or_else(|e| e.into_inner()).len() as i64;
-            self.metrics
-                .retry_queue_size
-                .set(self.last_depth.load(Ordering::Relaxed) + in_memory);
-            if settled == 0 {
-                tokio::time::sleep(self.options.replay.poll_interval).await;
+            if settled > 0 {
+                continue;
+            }
+            let pause = next_due.unwrap_or(self.options.replay.poll_interval).clamp(
+                MIN_REPLAY_PAUSE,
+                self.options.replay.poll_interval.max(MIN_REPLAY_PAUSE),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.wake.notified() => {}
             }
         }
     }

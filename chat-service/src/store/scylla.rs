@@ -162,7 +162,7 @@ fn attempt_unavailable(e: &RequestAttemptError) -> bool {
 
 /// Connection problems, timeouts and "not enough replicas" are retry-later; the rest (bad
 /// statements, type mismatches) need an operator.
-fn classify(e: ExecutionError) -> StoreError {
+pub(crate) fn classify(e: ExecutionError) -> StoreError {
     let unavailable = match &e {
         ExecutionError::ConnectionPoolError(_)
         | ExecutionError::EmptyPlan
@@ -186,7 +186,7 @@ fn prepare_unavailable(e: &PrepareError) -> bool {
     }
 }
 
-fn classify_prepare(e: PrepareError) -> StoreError {
+pub(crate) fn classify_prepare(e: PrepareError) -> StoreError {
     if prepare_unavailable(&e) {
         StoreError::Unavailable(e.to_string())
     } else {
@@ -208,7 +208,7 @@ fn decode(e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("unexpected CQL result: {e}"))
 }
 
-fn rows<R>(result: QueryResult) -> StoreResult<Vec<R>>
+pub(crate) fn rows<R>(result: QueryResult) -> StoreResult<Vec<R>>
 where
     R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
 {
@@ -219,7 +219,7 @@ where
         .map_err(decode)
 }
 
-fn first_row<R>(result: QueryResult) -> StoreResult<Option<R>>
+pub(crate) fn first_row<R>(result: QueryResult) -> StoreResult<Option<R>>
 where
     R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
 {
@@ -260,7 +260,7 @@ fn message_id(t: CqlTimeuuid) -> MessageId {
 
 /// The lowest timeuuid at `at` minus one millisecond: a safe lower bound for "created at or after
 /// `at`" (the exact comparison is made on each id's time afterwards).
-fn timeuuid_lower_bound(at: DateTime<Utc>) -> CqlTimeuuid {
+pub(crate) fn timeuuid_lower_bound(at: DateTime<Utc>) -> CqlTimeuuid {
     // 100 ns intervals between 1582-10-15 (the UUID epoch) and 1970-01-01.
     const GREGORIAN_OFFSET: u64 = 0x01B2_1DD2_1381_4000;
     let unix_ticks = (at.timestamp_micros() - 1_000).max(0) as u64 * 10;
@@ -364,48 +364,7 @@ impl CqlStore {
     /// Connects to the cluster, uses the keyspace, applies the schema and prepares the
     /// statements. The keyspace must exist.
     pub async fn connect(config: &CqlConfig) -> StoreResult<Self> {
-        let profile = ExecutionProfile::builder()
-            .consistency(config.consistency)
-            .request_timeout(Some(Duration::from_secs(5)))
-            .build();
-        let mut builder = SessionBuilder::new();
-        if !config.address_map.is_empty() {
-            builder = builder.address_translator(Arc::new(config.address_map.clone()));
-        }
-        let session = builder
-            .known_nodes(&config.contact_points)
-            .connection_timeout(Duration::from_secs(5))
-            .default_execution_profile_handle(profile.into_handle())
-            .build()
-            .await
-            .map_err(classify_session)?;
-        // Table names are qualified with the keyspace (no `USE`: prepared statements and a
-        // session keyspace are ambiguous, and Cassandra warns about it on every prepare).
-        let keyspace = config.keyspace.to_ascii_lowercase();
-        if keyspace.is_empty()
-            || keyspace.len() > 48
-            || !keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
-            || !keyspace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(StoreError::Internal(format!(
-                "CQL keyspace {:?} is not a valid unquoted name (a letter, then letters, digits, _; at most 48)",
-                config.keyspace
-            )));
-        }
-        let found = session
-            .query_unpaged(
-                "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
-                (&keyspace,),
-            )
-            .await
-            .map_err(classify)?;
-        if first_row::<(String,)>(found)?.is_none() {
-            return Err(StoreError::Internal(format!(
-                "CQL keyspace {keyspace:?} does not exist: create it first (its replication is a deployment choice)"
-            )));
-        }
+        let (session, keyspace) = open_session(config).await?;
         migrate(&session, &keyspace).await?;
         let st = Statements::prepare(&session, &keyspace).await?;
         Ok(CqlStore { session, st })
@@ -1001,6 +960,54 @@ fn applied_claim(result: QueryResult, message: &NewMessage) -> StoreResult<bool>
         }
         other => Err(decode(format!("[applied] is {other:?}"))),
     }
+}
+
+/// A session on the cluster of `config`, with its keyspace checked to exist; returns the
+/// keyspace as tables are qualified with it (lowercase).
+pub(crate) async fn open_session(config: &CqlConfig) -> StoreResult<(Session, String)> {
+    let profile = ExecutionProfile::builder()
+        .consistency(config.consistency)
+        .request_timeout(Some(Duration::from_secs(5)))
+        .build();
+    let mut builder = SessionBuilder::new();
+    if !config.address_map.is_empty() {
+        builder = builder.address_translator(Arc::new(config.address_map.clone()));
+    }
+    let session = builder
+        .known_nodes(&config.contact_points)
+        .connection_timeout(Duration::from_secs(5))
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .map_err(classify_session)?;
+    // Table names are qualified with the keyspace (no `USE`: prepared statements and a
+    // session keyspace are ambiguous, and Cassandra warns about it on every prepare).
+    let keyspace = config.keyspace.to_ascii_lowercase();
+    if keyspace.is_empty()
+        || keyspace.len() > 48
+        || !keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !keyspace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(StoreError::Internal(format!(
+            "CQL keyspace {:?} is not a valid unquoted name (a letter, then letters, digits, _; at most 48)",
+            config.keyspace
+        )));
+    }
+    let found = session
+        .query_unpaged(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (&keyspace,),
+        )
+        .await
+        .map_err(classify)?;
+    if first_row::<(String,)>(found)?.is_none() {
+        return Err(StoreError::Internal(format!(
+            "CQL keyspace {keyspace:?} does not exist: create it first (its replication is a deployment choice)"
+        )));
+    }
+    Ok((session, keyspace))
 }
 
 fn parse_type(room: RoomId, text: &str) -> StoreResult<RoomType> {

@@ -10,7 +10,7 @@ use chat_service::flags::{DualWrite, FlagSource, FlagWatcher, Flags, Side};
 use chat_service::ids::{MessageId, MessageIdGenerator, RoomId, UserId};
 use chat_service::metrics::Metrics;
 use chat_service::store::instrumented::Instrumented;
-use chat_service::store::outbox::ReplayConfig;
+use chat_service::store::outbox::{Outbox, OutboxLog, ReplayConfig};
 use chat_service::store::postgres::PgStore;
 use chat_service::store::router::{MigrationRouter, ReplayerHandle, RouterOptions};
 use chat_service::store::{ChatStore, NewMessage, NewRoom, RoomType};
@@ -30,7 +30,6 @@ pub fn options() -> RouterOptions {
         ping_interval: Duration::from_millis(200),
         ping_timeout: Duration::from_millis(500),
         secondary_timeout: Duration::from_secs(2),
-        memory_queue_limit: 10_000,
         replay: ReplayConfig {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(500),
@@ -60,6 +59,11 @@ pub async fn pg_store(url: &str) -> PgStore {
     pg
 }
 
+/// The outbox of a PostgreSQL store's database.
+pub fn pg_outbox(store: &PgStore) -> OutboxLog {
+    OutboxLog::Pg(Outbox::new(store.pool().clone()))
+}
+
 /// A fresh database `<name>` of the harness's shared PostgreSQL, as a migrated store.
 pub async fn fresh_pg_store(name: &str) -> PgStore {
     let url = Postgres::shared()
@@ -70,8 +74,25 @@ pub async fn fresh_pg_store(name: &str) -> PgStore {
     pg_store(&url).await
 }
 
-/// The router over `legacy` and `new` with static flags `f`, its replayer started.
-pub async fn start_router(legacy: PgStore, new: impl ChatStore + 'static, f: Flags) -> RouterSetup {
+/// The router over `legacy` and `new` (with the outbox in `new`'s database) with static flags
+/// `f`, its replayer started.
+pub async fn start_router(
+    legacy: PgStore,
+    new: impl ChatStore + 'static,
+    new_outbox: OutboxLog,
+    f: Flags,
+) -> RouterSetup {
+    start_router_with(legacy, new, new_outbox, f, options()).await
+}
+
+/// [`start_router`] with other router options.
+pub async fn start_router_with(
+    legacy: PgStore,
+    new: impl ChatStore + 'static,
+    new_outbox: OutboxLog,
+    f: Flags,
+    options: RouterOptions,
+) -> RouterSetup {
     let metrics = Arc::new(Metrics::default());
     let watcher = FlagWatcher::start(FlagSource::Static(f), Gauge::default())
         .await
@@ -79,7 +100,14 @@ pub async fn start_router(legacy: PgStore, new: impl ChatStore + 'static, f: Fla
     let legacy_pool = legacy.pool().clone();
     let legacy_store: Arc<dyn ChatStore> = Arc::new(legacy.clone());
     let new: Arc<dyn ChatStore> = Arc::new(Instrumented::new(new, metrics.clone()));
-    let router = MigrationRouter::new(legacy, new.clone(), watcher, metrics.clone(), options());
+    let router = MigrationRouter::new(
+        legacy,
+        new.clone(),
+        new_outbox,
+        watcher,
+        metrics.clone(),
+        options,
+    );
     let replayer = router.start_replayer();
     RouterSetup {
         router,
