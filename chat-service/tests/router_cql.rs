@@ -16,7 +16,7 @@ use chat_service::flags::{DualWrite, Side};
 use chat_service::ids::MessageIdGenerator;
 use chat_service::store::ChatStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
-use ficus_e2e::Cassandra;
+use ficus_testkit::Cassandra;
 
 use common::router::{
     RouterSetup, eventually, flags, fresh_pg_store, history_ids, message, new_room, outbox_depth,
@@ -45,7 +45,7 @@ fn node() -> Option<&'static Cassandra> {
     match Cassandra::shared() {
         Ok(c) => Some(c),
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             None
         }
     }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ficus_e2e::{create_namespace, unique_namespace};
+use ficus_testkit::{create_namespace, unique_namespace};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api,
@@ -11,7 +11,7 @@ use kube::{
 
 #[tokio::test]
 async fn control_plane_serves_client_kubectl_and_rbac() -> anyhow::Result<()> {
-    let cp = ficus_e2e::control_plane_or_skip!();
+    let cp = ficus_testkit::control_plane_or_skip!();
     let client = cp.client().await?;
 
     let ns = unique_namespace("smoke");
@@ -52,7 +52,7 @@ async fn control_plane_serves_client_kubectl_and_rbac() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn kubectl_reports_rejections() -> anyhow::Result<()> {
-    let cp = ficus_e2e::control_plane_or_skip!();
+    let cp = ficus_testkit::control_plane_or_skip!();
     let ns = unique_namespace("reject");
     // Same shared control plane as the other test, on a different tokio runtime.
     create_namespace(&cp.client().await?, &ns).await?;

@@ -109,7 +109,7 @@ pub fn kubectl_binary() -> String {
         return bin;
     }
     let version = std::env::var("FICUS_KUBE_VERSION").unwrap_or_else(|_| "v1.35.4".into());
-    let cached = crate::control_plane::cache_dir()
+    let cached = crate::dirs::cache_dir()
         .join("bin")
         .join(format!("kubectl-{version}"));
     if cached.is_file() {
