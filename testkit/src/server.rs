@@ -367,3 +367,153 @@ fn quietly<T>(probe: impl FnOnce() -> T) -> T {
     let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
     probe()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    /// A `sh -c <script>` server, run from `dir`, logging to `dir/server.log`.
+    fn sh(dir: &Path, script: &'static str) -> ServerBuilder {
+        let cwd = dir.to_owned();
+        Server::builder("sh", dir.join("server.log"), move || {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script]).current_dir(&cwd);
+            cmd
+        })
+    }
+
+    /// Ready once the log holds at least `runs` lines `up`.
+    fn ups_at_least(log: PathBuf, runs: Arc<AtomicUsize>) -> impl Fn() -> Result<(), String> {
+        move || {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let ups = log.lines().filter(|l| *l == "up").count();
+            if ups >= runs.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(format!("{ups} lines `up`"))
+            }
+        }
+    }
+
+    /// Whether `pid` is gone (or a zombie nobody reaped yet).
+    fn gone(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.split(' ').nth(2) == Some("Z"))
+    }
+
+    #[test]
+    fn stop_kills_and_restart_runs_the_command_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = Arc::new(AtomicUsize::new(1));
+        let server = sh(dir.path(), "echo up; exec sleep 600")
+            .ready_when(
+                "`up`",
+                ups_at_least(dir.path().join("server.log"), runs.clone()),
+            )
+            .start()
+            .unwrap();
+        let first = server.pid();
+        assert!(!gone(first));
+        assert_eq!(server.log_tail(1), "up");
+
+        server.stop();
+        assert!(gone(first));
+
+        runs.store(2, Ordering::SeqCst);
+        server.restart().unwrap();
+        let second = server.pid();
+        assert_ne!(first, second);
+        assert!(!gone(second));
+        // The log keeps the earlier run above the new one.
+        assert_eq!(server.log_tail(5), "up\nup");
+
+        drop(server);
+        assert!(gone(second));
+    }
+
+    #[test]
+    fn an_early_exit_fails_with_the_log_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = sh(dir.path(), "echo boom; exit 3")
+            .ready_when("never", || Err("not yet".to_owned()))
+            .start()
+            .unwrap_err();
+        match err {
+            HarnessError::Startup { reason, tail, .. } => {
+                assert!(reason.starts_with("exited early"), "{reason}");
+                assert_eq!(tail, "boom");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_timeout_names_the_wait_and_the_last_answer_and_kills_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let err = sh(dir.path(), "echo $$ > pid; exec sleep 600")
+            .ready_when("an answer", || Err("still starting".to_owned()))
+            .timeout(Duration::from_millis(200))
+            .start()
+            .unwrap_err();
+        let HarnessError::Startup { reason, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(reason.starts_with("no an answer after 200ms"), "{reason}");
+        assert!(reason.ends_with("last answer: still starting"), "{reason}");
+        let pid: u32 = std::fs::read_to_string(pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(gone(pid));
+    }
+
+    #[test]
+    fn respawns_while_the_log_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        // The first run finds a "leftover" and exits; the second comes up.
+        let script =
+            "if [ -e ran ]; then echo up; exec sleep 600; fi; touch ran; echo leftover; exit 1";
+        let server = sh(dir.path(), script)
+            .ready_when(
+                "`up`",
+                ups_at_least(dir.path().join("server.log"), Arc::new(AtomicUsize::new(1))),
+            )
+            .respawn_when(|tail| tail.contains("leftover"))
+            .start()
+            .unwrap();
+        assert_eq!(server.log_tail(5), "leftover\nup");
+    }
+
+    #[test]
+    fn a_process_group_dies_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let probe_log = log.clone();
+        let server = sh(dir.path(), "sleep 600 & echo $!; wait")
+            .ready_when("the worker's pid", move || {
+                match std::fs::read_to_string(&probe_log) {
+                    Ok(pid) if pid.ends_with('\n') => Ok(()),
+                    _ => Err("no pid yet".to_owned()),
+                }
+            })
+            .own_process_group()
+            .start()
+            .unwrap();
+        let worker: u32 = server.log_tail(1).parse().unwrap();
+        assert!(!gone(worker));
+        server.stop();
+        // The worker dies with the group, though nothing waits for it here.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !gone(worker) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone(worker));
+    }
+}
