@@ -1,6 +1,5 @@
 //! Running the Ficus operator against the test control plane, and waiting on what it does.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,30 +21,14 @@ pub fn install_crds(cp: &ControlPlane) -> Result<(), HarnessError> {
     }
     let crds = repo_root().join("crds");
     let crds = crds.to_string_lossy();
-    let out = cp.kubectl(&["apply", "-f", &crds])?;
-    if !out.success() {
-        return Err(HarnessError::Startup {
-            component: "crds",
-            reason: out.to_string(),
-            log: PathBuf::new(),
-            tail: String::new(),
-        });
-    }
-    let out = cp.kubectl(&[
+    cp.kubectl_ok(&["apply", "-f", &crds])?;
+    cp.kubectl_ok(&[
         "wait",
         "--for",
         "condition=established",
         "--timeout=30s",
         "crd/migrations.ficus.dev",
     ])?;
-    if !out.success() {
-        return Err(HarnessError::Startup {
-            component: "crds",
-            reason: out.to_string(),
-            log: PathBuf::new(),
-            tail: String::new(),
-        });
-    }
     done.push(cp.server_url().to_string());
     Ok(())
 }

@@ -133,13 +133,8 @@ impl Server {
         proc.kill();
         *proc = self.spec.spawn_proc()?;
         self.wait(&mut proc)?;
-        tracing::info!(
-            server = self.spec.name,
-            pid = proc.pid(),
-            elapsed = ?begin.elapsed(),
-            "restarted: {}",
-            self.spec.waiting_for
-        );
+        drop(proc);
+        self.log_ready("restarted", begin);
         Ok(())
     }
 
@@ -162,6 +157,17 @@ impl Server {
     /// The last `lines` lines of the log (empty if it cannot be read).
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.spec.log, lines)
+    }
+
+    /// `<what>: <waiting_for>`, e.g. `ready: 200 from http://127.0.0.1:9090/-/ready`.
+    fn log_ready(&self, what: &str, begin: Instant) {
+        tracing::info!(
+            server = self.spec.name,
+            pid = self.pid(),
+            elapsed = ?begin.elapsed(),
+            "{what}: {}",
+            self.spec.waiting_for
+        );
     }
 
     fn proc(&self) -> MutexGuard<'_, Proc> {
@@ -322,13 +328,7 @@ impl ServerBuilder {
         // On error `server` is dropped, which kills the process.
         let server = self.spawn()?;
         server.wait_ready()?;
-        tracing::info!(
-            server = server.spec.name,
-            pid = server.pid(),
-            elapsed = ?begin.elapsed(),
-            "ready: {}",
-            server.spec.waiting_for
-        );
+        server.log_ready("ready", begin);
         Ok(server)
     }
 }
