@@ -1,5 +1,5 @@
 //! The flag reader with real components: `Flags::parse`, a real file watched with inotify, and
-//! a ConfigMap on a real kube-apiserver (ficus-e2e's control plane; skipped locally when its
+//! a ConfigMap on a real kube-apiserver (ficus-testkit's control plane; skipped locally when its
 //! binaries are missing, a failure under CI=true).
 //!
 //! Apply latencies are printed (`--nocapture` to see them), not asserted: a loaded CI machine

@@ -1,4 +1,4 @@
-//! The SSM Parameter Store flag source against moto's real server (ficus-e2e's `Moto`; skipped
+//! The SSM Parameter Store flag source against moto's real server (ficus-testkit's `Moto`; skipped
 //! locally when moto is not installed, a failure under CI=true): parameters put with the Rust
 //! SDK the way the operator writes them (values first, `generation` last), read by a watcher
 //! that polls every 200 ms.
