@@ -4,7 +4,7 @@
 # is not a Maven artifact for 5.0. Resolved by Maven through scripts/cassandra/pom.xml into
 # ~/.m2, then copied to ~/.cache/ficus/cassandra-<version>/lib, keyed by version.
 # Idempotent: the `.complete` marker is written last, so an interrupted fetch is redone.
-# Installs Maven (to fetch) and Java 17 (e2e/src/cassandra.rs runs the jars with `java` on PATH,
+# Installs Maven (to fetch) and Java 17 (testkit/src/cassandra.rs runs the jars with `java` on PATH,
 # or $FICUS_JAVA) from Debian packages when missing. $FICUS_CASSANDRA_VERSION picks another
 # 5.0.x release (the harness reads it too).
 set -euo pipefail

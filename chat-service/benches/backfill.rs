@@ -29,7 +29,7 @@ use chat_service::store::scylla::{BackfillMessage, CqlConfig, CqlStore};
 use chat_service::store::{ChatStore, NewRoom, RoomType, now};
 use chat_service::validate::{self, ValidateConfig};
 use chrono::{DateTime, Utc};
-use ficus_e2e::{Cassandra, HarnessError, Postgres};
+use ficus_testkit::{Cassandra, HarnessError, Postgres};
 use futures::StreamExt;
 use scylla::value::CqlTimeuuid;
 use uuid::Uuid;
@@ -59,7 +59,7 @@ fn main() {
     };
     if let Err(e) = support::run(bench(&settings)) {
         // Prints SKIP for a missing PostgreSQL/Cassandra (fails on CI), panics on other errors.
-        ficus_e2e::skip_or_panic(&e);
+        ficus_testkit::skip_or_panic(&e);
     }
 }
 

@@ -18,7 +18,7 @@ use chat_service::config::StoreChoice;
 use chat_service::flags::Flags;
 use chat_service::ids::RoomId;
 use chat_service::loadtest::{drive, timed};
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 
 use support::{CONTENT_BYTES, Load, ROOMS, Server};
 
@@ -36,7 +36,7 @@ async fn bench(load: Load) {
             let pg = match Postgres::start() {
                 Ok(pg) => pg,
                 // Prints SKIP for a missing PostgreSQL (fails on CI), panics on other errors.
-                Err(e) => return ficus_e2e::skip_or_panic(&e),
+                Err(e) => return ficus_testkit::skip_or_panic(&e),
             };
             let url = pg.create_database("chat_bench").await.expect("database");
             (

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chat_service::config::{NewStoreChoice, StoreChoice};
 use chat_service::flags::{DualWrite, FlagValues, Flags, Side};
 use chat_service::loadtest::RunReport;
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 
 use support::{CONTENT_BYTES, Load, ROOMS, Server};
 
@@ -47,7 +47,7 @@ async fn bench(load: Load) {
     let pg = match Postgres::start() {
         Ok(pg) => pg,
         // Prints SKIP for a missing PostgreSQL (fails on CI), panics on other errors.
-        Err(e) => return ficus_e2e::skip_or_panic(&e),
+        Err(e) => return ficus_testkit::skip_or_panic(&e),
     };
     let max_connections = load.max_connections();
     let settings = [

@@ -25,7 +25,7 @@ async fn service(backend: Backend, test: &str) -> Option<(TestService, Db)> {
     let config = match common::backend_config(backend, test).await {
         Ok(config) => config,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return None;
         }
     };

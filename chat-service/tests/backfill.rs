@@ -13,7 +13,7 @@ use chat_service::store::postgres::PgStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
 use chat_service::store::{ChatStore, NewMessage, NewRoom, PageRequest, RoomType, now};
 use chat_service::validate::{self, ValidateConfig};
-use ficus_e2e::{Cassandra, HarnessError, Postgres};
+use ficus_testkit::{Cassandra, HarnessError, Postgres};
 use uuid::Uuid;
 
 const RANGES: u32 = 8;
@@ -121,7 +121,7 @@ fn validate_config(sample: u32) -> ValidateConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backfill_copies_everything_and_validates_with_zero_drift() {
-    let env = ficus_e2e::skip_or_fail!(setup("backfill_full").await);
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_full").await);
     let rooms = populate(&env.pg).await;
     let cql = env
         .cql
@@ -247,7 +247,7 @@ async fn backfill_copies_everything_and_validates_with_zero_drift() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_backfill_resumes_from_its_checkpoints_without_duplicates() {
-    let env = ficus_e2e::skip_or_fail!(setup("backfill_resume").await);
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_resume").await);
     populate(&env.pg).await;
     let cql = env
         .cql
@@ -318,7 +318,7 @@ async fn a_stopped_backfill_resumes_from_its_checkpoints_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_backfill_never_overwrites_a_newer_dual_written_row() {
-    let env = ficus_e2e::skip_or_fail!(setup("backfill_newer").await);
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_newer").await);
     let rooms = populate(&env.pg).await;
     let cql = env
         .cql
@@ -379,7 +379,7 @@ async fn the_backfill_never_overwrites_a_newer_dual_written_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn validate_detects_injected_drift_and_fails() {
-    let env = ficus_e2e::skip_or_fail!(setup("backfill_drift").await);
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_drift").await);
     let rooms = populate(&env.pg).await;
     let cql = env
         .cql

@@ -26,7 +26,7 @@ use chat_service::client::ChatClient;
 use chat_service::crypto::EncryptionKey;
 use chat_service::flags::{DualWrite, Side};
 use chat_service::ids::{RoomId, UserId};
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
@@ -120,7 +120,7 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
     common::init();
     let pg = match Postgres::shared() {
         Ok(pg) => pg,
-        Err(e) => return ficus_e2e::skip_or_panic(&e),
+        Err(e) => return ficus_testkit::skip_or_panic(&e),
     };
     let legacy_url = pg.create_database("crash_legacy").await.expect("db");
     let new_url = pg.create_database("crash_new").await.expect("db");

@@ -5,14 +5,14 @@ mod common;
 use chat_service::crypto::{ContentCipher, EncryptionKey};
 use chat_service::ids::{MessageId, RoomId};
 use common::assert_error;
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 use serde_json::json;
 use sqlx::postgres::PgPool;
 
 #[tokio::test]
 async fn stored_content_is_ciphertext_and_members_read_plaintext() {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
     let config = common::config(pg, "encryption").await;
     let key = config.encryption_key.clone();
     let svc = common::start(config.clone()).await;

@@ -1,5 +1,5 @@
 //! The flag reader with real components: `Flags::parse`, a real file watched with inotify, and
-//! a ConfigMap on a real kube-apiserver (ficus-e2e's control plane; skipped locally when its
+//! a ConfigMap on a real kube-apiserver (ficus-testkit's control plane; skipped locally when its
 //! binaries are missing, a failure under CI=true).
 //!
 //! Apply latencies are printed (`--nocapture` to see them), not asserted: a loaded CI machine
@@ -142,7 +142,7 @@ fn replace_atomically(path: &Path, content: &str) {
 
 #[tokio::test]
 async fn file_source_follows_changes_and_keeps_the_last_good_flags() {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let dir = TempDir::new("follow");
     let path = dir.path().join("flags");
     let g1 = flags(1, Side::Legacy, DualWrite::Sync, 0, 0);
@@ -217,7 +217,7 @@ async fn file_source_follows_changes_and_keeps_the_last_good_flags() {
 /// update swaps the `..data` symlink by renaming a new one over it. No event names `flags`.
 #[tokio::test]
 async fn file_source_follows_a_kubelet_style_symlink_swap() {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let dir = TempDir::new("kubelet");
     let root = dir.path();
     let publish = |version: &str, f: &Flags| {
@@ -250,7 +250,7 @@ async fn file_source_follows_a_kubelet_style_symlink_swap() {
 
 #[tokio::test]
 async fn file_source_missing_at_start_means_defaults_until_the_file_appears() {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let dir = TempDir::new("missing");
     let path = dir.path().join("flags");
     let gauge = Gauge::default();
@@ -276,7 +276,7 @@ async fn file_source_missing_at_start_means_defaults_until_the_file_appears() {
 
 #[tokio::test]
 async fn file_source_start_rejects_an_invalid_document() {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let dir = TempDir::new("invalid");
     let path = dir.path().join("flags");
     std::fs::write(
@@ -310,17 +310,17 @@ async fn file_source_start_rejects_an_invalid_document() {
 // ConfigMap source, against a real kube-apiserver
 
 async fn setup(prefix: &str) -> Option<(kube::Client, String)> {
-    ficus_e2e::init();
-    let cp = match ficus_e2e::ControlPlane::shared() {
+    ficus_testkit::init();
+    let cp = match ficus_testkit::ControlPlane::shared() {
         Ok(cp) => cp,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return None;
         }
     };
     let client = cp.client().await.expect("client");
-    let ns = ficus_e2e::unique_namespace(prefix);
-    ficus_e2e::create_namespace(&client, &ns)
+    let ns = ficus_testkit::unique_namespace(prefix);
+    ficus_testkit::create_namespace(&client, &ns)
         .await
         .expect("namespace");
     Some((client, ns))

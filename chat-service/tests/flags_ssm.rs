@@ -1,4 +1,4 @@
-//! The SSM Parameter Store flag source against moto's real server (ficus-e2e's `Moto`; skipped
+//! The SSM Parameter Store flag source against moto's real server (ficus-testkit's `Moto`; skipped
 //! locally when moto is not installed, a failure under CI=true): parameters put with the Rust
 //! SDK the way the operator writes them (values first, `generation` last), read by a watcher
 //! that polls every 200 ms.
@@ -16,7 +16,7 @@ use aws_sdk_ssm::types::ParameterType;
 use chat_service::flags::{
     DualWrite, FlagError, FlagSource, FlagValues, FlagWatcher, Flags, Percent, Side, keys,
 };
-use ficus_e2e::moto::Moto;
+use ficus_testkit::moto::Moto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
@@ -54,11 +54,11 @@ struct Aws {
 /// A fresh moto (an empty account) and an SDK configuration pointing at it, or `None` to skip.
 async fn moto_or_skip() -> Option<Aws> {
     credentials();
-    ficus_e2e::init();
+    ficus_testkit::init();
     let moto = match Moto::start() {
         Ok(m) => m,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return None;
         }
     };

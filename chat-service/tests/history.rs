@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chat_service::crypto::ContentCipher;
 use chat_service::ids::{MessageId, MessageIdGenerator, RoomId, UserId};
 use common::{Backend, Db, TestService};
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 use serde_json::Value;
 use sqlx::postgres::PgPool;
 
@@ -68,7 +68,7 @@ async fn cql_pages_return_every_message_once_while_messages_keep_arriving() {
 async fn pages_while_messages_arrive(backend: Backend) {
     common::init();
     let config =
-        ficus_e2e::skip_or_fail!(common::backend_config(backend, "history_concurrent").await);
+        ficus_testkit::skip_or_fail!(common::backend_config(backend, "history_concurrent").await);
     let svc = Arc::new(common::start(config).await);
     let room: RoomId = RoomId(svc.create_group(1, &[2, 3]).await.parse().expect("uuid"));
     let room_text = room.to_string();
@@ -144,7 +144,7 @@ async fn pages_while_messages_arrive(backend: Backend) {
 #[tokio::test]
 async fn equal_timestamps_neither_repeat_nor_skip() {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
     let config = common::config(pg, "history_ties").await;
     let cipher = ContentCipher::new(&config.encryption_key);
     let svc = common::start(config).await;
@@ -203,7 +203,7 @@ async fn cql_store_is_idempotent_by_message_id() {
 
     common::init();
     let config =
-        ficus_e2e::skip_or_fail!(common::backend_config(Backend::Cql, "cql_idempotent").await);
+        ficus_testkit::skip_or_fail!(common::backend_config(Backend::Cql, "cql_idempotent").await);
     let StoreChoice::Scylla(cql) = &config.store else {
         unreachable!()
     };

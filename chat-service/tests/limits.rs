@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use chat_service::ids::UserId;
 use chat_service::store::page::MAX_LIMIT;
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 use serde_json::json;
 use sqlx::postgres::PgPool;
 
 #[tokio::test]
 async fn oversized_bodies_long_messages_and_big_pages() {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
     let svc = common::start(common::config(pg, "limits").await).await;
     let room = svc.create_group(1, &[2]).await;
 
@@ -85,7 +85,7 @@ async fn oversized_bodies_long_messages_and_big_pages() {
 async fn a_request_over_the_deadline_is_deadline_exceeded_and_shutdown_waits_for_in_flight_requests()
  {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
     let mut config = common::config(pg, "timeout").await;
     config.limits.request_timeout = Duration::from_millis(500);
     let pool = PgPool::connect(&config.database_url).await.expect("pool");

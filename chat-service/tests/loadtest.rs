@@ -5,12 +5,12 @@ mod common;
 use std::time::Duration;
 
 use chat_service::loadtest::{self, LoadConfig};
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_load_test_runs_without_errors() {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
     let svc = common::start(common::config(pg, "loadtest").await).await;
     let config = LoadConfig {
         base_url: svc.base_url.clone(),

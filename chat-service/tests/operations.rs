@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::assert_error;
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 use serde_json::json;
 
 async fn wait_for_readyz(svc: &common::TestService, want: u16, within: Duration) -> String {
@@ -28,7 +28,7 @@ async fn wait_for_readyz(svc: &common::TestService, want: u16, within: Duration)
 async fn readyz_follows_postgres_down_and_back() {
     common::init();
     // A private server: stopping the shared one would break the other tests of this binary.
-    let pg = ficus_e2e::skip_or_fail!(Postgres::start());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::start());
     let svc = common::start(common::config(&pg, "readyz").await).await;
     assert_eq!(svc.get("/readyz").await, (200, "ok".to_owned()));
     let room = svc.create_group(1, &[2]).await;
@@ -72,7 +72,7 @@ async fn readyz_follows_postgres_down_and_back() {
 #[tokio::test]
 async fn metrics_use_the_original_names() {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
     let mut config = common::config(pg, "metrics").await;
     // The applied flag generation is exported as chat_flags_generation.
     config.flags = chat_service::flags::FlagSource::Static(chat_service::flags::Flags {

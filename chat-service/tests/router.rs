@@ -12,7 +12,7 @@ use chat_service::ids::{MessageIdGenerator, UserId};
 use chat_service::metrics::DualWriteOutcome;
 use chat_service::routing::cohort;
 use chat_service::store::{ChatStore, PageRequest, StoreError};
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 use sqlx::postgres::PgPool;
 
 use common::router::{

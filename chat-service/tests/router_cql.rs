@@ -21,7 +21,7 @@ use chat_service::store::cql_outbox::CqlOutbox;
 use chat_service::store::outbox::OutboxLog;
 use chat_service::store::postgres::PgStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
-use ficus_e2e::Cassandra;
+use ficus_testkit::Cassandra;
 
 use chat_service::ids::UserId;
 
@@ -62,7 +62,7 @@ fn node() -> Option<&'static Cassandra> {
     match Cassandra::shared() {
         Ok(c) => Some(c),
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             None
         }
     }

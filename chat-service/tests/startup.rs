@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use chat_service::crypto::EncryptionKey;
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chat-service");
 
@@ -105,7 +105,7 @@ fn backfill_is_the_command_and_migrate_still_runs_it() {
 #[tokio::test]
 async fn migrate_schema_creates_the_tables_and_indexes() {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
     let url = pg
         .create_database("migrate_schema")
         .await

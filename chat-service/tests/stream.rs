@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{SseReader, assert_error};
-use ficus_e2e::{Nats, Postgres};
+use ficus_testkit::{Nats, Postgres};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn members_receive_their_rooms_events() {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
     let svc = common::start(common::config(pg, "stream_local").await).await;
     let room = svc.create_group(1, &[2]).await;
     let foreign = svc.create_group(3, &[4]).await;
@@ -111,8 +111,8 @@ async fn members_receive_their_rooms_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_cross_instances_through_nats() {
     common::init();
-    let pg = ficus_e2e::skip_or_fail!(Postgres::shared());
-    let nats = ficus_e2e::skip_or_fail!(Nats::start());
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
+    let nats = ficus_testkit::skip_or_fail!(Nats::start());
     let mut config = common::config(pg, "stream_nats").await;
     config.nats_url = Some(nats.url());
     // Two instances, one database, one NATS.

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{
-    Alertmanager, Exporter, HarnessError, Prometheus, PrometheusConfig, control_plane::free_ports,
+use ficus_testkit::{
+    Alertmanager, Exporter, HarnessError, Prometheus, PrometheusConfig, free_addr,
 };
 
 /// The drift metric the chat service exports (and the gates and the alert rule read).
@@ -51,8 +51,7 @@ pub struct Evidence {
 
 impl Evidence {
     pub async fn start(options: EvidenceOptions) -> Result<Self, HarnessError> {
-        let [port] = free_ports::<1>()?;
-        let operator_addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let operator_addr = free_addr()?;
         let alertmanager = if options.alertmanager {
             let webhook = format!("http://{operator_addr}/webhook/alertmanager");
             Some(Alertmanager::start(&webhook, WEBHOOK_TOKEN)?)

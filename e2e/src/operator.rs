@@ -1,6 +1,5 @@
 //! Running the Ficus operator against the test control plane, and waiting on what it does.
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,12 +10,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::task::JoinHandle;
 
-use crate::{ControlPlane, HarnessError};
-
-/// The repository root (for `crds/`, `examples/`).
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use ficus_testkit::{ControlPlane, HarnessError, repo_root};
 
 /// Applies `crds/` with kubectl once per control plane and waits until it is established.
 pub fn install_crds(cp: &ControlPlane) -> Result<(), HarnessError> {
@@ -27,30 +21,14 @@ pub fn install_crds(cp: &ControlPlane) -> Result<(), HarnessError> {
     }
     let crds = repo_root().join("crds");
     let crds = crds.to_string_lossy();
-    let out = cp.kubectl(&["apply", "-f", &crds])?;
-    if !out.success() {
-        return Err(HarnessError::Startup {
-            component: "crds",
-            reason: out.to_string(),
-            log: PathBuf::new(),
-            tail: String::new(),
-        });
-    }
-    let out = cp.kubectl(&[
+    cp.kubectl_ok(&["apply", "-f", &crds])?;
+    cp.kubectl_ok(&[
         "wait",
         "--for",
         "condition=established",
         "--timeout=30s",
         "crd/migrations.ficus.dev",
     ])?;
-    if !out.success() {
-        return Err(HarnessError::Startup {
-            component: "crds",
-            reason: out.to_string(),
-            log: PathBuf::new(),
-            tail: String::new(),
-        });
-    }
     done.push(cp.server_url().to_string());
     Ok(())
 }
@@ -159,18 +137,18 @@ pub fn split_steps(m: &Migration) -> Vec<i32> {
 pub async fn test_namespace(
     prefix: &str,
 ) -> anyhow::Result<Option<(&'static ControlPlane, Client, String)>> {
-    crate::init();
+    ficus_testkit::init();
     let cp = match ControlPlane::shared() {
         Ok(cp) => cp,
         Err(e) => {
-            crate::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return Ok(None);
         }
     };
     install_crds(cp)?;
     let client = cp.client().await?;
-    let ns = crate::unique_namespace(prefix);
-    crate::create_namespace(&client, &ns).await?;
+    let ns = ficus_testkit::unique_namespace(prefix);
+    ficus_testkit::create_namespace(&client, &ns).await?;
     Ok(Some((cp, client, ns)))
 }
 

@@ -6,9 +6,9 @@ use std::sync::Once;
 use std::time::Duration;
 
 use aws_sdk_ecs::types::ContainerDefinition;
-use ficus_e2e::moto::Moto;
 use ficus_e2e::operator::{Operator, test_namespace, wait_for};
 use ficus_operator::crd::{Migration, Phase};
+use ficus_testkit::moto::Moto;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -42,7 +42,7 @@ async fn setup(prefix: &str) -> anyhow::Result<Option<(Client, String, Aws, Oper
     let moto = match Moto::start() {
         Ok(m) => m,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return Ok(None);
         }
     };

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use ficus_e2e::moto::Moto;
 use ficus_e2e::operator::{Operator, install_crds, wait_for};
-use ficus_e2e::{ControlPlane, create_namespace, unique_namespace};
 use ficus_operator::crd::{Migration, Phase};
+use ficus_testkit::moto::Moto;
+use ficus_testkit::{ControlPlane, create_namespace, unique_namespace};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -32,18 +32,18 @@ print(key["AccessKeyId"], key["SecretAccessKey"])
 
 #[tokio::test]
 async fn a_denied_ssm_write_is_degraded_naming_the_missing_iam_action() -> anyhow::Result<()> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let cp = match ControlPlane::shared() {
         Ok(cp) => cp,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return Ok(());
         }
     };
     let moto = match Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]) {
         Ok(m) => m,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return Ok(());
         }
     };

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ficus_e2e::helm::{chart_dir, helm};
 use ficus_e2e::operator::{Operator, finish_job, test_namespace, wait_for, wait_for_job};
-use ficus_e2e::{ControlPlane, KubectlOutput, create_namespace, unique_namespace};
 use ficus_operator::crd::{Migration, Phase};
 use ficus_operator::run::{Config, LeaderConfig};
+use ficus_testkit::helm::{chart_dir, helm};
+use ficus_testkit::{ControlPlane, KubectlOutput, create_namespace, unique_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -81,10 +81,10 @@ fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Va
 
 /// The helm binary, or skip (fail under CI) when it is not built.
 fn helm_or_skip() -> bool {
-    match ficus_e2e::helm::helm_binary() {
+    match ficus_testkit::helm::helm_binary() {
         Ok(_) => true,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             false
         }
     }
@@ -92,7 +92,7 @@ fn helm_or_skip() -> bool {
 
 #[test]
 fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Result<()> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     if !helm_or_skip() {
         return Ok(());
     }
@@ -162,7 +162,7 @@ fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Re
     let migration = find(&docs, "Migration");
     assert_eq!(migration.len(), 1);
     let example = std::fs::read_to_string(
-        ficus_e2e::operator::repo_root().join("examples/chat-postgres-to-scylla.yaml"),
+        ficus_testkit::repo_root().join("examples/chat-postgres-to-scylla.yaml"),
     )?;
     let example: Vec<serde_json::Value> = example
         .split("\n---")

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use ficus_e2e::{Cassandra, skip_or_fail};
+use ficus_testkit::{Cassandra, skip_or_fail};
 use futures::{StreamExt, TryStreamExt, stream};
 use scylla::client::session::Session;
 

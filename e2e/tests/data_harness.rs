@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ficus_e2e::{Nats, Postgres, skip_or_fail};
+use ficus_testkit::{Nats, Postgres, skip_or_fail};
 use sqlx::{Connection, PgConnection};
 
 /// Whether `table` exists in the connected database's `public` schema.

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use ficus_e2e::evidence::{DRIFT, Evidence, EvidenceOptions, WEBHOOK_TOKEN};
 use ficus_e2e::operator::{Operator, split_steps, test_namespace, wait_for};
-use ficus_e2e::{Prometheus, PrometheusConfig};
 use ficus_operator::crd::{Migration, PauseReason, Phase, Verdict};
 use ficus_operator::run::Config;
+use ficus_testkit::{Prometheus, PrometheusConfig};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
@@ -42,7 +42,7 @@ async fn stack(
         Ok(evidence) => evidence,
         Err(e) => {
             // Skips locally when Prometheus or Alertmanager is not installed; fails under CI.
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return Ok(None);
         }
     };
@@ -409,9 +409,9 @@ async fn a_firing_alert_found_by_polling_alerts_rolls_back() -> anyhow::Result<(
 /// evaluates without a parse error.
 #[tokio::test]
 async fn the_shipped_rules_gate_and_dashboard_queries_are_valid_promql() -> anyhow::Result<()> {
-    ficus_e2e::init();
-    let root = ficus_e2e::operator::repo_root().join("examples");
-    let chart = ficus_e2e::helm::chart_dir();
+    ficus_testkit::init();
+    let root = ficus_testkit::repo_root().join("examples");
+    let chart = ficus_testkit::helm::chart_dir();
     let rules = std::fs::read_to_string(chart.join("files/chat-alerts.rules.yml"))?;
     let prometheus = match Prometheus::start(PrometheusConfig {
         rules: Some(rules),
@@ -419,7 +419,7 @@ async fn the_shipped_rules_gate_and_dashboard_queries_are_valid_promql() -> anyh
     }) {
         Ok(p) => p,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return Ok(());
         }
     };

@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ficus_e2e::ControlPlane;
 use ficus_e2e::operator::{
-    Operator, finish_job, repo_root, short_lease, split_steps, test_namespace, wait_for,
-    wait_for_job,
+    Operator, finish_job, short_lease, split_steps, test_namespace, wait_for, wait_for_job,
 };
 use ficus_operator::crd::{DualWrite, FlagValues, Flags, Migration, Percent, Phase, Side};
+use ficus_testkit::{ControlPlane, repo_root};
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ficus_e2e::{Alertmanager, Exporter, Prometheus, PrometheusConfig, skip_or_fail};
+use ficus_testkit::{Alertmanager, Exporter, Prometheus, PrometheusConfig, skip_or_fail};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -21,7 +21,7 @@ fn config(exporter: &Exporter) -> PrometheusConfig {
 
 #[test]
 fn exporter_serves_the_text_format() -> anyhow::Result<()> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let exporter = Exporter::start()?;
     exporter.set("test_metric", &[("service", "chat"), ("a", "x\"y")], 1.5);
     exporter.set("other", &[], f64::NAN);
@@ -61,7 +61,7 @@ fn exporter_serves_the_text_format() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn prometheus_follows_exporter_values_staleness_and_nan() -> anyhow::Result<()> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let exporter = Exporter::start()?;
     exporter.set("test_metric", &[("service", "chat")], 3.0);
     let begin = Instant::now();
@@ -77,7 +77,7 @@ async fn prometheus_follows_exporter_values_staleness_and_nan() -> anyhow::Resul
     assert_eq!(samples[0].labels["job"], "test");
 
     let value_is =
-        |want: f64| move |s: &[ficus_e2e::Sample]| (s.first()?.value == want).then_some(());
+        |want: f64| move |s: &[ficus_testkit::Sample]| (s.first()?.value == want).then_some(());
     let changed = Instant::now();
     exporter.set("test_metric", &[("service", "chat")], 7.0);
     prom.wait_for("test_metric", WAIT, value_is(7.0)).await?;
@@ -110,7 +110,7 @@ groups:
         labels:
           service: chat
 "#;
-    ficus_e2e::init();
+    ficus_testkit::init();
     let exporter = Exporter::start()?;
     exporter.set("test_metric", &[], 1.0);
     let webhook = Webhook::start()?;
@@ -167,7 +167,7 @@ groups:
 
 #[tokio::test]
 async fn prometheus_stop_and_restart_keep_port_and_data() -> anyhow::Result<()> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let exporter = Exporter::start()?;
     exporter.set("test_metric", &[], 1.0);
     let prom = skip_or_fail!(Prometheus::start(config(&exporter)));
@@ -200,13 +200,13 @@ async fn prometheus_stop_and_restart_keep_port_and_data() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn prometheus_startup_failure_reports_the_log_tail() {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let started = Prometheus::start(PrometheusConfig {
         rules: Some("groups: [{name: bad, rules: [{alert: X, expr: 'sum('}]}]".into()),
         ..Default::default()
     });
     let err = match started {
-        Err(err) if err.is_missing() => return ficus_e2e::skip_or_panic(&err),
+        Err(err) if err.is_missing() => return ficus_testkit::skip_or_panic(&err),
         Err(err) => err,
         Ok(_) => panic!("Prometheus started with an invalid rule"),
     };

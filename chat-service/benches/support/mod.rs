@@ -63,7 +63,7 @@ impl Load {
 
 /// Initialises the harness and runs `bench` on a multi-threaded runtime.
 pub fn run<F: Future>(bench: F) -> F::Output {
-    ficus_e2e::init();
+    ficus_testkit::init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

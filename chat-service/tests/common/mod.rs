@@ -14,7 +14,7 @@ use chat_service::flags::{FlagSource, Flags};
 use chat_service::ids::UserId;
 use chat_service::serve::{self, ServeError};
 use chat_service::store::scylla::CqlConfig;
-use ficus_e2e::{Cassandra, HarnessError, Postgres};
+use ficus_testkit::{Cassandra, HarnessError, Postgres};
 use serde_json::Value;
 use sqlx::postgres::PgPool;
 use tokio::sync::oneshot;
@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 pub const JWT_SECRET: &[u8] = b"chat-service-integration-test-secret-0123456789";
 
 pub fn init() {
-    ficus_e2e::init();
+    ficus_testkit::init();
 }
 
 /// A flag document with every field given.

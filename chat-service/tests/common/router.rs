@@ -14,7 +14,7 @@ use chat_service::store::outbox::{Outbox, OutboxLog, ReplayConfig};
 use chat_service::store::postgres::PgStore;
 use chat_service::store::router::{MigrationRouter, ReplayerHandle, RouterOptions};
 use chat_service::store::{ChatStore, NewMessage, NewRoom, RoomType};
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 use prometheus_client::metrics::gauge::Gauge;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use ficus_e2e::evidence::{ALERT, DRIFT, Evidence, EvidenceOptions, HEALTHY_DRIFT, WEBHOOK_TOKEN};
 use ficus_e2e::operator::{Operator, install_crds};
-use ficus_e2e::{ControlPlane, create_namespace, unique_namespace};
 use ficus_operator::crd::Migration;
 use ficus_operator::run::Config;
+use ficus_testkit::{ControlPlane, create_namespace, unique_namespace};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -41,7 +41,7 @@ impl Path {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let runs: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -91,7 +91,7 @@ async fn run_once(path: Path, client: &Client, evidence: &Evidence) -> Result<Du
     // scraped the healthy value already: a gate reading the previous run's bad one would roll
     // this run back before its first step.
     evidence.set_drift(HEALTHY_DRIFT);
-    let healthy = |s: &[ficus_e2e::Sample]| {
+    let healthy = |s: &[ficus_testkit::Sample]| {
         (!s.is_empty() && s.iter().all(|s| s.value == HEALTHY_DRIFT)).then_some(())
     };
     prometheus.wait_for(DRIFT, TIMEOUT, healthy).await?;

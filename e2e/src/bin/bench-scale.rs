@@ -13,10 +13,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ficus_e2e::control_plane::free_ports;
 use ficus_e2e::operator::install_crds;
-use ficus_e2e::{ControlPlane, create_namespace, memory_mib};
 use ficus_operator::crd::{Migration, Phase};
+use ficus_testkit::{ControlPlane, create_namespace, free_addr, memory_mib};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
@@ -98,7 +97,7 @@ fn spec(n: usize) -> serde_json::Value {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -116,8 +115,7 @@ async fn main() -> Result<(), BoxError> {
                 .map(|p| p.with_file_name("ficus-operator"))
                 .unwrap_or_default()
         });
-    let [port] = free_ports::<1>()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = free_addr()?;
     let log = std::fs::File::create(cp.dir().join("operator.log"))?;
     let child = Command::new(&bin)
         .args(["--no-leader-election", "--http-addr", &addr.to_string()])

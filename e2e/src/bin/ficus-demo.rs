@@ -4,11 +4,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ficus_e2e::ControlPlane;
-use ficus_e2e::operator::{install_crds, repo_root};
+use ficus_e2e::operator::install_crds;
+use ficus_testkit::{ControlPlane, repo_root};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     println!("==> starting etcd + kube-apiserver on loopback");
     let cp = ControlPlane::start()?;
     println!("    kubeconfig: {}", cp.kubeconfig_path().display());

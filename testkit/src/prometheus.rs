@@ -8,8 +8,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -18,12 +17,14 @@ use tempfile::TempDir;
 
 use crate::{
     HarnessError,
-    control_plane::{free_ports, temp_dir},
+    dirs::temp_dir,
     http,
-    process::{Proc, locate_binary},
+    ports::free_addr,
+    process::locate_binary,
+    server::{Server, command, impl_test_server},
 };
 
-pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the waits for scraped data ask again.
 const POLL: Duration = Duration::from_millis(100);
 
 /// What a test [`Prometheus`] scrapes and evaluates. Scrape and evaluation interval are 1s.
@@ -47,11 +48,9 @@ pub struct Sample {
 /// A running Prometheus; dropping it kills the process and removes its directory.
 #[derive(Debug)]
 pub struct Prometheus {
-    // `Drop::drop` kills the process before the fields drop, so the temp dir goes last.
-    proc: Mutex<Proc>,
+    // Fields drop in order: the process is killed before the temp dir goes.
+    server: Server,
     targets: usize,
-    bin: PathBuf,
-    args: Vec<String>,
     addr: SocketAddr,
     dir: TempDir,
 }
@@ -64,10 +63,8 @@ impl Prometheus {
     pub fn start(config: PrometheusConfig) -> Result<Self, HarnessError> {
         crate::init();
         let bin = locate_binary("prometheus", "FICUS_PROMETHEUS", "prometheus")?;
-        let begin = Instant::now();
         let dir = temp_dir()?;
-        let [port] = free_ports()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = free_addr()?;
 
         let targets = config.targets.len();
         let mut yml = serde_json::json!({
@@ -102,19 +99,16 @@ impl Prometheus {
             format!("--storage.tsdb.path={}", dir.path().join("data").display()),
             format!("--web.listen-address={addr}"),
         ];
-        let proc = Proc::spawn("prometheus", &bin, &args, dir.path().join("prometheus.log"))?;
-        let prometheus = Self {
-            proc: Mutex::new(proc),
+        let log = dir.path().join("prometheus.log");
+        let server = Server::builder("prometheus", log, command(bin, args))
+            .ready_on_http(addr, "/-/ready")
+            .start()?;
+        Ok(Self {
+            server,
             targets,
-            bin,
-            args,
             addr,
             dir,
-        };
-        // On error `prometheus` is dropped here, which kills the process.
-        http::wait_ready(&prometheus.proc(), addr, READY_TIMEOUT)?;
-        tracing::info!(url = %prometheus.url(), elapsed = ?begin.elapsed(), "prometheus ready");
-        Ok(prometheus)
+        })
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -135,20 +129,18 @@ impl Prometheus {
     ///
     /// [`restart`]: Self::restart
     pub fn stop(&self) {
-        self.proc().kill();
+        self.server.stop();
     }
 
     /// Stops Prometheus if running and starts it again on the same port with the same config
     /// and data; blocks until it is ready.
     pub fn restart(&self) -> Result<(), HarnessError> {
-        let begin = Instant::now();
-        let mut proc = self.proc();
-        proc.kill();
-        let log = self.dir.path().join("prometheus.log");
-        *proc = Proc::spawn("prometheus", &self.bin, &self.args, log)?;
-        http::wait_ready(&proc, self.addr, READY_TIMEOUT)?;
-        tracing::info!(url = %self.url(), elapsed = ?begin.elapsed(), "prometheus restarted");
-        Ok(())
+        self.server.restart()
+    }
+
+    /// The Prometheus process: pid and log.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// Runs the instant query `promql` (at the current time) once.
@@ -246,17 +238,9 @@ impl Prometheus {
         self.wait_for(promql, timeout, |samples| samples.first().map(|s| s.value))
             .await
     }
-
-    fn proc(&self) -> MutexGuard<'_, Proc> {
-        self.proc.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+impl_test_server!(Prometheus);
 
 /// Parses a `/api/v1/query` answer (vector or scalar) into samples, or says what is wrong.
 fn parse_query(body: &str) -> Result<Vec<Sample>, String> {

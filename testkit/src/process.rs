@@ -13,8 +13,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Mutex, MutexGuard, OnceLock, PoisonError, mpsc},
-    time::{Duration, Instant},
+    sync::{OnceLock, mpsc},
 };
 
 use crate::HarnessError;
@@ -55,140 +54,69 @@ fn spawn_orphan_proof(mut cmd: Command) -> io::Result<Child> {
     reply_rx.recv().map_err(|_| gone())?
 }
 
-/// A running control-plane component whose stdout and stderr go to a log file.
+/// One spawned child process whose stdout and stderr go to a log file. [`Server`] owns one at a
+/// time and replaces it on every restart.
+///
+/// [`Server`]: crate::server::Server
 #[derive(Debug)]
 pub(crate) struct Proc {
-    name: &'static str,
-    child: Mutex<Child>,
-    log: PathBuf,
+    child: Child,
+    /// The child leads its own process group, and killing it kills the whole group.
+    group: bool,
 }
 
 impl Proc {
-    pub(crate) fn spawn(
-        name: &'static str,
-        bin: &Path,
-        args: &[String],
-        log: PathBuf,
-    ) -> Result<Self, HarnessError> {
-        let mut cmd = Command::new(bin);
-        cmd.args(args);
-        Self::spawn_command(name, cmd, log)
-    }
-
-    /// Like [`spawn`](Self::spawn), for a caller-built `cmd` (e.g. with `uid`/`gid`, a working
-    /// directory or its own process group); stdin, stdout and stderr are set here.
+    /// Spawns `cmd` (built by the caller, e.g. with `uid`/`gid` or a working directory) with
+    /// stdin from `/dev/null` and stdout and stderr appended to `log`. With `group` the child
+    /// leads a process group of its own, so that [`kill`](Self::kill) takes its children too.
     ///
     /// `PR_SET_PDEATHSIG` still holds for a child that switches user: std applies `uid`/`gid`
     /// before the `pre_exec` hook that sets it (a credential change would clear it).
-    pub(crate) fn spawn_command(
-        name: &'static str,
+    pub(crate) fn spawn(
+        name: &str,
         mut cmd: Command,
-        log: PathBuf,
+        log: &Path,
+        group: bool,
     ) -> Result<Self, HarnessError> {
         // Append: a restarted process keeps the earlier run's log above its own.
         let out = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)
-            .map_err(HarnessError::io("opening log file", &log))?;
+            .open(log)
+            .map_err(HarnessError::io("opening log file", log))?;
         let err = out
             .try_clone()
-            .map_err(HarnessError::io("duplicating log file", &log))?;
+            .map_err(HarnessError::io("duplicating log file", log))?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        if group {
+            cmd.process_group(0);
+        }
         let bin = PathBuf::from(cmd.get_program());
         let args: Vec<_> = cmd.get_args().collect();
         tracing::debug!(%name, bin = %bin.display(), ?args, "spawning");
         let child = spawn_orphan_proof(cmd).map_err(HarnessError::io("spawning", bin))?;
-        Ok(Self {
-            name,
-            child: Mutex::new(child),
-            log,
-        })
-    }
-
-    fn child(&self) -> MutexGuard<'_, Child> {
-        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+        Ok(Self { child, group })
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child().id()
+        self.child.id()
     }
 
     /// The exit status if the process has already ended.
-    pub(crate) fn exited(&self) -> Option<ExitStatus> {
-        self.child().try_wait().ok().flatten()
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
-    pub(crate) fn kill(&self) {
-        let mut child = self.child();
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// Calls `probe` every `poll` until it answers `Ok`. A startup error (with the log tail)
-    /// when the process exits first, or when `timeout` passes: then the reason names
-    /// `waiting_for` and the probe's last answer.
-    pub(crate) fn wait_ready<T>(
-        &self,
-        waiting_for: &str,
-        timeout: Duration,
-        poll: Duration,
-        probe: impl FnMut() -> Result<T, String>,
-    ) -> Result<T, HarnessError> {
-        self.poll_ready(waiting_for, timeout, poll, probe)
-            .map_err(|not_ready| self.startup_error(not_ready.to_string()))
-    }
-
-    /// [`wait_ready`](Self::wait_ready) for callers that treat an early exit differently
-    /// from a timeout (e.g. to start the process again).
-    pub(crate) fn poll_ready<T>(
-        &self,
-        waiting_for: &str,
-        timeout: Duration,
-        poll: Duration,
-        mut probe: impl FnMut() -> Result<T, String>,
-    ) -> Result<T, NotReady> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return Err(NotReady::Exited(status));
-            }
-            let last = match probe() {
-                Ok(ready) => return Ok(ready),
-                Err(last) => last,
-            };
-            if Instant::now() >= deadline {
-                return Err(NotReady::Timeout(format!(
-                    "no {waiting_for} after {timeout:?}; last answer: {last}"
-                )));
-            }
-            std::thread::sleep(poll);
+    /// SIGKILLs the process (and its group, if it leads one) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        if self.group && self.exited().is_none() {
+            // SAFETY: plain kill(2). The child leads the group and is not reaped yet, so the
+            // group id cannot belong to anything else.
+            unsafe { libc::kill(-(self.pid() as libc::pid_t), libc::SIGKILL) };
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-
-    /// A startup error carrying the last lines of this process's log.
-    pub(crate) fn startup_error(&self, reason: String) -> HarnessError {
-        const LINES: usize = 40;
-        HarnessError::Startup {
-            component: self.name,
-            reason,
-            log: self.log.clone(),
-            tail: log_tail(&self.log, LINES),
-        }
-    }
-
-    pub(crate) fn log(&self) -> &Path {
-        &self.log
-    }
-}
-
-/// Why [`Proc::poll_ready`] gave up.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum NotReady {
-    #[error("exited early with {0}")]
-    Exited(ExitStatus),
-    #[error("{0}")]
-    Timeout(String),
 }
 
 /// A memory figure of process `pid` from `/proc/<pid>/status` in MiB, e.g. `VmRSS` (resident

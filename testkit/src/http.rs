@@ -1,4 +1,4 @@
-//! Just enough of an HTTP client to talk to Prometheus and Alertmanager on loopback: no HTTP
+//! Just enough of an HTTP client to talk to Prometheus, Alertmanager, moto and etcd on loopback: no HTTP
 //! stack to pull in, and nothing tied to a tokio runtime (each `#[tokio::test]` has its own).
 //!
 //! Requests are HTTP/1.0, so the (Go) server never uses chunked encoding or keep-alive: the
@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{HarnessError, process::Proc};
+use crate::HarnessError;
 
 /// Per-request connect/read/write timeout; everything is on loopback.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,25 +98,6 @@ pub(crate) fn encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// Blocks until `GET /-/ready` on `addr` answers 200, failing early (with the log tail) if the
-/// process exits. Both Prometheus and Alertmanager only answer 200 once fully started.
-pub(crate) fn wait_ready(
-    proc: &Proc,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<(), HarnessError> {
-    proc.wait_ready(
-        "200 from /-/ready",
-        timeout,
-        Duration::from_millis(20),
-        || match get_blocking(addr, "/-/ready") {
-            Ok(r) if r.status == 200 => Ok(()),
-            Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body.trim())),
-            Err(e) => Err(e.to_string()),
-        },
-    )
 }
 
 #[cfg(test)]

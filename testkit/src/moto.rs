@@ -3,23 +3,32 @@
 //! `scripts/install-deps.sh` installs it into a virtualenv under `~/.cache/ficus/moto-<ver>`;
 //! `$FICUS_MOTO` points at another `moto_server`. Each [`Moto`] is a fresh, empty account.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use tempfile::TempDir;
 
-use crate::HarnessError;
-use crate::control_plane::{cache_dir, free_ports, temp_dir};
-use crate::process::{Proc, executable};
+use crate::{
+    HarnessError,
+    dirs::{cache_dir, temp_dir},
+    ports::free_addr,
+    process::executable,
+    server::{Server, impl_test_server},
+};
 
+/// A Python server: its first start imports a lot.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_VERSION: &str = "5.2.5";
 
+/// A running moto server; dropping it kills the process and removes its directory.
 #[derive(Debug)]
 pub struct Moto {
-    proc: Proc,
+    // Fields drop in order: the process is killed before the temp dir goes.
+    server: Server,
     addr: SocketAddr,
     dir: TempDir,
 }
@@ -35,32 +44,23 @@ impl Moto {
     pub fn start_with_env(env: &[(&str, &str)]) -> Result<Self, HarnessError> {
         crate::init();
         let bin = binary()?;
-        let begin = Instant::now();
         let dir = temp_dir()?;
-        let [port] = free_ports()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let proc = Proc::spawn_command("moto", cmd, dir.path().join("moto.log"))?;
-        let moto = Self { proc, addr, dir };
-        moto.wait_ready()?;
-        tracing::info!(url = %moto.url(), elapsed = ?begin.elapsed(), "moto ready");
-        Ok(moto)
-    }
-
-    fn wait_ready(&self) -> Result<(), HarnessError> {
-        let poll = Duration::from_millis(50);
-        self.proc
-            .wait_ready("200 from /moto-api/", READY_TIMEOUT, poll, || {
-                match crate::http::get_blocking(self.addr, "/moto-api/") {
-                    Ok(r) if r.status == 200 => Ok(()),
-                    Ok(r) => Err(format!("HTTP {}", r.status)),
-                    Err(e) => Err(e.to_string()),
-                }
-            })
+        let addr = free_addr()?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let command = move || {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            cmd
+        };
+        let server = Server::builder("moto", dir.path().join("moto.log"), command)
+            .ready_on_http(addr, "/moto-api/")
+            .timeout(READY_TIMEOUT)
+            .start()?;
+        Ok(Self { server, addr, dir })
     }
 
     /// `http://127.0.0.1:<port>`: the endpoint URL for every AWS SDK client.
@@ -68,8 +68,26 @@ impl Moto {
         format!("http://{}", self.addr)
     }
 
-    pub fn dir(&self) -> &std::path::Path {
+    /// Temp dir with `moto.log`.
+    pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Kills the server (SIGKILL, like a crash): AWS calls fail until
+    /// [`restart`](Self::restart). moto keeps its state in memory, so that is lost.
+    pub fn stop(&self) {
+        self.server.stop();
+    }
+
+    /// Stops the server if running and starts it again on the same port, as a fresh, empty
+    /// account; blocks until it answers.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        self.server.restart()
+    }
+
+    /// The moto process: pid and log.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// The Python of moto's virtualenv (it has boto3), for setup the Rust SDKs here lack (IAM).
@@ -83,11 +101,7 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.proc.kill();
-    }
-}
+impl_test_server!(Moto);
 
 fn binary() -> Result<PathBuf, HarnessError> {
     if let Some(bin) = std::env::var_os("FICUS_MOTO") {

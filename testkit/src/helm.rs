@@ -3,7 +3,11 @@
 
 use std::{path::PathBuf, process::Command};
 
-use crate::{HarnessError, KubectlOutput, control_plane::cache_dir, operator::repo_root};
+use crate::{
+    HarnessError, KubectlOutput,
+    dirs::{cache_dir, repo_root, temp_dir},
+    process::executable,
+};
 
 const DEFAULT_VERSION: &str = "v3.22.0";
 
@@ -21,7 +25,7 @@ pub fn helm_binary() -> Result<PathBuf, HarnessError> {
     let version =
         std::env::var("FICUS_HELM_VERSION").unwrap_or_else(|_| DEFAULT_VERSION.to_owned());
     let cached = cache_dir().join("bin").join(format!("helm-{version}"));
-    if crate::process::executable(&cached) {
+    if executable(&cached) {
         Ok(cached)
     } else {
         Err(HarnessError::Missing {
@@ -38,7 +42,7 @@ pub fn helm_binary() -> Result<PathBuf, HarnessError> {
 /// user's). A non-zero exit is not an error: check [`KubectlOutput::success`].
 pub fn helm(args: &[&str]) -> Result<KubectlOutput, HarnessError> {
     let bin = helm_binary()?;
-    let home = crate::control_plane::temp_dir()?;
+    let home = temp_dir()?;
     let output = Command::new(&bin)
         .args(args)
         .env("HELM_CACHE_HOME", home.path().join("cache"))

@@ -60,6 +60,17 @@ impl ControlPlane {
         self.run_kubectl(args, None)
     }
 
+    /// Like [`kubectl`](Self::kubectl), for setup steps that must succeed: a non-zero exit is
+    /// [`HarnessError::Command`] with the whole output.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<KubectlOutput, HarnessError> {
+        let out = self.kubectl(args)?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(HarnessError::Command(Box::new(out)))
+        }
+    }
+
     /// Like [`kubectl`](Self::kubectl) with `stdin` piped in, e.g. `apply -f -`.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<KubectlOutput, HarnessError> {
         self.run_kubectl(args, Some(stdin))
@@ -109,7 +120,7 @@ pub fn kubectl_binary() -> String {
         return bin;
     }
     let version = std::env::var("FICUS_KUBE_VERSION").unwrap_or_else(|_| "v1.35.4".into());
-    let cached = crate::control_plane::cache_dir()
+    let cached = crate::dirs::cache_dir()
         .join("bin")
         .join(format!("kubectl-{version}"));
     if cached.is_file() {

@@ -22,7 +22,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -31,9 +31,11 @@ use tempfile::TempDir;
 
 use crate::{
     HarnessError,
-    control_plane::{cache_dir, free_ports, temp_dir},
-    process::{Proc, locate_binary},
-    shared::{SharedServer, on_own_runtime, shared, unique_name},
+    dirs::{cache_dir, temp_dir},
+    ports::{free_ports, loopback},
+    process::locate_binary,
+    server::{Server, impl_test_server},
+    shared::{shared, unique_name},
 };
 
 /// A first start on 2 busy cores takes 10–60 s (JVM warm-up, system keyspaces); restarts too.
@@ -115,10 +117,8 @@ const LOGBACK_XML: &str = r#"<configuration>
 /// [`create_keyspace`](Cassandra::create_keyspace).
 #[derive(Debug)]
 pub struct Cassandra {
-    // `Drop::drop` kills the JVM before the fields drop, so the temp dir goes last.
-    proc: Mutex<Proc>,
-    java: PathBuf,
-    args: Vec<String>,
+    // Fields drop in order: the JVM is killed before the temp dir goes.
+    server: Server,
     addr: SocketAddr,
     dir: TempDir,
 }
@@ -143,12 +143,12 @@ impl Cassandra {
     fn start() -> Result<Self, HarnessError> {
         crate::init();
         let java = locate_binary(COMPONENT, "FICUS_JAVA", "java")?;
-        let lib = lib_dir()?;
+        let (version, lib) = lib_dir()?;
         let begin = Instant::now();
         let dir = temp_dir()?;
         let path = |name: &str| dir.path().join(name);
         let [storage_port, native_port] = free_ports()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], native_port));
+        let addr = loopback(native_port);
 
         let yaml = path("cassandra.yaml");
         fs::write(&yaml, cassandra_yaml(dir.path(), storage_port, native_port))
@@ -171,17 +171,19 @@ impl Cassandra {
             format!("{}/*", lib.display()),
             "org.apache.cassandra.service.CassandraDaemon".into(),
         ]);
-        let proc = launch(&java, &args, dir.path())?;
-        let cassandra = Self {
-            proc: Mutex::new(proc),
-            java,
-            args,
-            addr,
-            dir,
-        };
-        // On error `cassandra` is dropped here, which kills the JVM.
-        let version = wait_ready(&cassandra.proc(), addr)?;
-        let pid = cassandra.proc().pid();
+        let cwd = dir.path().to_owned();
+        let server = Server::builder("cassandra", path("cassandra.log"), move || {
+            command(&java, &args, &cwd)
+        })
+        .ready_when_async(
+            format!("answer to `{RELEASE_VERSION}` on {addr}"),
+            move || ping(addr),
+        )
+        .timeout(READY_TIMEOUT)
+        .poll(POLL)
+        .start()?;
+        let cassandra = Self { server, addr, dir };
+        let pid = cassandra.server.pid();
         tracing::info!(
             contact_point = %cassandra.contact_point(),
             %version,
@@ -241,7 +243,7 @@ impl Cassandra {
     /// Kills the JVM (SIGKILL, like a crash of its host): sessions lose their connections and
     /// queries fail until [`restart`](Self::restart). Data dir and ports stay.
     pub fn stop(&self) {
-        self.proc().kill();
+        self.server.stop();
     }
 
     /// Stops the node if running and starts it again on the same ports and data (the commit
@@ -251,25 +253,17 @@ impl Cassandra {
     /// Blocking: in a test whose runtime also runs the code under test, call it through
     /// `tokio::task::spawn_blocking` (the shared node is `'static`).
     pub fn restart(&self) -> Result<(), HarnessError> {
-        let begin = Instant::now();
-        let mut proc = self.proc();
-        proc.kill();
-        *proc = launch(&self.java, &self.args, self.dir.path())?;
-        let outcome = wait_ready(&proc, self.addr);
-        if outcome.is_err() {
-            proc.kill();
-        }
-        outcome?;
-        tracing::info!(
-            contact_point = %self.contact_point(),
-            elapsed = ?begin.elapsed(),
-            "cassandra restarted"
-        );
-        Ok(())
+        self.server.restart()
     }
 
-    fn proc(&self) -> MutexGuard<'_, Proc> {
-        self.proc.lock().unwrap_or_else(PoisonError::into_inner)
+    /// `cql://127.0.0.1:<port>`, for logs; clients take [`contact_point`](Self::contact_point).
+    pub fn url(&self) -> String {
+        format!("cql://{}", self.addr)
+    }
+
+    /// The JVM process: pid and log.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     fn cql_error(
@@ -285,19 +279,16 @@ impl Cassandra {
     }
 }
 
-impl Drop for Cassandra {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+impl_test_server!(Cassandra);
 
-/// `~/.cache/ficus/cassandra-<version>/lib` (see `scripts/fetch-cassandra.sh`), if complete.
-fn lib_dir() -> Result<PathBuf, HarnessError> {
+/// The Cassandra version and its `~/.cache/ficus/cassandra-<version>/lib` (see
+/// `scripts/fetch-cassandra.sh`), if complete.
+fn lib_dir() -> Result<(String, PathBuf), HarnessError> {
     let version =
         env::var("FICUS_CASSANDRA_VERSION").unwrap_or_else(|_| DEFAULT_VERSION.to_owned());
     let home = cache_dir().join(format!("cassandra-{version}"));
     if home.join(".complete").is_file() {
-        Ok(home.join("lib"))
+        Ok((version, home.join("lib")))
     } else {
         Err(HarnessError::Missing {
             component: COMPONENT.to_owned(),
@@ -357,8 +348,8 @@ file_cache_size: 32MiB
 /// `linux/capability.h` (not in the libc crate).
 const CAP_IPC_LOCK: libc::c_ulong = 14;
 
-/// Spawns the JVM with its output appended to `cassandra.log` in `dir`.
-fn launch(java: &Path, args: &[String], dir: &Path) -> Result<Proc, HarnessError> {
+/// The JVM command, run from `dir`.
+fn command(java: &Path, args: &[String], dir: &Path) -> Command {
     let mut cmd = Command::new(java);
     cmd.args(args).current_dir(dir);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe syscalls.
@@ -377,22 +368,11 @@ fn launch(java: &Path, args: &[String], dir: &Path) -> Result<Proc, HarnessError
             Ok(())
         });
     }
-    Proc::spawn_command("cassandra", cmd, dir.join("cassandra.log"))
-}
-
-/// Blocks until a CQL session to `addr` reads `release_version` (returned), failing early (with
-/// the log tail) if the JVM exits.
-fn wait_ready(proc: &Proc, addr: SocketAddr) -> Result<String, HarnessError> {
-    let waiting_for = format!("answer to `{RELEASE_VERSION}` on {addr}");
-    on_own_runtime(|runtime| {
-        proc.wait_ready(&waiting_for, READY_TIMEOUT, POLL, || {
-            runtime.block_on(ping(addr))
-        })
-    })?
+    cmd
 }
 
 /// One CQL session: handshake, `SELECT release_version FROM system.local`.
-async fn ping(addr: SocketAddr) -> Result<String, String> {
+async fn ping(addr: SocketAddr) -> Result<(), String> {
     // Cheap check first: nothing listens until the node is nearly up.
     tokio::time::timeout(PING_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
@@ -412,26 +392,16 @@ async fn ping(addr: SocketAddr) -> Result<String, String> {
         .await
         .map_err(|_| "query timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    let (version,): (String,) = result
+    let (_version,): (String,) = result
         .into_rows_result()
         .map_err(|e| e.to_string())?
         .single_row()
         .map_err(|e| e.to_string())?;
-    Ok(version)
+    Ok(())
 }
 
 /// `<prefix>_<pid>_<n>`: lowercase `[a-z0-9_]`, starting with a letter, at most 48 bytes
 /// (Cassandra's limit), unique within this test binary.
 fn unique_keyspace_name(prefix: &str) -> String {
     unique_name(prefix, '_', MAX_NAME, "ks")
-}
-
-impl SharedServer for Cassandra {
-    fn kill(&self) {
-        self.stop();
-    }
-
-    fn files(&self) -> &Path {
-        self.dir.path()
-    }
 }

@@ -6,20 +6,19 @@ use std::{
     io::{self, BufRead, BufReader, Read},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tempfile::TempDir;
 
 use crate::{
     HarnessError,
-    control_plane::{free_ports, temp_dir},
-    process::{Proc, executable, locate_binary},
+    dirs::temp_dir,
+    ports::free_addr,
+    process::{executable, locate_binary},
+    server::{Server, command, impl_test_server},
 };
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(20);
 /// Per-attempt connect/read timeout of the readiness check; everything is on loopback.
 const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the Debian package installs the server (not on a non-root user's `PATH`).
@@ -28,10 +27,8 @@ const DEBIAN_PATH: &str = "/usr/sbin/nats-server";
 /// A running NATS server; dropping it kills the process and removes its directory.
 #[derive(Debug)]
 pub struct Nats {
-    // `Drop::drop` kills the process before the fields drop, so the temp dir goes last.
-    proc: Mutex<Proc>,
-    bin: PathBuf,
-    args: Vec<String>,
+    // Fields drop in order: the server is killed before the temp dir goes.
+    server: Server,
     addr: SocketAddr,
     dir: TempDir,
 }
@@ -44,28 +41,18 @@ impl Nats {
     pub fn start() -> Result<Self, HarnessError> {
         crate::init();
         let bin = locate()?;
-        let begin = Instant::now();
         let dir = temp_dir()?;
-        let [port] = free_ports()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ];
-        let proc = Proc::spawn("nats-server", &bin, &args, dir.path().join("nats.log"))?;
-        let nats = Self {
-            proc: Mutex::new(proc),
-            bin,
-            args,
-            addr,
-            dir,
-        };
-        // On error `nats` is dropped here, which kills the process.
-        wait_ready(&nats.proc(), addr)?;
-        tracing::info!(url = %nats.url(), elapsed = ?begin.elapsed(), "nats ready");
-        Ok(nats)
+        let addr = free_addr()?;
+        let args = ["-a", "127.0.0.1", "-p", &addr.port().to_string()].map(String::from);
+        let command = command(bin, args.into());
+        let server = Server::builder("nats-server", dir.path().join("nats.log"), command)
+            .ready_when(format!("INFO on {addr}"), move || match info_line(addr) {
+                Ok(line) if line.starts_with("INFO {") => Ok(()),
+                Ok(line) => Err(format!("unexpected greeting {line:?}")),
+                Err(e) => Err(e.to_string()),
+            })
+            .start()?;
+        Ok(Self { server, addr, dir })
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -85,35 +72,21 @@ impl Nats {
     /// Kills the server (SIGKILL, like a crash): connections drop, new ones are refused. Its
     /// port stays for [`restart`](Self::restart). Core NATS keeps no state across this.
     pub fn stop(&self) {
-        self.proc().kill();
+        self.server.stop();
     }
 
     /// Stops the server if running and starts it again on the same port; blocks until ready.
     pub fn restart(&self) -> Result<(), HarnessError> {
-        let begin = Instant::now();
-        let mut proc = self.proc();
-        proc.kill();
-        *proc = Proc::spawn(
-            "nats-server",
-            &self.bin,
-            &self.args,
-            self.dir.path().join("nats.log"),
-        )?;
-        wait_ready(&proc, self.addr)?;
-        tracing::info!(url = %self.url(), elapsed = ?begin.elapsed(), "nats restarted");
-        Ok(())
+        self.server.restart()
     }
 
-    fn proc(&self) -> MutexGuard<'_, Proc> {
-        self.proc.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The server process: pid and log.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 }
 
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+impl_test_server!(Nats);
 
 /// `$FICUS_NATS`, else `nats-server` on `PATH`, else the Debian package's path.
 fn locate() -> Result<PathBuf, HarnessError> {
@@ -125,21 +98,6 @@ fn locate() -> Result<PathBuf, HarnessError> {
         }
         found => found,
     }
-}
-
-/// Blocks until a connection to `addr` is greeted with `INFO {...}`, failing early (with the
-/// log tail) if the process exits.
-fn wait_ready(proc: &Proc, addr: SocketAddr) -> Result<(), HarnessError> {
-    proc.wait_ready(
-        &format!("INFO on {addr}"),
-        READY_TIMEOUT,
-        POLL,
-        || match info_line(addr) {
-            Ok(line) if line.starts_with("INFO {") => Ok(()),
-            Ok(line) => Err(format!("unexpected greeting {line:?}")),
-            Err(e) => Err(e.to_string()),
-        },
-    )
 }
 
 /// The first line the server sends on a new connection.

@@ -1,31 +1,21 @@
-//! What every test server of the harness has in common: one instance per test binary, names
-//! unique within it, and blocking waits that work from inside a test's tokio runtime.
+//! One instance of a server per test binary, and names unique within it.
 
 use std::{
     fs,
-    path::Path,
     sync::{
         Mutex, Once, OnceLock, PoisonError,
         atomic::{AtomicU32, Ordering},
     },
 };
 
-use crate::HarnessError;
-
-/// A server that can be shared by every test of a binary (see [`shared`]).
-pub(crate) trait SharedServer: Send + Sync + 'static {
-    /// Kills the server's processes.
-    fn kill(&self);
-    /// Its files, removed once the process exits.
-    fn files(&self) -> &Path;
-}
+use crate::{HarnessError, server::TestServer};
 
 /// The server in `cell`, started with `start` on first use and then handed to every caller.
 ///
 /// It lives until the process exits: the kernel kills its processes then (see `process.rs`)
 /// and an `atexit` hook removes its files. A failed start is cached too, so every test of the
 /// binary reports the same error instead of retrying a slow start.
-pub(crate) fn shared<T: SharedServer>(
+pub(crate) fn shared<T: TestServer + Send + Sync + 'static>(
     cell: &'static OnceLock<Result<T, HarnessError>>,
     start: impl FnOnce() -> Result<T, HarnessError>,
 ) -> Result<&'static T, HarnessError> {
@@ -34,8 +24,8 @@ pub(crate) fn shared<T: SharedServer>(
         if started.is_ok() {
             at_exit(move || {
                 if let Some(Ok(server)) = cell.get() {
-                    server.kill();
-                    let _ = fs::remove_dir_all(server.files());
+                    server.stop();
+                    let _ = fs::remove_dir_all(server.dir());
                 }
             });
         }
@@ -91,30 +81,6 @@ pub(crate) fn unique_name(prefix: &str, sep: char, max_len: usize, pad: &str) ->
     let room = max_len.saturating_sub(suffix.len());
     let prefix: String = prefix.chars().take(room).collect();
     format!("{}{suffix}", prefix.trim_end_matches(sep))
-}
-
-/// Runs `work` on a fresh current-thread runtime on another thread and waits for it.
-///
-/// Servers start synchronously (a start backs a `OnceLock`), usually from inside a test's
-/// runtime, where `block_on` on the current thread would panic. Logs are silenced there:
-/// clients log every failed connection attempt, which while polling is expected noise.
-pub(crate) fn on_own_runtime<T: Send>(
-    work: impl FnOnce(&tokio::runtime::Runtime) -> T + Send,
-) -> Result<T, HarnessError> {
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            let _quiet =
-                tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(HarnessError::io("building a tokio runtime", "(in memory)"))?;
-            Ok(work(&runtime))
-        });
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 #[cfg(test)]

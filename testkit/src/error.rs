@@ -1,8 +1,10 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use crate::KubectlOutput;
+
 /// Everything that can go wrong in the test environment (control plane, Prometheus, ...).
 ///
-/// `Clone` because the shared control plane caches its start result for every test in the
+/// `Clone` because a shared server caches its start result for every test in the
 /// binary; the non-cloneable sources are therefore kept behind an `Arc`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HarnessError {
@@ -21,7 +23,7 @@ pub enum HarnessError {
         source: Arc<std::io::Error>,
     },
 
-    /// A control-plane process exited or never became ready. `tail` holds the end of its log.
+    /// A server process exited or never became ready. `tail` holds the end of its log.
     #[error(
         "{component} did not start: {reason}\n--- last lines of {} ---\n{tail}",
         log.display()
@@ -32,6 +34,10 @@ pub enum HarnessError {
         log: PathBuf,
         tail: String,
     },
+
+    /// A `kubectl` or `helm` run that a setup step needs exited non-zero; its output says why.
+    #[error("{0}")]
+    Command(Box<KubectlOutput>),
 
     /// An HTTP request to a test component got no answer (e.g. connection refused: stopped).
     #[error("GET {url}: {source}")]

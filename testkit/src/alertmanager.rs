@@ -1,23 +1,24 @@
 //! A real Alertmanager (the Debian `prometheus-alertmanager` package, 0.25) on a free loopback
 //! port, routing every alert straight to one webhook.
 
-use std::{net::SocketAddr, path::Path, time::Instant};
+use std::{net::SocketAddr, path::Path};
 
 use tempfile::TempDir;
 
 use crate::{
     HarnessError,
-    control_plane::{free_ports, temp_dir},
+    dirs::temp_dir,
     http,
-    process::{Proc, locate_binary},
-    prometheus::READY_TIMEOUT,
+    ports::free_addr,
+    process::locate_binary,
+    server::{Server, command, impl_test_server},
 };
 
 /// A running Alertmanager; dropping it kills the process and removes its directory.
 #[derive(Debug)]
 pub struct Alertmanager {
-    // `Drop::drop` kills the process before the fields drop, so the temp dir goes last.
-    proc: Proc,
+    // Fields drop in order: the process is killed before the temp dir goes.
+    server: Server,
     addr: SocketAddr,
     dir: TempDir,
 }
@@ -40,10 +41,8 @@ impl Alertmanager {
             "FICUS_ALERTMANAGER",
             "prometheus-alertmanager",
         )?;
-        let begin = Instant::now();
         let dir = temp_dir()?;
-        let [port] = free_ports()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = free_addr()?;
 
         // JSON is YAML, and serde_json gets the quoting of URL and token right.
         let yml = serde_json::json!({
@@ -69,24 +68,18 @@ impl Alertmanager {
         std::fs::write(&config_file, yml.to_string())
             .map_err(HarnessError::io("writing", &config_file))?;
 
-        let args = [
+        let args = vec![
             format!("--config.file={}", config_file.display()),
             format!("--storage.path={}", dir.path().join("data").display()),
             format!("--web.listen-address={addr}"),
             // Empty disables HA mode: no gossip port, and no waiting for the cluster to settle.
             "--cluster.listen-address=".to_owned(),
         ];
-        let proc = Proc::spawn(
-            "alertmanager",
-            &bin,
-            &args,
-            dir.path().join("alertmanager.log"),
-        )?;
-        let am = Self { proc, addr, dir };
-        // On error `am` is dropped here, which kills the process.
-        http::wait_ready(&am.proc, addr, READY_TIMEOUT)?;
-        tracing::info!(url = %am.url(), elapsed = ?begin.elapsed(), "alertmanager ready");
-        Ok(am)
+        let log = dir.path().join("alertmanager.log");
+        let server = Server::builder("alertmanager", log, command(bin, args))
+            .ready_on_http(addr, "/-/ready")
+            .start()?;
+        Ok(Self { server, addr, dir })
     }
 
     /// Names of the alerts Alertmanager holds as active (firing, not silenced or inhibited).
@@ -131,10 +124,23 @@ impl Alertmanager {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
-}
 
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        self.proc.kill();
+    /// Kills Alertmanager (SIGKILL, like a crash); notifications stop. Its data dir and port
+    /// stay for [`restart`](Self::restart).
+    pub fn stop(&self) {
+        self.server.stop();
+    }
+
+    /// Stops Alertmanager if running and starts it again on the same port with the same config
+    /// and data (silences and the notification log survive); blocks until it is ready.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        self.server.restart()
+    }
+
+    /// The Alertmanager process: pid and log.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 }
+
+impl_test_server!(Alertmanager);

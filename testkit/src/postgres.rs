@@ -20,7 +20,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -29,13 +29,13 @@ use tempfile::TempDir;
 
 use crate::{
     HarnessError,
-    control_plane::{free_ports, temp_dir},
-    process::{NotReady, Proc, executable, log_tail},
-    shared::{SharedServer, shared, unique_name},
+    dirs::temp_dir,
+    ports::free_addr,
+    process::{executable, log_tail},
+    server::{Server, impl_test_server},
+    shared::{shared, unique_name},
 };
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(20);
 /// Per-attempt connect/read/write timeout of the readiness check; everything is on loopback.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const COMPONENT: &str = "postgresql";
@@ -51,11 +51,8 @@ const USER: &str = "postgres";
 /// [`create_database`](Postgres::create_database).
 #[derive(Debug)]
 pub struct Postgres {
-    // `Drop::drop` kills the server before the fields drop, so the temp dir goes last.
-    proc: Mutex<Proc>,
-    bin: PathBuf,
-    args: Vec<String>,
-    run_as: Option<RunAs>,
+    // Fields drop in order: the server is killed before the temp dir goes.
+    server: Server,
     addr: SocketAddr,
     dir: TempDir,
 }
@@ -93,8 +90,7 @@ impl Postgres {
         let begin = Instant::now();
         let dir = temp_dir()?;
         let path = |name: &str| dir.path().join(name);
-        let [port] = free_ports()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = free_addr()?;
 
         let (data, sockets) = (path("data"), path("sockets"));
         if let Some(user) = run_as {
@@ -123,7 +119,7 @@ impl Postgres {
             "-k".into(),
             sockets.display().to_string(),
             "-p".into(),
-            port.to_string(),
+            addr.port().to_string(),
             "-c".into(),
             "listen_addresses=127.0.0.1".into(),
             // Test data is disposable: skip every flush to disk. Commits still reach the
@@ -136,15 +132,23 @@ impl Postgres {
             "max_connections=200".into(),
         ];
         let bin = bin_dir.join("postgres");
-        let proc = launch(&bin, &args, dir.path(), run_as, addr)?;
-        let pg = Self {
-            proc: Mutex::new(proc),
-            bin,
-            args,
-            run_as,
-            addr,
-            dir,
-        };
+        let cwd = dir.path().to_owned();
+        let server = Server::builder("postgres", path("postgres.log"), move || {
+            command(&bin, &args, &cwd, run_as)
+        })
+        .ready_when(format!("answer to `SELECT 1` on {addr}"), move || {
+            ping(addr).map_err(|e| e.to_string())
+        })
+        // So that a stop takes the backends down with the postmaster.
+        .own_process_group()
+        // Right after a stop the old server's processes may not all be gone yet; the new one
+        // then refuses the data dir and exits, and is started again.
+        .respawn_when(|tail| {
+            tail.contains("pre-existing shared memory block")
+                || tail.contains("lock file \"postmaster.pid\" already exists")
+        })
+        .start()?;
+        let pg = Self { server, addr, dir };
         tracing::info!(
             url = %pg.url(),
             dir = %pg.dir().display(),
@@ -211,36 +215,22 @@ impl Postgres {
     /// connections break, new ones are refused. Data dir and port stay for
     /// [`restart`](Self::restart).
     pub fn stop(&self) {
-        kill(&self.proc());
+        self.server.stop();
     }
 
     /// Stops the server if running and starts it again on the same port and data (crash
     /// recovery replays the WAL: every acknowledged commit is back); blocks until it answers.
     pub fn restart(&self) -> Result<(), HarnessError> {
-        let begin = Instant::now();
-        let mut proc = self.proc();
-        kill(&proc);
-        *proc = launch(
-            &self.bin,
-            &self.args,
-            self.dir.path(),
-            self.run_as,
-            self.addr,
-        )?;
-        tracing::info!(url = %self.url(), elapsed = ?begin.elapsed(), "postgres restarted");
-        Ok(())
+        self.server.restart()
     }
 
-    fn proc(&self) -> MutexGuard<'_, Proc> {
-        self.proc.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The postmaster process: pid and log.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+impl_test_server!(Postgres);
 
 /// `$FICUS_PG_BIN`, else the `bin` dir of the newest version under `/usr/lib/postgresql`.
 fn bin_dir() -> Result<PathBuf, HarnessError> {
@@ -376,62 +366,6 @@ fn initdb(bin: &Path, data: &Path, cwd: &Path, run_as: Option<RunAs>) -> Result<
     }
 }
 
-/// Starts the server and waits until it answers `SELECT 1`.
-///
-/// Right after a [`kill`] the old server's processes may not all be gone yet; the new one then
-/// refuses the data dir ("pre-existing shared memory block is still in use", "lock file
-/// already exists") and exits, and this starts it again.
-fn launch(
-    bin: &Path,
-    args: &[String],
-    dir: &Path,
-    run_as: Option<RunAs>,
-    addr: SocketAddr,
-) -> Result<Proc, HarnessError> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let mut cmd = command(bin, args, dir, run_as);
-        // Its own process group, so that `kill` takes the backends down with it.
-        cmd.process_group(0);
-        let proc = Proc::spawn_command("postgres", cmd, dir.join("postgres.log"))?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let answered = proc.poll_ready(
-            &format!("answer to `SELECT 1` on {addr}"),
-            left,
-            POLL,
-            || ping(addr).map_err(|e| e.to_string()),
-        );
-        match answered {
-            Ok(()) => return Ok(proc),
-            Err(early @ NotReady::Exited(_)) => {
-                let reason = early.to_string();
-                let tail = log_tail(proc.log(), 5);
-                let leftover = tail.contains("pre-existing shared memory block")
-                    || tail.contains("lock file \"postmaster.pid\" already exists");
-                if !leftover || Instant::now() >= deadline {
-                    return Err(proc.startup_error(reason));
-                }
-                tracing::debug!("the previous server still holds the data dir; starting again");
-                std::thread::sleep(POLL);
-            }
-            Err(timeout @ NotReady::Timeout(_)) => {
-                kill(&proc);
-                return Err(proc.startup_error(timeout.to_string()));
-            }
-        }
-    }
-}
-
-/// Kills the server's whole process group (postmaster and backends) and reaps the postmaster.
-fn kill(proc: &Proc) {
-    if proc.exited().is_none() {
-        // SAFETY: plain kill(2). The postmaster leads the group and is not reaped yet, so the
-        // group id cannot belong to anything else.
-        unsafe { libc::kill(-(proc.pid() as libc::pid_t), libc::SIGKILL) };
-    }
-    proc.kill();
-}
-
 /// One wire-protocol session as `postgres` on database `postgres` (trust authentication):
 /// startup, `SELECT 1`, terminate. The error is the server's (e.g. "the database system is
 /// starting up") or the connection's.
@@ -506,16 +440,6 @@ fn server_error(body: &[u8]) -> String {
 /// within this test binary.
 fn unique_database_name(prefix: &str) -> String {
     unique_name(prefix, '_', 63, "db")
-}
-
-impl SharedServer for Postgres {
-    fn kill(&self) {
-        self.stop();
-    }
-
-    fn files(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 #[cfg(test)]
