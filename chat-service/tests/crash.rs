@@ -385,7 +385,7 @@ async fn recorded_for_legacy(pool: &PgPool) -> HashSet<Uuid> {
 async fn sigkill_after_cutover_loses_no_acknowledged_reverse_write() {
     common::init();
     if let Err(e) = Postgres::shared() {
-        return ficus_e2e::skip_or_panic(&e);
+        return ficus_testkit::skip_or_panic(&e);
     }
     let (service, legacy_url, _new_url, dir) = after_cutover("crash_cutover_kill").await;
     let mut child = service.spawn(1);
@@ -431,7 +431,7 @@ async fn sigkill_after_cutover_loses_no_acknowledged_reverse_write() {
 async fn sigterm_after_cutover_drains_every_pending_reverse_write_before_exiting() {
     common::init();
     if let Err(e) = Postgres::shared() {
-        return ficus_e2e::skip_or_panic(&e);
+        return ficus_testkit::skip_or_panic(&e);
     }
     let (service, legacy_url, new_url, dir) = after_cutover("crash_cutover_term").await;
     let mut child = service.spawn(1);

@@ -254,7 +254,7 @@ async fn after_cutover_legacy_writes_wait_in_the_cql_outbox_across_a_crash() {
     let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(cassandra) = node() else { return };
     let ids = MessageIdGenerator::default();
-    let legacy_server = ficus_e2e::Postgres::start().expect("private postgres");
+    let legacy_server = ficus_testkit::Postgres::start().expect("private postgres");
     let legacy_url = legacy_server
         .create_database("cql_cutover_legacy")
         .await
@@ -460,7 +460,7 @@ async fn legacy_database_url(store: &PgStore) -> String {
         .fetch_one(store.pool())
         .await
         .expect("database name");
-    ficus_e2e::Postgres::shared()
+    ficus_testkit::Postgres::shared()
         .expect("postgres")
         .database_url(&name)
 }

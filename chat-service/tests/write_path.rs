@@ -14,7 +14,7 @@ use chat_service::ids::{RoomId, UserId};
 use chat_service::store::outbox::WriteOp;
 use chat_service::store::router::RouterOptions;
 use chat_service::store::{ChatStore, NewRoom, RoomType};
-use ficus_e2e::Postgres;
+use ficus_testkit::Postgres;
 use sqlx::postgres::PgPool;
 
 use common::router::{
@@ -296,7 +296,7 @@ async fn a_room_name_with_nul_is_a_400() {
     common::init();
     let pg = match Postgres::shared() {
         Ok(pg) => pg,
-        Err(e) => return ficus_e2e::skip_or_panic(&e),
+        Err(e) => return ficus_testkit::skip_or_panic(&e),
     };
     let service = common::start(common::config(pg, "wp_nul_name").await).await;
     let result = service
