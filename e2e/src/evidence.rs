@@ -63,6 +63,7 @@ impl Evidence {
             targets: vec![exporter.addr().to_string()],
             rules: options.alert_rule.then(|| RULES.to_owned()),
             alertmanager: alertmanager.as_ref().map(|a| a.addr().to_string()),
+            ..Default::default()
         })?;
         let evidence = Evidence {
             exporter,

@@ -17,4 +17,5 @@
 //! ```
 
 pub mod evidence;
+pub mod live;
 pub mod operator;

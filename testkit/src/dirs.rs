@@ -31,7 +31,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A fresh `ficus-e2e-<pid>-<random>` temp dir, after removing those of dead test binaries.
-pub(crate) fn temp_dir() -> Result<TempDir, HarnessError> {
+pub fn temp_dir() -> Result<TempDir, HarnessError> {
     let tmp = env::temp_dir();
     remove_stale_dirs(&tmp);
     tempfile::Builder::new()

@@ -68,6 +68,18 @@ pub enum HarnessError {
         source: Arc<sqlx::Error>,
     },
 
+    /// An API of a test component refused a request.
+    #[error("{url}: HTTP {status}: {body}")]
+    Api {
+        url: String,
+        status: u16,
+        body: String,
+    },
+
+    /// A set-up step of a test stack failed (creating an object, seeding data, ...).
+    #[error("{what}: {message}")]
+    Setup { what: &'static str, message: String },
+
     #[error("building a kube client from {}: {source}", kubeconfig.display())]
     Client {
         kubeconfig: PathBuf,
@@ -77,8 +89,16 @@ pub enum HarnessError {
 }
 
 impl HarnessError {
+    /// A failed set-up step `what`, with the error's message.
+    pub fn setup(what: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::Setup {
+            what,
+            message: error.to_string(),
+        }
+    }
+
     /// Helper for `map_err`: an I/O error while doing `action` on `path`.
-    pub(crate) fn io(
+    pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {

@@ -37,6 +37,26 @@ pub(crate) fn get_blocking(addr: SocketAddr, path: &str) -> io::Result<Response>
     parse(&raw)
 }
 
+/// `<method> http://<addr><path>` with a JSON `body` (none when empty), blocking.
+pub(crate) fn send_blocking(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: ficus-e2e\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    stream.take(MAX_RESPONSE).read_to_end(&mut raw)?;
+    parse(&raw)
+}
+
 /// [`get_blocking`] on the runtime's blocking pool, so a test's runtime keeps running meanwhile.
 pub(crate) async fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
     let path = path.to_owned();

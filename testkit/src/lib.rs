@@ -36,6 +36,7 @@ pub mod postgres;
 mod process;
 pub mod prometheus;
 pub mod server;
+pub mod toxiproxy;
 mod shared;
 
 use std::{io::Write, sync::Once};
@@ -49,7 +50,8 @@ use kube::{
 pub use alertmanager::Alertmanager;
 pub use cassandra::Cassandra;
 pub use control_plane::{Binaries, ControlPlane};
-pub use dirs::{cache_dir, repo_root};
+pub use dirs::{cache_dir, repo_root, temp_dir};
+pub use shared::unique_name;
 pub use error::HarnessError;
 pub use exporter::Exporter;
 pub use kubectl::KubectlOutput;

@@ -36,6 +36,8 @@ pub struct PrometheusConfig {
     pub rules: Option<String>,
     /// `host:port` of an Alertmanager that firing alerts are sent to.
     pub alertmanager: Option<String>,
+    /// Labels put on every scraped series (as service discovery would, e.g. `namespace`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One element of an instant-query result (a scalar result has no labels).
@@ -76,7 +78,7 @@ impl Prometheus {
             },
             "scrape_configs": [{
                 "job_name": "test",
-                "static_configs": [{"targets": config.targets}],
+                "static_configs": [{"targets": config.targets, "labels": config.labels}],
             }],
         });
         if let Some(rules) = &config.rules {

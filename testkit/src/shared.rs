@@ -59,7 +59,7 @@ fn at_exit(hook: impl FnOnce() + Send + 'static) {
 /// `<prefix><sep><pid><sep><n>`, unique within this test binary and unlikely to clash across
 /// runs: lowercase ASCII letters, digits and `sep` only, at most `max_len` bytes, starting with
 /// a letter (`pad` is put in front of a prefix that does not, or is empty).
-pub(crate) fn unique_name(prefix: &str, sep: char, max_len: usize, pad: &str) -> String {
+pub fn unique_name(prefix: &str, sep: char, max_len: usize, pad: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let suffix = format!("{sep}{:x}{sep}{n}", std::process::id());

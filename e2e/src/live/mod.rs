@@ -1,0 +1,458 @@
+//! The live stack: a chat service with history and live users, moved from PostgreSQL to the CQL
+//! store by the shipped Migration (`examples/chat-postgres-to-scylla.yaml`), gated on the metrics
+//! the service really emits, with real faults. One harness for the scenario tests
+//! (`e2e/tests/live.rs`), the demo (`ficus-live`) and `bench-live`.
+//!
+//! What runs, all on loopback:
+//! * the local control plane (etcd + kube-apiserver), the CRD, a fresh namespace;
+//! * PostgreSQL holding history ([`seed`]), Cassandra (the CQL store) behind Toxiproxy, NATS;
+//! * `instances` × `chat-service serve --store router` processes following the flag ConfigMap;
+//! * Prometheus scraping every chat-service and operator with the chart's alert rules
+//!   (`charts/ficus/files/chat-alerts.rules.yml`), Alertmanager pushing to the operator's webhook;
+//! * `operators` × the `ficus-operator` binary (leader election, webhook on);
+//! * a Job runner in place of a kubelet ([`jobs`]).
+//!
+//! Only durations differ from what is shipped, through one documented override ([`Timing`]):
+//! the Migration's `shadow.duration`, `bakeTime`, `analysis.interval`,
+//! `cutover.completeAfter`, and in the gate queries and alert rules every PromQL range
+//! (`[5m]`) and `for:` — everything else (gates, thresholds, alerts, steps) is the file's.
+
+pub mod jobs;
+pub mod seed;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chat_service::client::ChatClient;
+use chat_service::crypto::EncryptionKey;
+use chat_service::flow::{Flow, FlowConfig};
+use ficus_operator::crd::Migration;
+use ficus_testkit::toxiproxy::{Proxy, Toxiproxy};
+use ficus_testkit::{
+    Alertmanager, Cassandra, ControlPlane, HarnessError, Nats, Postgres, Prometheus,
+    PrometheusConfig, Server, free_addr, repo_root,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use tempfile::TempDir;
+
+pub use seed::{HistorySpec, Seeded};
+
+/// The one override of the shipped Migration and rules: shorter durations.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Replaces every PromQL range `[5m]` (and `[1m]`...) in gates and rules.
+    pub window: &'static str,
+    /// Replaces every `for:` of the alert rules.
+    pub alert_for: &'static str,
+    pub shadow: &'static str,
+    pub bake: &'static str,
+    pub interval: &'static str,
+    pub complete_after: &'static str,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            window: "20s",
+            alert_for: "5s",
+            shadow: "20s",
+            bake: "15s",
+            interval: "2s",
+            complete_after: "15s",
+        }
+    }
+}
+
+impl Timing {
+    /// `text` with every PromQL range `[<n><unit>]` replaced by the scaled window.
+    pub fn scale_ranges(&self, text: &str) -> String {
+        let re = regex_lite::Regex::new(r"\[\d+[smhd]\]").expect("a valid pattern");
+        re.replace_all(text, format!("[{}]", self.window).as_str())
+            .into_owned()
+    }
+
+    /// The chart's alert rules with scaled ranges and `for:` durations.
+    pub fn scale_rules(&self, rules: &str) -> String {
+        let re = regex_lite::Regex::new(r"(?m)^(\s*)for: \S+").expect("a valid pattern");
+        let scaled = re.replace_all(rules, format!("${{1}}for: {}", self.alert_for).as_str());
+        self.scale_ranges(&scaled)
+    }
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct LiveOptions {
+    pub name: &'static str,
+    pub instances: usize,
+    pub operators: usize,
+    pub history: HistorySpec,
+    pub timing: Timing,
+}
+
+impl LiveOptions {
+    pub fn new(name: &'static str) -> LiveOptions {
+        LiveOptions {
+            name,
+            instances: 2,
+            operators: 1,
+            history: HistorySpec::from_env(),
+            timing: Timing::default(),
+        }
+    }
+}
+
+/// One chat-service process.
+pub struct ChatInstance {
+    pub server: Server,
+    pub addr: SocketAddr,
+}
+
+/// One operator process.
+pub struct OperatorInstance {
+    pub server: Server,
+    pub addr: SocketAddr,
+    pub identity: String,
+}
+
+/// The running stack. Dropping it kills every process it started.
+pub struct LiveStack {
+    pub options: LiveOptions,
+    pub client: Client,
+    pub namespace: String,
+    pub migration_name: String,
+    pub seeded: Seeded,
+    pub legacy_url: String,
+    pub keyspace: String,
+    pub cassandra: &'static Cassandra,
+    pub cql_proxy: Proxy,
+    pub jwt_secret: Vec<u8>,
+    pub key: EncryptionKey,
+    pub chats: Vec<ChatInstance>,
+    pub operators: Vec<OperatorInstance>,
+    pub prometheus: Prometheus,
+    pub alertmanager: Alertmanager,
+    pub jobs: jobs::JobRunner,
+    // Processes above are killed before these go.
+    _toxiproxy: Toxiproxy,
+    _nats: Nats,
+    dir: TempDir,
+    started: Instant,
+}
+
+/// `target/<profile>/<name>` of this workspace (the test command builds every binary).
+pub fn workspace_binary(name: &str) -> Result<PathBuf, HarnessError> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let bin = target.join(profile).join(name);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(HarnessError::Missing {
+            component: name.to_owned(),
+            reason: format!(
+                "{} not built: run `cargo build --workspace --bins`",
+                bin.display()
+            ),
+        })
+    }
+}
+
+impl LiveStack {
+    /// Starts everything and waits until Prometheus has scraped every target; the Migration is
+    /// not applied yet ([`LiveStack::apply_migration`]).
+    pub async fn start(options: LiveOptions) -> Result<LiveStack, HarnessError> {
+        let started = Instant::now();
+        let chat_bin = workspace_binary("chat-service")?;
+        let operator_bin = workspace_binary("ficus-operator")?;
+        let cp = ControlPlane::shared()?;
+        crate::operator::install_crds(cp)?;
+        let client = cp.client().await?;
+        let namespace = ficus_testkit::unique_namespace(&format!("live-{}", options.name));
+        ficus_testkit::create_namespace(&client, &namespace)
+            .await
+            .map_err(|e| HarnessError::setup("namespace", e))?;
+        let dir = ficus_testkit::temp_dir()?;
+
+        let pg = Postgres::shared()?;
+        let key = EncryptionKey::random();
+        let (legacy_url, seeded) =
+            seed::history_database(pg, options.history, &key, options.name).await?;
+        let cassandra = Cassandra::shared()?;
+        let keyspace = cassandra.create_keyspace(options.name).await?;
+        let toxiproxy = Toxiproxy::start()?;
+        let cql_proxy = toxiproxy.proxy("cql", cassandra.addr())?;
+        let nats = Nats::start()?;
+        let jwt_secret: Vec<u8> = format!("live-{}-secret-0123456789abcdef", std::process::id()).into_bytes();
+
+        // The Secret the Migration's Jobs read their settings from (backfill.secretName).
+        let secret_env = BTreeMap::from([
+            ("DATABASE_URL".to_owned(), legacy_url.clone()),
+            ("CHAT_ENCRYPTION_KEY".to_owned(), key.to_base64()),
+            ("CHAT_CQL_CONTACT_POINTS".to_owned(), cql_proxy.listen.to_string()),
+            ("CHAT_CQL_ADDRESS_MAP".to_owned(), format!("{}={}", cassandra.addr(), cql_proxy.listen)),
+            ("CHAT_CQL_KEYSPACE".to_owned(), keyspace.clone()),
+            ("CHAT_CQL_CONSISTENCY".to_owned(), "ONE".to_owned()),
+        ]);
+        Api::<Secret>::namespaced(client.clone(), &namespace)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": { "name": "chat-db" },
+                    "stringData": secret_env,
+                }))
+                .map_err(|e| HarnessError::setup("secret", e))?,
+            )
+            .await
+            .map_err(|e| HarnessError::setup("secret", e))?;
+
+        let mut chats = Vec::new();
+        for i in 0..options.instances {
+            let addr = free_addr()?;
+            let mut env = secret_env.clone();
+            env.insert("CHAT_JWT_SECRET".into(), String::from_utf8_lossy(&jwt_secret).into_owned());
+            env.insert("KUBECONFIG".into(), cp.kubeconfig_path().display().to_string());
+            env.insert("NATS_URL".into(), nats.url());
+            env.insert("RUST_LOG".into(), "info".into());
+            let args: Vec<String> = [
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--store",
+                "router",
+                "--new-store",
+                "scylla",
+                "--flags-configmap",
+                &format!("{namespace}/chat-migration-flags"),
+                "--outbox-inline-grace-ms",
+                "2000",
+            ]
+            .map(String::from)
+            .into();
+            let bin = chat_bin.clone();
+            let server = Server::builder(
+                "chat-service",
+                dir.path().join(format!("chat-{i}.log")),
+                move || {
+                    let mut cmd = Command::new(&bin);
+                    cmd.args(&args).envs(&env);
+                    cmd
+                },
+            )
+            .ready_on_http(addr, "/readyz")
+            .timeout(Duration::from_secs(60))
+            .start()?;
+            chats.push(ChatInstance { server, addr });
+        }
+
+        let token_file = dir.path().join("webhook-token");
+        std::fs::write(&token_file, "live-webhook-token")
+            .map_err(HarnessError::io("writing", &token_file))?;
+        let mut operators = Vec::new();
+        for i in 0..options.operators {
+            let addr = free_addr()?;
+            let identity = format!("live-operator-{i}");
+            let args: Vec<String> = vec![
+                "--http-addr".into(),
+                addr.to_string(),
+                "--namespace".into(),
+                namespace.clone(),
+                "--lease-namespace".into(),
+                namespace.clone(),
+                "--lease-duration".into(),
+                "4".into(),
+                "--identity".into(),
+                identity.clone(),
+                "--webhook-token-file".into(),
+                token_file.display().to_string(),
+            ];
+            let (bin, kubeconfig) = (operator_bin.clone(), cp.kubeconfig_path().to_owned());
+            let server = Server::builder(
+                "ficus-operator",
+                dir.path().join(format!("operator-{i}.log")),
+                move || {
+                    let mut cmd = Command::new(&bin);
+                    cmd.args(&args)
+                        .env("KUBECONFIG", &kubeconfig)
+                        .env("RUST_LOG", "info,kube=warn");
+                    cmd
+                },
+            )
+            .ready_on_http(addr, "/healthz")
+            .start()?;
+            operators.push(OperatorInstance {
+                server,
+                addr,
+                identity,
+            });
+        }
+
+        let alertmanager = Alertmanager::start(
+            &format!("http://{}/webhook/alertmanager", operators[0].addr),
+            "live-webhook-token",
+        )?;
+        let rules = std::fs::read_to_string(
+            repo_root().join("charts/ficus/files/chat-alerts.rules.yml"),
+        )
+        .map_err(HarnessError::io("reading", "charts/ficus/files/chat-alerts.rules.yml"))?;
+        let targets = chats
+            .iter()
+            .map(|c| c.addr.to_string())
+            .chain(operators.iter().map(|o| o.addr.to_string()))
+            .collect();
+        let prometheus = Prometheus::start(PrometheusConfig {
+            targets,
+            rules: Some(options.timing.scale_rules(&rules)),
+            alertmanager: Some(alertmanager.addr().to_string()),
+            labels: BTreeMap::from([("namespace".to_owned(), "chat".to_owned())]),
+        })?;
+        prometheus.wait_for_targets(Duration::from_secs(30)).await?;
+
+        let jobs = jobs::JobRunner::start(
+            client.clone(),
+            &namespace,
+            chat_bin,
+            dir.path().to_owned(),
+        );
+        tracing::info!(%namespace, elapsed = ?started.elapsed(), "live stack ready");
+        Ok(LiveStack {
+            options,
+            client,
+            namespace,
+            migration_name: String::new(),
+            seeded,
+            legacy_url,
+            keyspace,
+            cassandra,
+            cql_proxy,
+            jwt_secret,
+            key,
+            chats,
+            operators,
+            prometheus,
+            alertmanager,
+            jobs,
+            _toxiproxy: toxiproxy,
+            _nats: nats,
+            dir,
+            started,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn since_start(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The shipped Migration with the [`Timing`] override, the local Prometheus and this
+    /// namespace.
+    pub fn shipped_migration(&self) -> Result<Migration, HarnessError> {
+        let path = repo_root().join("examples/chat-postgres-to-scylla.yaml");
+        let text = std::fs::read_to_string(&path).map_err(HarnessError::io("reading", &path))?;
+        let doc = text
+            .split("\n---")
+            .find(|d| d.contains("kind: Migration"))
+            .unwrap_or_default();
+        let mut m: Migration = serde_saphyr::from_str(doc)
+            .map_err(|e| HarnessError::setup("examples/chat-postgres-to-scylla.yaml", e))?;
+        let t = &self.options.timing;
+        m.metadata.namespace = Some(self.namespace.clone());
+        m.metadata.resource_version = None;
+        let spec = &mut m.spec;
+        spec.shadow.duration = t.shadow.into();
+        spec.bake_time = t.bake.into();
+        spec.cutover.complete_after = Some(t.complete_after.into());
+        if let Some(analysis) = spec.analysis.as_mut() {
+            analysis.interval = t.interval.into();
+            if let Some(p) = analysis.prometheus.as_mut() {
+                p.url = self.prometheus.url();
+            }
+            for gate in &mut analysis.gates {
+                gate.query = t.scale_ranges(&gate.query);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Creates the (overridden) shipped Migration.
+    pub async fn apply_migration(&mut self) -> Result<Migration, HarnessError> {
+        let m = self.shipped_migration()?;
+        self.migration_name = m.metadata.name.clone().unwrap_or_default();
+        Api::<Migration>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &m)
+            .await
+            .map_err(|e| HarnessError::setup("Migration", e))
+    }
+
+    pub fn migrations(&self) -> Api<Migration> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub async fn migration(&self) -> Option<Migration> {
+        self.migrations().get_opt(&self.migration_name).await.ok().flatten()
+    }
+
+    /// The flag ConfigMap's data.
+    pub async fn flags(&self) -> BTreeMap<String, String> {
+        Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace)
+            .get_opt("chat-migration-flags")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.data)
+            .unwrap_or_default()
+    }
+
+    /// Sets `ficus.dev/<command>` on the Migration (promote, abort, retry).
+    pub async fn annotate(&self, command: &str) -> Result<(), HarnessError> {
+        let patch = json!({ "metadata": { "annotations": { format!("ficus.dev/{command}"): "true" } } });
+        self.migrations()
+            .patch(&self.migration_name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(drop)
+            .map_err(|e| HarnessError::setup("annotating the Migration", e))
+    }
+
+    /// The user flow against every instance, `rate` calls per second, users after the
+    /// history's users.
+    pub fn start_flow(&self, users: u32, rate: f64) -> Flow {
+        Flow::start(FlowConfig {
+            base_urls: self.chats.iter().map(|c| format!("http://{}", c.addr)).collect(),
+            jwt_secret: self.jwt_secret.clone(),
+            users,
+            first_user_id: 100_000,
+            rate,
+            call_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// A client of instance `i`.
+    pub fn chat_client(&self, i: usize) -> ChatClient {
+        ChatClient::new(&format!("http://{}", self.chats[i].addr), &self.jwt_secret)
+    }
+
+    /// A value of a PromQL query, if it has one.
+    pub async fn value(&self, promql: &str) -> Option<f64> {
+        self.prometheus
+            .query(promql)
+            .await
+            .ok()
+            .and_then(|s| s.first().map(|s| s.value))
+            .filter(|v| v.is_finite())
+    }
+}
