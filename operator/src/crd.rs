@@ -395,8 +395,8 @@ pub struct RollbackSpec {
     pub automatic: bool,
     /// Alert names that force a rollback while firing.
     #[serde(default)]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(a, size(a) <= 253 && a.matches('^[^,[:space:]]([^,]*[^,[:space:]])?$'))").message("rollback.onAlerts: every alert name must be non-empty, without commas and without leading or trailing spaces, e.g. ChatDataInconsistency"))]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(a, a.matches('^[^,[:space:]]([^,]*[^,[:space:]])?$'))").message("rollback.onAlerts: every alert name must be non-empty, without commas and without leading or trailing spaces, e.g. ChatDataInconsistency"))]
     pub on_alerts: Vec<String>,
     /// Labels an alert must carry to concern this Migration (default: `service: <spec.service>`).
     /// An alert with a `namespace` label must also name the Migration's namespace.
