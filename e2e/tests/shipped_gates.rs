@@ -19,7 +19,7 @@ use chat_service::crypto::EncryptionKey;
 use chat_service::flags::FlagSource;
 use chat_service::loadtest::{self, LoadConfig};
 use chat_service::serve;
-use ficus_e2e::{Postgres, Prometheus, PrometheusConfig};
+use ficus_testkit::{Postgres, Prometheus, PrometheusConfig};
 use ficus_operator::analysis::Prometheus as Evaluator;
 use ficus_operator::crd::{Gate, GateResult, Migration, Verdict};
 use sqlx::postgres::PgPool;
@@ -28,7 +28,7 @@ const JWT_SECRET: &[u8] = b"shipped-gates-test-secret-0123456789";
 
 /// The example Migration's gates.
 fn example_gates() -> Vec<Gate> {
-    let path = ficus_e2e::operator::repo_root().join("examples/chat-postgres-to-scylla.yaml");
+    let path = ficus_testkit::repo_root().join("examples/chat-postgres-to-scylla.yaml");
     let text = std::fs::read_to_string(&path).expect("the example");
     let migration = text
         .split("\n---")
@@ -42,7 +42,7 @@ fn example_gates() -> Vec<Gate> {
 /// The chart's rules, with `for:` dropped so a breach fires within the test's seconds (the
 /// expressions are what is checked).
 fn shipped_rules() -> String {
-    let path = ficus_e2e::helm::chart_dir().join("files/chat-alerts.rules.yml");
+    let path = ficus_testkit::helm::chart_dir().join("files/chat-alerts.rules.yml");
     let text = std::fs::read_to_string(path).expect("the rules");
     text.lines()
         .filter(|l| !l.trim_start().starts_with("for:"))
@@ -170,11 +170,11 @@ fn all_pass(results: &[GateResult], skipped: &[&str], unjudged: &[&str], what: &
 }
 
 async fn stack() -> Option<Stack> {
-    ficus_e2e::init();
+    ficus_testkit::init();
     let pg = match Postgres::shared() {
         Ok(pg) => pg,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return None;
         }
     };
@@ -191,6 +191,7 @@ async fn stack() -> Option<Stack> {
                 database_url: new_url.clone(),
             },
             outbox_max_attempts: 10,
+            outbox_inline_grace: Duration::from_secs(30),
         },
         database_url: legacy_url,
         database_max_connections: 10,
@@ -212,7 +213,7 @@ async fn stack() -> Option<Stack> {
     }) {
         Ok(p) => p,
         Err(e) => {
-            ficus_e2e::skip_or_panic(&e);
+            ficus_testkit::skip_or_panic(&e);
             return None;
         }
     };
