@@ -435,7 +435,7 @@ async fn the_shipped_rules_gate_and_dashboard_queries_are_valid_promql() -> anyh
     let gates = migration["spec"]["analysis"]["gates"]
         .as_array()
         .expect("gates");
-    assert_eq!(gates.len(), 3);
+    assert_eq!(gates.len(), 5);
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         chart.join("files/chat-migration-dashboard.json"),
     )?)?;
@@ -446,6 +446,12 @@ async fn the_shipped_rules_gate_and_dashboard_queries_are_valid_promql() -> anyh
     let queries = gates
         .iter()
         .map(|g| (format!("gate {}", g["name"]), g["query"].clone()))
+        .chain(gates.iter().map(|g| {
+            (
+                format!("samplesQuery of gate {}", g["name"]),
+                g["samplesQuery"].clone(),
+            )
+        }))
         .chain([("appliedGenerationQuery".to_owned(), generation_query)])
         .chain(panels.iter().flat_map(|p| {
             let title = p["title"].clone();
@@ -550,6 +556,45 @@ async fn a_step_waits_until_every_instance_reports_the_written_flag_generation()
         "step 2 once every instance applied",
         |m| step(m) == Some(2),
     )
+    .await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_alerts_and_no_gates_an_unreachable_prometheus_pauses_instead_of_promoting()
+-> anyhow::Result<()> {
+    let Some(s) = stack("alerts-down", true, false).await? else {
+        return Ok(());
+    };
+    let mut spec = alert_only(Some(&s.evidence.prometheus.url()));
+    spec["bakeTime"] = json!("2s");
+    spec["analysis"]["inconclusiveLimit"] = json!(3);
+    create(&s.api, spec).await?;
+    wait_for(&s.api, "m", LONG, "step 1", |m| step(m) == Some(1)).await;
+    s.evidence.prometheus.stop();
+    let paused = wait_for(&s.api, "m", LONG, "Paused", |m| phase(m) == Phase::Paused).await;
+    assert_eq!(step(&paused), Some(1), "no promotion without evidence");
+    let alerts = paused
+        .status
+        .as_ref()
+        .and_then(|s| s.last_analysis.as_ref())
+        .and_then(|a| a.alerts.clone())
+        .expect("the alert poll is recorded");
+    assert_eq!(alerts.verdict, Verdict::Inconclusive);
+    assert_eq!(
+        flags(&s.client, &s.ns).await["read_split_percent"],
+        "10",
+        "users stay where they were"
+    );
+
+    s.evidence.prometheus.restart()?;
+    s.evidence
+        .prometheus
+        .wait_for_targets(Duration::from_secs(30))
+        .await?;
+    wait_for(&s.api, "m", LONG, "step 2 once Prometheus answers", |m| {
+        step(m) == Some(2)
+    })
     .await;
     Ok(())
 }

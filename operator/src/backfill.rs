@@ -1,14 +1,57 @@
 //! The backfill Job: an Indexed Job whose pods each copy shard `JOB_COMPLETION_INDEX` of
 //! `FICUS_SHARD_COUNT`; then, with `validateArgs`, a one-pod validation Job. The success of the
-//! last one promotes the Backfill phase; a failure of either rolls back.
+//! last one promotes the Backfill phase; a failure of either rolls back. And the rollback Job
+//! (`cutover.rollbackJob`), which copies writes made in CutOver back to the legacy store.
+//!
+//! Every pod gets `FICUS_MIGRATION_ID` (checkpoint key: unique per Migration object and
+//! attempt); backfill and validation pods also `FICUS_DUAL_WRITE_STARTED_AT`, rollback pods
+//! `FICUS_ROLLBACK_FROM` (both RFC 3339, recorded by the operator in the status).
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{BackfillSpec, Migration};
+use crate::crd::{BackfillSpec, Migration, MigrationStatus, RollbackJobSpec};
 use crate::machine::JobState;
+use crate::names;
+
+/// Names of the environment variables the operator gives its Jobs (the contract with the
+/// service's `migrate`, `validate` and `rollback` commands; docs/crd-reference.md).
+pub mod env {
+    pub const MIGRATION_ID: &str = "FICUS_MIGRATION_ID";
+    pub const DUAL_WRITE_STARTED_AT: &str = "FICUS_DUAL_WRITE_STARTED_AT";
+    pub const ROLLBACK_FROM: &str = "FICUS_ROLLBACK_FROM";
+    pub const SHARD_COUNT: &str = "FICUS_SHARD_COUNT";
+}
+
+/// `<namespace>/<name>/<uid>/<attempt>`: one key per Migration object and attempt, so a later
+/// Migration (even one re-created under the same name) never resumes this one's checkpoints.
+pub fn migration_id(migration: &Migration, status: &MigrationStatus) -> String {
+    let attempt = status.attempt + 1;
+    format!(
+        "{}/{}/{}/{attempt}",
+        migration.namespace().unwrap_or_default(),
+        migration.name_any(),
+        migration.uid().unwrap_or_default()
+    )
+}
+
+/// The environment the operator adds to a Job's pods.
+fn operator_env(migration: &Migration, status: &MigrationStatus, rollback: bool) -> Vec<serde_json::Value> {
+    let mut vars = vec![json!({ "name": env::MIGRATION_ID, "value": migration_id(migration, status) })];
+    // jiff prints RFC 3339 in UTC (`2026-01-31T12:00:00.5Z`).
+    let time = |t: Option<jiff::Timestamp>| t.map(|t| t.to_string());
+    let extra = if rollback {
+        (env::ROLLBACK_FROM, time(status.cut_over_at))
+    } else {
+        (env::DUAL_WRITE_STARTED_AT, time(status.dual_write_started_at))
+    };
+    if let (name, Some(value)) = extra {
+        vars.push(json!({ "name": name, "value": value }));
+    }
+    vars
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("Job {namespace}/{name} could not be {verb}: {source}")]
@@ -24,6 +67,9 @@ impl BackfillError {
     pub fn reason(&self) -> &'static str {
         match &self.source {
             kube::Error::Api(s) if s.code == 403 => "BackfillForbidden",
+            // The API server refused the object itself (invalid, over a limit): retrying the
+            // same request cannot help, the spec or the cluster must change.
+            kube::Error::Api(s) if matches!(s.code, 400 | 422) => "JobRejected",
             _ => "BackfillUnavailable",
         }
     }
@@ -72,9 +118,12 @@ fn state_of(job: &Job) -> JobState {
 pub async fn create(
     client: Client,
     migration: &Migration,
+    status: &MigrationStatus,
     spec: &BackfillSpec,
     name: &str,
 ) -> Result<(), BackfillError> {
+    let mut env = operator_env(migration, status, false);
+    env.push(json!({ "name": env::SHARD_COUNT, "value": spec.parallelism.to_string() }));
     let job = json!({
         "completionMode": "Indexed",
         "completions": spec.parallelism,
@@ -86,8 +135,8 @@ pub async fn create(
                 "name": "backfill",
                 "image": spec.image,
                 "args": spec.args,
-                "env": [{ "name": "FICUS_SHARD_COUNT", "value": spec.parallelism.to_string() }],
-                "envFrom": env_from(spec),
+                "env": env,
+                "envFrom": env_from(spec.secret_name.as_deref()),
             }],
         }},
     });
@@ -100,6 +149,7 @@ pub async fn create(
 pub async fn create_validate(
     client: Client,
     migration: &Migration,
+    status: &MigrationStatus,
     spec: &BackfillSpec,
     args: &[String],
     name: &str,
@@ -118,16 +168,44 @@ pub async fn create_validate(
                 "name": "validate",
                 "image": spec.image,
                 "args": args,
-                "envFrom": env_from(spec),
+                "env": operator_env(migration, status, false),
+                "envFrom": env_from(spec.secret_name.as_deref()),
             }],
         }},
     });
     submit(client, migration, name, job).await
 }
 
-/// The pods' environment from `spec.secretName`, if any.
-fn env_from(spec: &BackfillSpec) -> serde_json::Value {
-    match &spec.secret_name {
+/// The rollback Job: one pod copying the writes made since `FICUS_ROLLBACK_FROM` from the new
+/// store back to the legacy one; retried like the backfill.
+pub async fn create_rollback(
+    client: Client,
+    migration: &Migration,
+    status: &MigrationStatus,
+    spec: &RollbackJobSpec,
+    name: &str,
+) -> Result<(), BackfillError> {
+    let job = json!({
+        "completions": 1,
+        "parallelism": 1,
+        "backoffLimit": 3,
+        "template": { "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "rollback",
+                "image": spec.image,
+                "args": spec.args,
+                "env": operator_env(migration, status, true),
+                "envFrom": env_from(spec.secret_name.as_deref()),
+            }],
+        }},
+    });
+    submit(client, migration, name, job).await
+}
+
+/// The pods' environment from a Secret, if one is named.
+fn env_from(secret_name: Option<&str>) -> serde_json::Value {
+    match secret_name {
         Some(name) => json!([{ "secretRef": { "name": name } }]),
         None => json!([]),
     }
@@ -145,7 +223,8 @@ async fn submit(
     let job: Job = serde_json::from_value(json!({
         "metadata": {
             "name": name,
-            "labels": { "app.kubernetes.io/managed-by": "ficus", "ficus.dev/migration": migration.name_any() },
+            // A Migration name may have 253 characters, a label value 63.
+            "labels": { "app.kubernetes.io/managed-by": "ficus", "ficus.dev/migration": names::fit(&migration.name_any(), names::LABEL_VALUE_MAX) },
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
         "spec": spec,

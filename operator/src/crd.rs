@@ -308,6 +308,8 @@ pub struct PrometheusSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.max) || has(self.min)").message("a gate needs a threshold: set max, min or both"))]
 #[x_kube(validation = Rule::new("!has(self.max) || !has(self.min) || self.min <= self.max").message("a gate's min must not exceed its max"))]
+#[x_kube(validation = Rule::new("has(self.samplesQuery) == has(self.minSamples)").message("a gate's samplesQuery and minSamples go together: name the query that counts the samples and how many are needed"))]
+#[x_kube(validation = Rule::new("!has(self.onNoData) || self.onNoData != 'pass' || has(self.minSamples)").message("onNoData: pass needs samplesQuery and minSamples: without a sample count an empty result from a dead scrape would pass"))]
 pub struct Gate {
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
@@ -317,9 +319,21 @@ pub struct Gate {
     pub max: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
-    /// What an empty result means for this gate.
+    /// What an empty result (or NaN) means for this gate, once the samples are there.
     #[serde(default)]
     pub on_no_data: NoDataPolicy,
+    /// The cohorts of users the query compares or reads. The gate is evaluated only while each
+    /// of them has users (from `status.trafficPercent`), and skipped otherwise.
+    #[serde(default)]
+    pub cohorts: Cohorts,
+    /// PromQL counting the samples behind `query` (e.g. the requests in its window). Fewer than
+    /// `minSamples` (or no answer) makes the evaluation Inconclusive, never Pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub samples_query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_samples: Option<f64>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -327,11 +341,53 @@ pub struct Gate {
 pub enum NoDataPolicy {
     #[default]
     Inconclusive,
+    /// Only with `minSamples`: the samples prove the scrape is alive, so an empty result (e.g.
+    /// no error series yet) means "nothing bad".
     Pass,
     Fail,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// Which users a gate's query is about: the cohort served by the legacy system, the one served
+/// by the new system, both (a comparison), or any (no cohort label).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Cohorts {
+    /// Evaluated in every phase that evaluates gates.
+    #[default]
+    Any,
+    /// While some users are on the legacy system: traffic below 100 %.
+    Legacy,
+    /// While some users are on the new system: Split and CutOver.
+    New,
+    /// While users are on both: Split steps below 100 %.
+    Both,
+}
+
+impl Cohorts {
+    /// Whether every cohort this names has users when `traffic_percent` of them are on the
+    /// new system.
+    pub fn served_at(self, traffic_percent: i32) -> bool {
+        let new = traffic_percent > 0;
+        let legacy = traffic_percent < 100;
+        match self {
+            Cohorts::Any => true,
+            Cohorts::Legacy => legacy,
+            Cohorts::New => new,
+            Cohorts::Both => new && legacy,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Cohorts::Any => "any cohort",
+            Cohorts::Legacy => "the legacy cohort",
+            Cohorts::New => "the new cohort",
+            Cohorts::Both => "both cohorts",
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RollbackSpec {
     /// Roll back on failing gates and firing alerts without a human.
@@ -339,11 +395,26 @@ pub struct RollbackSpec {
     pub automatic: bool,
     /// Alert names that force a rollback while firing.
     #[serde(default)]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(a, a.matches('^[^,[:space:]]([^,]*[^,[:space:]])?$'))").message("rollback.onAlerts: every alert name must be non-empty, without commas and without leading or trailing spaces, e.g. ChatDataInconsistency"))]
     pub on_alerts: Vec<String>,
     /// Labels an alert must carry to concern this Migration (default: `service: <spec.service>`).
     /// An alert with a `namespace` label must also name the Migration's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$') && !k.startsWith('__'))").message("rollback.alertLabels: keys must be Prometheus label names (letters, digits and '_', not starting with '__'), e.g. app_kubernetes_io_name rather than app.kubernetes.io/name"))]
+    #[x_kube(validation = Rule::new("self.all(k, size(self[k]) > 0)").message("rollback.alertLabels: values must not be empty (an empty value would match every alert without the label)"))]
     pub alert_labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A Prometheus label name Ficus accepts in `rollback.alertLabels` (the CRD refuses others;
+/// checked again before a query is built, for objects stored before that rule existed).
+pub fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
 }
 
 impl Default for RollbackSpec {
@@ -385,6 +456,30 @@ pub struct CutoverSpec {
     /// Scale the legacy Deployment to 0 replicas on completion.
     #[serde(default)]
     pub scale_down_legacy: bool,
+    /// Without `reverseDualWrite` the legacy store misses every write made in CutOver. A rollback
+    /// from CutOver then runs this Job (e.g. chat-service `rollback`) to copy those writes new
+    /// -> legacy, and is RolledBack only once it succeeded. Without it, automatic rollback from
+    /// CutOver is refused (the Migration stays in CutOver, Degraded, and says what to do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_job: Option<RollbackJobSpec>,
+}
+
+/// The Job that carries writes made in CutOver back to the legacy store. It gets
+/// `FICUS_MIGRATION_ID`, `FICUS_ROLLBACK_FROM` and `FICUS_ROLLBACK_TO` (RFC 3339: the time
+/// range of the writes to copy) besides the Secret's keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackJobSpec {
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Container args, e.g. `[rollback, --cql-contact-points=scylla:9042]`: the command name is
+    /// the image's own.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Secret whose keys become the pod's environment (database URLs and credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
 }
 
 impl Default for CutoverSpec {
@@ -393,6 +488,7 @@ impl Default for CutoverSpec {
             reverse_dual_write: true,
             complete_after: None,
             scale_down_legacy: false,
+            rollback_job: None,
         }
     }
 }
@@ -507,6 +603,8 @@ pub enum Verdict {
     Fail,
     Inconclusive,
     Error,
+    /// Not evaluated: a cohort the gate reads has no users in this phase (`cohorts`).
+    Skipped,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -529,6 +627,10 @@ pub struct GateResult {
 pub struct AnalysisRun {
     pub time: Timestamp,
     pub gates: Vec<GateResult>,
+    /// The `ALERTS` poll of this evaluation (`rollback.onAlerts` with a Prometheus): Pass when
+    /// Prometheus answered, Inconclusive with the reason when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<GateResult>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -604,6 +706,18 @@ pub struct MigrationStatus {
     /// Attempt number, bumped by every retry (names Jobs uniquely).
     #[serde(default)]
     pub attempt: i32,
+    /// When this attempt turned dual writes on (entering Shadow; recorded before the flags are
+    /// written, so never later than the first dual-written row). Given to the backfill and
+    /// validation Jobs as `FICUS_DUAL_WRITE_STARTED_AT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dual_write_started_at: Option<Timestamp>,
+    /// When this attempt entered CutOver: from then on, without `reverseDualWrite`, writes
+    /// reach only the new store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_over_at: Option<Timestamp>,
+    /// Name of the rollback Job of this attempt (`cutover.rollbackJob`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_job: Option<String>,
     /// The spec generation the phase plan was last reconciled against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

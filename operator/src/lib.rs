@@ -14,6 +14,7 @@ pub mod flags;
 pub mod http;
 pub mod machine;
 pub mod metrics;
+pub mod names;
 pub mod reconciler;
 pub mod run;
 pub mod workloads;

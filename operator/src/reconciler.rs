@@ -21,7 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::analysis::Outcome;
+use crate::analysis::{AlertPoll, Outcome};
 use crate::backfill;
 use crate::crd::Verdict;
 use crate::crd::{Flags, Migration, MigrationStatus, Side, Workload, annotations};
@@ -261,6 +261,7 @@ async fn observe(
     for (job, slot) in [
         (&status.backfill_job, &mut obs.backfill),
         (&status.validate_job, &mut obs.validate),
+        (&status.rollback_job, &mut obs.rollback_job),
     ] {
         if let Some(job) = job {
             *slot = Some(
@@ -297,7 +298,8 @@ async fn analyse(
     obs.firing_alerts = pushed
         .split(',')
         .map(str::trim)
-        .filter(|a| spec.rollback.on_alerts.iter().any(|n| n == a))
+        // An empty name (from an empty annotation) is never an alert, whatever onAlerts says.
+        .filter(|a| !a.is_empty() && spec.rollback.on_alerts.iter().any(|n| n == a))
         .map(String::from)
         .collect();
 
@@ -333,7 +335,8 @@ async fn analyse(
         {
             obs.problems.push(invalid_generation_query(&message));
         }
-        let results = prometheus.evaluate(&analysis.gates).await;
+        // Every query is checked here, also those of gates skipped at 0 % (cohorts).
+        let results = prometheus.evaluate(&analysis.gates, 50).await;
         for r in &results {
             let message = r.message.clone().unwrap_or_default();
             match r.verdict {
@@ -364,7 +367,7 @@ async fn analyse(
         }
     };
     let (gates, alerts, reported) = futures::join!(
-        prometheus.evaluate(&analysis.gates),
+        prometheus.evaluate(&analysis.gates, status.traffic_percent),
         prometheus.firing(&spec.rollback.on_alerts, &selector, &t.ns),
         reported
     );
@@ -384,9 +387,16 @@ async fn analyse(
     // Recorded even without gates: its time schedules the next alert poll.
     obs.analysis = Some(gates);
     match alerts {
-        Ok(firing) => obs.firing_alerts.extend(firing),
-        Err(e) => {
-            debug!(migration = %t.mig.name_any(), error = %e, "alert poll failed; no rollback on missing evidence")
+        AlertPoll::Firing(firing) => obs.firing_alerts.extend(firing),
+        // Missing evidence: no rollback on it, and no promotion either (the machine counts it
+        // as an inconclusive evaluation).
+        AlertPoll::Unreachable(message) => {
+            debug!(migration = %t.mig.name_any(), error = %message, "alert poll failed");
+            obs.alerts_unanswered = Some(format!("Prometheus unreachable: {message}"));
+        }
+        AlertPoll::Invalid(message) => {
+            obs.alerts_unanswered = Some(message.clone());
+            obs.problems.push(Problem::new("InvalidAlertSelector", message));
         }
     }
     obs.firing_alerts.sort();
@@ -413,6 +423,11 @@ async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     let current = mig.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let (mut obs, flags_readable) = observe(&t, &current, ctx, now).await;
+    // A write refused in an earlier reconcile stands until a reconcile's writes all succeed.
+    // Without this the next reconcile (which observes no problem) would clear Degraded, be
+    // refused again and set it: two status writes per round, each waking the next round.
+    let carried = carried_problem(&current, &obs.problems);
+    obs.problems.extend(carried.clone());
     let mut decision = machine::decide(&mig.spec, &current, &obs, now);
 
     // A promote is removed before it takes effect: losing one to a crash is safe, applying it
@@ -428,9 +443,15 @@ async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
 
     // Converge the world on the recorded decision; a failure is a Problem, decided again so the
     // status shows it (Degraded) and progression stops until it is fixed.
-    if let Err(problem) = converge(&t, &obs, &decision, flags_readable, ctx).await {
+    let converged = converge(&t, &obs, &decision, flags_readable, ctx).await;
+    // Decided again either way when the problems change: with the new refusal, or without the
+    // carried one now that every write went through.
+    obs.problems.retain(|p| Some(p) != carried.as_ref());
+    if let Err(problem) = &converged {
         warn!(migration = %mig.name_any(), reason = %problem.reason, "{}", problem.message);
-        obs.problems.push(problem);
+        obs.problems.push(problem.clone());
+    }
+    if converged.is_err() || carried.is_some() {
         obs.flags = if flags_readable {
             t.read_flags().await.unwrap_or(obs.flags.clone())
         } else {
@@ -468,6 +489,16 @@ async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     ))
 }
 
+/// The problem the status shows as Degraded, unless this reconcile observed it again itself.
+fn carried_problem(status: &MigrationStatus, observed: &[Problem]) -> Option<Problem> {
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == machine::DEGRADED && c.status == "True")?;
+    let problem = Problem::new(degraded.reason.clone(), degraded.message.clone());
+    (!observed.iter().any(|p| p.reason == problem.reason)).then_some(problem)
+}
+
 async fn converge(
     t: &Targets<'_>,
     obs: &Observations,
@@ -493,15 +524,24 @@ async fn converge(
             info!(migration = %t.mig.name_any(), workload = %workload.describe(), replicas, "scaled");
         }
     }
+    let status = &decision.status;
     if let (Some(name), Some(spec)) = (&decision.create_backfill_job, &t.mig.spec.backfill) {
-        backfill::create(ctx.client.clone(), t.mig, spec, name)
+        backfill::create(ctx.client.clone(), t.mig, status, spec, name)
             .await
             .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
     }
     if let (Some(name), Some(spec)) = (&decision.create_validate_job, &t.mig.spec.backfill)
         && let Some(args) = &spec.validate_args
     {
-        backfill::create_validate(ctx.client.clone(), t.mig, spec, args, name)
+        backfill::create_validate(ctx.client.clone(), t.mig, status, spec, args, name)
+            .await
+            .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+    }
+    if let (Some(name), Some(spec)) = (
+        &decision.create_rollback_job,
+        &t.mig.spec.cutover.rollback_job,
+    ) {
+        backfill::create_rollback(ctx.client.clone(), t.mig, status, spec, name)
             .await
             .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
     }
@@ -617,7 +657,29 @@ fn truncate(s: &str, max: usize) -> String {
 async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     let t = Targets::new(mig, ctx).await?;
     let status = mig.status.clone().unwrap_or_default();
-    let safe = machine::deletion_flags(status.phase);
+    let safe = machine::deletion_flags(&mig.spec, &status);
+    // A rollback Job still copying the writes made in CutOver back to legacy: letting the
+    // object go now would leave legacy primary without them.
+    if let Some(job) = &status.rollback_job
+        && status.phase == crate::crd::Phase::RollingBack
+        && backfill::observe(ctx.client.clone(), &t.ns, job).await.ok() != Some(JobState::Succeeded)
+    {
+        let message = format!(
+            "deletion waits for the rollback Job {job}: it copies the writes made in CutOver back to the legacy store, and deleting now would lose them. Remove the finalizer {FINALIZER} by hand to accept that"
+        );
+        publish(
+            mig,
+            &[Note {
+                type_: EventType::Warning,
+                reason: "DeletionWaits".into(),
+                message: message.clone(),
+                action: "Finalize".into(),
+            }],
+            ctx,
+        )
+        .await;
+        return Err(Error::Cleanup(message));
+    }
     let current = t
         .read_flags()
         .await

@@ -73,33 +73,54 @@ impl Prometheus {
         }
     }
 
-    /// Evaluates every gate concurrently.
-    pub async fn evaluate(&self, gates: &[Gate]) -> Vec<GateResult> {
-        let outcomes = join_all(gates.iter().map(|g| self.query(&g.query))).await;
+    /// Evaluates every gate concurrently: its query and its `samplesQuery`. A gate whose
+    /// cohorts have no users at `traffic_percent` is not queried and comes back Skipped.
+    pub async fn evaluate(&self, gates: &[Gate], traffic_percent: i32) -> Vec<GateResult> {
+        let applies = |g: &Gate| g.cohorts.served_at(traffic_percent);
+        let outcomes = join_all(gates.iter().map(|g| async move {
+            if !applies(g) {
+                return None;
+            }
+            let samples = async {
+                match &g.samples_query {
+                    Some(q) => Some(self.query(q).await),
+                    None => None,
+                }
+            };
+            Some(futures::join!(self.query(&g.query), samples))
+        }))
+        .await;
         gates
             .iter()
-            .zip(&outcomes)
-            .map(|(g, o)| judge(g, o))
+            .zip(outcomes)
+            .map(|(g, o)| match o {
+                Some((outcome, samples)) => judge(g, &outcome, samples.as_ref()),
+                None => skipped(g, traffic_percent),
+            })
             .collect()
     }
 
-    /// Names of the alerts among `names` firing now for this Migration, from the `ALERTS` series.
+    /// The alerts among `names` firing now for this Migration, from the `ALERTS` series.
     pub async fn firing(
         &self,
         names: &[String],
         selector: &BTreeMap<String, String>,
         namespace: &str,
-    ) -> Result<Vec<String>, String> {
+    ) -> AlertPoll {
         if names.is_empty() {
-            return Ok(Vec::new());
+            return AlertPoll::Firing(Vec::new());
         }
-        let query = alerts_query(names, selector, namespace);
-        let result = self
-            .client
-            .query(&query)
-            .get()
-            .await
-            .map_err(|e| crate::error_chain(&e))?;
+        let query = match alerts_query(names, selector, namespace) {
+            Ok(q) => q,
+            Err(message) => return AlertPoll::Invalid(message),
+        };
+        let result = match self.client.query(&query).get().await {
+            Ok(result) => result,
+            Err(prometheus_http_query::Error::Prometheus(e)) if e.is_bad_data() => {
+                return AlertPoll::Invalid(format!("{query}: {}", e.message()));
+            }
+            Err(e) => return AlertPoll::Unreachable(crate::error_chain(&e)),
+        };
         let mut firing: Vec<String> = match result.data() {
             Data::Vector(v) => v
                 .iter()
@@ -109,17 +130,43 @@ impl Prometheus {
         };
         firing.sort();
         firing.dedup();
-        Ok(firing)
+        AlertPoll::Firing(firing)
+    }
+}
+
+/// What one poll of `ALERTS` found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlertPoll {
+    /// Prometheus answered: these are firing (possibly none).
+    Firing(Vec<String>),
+    /// No answer: no evidence either way.
+    Unreachable(String),
+    /// The selector cannot be asked (a label name Prometheus rejects): a spec problem.
+    Invalid(String),
+}
+
+fn skipped(gate: &Gate, traffic_percent: i32) -> GateResult {
+    GateResult {
+        name: gate.name.clone(),
+        verdict: crate::crd::Verdict::Skipped,
+        value: None,
+        min: gate.min,
+        max: gate.max,
+        message: Some(format!(
+            "not evaluated: the gate reads {} and {traffic_percent}% of users are on the new system",
+            gate.cohorts.describe()
+        )),
     }
 }
 
 /// `ALERTS{alertstate="firing", alertname=~"A|B", service="chat", namespace=~"ns|"}`: an alert
-/// without a namespace label matches any namespace.
+/// without a namespace label matches any namespace. A label name Prometheus would reject is an
+/// error, never a selector that silently matches nothing.
 pub fn alerts_query(
     names: &[String],
     selector: &BTreeMap<String, String>,
     namespace: &str,
-) -> String {
+) -> Result<String, String> {
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let alternatives: Vec<String> = names.iter().map(|n| regex_escape(n)).collect();
     let mut matchers = vec![
@@ -127,6 +174,11 @@ pub fn alerts_query(
         format!(r#"alertname=~"{}""#, quote(&alternatives.join("|"))),
     ];
     for (k, v) in selector {
+        if !crate::crd::is_label_name(k) {
+            return Err(format!(
+                "rollback.alertLabels: {k:?} is not a Prometheus label name (letters, digits and '_', not starting with '__'); alerts carry e.g. app_kubernetes_io_name"
+            ));
+        }
         if k != "namespace" {
             matchers.push(format!(r#"{k}="{}""#, quote(v)));
         }
@@ -135,7 +187,7 @@ pub fn alerts_query(
         r#"namespace=~"{}|""#,
         quote(&regex_escape(namespace))
     ));
-    format!("ALERTS{{{}}}", matchers.join(","))
+    Ok(format!("ALERTS{{{}}}", matchers.join(",")))
 }
 
 fn regex_escape(s: &str) -> String {
@@ -161,10 +213,23 @@ mod tests {
             ],
             &[("service".to_string(), "chat".to_string())].into(),
             "prod",
-        );
+        )
+        .expect("a valid selector");
         assert_eq!(
             q,
             r#"ALERTS{alertstate="firing",alertname=~"ChatDataInconsistency|ChatDualWriteFailureRate",service="chat",namespace=~"prod|"}"#
         );
+    }
+
+    #[test]
+    fn a_label_name_prometheus_rejects_is_an_error_not_a_selector() {
+        let names = ["ChatDataInconsistency".to_string()];
+        for key in ["app.kubernetes.io/name", "__name__", "1st", ""] {
+            let selector = [(key.to_string(), "chat".to_string())].into();
+            let q = alerts_query(&names, &selector, "prod");
+            assert!(q.is_err(), "{key:?} must be refused, got {q:?}");
+        }
+        let ok = [("app_kubernetes_io_name".to_string(), "chat".to_string())].into();
+        assert!(alerts_query(&names, &ok, "prod").is_ok());
     }
 }

@@ -62,22 +62,30 @@ pub fn rollback_flags(spec: &MigrationSpec) -> FlagValues {
     }
 }
 
-/// What a deleted Migration leaves behind. A completed migration leaves the new system in
-/// charge (turning legacy primary again would serve stale data); anything else returns to the
+/// What a deleted Migration leaves behind. The system that holds every write stays primary: a
+/// completed migration, or one in CutOver whose legacy store missed the writes since cut-over
+/// (no reverse dual-write), leaves the new system in charge; anything else returns to the
 /// legacy system alone, since no operator will keep the new store in sync any more.
-pub fn deletion_flags(phase: Phase) -> FlagValues {
-    match phase {
-        Phase::Completed => FlagValues {
+pub fn deletion_flags(spec: &MigrationSpec, status: &MigrationStatus) -> FlagValues {
+    let phase = match (&status.phase, &status.paused) {
+        (Phase::Paused, Some(p)) => p.from,
+        (phase, _) => *phase,
+    };
+    let new_holds_everything =
+        phase == Phase::Completed || (phase == Phase::CutOver && !spec.cutover.reverse_dual_write);
+    if new_holds_everything {
+        FlagValues {
             write_primary: Side::New,
             dual_write: DualWrite::Off,
             shadow_read_percent: Percent::ZERO,
             read_split_percent: Percent::ALL,
-        },
-        _ => FlagValues {
+        }
+    } else {
+        FlagValues {
             write_primary: Side::Legacy,
             dual_write: DualWrite::Off,
             shadow_read_percent: Percent::ZERO,
             read_split_percent: Percent::ZERO,
-        },
+        }
     }
 }

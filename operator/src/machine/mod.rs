@@ -85,9 +85,14 @@ pub struct Observations {
     pub analysis: Option<Vec<GateResult>>,
     /// Names from `rollback.onAlerts` that are firing now.
     pub firing_alerts: Vec<String>,
+    /// Why the `ALERTS` poll of this evaluation got no answer (with `rollback.onAlerts` and a
+    /// Prometheus): no evidence that nothing fires, so no promotion on it.
+    pub alerts_unanswered: Option<String>,
     pub backfill: Option<JobState>,
     /// The validation Job (`backfill.validateArgs`), once its name is in the status.
     pub validate: Option<JobState>,
+    /// The rollback Job (`cutover.rollbackJob`), once its name is in the status.
+    pub rollback_job: Option<JobState>,
     /// The lowest flag generation the services report applied, when
     /// `analysis.appliedGenerationQuery` was evaluated this reconcile and answered.
     pub reported_generation: Option<i64>,
@@ -124,6 +129,8 @@ pub struct Decision {
     pub create_backfill_job: Option<String>,
     /// Create the validation Job with this name when it does not exist.
     pub create_validate_job: Option<String>,
+    /// Create the rollback Job with this name when it does not exist.
+    pub create_rollback_job: Option<String>,
     pub events: Vec<Note>,
     /// Command annotations handled by this decision, to remove.
     pub consumed: Vec<&'static str>,
@@ -149,6 +156,7 @@ pub fn decide(
         scale: Vec::new(),
         create_job: None,
         create_validate_job: None,
+        create_rollback_job: None,
     };
     m.run();
     m.finish(current)
@@ -166,6 +174,7 @@ struct Machine<'a> {
     scale: Vec<(Side, i32)>,
     create_job: Option<String>,
     create_validate_job: Option<String>,
+    create_rollback_job: Option<String>,
 }
 
 impl Machine<'_> {
@@ -289,11 +298,29 @@ impl Machine<'_> {
         if !evaluates(self.status.phase) {
             return;
         }
+        // The alert poll is evidence like a gate: unanswered, it is Inconclusive.
+        let alerts = self.polls_alerts().then(|| GateResult {
+            name: "ALERTS".into(),
+            verdict: if self.obs.alerts_unanswered.is_some() {
+                Verdict::Inconclusive
+            } else {
+                Verdict::Pass
+            },
+            value: None,
+            min: None,
+            max: None,
+            message: self
+                .obs
+                .alerts_unanswered
+                .as_ref()
+                .map(|why| format!("rollback.onAlerts could not be polled: {why}")),
+        });
+        let any = |v: Verdict| gates.iter().chain(alerts.iter()).any(|g| g.verdict == v);
         self.status.last_analysis = Some(AnalysisRun {
             time: self.now,
             gates: gates.clone(),
+            alerts: alerts.clone(),
         });
-        let any = |v: Verdict| gates.iter().any(|g| g.verdict == v);
         if any(Verdict::Error) {
             self.status.passing_since = None;
         } else if any(Verdict::Fail) {
@@ -325,20 +352,42 @@ impl Machine<'_> {
         if !self.spec.rollback.automatic || !phase.is_active() {
             return None;
         }
-        if let Some(alert) = self.obs.firing_alerts.first() {
-            return Some(("AlertFiring".into(), format!("alert {alert} is firing")));
-        }
         let limit = self
             .spec
             .analysis
             .as_ref()
             .map_or(i32::MAX, |a| a.failure_limit);
-        if self.status.consecutive_failures >= limit {
+        let cause = if let Some(alert) = self.obs.firing_alerts.first() {
+            Some(("AlertFiring".to_string(), format!("alert {alert} is firing")))
+        } else if self.status.consecutive_failures >= limit {
             let failing = self.failing_gates();
-            return Some((
-                "GateFailed".into(),
+            Some((
+                "GateFailed".to_string(),
                 format!("{failing} failed {limit} evaluation(s) in a row"),
+            ))
+        } else {
+            None
+        };
+        if let Some((_, message)) = &cause
+            && self.rollback_would_lose_writes()
+        {
+            // Automatic rollback would turn legacy primary again without the writes made
+            // since cut-over: refused, and said so (Degraded, Warning Event), until a human
+            // decides.
+            let since = self
+                .status
+                .cut_over_at
+                .map_or_else(|| "cut-over".to_string(), |t| t.to_string());
+            self.problems.push(Problem::new(
+                "RollbackRefused",
+                format!(
+                    "{message}, but rolling back from CutOver would lose every write made since {since}: cutover.reverseDualWrite is false and no cutover.rollbackJob copies those writes back to the legacy store. The Migration stays in CutOver (the new system primary). Fix the new system, or set cutover.rollbackJob, or roll back anyway with the ficus.dev/abort annotation after copying the writes yourself"
+                ),
             ));
+            return None;
+        }
+        if cause.is_some() {
+            return cause;
         }
         if self.current_phase() == Phase::Backfill {
             for (job, reason, what) in [
@@ -391,6 +440,13 @@ impl Machine<'_> {
 
     fn roll_back(&mut self, reason: &str, message: &str) {
         let from = self.current_phase();
+        if self.rollback_would_lose_writes() {
+            self.note(
+                EventType::Warning,
+                "WritesNotCarriedBack",
+                "rolling back from CutOver without reverse dual-write or a rollback Job: the legacy store lacks the writes made since cut-over",
+            );
+        }
         self.status.last_rollback = Some(RollbackRecord {
             time: self.now,
             from,
@@ -423,7 +479,7 @@ impl Machine<'_> {
             (Some(before), Some(legacy)) => legacy.replicas >= before,
             _ => true,
         };
-        if flags_safe && legacy_back {
+        if flags_safe && legacy_back && self.writes_carried_back() {
             let message = self
                 .status
                 .last_rollback
@@ -441,6 +497,9 @@ impl Machine<'_> {
         self.status.attempt += 1;
         self.status.backfill_job = None;
         self.status.validate_job = None;
+        self.status.rollback_job = None;
+        self.status.dual_write_started_at = None;
+        self.status.cut_over_at = None;
         self.status.consecutive_failures = 0;
         self.status.consecutive_inconclusive = 0;
         self.status.last_analysis = None;
@@ -555,7 +614,7 @@ impl Machine<'_> {
     /// missing, and the phase ends when the last one succeeded.
     fn backfill(&mut self) {
         let attempt = self.status.attempt + 1;
-        let name = format!("{}-backfill-{attempt}", self.spec.service);
+        let name = crate::names::job_name(&self.spec.service, "backfill", attempt);
         let state = self.obs.backfill.as_ref();
         if !job_succeeded(
             state,
@@ -571,7 +630,7 @@ impl Machine<'_> {
             .as_ref()
             .is_some_and(|b| b.validate_args.is_some());
         if validates {
-            let name = format!("{}-validate-{attempt}", self.spec.service);
+            let name = crate::names::job_name(&self.spec.service, "validate", attempt);
             let state = self.obs.validate.as_ref();
             let (record, create) = (&mut self.status.validate_job, &mut self.create_validate_job);
             if !job_succeeded(state, name, record, create) {
@@ -646,7 +705,7 @@ impl Machine<'_> {
         if elapsed(self.now, *started) < needed {
             return false;
         }
-        if self.has_gates() {
+        if self.needs_evidence() {
             match &self.status.passing_since {
                 Some(since) if elapsed(self.now, *since) >= needed => {}
                 _ => return false,
@@ -695,9 +754,68 @@ impl Machine<'_> {
             .is_some_and(|a| !a.gates.is_empty())
     }
 
+    /// Alerts polled from Prometheus: `rollback.onAlerts` with `analysis.prometheus`.
+    fn polls_alerts(&self) -> bool {
+        polls_alerts(self.spec)
+    }
+
+    /// Whether a bake needs evaluations that answered: gates, or polled alerts (an unreachable
+    /// Prometheus then holds the bake instead of letting it pass on silence).
+    fn needs_evidence(&self) -> bool {
+        self.has_gates() || self.polls_alerts()
+    }
+
+    /// In CutOver (or paused there) without reverse dual-write or a rollback Job, the legacy
+    /// store lacks the writes made since cut-over: going back to it would lose them.
+    fn rollback_would_lose_writes(&self) -> bool {
+        let cutover = &self.spec.cutover;
+        self.current_phase() == Phase::CutOver
+            && !cutover.reverse_dual_write
+            && cutover.rollback_job.is_none()
+    }
+
+    /// RollingBack from CutOver with a rollback Job: has it copied the writes made since
+    /// cut-over back to the legacy store? Created once the rollback flags are in the stores
+    /// (and, with `appliedGenerationQuery`, applied), so no new write misses legacy while it
+    /// runs. Always true for every other rollback.
+    fn writes_carried_back(&mut self) -> bool {
+        let from_cutover = self
+            .status
+            .last_rollback
+            .as_ref()
+            .is_some_and(|r| r.from == Phase::CutOver);
+        let cutover = &self.spec.cutover;
+        if !from_cutover || cutover.reverse_dual_write || cutover.rollback_job.is_none() {
+            return true;
+        }
+        if !self.flags_applied() {
+            return false;
+        }
+        let name = crate::names::job_name(&self.spec.service, "rollback", self.status.attempt + 1);
+        if let Some(JobState::Failed(why)) = &self.obs.rollback_job {
+            let since = self
+                .status
+                .cut_over_at
+                .map_or_else(|| "cut-over".to_string(), |t| t.to_string());
+            self.problems.push(Problem::new(
+                "RollbackJobFailed",
+                format!(
+                    "rollback Job {name} failed: {why}. The legacy store lacks writes made since {since}: fix the cause and delete the Job to run it again, or copy them by hand"
+                ),
+            ));
+            return false;
+        }
+        job_succeeded(
+            self.obs.rollback_job.as_ref(),
+            name,
+            &mut self.status.rollback_job,
+            &mut self.create_rollback_job,
+        )
+    }
+
     fn restart_bake(&mut self) {
         self.status.step_started_at = Some(self.now);
-        self.status.passing_since = if self.has_gates() {
+        self.status.passing_since = if self.needs_evidence() {
             None
         } else {
             Some(self.now)
@@ -710,6 +828,18 @@ impl Machine<'_> {
         let from = self.status.phase;
         self.status.phase = to;
         self.status.phase_started_at = Some(self.now);
+        // Recorded at the decision, before the flags are written: never later than the first
+        // dual-written row (the backfill stamps its copies just before it), nor than the first
+        // write that reaches only the new store.
+        match to {
+            Phase::Shadow if self.status.dual_write_started_at.is_none() => {
+                self.status.dual_write_started_at = Some(self.now)
+            }
+            Phase::CutOver if self.status.cut_over_at.is_none() => {
+                self.status.cut_over_at = Some(self.now)
+            }
+            _ => {}
+        }
         match to {
             Phase::Pending | Phase::Preflight | Phase::Shadow | Phase::Backfill => {
                 self.status.step = None;
@@ -782,6 +912,7 @@ impl Machine<'_> {
             scale: self.scale,
             create_backfill_job: self.create_job,
             create_validate_job: self.create_validate_job,
+            create_rollback_job: self.create_rollback_job,
             events: self.events,
             consumed: self.consumed,
             requeue_after,
@@ -792,11 +923,24 @@ impl Machine<'_> {
         if !self.obs.firing_alerts.is_empty() {
             return "False";
         }
+        let verdicts = |run: &AnalysisRun| {
+            run.gates
+                .iter()
+                .chain(run.alerts.iter())
+                .map(|g| g.verdict)
+                .collect::<Vec<_>>()
+        };
         match &self.status.last_analysis {
-            _ if !self.has_gates() => "True",
+            _ if !self.needs_evidence() => "True",
             None => "Unknown",
-            Some(run) if run.gates.iter().any(|g| g.verdict == Verdict::Fail) => "False",
-            Some(run) if run.gates.iter().all(|g| g.verdict == Verdict::Pass) => "True",
+            Some(run) if verdicts(run).contains(&Verdict::Fail) => "False",
+            Some(run)
+                if verdicts(run)
+                    .iter()
+                    .all(|v| matches!(v, Verdict::Pass | Verdict::Skipped)) =>
+            {
+                "True"
+            }
             Some(_) => "Unknown",
         }
     }
@@ -806,18 +950,24 @@ impl Machine<'_> {
         // Transitions continue at once (also those that change no flag, e.g. Shadow -> Backfill):
         // the status write triggers the next reconcile anyway, this is the fallback.
         let transitioned = self.status.phase != previous.phase || self.status.step != previous.step;
-        if transitioned
-            || self.status.phase == Phase::RollingBack
-            || self.status.phase == Phase::Pending
-        {
+        if transitioned {
             return Duration::from_millis(200);
         }
+        // A problem backs off in every phase, RollingBack included: a flag store that keeps
+        // refusing (throttled, forbidden) is not asked again five times a second.
         if !self.problems.is_empty() {
             // Back off without stored state: wait about as long as the problem has lasted. Also
             // when flags are still to be written: the problem may be that they cannot be.
             let since = conditions::degraded_since(&self.status)
                 .map_or(Duration::ZERO, |t| elapsed(self.now, t));
             return since.clamp(Duration::from_secs(2), Duration::from_secs(120));
+        }
+        if self.status.phase == Phase::RollingBack && self.status.rollback_job.is_some() {
+            // Waiting on the rollback Job: its changes wake the reconciler (owned Jobs).
+            return Duration::from_secs(5);
+        }
+        if matches!(self.status.phase, Phase::RollingBack | Phase::Pending) {
+            return Duration::from_millis(200);
         }
         if flags.as_ref() != self.obs.flags.doc() {
             return Duration::from_millis(200);
@@ -856,6 +1006,15 @@ pub fn next_document(read: &FlagRead, recorded: Option<Flags>, values: FlagValue
             _ => above(None),
         },
     }
+}
+
+/// Alerts polled from Prometheus: `rollback.onAlerts` with `analysis.prometheus`.
+pub fn polls_alerts(spec: &MigrationSpec) -> bool {
+    !spec.rollback.on_alerts.is_empty()
+        && spec
+            .analysis
+            .as_ref()
+            .is_some_and(|a| a.prometheus.is_some())
 }
 
 /// Phases in which gates and polled alerts are evaluated on the analysis interval.
