@@ -30,7 +30,15 @@ fn ended(f: &Frame) -> bool {
 }
 
 /// Prints what a scenario measured, in one block.
-fn report(name: &str, record: &Record, flow: &FlowReport, ledger: &Ledger, lost: usize, fault: Option<Duration>, safe: Option<Duration>) {
+fn report(
+    name: &str,
+    record: &Record,
+    flow: &FlowReport,
+    ledger: &Ledger,
+    lost: usize,
+    fault: Option<Duration>,
+    safe: Option<Duration>,
+) {
     println!("--- live scenario {name} ---");
     println!("phases reached: {:?}", record.phases());
     println!("max drift per phase: {:?}", record.max_drift_by_phase());
@@ -90,7 +98,10 @@ async fn wait_safe_flags(stack: &LiveStack, since: Instant) -> Duration {
         {
             return since.elapsed();
         }
-        assert!(since.elapsed() < Duration::from_secs(180), "flags never returned to the safe state: {flags:?}");
+        assert!(
+            since.elapsed() < Duration::from_secs(180),
+            "flags never returned to the safe state: {flags:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -103,21 +114,40 @@ async fn clean() {
     println!("history: {:?}", stack.seeded);
     let flow = stack.start_flow(USERS, RATE);
     let mut record = Record::default();
-    stack.apply_migration().await.expect("the shipped Migration is accepted");
-    let done = stack.follow(Some(&flow), &mut record, WHOLE_RUN, ended).await;
+    stack
+        .apply_migration()
+        .await
+        .expect("the shipped Migration is accepted");
+    let done = stack
+        .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
+        .await;
     let (ledger, flow_report) = flow.stop().await;
     let lost = lost_writes(&stack, &ledger).await;
     report("clean", &record, &flow_report, &ledger, lost, None, None);
     assert!(done, "the migration did not end within {WHOLE_RUN:?}");
-    assert_eq!(record.phases().last(), Some(&Phase::Completed), "{:?}", record.phases());
+    assert_eq!(
+        record.phases().last(),
+        Some(&Phase::Completed),
+        "{:?}",
+        record.phases()
+    );
     for phase in [Phase::Shadow, Phase::Backfill, Phase::Split, Phase::CutOver] {
-        assert!(record.phases().contains(&phase), "{phase} skipped: {:?}", record.phases());
+        assert!(
+            record.phases().contains(&phase),
+            "{phase} skipped: {:?}",
+            record.phases()
+        );
     }
     assert_eq!(lost, 0, "acknowledged writes missing from the new store");
     for (phase, drift) in record.max_drift_by_phase() {
         assert_eq!(drift, 0.0, "drift signal in {phase}");
     }
-    assert_eq!(flow_report.server_errors(), 0, "{:?}", flow_report.errors_by_code());
+    assert_eq!(
+        flow_report.server_errors(),
+        0,
+        "{:?}",
+        flow_report.errors_by_code()
+    );
     assert!(ledger.writes() > 100, "the load wrote: {}", ledger.writes());
 }
 
@@ -128,14 +158,22 @@ async fn errors_new_store_goes_away_mid_split() {
     let mut stack = skip_or_fail!(LiveStack::start(LiveOptions::new("errors")).await);
     let flow = stack.start_flow(USERS, RATE);
     let mut record = Record::default();
-    stack.apply_migration().await.expect("the shipped Migration is accepted");
+    stack
+        .apply_migration()
+        .await
+        .expect("the shipped Migration is accepted");
     let in_split = stack
-        .follow(Some(&flow), &mut record, WHOLE_RUN, |f| f.phase == Some(Phase::Split))
+        .follow(Some(&flow), &mut record, WHOLE_RUN, |f| {
+            f.phase == Some(Phase::Split)
+        })
         .await;
     assert!(in_split, "never reached Split: {:?}", record.phases());
     let fault_at = record.frames.last().map(|f| f.at);
     let fault = Instant::now();
-    stack.cql_proxy.set_enabled(false).expect("the CQL proxy goes down");
+    stack
+        .cql_proxy
+        .set_enabled(false)
+        .expect("the CQL proxy goes down");
     let safe_after = wait_safe_flags(&stack, fault).await;
     stack
         .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
@@ -144,20 +182,42 @@ async fn errors_new_store_goes_away_mid_split() {
     let before = flow.report();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = flow.report();
-    stack.cql_proxy.set_enabled(true).expect("the CQL proxy comes back");
+    stack
+        .cql_proxy
+        .set_enabled(true)
+        .expect("the CQL proxy comes back");
     // The outbox drains once the store is back.
     let drained = stack
         .prometheus
-        .wait_for("max(chat_retry_queue_size)", Duration::from_secs(120), |s| {
-            s.first().filter(|s| s.value == 0.0).map(|_| ())
-        })
+        .wait_for(
+            "max(chat_retry_queue_size)",
+            Duration::from_secs(120),
+            |s| s.first().filter(|s| s.value == 0.0).map(|_| ()),
+        )
         .await;
     let (ledger, flow_report) = flow.stop().await;
     let lost = lost_writes(&stack, &ledger).await;
-    report("errors", &record, &flow_report, &ledger, lost, fault_at, fault_at.map(|f| f + safe_after));
-    assert_eq!(record.phases().last(), Some(&Phase::RolledBack), "{:?}", record.phases());
+    report(
+        "errors",
+        &record,
+        &flow_report,
+        &ledger,
+        lost,
+        fault_at,
+        fault_at.map(|f| f + safe_after),
+    );
+    assert_eq!(
+        record.phases().last(),
+        Some(&Phase::RolledBack),
+        "{:?}",
+        record.phases()
+    );
     assert_eq!(lost, 0, "acknowledged writes missing from legacy");
-    assert_eq!(after.errors(), before.errors(), "legacy alone served with errors after the rollback");
+    assert_eq!(
+        after.errors(),
+        before.errors(),
+        "legacy alone served with errors after the rollback"
+    );
     assert!(drained.is_ok(), "the outbox did not drain: {drained:?}");
 }
 
@@ -168,25 +228,55 @@ async fn latency_new_store_gets_slow() {
     let mut stack = skip_or_fail!(LiveStack::start(LiveOptions::new("latency")).await);
     let flow = stack.start_flow(USERS, RATE);
     let mut record = Record::default();
-    stack.apply_migration().await.expect("the shipped Migration is accepted");
+    stack
+        .apply_migration()
+        .await
+        .expect("the shipped Migration is accepted");
     let in_split = stack
-        .follow(Some(&flow), &mut record, WHOLE_RUN, |f| f.phase == Some(Phase::Split))
+        .follow(Some(&flow), &mut record, WHOLE_RUN, |f| {
+            f.phase == Some(Phase::Split)
+        })
         .await;
     assert!(in_split, "never reached Split: {:?}", record.phases());
     let fault_at = record.frames.last().map(|f| f.at);
     let fault = Instant::now();
     stack
         .cql_proxy
-        .add("slow", &Toxic::Latency { latency_ms: 150, jitter_ms: 20 })
+        .add(
+            "slow",
+            &Toxic::Latency {
+                latency_ms: 150,
+                jitter_ms: 20,
+            },
+        )
         .expect("latency on the CQL proxy");
     let safe_after = wait_safe_flags(&stack, fault).await;
-    stack.follow(Some(&flow), &mut record, WHOLE_RUN, ended).await;
+    stack
+        .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
+        .await;
     stack.cql_proxy.remove("slow").expect("latency removed");
     let (ledger, flow_report) = flow.stop().await;
     let lost = lost_writes(&stack, &ledger).await;
-    report("latency", &record, &flow_report, &ledger, lost, fault_at, fault_at.map(|f| f + safe_after));
-    let last = stack.migration().await.and_then(|m| m.status).and_then(|s| s.last_rollback);
-    assert_eq!(record.phases().last(), Some(&Phase::RolledBack), "{:?}", record.phases());
+    report(
+        "latency",
+        &record,
+        &flow_report,
+        &ledger,
+        lost,
+        fault_at,
+        fault_at.map(|f| f + safe_after),
+    );
+    let last = stack
+        .migration()
+        .await
+        .and_then(|m| m.status)
+        .and_then(|s| s.last_rollback);
+    assert_eq!(
+        record.phases().last(),
+        Some(&Phase::RolledBack),
+        "{:?}",
+        record.phases()
+    );
     println!("rollback: {last:?}");
     assert_eq!(lost, 0, "acknowledged writes missing from legacy");
 }
@@ -198,9 +288,14 @@ async fn abort_from_cutover_keeps_every_write() {
     let mut stack = skip_or_fail!(LiveStack::start(LiveOptions::new("cutover")).await);
     let flow = stack.start_flow(USERS, RATE);
     let mut record = Record::default();
-    stack.apply_migration().await.expect("the shipped Migration is accepted");
+    stack
+        .apply_migration()
+        .await
+        .expect("the shipped Migration is accepted");
     let in_cutover = stack
-        .follow(Some(&flow), &mut record, WHOLE_RUN, |f| f.phase == Some(Phase::CutOver))
+        .follow(Some(&flow), &mut record, WHOLE_RUN, |f| {
+            f.phase == Some(Phase::CutOver)
+        })
         .await;
     assert!(in_cutover, "never reached CutOver: {:?}", record.phases());
     // Writes while the new store is primary.
@@ -210,14 +305,38 @@ async fn abort_from_cutover_keeps_every_write() {
     let fault = Instant::now();
     stack.annotate("abort").await.expect("abort");
     let safe_after = wait_safe_flags(&stack, fault).await;
-    stack.follow(Some(&flow), &mut record, WHOLE_RUN, ended).await;
+    stack
+        .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
+        .await;
     let (ledger, flow_report) = flow.stop().await;
-    println!("writes acknowledged before CutOver {acked_in_cutover}, in all {}", ledger.writes());
+    println!(
+        "writes acknowledged before CutOver {acked_in_cutover}, in all {}",
+        ledger.writes()
+    );
     let lost = lost_writes(&stack, &ledger).await;
-    report("abort-from-cutover", &record, &flow_report, &ledger, lost, fault_at, fault_at.map(|f| f + safe_after));
-    assert_eq!(record.phases().last(), Some(&Phase::RolledBack), "{:?}", record.phases());
-    assert!(ledger.writes() > acked_in_cutover, "writes were made while new was primary");
-    assert_eq!(lost, 0, "writes acknowledged while new was primary are missing from legacy");
+    report(
+        "abort-from-cutover",
+        &record,
+        &flow_report,
+        &ledger,
+        lost,
+        fault_at,
+        fault_at.map(|f| f + safe_after),
+    );
+    assert_eq!(
+        record.phases().last(),
+        Some(&Phase::RolledBack),
+        "{:?}",
+        record.phases()
+    );
+    assert!(
+        ledger.writes() > acked_in_cutover,
+        "writes were made while new was primary"
+    );
+    assert_eq!(
+        lost, 0,
+        "writes acknowledged while new was primary are missing from legacy"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -227,20 +346,38 @@ async fn chat_service_sigkill_under_load_loses_nothing() {
     let mut stack = skip_or_fail!(LiveStack::start(LiveOptions::new("sigkill")).await);
     let flow = stack.start_flow(USERS, RATE);
     let mut record = Record::default();
-    stack.apply_migration().await.expect("the shipped Migration is accepted");
+    stack
+        .apply_migration()
+        .await
+        .expect("the shipped Migration is accepted");
     for phase in [Phase::Split, Phase::CutOver] {
         let reached = stack
-            .follow(Some(&flow), &mut record, WHOLE_RUN, |f| f.phase == Some(phase))
+            .follow(Some(&flow), &mut record, WHOLE_RUN, |f| {
+                f.phase == Some(phase)
+            })
             .await;
         assert!(reached, "never reached {phase}: {:?}", record.phases());
         stack.chats[1].server.stop();
         println!("chat-service instance 1 SIGKILLed in {phase}");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        stack.chats[1].server.restart().expect("instance 1 restarts");
+        stack.chats[1]
+            .server
+            .restart()
+            .expect("instance 1 restarts");
     }
-    stack.follow(Some(&flow), &mut record, WHOLE_RUN, ended).await;
+    stack
+        .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
+        .await;
     let (ledger, flow_report) = flow.stop().await;
     let lost = lost_writes(&stack, &ledger).await;
-    report("chat-service-sigkill", &record, &flow_report, &ledger, lost, None, None);
+    report(
+        "chat-service-sigkill",
+        &record,
+        &flow_report,
+        &ledger,
+        lost,
+        None,
+        None,
+    );
     assert_eq!(lost, 0, "acknowledged writes lost across SIGKILL");
 }

@@ -144,13 +144,21 @@ async fn a_refused_job_is_degraded_without_a_rewrite_loop_and_long_names_fit() -
     // Allowed: the Job is created, its name and labels fit, and it gets the recorded inputs.
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], &role(&ns, true))?;
     assert!(out.success(), "{out}");
-    let recovered = wait_for(&api, &name, Duration::from_secs(150), "the Job created", |m| {
-        degraded(m).is_some_and(|d| d.0 == "False")
-    })
+    let recovered = wait_for(
+        &api,
+        &name,
+        Duration::from_secs(150),
+        "the Job created",
+        |m| degraded(m).is_some_and(|d| d.0 == "False"),
+    )
     .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let job = jobs.get("chat-backfill-1").await?;
-    let label = job.labels().get("ficus.dev/migration").cloned().unwrap_or_default();
+    let label = job
+        .labels()
+        .get("ficus.dev/migration")
+        .cloned()
+        .unwrap_or_default();
     assert!(
         !label.is_empty() && label.len() <= 63 && name.starts_with(&label[..40]),
         "the label names the Migration within 63 characters: {label}"
@@ -210,7 +218,11 @@ async fn deleting_in_cutover_without_reverse_dual_write_leaves_the_new_system_pr
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let flags = |cm: ConfigMap| cm.data.unwrap_or_default();
     for _ in 0..100 {
-        if flags(cms.get("flags").await?).get("write_primary").map(String::as_str) == Some("new") {
+        if flags(cms.get("flags").await?)
+            .get("write_primary")
+            .map(String::as_str)
+            == Some("new")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -19,9 +19,9 @@ use chat_service::crypto::EncryptionKey;
 use chat_service::flags::FlagSource;
 use chat_service::loadtest::{self, LoadConfig};
 use chat_service::serve;
-use ficus_testkit::{Postgres, Prometheus, PrometheusConfig};
 use ficus_operator::analysis::Prometheus as Evaluator;
 use ficus_operator::crd::{Gate, GateResult, Migration, Verdict};
+use ficus_testkit::{Postgres, Prometheus, PrometheusConfig};
 use sqlx::postgres::PgPool;
 
 const JWT_SECRET: &[u8] = b"shipped-gates-test-secret-0123456789";
@@ -164,7 +164,10 @@ fn all_pass(results: &[GateResult], skipped: &[&str], unjudged: &[&str], what: &
         };
         assert_eq!(g.verdict, expected, "{what}: {g:#?}");
         if expected == Verdict::Pass {
-            assert!(g.value.is_some(), "{what}: a pass on a value, not on no data: {g:#?}");
+            assert!(
+                g.value.is_some(),
+                "{what}: a pass on a value, not on no data: {g:#?}"
+            );
         }
     }
 }
@@ -178,7 +181,10 @@ async fn stack() -> Option<Stack> {
             return None;
         }
     };
-    let legacy_url = pg.create_database("gates_legacy").await.expect("legacy database");
+    let legacy_url = pg
+        .create_database("gates_legacy")
+        .await
+        .expect("legacy database");
     let new_url = pg.create_database("gates_new").await.expect("new database");
     let dir = tempfile::tempdir().expect("temp dir");
     let flags = dir.path().join("flags");
@@ -271,13 +277,22 @@ async fn healthy_then_regressions(judge_drift: bool) {
 
     // Shadow: one cohort (legacy); the comparisons are skipped, the rest pass on samples.
     let shadow = s.settled(0).await;
-    all_pass(&shadow, &["error-delta", "p99-ratio", "p99"], unjudged, "Shadow");
+    all_pass(
+        &shadow,
+        &["error-delta", "p99-ratio", "p99"],
+        unjudged,
+        "Shadow",
+    );
 
     // Split 50 %: both cohorts carry users; every gate applies and passes.
     write_flags(&s.flags, 2, "legacy", 100, 50);
     let split = s.settled(50).await;
     all_pass(&split, &[], unjudged, "Split 50 %");
-    assert_eq!(firing().await, Vec::<String>::new(), "no shipped alert fires on healthy traffic");
+    assert_eq!(
+        firing().await,
+        Vec::<String>::new(),
+        "no shipped alert fires on healthy traffic"
+    );
 
     // CutOver: the new system primary, legacy kept in sync; one cohort (new) again.
     write_flags(&s.flags, 3, "new", 100, 100);
@@ -320,7 +335,11 @@ async fn healthy_then_regressions(judge_drift: bool) {
         .expect("table renamed");
     s.until_firing("ChatNewErrorRateAboveLegacy").await;
     let failing = s.gates(50).await;
-    assert_eq!(verdict(&failing, "error-delta"), Verdict::Fail, "{failing:#?}");
+    assert_eq!(
+        verdict(&failing, "error-delta"),
+        Verdict::Fail,
+        "{failing:#?}"
+    );
 }
 
 /// Drift: the new store loses its messages, and silently drops every new one (as a store with a

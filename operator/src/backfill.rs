@@ -38,14 +38,22 @@ pub fn migration_id(migration: &Migration, status: &MigrationStatus) -> String {
 }
 
 /// The environment the operator adds to a Job's pods.
-fn operator_env(migration: &Migration, status: &MigrationStatus, rollback: bool) -> Vec<serde_json::Value> {
-    let mut vars = vec![json!({ "name": env::MIGRATION_ID, "value": migration_id(migration, status) })];
+fn operator_env(
+    migration: &Migration,
+    status: &MigrationStatus,
+    rollback: bool,
+) -> Vec<serde_json::Value> {
+    let mut vars =
+        vec![json!({ "name": env::MIGRATION_ID, "value": migration_id(migration, status) })];
     // jiff prints RFC 3339 in UTC (`2026-01-31T12:00:00.5Z`).
     let time = |t: Option<jiff::Timestamp>| t.map(|t| t.to_string());
     let extra = if rollback {
         (env::ROLLBACK_FROM, time(status.cut_over_at))
     } else {
-        (env::DUAL_WRITE_STARTED_AT, time(status.dual_write_started_at))
+        (
+            env::DUAL_WRITE_STARTED_AT,
+            time(status.dual_write_started_at),
+        )
     };
     if let (name, Some(value)) = extra {
         vars.push(json!({ "name": name, "value": value }));

@@ -396,7 +396,8 @@ async fn analyse(
         }
         AlertPoll::Invalid(message) => {
             obs.alerts_unanswered = Some(message.clone());
-            obs.problems.push(Problem::new("InvalidAlertSelector", message));
+            obs.problems
+                .push(Problem::new("InvalidAlertSelector", message));
         }
     }
     obs.firing_alerts.sort();

@@ -36,8 +36,8 @@ pub mod postgres;
 mod process;
 pub mod prometheus;
 pub mod server;
-pub mod toxiproxy;
 mod shared;
+pub mod toxiproxy;
 
 use std::{io::Write, sync::Once};
 
@@ -51,7 +51,6 @@ pub use alertmanager::Alertmanager;
 pub use cassandra::Cassandra;
 pub use control_plane::{Binaries, ControlPlane};
 pub use dirs::{cache_dir, repo_root, temp_dir};
-pub use shared::unique_name;
 pub use error::HarnessError;
 pub use exporter::Exporter;
 pub use kubectl::KubectlOutput;
@@ -62,6 +61,7 @@ pub use postgres::Postgres;
 pub use process::memory_mib;
 pub use prometheus::{Prometheus, PrometheusConfig, Sample};
 pub use server::{Server, ServerBuilder, TestServer};
+pub use shared::unique_name;
 
 /// One-time process setup; every entry point calls it, tests may too.
 ///

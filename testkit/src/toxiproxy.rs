@@ -82,9 +82,13 @@ impl Toxiproxy {
         let dir = temp_dir()?;
         let api = free_addr()?;
         let args = ["-host", "127.0.0.1", "-port", &api.port().to_string()].map(String::from);
-        let server = Server::builder("toxiproxy", dir.path().join("toxiproxy.log"), command(bin, args.into()))
-            .ready_on_http(api, "/version")
-            .start()?;
+        let server = Server::builder(
+            "toxiproxy",
+            dir.path().join("toxiproxy.log"),
+            command(bin, args.into()),
+        )
+        .ready_on_http(api, "/version")
+        .start()?;
         Ok(Self { server, api, dir })
     }
 
@@ -166,8 +170,8 @@ fn call(api: SocketAddr, method: &str, path: &str, body: &Value) -> Result<Strin
     } else {
         body.to_string()
     };
-    let response = http::send_blocking(api, method, path, &payload)
-        .map_err(http::request_error(api, path))?;
+    let response =
+        http::send_blocking(api, method, path, &payload).map_err(http::request_error(api, path))?;
     if response.status >= 300 {
         return Err(HarnessError::Api {
             url: format!("http://{api}{path}"),
@@ -185,7 +189,9 @@ fn locate() -> Result<PathBuf, HarnessError> {
     }
     let version =
         env::var("FICUS_TOXIPROXY_VERSION").unwrap_or_else(|_| DEFAULT_VERSION.to_owned());
-    let cached = cache_dir().join("bin").join(format!("toxiproxy-server-{version}"));
+    let cached = cache_dir()
+        .join("bin")
+        .join(format!("toxiproxy-server-{version}"));
     if cached.is_file() {
         Ok(cached)
     } else {

@@ -971,7 +971,7 @@ pub(crate) async fn open_session(config: &CqlConfig) -> StoreResult<(Session, St
         .build();
     let mut builder = SessionBuilder::new();
     if !config.address_map.is_empty() {
-        builder = builder.address_translator(Arc::new(config.address_map.clone()));
+        builder = builder.address_translator(Arc::new(AddressMap(config.address_map.clone())));
     }
     let session = builder
         .known_nodes(&config.contact_points)
@@ -1380,6 +1380,23 @@ impl CqlBackfill<'_> {
             }
         }
         Ok((counts[0], counts[1]))
+    }
+}
+
+/// `--cql-address-map`: listed broadcast addresses are replaced, any other is used as it is
+/// (the driver's own map refuses unlisted addresses, which breaks a node whose broadcast
+/// address is already reachable).
+#[derive(Debug)]
+struct AddressMap(HashMap<SocketAddr, SocketAddr>);
+
+#[async_trait::async_trait]
+impl scylla::policies::address_translator::AddressTranslator for AddressMap {
+    async fn translate_address(
+        &self,
+        peer: &scylla::policies::address_translator::UntranslatedPeer,
+    ) -> Result<SocketAddr, scylla::errors::TranslationError> {
+        let addr = peer.untranslated_address();
+        Ok(self.0.get(&addr).copied().unwrap_or(addr))
     }
 }
 

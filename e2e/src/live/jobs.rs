@@ -80,7 +80,10 @@ async fn run_jobs(
                     .status
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Complete" || c.type_ == "Failed"));
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "Complete" || c.type_ == "Failed")
+                    });
                 if finished || !started.insert(name.clone()) {
                     continue;
                 }

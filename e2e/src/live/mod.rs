@@ -15,7 +15,9 @@
 //! Only durations differ from what is shipped, through one documented override ([`Timing`]):
 //! the Migration's `shadow.duration`, `bakeTime`, `analysis.interval`,
 //! `cutover.completeAfter`, and in the gate queries and alert rules every PromQL range
-//! (`[5m]`) and `for:` — everything else (gates, thresholds, alerts, steps) is the file's.
+//! (`[5m]`) and `for:`. A gate's `minSamples` counts samples in its window, so it shrinks with
+//! the window (the same minimum rate). Everything else (gates, thresholds, alerts, steps) is
+//! the file's.
 
 pub mod jobs;
 pub mod seed;
@@ -37,8 +39,8 @@ use ficus_testkit::{
     PrometheusConfig, Server, free_addr, repo_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -71,6 +73,12 @@ impl Default for Timing {
 }
 
 impl Timing {
+    /// The scaled window over the shipped one (5 minutes).
+    pub fn window_fraction(&self) -> f64 {
+        let secs: f64 = self.window.trim_end_matches('s').parse().unwrap_or(300.0);
+        secs / 300.0
+    }
+
     /// `text` with every PromQL range `[<n><unit>]` replaced by the scaled window.
     pub fn scale_ranges(&self, text: &str) -> String {
         let re = regex_lite::Regex::new(r"\[\d+[smhd]\]").expect("a valid pattern");
@@ -146,8 +154,13 @@ pub struct LiveStack {
     started: Instant,
 }
 
-/// `target/<profile>/<name>` of this workspace (the test command builds every binary).
+/// `target/<profile>/<name>` of this workspace (the test command builds every binary), or the
+/// file named by `FICUS_<NAME>_BIN` (e.g. `FICUS_CHAT_SERVICE_BIN`).
 pub fn workspace_binary(name: &str) -> Result<PathBuf, HarnessError> {
+    let var = format!("FICUS_{}_BIN", name.to_ascii_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(&var) {
+        return Ok(PathBuf::from(path));
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
@@ -195,14 +208,21 @@ impl LiveStack {
         let toxiproxy = Toxiproxy::start()?;
         let cql_proxy = toxiproxy.proxy("cql", cassandra.addr())?;
         let nats = Nats::start()?;
-        let jwt_secret: Vec<u8> = format!("live-{}-secret-0123456789abcdef", std::process::id()).into_bytes();
+        let jwt_secret: Vec<u8> =
+            format!("live-{}-secret-0123456789abcdef", std::process::id()).into_bytes();
 
         // The Secret the Migration's Jobs read their settings from (backfill.secretName).
         let secret_env = BTreeMap::from([
             ("DATABASE_URL".to_owned(), legacy_url.clone()),
             ("CHAT_ENCRYPTION_KEY".to_owned(), key.to_base64()),
-            ("CHAT_CQL_CONTACT_POINTS".to_owned(), cql_proxy.listen.to_string()),
-            ("CHAT_CQL_ADDRESS_MAP".to_owned(), format!("{}={}", cassandra.addr(), cql_proxy.listen)),
+            (
+                "CHAT_CQL_CONTACT_POINTS".to_owned(),
+                cql_proxy.listen.to_string(),
+            ),
+            (
+                "CHAT_CQL_ADDRESS_MAP".to_owned(),
+                format!("{}={}", cassandra.addr(), cql_proxy.listen),
+            ),
             ("CHAT_CQL_KEYSPACE".to_owned(), keyspace.clone()),
             ("CHAT_CQL_CONSISTENCY".to_owned(), "ONE".to_owned()),
         ]);
@@ -222,8 +242,14 @@ impl LiveStack {
         for i in 0..options.instances {
             let addr = free_addr()?;
             let mut env = secret_env.clone();
-            env.insert("CHAT_JWT_SECRET".into(), String::from_utf8_lossy(&jwt_secret).into_owned());
-            env.insert("KUBECONFIG".into(), cp.kubeconfig_path().display().to_string());
+            env.insert(
+                "CHAT_JWT_SECRET".into(),
+                String::from_utf8_lossy(&jwt_secret).into_owned(),
+            );
+            env.insert(
+                "KUBECONFIG".into(),
+                cp.kubeconfig_path().display().to_string(),
+            );
             env.insert("NATS_URL".into(), nats.url());
             env.insert("RUST_LOG".into(), "info".into());
             let args: Vec<String> = [
@@ -303,10 +329,12 @@ impl LiveStack {
             &format!("http://{}/webhook/alertmanager", operators[0].addr),
             "live-webhook-token",
         )?;
-        let rules = std::fs::read_to_string(
-            repo_root().join("charts/ficus/files/chat-alerts.rules.yml"),
-        )
-        .map_err(HarnessError::io("reading", "charts/ficus/files/chat-alerts.rules.yml"))?;
+        let rules =
+            std::fs::read_to_string(repo_root().join("charts/ficus/files/chat-alerts.rules.yml"))
+                .map_err(HarnessError::io(
+                "reading",
+                "charts/ficus/files/chat-alerts.rules.yml",
+            ))?;
         let targets = chats
             .iter()
             .map(|c| c.addr.to_string())
@@ -320,12 +348,8 @@ impl LiveStack {
         })?;
         prometheus.wait_for_targets(Duration::from_secs(30)).await?;
 
-        let jobs = jobs::JobRunner::start(
-            client.clone(),
-            &namespace,
-            chat_bin,
-            dir.path().to_owned(),
-        );
+        let jobs =
+            jobs::JobRunner::start(client.clone(), &namespace, chat_bin, dir.path().to_owned());
         tracing::info!(%namespace, elapsed = ?started.elapsed(), "live stack ready");
         Ok(LiveStack {
             options,
@@ -384,6 +408,10 @@ impl LiveStack {
             }
             for gate in &mut analysis.gates {
                 gate.query = t.scale_ranges(&gate.query);
+                gate.samples_query = gate.samples_query.as_deref().map(|q| t.scale_ranges(q));
+                gate.min_samples = gate
+                    .min_samples
+                    .map(|n| (n * t.window_fraction()).ceil().max(1.0));
             }
         }
         Ok(m)
@@ -404,7 +432,11 @@ impl LiveStack {
     }
 
     pub async fn migration(&self) -> Option<Migration> {
-        self.migrations().get_opt(&self.migration_name).await.ok().flatten()
+        self.migrations()
+            .get_opt(&self.migration_name)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The flag ConfigMap's data.
@@ -420,9 +452,14 @@ impl LiveStack {
 
     /// Sets `ficus.dev/<command>` on the Migration (promote, abort, retry).
     pub async fn annotate(&self, command: &str) -> Result<(), HarnessError> {
-        let patch = json!({ "metadata": { "annotations": { format!("ficus.dev/{command}"): "true" } } });
+        let patch =
+            json!({ "metadata": { "annotations": { format!("ficus.dev/{command}"): "true" } } });
         self.migrations()
-            .patch(&self.migration_name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(
+                &self.migration_name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
             .await
             .map(drop)
             .map_err(|e| HarnessError::setup("annotating the Migration", e))
@@ -432,7 +469,11 @@ impl LiveStack {
     /// history's users.
     pub fn start_flow(&self, users: u32, rate: f64) -> Flow {
         Flow::start(FlowConfig {
-            base_urls: self.chats.iter().map(|c| format!("http://{}", c.addr)).collect(),
+            base_urls: self
+                .chats
+                .iter()
+                .map(|c| format!("http://{}", c.addr))
+                .collect(),
             jwt_secret: self.jwt_secret.clone(),
             users,
             first_user_id: 100_000,

@@ -82,7 +82,11 @@ pub async fn history_database(
         *template = Some((url, seeded));
     }
     let (template_url, seeded) = template.clone().unwrap_or_default();
-    let template_db = template_url.rsplit('/').next().unwrap_or_default().to_owned();
+    let template_db = template_url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let copy = ficus_testkit::unique_name(name, '_', 48, "db");
     let admin = sqlx::PgPool::connect(&pg.database_url("postgres"))
         .await
@@ -91,9 +95,9 @@ pub async fn history_database(
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         r#"CREATE DATABASE "{copy}" TEMPLATE "{template_db}""#
     )))
-        .execute(&admin)
-        .await
-        .map_err(|e| HarnessError::setup("history database", e))?;
+    .execute(&admin)
+    .await
+    .map_err(|e| HarnessError::setup("history database", e))?;
     admin.close().await;
     Ok((pg.database_url(&copy), seeded))
 }
@@ -103,6 +107,10 @@ async fn seed(url: &str, spec: HistorySpec, key: &EncryptionKey) -> Result<Seede
     let store = PgStore::connect(url, 16)
         .await
         .map_err(|e| HarnessError::setup("seeding history", e))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| HarnessError::setup("applying the chat schema", e))?;
     let cipher = ContentCipher::new(key);
     let now = Utc::now();
     let users: Vec<UserId> = (0..spec.users as i32)
@@ -115,10 +123,7 @@ async fn seed(url: &str, spec: HistorySpec, key: &EncryptionKey) -> Result<Seede
             let created_at = now - ChronoDuration::days(i64::from(spec.days))
                 + ChronoDuration::hours(i64::from(r));
             let size = rng.random_range(2..=5);
-            let members: Vec<UserId> = users
-                .choose_multiple(&mut rng, size)
-                .copied()
-                .collect();
+            let members: Vec<UserId> = users.choose_multiple(&mut rng, size).copied().collect();
             let room = NewRoom {
                 id: RoomId(Uuid::new_v4()),
                 name: format!("history room {r}"),
@@ -188,10 +193,7 @@ async fn seed_room(
         last = at;
         if i % 7 == 0 {
             let who = members[i % members.len()];
-            store
-                .react(mid, who, "👍".into(), at)
-                .await
-                .map_err(err)?;
+            store.react(mid, who, "👍".into(), at).await.map_err(err)?;
             seeded.reactions += 1;
         }
     }

@@ -58,7 +58,10 @@ impl Record {
 
     /// When the run first reached `phase`.
     pub fn reached(&self, phase: Phase) -> Option<Duration> {
-        self.frames.iter().find(|f| f.phase == Some(phase)).map(|f| f.at)
+        self.frames
+            .iter()
+            .find(|f| f.phase == Some(phase))
+            .map(|f| f.at)
     }
 }
 
@@ -78,7 +81,10 @@ impl LiveStack {
     /// One frame now.
     pub async fn frame(&self, flow: Option<&Flow>, started: Instant) -> Frame {
         let m: Option<Migration> = self.migration().await;
-        let status = m.as_ref().and_then(|m| m.status.clone()).unwrap_or_default();
+        let status = m
+            .as_ref()
+            .and_then(|m| m.status.clone())
+            .unwrap_or_default();
         let drift_query = self
             .shipped_migration()
             .ok()
@@ -135,7 +141,8 @@ impl LiveStack {
             let mut f = self.frame(flow, started).await;
             f.at += base;
             let changed = record.frames.last().is_none_or(|l| {
-                (l.phase, l.step, l.traffic, &l.rollback) != (f.phase, f.step, f.traffic, &f.rollback)
+                (l.phase, l.step, l.traffic, &l.rollback)
+                    != (f.phase, f.step, f.traffic, &f.rollback)
             });
             if changed || last_print.elapsed() >= Duration::from_secs(5) {
                 println!("{}", line(&f));

@@ -166,7 +166,10 @@ mod tests {
         ] {
             let g = gate(None, Some(0.01), policy);
             assert_eq!(judge(&g, &Outcome::Values(vec![]), None).verdict, verdict);
-            assert_eq!(judge(&g, &Outcome::Values(vec![f64::NAN]), None).verdict, verdict);
+            assert_eq!(
+                judge(&g, &Outcome::Values(vec![f64::NAN]), None).verdict,
+                verdict
+            );
         }
     }
 

@@ -358,7 +358,10 @@ impl Machine<'_> {
             .as_ref()
             .map_or(i32::MAX, |a| a.failure_limit);
         let cause = if let Some(alert) = self.obs.firing_alerts.first() {
-            Some(("AlertFiring".to_string(), format!("alert {alert} is firing")))
+            Some((
+                "AlertFiring".to_string(),
+                format!("alert {alert} is firing"),
+            ))
         } else if self.status.consecutive_failures >= limit {
             let failing = self.failing_gates();
             Some((

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::*;
 use crate::crd::{
     AnalysisSpec, BackfillSpec, Cohorts, ConfigMapStore, CutoverSpec, DualWrite, FlagStores,
-    FlagValues, Gate, MigrationSpec, Percent, NoDataPolicy, PrometheusSpec, RollbackSpec, ShadowSpec, Side,
-    Workload,
+    FlagValues, Gate, MigrationSpec, NoDataPolicy, Percent, PrometheusSpec, RollbackSpec,
+    ShadowSpec, Side, Workload,
 };
 use Phase::*;
 use ficus_flags::FlagRead;
@@ -3159,11 +3159,26 @@ fn gates_on_a_cohort_without_users_are_skipped_so_a_healthy_migration_completes(
             seen_phases.push(sim.phase());
         }
     }
-    assert!(seen_phases.contains(&(Split, Some(4), 100)), "{seen_phases:?}");
-    assert!(seen_phases.contains(&(CutOver, None, 100)), "{seen_phases:?}");
+    assert!(
+        seen_phases.contains(&(Split, Some(4), 100)),
+        "{seen_phases:?}"
+    );
+    assert!(
+        seen_phases.contains(&(CutOver, None, 100)),
+        "{seen_phases:?}"
+    );
     let last = sim.status.last_analysis.clone().expect("evaluated");
-    let verdict = |name: &str| last.gates.iter().find(|g| g.name == name).map(|g| g.verdict);
-    assert_eq!(verdict("error-delta"), Some(Verdict::Skipped), "legacy has no users in CutOver");
+    let verdict = |name: &str| {
+        last.gates
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| g.verdict)
+    };
+    assert_eq!(
+        verdict("error-delta"),
+        Some(Verdict::Skipped),
+        "legacy has no users in CutOver"
+    );
     assert_eq!(verdict("new-errors"), Some(Verdict::Pass));
     assert_eq!(sim.status.healthy.as_deref(), Some("True"));
 }
@@ -3208,7 +3223,10 @@ fn alerts_only() -> MigrationSpec {
 fn unanswered_alert_polls_hold_the_bake_and_pause_instead_of_promoting() {
     let spec = alerts_only();
     let s = status_in(&spec, Split, Some(1));
-    assert_eq!(s.passing_since, None, "polled alerts need evidence like gates");
+    assert_eq!(
+        s.passing_since, None,
+        "polled alerts need evidence like gates"
+    );
     let unanswered = || Observations {
         analysis: Some(vec![]),
         alerts_unanswered: Some("Prometheus unreachable: connection refused".into()),
@@ -3218,7 +3236,11 @@ fn unanswered_alert_polls_hold_the_bake_and_pause_instead_of_promoting() {
     // The bake (1m) is long over by the third poll; inconclusiveLimit is 3.
     for secs in [60, 75] {
         sim.with(secs, unanswered());
-        assert_eq!(sim.phase(), (Split, Some(1), 10), "no promotion without evidence at +{secs}s");
+        assert_eq!(
+            sim.phase(),
+            (Split, Some(1), 10),
+            "no promotion without evidence at +{secs}s"
+        );
     }
     let d = sim.with(90, unanswered());
     assert_eq!(sim.status.phase, Paused);
@@ -3230,7 +3252,12 @@ fn unanswered_alert_polls_hold_the_bake_and_pause_instead_of_promoting() {
         .and_then(|r| r.alerts.clone())
         .expect("the poll is recorded");
     assert_eq!(alerts.verdict, Verdict::Inconclusive);
-    assert!(alerts.message.unwrap_or_default().contains("connection refused"));
+    assert!(
+        alerts
+            .message
+            .unwrap_or_default()
+            .contains("connection refused")
+    );
 
     // Answers again: resumes, bakes a full minute on answered polls, then promotes.
     let answered = || Observations {
@@ -3242,7 +3269,11 @@ fn unanswered_alert_polls_hold_the_bake_and_pause_instead_of_promoting() {
         assert_eq!(sim.phase(), (Split, Some(1), 10), "+{secs}s");
     }
     sim.with(180, answered());
-    assert_eq!(sim.phase(), (Split, Some(2), 25), "a minute of answered polls");
+    assert_eq!(
+        sim.phase(),
+        (Split, Some(2), 25),
+        "a minute of answered polls"
+    );
 }
 
 fn no_reverse(rollback_job: Option<crate::crd::RollbackJobSpec>) -> MigrationSpec {
@@ -3275,16 +3306,43 @@ fn automatic_rollback_from_cutover_is_refused_when_nothing_carries_the_writes_ba
     };
     // (observations, phase after, Degraded reason)
     let rows = [
-        (Observations { analysis: fail(), ..seen(&s) }, CutOver, "RollbackRefused"),
-        (Observations { firing_alerts: firing(), ..seen(&s) }, CutOver, "RollbackRefused"),
-        (Observations { commands: abort(), ..seen(&s) }, RollingBack, "AsExpected"),
+        (
+            Observations {
+                analysis: fail(),
+                ..seen(&s)
+            },
+            CutOver,
+            "RollbackRefused",
+        ),
+        (
+            Observations {
+                firing_alerts: firing(),
+                ..seen(&s)
+            },
+            CutOver,
+            "RollbackRefused",
+        ),
+        (
+            Observations {
+                commands: abort(),
+                ..seen(&s)
+            },
+            RollingBack,
+            "AsExpected",
+        ),
     ];
     for (obs, phase, degraded) in rows {
         let d = step(&spec, &s, &obs, at(15));
         assert_eq!(d.status.phase, phase, "{obs:?}");
         assert_eq!(condition(&d.status, DEGRADED).1, degraded);
         if phase == CutOver {
-            let message = &d.status.conditions.iter().find(|c| c.type_ == DEGRADED).expect("Degraded").message;
+            let message = &d
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == DEGRADED)
+                .expect("Degraded")
+                .message;
             assert!(
                 message.contains("reverseDualWrite is false") && message.contains("rollbackJob"),
                 "says why and what to do: {message}"
@@ -3297,8 +3355,19 @@ fn automatic_rollback_from_cutover_is_refused_when_nothing_carries_the_writes_ba
     }
     // With reverse dual-write the same failure rolls back as usual.
     let spec = gated();
-    let s = MigrationStatus { consecutive_failures: 1, ..status_in(&spec, CutOver, None) };
-    let d = step(&spec, &s, &Observations { analysis: fail(), ..seen(&s) }, at(15));
+    let s = MigrationStatus {
+        consecutive_failures: 1,
+        ..status_in(&spec, CutOver, None)
+    };
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            analysis: fail(),
+            ..seen(&s)
+        },
+        at(15),
+    );
     assert_eq!(d.status.phase, RollingBack);
 }
 
@@ -3311,10 +3380,19 @@ fn a_rollback_from_cutover_runs_the_rollback_job_before_it_is_rolled_back() {
         ..status_in(&spec, CutOver, None)
     };
     let mut sim = Simulation::from(spec, s);
-    sim.with(15, Observations { analysis: fail(), ..Observations::default() });
+    sim.with(
+        15,
+        Observations {
+            analysis: fail(),
+            ..Observations::default()
+        },
+    );
     assert_eq!(sim.status.phase, RollingBack);
     assert_eq!(sim.store.map(|f| f.values), Some(fl::rollback()));
-    let job = |state: JobState| Observations { rollback_job: Some(state), ..Observations::default() };
+    let job = |state: JobState| Observations {
+        rollback_job: Some(state),
+        ..Observations::default()
+    };
     // (at, job, phase, job to create, Degraded reason)
     #[rustfmt::skip]
     let rows: [(i64, Option<JobState>, Phase, Option<&str>, &str); 5] = [
@@ -3330,7 +3408,10 @@ fn a_rollback_from_cutover_runs_the_rollback_job_before_it_is_rolled_back() {
         assert_eq!(d.create_rollback_job.as_deref(), create, "{state:?}");
         assert_eq!(condition(&d.status, DEGRADED).1, degraded, "{state:?}");
         if phase == RollingBack && state.is_some() {
-            assert!(d.requeue_after >= Duration::from_secs(2), "no hot loop on a running Job");
+            assert!(
+                d.requeue_after >= Duration::from_secs(2),
+                "no hot loop on a running Job"
+            );
         }
     }
 }
@@ -3346,7 +3427,10 @@ fn deleting_in_cutover_keeps_the_system_that_holds_every_write_primary() {
         (true, Completed, true),
     ] {
         let spec = MigrationSpec {
-            cutover: CutoverSpec { reverse_dual_write: reverse, ..CutoverSpec::default() },
+            cutover: CutoverSpec {
+                reverse_dual_write: reverse,
+                ..CutoverSpec::default()
+            },
             ..spec()
         };
         let step_ = (phase == Split).then_some(1);
@@ -3377,15 +3461,26 @@ fn rolling_back_against_a_failing_flag_store_backs_off() {
     };
     // The store still holds the Split flags: the rollback flags cannot be written.
     let throttled = Observations {
-        problems: vec![Problem::new("FlagStoreUnavailable", "SSM: ThrottlingException")],
+        problems: vec![Problem::new(
+            "FlagStoreUnavailable",
+            "SSM: ThrottlingException",
+        )],
         flags: applied(GEN, fl::split(10)).into(),
         ..seen(&s)
     };
     let d = step(&spec, &s, &throttled, at(0));
     assert_eq!(d.status.phase, RollingBack);
-    assert!(d.requeue_after >= Duration::from_secs(2), "{:?}", d.requeue_after);
+    assert!(
+        d.requeue_after >= Duration::from_secs(2),
+        "{:?}",
+        d.requeue_after
+    );
     let later = step(&spec, &d.status, &throttled, at(60));
-    assert_eq!(later.requeue_after, Duration::from_secs(60), "grows with the problem's age");
+    assert_eq!(
+        later.requeue_after,
+        Duration::from_secs(60),
+        "grows with the problem's age"
+    );
 }
 
 #[test]
@@ -3408,23 +3503,52 @@ fn dual_write_start_and_cut_over_are_recorded_and_a_retry_forgets_them() {
         .map(|t| t.time);
     assert_eq!(sim.status.dual_write_started_at, shadow_entry);
     assert_eq!(sim.status.cut_over_at, sim.status.phase_started_at);
-    sim.with(secs + 1, Observations { commands: abort(), ..Observations::default() });
+    sim.with(
+        secs + 1,
+        Observations {
+            commands: abort(),
+            ..Observations::default()
+        },
+    );
     sim.at(secs + 2);
     assert_eq!(sim.status.phase, RolledBack);
-    sim.with(secs + 3, Observations { commands: retry(), ..Observations::default() });
-    assert_eq!((sim.status.dual_write_started_at, sim.status.cut_over_at), (None, None));
+    sim.with(
+        secs + 3,
+        Observations {
+            commands: retry(),
+            ..Observations::default()
+        },
+    );
+    assert_eq!(
+        (sim.status.dual_write_started_at, sim.status.cut_over_at),
+        (None, None)
+    );
 }
 
 #[test]
 fn job_names_fit_a_label_value_whatever_the_service_name() {
     let service = "s".repeat(63);
-    let spec = MigrationSpec { service: service.clone(), ..with_validation(spec()) };
+    let spec = MigrationSpec {
+        service: service.clone(),
+        ..with_validation(spec())
+    };
     let s = status_in(&spec, Backfill, None);
     let d = step(&spec, &s, &seen(&s), at(1));
     let name = d.create_backfill_job.expect("a backfill Job");
     assert!(name.len() <= 63 && name.ends_with("-backfill-1"), "{name}");
-    let s = MigrationStatus { backfill_job: Some(name), ..d.status };
-    let d = step(&spec, &s, &Observations { backfill: Some(JobState::Succeeded), ..seen(&s) }, at(2));
+    let s = MigrationStatus {
+        backfill_job: Some(name),
+        ..d.status
+    };
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            backfill: Some(JobState::Succeeded),
+            ..seen(&s)
+        },
+        at(2),
+    );
     let name = d.create_validate_job.expect("a validation Job");
     assert!(name.len() <= 63 && name.ends_with("-validate-1"), "{name}");
 }
