@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
-# The local demo: builds (or reuses) the control plane binaries and the operator, then runs a
-# migration from Pending to Completed on a real kube-apiserver.
+# The live demo: the shipped Migration (examples/chat-postgres-to-scylla.yaml, durations scaled
+# down) moves a chat service with history and live users from PostgreSQL to the CQL store, then
+# a fault scenario rolls a second run back automatically. Arguments pick the scenarios:
+#   ./scripts/demo.sh                      clean, then errors
+#   ./scripts/demo.sh latency abort-from-cutover
+# Scenarios: clean, errors, latency, abort-from-cutover, chat-sigkill (docs/live.md).
+# The first run installs and builds everything (cached outside the repo) and says what it does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh demo
+step() { printf '\n==> %s\n' "$*" >&2; }
+step "installing what the live stack runs (PostgreSQL, NATS, Prometheus, Alertmanager, Cassandra jars): skipped when present"
+bash scripts/install-deps.sh
+step "building etcd, kube-apiserver and kubectl from their Go modules (cached in ~/.cache/ficus)"
 bash scripts/build-control-plane.sh control-plane
-cargo build -q -p ficus-operator -p ficus-e2e --bins
-exec target/debug/ficus-demo
+step "building Toxiproxy from its Go module (cached)"
+bash scripts/build-toxiproxy.sh
+step "building chat-service, ficus-operator and the live harness (cargo prints each crate; the first build takes several minutes)"
+cargo build -p chat-service -p ficus-operator -p ficus-e2e --bins
+step "running the live scenarios"
+exec target/debug/ficus-live "$@"

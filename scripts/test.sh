@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/build-control-plane.sh
+bash scripts/build-toxiproxy.sh
 cargo test --workspace --all-targets "$@"

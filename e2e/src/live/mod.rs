@@ -20,6 +20,7 @@
 //! the file's.
 
 pub mod jobs;
+pub mod scenarios;
 pub mod seed;
 pub mod watch;
 

@@ -1,0 +1,301 @@
+//! The live scenarios, shared by the tests (`e2e/tests/live.rs`, which assert on the
+//! [`Outcome`]), the demo (`ficus-live`) and `bench-live`. Each starts its own stack, runs the
+//! shipped Migration under the user flow, injects its fault, and reports what happened.
+
+use std::time::{Duration, Instant};
+
+use chat_service::flow::{FlowReport, Ledger, verify};
+use ficus_operator::crd::Phase;
+use ficus_testkit::HarnessError;
+use ficus_testkit::toxiproxy::Toxic;
+
+use super::watch::{Frame, Record};
+use super::{LiveOptions, LiveStack};
+
+/// The flow every scenario runs: calls per second over all users.
+pub const RATE: f64 = 40.0;
+pub const USERS: u32 = 24;
+/// Long enough for every phase with the scaled durations on a slow machine.
+pub const WHOLE_RUN: Duration = Duration::from_secs(420);
+
+/// The scenarios by name (`cargo test -p ficus-e2e --test live -- <name>`, `ficus-live <name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// No fault: Completed, nothing lost, drift 0 in every phase.
+    Clean,
+    /// The new store goes away mid-Split (Toxiproxy takes the proxy down).
+    Errors,
+    /// The new store gets slow (150 ms on every CQL chunk).
+    Latency,
+    /// `ficus.dev/abort` in CutOver, after writes made with the new store primary.
+    AbortFromCutover,
+    /// chat-service instance 1 SIGKILLed in Split and again in CutOver.
+    ChatSigkill,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Clean,
+        Scenario::Errors,
+        Scenario::Latency,
+        Scenario::AbortFromCutover,
+        Scenario::ChatSigkill,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Clean => "clean",
+            Scenario::Errors => "errors",
+            Scenario::Latency => "latency",
+            Scenario::AbortFromCutover => "abort-from-cutover",
+            Scenario::ChatSigkill => "chat-sigkill",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What a scenario saw.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub record: Record,
+    pub flow: FlowReport,
+    pub ledger: Ledger,
+    /// Acknowledged writes the API no longer shows.
+    pub lost: usize,
+    /// Whether the Migration ended (Completed or RolledBack) in time.
+    pub ended: bool,
+    /// Seconds into the run when the fault was injected, and when the flags were safe again.
+    pub fault_at: Option<Duration>,
+    pub safe_at: Option<Duration>,
+    /// Errors of the flow after the rollback (legacy alone serving).
+    pub errors_after_rollback: Option<u64>,
+    /// Whether the outbox drained to 0 after the fault was removed.
+    pub outbox_drained: Option<bool>,
+    pub last_rollback: Option<String>,
+}
+
+impl Outcome {
+    pub fn last_phase(&self) -> Option<Phase> {
+        self.record.phases().last().copied()
+    }
+
+    /// The figures, one block.
+    pub fn print(&self) {
+        let flow = &self.flow;
+        let ledger = &self.ledger;
+        println!("--- live scenario {} ---", self.scenario.name());
+        println!("phases reached: {:?}", self.record.phases());
+        println!(
+            "max drift per phase: {:?}",
+            self.record.max_drift_by_phase()
+        );
+        println!(
+            "calls {} ok {} errors {} (5xx {}), by code {:?}, p50 {:.1} ms p99 {:.1} ms",
+            flow.ok() + flow.errors(),
+            flow.ok(),
+            flow.errors(),
+            flow.server_errors(),
+            flow.errors_by_code(),
+            flow.percentile_ms(50.0),
+            flow.percentile_ms(99.0)
+        );
+        println!(
+            "writes acknowledged {} (messages {}, rooms {}, reactions {}, read marks {}, leaves {}), lost {}",
+            ledger.writes(),
+            ledger.messages.len(),
+            ledger.rooms.len(),
+            ledger.reactions.len(),
+            ledger.read.values().map(|r| r.len()).sum::<usize>(),
+            ledger.left.len(),
+            self.lost
+        );
+        if let (Some(fault), Some(safe)) = (self.fault_at, self.safe_at) {
+            println!(
+                "fault at {:.1}s, flags safe at {:.1}s: {:.1}s from fault to safe flags",
+                fault.as_secs_f64(),
+                safe.as_secs_f64(),
+                safe.saturating_sub(fault).as_secs_f64()
+            );
+        }
+        if let Some(r) = &self.last_rollback {
+            println!("rollback: {r}");
+        }
+    }
+}
+
+fn ended(f: &Frame) -> bool {
+    matches!(f.phase, Some(Phase::Completed | Phase::RolledBack))
+}
+
+/// Every acknowledged write, checked through instance 0's API (what it serves from now).
+async fn lost_writes(stack: &LiveStack, ledger: &Ledger) -> Result<usize, HarnessError> {
+    let missing = verify(ledger, &stack.chat_client(0))
+        .await
+        .map_err(|e| HarnessError::setup("checking the acknowledged writes", e))?;
+    if !missing.is_empty() {
+        println!(
+            "missing: {} messages (first {:?}), {} memberships {:?}, {} read markers",
+            missing.messages.len(),
+            missing.messages.first(),
+            missing.memberships.len(),
+            missing.memberships.first(),
+            missing.read_markers.len()
+        );
+    }
+    Ok(missing.total())
+}
+
+/// Waits for the safe flags (legacy primary, nobody on new); how long it took.
+async fn wait_safe_flags(stack: &LiveStack, since: Instant, timeout: Duration) -> Option<Duration> {
+    while since.elapsed() < timeout {
+        let flags = stack.flags().await;
+        if flags.get("write_primary").map(String::as_str) == Some("legacy")
+            && flags.get("read_split_percent").map(String::as_str) == Some("0")
+        {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Runs `scenario` on a fresh stack.
+pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
+    let mut stack = LiveStack::start(LiveOptions::new(scenario.name())).await?;
+    println!(
+        "history: {} rooms, {} messages, {} reactions, {} read markers; {} chat-service instances",
+        stack.seeded.rooms,
+        stack.seeded.messages,
+        stack.seeded.reactions,
+        stack.seeded.read_markers,
+        stack.chats.len()
+    );
+    let flow = stack.start_flow(USERS, RATE);
+    let mut record = Record::default();
+    stack.apply_migration().await?;
+    let mut outcome_fault = None;
+    let mut safe_at = None;
+    let mut errors_after = None;
+    let mut drained = None;
+    let phase_reached = |phase: Phase| move |f: &Frame| f.phase == Some(phase) || ended(f);
+    match scenario {
+        Scenario::Clean => {}
+        Scenario::Errors | Scenario::Latency => {
+            stack
+                .follow(
+                    Some(&flow),
+                    &mut record,
+                    WHOLE_RUN,
+                    phase_reached(Phase::Split),
+                )
+                .await;
+            if record.phases().last() == Some(&Phase::Split) {
+                let fault_at = record.frames.last().map(|f| f.at);
+                let fault = Instant::now();
+                if scenario == Scenario::Errors {
+                    stack.cql_proxy.set_enabled(false)?;
+                    println!(">>> fault: the CQL store goes away (proxy down)");
+                } else {
+                    stack.cql_proxy.add(
+                        "slow",
+                        &Toxic::Latency {
+                            latency_ms: 150,
+                            jitter_ms: 20,
+                        },
+                    )?;
+                    println!(">>> fault: the CQL store gets slow (+150 ms per chunk)");
+                }
+                let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
+                outcome_fault = fault_at;
+                safe_at = fault_at.zip(took).map(|(a, b)| a + b);
+                stack
+                    .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
+                    .await;
+                let before = flow.report().errors();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                errors_after = Some(flow.report().errors() - before);
+                if scenario == Scenario::Errors {
+                    stack.cql_proxy.set_enabled(true)?;
+                } else {
+                    stack.cql_proxy.remove("slow")?;
+                }
+                drained = Some(
+                    stack
+                        .prometheus
+                        .wait_for(
+                            "max(chat_retry_queue_size)",
+                            Duration::from_secs(120),
+                            |s| s.first().filter(|s| s.value == 0.0).map(|_| ()),
+                        )
+                        .await
+                        .is_ok(),
+                );
+            }
+        }
+        Scenario::AbortFromCutover => {
+            stack
+                .follow(
+                    Some(&flow),
+                    &mut record,
+                    WHOLE_RUN,
+                    phase_reached(Phase::CutOver),
+                )
+                .await;
+            if record.phases().last() == Some(&Phase::CutOver) {
+                // Writes while the new store is primary.
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                let fault_at = record.frames.last().map(|f| f.at + Duration::from_secs(4));
+                let fault = Instant::now();
+                stack.annotate("abort").await?;
+                println!(">>> abort in CutOver");
+                let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
+                outcome_fault = fault_at;
+                safe_at = fault_at.zip(took).map(|(a, b)| a + b);
+            }
+        }
+        Scenario::ChatSigkill => {
+            for phase in [Phase::Split, Phase::CutOver] {
+                stack
+                    .follow(Some(&flow), &mut record, WHOLE_RUN, phase_reached(phase))
+                    .await;
+                if record.phases().last() != Some(&phase) {
+                    break;
+                }
+                stack.chats[1].server.stop();
+                println!(">>> chat-service instance 1 SIGKILLed in {phase}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                stack.chats[1].server.restart()?;
+            }
+        }
+    }
+    let done = stack
+        .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
+        .await;
+    let (ledger, flow_report) = flow.stop().await;
+    let lost = lost_writes(&stack, &ledger).await?;
+    let last_rollback = stack
+        .migration()
+        .await
+        .and_then(|m| m.status)
+        .and_then(|s| s.last_rollback)
+        .map(|r| format!("{}: {}", r.reason, r.message));
+    let outcome = Outcome {
+        scenario,
+        record,
+        flow: flow_report,
+        ledger,
+        lost,
+        ended: done,
+        fault_at: outcome_fault,
+        safe_at,
+        errors_after_rollback: errors_after,
+        outbox_drained: drained,
+        last_rollback,
+    };
+    outcome.print();
+    Ok(outcome)
+}
