@@ -62,8 +62,9 @@ base_uris="$(apt-get download --print-uris "${BASE_PACKAGES[@]}" 2>/dev/null | a
 [[ -n "$base_uris" ]] || die "apt cannot resolve ${BASE_PACKAGES[*]} (run apt-get update)"
 key="$( { cat Dockerfile; sha256sum "${bins[@]}" | awk '{print $1}'; echo "$base_uris"; } | sha256sum | cut -c1-16)"
 archive="$OUT/ficus-images-$key.tar"
-operator_ref="ficus.local/ficus-operator:$key"
-chat_ref="ficus.local/chat-service:$key"
+# A tag of digits only would be read as a number by `helm --set`: prefix it.
+operator_ref="ficus.local/ficus-operator:dev-$key"
+chat_ref="ficus.local/chat-service:dev-$key"
 
 started_dockerd=
 cleanup() {
