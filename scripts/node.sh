@@ -369,7 +369,7 @@ stop() {
   kill_proc kube-proxy
   for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do kill_proc "$name"; done
   # Pod volumes and container root filesystems: deepest mounts first.
-  grep -F " $DIR/" /proc/self/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -F " $DIR/" /proc/self/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   remove_kube_chains
   iptables -D FORWARD -j FICUS-NODE 2>/dev/null || true
   iptables -F FICUS-NODE 2>/dev/null || true
