@@ -339,7 +339,7 @@ remove_kube_chains() {
   for cmd in iptables ip6tables; do
     command -v "$cmd" >/dev/null || continue
     for table in filter nat mangle; do
-      "$cmd" -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j KUBE-' | grep -vE '^-A KUBE-' | while read -r rule; do
+      { "$cmd" -t "$table" -S 2>/dev/null || true; } | awk '$1 == "-A" && $2 !~ /^KUBE-/ && / -j KUBE-/' | while read -r rule; do
         eval "$cmd -t $table ${rule/-A/-D}" 2>/dev/null || true
       done
       for chain in $("$cmd" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
@@ -360,7 +360,7 @@ stop() {
   # Shims outlive containerd; this node's are the ones started with its socket as -address.
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $SOCK "; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "-address $SOCK "; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
   done
   if [[ -x "$BIN/kube-proxy-$KUBE_VERSION" ]] && alive kube-proxy; then
     kill_proc kube-proxy
