@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test control plane (kube-apiserver + etcd, and a matching kubectl) and helm from their Go modules and
 # caches the binaries under ~/.cache/ficus/bin, keyed by version. Idempotent: a cached binary is reused.
+# `node` adds what a single-node cluster needs on top (scripts/node.sh): kubelet, kube-scheduler,
+# kube-controller-manager and kube-proxy from the same module, and the sandbox ("pause") image
+# built from the pause.c that ships inside it (no registry is needed to start a pod).
 #
 # kube-apiserver lives in k8s.io/kubernetes, whose go.mod points every k8s.io/* staging module at
 # a local path. A throwaway module pins each of those to the matching v0.x release instead.
@@ -31,20 +34,23 @@ build_etcd() {
   log "etcd ready: $out"
 }
 
-# Whether binary $1 (kube-apiserver or kubectl, $2) reports the release it was built as.
+# Whether binary $1 (a Kubernetes command, $2) reports the release it was built as.
 stamped() {
   local out
   case "$2" in
-    kube-apiserver) out="$("$1" --version 2>/dev/null)" ;;
     kubectl) out="$("$1" version --client 2>/dev/null)" ;;
+    *) out="$("$1" --version 2>/dev/null)" ;;
   esac
   [[ "$out" == *"$KUBE_VERSION"* ]]
 }
 
-# kube-apiserver and kubectl of the same release, from one throwaway module.
+# Commands of k8s.io/kubernetes ($@, default kube-apiserver and kubectl) of one release, from one
+# throwaway module.
 build_kube() {
+  local bins=("$@")
+  [[ ${#bins[@]} -gt 0 ]] || bins=(kube-apiserver kubectl)
   local want=()
-  for bin in kube-apiserver kubectl; do
+  for bin in "${bins[@]}"; do
     # A binary without the version stamp (an earlier build of this script) reports v0.0.0, which
     # breaks version checks such as a chart's kubeVersion: build it again.
     if [[ -x "$BIN/$bin-$KUBE_VERSION" ]] && stamped "$BIN/$bin-$KUBE_VERSION" "$bin"; then
@@ -56,7 +62,7 @@ build_kube() {
   [[ ${#want[@]} -gt 0 ]] || return 0
   local work; work="$(mktemp -d)"
   local staging="v0.${KUBE_VERSION#v1.}"
-  log "building ${want[*]} $KUBE_VERSION (first time only; about 5 minutes)"
+  log "building ${want[*]} $KUBE_VERSION (first time only; about 5 minutes per command)"
   (
     cd "$work"
     go mod init ficus.dev/kube-build >/dev/null 2>&1
@@ -71,7 +77,11 @@ build_kube() {
       for m in $mods; do echo "  $m => $m $staging"; done
       echo ")"
     } >>go.mod
-    printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' >tools.go
+    {
+      printf 'package tools\n\nimport (\n'
+      for bin in "${want[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$bin"; done
+      printf ')\n'
+    } >tools.go
     go mod tidy >/dev/null 2>&1 || go mod tidy
     # The version stamps the Kubernetes release build sets (hack/lib/version.sh).
     local major minor ldflags="-s -w"
@@ -112,11 +122,35 @@ build_helm() {
   log "helm ready: $out"
 }
 
+# The sandbox image every pod starts with, as an image archive for `ctr images import`. The
+# kubelet asks for registry.k8s.io/pause:<tag>; no registry is reachable from the tests, so it is
+# built from build/pause/linux/pause.c of the k8s.io/kubernetes module (static, FROM scratch).
+PAUSE_TAG="${FICUS_PAUSE_TAG:-3.10.1}"
+build_pause() {
+  local out="$CACHE/images/pause-$PAUSE_TAG.tar"
+  if [[ -f "$out" ]]; then log "pause $PAUSE_TAG cached at $out"; return; fi
+  mkdir -p "$CACHE/images"
+  local work; work="$(mktemp -d)"
+  local src
+  src="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')"
+  mkdir -p "$work/rootfs"
+  gcc -Os -static -DVERSION="$PAUSE_TAG" -o "$work/rootfs/pause" "$src/build/pause/linux/pause.c"
+  strip "$work/rootfs/pause"
+  python3 "$(dirname "$0")/oci-archive.py" --rootfs "$work/rootfs" --entrypoint /pause --user 65535:65535 \
+    --name "registry.k8s.io/pause:$PAUSE_TAG" --out "$out.tmp"
+  mv "$out.tmp" "$out"
+  rm -rf "$work"
+  log "pause image ready: $out"
+}
+
+NODE_BINS=(kubelet kube-scheduler kube-controller-manager kube-proxy)
+
 case "${1:-all}" in
+  node) build_kube "${NODE_BINS[@]}"; build_pause ;;
   etcd) build_etcd ;;
   kube) build_kube ;;
   helm) build_helm ;;
   control-plane) build_etcd; build_kube ;;
   all) build_etcd; build_kube; build_helm ;;
-  *) echo "usage: $0 [all|control-plane|etcd|kube|helm]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|control-plane|etcd|kube|helm|node]" >&2; exit 2 ;;
 esac

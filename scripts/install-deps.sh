@@ -2,14 +2,26 @@
 # What the tests and the demo need beyond Rust, installed once and cached outside the repo.
 #   install-deps.sh          everything (the test command)
 #   install-deps.sh demo     only what the demo needs (Go, to build the control plane)
+#   install-deps.sh node     only what the single-node cluster needs (scripts/node.sh, build-images.sh)
 # Debian packages: Go (builds the control plane), Prometheus and Alertmanager (gate and alert
 # tests), PostgreSQL and NATS (chat-service tests). moto's server from PyPI (AWS tests) and
-# Cassandra's jars from Maven Central (CQL store tests). Each step is skipped when done.
+# Cassandra's jars from Maven Central (CQL store tests). The node (scripts/node.sh) runs pods with
+# containerd, runc and the CNI plugins, kube-proxy programs iptables (conntrack cleans up UDP),
+# and scripts/build-images.sh builds the images with Docker. Each step is skipped when done.
 set -euo pipefail
 only="${1:-all}"
 
 need=()
 command -v go >/dev/null || need+=(golang-go)
+if [[ "$only" == all || "$only" == node ]]; then
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+  command -v iptables >/dev/null || need+=(iptables)
+  command -v conntrack >/dev/null || need+=(conntrack)
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v gcc >/dev/null || need+=(gcc libc6-dev)  # the pause image
+fi
 if [[ "$only" == all ]]; then
   command -v prometheus >/dev/null || need+=(prometheus)
   command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)

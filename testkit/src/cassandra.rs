@@ -18,7 +18,7 @@
 
 use std::{
     env, fs, io,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
@@ -32,7 +32,7 @@ use tempfile::TempDir;
 use crate::{
     HarnessError,
     dirs::{cache_dir, temp_dir},
-    ports::{free_ports, loopback},
+    ports::free_ports,
     process::locate_binary,
     server::{Server, impl_test_server},
     shared::{shared, unique_name},
@@ -138,9 +138,17 @@ impl Cassandra {
         shared(&SHARED, Self::start)
     }
 
+    fn start() -> Result<Self, HarnessError> {
+        Self::start_on(Ipv4Addr::LOCALHOST)
+    }
+
+    /// A private node listening on `host` (not shared; dropping it kills the JVM), e.g. an
+    /// address pods reach. Clients learn the node's address from `system.local`, so it must
+    /// listen where they connect: a port forward would send them back to loopback.
+    ///
     /// Writes the config to a fresh temp dir, starts the JVM and blocks until a CQL session
     /// reads `release_version` from `system.local`.
-    fn start() -> Result<Self, HarnessError> {
+    pub fn start_on(host: Ipv4Addr) -> Result<Self, HarnessError> {
         crate::init();
         let java = locate_binary(COMPONENT, "FICUS_JAVA", "java")?;
         let (version, lib) = lib_dir()?;
@@ -148,10 +156,10 @@ impl Cassandra {
         let dir = temp_dir()?;
         let path = |name: &str| dir.path().join(name);
         let [storage_port, native_port] = free_ports()?;
-        let addr = loopback(native_port);
+        let addr = SocketAddr::from((host, native_port));
 
         let yaml = path("cassandra.yaml");
-        fs::write(&yaml, cassandra_yaml(dir.path(), storage_port, native_port))
+        fs::write(&yaml, cassandra_yaml(dir.path(), host, storage_port, native_port))
             .map_err(HarnessError::io("writing", &yaml))?;
         let logback = path("logback.xml");
         fs::write(&logback, LOGBACK_XML).map_err(HarnessError::io("writing", &logback))?;
@@ -301,7 +309,7 @@ fn lib_dir() -> Result<(String, PathBuf), HarnessError> {
 }
 
 /// A minimal single-node `cassandra.yaml` for 5.0 with everything under `dir`.
-fn cassandra_yaml(dir: &Path, storage_port: u16, native_port: u16) -> String {
+fn cassandra_yaml(dir: &Path, host: Ipv4Addr, storage_port: u16, native_port: u16) -> String {
     let dir = dir.display();
     format!(
         r#"cluster_name: ficus-e2e
@@ -311,9 +319,9 @@ partitioner: org.apache.cassandra.dht.Murmur3Partitioner
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "127.0.0.1:{storage_port}"
-listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
+      - seeds: "{host}:{storage_port}"
+listen_address: {host}
+rpc_address: {host}
 storage_port: {storage_port}
 native_transport_port: {native_port}
 start_native_transport: true

@@ -31,6 +31,7 @@ mod http;
 pub mod kubectl;
 pub mod moto;
 pub mod nats;
+pub mod node;
 mod ports;
 pub mod postgres;
 mod process;
