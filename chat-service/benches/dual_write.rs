@@ -26,7 +26,7 @@ fn main() {
     support::run(bench(Load::from_env()));
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Setting {
     PrimaryOnly,
     Router(DualWrite),
@@ -88,10 +88,22 @@ async fn bench(load: Load) {
         let config = support::config(legacy_url.clone(), store, flags, max_connections);
         let server = Server::start(config, load.concurrency).await;
         let report = server.send_messages(load).await;
-        // Let async secondary writes finish before counting.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Async secondary writes may still be running: count once the new store has caught up
+        // with legacy, or has stopped growing for a second (a write lost or refused), whichever
+        // comes first. The table reports what is there.
         let in_legacy = support::stored_messages(&legacy_url).await;
-        let in_new = support::stored_messages(&new_url).await;
+        let mut in_new = support::stored_messages(&new_url).await;
+        if setting != Setting::PrimaryOnly {
+            let mut last_growth = std::time::Instant::now();
+            while in_new < in_legacy && last_growth.elapsed() < Duration::from_secs(1) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let now = support::stored_messages(&new_url).await;
+                if now > in_new {
+                    last_growth = std::time::Instant::now();
+                }
+                in_new = now;
+            }
+        }
         server.stop().await;
         rows.push((setting, report, in_legacy, in_new));
     }

@@ -217,6 +217,23 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
         acked.len()
     );
 
+    // What the crash cut off: messages legacy committed whose new-store write is still only an
+    // outbox record (nothing runs on these databases now). Without any, this run would not
+    // exercise the replay it claims to.
+    let legacy = PgPool::connect(&legacy_url).await.expect("legacy pool");
+    let new = PgPool::connect(&new_url).await.expect("new pool");
+    let cut_off = recorded_for(&legacy, "new").await;
+    let depth_after_kill = outbox_depth(&legacy).await;
+    assert!(
+        !cut_off.is_empty(),
+        "the kill cut no write off (outbox depth {depth_after_kill}): nothing for the replay to do"
+    );
+    let new_before = all_message_ids(&new).await;
+    assert!(
+        cut_off.iter().all(|id| !new_before.contains(id)),
+        "the outbox holds only writes the new store lacks"
+    );
+
     // Restart on the same databases; the replayer makes the secondary writes the crash cut off.
     let mut child = service.spawn(2);
     service.wait_ready(&mut child, 2).await;
@@ -226,9 +243,6 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
         .expect("send after the restart");
     acked.push(after.0);
 
-    let legacy = PgPool::connect(&legacy_url).await.expect("legacy pool");
-    let new = PgPool::connect(&new_url).await.expect("new pool");
-    let depth_after_restart = outbox_depth(&legacy).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     while outbox_depth(&legacy).await > 0 {
         assert!(
@@ -244,8 +258,9 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
     let missing_legacy: Vec<&Uuid> = acked.iter().filter(|id| !in_legacy.contains(id)).collect();
     let missing_new: Vec<&Uuid> = acked.iter().filter(|id| !in_new.contains(id)).collect();
     println!(
-        "{} acknowledged, {failed} failed calls (killed mid-burst); outbox after restart {depth_after_restart}, drained {:.1}s after; legacy {} / new {} messages",
+        "{} acknowledged, {failed} failed calls (killed mid-burst); {} cut off by the kill (outbox depth {depth_after_kill}), drained {:.1}s after; legacy {} / new {} messages",
         acked.len(),
+        cut_off.len(),
         drained_in.elapsed().as_secs_f64(),
         in_legacy.len(),
         in_new.len()
@@ -257,6 +272,11 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
     assert!(
         missing_new.is_empty(),
         "acknowledged messages missing from the new store: {missing_new:?}"
+    );
+    let not_replayed: Vec<&Uuid> = cut_off.iter().filter(|id| !in_new.contains(id)).collect();
+    assert!(
+        not_replayed.is_empty(),
+        "writes cut off by the kill never replayed to the new store: {not_replayed:?}"
     );
     // Every message legacy committed (acknowledged or in flight at the kill) reaches the new
     // store too: its outbox row commits with the legacy write.
@@ -370,9 +390,15 @@ async fn burst(client: &Arc<ChatClient>, room: RoomId, n: usize) -> Vec<Uuid> {
 
 /// Message ids the outbox of `pool`'s database holds for legacy.
 async fn recorded_for_legacy(pool: &PgPool) -> HashSet<Uuid> {
+    recorded_for(pool, "legacy").await
+}
+
+/// Message ids the outbox of `pool`'s database holds for `target` (`legacy` or `new`).
+async fn recorded_for(pool: &PgPool, target: &str) -> HashSet<Uuid> {
     sqlx::query_scalar::<sqlx::Postgres, String>(
-        "select payload->>'id' from outbox where target = 'legacy' and op = 'insert_message'",
+        "select payload->>'id' from outbox where target = $1 and op = 'insert_message'",
     )
+    .bind(target)
     .fetch_all(pool)
     .await
     .expect("outbox")

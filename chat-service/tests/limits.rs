@@ -135,9 +135,31 @@ async fn a_request_over_the_deadline_is_deadline_exceeded_and_shutdown_waits_for
     let room_id = chat_service::ids::RoomId(room.parse().expect("uuid"));
     let in_flight =
         tokio::spawn(async move { client.send_message(UserId(1), room_id, "in flight").await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // In flight = its insert waits on the room lock in PostgreSQL.
+    let waiting = std::time::Instant::now();
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("pg_stat_activity");
+        if blocked > 0 {
+            break;
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(10), "the request never reached the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let base_url = svc.base_url.clone();
     let stopping = tokio::spawn(svc.stop());
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Shutdown has begun once the listener refuses new connections; the request in flight
+    // still holds it open.
+    let addr = base_url.trim_start_matches("http://").to_owned();
+    let waiting = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(waiting.elapsed() < Duration::from_secs(10), "shutdown never began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         !stopping.is_finished(),
         "shutdown waits for the request in flight"

@@ -1,30 +1,40 @@
-//! The evidence an operator acts on, staged for tests and benchmarks: a test [`Exporter`] with
-//! the chat service's drift metric, a real Prometheus scraping it every second (optionally with
-//! the drift alert rule), and optionally a real Alertmanager that posts to an operator webhook.
+//! Synthetic evidence for tests and benchmarks of the operator alone: a test [`Exporter`] whose
+//! values the test sets, a real Prometheus scraping it every second (optionally with a
+//! synthetic alert rule), and optionally a real Alertmanager that posts to an operator webhook.
+//!
+//! Nothing here comes from chat-service. [`DRIFT`] is a stand-in gauge, not a metric
+//! chat-service exports (chat-service counts `chat_shadow_reads_total` and
+//! `chat_shadow_read_mismatches_total`), and [`RULES`] is not the shipped rule (the chart's
+//! `ChatDataInconsistency` is a rate ratio with `for: 2m`). That is deliberate: a value the test
+//! sets and an alert that fires on the next evaluation isolate what the operator does with
+//! evidence from how the evidence is produced. The shipped gate queries and alert rules are
+//! checked against a real chat-service router that served traffic in `e2e/tests/shipped_gates.rs`.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use ficus_testkit::{
-    Alertmanager, Exporter, HarnessError, Prometheus, PrometheusConfig, free_addr,
-};
+use ficus_testkit::{Alertmanager, Exporter, HarnessError, Prometheus, PrometheusConfig};
 
-/// The drift metric the chat service exports (and the gates and the alert rule read).
-pub const DRIFT: &str = "chat_shadow_drift_ratio";
+/// A synthetic drift gauge the test sets directly (see the module docs: chat-service has no
+/// such metric).
+pub const DRIFT: &str = "ficus_test_drift_ratio";
 /// Drift well inside the gate (`max 0.01`) and below the alert threshold.
 pub const HEALTHY_DRIFT: f64 = 0.001;
 /// Bearer token Alertmanager sends to the operator's webhook.
 pub const WEBHOOK_TOKEN: &str = "s3cret-webhook-token";
-/// The alert [`RULES`] defines.
+/// The alert [`RULES`] defines (named like the shipped alert so a Migration's `onAlerts`
+/// reads the same).
 pub const ALERT: &str = "ChatDataInconsistency";
 
-/// Alerting rule shaped like the shipped example: drift above 1 % for the chat service.
+/// A synthetic alerting rule on [`DRIFT`]: fires on the first evaluation above 1 % (`for: 0s`),
+/// so the time an alert takes to reach the operator is not dominated by the rule's own wait.
+/// Not the shipped rule.
 pub const RULES: &str = r#"
 groups:
   - name: chat
     rules:
       - alert: ChatDataInconsistency
-        expr: max(chat_shadow_drift_ratio) > 0.01
+        expr: max(ficus_test_drift_ratio) > 0.01
         for: 0s
         labels: { service: chat, severity: critical }
 "#;
@@ -45,13 +55,22 @@ pub struct Evidence {
     pub exporter: Exporter,
     pub prometheus: Prometheus,
     pub alertmanager: Option<Alertmanager>,
-    /// A free port reserved for the operator's HTTP server (metrics, webhook).
+    /// Where the operator's HTTP server (metrics, webhook) serves: the address of
+    /// [`operator_listener`](Self::operator_listener).
     pub operator_addr: SocketAddr,
+    /// Bound before Alertmanager learns the address, and held until the operator takes it
+    /// ([`Operator::start_with`](crate::operator::Operator::start_with)), so no other process
+    /// can take the port in between.
+    pub operator_listener: Option<TcpListener>,
 }
 
 impl Evidence {
     pub async fn start(options: EvidenceOptions) -> Result<Self, HarnessError> {
-        let operator_addr = free_addr()?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(HarnessError::io("binding the operator's port on", "127.0.0.1"))?;
+        let operator_addr = listener
+            .local_addr()
+            .map_err(HarnessError::io("reading the address of", "the operator's listener"))?;
         let alertmanager = if options.alertmanager {
             let webhook = format!("http://{operator_addr}/webhook/alertmanager");
             Some(Alertmanager::start(&webhook, WEBHOOK_TOKEN)?)
@@ -70,6 +89,7 @@ impl Evidence {
             prometheus,
             alertmanager,
             operator_addr,
+            operator_listener: Some(listener),
         };
         evidence.set_drift(HEALTHY_DRIFT);
         evidence
@@ -83,7 +103,7 @@ impl Evidence {
         Ok(evidence)
     }
 
-    /// Sets the chat service's drift ratio (NaN allowed).
+    /// Sets the synthetic drift ratio (NaN allowed).
     pub fn set_drift(&self, ratio: f64) {
         self.exporter.set(DRIFT, &[("service", "chat")], ratio);
     }

@@ -1,6 +1,6 @@
 //! Running the Ficus operator against the test control plane, and waiting on what it does.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ficus_operator::crd::Migration;
@@ -38,6 +38,8 @@ pub fn install_crds(cp: &ControlPlane) -> Result<(), HarnessError> {
 pub struct Operator {
     task: Option<JoinHandle<()>>,
     pub identity: String,
+    /// Why `run()` returned early, if it did.
+    stopped: Arc<Mutex<Option<String>>>,
 }
 
 impl Operator {
@@ -56,20 +58,50 @@ impl Operator {
             webhook_token: None,
             aws: Default::default(),
         };
-        Self::start_with(client, config)
+        Self::spawn(client, config, None)
+
     }
 
-    /// With a full configuration, e.g. an HTTP address and webhook token.
-    pub fn start_with(client: Client, config: Config) -> Self {
+    /// With a full configuration, e.g. a webhook token. `config.http_addr` is ignored: the
+    /// HTTP endpoint, if any, serves on `listener`, bound by the caller beforehand so no other
+    /// process can take its port in between (see [`Evidence`](crate::evidence::Evidence)).
+    pub fn start_with(
+        client: Client,
+        config: Config,
+        listener: Option<std::net::TcpListener>,
+    ) -> Result<Self, std::io::Error> {
+        let listener = listener
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .transpose()?;
+        Ok(Self::spawn(client, config, listener))
+    }
+
+    fn spawn(client: Client, config: Config, listener: Option<tokio::net::TcpListener>) -> Self {
         let identity = config.identity.clone();
+        let stopped = Arc::new(Mutex::new(None));
+        let record = stopped.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = ficus_operator::run::run(client, config, std::future::pending()).await {
+            let run = ficus_operator::run::run_on(client, config, listener, std::future::pending());
+            if let Err(e) = run.await {
                 tracing::error!(error = %e, "operator stopped");
+                *record.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
             }
         });
         Self {
             task: Some(task),
             identity,
+            stopped,
+        }
+    }
+
+    /// Panics if the operator's `run()` returned an error: a test waiting on the operator
+    /// should fail with that error at once, not with a timeout a minute later.
+    pub fn assert_running(&self) {
+        if let Some(e) = self.stopped.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            panic!("operator {} stopped: {e}", self.identity);
         }
     }
 
@@ -86,13 +118,16 @@ impl Drop for Operator {
     }
 }
 
-/// Leader election with a short lease for tests.
+/// Leader election with a lease short enough for a test to wait out a failover (~15 s), and
+/// long enough that a leader on a loaded 2-core machine renews in time: the leader renews every
+/// `duration - grace` = 10 s and has 5 s to get the renewal through before a standby may take
+/// the lease (3 s with 1 s of grace lost the lease under load and let two replicas act).
 pub fn short_lease(namespace: &str) -> LeaderConfig {
     LeaderConfig {
         namespace: namespace.into(),
         lease_name: "ficus-operator-leader".into(),
-        duration_secs: 3,
-        grace_secs: 1,
+        duration_secs: 15,
+        grace_secs: 5,
     }
 }
 

@@ -429,6 +429,11 @@ async fn missing_clusters_and_services_are_degraded_while_other_migrations_keep_
         .set_names(Some(names))
         .send()
         .await?;
+    // Nobody touches the Migration: the operator finds the store missing its flags and writes
+    // the current step's again.
+    aws.await_parameter("/c/", "traffic-split-percent", "10")
+        .await?;
+    // And it keeps going from there.
     promote(&api, "healthy").await?;
     wait_for(&api, "healthy", LONG, "step 2", |m| step(m) == Some(2)).await;
     aws.await_parameter("/c/", "traffic-split-percent", "50")

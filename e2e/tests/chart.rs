@@ -378,15 +378,14 @@ async fn the_operator_runs_a_whole_migration_with_only_the_charts_rbac() -> anyh
             identity: identity.into(),
             leader: Some(LeaderConfig {
                 namespace: release_ns.clone(),
-                lease_name: "ficus-operator-leader".into(),
-                duration_secs: 3,
-                grace_secs: 1,
+                ..ficus_e2e::operator::short_lease(&release_ns)
             }),
             http_addr: None,
             webhook_token: None,
             aws: Default::default(),
         },
-    );
+        None,
+    )?;
 
     let api: Api<Migration> = Api::namespaced(admin.clone(), &ns);
     let migration: Migration = serde_json::from_value(json!({

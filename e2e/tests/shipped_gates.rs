@@ -123,6 +123,47 @@ impl Stack {
         names
     }
 
+    /// Every chat-service series the shipped rules, gate queries and dashboard select exists
+    /// with every label they match on, and every exact label value they name: an empty result
+    /// passes a gate or silences an alert, so a misspelled metric, label or value would
+    /// otherwise go unnoticed. Needs traffic on both cohorts (Split 50 %).
+    async fn every_selector_has_samples(&self) {
+        let root = ficus_testkit::repo_root();
+        let chart = ficus_testkit::helm::chart_dir();
+        let mut texts = vec![
+            std::fs::read_to_string(chart.join("files/chat-alerts.rules.yml")).expect("rules"),
+            std::fs::read_to_string(chart.join("files/chat-migration-dashboard.json"))
+                .expect("dashboard")
+                .replace("\\\"", "\""),
+        ];
+        let example = std::fs::read_to_string(root.join("examples/chat-postgres-to-scylla.yaml"))
+            .expect("the example");
+        texts.push(example);
+        let mut selectors: Vec<(String, Vec<(String, String, String)>)> = texts
+            .iter()
+            .flat_map(|t| chat_selectors(t))
+            .collect();
+        selectors.sort();
+        selectors.dedup();
+        assert!(selectors.len() >= 8, "the scan finds the selectors: {selectors:?}");
+        for (name, matchers) in selectors {
+            let series = self.prometheus.query(&name).await.expect("a query");
+            assert!(!series.is_empty(), "no samples of {name} (a shipped query selects it)");
+            for (label, op, value) in matchers {
+                assert!(
+                    series.iter().any(|s| s.labels.contains_key(&label)),
+                    "no series of {name} has label {label}: {series:?}"
+                );
+                if op == "=" && !value.is_empty() {
+                    assert!(
+                        series.iter().any(|s| s.labels.get(&label) == Some(&value)),
+                        "no series of {name} has {label}=\"{value}\": {series:?}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Traffic until `alert` fires; fails after a minute.
     async fn until_firing(&self, alert: &str) {
         let start = Instant::now();
@@ -135,6 +176,40 @@ impl Stack {
             self.traffic(2).await;
         }
     }
+}
+
+/// The `chat_*` selectors in `text`: metric name and `(label, operator, value)` matchers.
+fn chat_selectors(text: &str) -> Vec<(String, Vec<(String, String, String)>)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("chat_") {
+        let preceded = rest[..at].chars().next_back().is_some_and(is_name);
+        let tail = &rest[at..];
+        let end = tail.find(|c| !is_name(c)).unwrap_or(tail.len());
+        let name = &tail[..end];
+        rest = &tail[end..];
+        // `chat_` inside a longer word (`test_chat_x`), or a file name (`chat-alerts`) is no
+        // metric; a trailing `_` is a prefix in prose.
+        if preceded || name.ends_with('_') || rest.starts_with('.') {
+            continue;
+        }
+        let mut matchers = Vec::new();
+        if let Some(body) = rest.strip_prefix('{') {
+            let close = body.find('}').unwrap_or(body.len());
+            for m in body[..close].split(',').filter(|m| !m.trim().is_empty()) {
+                let op_at = m.find(['=', '!']).unwrap_or(m.len());
+                let label = m[..op_at].trim().to_owned();
+                let after = &m[op_at..];
+                let op_len = after.find('"').unwrap_or(after.len());
+                let op = after[..op_len].trim().to_owned();
+                let value = after[op_len..].trim().trim_matches('"').to_owned();
+                matchers.push((label, op, value));
+            }
+        }
+        found.push((name.to_owned(), matchers));
+    }
+    found
 }
 
 fn verdict(results: &[GateResult], name: &str) -> Verdict {
@@ -216,7 +291,9 @@ async fn stack() -> Option<Stack> {
         targets: vec![addr.to_string()],
         rules: Some(shipped_rules()),
         alertmanager: None,
-        ..Default::default()
+        // As the chart's scrape config would label the pods of the example's namespace (the
+        // example's appliedGenerationQuery selects on it).
+        labels: [("namespace".to_owned(), "chat".to_owned())].into(),
     }) {
         Ok(p) => p,
         Err(e) => {
@@ -293,6 +370,7 @@ async fn healthy_then_regressions(judge_drift: bool) {
         Vec::<String>::new(),
         "no shipped alert fires on healthy traffic"
     );
+    s.every_selector_has_samples().await;
 
     // CutOver: the new system primary, legacy kept in sync; one cohort (new) again.
     write_flags(&s.flags, 3, "new", 100, 100);

@@ -56,20 +56,40 @@ pub enum RunError {
     },
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves, serving HTTP on `config.http_addr` if set.
 pub async fn run(
     client: Client,
     config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let listener = match config.http_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Http { addr, source })?,
+        ),
+        None => None,
+    };
+    run_on(client, config, listener, shutdown).await
+}
+
+/// [`run`] with the HTTP endpoint on a listener the caller already bound (`config.http_addr` is
+/// ignored): no window in which another process can take the port.
+pub async fn run_on(
+    client: Client,
+    config: Config,
+    listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     // The endpoint lives exactly as long as this function, also when its future is dropped.
     let mut _http = None;
-    if let Some(addr) = config.http_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Http { addr, source })?;
+    if let Some(listener) = listener {
+        let addr = listener.local_addr().map_err(|source| RunError::Http {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let webhook = config
             .webhook_token
             .clone()
