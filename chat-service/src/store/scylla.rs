@@ -754,6 +754,12 @@ impl CqlStore {
     ) -> StoreResult<HistoryPage> {
         let mut cursor = match before {
             None => None,
+            // Not a timeuuid: it can key no message here (CQL would reject the comparison).
+            Some(c) if c.0.get_version_num() != 1 => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "`before` {c} is not a message id: message ids are time-based UUIDs (version 1)"
+                )));
+            }
             Some(c) => {
                 // The cursor must be a message of this room; a deleted one still marks a position.
                 if self.read_message(room, c).await?.is_none() {
