@@ -6,7 +6,7 @@
 
 mod common;
 
-use chat_service::backfill::{self, BackfillConfig};
+use chat_service::backfill::{self, BackfillConfig, BackfillError, MigrationId};
 use chat_service::ids::{MessageId, MessageIdGenerator, RoomId, UserId};
 use chat_service::metrics::Metrics;
 use chat_service::store::postgres::PgStore;
@@ -485,4 +485,133 @@ async fn validate_detects_injected_drift_and_fails() {
     );
     assert!(String::from_utf8_lossy(&failed.stdout).contains("verdict: FAIL"));
     assert_eq!(exit("0.5").status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkpoints_belong_to_their_migration() {
+    let env = ficus_e2e::skip_or_fail!(setup("backfill_per_migration").await);
+    populate(&env.pg).await;
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
+    let metrics = Metrics::default();
+    let start = now();
+    let migration = |attempt: u32| BackfillConfig {
+        migration_id: Some(MigrationId {
+            namespace: "chat".into(),
+            name: "chat-to-scylla".into(),
+            attempt,
+        }),
+        ..config(start)
+    };
+    let first = backfill::run(&env.pg, Some(&cql), &migration(1), &metrics)
+        .await
+        .expect("attempt 1");
+    assert!(
+        first.complete() && first.rooms == u64::from(ROOMS),
+        "{first}"
+    );
+
+    // Another attempt (or a later Migration) copies everything again instead of skipping the
+    // ranges attempt 1 completed.
+    let second = backfill::run(&env.pg, Some(&cql), &migration(2), &metrics)
+        .await
+        .expect("attempt 2");
+    assert_eq!(
+        (second.ranges_already_done, second.ranges_done, second.rooms),
+        (0, RANGES as usize, u64::from(ROOMS)),
+        "{second}"
+    );
+    let keys: Vec<(String, i64)> = sqlx::query_as(
+        "select migration_id, count(*) from backfill_checkpoint where completed_at is not null group by 1 order by 1",
+    )
+    .fetch_all(env.pg.pool())
+    .await
+    .expect("checkpoints");
+    assert_eq!(
+        keys,
+        [
+            ("chat/chat-to-scylla/1".to_owned(), i64::from(RANGES)),
+            ("chat/chat-to-scylla/2".to_owned(), i64::from(RANGES)),
+        ]
+    );
+
+    // Resuming a migration with another dual-write start is refused: its stamps would differ.
+    let moved = BackfillConfig {
+        dual_write_started_at: Some(start + chrono::Duration::minutes(5)),
+        ..migration(2)
+    };
+    match backfill::run(&env.pg, Some(&cql), &moved, &metrics).await {
+        Err(BackfillError::DualWriteStartChanged { recorded, .. }) => assert_eq!(recorded, start),
+        other => panic!("expected DualWriteStartChanged, got {other:?}"),
+    }
+}
+
+/// `chat-service migrate` as the operator's Job runs it: the dual-write start and the migration
+/// id come from FICUS_DUAL_WRITE_STARTED_AT and FICUS_MIGRATION_ID; without a dual-write start it
+/// refuses to run, with exit code 2 and a message saying what to set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_takes_its_inputs_from_the_operator_environment() {
+    let env = ficus_e2e::skip_or_fail!(setup("backfill_env").await);
+    populate(&env.pg).await;
+    let run = |vars: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"));
+        command
+            .args(["migrate", "--ranges", &RANGES.to_string()])
+            .args(["--database-url", &env.database_url])
+            .args(["--cql-contact-points", &env.contact_point])
+            .args(["--cql-keyspace", &env.keyspace, "--cql-consistency", "ONE"])
+            .env_remove("FICUS_DUAL_WRITE_STARTED_AT")
+            .env_remove("FICUS_MIGRATION_ID")
+            .env_remove("CHAT_DUAL_WRITE_STARTED_AT");
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output().expect("run chat-service")
+    };
+    let refused = run(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--dual-write-started-at")
+            && stderr.contains("FICUS_DUAL_WRITE_STARTED_AT"),
+        "{stderr}"
+    );
+    let bad = run(&[("FICUS_DUAL_WRITE_STARTED_AT", "yesterday")]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("FICUS_DUAL_WRITE_STARTED_AT \"yesterday\"")
+    );
+    let no_room: i64 = sqlx::query_scalar("select count(*) from backfill_checkpoint")
+        .fetch_one(env.pg.pool())
+        .await
+        .expect("checkpoints");
+    assert_eq!(no_room, 0, "a refused run writes nothing");
+
+    let ok = run(&[
+        ("FICUS_DUAL_WRITE_STARTED_AT", "2030-01-31T12:00:00Z"),
+        ("FICUS_MIGRATION_ID", "chat/chat-to-scylla/3"),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let rows: Vec<(String, chrono::DateTime<chrono::Utc>, bool)> = sqlx::query_as(
+        "select distinct migration_id, dual_write_started_at, completed_at is not null from backfill_checkpoint",
+    )
+    .fetch_all(env.pg.pool())
+    .await
+    .expect("checkpoints");
+    assert_eq!(
+        rows,
+        [(
+            "chat/chat-to-scylla/3".to_owned(),
+            "2030-01-31T12:00:00Z".parse().expect("time"),
+            true
+        )]
+    );
 }
