@@ -16,8 +16,9 @@
 //! * **Never overwrites newer data.** Every CQL write is `USING TIMESTAMP (dual-write start - 1µs)`:
 //!   anything the live dual write wrote (stamped later) wins over the backfill's copy, whatever
 //!   order they arrive in.
-//! * **Not copied:** unread counters (a counter cannot carry a write timestamp, and is not
-//!   idempotent), reactions and read markers.
+//! * **What is copied**, per room: messages, reactions, read markers (and each member's newest
+//!   read message), unread counters (set to legacy's count by adding the difference: a counter
+//!   takes no write timestamp), then the memberships and the room itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -32,7 +33,10 @@ use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::postgres::{PgStore, classify};
-use crate::store::scylla::{BackfillMember, BackfillMessage, BackfillRoom, CqlBackfill};
+use crate::store::scylla::{
+    BackfillMember, BackfillMessage, BackfillReaction, BackfillReadMarker, BackfillRoom,
+    CqlBackfill,
+};
 
 /// Rooms read per query within a range.
 const ROOM_CHUNK: i64 = 100;
@@ -326,6 +330,9 @@ pub struct BackfillReport {
     /// Copied by this run.
     pub rooms: u64,
     pub messages: u64,
+    /// Reactions and read markers copied by this run (of timeuuid messages only).
+    pub reactions: u64,
+    pub read_markers: u64,
     /// Messages whose id is not a timeuuid (cannot be keyed in CQL), not copied.
     pub skipped_messages: Vec<MessageId>,
     pub elapsed: Duration,
@@ -366,6 +373,11 @@ impl fmt::Display for BackfillReport {
             self.messages,
             self.total_messages,
             self.messages as f64 / secs
+        )?;
+        writeln!(
+            f,
+            "  reactions copied {}, read markers copied {}",
+            self.reactions, self.read_markers
         )?;
         if !self.skipped_messages.is_empty() {
             writeln!(
@@ -472,6 +484,8 @@ struct Run<'a> {
     ranges_done: AtomicUsize,
     rooms: AtomicU64,
     messages: AtomicU64,
+    reactions: AtomicU64,
+    read_markers: AtomicU64,
     skipped: Mutex<Vec<MessageId>>,
     throttle: Option<Throttle>,
 }
@@ -635,9 +649,136 @@ impl Run<'_> {
                 break;
             }
         }
+        self.reactions(room.id).await?;
+        self.read_markers(room.id).await?;
+        self.unread_counters(room.id).await?;
+        // Last: `room_details` makes the room exist for the new store's readers.
         self.cql.write_room(&room, last.as_ref(), self.ts).await?;
         Ok(copied)
     }
+
+    /// Copies the reactions to the room's messages, in keyset-paginated chunks.
+    async fn reactions(&self, room: RoomId) -> Result<(), BackfillError> {
+        let mut after: Option<(Uuid, i32, String)> = None;
+        loop {
+            let rows = sqlx::query_as::<_, (Uuid, i32, String, DateTime<Utc>)>(
+                "select r.message_id, r.user_id, r.reaction, r.created_at
+                   from room_message_reaction r join room_message m on m.id = r.message_id
+                  where m.room_id = $1 and ($2::uuid is null or (r.message_id, r.user_id, r.reaction) > ($2, $3, $4))
+                  order by r.message_id, r.user_id, r.reaction limit $5",
+            )
+            .bind(room)
+            .bind(after.as_ref().map(|a| a.0))
+            .bind(after.as_ref().map(|a| a.1))
+            .bind(after.as_ref().map(|a| a.2.clone()))
+            .bind(i64::from(self.config.chunk.max(1)))
+            .fetch_all(self.pg.pool())
+            .await
+            .map_err(classify)?;
+            let n = rows.len();
+            after = rows.last().map(|(m, u, r, _)| (*m, *u, r.clone()));
+            let reactions: Vec<BackfillReaction> = rows
+                .into_iter()
+                .map(|(m, u, reaction, created_at)| BackfillReaction {
+                    message_id: MessageId(m),
+                    user_id: UserId(u),
+                    reaction,
+                    created_at,
+                })
+                .collect();
+            self.cql.write_reactions(&reactions, self.ts).await?;
+            self.reactions.fetch_add(n as u64, Ordering::Relaxed);
+            if n < self.config.chunk.max(1) as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Copies the room's read markers (by reader, in chunks), then each member's newest read
+    /// message.
+    async fn read_markers(&self, room: RoomId) -> Result<(), BackfillError> {
+        let pool = self.pg.pool();
+        let mut after: Option<(i32, Uuid)> = None;
+        loop {
+            let rows = sqlx::query_as::<_, (i32, Uuid, DateTime<Utc>)>(
+                "select r.user_id, r.message_id, r.read_at
+                   from room_message_read r join room_message m on m.id = r.message_id
+                  where m.room_id = $1 and ($2::int4 is null or (r.user_id, r.message_id) > ($2, $3))
+                  order by r.user_id, r.message_id limit $4",
+            )
+            .bind(room)
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
+            .bind(i64::from(self.config.chunk.max(1)))
+            .fetch_all(pool)
+            .await
+            .map_err(classify)?;
+            let n = rows.len();
+            after = rows.last().map(|(u, m, _)| (*u, *m));
+            let markers: Vec<BackfillReadMarker> = rows
+                .into_iter()
+                .map(|(u, m, read_at)| BackfillReadMarker {
+                    message_id: MessageId(m),
+                    user_id: UserId(u),
+                    read_at,
+                })
+                .collect();
+            self.cql.write_read_markers(room, &markers, self.ts).await?;
+            self.read_markers.fetch_add(n as u64, Ordering::Relaxed);
+            if n < self.config.chunk.max(1) as usize {
+                break;
+            }
+        }
+        let newest = sqlx::query_as::<_, (i32, Uuid)>(
+            "select distinct on (r.user_id) r.user_id, m.id
+               from room_message_read r join room_message m on m.id = r.message_id
+              where m.room_id = $1
+              order by r.user_id, m.created_at desc, m.id desc",
+        )
+        .bind(room)
+        .fetch_all(pool)
+        .await
+        .map_err(classify)?;
+        for (user, message) in newest {
+            self.cql
+                .write_last_read(room, UserId(user), MessageId(message))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets each current member's unread counter to legacy's count: the messages of others,
+    /// sent since the member joined, not deleted and not read. A counter takes no write
+    /// timestamp and can only be added to, so the difference to what the new store counts now
+    /// (the live dual write's increments) is added; a re-run adds nothing. A message or read
+    /// marker that lands between the two reads can leave one member's counter one off.
+    async fn unread_counters(&self, room: RoomId) -> Result<(), BackfillError> {
+        let legacy = sqlx::query_as::<_, (i32, i64)>(
+            "select rm.user_id, (select count(*) from room_message m
+                                  where m.room_id = rm.room_id and m.sender_id <> rm.user_id
+                                    and m.deleted_at is null and m.created_at >= rm.joined_at
+                                    and not exists (select 1 from room_message_read r
+                                                     where r.message_id = m.id and r.user_id = rm.user_id))
+               from room_member rm where rm.room_id = $1 and rm.removed_at is null",
+        )
+        .bind(room)
+        .fetch_all(self.pg.pool())
+        .await
+        .map_err(classify)?;
+        for (user, unread) in legacy {
+            let user = UserId(user);
+            let delta = unread_delta(unread, self.cql.unread(room, user).await?);
+            if delta != 0 {
+                self.cql.add_unread(room, user, delta).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to add to a counter holding `current` so it holds `legacy`.
+fn unread_delta(legacy: i64, current: i64) -> i64 {
+    legacy.saturating_sub(current)
 }
 
 /// Runs the backfill (or, with `dry_run`, counts what it would copy). Applies the PostgreSQL
@@ -734,6 +875,8 @@ pub async fn run(
         ranges_done: AtomicUsize::new(0),
         rooms: AtomicU64::new(0),
         messages: AtomicU64::new(0),
+        reactions: AtomicU64::new(0),
+        read_markers: AtomicU64::new(0),
         skipped: Mutex::new(vec![]),
         throttle: config.throttle.filter(|t| *t > 0).map(|t| Throttle {
             start: Instant::now(),
@@ -776,6 +919,8 @@ pub async fn run(
     report.ranges_done = run.ranges_done.load(Ordering::SeqCst);
     report.rooms = run.rooms.load(Ordering::SeqCst);
     report.messages = run.messages.load(Ordering::SeqCst);
+    report.reactions = run.reactions.load(Ordering::SeqCst);
+    report.read_markers = run.read_markers.load(Ordering::SeqCst);
     report.skipped_messages =
         std::mem::take(&mut *run.skipped.lock().unwrap_or_else(|e| e.into_inner()));
     report.elapsed = started.elapsed();
@@ -960,5 +1105,14 @@ mod tests {
             Some("dual-write:2025-01-31T12:00:00Z".into())
         );
         assert_eq!(checkpoint_key(None, None), None);
+    }
+
+    #[test]
+    fn unread_counters_move_to_the_legacy_count() {
+        // (legacy, counter now, delta)
+        for (legacy, current, delta) in [(5, 0, 5), (5, 2, 3), (5, 5, 0), (1, 3, -2), (0, 0, 0)] {
+            assert_eq!(unread_delta(legacy, current), delta, "{legacy} {current}");
+            assert_eq!(current + unread_delta(legacy, current), legacy);
+        }
     }
 }
