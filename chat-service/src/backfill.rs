@@ -10,11 +10,15 @@
 //! * **Resumable.** Progress is checkpointed per range in PostgreSQL (`backfill_checkpoint`):
 //!   after each room, the last room copied. A killed run resumes after it; completed ranges are
 //!   skipped. Re-copying a room is harmless (every write is an idempotent upsert by key).
+//!   Checkpoints belong to one migration ([`checkpoint_key`]: the Migration's id, which the
+//!   operator passes as `FICUS_MIGRATION_ID`), so a later Migration copies everything again
+//!   instead of skipping the ranges an earlier one completed.
 //! * **Never overwrites newer data.** Every CQL write is `USING TIMESTAMP (dual-write start - 1µs)`:
 //!   anything the live dual write wrote (stamped later) wins over the backfill's copy, whatever
 //!   order they arrive in.
-//! * **Not copied:** unread counters (a counter cannot carry a write timestamp, and is not
-//!   idempotent), reactions and read markers.
+//! * **What is copied**, per room: messages, reactions, read markers (and each member's newest
+//!   read message), unread counters (set to legacy's count by adding the difference: a counter
+//!   takes no write timestamp), then the memberships and the room itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -29,7 +33,10 @@ use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::postgres::{PgStore, classify};
-use crate::store::scylla::{BackfillMember, BackfillMessage, BackfillRoom, CqlBackfill};
+use crate::store::scylla::{
+    BackfillMember, BackfillMessage, BackfillReaction, BackfillReadMarker, BackfillRoom,
+    CqlBackfill,
+};
 
 /// Rooms read per query within a range.
 const ROOM_CHUNK: i64 = 100;
@@ -113,6 +120,8 @@ pub struct BackfillConfig {
     pub throttle: Option<u32>,
     /// When the live dual write started; the backfill stamps its writes just before it.
     pub dual_write_started_at: Option<DateTime<Utc>>,
+    /// The migration the checkpoints belong to (see [`checkpoint_key`]).
+    pub migration_id: Option<MigrationId>,
     /// Stop after this many ranges were taken up in this run (tests, partial runs).
     pub max_ranges: Option<usize>,
     /// Messages per read.
@@ -130,6 +139,7 @@ impl Default for BackfillConfig {
             dry_run: false,
             throttle: None,
             dual_write_started_at: None,
+            migration_id: None,
             max_ranges: None,
             chunk: 500,
             progress_every: None,
@@ -137,12 +147,165 @@ impl Default for BackfillConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BackfillError {
+/// `FICUS_DUAL_WRITE_STARTED_AT`: when the operator started the dual write (RFC 3339).
+pub const ENV_DUAL_WRITE_STARTED_AT: &str = "FICUS_DUAL_WRITE_STARTED_AT";
+/// `FICUS_MIGRATION_ID`: `<namespace>/<name>/<attempt>` of the Migration the Job belongs to.
+pub const ENV_MIGRATION_ID: &str = "FICUS_MIGRATION_ID";
+
+/// A Migration attempt, `<namespace>/<name>/<attempt>` (as the operator names it in
+/// `FICUS_MIGRATION_ID`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationId {
+    pub namespace: String,
+    pub name: String,
+    pub attempt: u32,
+}
+
+impl MigrationId {
+    pub fn parse(text: &str) -> Result<MigrationId, String> {
+        let bad =
+            || format!("{text:?} is not <namespace>/<name>/<attempt> (e.g. chat/chat-to-scylla/1)");
+        let parts: Vec<&str> = text.trim().split('/').collect();
+        let [namespace, name, attempt] = parts.as_slice() else {
+            return Err(bad());
+        };
+        if namespace.is_empty() || name.is_empty() {
+            return Err(bad());
+        }
+        Ok(MigrationId {
+            namespace: (*namespace).to_owned(),
+            name: (*name).to_owned(),
+            attempt: attempt.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl fmt::Display for MigrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.name, self.attempt)
+    }
+}
+
+/// The key of a run's checkpoints: the migration id; without one, the dual-write start (a
+/// later migration has a later one), so checkpoints never carry over from one migration to
+/// the next. `None` (a dry run without either): no checkpoint is read.
+pub fn checkpoint_key(
+    migration: Option<&MigrationId>,
+    dual_write_started_at: Option<DateTime<Utc>>,
+) -> Option<String> {
+    match (migration, dual_write_started_at) {
+        (Some(m), _) => Some(m.to_string()),
+        (None, Some(t)) => Some(format!(
+            "dual-write:{}",
+            t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        )),
+        (None, None) => None,
+    }
+}
+
+/// Where an input came from, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag(&'static str),
+    Env(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag(name) => write!(f, "--{name}"),
+            Source::Env(name) => f.write_str(name),
+        }
+    }
+}
+
+/// The backfill's inputs from its flags, else the environment the operator sets on its Jobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackfillInputs {
+    pub dual_write_started_at: Option<DateTime<Utc>>,
+    pub migration_id: Option<MigrationId>,
+}
+
+impl BackfillInputs {
+    /// A flag wins over its environment variable; without `dry_run` a dual-write start is
+    /// required. Empty values count as unset.
+    pub fn resolve(
+        dual_write_started_at: Option<String>,
+        migration_id: Option<String>,
+        dry_run: bool,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<BackfillInputs, InputError> {
+        let pick = |flag: Option<String>, flag_name: &'static str, env_name: &'static str| {
+            flag.filter(|v| !v.trim().is_empty())
+                .map(|v| (v, Source::Flag(flag_name)))
+                .or_else(|| {
+                    env(env_name)
+                        .filter(|v| !v.trim().is_empty())
+                        .map(|v| (v, Source::Env(env_name)))
+                })
+        };
+        let start = pick(
+            dual_write_started_at,
+            "dual-write-started-at",
+            ENV_DUAL_WRITE_STARTED_AT,
+        )
+        .map(|(v, source)| {
+            DateTime::parse_from_rfc3339(v.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| InputError::BadDualWriteStart {
+                    origin: source,
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .transpose()?;
+        if start.is_none() && !dry_run {
+            return Err(InputError::MissingDualWriteStart);
+        }
+        let migration_id = pick(migration_id, "migration-id", ENV_MIGRATION_ID)
+            .map(|(v, source)| {
+                MigrationId::parse(&v).map_err(|reason| InputError::BadMigrationId {
+                    origin: source,
+                    reason,
+                })
+            })
+            .transpose()?;
+        Ok(BackfillInputs {
+            dual_write_started_at: start,
+            migration_id,
+        })
+    }
+}
+
+/// The backfill was started with inputs it cannot run with; nothing was read or written.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
     #[error(
-        "--dual-write-started-at is required unless --dry-run (RFC 3339, e.g. 2025-01-31T12:00:00Z): the backfill stamps its writes just before it"
+        "no dual-write start: pass --dual-write-started-at or set FICUS_DUAL_WRITE_STARTED_AT (RFC 3339, e.g. 2025-01-31T12:00:00Z, when the dual write began; the Ficus operator sets it on its backfill Jobs). The backfill stamps every write just before it, so a live dual-written row always wins"
     )]
     MissingDualWriteStart,
+    #[error("{origin} {value:?} is not an RFC 3339 time ({reason}), e.g. 2025-01-31T12:00:00Z")]
+    BadDualWriteStart {
+        origin: Source,
+        value: String,
+        reason: String,
+    },
+    #[error("{origin}: {reason}")]
+    BadMigrationId { origin: Source, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(
+        "migration {migration:?} was backfilled with dual-write start {recorded}, this run has {given}: resume it with {recorded}, or start over with another --migration-id (a different stamp would let older copies win over live writes, or lose to stale ones)"
+    )]
+    DualWriteStartChanged {
+        migration: String,
+        recorded: DateTime<Utc>,
+        given: DateTime<Utc>,
+    },
     #[error("the backfill needs the new (CQL) store unless --dry-run")]
     MissingNewStore,
     #[error("{0}")]
@@ -167,6 +330,9 @@ pub struct BackfillReport {
     /// Copied by this run.
     pub rooms: u64,
     pub messages: u64,
+    /// Reactions and read markers copied by this run (of timeuuid messages only).
+    pub reactions: u64,
+    pub read_markers: u64,
     /// Messages whose id is not a timeuuid (cannot be keyed in CQL), not copied.
     pub skipped_messages: Vec<MessageId>,
     pub elapsed: Duration,
@@ -207,6 +373,11 @@ impl fmt::Display for BackfillReport {
             self.messages,
             self.total_messages,
             self.messages as f64 / secs
+        )?;
+        writeln!(
+            f,
+            "  reactions copied {}, read markers copied {}",
+            self.reactions, self.read_markers
         )?;
         if !self.skipped_messages.is_empty() {
             writeln!(
@@ -250,25 +421,34 @@ struct Checkpoint {
     last_room_id: Option<Uuid>,
     messages_done: u64,
     completed: bool,
+    dual_write_started_at: Option<DateTime<Utc>>,
 }
 
-async fn checkpoints(pg: &PgStore, ranges: u32) -> Result<HashMap<u32, Checkpoint>, StoreError> {
-    let rows = sqlx::query_as::<_, (i32, Option<Uuid>, i64, bool)>(
-        "select range_index, last_room_id, messages_done, completed_at is not null from backfill_checkpoint where range_count = $1",
+/// The checkpoints of migration `key` for `ranges` ranges.
+async fn checkpoints(
+    pg: &PgStore,
+    key: &str,
+    ranges: u32,
+) -> Result<HashMap<u32, Checkpoint>, StoreError> {
+    let rows = sqlx::query_as::<_, (i32, Option<Uuid>, i64, bool, Option<DateTime<Utc>>)>(
+        "select range_index, last_room_id, messages_done, completed_at is not null, dual_write_started_at
+           from backfill_checkpoint where migration_id = $1 and range_count = $2",
     )
+    .bind(key)
     .bind(ranges as i32)
     .fetch_all(pg.pool())
     .await
     .map_err(classify)?;
     Ok(rows
         .into_iter()
-        .map(|(r, last, m, c)| {
+        .map(|(r, last, m, c, start)| {
             (
                 r as u32,
                 Checkpoint {
                     last_room_id: last,
                     messages_done: m as u64,
                     completed: c,
+                    dual_write_started_at: start,
                 },
             )
         })
@@ -295,12 +475,17 @@ struct Run<'a> {
     cql: &'a CqlBackfill<'a>,
     config: &'a BackfillConfig,
     metrics: &'a Metrics,
+    /// The migration the checkpoints belong to.
+    key: String,
+    dual_write_start: DateTime<Utc>,
     ts: i64,
     queue: Mutex<VecDeque<(u32, Option<Uuid>)>>,
     taken: AtomicUsize,
     ranges_done: AtomicUsize,
     rooms: AtomicU64,
     messages: AtomicU64,
+    reactions: AtomicU64,
+    read_markers: AtomicU64,
     skipped: Mutex<Vec<MessageId>>,
     throttle: Option<Throttle>,
 }
@@ -313,7 +498,12 @@ impl Run<'_> {
             {
                 return Ok(());
             }
-            let Some((range, after)) = self.queue.lock().expect("queue").pop_front() else {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            let Some((range, after)) = next else {
                 return Ok(());
             };
             self.range(range, after).await?;
@@ -324,9 +514,11 @@ impl Run<'_> {
     async fn range(&self, range: u32, mut after: Option<Uuid>) -> Result<(), BackfillError> {
         let (lower, upper) = range_bounds(self.config.ranges, range);
         let pool = self.pg.pool();
-        sqlx::query("insert into backfill_checkpoint (range_count, range_index) values ($1, $2) on conflict do nothing")
+        sqlx::query("insert into backfill_checkpoint (migration_id, range_count, range_index, dual_write_started_at) values ($1, $2, $3, $4) on conflict do nothing")
+            .bind(&self.key)
             .bind(self.config.ranges as i32)
             .bind(range as i32)
+            .bind(self.dual_write_start)
             .execute(pool)
             .await
             .map_err(classify)?;
@@ -357,12 +549,13 @@ impl Run<'_> {
                     .await?;
                 sqlx::query(
                     "update backfill_checkpoint set last_room_id = $3, rooms_done = rooms_done + 1, messages_done = messages_done + $4, updated_at = now()
-                      where range_count = $1 and range_index = $2",
+                      where migration_id = $5 and range_count = $1 and range_index = $2",
                 )
                 .bind(self.config.ranges as i32)
                 .bind(range as i32)
                 .bind(id)
                 .bind(copied as i64)
+                .bind(&self.key)
                 .execute(pool)
                 .await
                 .map_err(classify)?;
@@ -373,9 +566,10 @@ impl Run<'_> {
                 break;
             }
         }
-        sqlx::query("update backfill_checkpoint set completed_at = now(), updated_at = now() where range_count = $1 and range_index = $2")
+        sqlx::query("update backfill_checkpoint set completed_at = now(), updated_at = now() where migration_id = $3 and range_count = $1 and range_index = $2")
             .bind(self.config.ranges as i32)
             .bind(range as i32)
+            .bind(&self.key)
             .execute(pool)
             .await
             .map_err(classify)?;
@@ -446,15 +640,145 @@ impl Run<'_> {
             {
                 last = Some(l);
             }
-            self.skipped.lock().expect("skipped").extend(skipped);
+            self.skipped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(skipped);
             cursor = newest;
             if n < self.config.chunk.max(1) as usize {
                 break;
             }
         }
+        self.reactions(room.id).await?;
+        self.read_markers(room.id).await?;
+        self.unread_counters(room.id).await?;
+        // Last: `room_details` makes the room exist for the new store's readers.
         self.cql.write_room(&room, last.as_ref(), self.ts).await?;
         Ok(copied)
     }
+
+    /// Copies the reactions to the room's messages, in keyset-paginated chunks.
+    async fn reactions(&self, room: RoomId) -> Result<(), BackfillError> {
+        let mut after: Option<(Uuid, i32, String)> = None;
+        loop {
+            let rows = sqlx::query_as::<_, (Uuid, i32, String, DateTime<Utc>)>(
+                "select r.message_id, r.user_id, r.reaction, r.created_at
+                   from room_message_reaction r join room_message m on m.id = r.message_id
+                  where m.room_id = $1 and ($2::uuid is null or (r.message_id, r.user_id, r.reaction) > ($2, $3, $4))
+                  order by r.message_id, r.user_id, r.reaction limit $5",
+            )
+            .bind(room)
+            .bind(after.as_ref().map(|a| a.0))
+            .bind(after.as_ref().map(|a| a.1))
+            .bind(after.as_ref().map(|a| a.2.clone()))
+            .bind(i64::from(self.config.chunk.max(1)))
+            .fetch_all(self.pg.pool())
+            .await
+            .map_err(classify)?;
+            let n = rows.len();
+            after = rows.last().map(|(m, u, r, _)| (*m, *u, r.clone()));
+            let reactions: Vec<BackfillReaction> = rows
+                .into_iter()
+                .map(|(m, u, reaction, created_at)| BackfillReaction {
+                    message_id: MessageId(m),
+                    user_id: UserId(u),
+                    reaction,
+                    created_at,
+                })
+                .collect();
+            self.cql.write_reactions(&reactions, self.ts).await?;
+            self.reactions.fetch_add(n as u64, Ordering::Relaxed);
+            if n < self.config.chunk.max(1) as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Copies the room's read markers (by reader, in chunks), then each member's newest read
+    /// message.
+    async fn read_markers(&self, room: RoomId) -> Result<(), BackfillError> {
+        let pool = self.pg.pool();
+        let mut after: Option<(i32, Uuid)> = None;
+        loop {
+            let rows = sqlx::query_as::<_, (i32, Uuid, DateTime<Utc>)>(
+                "select r.user_id, r.message_id, r.read_at
+                   from room_message_read r join room_message m on m.id = r.message_id
+                  where m.room_id = $1 and ($2::int4 is null or (r.user_id, r.message_id) > ($2, $3))
+                  order by r.user_id, r.message_id limit $4",
+            )
+            .bind(room)
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
+            .bind(i64::from(self.config.chunk.max(1)))
+            .fetch_all(pool)
+            .await
+            .map_err(classify)?;
+            let n = rows.len();
+            after = rows.last().map(|(u, m, _)| (*u, *m));
+            let markers: Vec<BackfillReadMarker> = rows
+                .into_iter()
+                .map(|(u, m, read_at)| BackfillReadMarker {
+                    message_id: MessageId(m),
+                    user_id: UserId(u),
+                    read_at,
+                })
+                .collect();
+            self.cql.write_read_markers(room, &markers, self.ts).await?;
+            self.read_markers.fetch_add(n as u64, Ordering::Relaxed);
+            if n < self.config.chunk.max(1) as usize {
+                break;
+            }
+        }
+        let newest = sqlx::query_as::<_, (i32, Uuid)>(
+            "select distinct on (r.user_id) r.user_id, m.id
+               from room_message_read r join room_message m on m.id = r.message_id
+              where m.room_id = $1
+              order by r.user_id, m.created_at desc, m.id desc",
+        )
+        .bind(room)
+        .fetch_all(pool)
+        .await
+        .map_err(classify)?;
+        for (user, message) in newest {
+            self.cql
+                .write_last_read(room, UserId(user), MessageId(message))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets each current member's unread counter to legacy's count: the messages of others,
+    /// sent since the member joined, not deleted and not read. A counter takes no write
+    /// timestamp and can only be added to, so the difference to what the new store counts now
+    /// (the live dual write's increments) is added; a re-run adds nothing. A message or read
+    /// marker that lands between the two reads can leave one member's counter one off.
+    async fn unread_counters(&self, room: RoomId) -> Result<(), BackfillError> {
+        let legacy = sqlx::query_as::<_, (i32, i64)>(
+            "select rm.user_id, (select count(*) from room_message m
+                                  where m.room_id = rm.room_id and m.sender_id <> rm.user_id
+                                    and m.deleted_at is null and m.created_at >= rm.joined_at
+                                    and not exists (select 1 from room_message_read r
+                                                     where r.message_id = m.id and r.user_id = rm.user_id))
+               from room_member rm where rm.room_id = $1 and rm.removed_at is null",
+        )
+        .bind(room)
+        .fetch_all(self.pg.pool())
+        .await
+        .map_err(classify)?;
+        for (user, unread) in legacy {
+            let user = UserId(user);
+            let delta = unread_delta(unread, self.cql.unread(room, user).await?);
+            if delta != 0 {
+                self.cql.add_unread(room, user, delta).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to add to a counter holding `current` so it holds `legacy`.
+fn unread_delta(legacy: i64, current: i64) -> i64 {
+    legacy.saturating_sub(current)
 }
 
 /// Runs the backfill (or, with `dry_run`, counts what it would copy). Applies the PostgreSQL
@@ -485,7 +809,23 @@ pub async fn run(
         .filter(|r| config.shard.owns(*r))
         .collect();
     let (room_totals, message_totals) = range_totals(pg, config.ranges).await?;
-    let done = checkpoints(pg, config.ranges).await?;
+    let key = checkpoint_key(config.migration_id.as_ref(), config.dual_write_started_at);
+    let done = match &key {
+        Some(key) => checkpoints(pg, key, config.ranges).await?,
+        None => HashMap::new(),
+    };
+    if let Some(given) = config.dual_write_started_at
+        && let Some(recorded) = done
+            .values()
+            .filter_map(|c| c.dual_write_started_at)
+            .find(|t| *t != given)
+    {
+        return Err(BackfillError::DualWriteStartChanged {
+            migration: key.clone().unwrap_or_default(),
+            recorded,
+            given,
+        });
+    }
     let mut report = BackfillReport {
         dry_run: config.dry_run,
         ranges_assigned: assigned.len(),
@@ -521,18 +861,22 @@ pub async fn run(
     let cql = cql.ok_or(BackfillError::MissingNewStore)?;
     let dual_write_start = config
         .dual_write_started_at
-        .ok_or(BackfillError::MissingDualWriteStart)?;
+        .ok_or(InputError::MissingDualWriteStart)?;
     let run = Run {
         pg,
         cql,
         config,
         metrics,
+        key: key.unwrap_or_default(),
+        dual_write_start,
         ts: dual_write_start.timestamp_micros() - 1,
         queue: Mutex::new(queue),
         taken: AtomicUsize::new(0),
         ranges_done: AtomicUsize::new(0),
         rooms: AtomicU64::new(0),
         messages: AtomicU64::new(0),
+        reactions: AtomicU64::new(0),
+        read_markers: AtomicU64::new(0),
         skipped: Mutex::new(vec![]),
         throttle: config.throttle.filter(|t| *t > 0).map(|t| Throttle {
             start: Instant::now(),
@@ -575,7 +919,10 @@ pub async fn run(
     report.ranges_done = run.ranges_done.load(Ordering::SeqCst);
     report.rooms = run.rooms.load(Ordering::SeqCst);
     report.messages = run.messages.load(Ordering::SeqCst);
-    report.skipped_messages = std::mem::take(&mut *run.skipped.lock().expect("skipped"));
+    report.reactions = run.reactions.load(Ordering::SeqCst);
+    report.read_markers = run.read_markers.load(Ordering::SeqCst);
+    report.skipped_messages =
+        std::mem::take(&mut *run.skipped.lock().unwrap_or_else(|e| e.into_inner()));
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -627,5 +974,145 @@ mod tests {
         };
         assert_eq!(Shard::from_env(env), Ok(Some(Shard { index: 2, count: 3 })));
         assert_eq!(Shard::from_env(|_| None), Ok(None));
+    }
+
+    #[test]
+    fn migration_ids_are_namespace_name_attempt() {
+        assert_eq!(
+            MigrationId::parse("chat/chat-to-scylla/3"),
+            Ok(MigrationId {
+                namespace: "chat".into(),
+                name: "chat-to-scylla".into(),
+                attempt: 3
+            })
+        );
+        for bad in ["", "chat/x", "chat/x/y", "/x/1", "chat//1", "a/b/1/2"] {
+            assert!(MigrationId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn inputs_come_from_the_flags_else_the_operator_environment() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
+        let id = MigrationId::parse("ns/m/1").expect("id");
+        let env = |k: &str| match k {
+            ENV_DUAL_WRITE_STARTED_AT => Some("2025-01-31T12:00:00Z".to_owned()),
+            ENV_MIGRATION_ID => Some("ns/m/1".to_owned()),
+            _ => None,
+        };
+        let none = |_: &str| None;
+        let flag = |v: &str| Some(v.to_owned());
+        // (start flag, id flag, dry run, env, result)
+        type Env = fn(&str) -> Option<String>;
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            Option<String>,
+            Option<String>,
+            bool,
+            Env,
+            Result<BackfillInputs, InputError>,
+        )> = vec![
+            (
+                None,
+                None,
+                false,
+                env,
+                Ok(BackfillInputs {
+                    dual_write_started_at: Some(t("2025-01-31T12:00:00Z")),
+                    migration_id: Some(id.clone()),
+                }),
+            ),
+            (
+                flag("2025-02-01T00:00:00+01:00"),
+                flag("ns/m/2"),
+                false,
+                env,
+                Ok(BackfillInputs {
+                    dual_write_started_at: Some(t("2025-01-31T23:00:00Z")),
+                    migration_id: Some(MigrationId {
+                        attempt: 2,
+                        ..id.clone()
+                    }),
+                }),
+            ),
+            (
+                None,
+                None,
+                false,
+                none,
+                Err(InputError::MissingDualWriteStart),
+            ),
+            (
+                flag(" "),
+                None,
+                false,
+                none,
+                Err(InputError::MissingDualWriteStart),
+            ),
+            (
+                None,
+                None,
+                true,
+                none,
+                Ok(BackfillInputs {
+                    dual_write_started_at: None,
+                    migration_id: None,
+                }),
+            ),
+            (
+                flag("yesterday"),
+                None,
+                false,
+                env,
+                Err(InputError::BadDualWriteStart {
+                    origin: Source::Flag("dual-write-started-at"),
+                    value: "yesterday".into(),
+                    reason: "premature end of input".into(),
+                }),
+            ),
+            (
+                None,
+                flag("m/1"),
+                false,
+                env,
+                Err(InputError::BadMigrationId {
+                    origin: Source::Flag("migration-id"),
+                    reason: MigrationId::parse("m/1").expect_err("bad"),
+                }),
+            ),
+        ];
+        for (start, migration, dry_run, env, expected) in cases {
+            assert_eq!(
+                BackfillInputs::resolve(start.clone(), migration.clone(), dry_run, env),
+                expected,
+                "{start:?} {migration:?} dry run {dry_run}"
+            );
+        }
+        assert!(
+            InputError::MissingDualWriteStart
+                .to_string()
+                .contains("FICUS_DUAL_WRITE_STARTED_AT")
+        );
+    }
+
+    #[test]
+    fn checkpoints_are_keyed_by_migration_else_by_dual_write_start() {
+        let id = MigrationId::parse("ns/m/1").expect("id");
+        let start = "2025-01-31T12:00:00Z".parse::<DateTime<Utc>>().ok();
+        assert_eq!(checkpoint_key(Some(&id), start), Some("ns/m/1".into()));
+        assert_eq!(
+            checkpoint_key(None, start),
+            Some("dual-write:2025-01-31T12:00:00Z".into())
+        );
+        assert_eq!(checkpoint_key(None, None), None);
+    }
+
+    #[test]
+    fn unread_counters_move_to_the_legacy_count() {
+        // (legacy, counter now, delta)
+        for (legacy, current, delta) in [(5, 0, 5), (5, 2, 3), (5, 5, 0), (1, 3, -2), (0, 0, 0)] {
+            assert_eq!(unread_delta(legacy, current), delta, "{legacy} {current}");
+            assert_eq!(current + unread_delta(legacy, current), legacy);
+        }
     }
 }

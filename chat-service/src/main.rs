@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chat_service::auth::Authenticator;
-use chat_service::backfill::{self, BackfillConfig, Shard};
+use chat_service::backfill::{self, BackfillConfig, BackfillInputs, Shard};
 use chat_service::config::{MigrationStoreArgs, ServeArgs};
 use chat_service::ids::UserId;
 use chat_service::loadtest::{self, LoadConfig};
@@ -53,9 +53,14 @@ enum Command {
     Backfill {
         #[command(flatten)]
         stores: MigrationStoreArgs,
-        /// When the dual write started (RFC 3339). Required unless --dry-run.
-        #[arg(long, env = "CHAT_DUAL_WRITE_STARTED_AT")]
+        /// When the dual write started (RFC 3339); default: FICUS_DUAL_WRITE_STARTED_AT, which
+        /// the Ficus operator sets on its Jobs. Required unless --dry-run (exit code 2 without).
+        #[arg(long)]
         dual_write_started_at: Option<String>,
+        /// The migration the checkpoints belong to, <namespace>/<name>/<attempt>; default:
+        /// FICUS_MIGRATION_ID, else the dual-write start (a later migration starts over).
+        #[arg(long)]
+        migration_id: Option<String>,
         /// Ranges copied concurrently.
         #[arg(long, default_value_t = 4)]
         workers: usize,
@@ -279,6 +284,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         Command::Backfill {
             stores,
             dual_write_started_at,
+            migration_id,
             workers,
             ranges,
             dry_run,
@@ -287,23 +293,29 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             max_ranges,
             metrics_file,
         } => {
-            let dual_write_started_at = dual_write_started_at
-                .map(|t| chrono::DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&chrono::Utc)).map_err(|e| format!("--dual-write-started-at {t:?}: {e} (RFC 3339, e.g. 2025-01-31T12:00:00Z)")))
-                .transpose()?;
+            // Refused before anything connects; exit code 2, like any usage error.
+            let inputs =
+                match BackfillInputs::resolve(dual_write_started_at, migration_id, dry_run, |k| {
+                    std::env::var(k).ok()
+                }) {
+                    Ok(inputs) => inputs,
+                    Err(e) => {
+                        eprintln!("chat-service migrate: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                };
             let config = BackfillConfig {
                 workers,
                 ranges,
                 shard: shard_of(shard)?,
                 dry_run,
                 throttle,
-                dual_write_started_at,
+                dual_write_started_at: inputs.dual_write_started_at,
+                migration_id: inputs.migration_id,
                 max_ranges,
                 progress_every: Some(Duration::from_secs(5)),
                 ..BackfillConfig::default()
             };
-            if !dry_run && dual_write_started_at.is_none() {
-                return Err(backfill::BackfillError::MissingDualWriteStart.to_string());
-            }
             let metrics = Metrics::default();
             let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4))
                 .await

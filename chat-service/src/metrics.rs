@@ -10,6 +10,7 @@
 //! | `chat_requests_total` | `cohort` (`legacy`/`new`), `code` (`ok` or the Connect error code) |
 //! | `chat_request_duration_seconds` | `cohort` |
 //! | `chat_flags_generation` | (the applied flag document's generation) |
+//! | `chat_message_decrypt_failures_total` | (stored messages left out of a history page: they did not decrypt) |
 //! | `chat_dual_write_operations_total` | `target` (`legacy`/`new`), `status` ([`DualWriteOutcome`]: `success`/`error`/`skipped`/`queued`/`replayed`/`dead_letter`) |
 //! | `chat_dual_write_lag_seconds` | (primary write done -> secondary write done, inline or replayed) |
 //! | `chat_retry_queue_size` | (outbox depth: entries in the outboxes of both stores, in-flight records included) |
@@ -131,6 +132,7 @@ pub struct Metrics {
     request_duration: Histograms<CohortLabels>,
     /// Handed to the flag watcher, which sets it to the applied generation.
     pub flags_generation: Gauge,
+    decrypt_failures: Counter,
     dual_writes: Family<DualWriteLabels, Counter>,
     dual_write_lag: Histogram,
     /// Outbox depth, set by the replayer.
@@ -156,6 +158,7 @@ impl Default for Metrics {
         let request_duration: Histograms<CohortLabels> =
             Family::new_with_constructor(latency_histogram);
         let flags_generation = Gauge::default();
+        let decrypt_failures = Counter::default();
         // prometheus-client adds the `_total` suffix to counters.
         registry.register(
             "chat_database_operations",
@@ -186,6 +189,11 @@ impl Default for Metrics {
             "chat_flags_generation",
             "Generation of the migration flag document in force",
             flags_generation.clone(),
+        );
+        registry.register(
+            "chat_message_decrypt_failures",
+            "Stored messages that did not decrypt (altered, or another key) and were left out of a history page",
+            decrypt_failures.clone(),
         );
         let dual_writes = Family::<DualWriteLabels, Counter>::default();
         let dual_write_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -266,6 +274,7 @@ impl Default for Metrics {
             requests,
             request_duration,
             flags_generation,
+            decrypt_failures,
             dual_writes,
             dual_write_lag,
             retry_queue_size,
@@ -317,6 +326,10 @@ impl Metrics {
         self.request_duration
             .get_or_create(&CohortLabels { cohort })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn message_decrypt_failure(&self) {
+        self.decrypt_failures.inc();
     }
 
     pub fn dual_write(&self, target: Side, outcome: DualWriteOutcome) {

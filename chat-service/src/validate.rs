@@ -2,35 +2,89 @@
 //! legacy PostgreSQL.
 //!
 //! `validate` walks every legacy room (or a shard of the rooms, as the backfill splits them) and
-//! makes one **count check** per room (the room exists in CQL and both stores hold the same
-//! number of messages, soft-deleted included) and one **row check** per sampled message
-//! (`sample` random messages per room, compared on id, sender, sealed content, type and the
-//! deleted flag). Drift = failed checks / checks; the verdict passes when drift <= `max_drift`
-//! (default 0.0: any mismatch fails).
+//! makes, per room:
+//! * one **count check**: the room exists in CQL and both stores hold the same number of
+//!   messages, soft-deleted included;
+//! * one **members check**: the same membership rows (user, role, joined, left);
+//! * one **read-marker check** per sampled member (`sample` random membership rows): as many
+//!   read messages, and the same newest one;
+//! * one **row check** per sampled message (`sample` random messages): sender, sealed content,
+//!   type, the deleted flag and the message's reactions.
+//!
+//! Drift = failed checks / checks; the verdict passes when drift <= `max_drift` (default 0.0:
+//! any mismatch fails). Unread counters are not compared: the live path counts them
+//! at-most-once by design (see the CQL store), so they may legitimately be one short.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use crate::backfill::{Shard, range_of};
-use crate::ids::{MessageId, RoomId};
+use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::postgres::{PgStore, classify};
-use crate::store::scylla::CqlBackfill;
+use crate::store::scylla::{CqlBackfill, CqlMember};
 
-/// Kinds of mismatch (the `type` label of `chat_data_inconsistencies`).
-pub const MISMATCH_TYPES: &[&str] = &[
-    "missing_room",
-    "count",
-    "missing",
-    "sender",
-    "content",
-    "type",
-    "deleted",
-];
+/// A kind of mismatch (the `type` label of `chat_data_inconsistencies`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mismatch {
+    /// The room is not in the new store.
+    MissingRoom,
+    /// Another number of messages in the room.
+    Count,
+    /// Membership rows differ (a member missing or extra, another role, join or leave time).
+    Members,
+    /// A member's read markers differ (how many, or the newest read message).
+    ReadMarkers,
+    /// A sampled message is not in the new store.
+    Missing,
+    Sender,
+    Content,
+    Type,
+    Deleted,
+    /// A sampled message's reactions differ.
+    Reactions,
+}
+
+impl Mismatch {
+    pub const ALL: [Mismatch; 10] = [
+        Mismatch::MissingRoom,
+        Mismatch::Count,
+        Mismatch::Members,
+        Mismatch::ReadMarkers,
+        Mismatch::Missing,
+        Mismatch::Sender,
+        Mismatch::Content,
+        Mismatch::Type,
+        Mismatch::Deleted,
+        Mismatch::Reactions,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mismatch::MissingRoom => "missing_room",
+            Mismatch::Count => "count",
+            Mismatch::Members => "members",
+            Mismatch::ReadMarkers => "read_markers",
+            Mismatch::Missing => "missing",
+            Mismatch::Sender => "sender",
+            Mismatch::Content => "content",
+            Mismatch::Type => "type",
+            Mismatch::Deleted => "deleted",
+            Mismatch::Reactions => "reactions",
+        }
+    }
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ValidateConfig {
@@ -65,7 +119,7 @@ pub struct ValidateReport {
     /// Checks made (a count check per room, a row check per sampled message) and failed.
     pub compared: u64,
     pub mismatched: u64,
-    pub mismatches: BTreeMap<&'static str, u64>,
+    pub mismatches: BTreeMap<Mismatch, u64>,
     /// The first few mismatches, readable.
     pub examples: Vec<String>,
     pub max_drift: f64,
@@ -122,8 +176,49 @@ struct RoomResult {
     new: u64,
     compared: u64,
     mismatched: u64,
-    kinds: Vec<&'static str>,
+    kinds: Vec<Mismatch>,
     examples: Vec<String>,
+}
+
+impl RoomResult {
+    fn check(&mut self, failed: Option<(Vec<Mismatch>, String)>) {
+        self.compared += 1;
+        if let Some((kinds, example)) = failed {
+            self.mismatched += 1;
+            self.kinds.extend(kinds);
+            self.examples.push(example);
+        }
+    }
+}
+
+/// A legacy membership row: `(role, joined_at µs, removed_at µs)` by user.
+type Members = BTreeMap<i32, (String, i64, Option<i64>)>;
+
+/// The members check: every membership row, current and left, the same in both stores
+/// (times to the microsecond, as both keep them).
+fn compare_members(legacy: &Members, new: &[CqlMember]) -> Option<String> {
+    let new: Members = new
+        .iter()
+        .map(|m| {
+            (
+                m.user_id.0,
+                (
+                    m.role.clone().unwrap_or_default(),
+                    m.joined_at.map_or(i64::MIN, |t| t.timestamp_micros()),
+                    m.removed_at.map(|t| t.timestamp_micros()),
+                ),
+            )
+        })
+        .collect();
+    let differ: Vec<String> = legacy
+        .keys()
+        .chain(new.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|u| legacy.get(u) != new.get(u))
+        .map(|u| u.to_string())
+        .collect();
+    (!differ.is_empty()).then(|| format!("members {} differ", differ.join(", ")))
 }
 
 async fn check_room(
@@ -141,23 +236,84 @@ async fn check_room(
     r.legacy = legacy as u64;
     let (exists, new) = tokio::try_join!(cql.room_exists(room), cql.message_count(room))?;
     r.new = new;
-    r.compared += 1;
-    if !exists {
-        r.mismatched += 1;
-        r.kinds.push("missing_room");
-        r.examples
-            .push(format!("room {room}: missing in the new store"));
+    let count = if !exists {
+        Some((
+            vec![Mismatch::MissingRoom],
+            format!("room {room}: missing in the new store"),
+        ))
     } else if r.legacy != r.new {
-        r.mismatched += 1;
-        r.kinds.push("count");
-        r.examples.push(format!(
-            "room {room}: {} messages legacy, {} new",
-            r.legacy, r.new
-        ));
-    }
+        Some((
+            vec![Mismatch::Count],
+            format!("room {room}: {} messages legacy, {} new", r.legacy, r.new),
+        ))
+    } else {
+        None
+    };
+    r.check(count);
+
+    let legacy_members: Members =
+        sqlx::query_as::<_, (i32, String, DateTime<Utc>, Option<DateTime<Utc>>)>(
+            "select user_id, role, joined_at, removed_at from room_member where room_id = $1",
+        )
+        .bind(room)
+        .fetch_all(pg.pool())
+        .await
+        .map_err(classify)?
+        .into_iter()
+        .map(|(u, role, joined, removed)| {
+            (
+                u,
+                (
+                    role,
+                    joined.timestamp_micros(),
+                    removed.map(|t| t.timestamp_micros()),
+                ),
+            )
+        })
+        .collect();
+    let new_members = cql.members(room).await?;
+    r.check(
+        compare_members(&legacy_members, &new_members)
+            .map(|e| (vec![Mismatch::Members], format!("room {room}: {e}"))),
+    );
     if sample == 0 {
         return Ok(r);
     }
+
+    // Read markers of sampled members: how many, and the newest read message.
+    let readers = sqlx::query_as::<_, (i32, i64, Option<Uuid>)>(
+        "select rm.user_id,
+                (select count(*) from room_message_read r join room_message m on m.id = r.message_id
+                  where m.room_id = rm.room_id and r.user_id = rm.user_id),
+                (select m.id from room_message_read r join room_message m on m.id = r.message_id
+                  where m.room_id = rm.room_id and r.user_id = rm.user_id
+                  order by m.created_at desc, m.id desc limit 1)
+           from room_member rm where rm.room_id = $1 order by random() limit $2",
+    )
+    .bind(room)
+    .bind(i64::from(sample))
+    .fetch_all(pg.pool())
+    .await
+    .map_err(classify)?;
+    for (user, read, newest) in readers {
+        let user = UserId(user);
+        let new_read = cql.read_marker_count(room, user).await?;
+        let new_newest = new_members
+            .iter()
+            .find(|m| m.user_id == user)
+            .and_then(|m| m.last_read);
+        let newest = newest.map(MessageId);
+        let differs = u64::try_from(read).unwrap_or(0) != new_read || newest != new_newest;
+        r.check(differs.then(|| {
+            (
+                vec![Mismatch::ReadMarkers],
+                format!(
+                    "read markers of user {user} in room {room}: {read} legacy (newest {newest:?}), {new_read} new (newest {new_newest:?})"
+                ),
+            )
+        }));
+    }
+
     let rows = sqlx::query_as::<_, (Uuid, i32, Vec<u8>, String, bool)>(
         "select id, sender_id, content, type, deleted_at is not null from room_message where room_id = $1 order by random() limit $2",
     )
@@ -168,37 +324,50 @@ async fn check_room(
     .map_err(classify)?;
     for (id, sender, content, message_type, deleted) in rows {
         let id = MessageId(id);
-        r.compared += 1;
         let Some((new_sender, new_content, new_type, new_deleted)) = cql.message(room, id).await?
         else {
-            r.mismatched += 1;
-            r.kinds.push("missing");
-            r.examples.push(format!(
-                "message {id} of room {room}: missing in the new store"
-            ));
+            r.check(Some((
+                vec![Mismatch::Missing],
+                format!("message {id} of room {room}: missing in the new store"),
+            )));
             continue;
         };
+        let mut legacy_reactions: Vec<(UserId, String)> = sqlx::query_as::<_, (i32, String)>(
+            "select user_id, reaction from room_message_reaction where message_id = $1",
+        )
+        .bind(id)
+        .fetch_all(pg.pool())
+        .await
+        .map_err(classify)?
+        .into_iter()
+        .map(|(u, reaction)| (UserId(u), reaction))
+        .collect();
+        legacy_reactions.sort();
         let mut differs = vec![];
         if new_sender.0 != sender {
-            differs.push("sender");
+            differs.push(Mismatch::Sender);
         }
         if new_content != content {
-            differs.push("content");
+            differs.push(Mismatch::Content);
         }
         if new_type != message_type {
-            differs.push("type");
+            differs.push(Mismatch::Type);
         }
         if new_deleted != deleted {
-            differs.push("deleted");
+            differs.push(Mismatch::Deleted);
         }
-        if !differs.is_empty() {
-            r.mismatched += 1;
-            r.examples.push(format!(
-                "message {id} of room {room}: {} differ",
-                differs.join(", ")
-            ));
-            r.kinds.extend(differs);
+        if cql.reactions(id).await? != legacy_reactions {
+            differs.push(Mismatch::Reactions);
         }
+        let example = format!(
+            "message {id} of room {room}: {} differ",
+            differs
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        r.check((!differs.is_empty()).then_some((differs, example)));
     }
     Ok(r)
 }
@@ -245,8 +414,11 @@ pub async fn run(
             .examples
             .extend(r.examples.into_iter().take(room_for));
     }
-    for kind in MISMATCH_TYPES {
-        metrics.data_inconsistencies(kind, report.mismatches.get(kind).copied().unwrap_or(0));
+    for kind in Mismatch::ALL {
+        metrics.data_inconsistencies(
+            kind.as_str(),
+            report.mismatches.get(&kind).copied().unwrap_or(0),
+        );
     }
     metrics.consistency_check(report.passed());
     Ok(report)

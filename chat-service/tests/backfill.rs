@@ -6,13 +6,13 @@
 
 mod common;
 
-use chat_service::backfill::{self, BackfillConfig};
+use chat_service::backfill::{self, BackfillConfig, BackfillError, MigrationId};
 use chat_service::ids::{MessageId, MessageIdGenerator, RoomId, UserId};
 use chat_service::metrics::Metrics;
 use chat_service::store::postgres::PgStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
-use chat_service::store::{ChatStore, NewMessage, NewRoom, PageRequest, RoomType, now};
-use chat_service::validate::{self, ValidateConfig};
+use chat_service::store::{ChatStore, NewMessage, NewRoom, PageRequest, ReadMarker, RoomType, now};
+use chat_service::validate::{self, Mismatch, ValidateConfig};
 use ficus_testkit::{Cassandra, HarnessError, Postgres};
 use uuid::Uuid;
 
@@ -91,6 +91,29 @@ async fn populate(pg: &PgStore) -> Vec<(RoomId, Vec<NewMessage>)> {
             pg.insert_message(m.clone()).await.expect("message");
             messages.push(m);
         }
+        // Reactions (two users on every fifth message) and read markers (user 2 read the first
+        // ten messages, user 3 everything since the 30th).
+        for m in messages.iter().step_by(5) {
+            for (user, reaction) in [(2, "👍"), (3, "🎉")] {
+                assert!(
+                    pg.react(m.id, UserId(user), reaction.into(), now())
+                        .await
+                        .expect("react")
+                );
+            }
+        }
+        let first_ten = messages[..10].iter().map(|m| m.id).collect();
+        pg.mark_read(id, UserId(2), ReadMarker::Ids(first_ten), now())
+            .await
+            .expect("read");
+        pg.mark_read(
+            id,
+            UserId(3),
+            ReadMarker::Since(messages[30].created_at),
+            now(),
+        )
+        .await
+        .expect("read");
         rooms.push((id, messages));
     }
     assert!(
@@ -196,7 +219,8 @@ async fn backfill_copies_everything_and_validates_with_zero_drift() {
             verdict.legacy_messages,
             verdict.new_messages
         ),
-        (0.0, u64::from(ROOMS) * 11, total, total)
+        // Per room: count, members, the 3 members' read markers, 10 messages.
+        (0.0, u64::from(ROOMS) * (2 + 3 + 10), total, total)
     );
     assert!(
         metrics
@@ -278,7 +302,7 @@ async fn a_stopped_backfill_resumes_from_its_checkpoints_without_duplicates() {
         .expect("validate");
     assert!(!partial.passed(), "{partial}");
     assert_eq!(
-        partial.mismatches.get("missing_room"),
+        partial.mismatches.get(&Mismatch::MissingRoom),
         Some(&u64::from(ROOMS - 3)),
         "{partial}"
     );
@@ -366,13 +390,18 @@ async fn the_backfill_never_overwrites_a_newer_dual_written_row() {
         .expect("copied");
     assert_eq!(other, messages[8].content);
 
-    // The divergence is exactly what validate reports.
+    // The divergence is exactly what validate reports: the newer message, and room 0's
+    // memberships as the live write made them (joined now, user 3 not gone).
     let verdict = validate::run(&env.pg, &cql, &validate_config(1_000), &metrics)
         .await
         .expect("validate");
     assert_eq!(
-        (verdict.mismatched, verdict.mismatches.get("content")),
-        (1, Some(&1)),
+        (
+            verdict.mismatched,
+            verdict.mismatches.get(&Mismatch::Content),
+            verdict.mismatches.get(&Mismatch::Members)
+        ),
+        (2, Some(&1), Some(&1)),
         "{verdict}"
     );
 }
@@ -424,13 +453,15 @@ async fn validate_detects_injected_drift_and_fails() {
         .await
         .expect("validate");
     assert!(!verdict.passed(), "{verdict}");
+    // The deleted message also takes user 2's read marker of it along (on delete cascade).
     assert_eq!(
         (
-            verdict.mismatches.get("content"),
-            verdict.mismatches.get("count"),
+            verdict.mismatches.get(&Mismatch::Content),
+            verdict.mismatches.get(&Mismatch::Count),
+            verdict.mismatches.get(&Mismatch::ReadMarkers),
             verdict.mismatched
         ),
-        (Some(&1), Some(&1), 2),
+        (Some(&1), Some(&1), Some(&1), 3),
         "{verdict}"
     );
     assert!(verdict.drift() > 0.0);
@@ -486,4 +517,290 @@ async fn validate_detects_injected_drift_and_fails() {
     );
     assert!(String::from_utf8_lossy(&failed.stdout).contains("verdict: FAIL"));
     assert_eq!(exit("0.5").status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkpoints_belong_to_their_migration() {
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_per_migration").await);
+    populate(&env.pg).await;
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
+    let metrics = Metrics::default();
+    let start = now();
+    let migration = |attempt: u32| BackfillConfig {
+        migration_id: Some(MigrationId {
+            namespace: "chat".into(),
+            name: "chat-to-scylla".into(),
+            attempt,
+        }),
+        ..config(start)
+    };
+    let first = backfill::run(&env.pg, Some(&cql), &migration(1), &metrics)
+        .await
+        .expect("attempt 1");
+    assert!(
+        first.complete() && first.rooms == u64::from(ROOMS),
+        "{first}"
+    );
+
+    // Another attempt (or a later Migration) copies everything again instead of skipping the
+    // ranges attempt 1 completed.
+    let second = backfill::run(&env.pg, Some(&cql), &migration(2), &metrics)
+        .await
+        .expect("attempt 2");
+    assert_eq!(
+        (second.ranges_already_done, second.ranges_done, second.rooms),
+        (0, RANGES as usize, u64::from(ROOMS)),
+        "{second}"
+    );
+    let keys: Vec<(String, i64)> = sqlx::query_as(
+        "select migration_id, count(*) from backfill_checkpoint where completed_at is not null group by 1 order by 1",
+    )
+    .fetch_all(env.pg.pool())
+    .await
+    .expect("checkpoints");
+    assert_eq!(
+        keys,
+        [
+            ("chat/chat-to-scylla/1".to_owned(), i64::from(RANGES)),
+            ("chat/chat-to-scylla/2".to_owned(), i64::from(RANGES)),
+        ]
+    );
+
+    // Resuming a migration with another dual-write start is refused: its stamps would differ.
+    let moved = BackfillConfig {
+        dual_write_started_at: Some(start + chrono::Duration::minutes(5)),
+        ..migration(2)
+    };
+    match backfill::run(&env.pg, Some(&cql), &moved, &metrics).await {
+        Err(BackfillError::DualWriteStartChanged { recorded, .. }) => assert_eq!(recorded, start),
+        other => panic!("expected DualWriteStartChanged, got {other:?}"),
+    }
+}
+
+/// `chat-service migrate` as the operator's Job runs it: the dual-write start and the migration
+/// id come from FICUS_DUAL_WRITE_STARTED_AT and FICUS_MIGRATION_ID; without a dual-write start it
+/// refuses to run, with exit code 2 and a message saying what to set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_takes_its_inputs_from_the_operator_environment() {
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_env").await);
+    populate(&env.pg).await;
+    let run = |vars: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chat-service"));
+        command
+            .args(["migrate", "--ranges", &RANGES.to_string()])
+            .args(["--database-url", &env.database_url])
+            .args(["--cql-contact-points", &env.contact_point])
+            .args(["--cql-keyspace", &env.keyspace, "--cql-consistency", "ONE"])
+            .env_remove("FICUS_DUAL_WRITE_STARTED_AT")
+            .env_remove("FICUS_MIGRATION_ID")
+            .env_remove("CHAT_DUAL_WRITE_STARTED_AT");
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output().expect("run chat-service")
+    };
+    let refused = run(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--dual-write-started-at")
+            && stderr.contains("FICUS_DUAL_WRITE_STARTED_AT"),
+        "{stderr}"
+    );
+    let bad = run(&[("FICUS_DUAL_WRITE_STARTED_AT", "yesterday")]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("FICUS_DUAL_WRITE_STARTED_AT \"yesterday\"")
+    );
+    let no_room: i64 = sqlx::query_scalar("select count(*) from backfill_checkpoint")
+        .fetch_one(env.pg.pool())
+        .await
+        .expect("checkpoints");
+    assert_eq!(no_room, 0, "a refused run writes nothing");
+
+    let ok = run(&[
+        ("FICUS_DUAL_WRITE_STARTED_AT", "2030-01-31T12:00:00Z"),
+        ("FICUS_MIGRATION_ID", "chat/chat-to-scylla/3"),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let rows: Vec<(String, chrono::DateTime<chrono::Utc>, bool)> = sqlx::query_as(
+        "select distinct migration_id, dual_write_started_at, completed_at is not null from backfill_checkpoint",
+    )
+    .fetch_all(env.pg.pool())
+    .await
+    .expect("checkpoints");
+    assert_eq!(
+        rows,
+        [(
+            "chat/chat-to-scylla/3".to_owned(),
+            "2030-01-31T12:00:00Z".parse().expect("time"),
+            true
+        )]
+    );
+}
+
+/// The unread counter of `user` in `room` in the CQL store (0 when never written).
+async fn cql_unread(env: &Env, room: RoomId, user: i32) -> i64 {
+    let rows: Vec<(scylla::value::Counter,)> = env
+        .cql
+        .session()
+        .query_unpaged(
+            format!(
+                "SELECT unread_count FROM {}.room_counters_by_user WHERE user_id = ? AND room_id = ?",
+                env.keyspace
+            ),
+            (user, room.0),
+        )
+        .await
+        .expect("counter")
+        .into_rows_result()
+        .expect("rows")
+        .rows()
+        .expect("type")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    rows.first().map_or(0, |(c,)| c.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reactions_read_markers_and_unread_counters_are_copied_and_validated() {
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_reactions").await);
+    let rooms = populate(&env.pg).await;
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
+    let metrics = Metrics::default();
+    // The dual write starts; one message reaches both stores (and the new store's counters).
+    let dual_write_start = now();
+    let ids = MessageIdGenerator::default();
+    let live_id = ids.next();
+    let live = NewMessage {
+        id: live_id,
+        room_id: rooms[1].0,
+        sender_id: UserId(1),
+        content: b"sealed".to_vec(),
+        message_type: "user_message".into(),
+        created_at: live_id.created_at().expect("v1"),
+    };
+    env.pg.insert_message(live.clone()).await.expect("legacy");
+    env.cql.insert_message(live).await.expect("new");
+
+    let report = backfill::run(&env.pg, Some(&cql), &config(dual_write_start), &metrics)
+        .await
+        .expect("backfill");
+    assert!(report.complete(), "{report}");
+    // 8 reacted messages per room, two reactions each; user 2 read 5 messages of user 1,
+    // user 3 read 10 messages.
+    assert_eq!(
+        (report.reactions, report.read_markers),
+        (u64::from(ROOMS) * 16, u64::from(ROOMS) * 15),
+        "{report}"
+    );
+    let (room, messages) = &rooms[1];
+    assert_eq!(
+        cql.reactions(messages[5].id).await.expect("reactions"),
+        [(UserId(2), "👍".to_owned()), (UserId(3), "🎉".to_owned())]
+    );
+    assert_eq!(
+        cql.read_marker_count(*room, UserId(2)).await.expect("read"),
+        5
+    );
+    let members = cql.members(*room).await.expect("members");
+    let last_read = |user: i32| {
+        members
+            .iter()
+            .find(|m| m.user_id == UserId(user))
+            .and_then(|m| m.last_read)
+    };
+    assert_eq!(
+        last_read(2),
+        Some(messages[8].id),
+        "newest of user 1's first ten"
+    );
+    assert_eq!(last_read(3), Some(messages[39].id));
+    // Unread = messages of others not read; the live message counts on top, once.
+    assert_eq!(cql_unread(&env, *room, 2).await, 20 - 5 + 1);
+    assert_eq!(cql_unread(&env, *room, 3).await, 40 - 10 + 1);
+    assert_eq!(cql_unread(&env, *room, 1).await, 20 + 1 - 1);
+    // A second run of the same migration changes no counter (nothing left to copy), a re-run
+    // of a new one neither (the counters already hold legacy's count).
+    backfill::run(
+        &env.pg,
+        Some(&cql),
+        &BackfillConfig {
+            migration_id: Some(MigrationId::parse("chat/again/1").expect("id")),
+            ..config(dual_write_start)
+        },
+        &metrics,
+    )
+    .await
+    .expect("re-run");
+    assert_eq!(cql_unread(&env, *room, 3).await, 40 - 10 + 1);
+
+    let verdict = validate::run(&env.pg, &cql, &validate_config(1_000), &metrics)
+        .await
+        .expect("validate");
+    assert!(verdict.passed() && verdict.drift() == 0.0, "{verdict}");
+
+    // Drift validate now sees: a lost reaction, a lost read marker, a membership changed.
+    let ks = &env.keyspace;
+    let session = env.cql.session();
+    let reacted = rooms[4].1[10].id;
+    session
+        .query_unpaged(
+            format!("DELETE FROM {ks}.reactions_by_message WHERE message_id = ? AND user_id = 2 AND reaction = '👍'"),
+            (scylla::value::CqlTimeuuid::from(reacted.0),),
+        )
+        .await
+        .expect("delete reaction");
+    session
+        .query_unpaged(
+            format!(
+                "DELETE FROM {ks}.read_markers WHERE room_id = ? AND user_id = 3 AND message_id = ?"
+            ),
+            (
+                rooms[2].0.0,
+                scylla::value::CqlTimeuuid::from(rooms[2].1[35].id.0),
+            ),
+        )
+        .await
+        .expect("delete read marker");
+    session
+        .query_unpaged(
+            format!("UPDATE {ks}.participants_by_room SET role = 'owner' WHERE room_id = ? AND user_id = 2"),
+            (rooms[3].0.0,),
+        )
+        .await
+        .expect("alter member");
+    let verdict = validate::run(&env.pg, &cql, &validate_config(1_000), &metrics)
+        .await
+        .expect("validate");
+    assert_eq!(
+        (
+            verdict.mismatches.get(&Mismatch::Reactions),
+            verdict.mismatches.get(&Mismatch::ReadMarkers),
+            verdict.mismatches.get(&Mismatch::Members),
+            verdict.mismatched,
+        ),
+        (Some(&1), Some(&1), Some(&1), 3),
+        "{verdict}"
+    );
+    let text = metrics.encode();
+    for kind in ["reactions", "read_markers", "members"] {
+        assert!(
+            text.contains(&format!("chat_data_inconsistencies{{type=\"{kind}\"}} 1")),
+            "{kind}: {text}"
+        );
+    }
 }

@@ -228,10 +228,13 @@ async fn sigkill_mid_burst_loses_no_acknowledged_message_in_either_store() {
         !cut_off.is_empty(),
         "the kill cut no write off (outbox depth {depth_after_kill}): nothing for the replay to do"
     );
+    // A record may also belong to a write that reached the new store just before the kill
+    // (the record is deleted after the write): replay makes it again, idempotently.
     let new_before = all_message_ids(&new).await;
-    assert!(
-        cut_off.iter().all(|id| !new_before.contains(id)),
-        "the outbox holds only writes the new store lacks"
+    let missing_from_new = cut_off.iter().filter(|id| !new_before.contains(id)).count();
+    println!(
+        "outbox after the kill: {} records, {missing_from_new} of them not in the new store yet",
+        cut_off.len()
     );
 
     // Restart on the same databases; the replayer makes the secondary writes the crash cut off.

@@ -86,10 +86,32 @@ async fn stored_content_is_ciphertext_and_members_read_plaintext() {
     assert!(!body.to_string().contains("launch"));
     other.stop().await;
 
-    // A tampered row fails authentication instead of returning altered text.
+    // A tampered row fails authentication instead of returning altered text. It is left out of
+    // the page (logged and counted) instead of failing the page: the other message is served.
     let svc = common::start(config).await;
     sqlx::query("update room_message set content = set_byte(content, 20, get_byte(content, 20) # 1) where id = $1").bind(id).execute(&pool).await.expect("tamper");
     let (status, body) = svc.raw(2, "GetMessageHistory", json!({ "id": room })).await;
+    assert_eq!(status, 200, "{body}");
+    let items = body["items"].as_array().expect("items");
+    assert_eq!(
+        items.iter().map(|m| m["id"].clone()).collect::<Vec<_>>(),
+        [again["id"].clone()],
+        "only the intact message: {body}"
+    );
+    assert_eq!(items[0]["content"], secret);
+    let (_, metrics) = svc.get("/metrics").await;
+    assert!(
+        metrics.contains("chat_message_decrypt_failures_total 1"),
+        "{metrics}"
+    );
+    // Alone on its page, it is indistinguishable from a wrong key: the read fails.
+    let (status, body) = svc
+        .raw(
+            2,
+            "GetMessageHistory",
+            json!({ "id": room, "limit": 1, "before": again["id"] }),
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (500, Some("internal")),

@@ -305,3 +305,41 @@ async fn cql_store_is_idempotent_by_message_id() {
         other => panic!("expected Unavailable, got {:?}", other.err()),
     }
 }
+
+/// A `before` cursor that cannot be a message of the room is the caller's mistake: on the CQL
+/// store an id that is not a timeuuid (it cannot key a message there) is `400`, a timeuuid that
+/// is not a message of the room `404`, as on PostgreSQL, where any unknown id is `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_a_cursor_that_is_not_a_timeuuid_is_invalid_argument() {
+    bad_cursors(Backend::Cql, 400, "invalid_argument").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_cursor_is_not_found() {
+    bad_cursors(Backend::Postgres, 404, "not_found").await;
+}
+
+async fn bad_cursors(backend: Backend, v4_status: u16, v4_code: &str) {
+    common::init();
+    let config =
+        ficus_testkit::skip_or_fail!(common::backend_config(backend, "history_bad_cursor").await);
+    let svc = common::start(config).await;
+    let room = svc.create_group(1, &[2]).await;
+    svc.send(1, &room, "hello").await;
+    let history = |before: String| {
+        let body = serde_json::json!({ "id": room, "before": before });
+        let svc = &svc;
+        async move { svc.raw(1, "GetMessageHistory", body).await }
+    };
+    common::assert_error(
+        &history(uuid::Uuid::new_v4().to_string()).await,
+        v4_status,
+        v4_code,
+    );
+    common::assert_error(
+        &history(MessageIdGenerator::default().next().to_string()).await,
+        404,
+        "not_found",
+    );
+    svc.stop().await;
+}

@@ -147,7 +147,10 @@ async fn a_request_over_the_deadline_is_deadline_exceeded_and_shutdown_waits_for
         if blocked > 0 {
             break;
         }
-        assert!(waiting.elapsed() < Duration::from_secs(10), "the request never reached the lock");
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "the request never reached the lock"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let base_url = svc.base_url.clone();
@@ -157,7 +160,10 @@ async fn a_request_over_the_deadline_is_deadline_exceeded_and_shutdown_waits_for
     let addr = base_url.trim_start_matches("http://").to_owned();
     let waiting = std::time::Instant::now();
     while tokio::net::TcpStream::connect(&addr).await.is_ok() {
-        assert!(waiting.elapsed() < Duration::from_secs(10), "shutdown never began");
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "shutdown never began"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(

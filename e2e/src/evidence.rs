@@ -66,11 +66,14 @@ pub struct Evidence {
 
 impl Evidence {
     pub async fn start(options: EvidenceOptions) -> Result<Self, HarnessError> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .map_err(HarnessError::io("binding the operator's port on", "127.0.0.1"))?;
-        let operator_addr = listener
-            .local_addr()
-            .map_err(HarnessError::io("reading the address of", "the operator's listener"))?;
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io(
+            "binding the operator's port on",
+            "127.0.0.1",
+        ))?;
+        let operator_addr = listener.local_addr().map_err(HarnessError::io(
+            "reading the address of",
+            "the operator's listener",
+        ))?;
         let alertmanager = if options.alertmanager {
             let webhook = format!("http://{operator_addr}/webhook/alertmanager");
             Some(Alertmanager::start(&webhook, WEBHOOK_TOKEN)?)

@@ -59,7 +59,6 @@ impl Operator {
             aws: Default::default(),
         };
         Self::spawn(client, config, None)
-
     }
 
     /// With a full configuration, e.g. a webhook token. `config.http_addr` is ignored: the
@@ -100,7 +99,12 @@ impl Operator {
     /// Panics if the operator's `run()` returned an error: a test waiting on the operator
     /// should fail with that error at once, not with a timeout a minute later.
     pub fn assert_running(&self) {
-        if let Some(e) = self.stopped.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(e) = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             panic!("operator {} stopped: {e}", self.identity);
         }
     }

@@ -22,9 +22,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use ficus_operator::crd::{Migration, Phase};
 use ficus_testkit::node::{HostForward, Images, NODE_IP, Node, PodPrometheus, split_image};
 use ficus_testkit::{Cassandra, Postgres, skip_or_fail, unique_namespace};
-use ficus_operator::crd::{Migration, Phase};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -243,12 +243,18 @@ async fn run(
                 let since = status.step_started_at;
                 let evaluated = status.last_analysis.as_ref().filter(|a| {
                     since.as_ref().is_none_or(|s| a.time > *s)
-                        && ["drift", "p99-ratio"].iter().all(|g| {
-                            a.gates.iter().any(|r| r.name == *g && r.value.is_some())
-                        })
+                        && ["drift", "p99-ratio"]
+                            .iter()
+                            .all(|g| a.gates.iter().any(|r| r.name == *g && r.value.is_some()))
                 });
                 Ok(match evaluated {
-                    Some(a) if status.phase == Phase::Split && status.step == Some(step) && status.reported_generation.is_some() => Some(Some(a.clone())),
+                    Some(a)
+                        if status.phase == Phase::Split
+                            && status.step == Some(step)
+                            && status.reported_generation.is_some() =>
+                    {
+                        Some(Some(a.clone()))
+                    }
                     _ => None,
                 })
             },
@@ -265,7 +271,10 @@ async fn run(
         }
     }
     phase(&migrations, &name, Phase::CutOver, Duration::from_secs(120)).await?;
-    println!("Split 50 -> 100, analysed on live metrics: {:?}", t.elapsed());
+    println!(
+        "Split 50 -> 100, analysed on live metrics: {:?}",
+        t.elapsed()
+    );
     // CutOver completes after the chart's 24h: now.
     promote(&migrations, &name).await?;
     driver
@@ -303,7 +312,15 @@ async fn run(
     // 5. Uninstall as docs/helm.md says: the Migration first, while the operator runs, whose
     //    finalizer leaves the flags safe for a completed migration (new store primary, no dual
     //    writes); then helm uninstall, which deletes the operator before custom resources.
-    ok(node.kubectl(&["delete", "migration", &name, "-n", ns, "--wait", "--timeout=120s"])?)?;
+    ok(node.kubectl(&[
+        "delete",
+        "migration",
+        &name,
+        "-n",
+        ns,
+        "--wait",
+        "--timeout=120s",
+    ])?)?;
     ok(node.helm(&["uninstall", RELEASE, "-n", ns, "--wait", "--timeout", "3m"])?)?;
     let flags = flag_values(&client, ns, flags_name).await?;
     anyhow::ensure!(
@@ -455,16 +472,20 @@ async fn phase(
     want: Phase,
     timeout: Duration,
 ) -> anyhow::Result<Migration> {
-    wait_until(timeout, &format!("Migration {name} in {want:?}"), || async {
-        let m = api.get(name).await?;
-        let phase = m.status.as_ref().map(|s| s.phase).unwrap_or_default();
-        anyhow::ensure!(
-            !matches!(phase, Phase::RollingBack | Phase::RolledBack) || want == phase,
-            "Migration {name} rolled back: {:#?}",
-            m.status
-        );
-        Ok((phase == want).then_some(m))
-    })
+    wait_until(
+        timeout,
+        &format!("Migration {name} in {want:?}"),
+        || async {
+            let m = api.get(name).await?;
+            let phase = m.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            anyhow::ensure!(
+                !matches!(phase, Phase::RollingBack | Phase::RolledBack) || want == phase,
+                "Migration {name} rolled back: {:#?}",
+                m.status
+            );
+            Ok((phase == want).then_some(m))
+        },
+    )
     .await
 }
 
@@ -533,15 +554,41 @@ fn base64_decode(s: &str) -> anyhow::Result<Vec<u8>> {
 /// What a failed run leaves for whoever reads the test output.
 fn diagnostics(node: &Node, ns: &str) {
     for args in [
-        vec!["get", "pods,jobs,deployments,migrations", "-n", ns, "-o", "wide"],
+        vec![
+            "get",
+            "pods,jobs,deployments,migrations",
+            "-n",
+            ns,
+            "-o",
+            "wide",
+        ],
         vec!["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
         vec!["describe", "migrations", "-n", ns],
-        vec!["logs", "-n", ns, "-l", "app.kubernetes.io/name=ficus-operator", "--tail=40", "--prefix"],
-        vec!["logs", "-n", ns, "-l", "app.kubernetes.io/name=chat-service", "--tail=20", "--prefix"],
+        vec![
+            "logs",
+            "-n",
+            ns,
+            "-l",
+            "app.kubernetes.io/name=ficus-operator",
+            "--tail=40",
+            "--prefix",
+        ],
+        vec![
+            "logs",
+            "-n",
+            ns,
+            "-l",
+            "app.kubernetes.io/name=chat-service",
+            "--tail=20",
+            "--prefix",
+        ],
     ] {
         if let Ok(out) = node.kubectl(&args) {
             eprintln!("{out}");
         }
     }
-    eprintln!("node logs: {} (NODE_IP {NODE_IP})", node.logs_dir().display());
+    eprintln!(
+        "node logs: {} (NODE_IP {NODE_IP})",
+        node.logs_dir().display()
+    );
 }

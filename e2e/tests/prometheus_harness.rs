@@ -189,7 +189,11 @@ async fn prometheus_stop_and_restart_keep_port_and_data() -> anyhow::Result<()> 
     eprintln!("prometheus restarted in {:?}", begin.elapsed());
     // The address from before the stop answers again: the restart kept the port.
     let ready = prometheus_http_query::reqwest::get(format!("{url}/-/ready")).await?;
-    assert!(ready.status().is_success(), "{url}/-/ready: {}", ready.status());
+    assert!(
+        ready.status().is_success(),
+        "{url}/-/ready: {}",
+        ready.status()
+    );
     let readiness = ready.text().await?;
     assert!(readiness.contains("Ready"), "{readiness}");
     // The samples scraped before the stop survive (same data dir, WAL replayed).

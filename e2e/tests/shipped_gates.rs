@@ -139,16 +139,20 @@ impl Stack {
         let example = std::fs::read_to_string(root.join("examples/chat-postgres-to-scylla.yaml"))
             .expect("the example");
         texts.push(example);
-        let mut selectors: Vec<(String, Vec<(String, String, String)>)> = texts
-            .iter()
-            .flat_map(|t| chat_selectors(t))
-            .collect();
+        let mut selectors: Vec<(String, Vec<(String, String, String)>)> =
+            texts.iter().flat_map(|t| chat_selectors(t)).collect();
         selectors.sort();
         selectors.dedup();
-        assert!(selectors.len() >= 8, "the scan finds the selectors: {selectors:?}");
+        assert!(
+            selectors.len() >= 8,
+            "the scan finds the selectors: {selectors:?}"
+        );
         for (name, matchers) in selectors {
             let series = self.prometheus.query(&name).await.expect("a query");
-            assert!(!series.is_empty(), "no samples of {name} (a shipped query selects it)");
+            assert!(
+                !series.is_empty(),
+                "no samples of {name} (a shipped query selects it)"
+            );
             for (label, op, value) in matchers {
                 assert!(
                     series.iter().any(|s| s.labels.contains_key(&label)),

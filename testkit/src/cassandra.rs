@@ -159,8 +159,11 @@ impl Cassandra {
         let addr = SocketAddr::from((host, native_port));
 
         let yaml = path("cassandra.yaml");
-        fs::write(&yaml, cassandra_yaml(dir.path(), host, storage_port, native_port))
-            .map_err(HarnessError::io("writing", &yaml))?;
+        fs::write(
+            &yaml,
+            cassandra_yaml(dir.path(), host, storage_port, native_port),
+        )
+        .map_err(HarnessError::io("writing", &yaml))?;
         let logback = path("logback.xml");
         fs::write(&logback, LOGBACK_XML).map_err(HarnessError::io("writing", &logback))?;
 

@@ -307,16 +307,10 @@ impl Images {
         let text = std::fs::read_to_string(&path).map_err(|_| {
             missing(
                 "the operator and chat-service images",
-                format!(
-                    "{} not found: run scripts/build-images.sh",
-                    path.display()
-                ),
+                format!("{} not found: run scripts/build-images.sh", path.display()),
             )
         })?;
-        let vars: BTreeMap<&str, &str> = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .collect();
+        let vars: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
         let get = |key: &str| {
             vars.get(key)
                 .map(|v| v.to_string())
@@ -363,9 +357,10 @@ impl HostForward {
     pub fn start(target: SocketAddr) -> Result<Self, HarnessError> {
         let listener = TcpListener::bind((NODE_IP, 0))
             .map_err(HarnessError::io("binding a port on", NODE_IP.to_string()))?;
-        let addr = listener
-            .local_addr()
-            .map_err(HarnessError::io("reading the address of", NODE_IP.to_string()))?;
+        let addr = listener.local_addr().map_err(HarnessError::io(
+            "reading the address of",
+            NODE_IP.to_string(),
+        ))?;
         listener
             .set_nonblocking(true)
             .map_err(HarnessError::io("configuring", addr.to_string()))?;
@@ -443,8 +438,10 @@ impl PodPrometheus {
         let addr = {
             let l = TcpListener::bind((NODE_IP, 0))
                 .map_err(HarnessError::io("binding a port on", NODE_IP.to_string()))?;
-            l.local_addr()
-                .map_err(HarnessError::io("reading the address of", NODE_IP.to_string()))?
+            l.local_addr().map_err(HarnessError::io(
+                "reading the address of",
+                NODE_IP.to_string(),
+            ))?
         };
         let targets = dir.path().join("pods.json");
         write_atomically(&targets, "[]")?;

@@ -113,6 +113,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            StoreError::InvalidArgument(what) => ApiError::invalid(what),
             StoreError::Conflict(what) => ApiError::new(Code::AlreadyExists, what),
             StoreError::Unavailable(detail) => {
                 warn!(%detail, "store unavailable");

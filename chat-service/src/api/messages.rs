@@ -13,7 +13,7 @@ use crate::api::{AppState, validate};
 use crate::events::RoomEvent;
 use crate::ids::{MessageId, RoomId};
 use crate::store::page::effective_limit;
-use crate::store::{self, NewMessage, ReadMarker};
+use crate::store::{self, NewMessage, ReadMarker, StoredMessage};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -97,17 +97,44 @@ pub async fn get_message_history(
         .store
         .history(req.id, req.before, effective_limit(req.limit))
         .await?;
-    let items = page
-        .items
-        .into_iter()
-        .map(|m| MessageJson::open(m, &app.cipher))
-        .collect::<Result<Vec<_>, _>>()?;
+    let items = open_page(page.items, |m| {
+        let opened = MessageJson::open(m, &app.cipher);
+        if opened.is_err() {
+            app.metrics.message_decrypt_failure();
+        }
+        opened
+    })?;
     Ok(Json(HistoryReply {
         items,
         pagination: Cursor {
             next_cursor: page.next_cursor,
         },
     }))
+}
+
+/// Opens the messages of a history page. One that does not decrypt (altered at rest, or sealed
+/// under another key) is left out, so one bad row does not fail the page (`open` logs it, the
+/// caller counts it); `nextCursor` stays the store's, so paging goes on past it. A page none of
+/// whose messages decrypts fails: that cannot be told from a wrong `CHAT_ENCRYPTION_KEY`, and an
+/// empty page would hide it.
+fn open_page<T, E>(
+    messages: Vec<StoredMessage>,
+    mut open: impl FnMut(StoredMessage) -> Result<T, E>,
+) -> Result<Vec<T>, E> {
+    let mut items = Vec::with_capacity(messages.len());
+    let mut first_error = None;
+    for message in messages {
+        match open(message) {
+            Ok(item) => items.push(item),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if items.is_empty() => Err(e),
+        _ => Ok(items),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,4 +210,45 @@ pub async fn react_to_message(
         .await;
     }
     Ok(Json(SuccessReply::OK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{MessageIdGenerator, RoomId, UserId};
+
+    fn messages(n: u8) -> Vec<StoredMessage> {
+        let ids = MessageIdGenerator::default();
+        (0..n)
+            .map(|i| StoredMessage {
+                id: ids.next(),
+                room_id: RoomId(uuid::Uuid::nil()),
+                sender_id: UserId(1),
+                content: vec![i],
+                message_type: "user_message".into(),
+                created_at: store::now(),
+            })
+            .collect()
+    }
+
+    /// Messages whose content is in `bad` do not open.
+    fn open_all(n: u8, bad: &[u8]) -> Result<Vec<u8>, &'static str> {
+        open_page(messages(n), |m| {
+            if bad.contains(&m.content[0]) {
+                Err("does not decrypt")
+            } else {
+                Ok(m.content[0])
+            }
+        })
+    }
+
+    #[test]
+    fn undecryptable_messages_are_left_out_unless_nothing_decrypts() {
+        assert_eq!(open_all(3, &[]), Ok(vec![0, 1, 2]));
+        assert_eq!(open_all(3, &[1]), Ok(vec![0, 2]));
+        assert_eq!(open_all(3, &[0, 2]), Ok(vec![1]));
+        assert_eq!(open_all(3, &[0, 1, 2]), Err("does not decrypt"));
+        assert_eq!(open_all(1, &[0]), Err("does not decrypt"));
+        assert_eq!(open_all(0, &[]), Ok(vec![]));
+    }
 }

@@ -8,8 +8,9 @@
 //!   same id and `created_at`, and a retried write is idempotent.
 //! * Membership is "has a `room_member` row without `removed_at`".
 //! * Errors are typed: [`StoreError::NotFound`] for what the request named and does not exist,
-//!   [`StoreError::Unavailable`] when the database cannot be reached (retry later), and
-//!   [`StoreError::Internal`] for everything that needs an operator.
+//!   [`StoreError::InvalidArgument`] for a request this store can never answer (e.g. a cursor
+//!   that cannot be one of its keys), [`StoreError::Unavailable`] when the database cannot be
+//!   reached (retry later), and [`StoreError::Internal`] for everything that needs an operator.
 
 pub mod cql_outbox;
 pub mod instrumented;
@@ -46,6 +47,9 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(String),
+    /// The request names something this store cannot hold (the caller's mistake, not the data's).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("database unavailable: {0}")]

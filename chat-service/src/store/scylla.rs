@@ -722,6 +722,12 @@ impl CqlStore {
     ) -> StoreResult<HistoryPage> {
         let mut cursor = match before {
             None => None,
+            // Not a timeuuid: it can key no message here (CQL would reject the comparison).
+            Some(c) if c.0.get_version_num() != 1 => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "`before` {c} is not a message id: message ids are time-based UUIDs (version 1)"
+                )));
+            }
             Some(c) => {
                 // The cursor must be a message of this room; a deleted one still marks a position.
                 if self.read_message(room, c).await?.is_none() {
@@ -1151,6 +1157,35 @@ pub struct BackfillMember {
     pub removed_at: Option<DateTime<Utc>>,
 }
 
+/// A legacy reaction as the backfill copies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackfillReaction {
+    pub message_id: MessageId,
+    pub user_id: UserId,
+    pub reaction: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A legacy read marker (one message read by one member) as the backfill copies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackfillReadMarker {
+    pub message_id: MessageId,
+    pub user_id: UserId,
+    pub read_at: DateTime<Utc>,
+}
+
+/// A `participants_by_room` row as `validate` reads it. Columns are optional: a live write
+/// (a leave, a read marker) may have made a partial row before the backfill filled it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CqlMember {
+    pub user_id: UserId,
+    pub role: Option<String>,
+    pub joined_at: Option<DateTime<Utc>>,
+    pub removed_at: Option<DateTime<Utc>>,
+    /// The newest message the member has read.
+    pub last_read: Option<MessageId>,
+}
+
 /// A legacy message as the backfill copies it (`content` sealed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackfillMessage {
@@ -1174,6 +1209,14 @@ struct BackfillStatements {
     count_room_messages: PreparedStatement,
     select_message: PreparedStatement,
     select_room: PreparedStatement,
+    insert_reaction: PreparedStatement,
+    insert_read_marker: PreparedStatement,
+    set_last_read: PreparedStatement,
+    select_unread: PreparedStatement,
+    add_unread: PreparedStatement,
+    select_members: PreparedStatement,
+    count_read_markers: PreparedStatement,
+    select_reactions: PreparedStatement,
 }
 
 /// The backfill's and validator's view of a [`CqlStore`] ([`CqlStore::backfill`]).
@@ -1208,6 +1251,15 @@ impl CqlStore {
             count_room_messages: p("SELECT count(*) FROM {ks}.messages_by_room WHERE room_id = ?").await?,
             select_message: p("SELECT sender_id, content, type, deleted FROM {ks}.messages_by_room WHERE room_id = ? AND message_id = ?").await?,
             select_room: p("SELECT room_id FROM {ks}.room_details WHERE room_id = ?").await?,
+            insert_reaction: p("INSERT INTO {ks}.reactions_by_message (message_id, user_id, reaction, created_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
+            insert_read_marker: p("INSERT INTO {ks}.read_markers (room_id, user_id, message_id, read_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
+            // Stamped with the message's time, as on the live path: the newest marker wins.
+            set_last_read: p("UPDATE {ks}.participants_by_room USING TIMESTAMP ? SET last_read_message_id = ? WHERE room_id = ? AND user_id = ?").await?,
+            select_unread: p("SELECT unread_count FROM {ks}.room_counters_by_user WHERE user_id = ? AND room_id = ?").await?,
+            add_unread: p("UPDATE {ks}.room_counters_by_user SET unread_count = unread_count + ? WHERE user_id = ? AND room_id = ?").await?,
+            select_members: p("SELECT user_id, role, joined_at, removed_at, last_read_message_id FROM {ks}.participants_by_room WHERE room_id = ?").await?,
+            count_read_markers: p("SELECT count(*) FROM {ks}.read_markers WHERE room_id = ? AND user_id = ?").await?,
+            select_reactions: p("SELECT user_id, reaction FROM {ks}.reactions_by_message WHERE message_id = ?").await?,
         };
         Ok(CqlBackfill {
             store: self,
@@ -1323,6 +1375,165 @@ impl CqlBackfill<'_> {
             )
             .await?;
         Ok(())
+    }
+
+    /// Writes reactions (`reactions_by_message`, one unlogged batch per message), every cell
+    /// stamped `ts`. Reactions to messages whose id is not a timeuuid cannot be keyed: skipped.
+    pub async fn write_reactions(
+        &self,
+        reactions: &[BackfillReaction],
+        ts: i64,
+    ) -> StoreResult<()> {
+        let mut by_message: Vec<(MessageId, Vec<_>)> = Vec::new();
+        for r in reactions
+            .iter()
+            .filter(|r| r.message_id.0.get_version_num() == 1)
+        {
+            let row = (
+                timeuuid(r.message_id),
+                r.user_id.0,
+                r.reaction.as_str(),
+                micros(r.created_at),
+                ts,
+            );
+            match by_message.last_mut() {
+                Some((m, rows)) if *m == r.message_id => rows.push(row),
+                _ => by_message.push((r.message_id, vec![row])),
+            }
+        }
+        futures::stream::iter(by_message.into_iter().map(|(_, rows)| {
+            self.store
+                .batch_in_partition(&self.st.insert_reaction, rows)
+        }))
+        .buffer_unordered(FAN_OUT)
+        .try_collect::<Vec<_>>()
+        .await?;
+        Ok(())
+    }
+
+    /// Writes read markers (`read_markers`, one unlogged batch per reader), every cell stamped
+    /// `ts`; markers of messages whose id is not a timeuuid are skipped.
+    pub async fn write_read_markers(
+        &self,
+        room: RoomId,
+        markers: &[BackfillReadMarker],
+        ts: i64,
+    ) -> StoreResult<()> {
+        let mut by_user: Vec<(UserId, Vec<_>)> = Vec::new();
+        for m in markers
+            .iter()
+            .filter(|m| m.message_id.0.get_version_num() == 1)
+        {
+            let row = (
+                room.0,
+                m.user_id.0,
+                timeuuid(m.message_id),
+                micros(m.read_at),
+                ts,
+            );
+            match by_user.last_mut() {
+                Some((u, rows)) if *u == m.user_id => rows.push(row),
+                _ => by_user.push((m.user_id, vec![row])),
+            }
+        }
+        futures::stream::iter(by_user.into_iter().map(|(_, rows)| {
+            self.store
+                .batch_in_partition(&self.st.insert_read_marker, rows)
+        }))
+        .buffer_unordered(FAN_OUT)
+        .try_collect::<Vec<_>>()
+        .await?;
+        Ok(())
+    }
+
+    /// The newest message `user` has read in `room`, stamped with that message's time (as the
+    /// live path does), so a newer live marker wins whatever the order.
+    pub async fn write_last_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        message: MessageId,
+    ) -> StoreResult<()> {
+        let Some(at) = message.created_at() else {
+            return Ok(());
+        };
+        self.store
+            .exec(
+                &self.st.set_last_read,
+                (micros(at), timeuuid(message), room.0, user.0),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The member's unread counter (0 when never written).
+    pub async fn unread(&self, room: RoomId, user: UserId) -> StoreResult<i64> {
+        Ok(first_row::<(Option<Counter>,)>(
+            self.store
+                .exec(&self.st.select_unread, (user.0, room.0))
+                .await?,
+        )?
+        .and_then(|(c,)| c)
+        .map_or(0, |c| c.0))
+    }
+
+    /// Moves the member's unread counter by `delta` (a counter can only be added to).
+    pub async fn add_unread(&self, room: RoomId, user: UserId, delta: i64) -> StoreResult<()> {
+        self.store
+            .exec(&self.st.add_unread, (Counter(delta), user.0, room.0))
+            .await?;
+        Ok(())
+    }
+
+    /// Every membership row of the room (current and left), by user.
+    pub async fn members(&self, room: RoomId) -> StoreResult<Vec<CqlMember>> {
+        type Row = (
+            i32,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<CqlTimeuuid>,
+        );
+        let rows = rows::<Row>(self.store.exec(&self.st.select_members, (room.0,)).await?)?;
+        rows.into_iter()
+            .map(|(user, role, joined, removed, last_read)| {
+                Ok(CqlMember {
+                    user_id: UserId(user),
+                    role,
+                    joined_at: joined.map(from_micros).transpose()?,
+                    removed_at: removed.map(from_micros).transpose()?,
+                    last_read: last_read.map(message_id),
+                })
+            })
+            .collect()
+    }
+
+    /// Read markers of `user` in `room`.
+    pub async fn read_marker_count(&self, room: RoomId, user: UserId) -> StoreResult<u64> {
+        let (n,): (i64,) = first_row(
+            self.store
+                .exec(&self.st.count_read_markers, (room.0, user.0))
+                .await?,
+        )?
+        .unwrap_or((0,));
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// `(user, reaction)` of a message, sorted.
+    pub async fn reactions(&self, message: MessageId) -> StoreResult<Vec<(UserId, String)>> {
+        if message.0.get_version_num() != 1 {
+            return Ok(vec![]);
+        }
+        let mut found: Vec<(UserId, String)> = rows::<(i32, String)>(
+            self.store
+                .exec(&self.st.select_reactions, (timeuuid(message),))
+                .await?,
+        )?
+        .into_iter()
+        .map(|(u, r)| (UserId(u), r))
+        .collect();
+        found.sort();
+        Ok(found)
     }
 
     /// Rows of the room's `messages_by_room` partition (soft-deleted included).

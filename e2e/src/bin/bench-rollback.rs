@@ -246,7 +246,10 @@ async fn active_at(
         .await?
         .json()
         .await?;
-    let alerts = body["data"]["alerts"].as_array().cloned().unwrap_or_default();
+    let alerts = body["data"]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let at = alerts
         .iter()
         .find(|a| a["labels"]["alertname"] == ALERT && a["state"] == "firing")
@@ -267,7 +270,11 @@ async fn flags_are(cms: &Api<ConfigMap>, split: &str) -> Result<bool, BoxError> 
 }
 
 /// Polls the flag ConfigMap every 5 ms until it has the value.
-async fn wait_flags(cms: &Api<ConfigMap>, split: &str, operator: &Operator) -> Result<(), BoxError> {
+async fn wait_flags(
+    cms: &Api<ConfigMap>,
+    split: &str,
+    operator: &Operator,
+) -> Result<(), BoxError> {
     let start = Instant::now();
     while start.elapsed() < TIMEOUT {
         operator.assert_running();
