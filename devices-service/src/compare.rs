@@ -116,8 +116,11 @@ pub fn compare(legacy: &[Bucket], new: &[Bucket]) -> Comparison {
     }
 }
 
-/// The received-time window a comparison at `now` covers: `[max(now − lookback, since),
-/// now − settle)`, or `None` when that is empty (shadow started less than `settle` ago).
+/// The received-time window a comparison at `now` covers: `[max(now − lookback, since +
+/// settle), now − settle)`, or `None` when that is empty. `since` is the shadow epoch, when the
+/// first instance saw dual writes on; the others follow within a poll of the flags, so the
+/// window starts `settle` after it: events an instance wrote before it applied the flags are
+/// not in the new store and are no drift.
 pub fn window(
     now: DateTime<Utc>,
     since: Option<DateTime<Utc>>,
@@ -127,7 +130,7 @@ pub fn window(
     let to = now - chrono::Duration::from_std(settle).ok()?;
     let mut from = now - chrono::Duration::from_std(lookback).ok()?;
     if let Some(since) = since {
-        from = from.max(since);
+        from = from.max(since + chrono::Duration::from_std(settle).ok()?);
     }
     (from < to).then_some((from, to))
 }
@@ -141,6 +144,9 @@ pub struct CompareConfig {
     pub lookback: Duration,
     /// Events received more recently than this are left out (copies still on their way).
     pub settle: Duration,
+    /// Drift above this is a failed comparison (`devices_event_compare_runs_total{status="fail"}`);
+    /// the alert rule has its own threshold, the same 1 % by default.
+    pub max_drift: f64,
 }
 
 impl Default for CompareConfig {
@@ -149,6 +155,7 @@ impl Default for CompareConfig {
             bucket: Duration::from_secs(3600),
             lookback: Duration::from_secs(24 * 3600),
             settle: Duration::from_secs(30),
+            max_drift: 0.01,
         }
     }
 }

@@ -217,7 +217,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let s =
                 Stores::connect(&stores.legacy_database_url, &stores.new_database_url, 2).await?;
-            let config = compare.config();
+            let config = CompareConfig { max_drift, ..compare.config() };
             let since = match since {
                 Some(t) => Some(t),
                 None => devices_service::store::shadow_epoch(&s.legacy).await?,

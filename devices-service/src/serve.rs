@@ -160,7 +160,6 @@ async fn comparator(
         let values = flags.current().values();
         if routing::comparing(&values) {
             if epoch.is_none() {
-                // The settle time also covers instances that applied the flags a poll later.
                 match store::mark_shadow_epoch(&stores.legacy, Utc::now()).await {
                     Ok(at) => epoch = Some(at),
                     Err(e) => warn!("shadow epoch not recorded (retrying): {e}"),
@@ -172,7 +171,7 @@ async fn comparator(
                 match compare::run(&stores, config.bucket, from, to).await {
                     Ok(c) => {
                         metrics.drift(c.count_drift, c.value_drift);
-                        let verdict = if c.drift() > 0.01 { "fail" } else { "pass" };
+                        let verdict = if c.drift() > config.max_drift { "fail" } else { "pass" };
                         metrics.compare_run(
                             verdict,
                             c.buckets.len() - c.mismatching(),

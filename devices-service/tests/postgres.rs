@@ -238,7 +238,7 @@ async fn events_the_new_store_drops_are_drift_and_validate_exits_2() {
         metrics,
         config: WriteConfig::default(),
     };
-    store::mark_shadow_epoch(&stores.legacy, Utc::now() - chrono::Duration::seconds(5))
+    store::mark_shadow_epoch(&stores.legacy, Utc::now() - chrono::Duration::seconds(60))
         .await
         .expect("epoch");
 
