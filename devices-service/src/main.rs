@@ -127,6 +127,7 @@ impl CompareArgs {
             bucket: self.compare_bucket,
             lookback: self.lookback,
             settle: self.settle,
+            ..CompareConfig::default()
         }
     }
 }
@@ -217,7 +218,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let s =
                 Stores::connect(&stores.legacy_database_url, &stores.new_database_url, 2).await?;
-            let config = CompareConfig { max_drift, ..compare.config() };
+            let config = CompareConfig {
+                max_drift,
+                ..compare.config()
+            };
             let since = match since {
                 Some(t) => Some(t),
                 None => devices_service::store::shadow_epoch(&s.legacy).await?,

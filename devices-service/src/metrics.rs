@@ -29,6 +29,9 @@ use prometheus_client::registry::Registry;
 
 use crate::routing::System;
 
+/// The API's routes, as the `route` label names them.
+pub const ROUTES: [&str; 5] = ["ingest", "ingest_batch", "latest", "events", "hourly"];
+
 /// The `service` label of the HTTP metrics: the name the Migration's gates and alert select.
 pub const SERVICE: &str = "devices";
 
@@ -224,6 +227,20 @@ impl Default for Metrics {
             "Generation of the flag document in force",
             m.flags_generation.clone(),
         );
+        // Every system's error series exist from the start at 0: a gate's `rate(..{code=~"5.."})`
+        // then reads 0 errors instead of no data while a system serves nobody (Shadow).
+        for system in [System::Old, System::New] {
+            for route in ROUTES {
+                for code in [500, 503] {
+                    m.requests.get_or_create(&RequestLabels {
+                        service: SERVICE,
+                        system: system.as_str(),
+                        route,
+                        code,
+                    });
+                }
+            }
+        }
         Metrics { registry: r, ..m }
     }
 }

@@ -171,7 +171,11 @@ async fn comparator(
                 match compare::run(&stores, config.bucket, from, to).await {
                     Ok(c) => {
                         metrics.drift(c.count_drift, c.value_drift);
-                        let verdict = if c.drift() > config.max_drift { "fail" } else { "pass" };
+                        let verdict = if c.drift() > config.max_drift {
+                            "fail"
+                        } else {
+                            "pass"
+                        };
                         metrics.compare_run(
                             verdict,
                             c.buckets.len() - c.mismatching(),
