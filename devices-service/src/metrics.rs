@@ -232,7 +232,7 @@ impl Default for Metrics {
         for system in [System::Old, System::New] {
             for route in ROUTES {
                 for code in [500, 503] {
-                    m.requests.get_or_create(&RequestLabels {
+                    let _ = m.requests.get_or_create(&RequestLabels {
                         service: SERVICE,
                         system: system.as_str(),
                         route,
