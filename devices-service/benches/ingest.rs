@@ -29,8 +29,14 @@ async fn server(pg: &Postgres, name: &str, dual_write: DualWrite) -> String {
     };
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        legacy_database_url: pg.create_database(&format!("bench_{name}_legacy")).await.expect("db"),
-        new_database_url: pg.create_database(&format!("bench_{name}_new")).await.expect("db"),
+        legacy_database_url: pg
+            .create_database(&format!("bench_{name}_legacy"))
+            .await
+            .expect("db"),
+        new_database_url: pg
+            .create_database(&format!("bench_{name}_new"))
+            .await
+            .expect("db"),
         max_connections: 16,
         flags: FlagSource::Static(flags),
         write: WriteConfig::default(),
@@ -97,7 +103,8 @@ fn main() {
             "dual write on / off: throughput {:.2}x, write p50 {:.2}x, p99 {:.2}x",
             on.events_per_second() / off.events_per_second().max(1e-9),
             on.write_quantile(0.5).as_secs_f64() / off.write_quantile(0.5).as_secs_f64().max(1e-9),
-            on.write_quantile(0.99).as_secs_f64() / off.write_quantile(0.99).as_secs_f64().max(1e-9),
+            on.write_quantile(0.99).as_secs_f64()
+                / off.write_quantile(0.99).as_secs_f64().max(1e-9),
         );
     });
 }

@@ -300,7 +300,8 @@ mod tests {
         let since = hour(11) + chrono::Duration::minutes(30);
         assert_eq!(
             window(now, Some(since), s(3600), s(30)).map(|w| w.0),
-            Some(since)
+            Some(since + chrono::Duration::seconds(30)),
+            "a settle time after the epoch: the other instances apply the flags a poll later"
         );
         assert_eq!(
             window(

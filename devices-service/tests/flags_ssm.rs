@@ -63,7 +63,12 @@ async fn wait(watcher: &FlagWatcher, what: &str, done: impl Fn(&InForce) -> bool
     let mut rx = watcher.subscribe();
     tokio::time::timeout(WAIT, rx.wait_for(|f| done(f)))
         .await
-        .unwrap_or_else(|_| panic!("{what} not applied within {WAIT:?}; in force {:?}", watcher.current()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what} not applied within {WAIT:?}; in force {:?}",
+                watcher.current()
+            )
+        })
         .expect("flag channel open");
 }
 
@@ -84,11 +89,16 @@ async fn follows_the_document_and_the_plans_split_only_lowers_it() {
         .load()
         .await;
     let ssm = aws_sdk_ssm::Client::new(&config);
-    let source = FlagSource::Ssm { prefix: PREFIX.into(), poll_interval: Duration::from_millis(100) };
+    let source = FlagSource::Ssm {
+        prefix: PREFIX.into(),
+        poll_interval: Duration::from_millis(100),
+    };
 
     // Nothing written yet: the pre-migration defaults.
     let gauge = Gauge::default();
-    let watcher = FlagWatcher::start(source.clone(), Some(&config), gauge.clone()).await.expect("start");
+    let watcher = FlagWatcher::start(source.clone(), Some(&config), gauge.clone())
+        .await
+        .expect("start");
     assert_eq!(watcher.current().doc, Flags::default());
 
     put_flags(&ssm, &doc(3, 50)).await;
@@ -98,22 +108,44 @@ async fn follows_the_document_and_the_plans_split_only_lowers_it() {
 
     // The runbook's emergency step: the plan's parameter to 0 by hand.
     put(&ssm, "traffic-split-percent", "0").await;
-    wait(&watcher, "split 0", |f| f.values().read_split_percent == Percent::ZERO).await;
-    assert_eq!(watcher.current().doc.generation, 3, "the document itself is unchanged");
+    wait(&watcher, "split 0", |f| {
+        f.values().read_split_percent == Percent::ZERO
+    })
+    .await;
+    assert_eq!(
+        watcher.current().doc.generation,
+        3,
+        "the document itself is unchanged"
+    );
     // Raising it above the document does not move anyone forward.
     put(&ssm, "traffic-split-percent", "100").await;
-    wait(&watcher, "back to the document's split", |f| f.values().read_split_percent.get() == 50).await;
+    wait(&watcher, "back to the document's split", |f| {
+        f.values().read_split_percent.get() == 50
+    })
+    .await;
     put(&ssm, "use-new-system", "false").await;
-    wait(&watcher, "use-new-system=false", |f| f.values().read_split_percent == Percent::ZERO).await;
+    wait(&watcher, "use-new-system=false", |f| {
+        f.values().read_split_percent == Percent::ZERO
+    })
+    .await;
 
     // The operator's next document restores both parameters.
     put_flags(&ssm, &doc(4, 100)).await;
-    wait(&watcher, "generation 4", |f| f.doc == doc(4, 100) && f.values().read_split_percent == Percent::ALL).await;
+    wait(&watcher, "generation 4", |f| {
+        f.doc == doc(4, 100) && f.values().read_split_percent == Percent::ALL
+    })
+    .await;
 
     // An invalid document at start is refused, not run on defaults.
     put(&ssm, "dual_write", "sometimes").await;
-    let err = FlagWatcher::start(source, Some(&config), Gauge::default()).await.expect_err("invalid document");
+    let err = FlagWatcher::start(source, Some(&config), Gauge::default())
+        .await
+        .expect_err("invalid document");
     assert!(matches!(err, FlagError::Rejected { .. }), "{err:?}");
     assert!(err.to_string().contains("dual_write"), "{err}");
-    assert_eq!(watcher.current().doc, doc(4, 100), "the running watcher keeps the last good flags");
+    assert_eq!(
+        watcher.current().doc,
+        doc(4, 100),
+        "the running watcher keeps the last good flags"
+    );
 }
