@@ -183,7 +183,9 @@ async fn stack(prefix: &str) -> Option<Stack> {
     for _ in 0..2 {
         instances.push(instance(&legacy_url, &new_url, &moto.url()).await);
     }
-    let operator_addr = ficus_testkit::free_addr().expect("port");
+    // Bound now and handed to the operator, so nothing takes the webhook's port in between.
+    let operator_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("operator port");
+    let operator_addr = operator_listener.local_addr().expect("operator address");
     let alertmanager = skip(Alertmanager::start(
         &format!("http://{operator_addr}/webhook/alertmanager"),
         TOKEN,
@@ -196,6 +198,7 @@ async fn stack(prefix: &str) -> Option<Stack> {
         targets: instances.iter().map(|i| i.addr.to_string()).collect(),
         rules: Some(rules),
         alertmanager: Some(alertmanager.addr().to_string()),
+        labels: Default::default(),
     }))?;
     prometheus
         .wait_for_targets(Duration::from_secs(30))
@@ -211,7 +214,9 @@ async fn stack(prefix: &str) -> Option<Stack> {
             webhook_token: Some(TOKEN.into()),
             aws: Default::default(),
         },
-    );
+        Some(operator_listener),
+    )
+    .expect("operator");
     Some(Stack {
         ssm: aws_sdk_ssm::Client::new(&config),
         ecs,
@@ -258,7 +263,11 @@ fn migration(stack: &Stack) -> Migration {
         .iter()
         .map(|g| {
             let mut g = g.clone();
-            g["query"] = json!(g["query"].as_str().expect("query").replace("[5m]", "[30s]"));
+            for key in ["query", "samplesQuery"] {
+                g[key] = json!(g[key].as_str().expect("query").replace("[5m]", "[30s]"));
+            }
+            // 30 s of the test's load, not 5 min of production traffic.
+            g["minSamples"] = json!(20);
             g
         })
         .collect();
