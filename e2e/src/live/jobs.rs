@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 
@@ -70,7 +69,7 @@ async fn run_jobs(
     runs: std::sync::Arc<std::sync::Mutex<Vec<JobRun>>>,
 ) {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
-    let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let mut started = BTreeSet::new();
     loop {
         if let Ok(list) = jobs.list(&ListParams::default()).await {
@@ -87,15 +86,17 @@ async fn run_jobs(
                 if finished || !started.insert(name.clone()) {
                     continue;
                 }
-                let (jobs, secrets, program, log_dir, runs) = (
-                    jobs.clone(),
+                let (client, namespace, secrets, program, log_dir, runs) = (
+                    client.clone(),
+                    namespace.clone(),
                     secrets.clone(),
                     program.clone(),
                     log_dir.clone(),
                     runs.clone(),
                 );
                 tokio::spawn(async move {
-                    let run = run_one(&jobs, &secrets, &job, &program, &log_dir).await;
+                    let run =
+                        run_one(&client, &namespace, &secrets, &job, &program, &log_dir).await;
                     tracing::info!(job = %run.name, exit_codes = ?run.exit_codes, elapsed = ?run.elapsed, "job finished");
                     runs.lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -108,7 +109,8 @@ async fn run_jobs(
 }
 
 async fn run_one(
-    jobs: &Api<Job>,
+    client: &Client,
+    namespace: &str,
     secrets: &Api<Secret>,
     job: &Job,
     program: &PathBuf,
@@ -168,40 +170,15 @@ async fn run_one(
         }
     });
     let exit_codes = futures::future::join_all(pods).await;
-    let failed = exit_codes.iter().any(|c| *c != 0);
-    let now = jiff::Timestamp::now().to_string();
-    let condition = |type_: &str, reason: &str, message: &str| {
-        json!({ "type": type_, "status": "True", "reason": reason, "message": message,
-                "lastProbeTime": now, "lastTransitionTime": now })
-    };
-    let status = if failed {
-        let message = format!("processes exited with {exit_codes:?}");
-        let reason = if exit_codes.contains(&2) {
-            "PodFailurePolicy"
-        } else {
-            "BackoffLimitExceeded"
-        };
-        json!({ "status": {
-            "failed": exit_codes.iter().filter(|c| **c != 0).count(),
-            "succeeded": exit_codes.iter().filter(|c| **c == 0).count(),
-            "startTime": now,
-            "conditions": [condition("FailureTarget", reason, &message), condition("Failed", reason, &message)],
-        }})
+    // Written as the Job controller would, by the same helper the operator tests use (it also
+    // lists an Indexed Job's completed indexes, which the API server checks).
+    let message = format!("processes exited with {exit_codes:?}");
+    let outcome = if exit_codes.iter().any(|c| *c != 0) {
+        Err(message.as_str())
     } else {
-        json!({ "status": {
-            "succeeded": completions,
-            "startTime": now,
-            "completionTime": now,
-            "conditions": [
-                condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-                condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
-            ],
-        }})
+        Ok(())
     };
-    if let Err(e) = jobs
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-    {
+    if let Err(e) = crate::operator::finish_job(client, namespace, &name, outcome).await {
         tracing::warn!(job = %name, %e, "job status could not be written");
     }
     JobRun {
