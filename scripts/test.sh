@@ -15,4 +15,5 @@ bash scripts/build-control-plane.sh node
 cargo build --workspace --all-targets
 target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 FICUS_IMAGE_BINARIES="$target/debug" bash scripts/build-images.sh >/dev/null
-cargo test --workspace --all-targets "$@"
+# --no-fail-fast: one run reports every failing test binary, not only the first.
+cargo test --workspace --all-targets --no-fail-fast "$@"

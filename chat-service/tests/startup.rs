@@ -89,7 +89,7 @@ fn backfill_is_the_command_and_migrate_still_runs_it() {
             "{name}: ran without --dual-write-started-at"
         );
         assert!(
-            stderr.contains("--dual-write-started-at is required unless --dry-run"),
+            stderr.contains("no dual-write start: pass --dual-write-started-at"),
             "{name}: {stderr}"
         );
     }
