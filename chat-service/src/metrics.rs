@@ -15,8 +15,10 @@
 //! | `chat_dual_write_lag_seconds` | (primary write done -> secondary write done, inline or replayed) |
 //! | `chat_retry_queue_size` | (outbox depth: entries in the outboxes of both stores, in-flight records included) |
 //! | `chat_outbox_dead_letters` | (entries in the outboxes' dead-letter tables: writes that need an operator) |
-//! | `chat_shadow_reads_total` | (shadow reads compared) |
-//! | `chat_shadow_read_mismatches_total` | `type` (`missing`/`extra`/`content`/`order`/`count`) |
+//! | `chat_shadow_reads_total` | (shadow reads compared: their scope held data to compare) |
+//! | `chat_shadow_read_drift_total` | (compared shadow reads that still differed when read again: each counts once) |
+//! | `chat_shadow_read_mismatches_total` | `type` (`missing`/`extra`/`content`/`order`/`count`): the kinds of difference of the reads counted as drift |
+//! | `chat_shadow_reads_skipped_total` | (shadow reads not compared: nothing in them the other store is expected to hold yet, or too many re-reads at once) |
 //! | `chat_shadow_read_errors_total` | (shadow reads that failed; never returned to callers) |
 //! | `chat_migration_progress_ratio` | `type` (`messages`): share of the backfill's messages copied |
 //! | `chat_migration_errors_total` | `type`, `error_type` (rows the backfill could not copy) |
@@ -26,6 +28,7 @@
 use std::time::Duration;
 
 use crate::flags::Side;
+use crate::store::shadow::{Compared, Mismatch};
 
 /// What became of one secondary (dual) write: the `status` of `chat_dual_write_operations_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -140,6 +143,8 @@ pub struct Metrics {
     /// Dead letters in the outboxes, set by the replayer.
     pub outbox_dead_letters: Gauge,
     shadow_reads: Counter,
+    shadow_drift: Counter,
+    shadow_skipped: Counter,
     shadow_mismatches: Family<MismatchLabels, Counter>,
     shadow_errors: Counter,
     migration_progress: Family<MismatchLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -200,6 +205,8 @@ impl Default for Metrics {
         let retry_queue_size = Gauge::default();
         let outbox_dead_letters = Gauge::default();
         let shadow_reads = Counter::default();
+        let shadow_drift = Counter::default();
+        let shadow_skipped = Counter::default();
         let shadow_mismatches = Family::<MismatchLabels, Counter>::default();
         let shadow_errors = Counter::default();
         registry.register(
@@ -228,8 +235,18 @@ impl Default for Metrics {
             shadow_reads.clone(),
         );
         registry.register(
+            "chat_shadow_read_drift",
+            "Compared shadow reads that differed, and still differed when read again (each read counts once)",
+            shadow_drift.clone(),
+        );
+        registry.register(
+            "chat_shadow_reads_skipped",
+            "Shadow reads not compared: nothing in them the other store is expected to hold yet, or too many re-reads at once",
+            shadow_skipped.clone(),
+        );
+        registry.register(
             "chat_shadow_read_mismatches",
-            "Shadow reads whose answer differed, by kind of difference",
+            "Shadow reads counted as drift, by kind of difference",
             shadow_mismatches.clone(),
         );
         registry.register(
@@ -280,6 +297,8 @@ impl Default for Metrics {
             retry_queue_size,
             outbox_dead_letters,
             shadow_reads,
+            shadow_drift,
+            shadow_skipped,
             shadow_mismatches,
             shadow_errors,
         }
@@ -354,13 +373,27 @@ impl Metrics {
         self.dual_write_lag.observe(lag.as_secs_f64());
     }
 
-    pub fn shadow_read(&self, mismatches: &[&'static str]) {
-        self.shadow_reads.inc();
-        for kind in mismatches {
-            self.shadow_mismatches
-                .get_or_create(&MismatchLabels { r#type: kind })
-                .inc();
-        }
+    /// Counts one shadow read by its outcome.
+    pub fn shadow_read(&self, outcome: &Compared) {
+        match outcome {
+            Compared::Skipped => {
+                self.shadow_skipped.inc();
+            }
+            Compared::Same => {
+                self.shadow_reads.inc();
+            }
+            Compared::Differs(kinds) => {
+                self.shadow_reads.inc();
+                self.shadow_drift.inc();
+                for kind in kinds {
+                    self.shadow_mismatches
+                        .get_or_create(&MismatchLabels {
+                            r#type: kind.as_str(),
+                        })
+                        .inc();
+                }
+            }
+        };
     }
 
     pub fn shadow_read_error(&self) {
@@ -371,10 +404,24 @@ impl Metrics {
         self.shadow_reads.get()
     }
 
-    pub fn shadow_mismatches(&self, kind: &'static str) -> u64 {
+    pub fn shadow_mismatches(&self, kind: Mismatch) -> u64 {
         self.shadow_mismatches
-            .get_or_create(&MismatchLabels { r#type: kind })
+            .get_or_create(&MismatchLabels {
+                r#type: kind.as_str(),
+            })
             .get()
+    }
+
+    pub fn shadow_read_errors(&self) -> u64 {
+        self.shadow_errors.get()
+    }
+
+    pub fn shadow_drift(&self) -> u64 {
+        self.shadow_drift.get()
+    }
+
+    pub fn shadow_reads_skipped(&self) -> u64 {
+        self.shadow_skipped.get()
     }
 
     pub fn migration_progress(&self, kind: &'static str, ratio: f64) {

@@ -2,7 +2,7 @@
 //! is shadowed or dual-written. A pure function of (flags, user, operation) — the router that
 //! executes it does the I/O.
 
-use crate::flags::{DualWrite, Flags, Side};
+use crate::flags::{DualWrite, Flags, ShadowCompare, Side};
 use crate::ids::UserId;
 
 /// The user's stable bucket in 0..100 (the contract's [`ficus_flags::bucket`] of the decimal
@@ -31,8 +31,10 @@ pub fn read_plan(flags: &Flags, user: UserId, sample: u8) -> ReadPlan {
     let serve = cohort(flags, user);
     // Shadowing a store that receives no writes would only measure its staleness.
     let both_written = flags.values.dual_write != DualWrite::Off;
-    let shadow =
-        (both_written && sample < flags.values.shadow_read_percent.get()).then(|| serve.other());
+    // Nothing to compare yet (not every instance is known to dual-write): no extra read.
+    let comparable = flags.values.shadow_compare_from != ShadowCompare::Nothing;
+    let shadow = (both_written && comparable && sample < flags.values.shadow_read_percent.get())
+        .then(|| serve.other());
     ReadPlan { serve, shadow }
 }
 
@@ -68,6 +70,7 @@ mod tests {
                 dual_write,
                 shadow_read_percent: Percent::new(shadow).expect("percent"),
                 read_split_percent: Percent::new(split).expect("percent"),
+                ..Default::default()
             },
         }
     }
@@ -152,6 +155,13 @@ mod tests {
                 serve: Side::New,
                 shadow: Some(Side::Legacy)
             }
+        );
+        let mut unknown = flags(Side::Legacy, DualWrite::Sync, 100, 0);
+        unknown.values.shadow_compare_from = ShadowCompare::Nothing;
+        assert_eq!(
+            read_plan(&unknown, user, 0).shadow,
+            None,
+            "nothing to compare yet, no shadow read"
         );
     }
 

@@ -11,6 +11,7 @@ use chat_service::flags::{DualWrite, FlagSource, Flags, Side};
 use chat_service::ids::{MessageIdGenerator, UserId};
 use chat_service::metrics::DualWriteOutcome;
 use chat_service::routing::cohort;
+use chat_service::store::shadow::Mismatch::{Content, Count, Extra, Missing, Order};
 use chat_service::store::{ChatStore, PageRequest, StoreError};
 use ficus_testkit::Postgres;
 use sqlx::postgres::PgPool;
@@ -273,11 +274,12 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
         || async { s.metrics.shadow_reads() >= 15 },
     )
     .await;
-    for kind in ["missing", "extra", "content", "order", "count"] {
+    assert_eq!(s.metrics.shadow_drift(), 0, "drift on a clean run");
+    for kind in [Missing, Extra, Content, Order, Count] {
         assert_eq!(
             s.metrics.shadow_mismatches(kind),
             0,
-            "{kind} on a clean run"
+            "{kind:?} on a clean run"
         );
     }
 
@@ -298,13 +300,18 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
         "the caller gets the serving (legacy) store's answer"
     );
     eventually("mismatches counted", Duration::from_secs(10), || async {
-        s.metrics.shadow_mismatches("missing") >= 1 && s.metrics.shadow_mismatches("content") >= 1
+        s.metrics.shadow_mismatches(Missing) >= 1 && s.metrics.shadow_mismatches(Content) >= 1
     })
     .await;
     assert_eq!(
-        s.metrics.shadow_mismatches("extra"),
+        s.metrics.shadow_mismatches(Extra),
         0,
         "the page window keeps one lost message from also counting as extra"
+    );
+    assert_eq!(
+        s.metrics.shadow_drift(),
+        1,
+        "one read with two kinds of difference counts once as drift"
     );
 }
 

@@ -25,6 +25,7 @@ async fn server(pg: &Postgres, name: &str, dual_write: DualWrite) -> String {
             dual_write,
             shadow_read_percent: Percent::ZERO,
             read_split_percent: Percent::ZERO,
+            ..Default::default()
         },
     };
     let config = ServeConfig {

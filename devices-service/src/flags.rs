@@ -364,6 +364,7 @@ mod tests {
                 dual_write: DualWrite::Sync,
                 shadow_read_percent: Percent::ZERO,
                 read_split_percent: Percent::new(split).expect("percent"),
+                ..Default::default()
             },
         }
     }

@@ -128,6 +128,7 @@ mod tests {
             dual_write: dual,
             shadow_read_percent: Percent::ZERO,
             read_split_percent: Percent::new(split).expect("percent"),
+            ..Default::default()
         }
     }
 

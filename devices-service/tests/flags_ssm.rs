@@ -38,6 +38,7 @@ fn doc(generation: i64, split: u8) -> Flags {
             dual_write: DualWrite::Sync,
             shadow_read_percent: Percent::ZERO,
             read_split_percent: Percent::new(split).expect("percent"),
+            ..Default::default()
         },
     }
 }

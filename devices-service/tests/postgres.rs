@@ -28,6 +28,7 @@ fn shadow_flags() -> Flags {
             dual_write: DualWrite::Sync,
             shadow_read_percent: Percent::ZERO,
             read_split_percent: Percent::ZERO,
+            ..Default::default()
         },
     }
 }

@@ -55,6 +55,7 @@ fn doc(
             dual_write: dual,
             shadow_read_percent: percent(shadow),
             read_split_percent: percent(split),
+            ..Default::default()
         },
     };
     flags

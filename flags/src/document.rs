@@ -14,8 +14,19 @@ pub mod keys {
     pub const DUAL_WRITE: &str = "dual_write";
     pub const SHADOW_READ_PERCENT: &str = "shadow_read_percent";
     pub const READ_SPLIT_PERCENT: &str = "read_split_percent";
+    /// Optional when read (absent = `all`, as documents written before it existed mean).
+    pub const SHADOW_COMPARE_FROM: &str = "shadow_compare_from";
     /// Every key a document carries, in the order they are checked.
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 6] = [
+        GENERATION,
+        WRITE_PRIMARY,
+        DUAL_WRITE,
+        SHADOW_READ_PERCENT,
+        READ_SPLIT_PERCENT,
+        SHADOW_COMPARE_FROM,
+    ];
+    /// The keys a document must have.
+    pub const REQUIRED: [&str; 5] = [
         GENERATION,
         WRITE_PRIMARY,
         DUAL_WRITE,
@@ -127,6 +138,81 @@ impl<'de> Deserialize<'de> for Percent {
     }
 }
 
+/// Which data a shadow read compares: what the store that is not serving is expected to hold.
+///
+/// A new store holds the writes made after every service instance started dual-writing, and
+/// the older data only once a backfill copied it. Comparing older data before that would count
+/// history as drift. Document values: `none`, `all`, or an RFC 3339 instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(into = "String", try_from = "String"))]
+pub enum ShadowCompare {
+    /// Compare nothing: not every instance is known to dual-write yet.
+    Nothing,
+    /// Compare only data created at or after this instant.
+    From(jiff::Timestamp),
+    /// Compare everything (the other store holds all data, e.g. after a backfill).
+    #[default]
+    All,
+}
+
+impl ShadowCompare {
+    /// Parses a document value (`none`, `all` or an RFC 3339 instant).
+    pub fn parse(raw: &str) -> Option<ShadowCompare> {
+        match raw {
+            "none" => Some(ShadowCompare::Nothing),
+            "all" => Some(ShadowCompare::All),
+            other => other.parse().ok().map(ShadowCompare::From),
+        }
+    }
+
+    /// Whether data created at `unix_millis` is compared.
+    pub fn covers_millis(self, unix_millis: i64) -> bool {
+        match self {
+            ShadowCompare::Nothing => false,
+            ShadowCompare::All => true,
+            ShadowCompare::From(t) => unix_millis >= t.as_millisecond(),
+        }
+    }
+}
+
+impl fmt::Display for ShadowCompare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShadowCompare::Nothing => f.write_str("none"),
+            ShadowCompare::All => f.write_str("all"),
+            ShadowCompare::From(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+impl From<ShadowCompare> for String {
+    fn from(s: ShadowCompare) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for ShadowCompare {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        ShadowCompare::parse(&s)
+            .ok_or_else(|| format!("{s:?} is not `none`, `all` or an RFC 3339 instant"))
+    }
+}
+
+#[cfg(feature = "serde")]
+impl JsonSchema for ShadowCompare {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ShadowCompare".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`none`, `all`, or an RFC 3339 instant: the data shadow reads compare"
+        })
+    }
+}
+
 /// The document without its generation: what a phase asks of the services.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize, JsonSchema))]
@@ -136,6 +222,9 @@ pub struct FlagValues {
     pub dual_write: DualWrite,
     pub shadow_read_percent: Percent,
     pub read_split_percent: Percent,
+    /// Which data shadow reads compare.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub shadow_compare_from: ShadowCompare,
 }
 
 impl FlagValues {
@@ -203,6 +292,16 @@ impl Flags {
                 .and_then(Percent::new)
                 .ok_or_else(|| invalid(key, &raw, "an integer from 0 to 100"))
         };
+        let shadow_compare_from = match get(keys::SHADOW_COMPARE_FROM) {
+            None => ShadowCompare::All,
+            Some(raw) => ShadowCompare::parse(raw.trim()).ok_or_else(|| {
+                invalid(
+                    keys::SHADOW_COMPARE_FROM,
+                    &raw,
+                    "`none`, `all` or an RFC 3339 instant",
+                )
+            })?,
+        };
         Ok(Flags {
             generation,
             values: FlagValues {
@@ -210,13 +309,14 @@ impl Flags {
                 dual_write,
                 shadow_read_percent: percent(keys::SHADOW_READ_PERCENT)?,
                 read_split_percent: percent(keys::READ_SPLIT_PERCENT)?,
+                shadow_compare_from,
             },
         })
     }
 
     /// The document as key/value pairs, in [`keys::ALL`] order (the format [`Flags::parse`]
     /// reads).
-    pub fn to_entries(&self) -> [(&'static str, String); 5] {
+    pub fn to_entries(&self) -> [(&'static str, String); 6] {
         let v = &self.values;
         [
             (keys::GENERATION, self.generation.to_string()),
@@ -224,6 +324,7 @@ impl Flags {
             (keys::DUAL_WRITE, v.dual_write.as_str().to_owned()),
             (keys::SHADOW_READ_PERCENT, v.shadow_read_percent.to_string()),
             (keys::READ_SPLIT_PERCENT, v.read_split_percent.to_string()),
+            (keys::SHADOW_COMPARE_FROM, v.shadow_compare_from.to_string()),
         ]
     }
 
@@ -295,8 +396,48 @@ mod tests {
                 dual_write: DualWrite::Async,
                 shadow_read_percent: Percent::new(5).expect("percent"),
                 read_split_percent: Percent::ALL,
+                shadow_compare_from: ShadowCompare::From(
+                    "2026-01-31T12:00:00.250Z".parse().expect("instant"),
+                ),
             },
         }
+    }
+
+    #[test]
+    fn shadow_compare_reads_its_three_forms_and_defaults_to_all() {
+        let at: jiff::Timestamp = "2026-01-31T12:00:00Z".parse().expect("instant");
+        for (raw, want) in [
+            ("none", ShadowCompare::Nothing),
+            ("all", ShadowCompare::All),
+            ("2026-01-31T12:00:00Z", ShadowCompare::From(at)),
+        ] {
+            assert_eq!(ShadowCompare::parse(raw), Some(want));
+            assert_eq!(ShadowCompare::parse(&want.to_string()), Some(want));
+        }
+        for bad in ["", "All", "yesterday", "2026-01-31"] {
+            assert_eq!(ShadowCompare::parse(bad), None, "{bad:?}");
+        }
+        let ms = at.as_millisecond();
+        assert!(ShadowCompare::From(at).covers_millis(ms));
+        assert!(!ShadowCompare::From(at).covers_millis(ms - 1));
+        assert!(!ShadowCompare::Nothing.covers_millis(ms));
+        assert!(ShadowCompare::All.covers_millis(i64::MIN));
+        // A document written before the key existed compares everything, as it did.
+        let old = [
+            ("generation", "1"),
+            ("write_primary", "legacy"),
+            ("dual_write", "sync"),
+            ("shadow_read_percent", "10"),
+            ("read_split_percent", "0"),
+        ];
+        let flags = Flags::parse(doc(&old)).expect("valid without the optional key");
+        assert_eq!(flags.values.shadow_compare_from, ShadowCompare::All);
+        let mut bad = old.to_vec();
+        bad.push(("shadow_compare_from", "soon"));
+        assert!(matches!(
+            Flags::parse(doc(&bad)),
+            Err(FlagError::InvalidValue { key: "shadow_compare_from", .. })
+        ));
     }
 
     #[test]
@@ -316,7 +457,7 @@ mod tests {
     fn file_text_is_one_line_per_key() {
         assert_eq!(
             sample().to_file_text(),
-            "generation=9\nwrite_primary=new\ndual_write=async\nshadow_read_percent=5\nread_split_percent=100\n"
+            "generation=9\nwrite_primary=new\ndual_write=async\nshadow_read_percent=5\nread_split_percent=100\nshadow_compare_from=2026-01-31T12:00:00.25Z\n"
         );
     }
 

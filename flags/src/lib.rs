@@ -26,5 +26,5 @@ mod read;
 pub mod ssm;
 
 pub use cohort::bucket;
-pub use document::{DualWrite, FlagError, FlagValues, Flags, Percent, Side, keys};
+pub use document::{DualWrite, FlagError, FlagValues, Flags, Percent, ShadowCompare, Side, keys};
 pub use read::FlagRead;

@@ -78,6 +78,7 @@ mod tests {
                 dual_write: DualWrite::Sync,
                 shadow_read_percent: Percent::new(10).expect("percent"),
                 read_split_percent: Percent::new(25).expect("percent"),
+                ..Default::default()
             },
         };
         let p = parameters(&flags);

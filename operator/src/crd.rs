@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The flag document types live in the contract crate shared with the services.
-pub use ficus_flags::{DualWrite, FlagValues, Flags, Percent, Side};
+pub use ficus_flags::{DualWrite, FlagValues, Flags, Percent, ShadowCompare, Side};
 
 /// A phased strangler-fig migration of one service from its legacy system to a new one.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -711,6 +711,12 @@ pub struct MigrationStatus {
     /// validation Jobs as `FICUS_DUAL_WRITE_STARTED_AT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dual_write_started_at: Option<Timestamp>,
+    /// When every service instance was seen dual-writing (with `appliedGenerationQuery`: the
+    /// first reconcile that saw them report such a document; without it, when the document
+    /// was written). Shadow reads compare data created since then until a backfill copied the
+    /// older data (the flag document's `shadow_compare_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dual_write_applied_at: Option<Timestamp>,
     /// When this attempt entered CutOver: from then on, without `reverseDualWrite`, writes
     /// reach only the new store.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -132,6 +132,12 @@ impl Skipped for () {
     fn skipped() {}
 }
 
+impl<T> Skipped for Option<T> {
+    fn skipped() -> Self {
+        None
+    }
+}
+
 impl<E> Skipped for Result<(), E> {
     fn skipped() -> Self {
         Ok(())

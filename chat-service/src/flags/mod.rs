@@ -64,7 +64,7 @@ use tokio::sync::watch;
 use apply::Applier;
 pub use ssm::{DEFAULT_POLL_INTERVAL as DEFAULT_SSM_POLL_INTERVAL, parse_poll_interval};
 
-pub use ficus_flags::{DualWrite, FlagValues, Flags, Percent, Side, keys};
+pub use ficus_flags::{DualWrite, FlagValues, Flags, Percent, ShadowCompare, Side, keys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlagError {

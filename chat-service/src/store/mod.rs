@@ -19,6 +19,7 @@ pub mod page;
 pub mod postgres;
 pub mod router;
 pub mod scylla;
+pub mod shadow;
 
 use std::future::Future;
 use std::pin::Pin;

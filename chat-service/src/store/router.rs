@@ -50,15 +50,13 @@
 //! `history` and `room_ids_for_user` from the user's cohort. Every call that names a user notes
 //! the user's cohort for the request's metrics ([`crate::api::note_cohort`]).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 use crate::api::{Cohort, note_cohort, noted_user};
 use crate::flags::{DualWrite, FlagWatcher, Side};
@@ -70,6 +68,7 @@ use crate::store::outbox::{
     Applied, EntryRef, NewEntry, Outbox, OutboxLog, ReplayConfig, WriteOp, backoff,
 };
 use crate::store::postgres::PgStore;
+use crate::store::shadow::{Compared, Scope, Shadowed, compare_results};
 use crate::store::{
     ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView,
     StoreError, StoreFuture, StoreResult, StoredMessage,
@@ -85,6 +84,9 @@ pub struct RouterOptions {
     /// A secondary write slower than this counts as failed (and goes to the outbox), so a
     /// hanging secondary cannot hold a `sync` caller.
     pub secondary_timeout: Duration,
+    /// A shadow read that differs is read and compared again after this long, and counts as
+    /// drift only if it still differs (a write may still be on its way to one store).
+    pub shadow_recheck_after: Duration,
     pub replay: ReplayConfig,
 }
 
@@ -94,6 +96,8 @@ impl Default for RouterOptions {
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(1),
             secondary_timeout: Duration::from_secs(2),
+            // Beyond the longest inline secondary write (`secondary_timeout`).
+            shadow_recheck_after: Duration::from_secs(3),
             replay: ReplayConfig::default(),
         }
     }
@@ -135,6 +139,8 @@ struct Inner {
     /// Last depth and dead-letter count read per outbox (kept while one cannot be read).
     last_depth: [AtomicI64; 2],
     last_dead: [AtomicI64; 2],
+    /// Re-reads of differing shadow reads in progress (at most [`MAX_RECHECKS`]).
+    rechecks: Semaphore,
 }
 
 /// See the module docs.
@@ -154,6 +160,10 @@ impl Drop for ReplayerHandle {
     }
 }
 
+/// Differing shadow reads re-read at once; beyond this a differing read is not counted, so
+/// real drift cannot multiply the reads the stores serve without bound.
+const MAX_RECHECKS: usize = 64;
+
 /// The `LISTEN/NOTIFY` channel of the outbox trigger (migration `0004`).
 const NOTIFY_CHANNEL: &str = "chat_outbox";
 /// The shortest pause between replay rounds that settled nothing (an entry due now may be
@@ -171,6 +181,15 @@ fn as_cohort(side: Side) -> Cohort {
     match side {
         Side::Legacy => Cohort::Legacy,
         Side::New => Cohort::New,
+    }
+}
+
+/// A read's answer for comparison: NotFound is an answer (`Err`), other errors are not.
+fn found<T>(result: StoreResult<T>) -> Option<Result<T, String>> {
+    match result {
+        Ok(v) => Some(Ok(v)),
+        Err(StoreError::NotFound(m)) => Some(Err(m)),
+        Err(_) => None,
     }
 }
 
@@ -204,6 +223,7 @@ impl MigrationRouter {
             wake: Notify::new(),
             last_depth: [AtomicI64::new(0), AtomicI64::new(0)],
             last_dead: [AtomicI64::new(0), AtomicI64::new(0)],
+            rechecks: Semaphore::new(MAX_RECHECKS),
         };
         MigrationRouter {
             inner: Arc::new(inner),
@@ -265,15 +285,13 @@ impl MigrationRouter {
         self.inner.is_up(side)
     }
 
-    /// Serves a read per the read plan and shadows it when the plan says so.
-    fn read<T>(
-        &self,
-        user: UserId,
-        call: impl Fn(Arc<dyn ChatStore>) -> StoreFuture<'static, T>,
-        compare: fn(&T, &T) -> Vec<&'static str>,
-    ) -> StoreFuture<'_, T>
+    /// Serves a read per the read plan and shadows it when the plan says so: the other store
+    /// is read concurrently and compared after the caller has its answer (see
+    /// [`Inner::compare_shadow`]).
+    fn read<T, F>(&self, user: UserId, call: F) -> StoreFuture<'_, T>
     where
-        T: Clone + Send + 'static,
+        T: Shadowed,
+        F: Fn(Arc<dyn ChatStore>) -> StoreFuture<'static, T> + Send + Sync + 'static,
     {
         let flags = self.inner.flags.current();
         let plan = read_plan(&flags, user, rand::random_range(0..100u8));
@@ -282,8 +300,12 @@ impl MigrationRouter {
         let Some(side) = plan.shadow else {
             return served;
         };
+        let scope = Scope {
+            compare: flags.values.shadow_compare_from,
+            until: Utc::now(),
+        };
         let shadow = tokio::spawn(call(self.inner.store(side).clone()));
-        let metrics = self.inner.metrics.clone();
+        let inner = self.inner.clone();
         Box::pin(async move {
             let result = served.await;
             let copy = match &result {
@@ -299,16 +321,21 @@ impl MigrationRouter {
                 let other = match shadow.await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(StoreError::NotFound(m))) => Err(m),
-                    Ok(Err(_)) | Err(_) => {
-                        metrics.shadow_read_error();
+                    Ok(Err(e)) => {
+                        let read = std::any::type_name::<T>();
+                        tracing::debug!(shadow = %side, read, error = %e, "shadow read failed");
+                        inner.metrics.shadow_read_error();
+                        return;
+                    }
+                    Err(_) => {
+                        inner.metrics.shadow_read_error();
                         return;
                     }
                 };
-                let mismatches = compare_results(&copy, &other, compare);
-                if !mismatches.is_empty() {
-                    tracing::debug!(shadow = %side, ?mismatches, "shadow read mismatch");
-                }
-                metrics.shadow_read(&mismatches);
+                let first = compare_results(&copy, &other, &scope);
+                inner
+                    .compare_shadow(first, plan.serve, side, Arc::new(call), scope)
+                    .await;
             });
             result
         })
@@ -375,6 +402,49 @@ impl Deferral {
 }
 
 impl Inner {
+    /// Counts one shadow read. A difference is checked again before it counts: after
+    /// `shadow_recheck_after` both stores are read once more and compared within the same
+    /// scope, so a write still on its way to one store (an `async` secondary write, a `sync`
+    /// one that raced the read, a membership change) is not drift, and one that persists is.
+    async fn compare_shadow<T, F>(
+        &self,
+        first: Compared,
+        serve: Side,
+        shadow: Side,
+        call: Arc<F>,
+        scope: Scope,
+    ) where
+        T: Shadowed,
+        F: Fn(Arc<dyn ChatStore>) -> StoreFuture<'static, T> + Send + Sync + 'static,
+    {
+        let verdict = match first {
+            Compared::Differs(_) => {
+                let Ok(_permit) = self.rechecks.try_acquire() else {
+                    self.metrics.shadow_read(&Compared::Skipped);
+                    return;
+                };
+                tokio::time::sleep(self.options.shadow_recheck_after).await;
+                let (a, b) = tokio::join!(
+                    call(self.store(serve).clone()),
+                    call(self.store(shadow).clone())
+                );
+                match (found(a), found(b)) {
+                    (Some(a), Some(b)) => compare_results(&a, &b, &scope),
+                    _ => {
+                        self.metrics.shadow_read_error();
+                        return;
+                    }
+                }
+            }
+            verdict => verdict,
+        };
+        if let Compared::Differs(kinds) = &verdict {
+            let read = std::any::type_name::<T>();
+            tracing::debug!(serve = %serve, shadow = %shadow, read, ?kinds, "shadow read differs");
+        }
+        self.metrics.shadow_read(&verdict);
+    }
+
     fn store(&self, side: Side) -> &Arc<dyn ChatStore> {
         match side {
             Side::Legacy => &self.legacy,
@@ -729,17 +799,9 @@ impl ChatStore for MigrationRouter {
     }
 
     fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
-        self.read(
-            viewer,
-            move |s| Box::pin(async move { s.get_room(room, viewer).await }),
-            |a, b| {
-                if rooms_equal(a, b) {
-                    vec![]
-                } else {
-                    vec!["content"]
-                }
-            },
-        )
+        self.read(viewer, move |s| {
+            Box::pin(async move { s.get_room(room, viewer).await })
+        })
     }
 
     fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
@@ -754,11 +816,9 @@ impl ChatStore for MigrationRouter {
         user: UserId,
         page: PageRequest,
     ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
-        self.read(
-            user,
-            move |s| Box::pin(async move { s.rooms_for_user(user, page).await }),
-            compare_rooms_page,
-        )
+        self.read(user, move |s| {
+            Box::pin(async move { s.rooms_for_user(user, page).await })
+        })
     }
 
     fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
@@ -799,11 +859,9 @@ impl ChatStore for MigrationRouter {
         limit: u32,
     ) -> StoreFuture<'_, HistoryPage> {
         let user = noted_user().unwrap_or(UserId(0));
-        self.read(
-            user,
-            move |s| Box::pin(async move { s.history(room, before, limit).await }),
-            compare_history,
-        )
+        self.read(user, move |s| {
+            Box::pin(async move { s.history(room, before, limit).await })
+        })
     }
 
     fn mark_read(
@@ -850,245 +908,5 @@ impl ChatStore for MigrationRouter {
         self.inner
             .store(self.inner.flags.current().values.write_primary)
             .message_room(message)
-    }
-}
-
-// ---- comparison (pure) ----------------------------------------------------------------------
-
-/// Milliseconds: CQL `timestamp` resolution (PostgreSQL keeps microseconds).
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-/// Rooms are equal when id, name, type, members (as a set), creation time (to the millisecond:
-/// CQL timestamps have millisecond resolution) and the viewer's pin agree. Ignored:
-/// `last_message_at`, a denormalized value that lags legitimately while a message is still on
-/// its way to the secondary (async dual write, outbox), and which a CQL store keeps in a
-/// separate column.
-pub fn rooms_equal(a: &RoomView, b: &RoomView) -> bool {
-    let members = |r: &RoomView| r.participants.iter().copied().collect::<HashSet<_>>();
-    a.id == b.id
-        && a.name == b.name
-        && a.room_type == b.room_type
-        && members(a) == members(b)
-        && ms(a.created_at) == ms(b.created_at)
-        && a.is_pinned == b.is_pinned
-}
-
-/// Messages are equal when every field agrees, the time to the millisecond. `content` is
-/// compared as stored: both stores hold the same sealed bytes (sealed once, before the write).
-pub fn messages_equal(a: &StoredMessage, b: &StoredMessage) -> bool {
-    a.id == b.id
-        && a.room_id == b.room_id
-        && a.sender_id == b.sender_id
-        && a.content == b.content
-        && a.message_type == b.message_type
-        && ms(a.created_at) == ms(b.created_at)
-}
-
-/// Differences between two lists of the same query, `served` being the answer the caller got:
-/// `missing` (in served, not in shadow), `extra` (in shadow only), `content` (same id, different
-/// fields), `order` (the common ids in another order). Each kind at most once.
-pub fn diff_lists<T>(
-    served: &[T],
-    shadow: &[T],
-    id: impl Fn(&T) -> Uuid,
-    same: impl Fn(&T, &T) -> bool,
-) -> Vec<&'static str> {
-    let mut kinds = Vec::new();
-    let by_id: HashMap<Uuid, &T> = shadow.iter().map(|t| (id(t), t)).collect();
-    let served_ids: HashSet<Uuid> = served.iter().map(&id).collect();
-    if served.iter().any(|t| !by_id.contains_key(&id(t))) {
-        kinds.push("missing");
-    }
-    if shadow.iter().any(|t| !served_ids.contains(&id(t))) {
-        kinds.push("extra");
-    }
-    if served
-        .iter()
-        .any(|t| by_id.get(&id(t)).is_some_and(|s| !same(t, s)))
-    {
-        kinds.push("content");
-    }
-    let common_served: Vec<Uuid> = served
-        .iter()
-        .map(&id)
-        .filter(|i| by_id.contains_key(i))
-        .collect();
-    let common_shadow: Vec<Uuid> = shadow
-        .iter()
-        .map(&id)
-        .filter(|i| served_ids.contains(i))
-        .collect();
-    if common_served != common_shadow {
-        kinds.push("order");
-    }
-    kinds
-}
-
-/// History pages. `next_cursor` is ignored (it follows from the items). When a page is full
-/// (has a next cursor) only the window both pages cover is compared: items older than the newer
-/// of the two pages' oldest items are dropped first, so one missing message counts once as
-/// `missing` instead of also making the shadow page reach one message further (`extra`).
-pub fn compare_history(served: &HistoryPage, shadow: &HistoryPage) -> Vec<&'static str> {
-    let key = |m: &StoredMessage| (ms(m.created_at), m.id);
-    let mut served_items: &[StoredMessage] = &served.items;
-    let mut shadow_items: &[StoredMessage] = &shadow.items;
-    let (mut a, mut b);
-    if served.next_cursor.is_some() || shadow.next_cursor.is_some() {
-        let cutoff = served
-            .items
-            .last()
-            .map(key)
-            .into_iter()
-            .chain(shadow.items.last().map(key))
-            .max();
-        if let Some(cutoff) = cutoff {
-            a = served.items.clone();
-            a.retain(|m| key(m) >= cutoff);
-            b = shadow.items.clone();
-            b.retain(|m| key(m) >= cutoff);
-            served_items = &a;
-            shadow_items = &b;
-        }
-    }
-    diff_lists(served_items, shadow_items, |m| m.id.0, messages_equal)
-}
-
-/// A page of a user's rooms, and the total (`count` when they differ).
-pub fn compare_rooms_page(
-    served: &(Vec<RoomView>, u64),
-    shadow: &(Vec<RoomView>, u64),
-) -> Vec<&'static str> {
-    let mut kinds = diff_lists(&served.0, &shadow.0, |r| r.id.0, rooms_equal);
-    if served.1 != shadow.1 {
-        kinds.push("count");
-    }
-    kinds
-}
-
-/// Results of a read on both stores: both NotFound agree; found on one side only is `missing`
-/// (the shadow lacks it) or `extra` (only the shadow has it).
-pub fn compare_results<T>(
-    served: &Result<T, String>,
-    shadow: &Result<T, String>,
-    compare: fn(&T, &T) -> Vec<&'static str>,
-) -> Vec<&'static str> {
-    match (served, shadow) {
-        (Ok(a), Ok(b)) => compare(a, b),
-        (Ok(_), Err(_)) => vec!["missing"],
-        (Err(_), Ok(_)) => vec!["extra"],
-        (Err(_), Err(_)) => vec![],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::RoomType;
-
-    fn message(n: u128, at_ms: i64) -> StoredMessage {
-        StoredMessage {
-            id: MessageId(Uuid::from_u128(n)),
-            room_id: RoomId(Uuid::from_u128(1)),
-            sender_id: UserId(1),
-            content: vec![n as u8],
-            message_type: "user_message".into(),
-            created_at: DateTime::from_timestamp_millis(at_ms).expect("time"),
-        }
-    }
-
-    fn page(ids: &[u128], more: bool) -> HistoryPage {
-        let items: Vec<StoredMessage> =
-            ids.iter().map(|n| message(*n, 1_000 * *n as i64)).collect();
-        HistoryPage {
-            next_cursor: if more {
-                items.last().map(|m| m.id)
-            } else {
-                None
-            },
-            items,
-        }
-    }
-
-    #[test]
-    fn identical_pages_match_and_microseconds_are_ignored() {
-        assert!(compare_history(&page(&[5, 4, 3], false), &page(&[5, 4, 3], false)).is_empty());
-        let mut micro = page(&[5, 4], false);
-        micro.items[0].created_at += chrono::Duration::microseconds(300);
-        assert!(compare_history(&page(&[5, 4], false), &micro).is_empty());
-    }
-
-    #[test]
-    fn kinds_of_history_mismatch() {
-        assert_eq!(
-            compare_history(&page(&[5, 4, 3], false), &page(&[5, 3], false)),
-            vec!["missing"]
-        );
-        assert_eq!(
-            compare_history(&page(&[5, 3], false), &page(&[5, 4, 3], false)),
-            vec!["extra"]
-        );
-        let mut changed = page(&[5, 4], false);
-        changed.items[1].content = vec![9];
-        assert_eq!(
-            compare_history(&page(&[5, 4], false), &changed),
-            vec!["content"]
-        );
-        assert_eq!(
-            compare_history(&page(&[5, 4], false), &page(&[4, 5], false)),
-            vec!["order"]
-        );
-    }
-
-    #[test]
-    fn a_full_page_missing_one_message_counts_missing_only() {
-        // Limit 3: the shadow lacks 4, so its page reaches down to 2.
-        assert_eq!(
-            compare_history(&page(&[5, 4, 3], true), &page(&[5, 3, 2], true)),
-            vec!["missing"]
-        );
-    }
-
-    #[test]
-    fn rooms_ignore_last_message_and_member_order() {
-        let room = RoomView {
-            id: RoomId(Uuid::from_u128(7)),
-            name: "Team".into(),
-            room_type: RoomType::Group,
-            participants: vec![UserId(1), UserId(2)],
-            created_at: DateTime::from_timestamp_millis(5_000).expect("time"),
-            last_message_at: None,
-            is_pinned: false,
-        };
-        let other = RoomView {
-            participants: vec![UserId(2), UserId(1)],
-            last_message_at: Some(Utc::now()),
-            ..room.clone()
-        };
-        assert!(rooms_equal(&room, &other));
-        assert!(!rooms_equal(
-            &room,
-            &RoomView {
-                name: "x".into(),
-                ..room.clone()
-            }
-        ));
-        assert_eq!(
-            compare_rooms_page(&(vec![room.clone()], 1), &(vec![other], 2)),
-            vec!["count"]
-        );
-        assert_eq!(
-            compare_results::<RoomView>(&Ok(room.clone()), &Err("nf".into()), |_, _| vec![]),
-            vec!["missing"]
-        );
-        assert_eq!(
-            compare_results::<RoomView>(&Err("nf".into()), &Ok(room), |_, _| vec![]),
-            vec!["extra"]
-        );
-        assert!(
-            compare_results::<RoomView>(&Err("a".into()), &Err("b".into()), |_, _| vec![])
-                .is_empty()
-        );
     }
 }

@@ -462,9 +462,16 @@ impl CqlStore {
         })
     }
 
+    /// A room's details. A row with only `last_message_at` is no room: a message for a room
+    /// this store never received (created before dual-write, not backfilled yet) updates it.
     async fn room_row(&self, room: RoomId) -> StoreResult<RoomRow> {
-        first_row::<RoomRow>(self.exec(&self.st.select_room, (room.0,)).await?)?
-            .ok_or_else(|| StoreError::NotFound(format!("room {room}")))
+        type Partial = (Option<String>, Option<String>, Option<i64>, Option<i64>);
+        match first_row::<Partial>(self.exec(&self.st.select_room, (room.0,)).await?)? {
+            Some((Some(name), Some(room_type), Some(created_at), last)) => {
+                Ok((name, room_type, created_at, last))
+            }
+            _ => Err(StoreError::NotFound(format!("room {room}"))),
+        }
     }
 
     /// Current members, ascending (the clustering order).

@@ -42,6 +42,7 @@ pub fn flag_doc(
             dual_write,
             shadow_read_percent: percent(shadow),
             read_split_percent: percent(split),
+            shadow_compare_from: chat_service::flags::ShadowCompare::All,
         },
     }
 }

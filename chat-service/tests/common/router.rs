@@ -30,6 +30,7 @@ pub fn options() -> RouterOptions {
         ping_interval: Duration::from_millis(200),
         ping_timeout: Duration::from_millis(500),
         secondary_timeout: Duration::from_secs(2),
+        shadow_recheck_after: Duration::from_millis(500),
         replay: ReplayConfig {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(500),
@@ -119,8 +120,8 @@ pub async fn start_router_with(
     }
 }
 
-/// A group room of `owner` and `members`, created through the router.
-pub async fn new_room(router: &MigrationRouter, owner: i32, members: &[i32]) -> RoomId {
+/// A group room of `owner` and `members`, created through `store` (usually the router).
+pub async fn new_room(store: &dyn ChatStore, owner: i32, members: &[i32]) -> RoomId {
     let mut participants: Vec<UserId> = std::iter::once(owner)
         .chain(members.iter().copied())
         .map(UserId)
@@ -134,7 +135,7 @@ pub async fn new_room(router: &MigrationRouter, owner: i32, members: &[i32]) -> 
         participants,
         created_at: chat_service::store::now(),
     };
-    router.create_room(room).await.expect("create room").id
+    store.create_room(room).await.expect("create room").id
 }
 
 pub fn message(ids: &MessageIdGenerator, room: RoomId, sender: i32, text: &str) -> NewMessage {

@@ -181,6 +181,7 @@ impl Machine<'_> {
     fn run(&mut self) {
         self.apply_spec_change();
         self.record_analysis();
+        self.note_dual_write_applied();
         self.problems.extend(analysis_problems(&self.status));
 
         let phase = self.status.phase;
@@ -433,6 +434,29 @@ impl Machine<'_> {
         }
     }
 
+    /// Records when every service instance is known to dual-write: from then on each write is
+    /// in both stores, so shadow reads may compare data created since ([`desired_flags`] puts
+    /// it in `shadow_compare_from`). With `appliedGenerationQuery` it is the first reconcile
+    /// that sees the services report a dual-writing document; without it the operator cannot
+    /// tell, and [`Machine::transition`] takes the moment it writes that document.
+    fn note_dual_write_applied(&mut self) {
+        if self.status.dual_write_applied_at.is_some()
+            || !matches!(
+                self.current_phase(),
+                Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver
+            )
+        {
+            return;
+        }
+        let dual_writing = self
+            .status
+            .applied_flags
+            .is_some_and(|f| f.values.dual_write != crate::crd::DualWrite::Off);
+        if dual_writing && self.flags_applied() {
+            self.status.dual_write_applied_at = Some(self.now);
+        }
+    }
+
     /// The phase whose plan is in force (the paused-from phase while Paused).
     fn current_phase(&self) -> Phase {
         match (&self.status.phase, &self.status.paused) {
@@ -502,6 +526,7 @@ impl Machine<'_> {
         self.status.validate_job = None;
         self.status.rollback_job = None;
         self.status.dual_write_started_at = None;
+        self.status.dual_write_applied_at = None;
         self.status.cut_over_at = None;
         self.status.consecutive_failures = 0;
         self.status.consecutive_inconclusive = 0;
@@ -719,16 +744,18 @@ impl Machine<'_> {
 
     /// With `appliedGenerationQuery`: have the services reported the generation written last?
     fn flags_applied(&self) -> bool {
-        let checks = self
-            .spec
-            .analysis
-            .as_ref()
-            .is_some_and(|a| a.applied_generation_query.is_some());
-        if !checks {
+        if !self.checks_applied_generation() {
             return true;
         }
         let written = self.status.applied_flags.as_ref().map(|f| f.generation);
         matches!((self.status.reported_generation, written), (Some(seen), Some(want)) if seen >= want)
+    }
+
+    fn checks_applied_generation(&self) -> bool {
+        self.spec
+            .analysis
+            .as_ref()
+            .is_some_and(|a| a.applied_generation_query.is_some())
     }
 
     fn workloads_ready(&self) -> bool {
@@ -836,7 +863,12 @@ impl Machine<'_> {
         // write that reaches only the new store.
         match to {
             Phase::Shadow if self.status.dual_write_started_at.is_none() => {
-                self.status.dual_write_started_at = Some(self.now)
+                self.status.dual_write_started_at = Some(self.now);
+                // Without `appliedGenerationQuery` nothing will ever show the services applied
+                // the document: take the moment it is written.
+                if !self.checks_applied_generation() {
+                    self.status.dual_write_applied_at.get_or_insert(self.now);
+                }
             }
             Phase::CutOver if self.status.cut_over_at.is_none() => {
                 self.status.cut_over_at = Some(self.now)

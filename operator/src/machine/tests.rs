@@ -19,7 +19,7 @@ use crate::crd::{
     ShadowSpec, Side, Workload,
 };
 use Phase::*;
-use ficus_flags::FlagRead;
+use ficus_flags::{FlagRead, ShadowCompare};
 
 // ---------------------------------------------------------------------------------------------
 // Clock
@@ -180,8 +180,11 @@ fn complete_after(spec: MigrationSpec, after: &str) -> MigrationSpec {
 // Flag documents (docs/flag-contract.md)
 
 mod fl {
-    use crate::crd::{DualWrite, FlagValues, Percent, Side};
+    use crate::crd::{DualWrite, FlagValues, Percent, ShadowCompare, Side};
 
+    /// Shadow reads compare what was written since t0, when every instance dual-writes (as in
+    /// [`super::status_in`]); phases without shadow reads compare `all`. Tests of other
+    /// moments use [`compare`].
     fn doc(
         write_primary: Side,
         dual_write: DualWrite,
@@ -193,6 +196,18 @@ mod fl {
             dual_write,
             shadow_read_percent: Percent::saturating(shadow_read_percent.into()),
             read_split_percent: Percent::saturating(read_split_percent.into()),
+            shadow_compare_from: if shadow_read_percent > 0 {
+                ShadowCompare::From(super::t0())
+            } else {
+                ShadowCompare::All
+            },
+        }
+    }
+    /// `values` comparing `compare`.
+    pub fn compare(values: FlagValues, compare: ShadowCompare) -> FlagValues {
+        FlagValues {
+            shadow_compare_from: compare,
+            ..values
         }
     }
     pub fn preflight() -> FlagValues {
@@ -215,6 +230,15 @@ mod fl {
     }
     pub fn rollback() -> FlagValues {
         doc(Side::Legacy, DualWrite::Sync, 0, 0)
+    }
+}
+
+/// `values` with shadow reads comparing data since `t0 + secs` (when they shadow at all).
+fn since(values: FlagValues, secs: i64) -> FlagValues {
+    if values.shadow_read_percent == Percent::ZERO {
+        values
+    } else {
+        fl::compare(values, ShadowCompare::From(at(secs)))
     }
 }
 
@@ -246,6 +270,8 @@ fn status_in(spec: &MigrationSpec, phase: Phase, step: Option<i32>) -> Migration
         step_started_at: time(0),
         passing_since: if gates { None } else { time(0) },
         observed_generation: Some(1),
+        dual_write_started_at: (!matches!(phase, Pending | Preflight)).then(t0),
+        dual_write_applied_at: (!matches!(phase, Pending | Preflight)).then(t0),
         ..MigrationStatus::default()
     };
     status.applied_flags = desired_flags(spec, &status).map(|values| Flags {
@@ -697,6 +723,8 @@ fn a_run_without_gates_walks_every_phase_baking_each_step() {
             },
         );
         let row = format!("at +{secs}s");
+        // Without appliedGenerationQuery shadow reads compare from the document's writing (+1s).
+        let flags = since(flags, 1);
         assert_eq!(sim.phase(), (phase, step_, traffic), "{row}");
         assert_eq!(d.flags, applied(generation, flags), "{row}");
         if before.is_some_and(|b| b.values == flags) {
@@ -769,7 +797,7 @@ fn preflight_moves_to_shadow_only_once_the_store_holds_the_preflight_flags() {
         // An empty store gets the status's recorded request again, with its generation; a
         // store that holds anything else gets a generation above both.
         let expected = if phase == Shadow {
-            applied(GEN + 1, fl::shadow())
+            applied(GEN + 1, since(fl::shadow(), 5))
         } else {
             Some(Flags {
                 generation: store.map_or(GEN, |f| f.generation.max(GEN) + 1),
@@ -959,7 +987,11 @@ fn backfill_runs_its_job_between_shadow_and_the_first_step() {
     }
     assert_eq!(sim.status.backfill_job.as_deref(), Some("chat-backfill-1"));
     assert_eq!(sim.phase(), (Split, Some(1), 10));
-    assert_eq!(sim.store, applied(GEN + 1, fl::split(10)));
+    assert_eq!(
+        sim.store,
+        applied(GEN + 1, fl::compare(fl::split(10), ShadowCompare::All)),
+        "after the backfill shadow reads compare everything"
+    );
     assert_eq!(
         sim.status.step_started_at,
         time(5_001),
@@ -1880,9 +1912,9 @@ fn retry_after_a_rollback_starts_a_new_attempt_from_the_beginning() {
     #[rustfmt::skip]
     let rows: [(i64, Phase, Option<Flags>, &[&str]); 4] = [
         (11,  Preflight, applied(GEN + 1, fl::preflight()), &["Started"]),
-        (12,  Shadow,    applied(GEN + 2, fl::shadow()),    &["PreflightPassed"]),
-        (131, Shadow,    applied(GEN + 2, fl::shadow()),    &[]),
-        (132, Backfill,  applied(GEN + 2, fl::shadow()),    &["ShadowPassed"]),
+        (12,  Shadow,    applied(GEN + 2, since(fl::shadow(), 12)), &["PreflightPassed"]),
+        (131, Shadow,    applied(GEN + 2, since(fl::shadow(), 12)), &[]),
+        (132, Backfill,  applied(GEN + 2, since(fl::shadow(), 12)), &["ShadowPassed"]),
     ];
     for (secs, phase, flags, events) in rows {
         let d = sim.at(secs);
@@ -3551,4 +3583,73 @@ fn job_names_fit_a_label_value_whatever_the_service_name() {
     );
     let name = d.create_validate_job.expect("a validation Job");
     assert!(name.len() <= 63 && name.ends_with("-validate-1"), "{name}");
+}
+
+#[test]
+fn shadow_reads_compare_only_what_the_new_store_holds() {
+    // With appliedGenerationQuery: nothing until every instance reports the dual-writing
+    // document, then the data written since that moment, then everything once backfilled.
+    let mut sim = simulate(checking_generation(with_backfill(spec())));
+    sim.at(0);
+    let entered = sim.at(1);
+    assert_eq!(entered.status.phase, Shadow);
+    let first = entered.flags.expect("the Shadow document");
+    assert_eq!(first.values.dual_write, DualWrite::Sync);
+    assert_eq!(first.values.shadow_compare_from, ShadowCompare::Nothing);
+    let reported = |generation| Observations {
+        reported_generation: Some(generation),
+        ..Observations::default()
+    };
+    // An instance still on the Preflight document: some writes may miss the new store.
+    let d = sim.with(20, reported(first.generation - 1));
+    assert_eq!(d.flags, Some(first), "unchanged while not every instance dual-writes");
+    let d = sim.with(30, reported(first.generation));
+    let second = d.flags.expect("a document");
+    assert_eq!(sim.status.dual_write_applied_at, time(30));
+    assert_eq!(second.generation, first.generation + 1);
+    assert_eq!(
+        second.values,
+        fl::compare(first.values, ShadowCompare::From(at(30)))
+    );
+    // Later reports change nothing.
+    let d = sim.with(40, reported(second.generation));
+    assert_eq!(d.flags, Some(second));
+    assert_eq!(sim.status.dual_write_applied_at, time(30));
+
+    // Without a backfill the new store never holds the older data: Split keeps the scope.
+    let spec = checking_generation(spec());
+    let s = status_in(&spec, Split, Some(2));
+    assert_eq!(
+        desired_flags(&spec, &s).map(|f| f.shadow_compare_from),
+        Some(ShadowCompare::From(t0()))
+    );
+    // After a backfill it holds everything; Backfill itself does not yet.
+    let spec = with_backfill(spec);
+    for (phase, step_, compare) in [
+        (Backfill, None, ShadowCompare::From(t0())),
+        (Split, Some(1), ShadowCompare::All),
+        (CutOver, None, ShadowCompare::All),
+    ] {
+        let s = status_in(&spec, phase, step_);
+        assert_eq!(
+            desired_flags(&spec, &s).map(|f| f.shadow_compare_from),
+            Some(compare),
+            "{phase:?}"
+        );
+    }
+    // A retry starts over: nothing compared until the new attempt's dual write is seen.
+    let s = MigrationStatus {
+        dual_write_applied_at: time(30),
+        ..status_in(&spec, RolledBack, None)
+    };
+    let d = step(
+        &spec,
+        &s,
+        &Observations {
+            commands: retry(),
+            ..seen(&s)
+        },
+        at(100),
+    );
+    assert_eq!(d.status.dual_write_applied_at, None);
 }
