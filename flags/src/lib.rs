@@ -1,7 +1,7 @@
 //! The flag document: the contract between the Ficus operator, which writes it, and the
 //! services that follow it (chat-service and any other service being migrated).
 //!
-//! A document is five keys with string values, the same in every store:
+//! A document is six keys with string values, the same in every store:
 //!
 //! | key | values | meaning for a service |
 //! |---|---|---|
@@ -10,6 +10,7 @@
 //! | `dual_write` | `off` \| `sync` \| `async` | whether (and how) writes also go to the other store |
 //! | `shadow_read_percent` | 0..=100 | share of reads also served by the other store and compared |
 //! | `read_split_percent` | 0..=100 | share of users (by [`bucket`]) whose reads the new store serves |
+//! | `shadow_compare_from` | `none` \| `all` \| RFC 3339 instant | which data shadow reads compare ([`ShadowCompare`]); may be absent (`all`) |
 //!
 //! Rules both sides keep:
 //! * The operator writes whole documents and only ever raises `generation`; a service ignores

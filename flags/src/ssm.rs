@@ -50,7 +50,7 @@ pub fn parameters(flags: &Flags) -> Vec<(&'static str, String)> {
     entries
 }
 
-/// The full names of the document's five parameters (what a service reads).
+/// The full names of the document's six parameters (what a service reads).
 pub fn document_names(prefix: &str) -> Vec<String> {
     keys::ALL.iter().map(|k| format!("{prefix}{k}")).collect()
 }

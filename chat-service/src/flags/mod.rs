@@ -7,7 +7,7 @@
 //! * [`FlagSource::Static`]: fixed flags (tests, local runs).
 //! * [`FlagSource::File`]: a file of `key=value` lines, the same keys and values as the
 //!   ConfigMap's `data`. Blank lines and lines starting with `#` are ignored; whitespace around
-//!   keys and values is trimmed; keys other than the five flag keys are ignored (other tools may
+//!   keys and values is trimmed; keys other than the six flag keys are ignored (other tools may
 //!   own them); a line without `=` or a key given twice rejects the whole document:
 //!
 //!   ```text

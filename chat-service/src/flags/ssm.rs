@@ -132,7 +132,7 @@ struct Reader {
 }
 
 impl Reader {
-    /// The five flag parameters under the prefix (the operator's `traffic-split-percent` and
+    /// The six flag parameters under the prefix (the operator's `traffic-split-percent` and
     /// `use-new-system` are not read: they restate `read_split_percent`). Parameters that do
     /// not exist come back as `InvalidParameters`; none at all is no document.
     async fn read(&self) -> Result<Document, FlagError> {

@@ -39,11 +39,13 @@
 //! # Reads
 //!
 //! [`read_plan`] with a uniform sample: the caller always gets `plan.serve`'s answer; with
-//! `plan.shadow` the other store is read concurrently in a spawned task, compared after the
-//! serving answer is returned (never delaying it), and counted in `chat_shadow_reads_total` /
-//! `chat_shadow_read_mismatches_total{type}`; a failing shadow read counts in
-//! `chat_shadow_read_errors_total` and is never returned. What the comparison ignores, and why,
-//! is documented on [`rooms_equal`], [`messages_equal`] and [`compare_history`].
+//! `plan.shadow` the other store is read concurrently in a spawned task and compared after the
+//! serving answer is returned (never delaying it), within the [`Scope`] of the flags'
+//! `shadow_compare_from` (what the other store is expected to hold; [`crate::store::shadow`]).
+//! A difference is read again after `shadow_recheck_after` and counts only if it persists.
+//! Counted in `chat_shadow_reads_total`, `chat_shadow_read_drift_total`,
+//! `chat_shadow_read_mismatches_total{type}` and `chat_shadow_reads_skipped_total`; a failing
+//! shadow read counts in `chat_shadow_read_errors_total` and is never returned.
 //!
 //! `room_access` and `message_room` (authorization before a write) are read from the write
 //! primary, the store the write that follows must succeed on; `get_room`, `rooms_for_user`,
