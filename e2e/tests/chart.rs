@@ -67,12 +67,17 @@ fn chart(
 /// `helm template` of the chart with `sets` (`key=value`), split into documents.
 fn render(sets: &[&str], extra: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
     let out = succeeded(chart("template", "ficus", sets, extra)?)?;
-    Ok(out
-        .stdout
-        .split("\n---")
-        .filter_map(|d| serde_saphyr::from_str::<serde_json::Value>(d).ok())
-        .filter(|d| d.is_object())
-        .collect())
+    // Strict parse: a document that does not parse (e.g. a label key given twice) fails the
+    // test instead of silently missing from the list.
+    let mut docs = Vec::new();
+    for d in out.stdout.split("\n---") {
+        let doc: serde_json::Value = serde_saphyr::from_str(d)
+            .map_err(|e| anyhow::anyhow!("rendered document does not parse: {e}\n{d}"))?;
+        if doc.is_object() {
+            docs.push(doc);
+        }
+    }
+    Ok(docs)
 }
 
 fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
@@ -125,14 +130,6 @@ fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Re
             vec!["chat.existingSecret=chat", "chat.new.cql.consistency=SOME"],
             "/chat/new/cql/consistency",
         ),
-        (
-            vec![
-                "chat.existingSecret=chat",
-                "chat.migration.enabled=true",
-                "chat.migration.backfill.enabled=true",
-            ],
-            "chat.migration.backfill.dualWriteStartedAt is required with the backfill",
-        ),
     ];
     for (sets, message) in refused {
         let out = chart("template", "ficus", &sets, &[])?;
@@ -177,6 +174,60 @@ fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Re
         migration[0]["spec"]["rollback"],
         example["spec"]["rollback"]
     );
+    // The operator, not a value typed by hand, tells the backfill when dual writes began.
+    let backfill = render(
+        &[
+            "chat.existingSecret=chat",
+            "chat.migration.enabled=true",
+            "chat.migration.backfill.enabled=true",
+        ],
+        &[],
+    )?;
+    let args = &find(&backfill, "Migration")[0]["spec"]["backfill"]["args"];
+    assert!(
+        !args.to_string().contains("dual-write-started-at"),
+        "{args}"
+    );
+
+    // Every instance that accepts writes follows the flags during a migration.
+    let store = |docs: &[serde_json::Value], track: &str| -> String {
+        let suffix = format!("chat-{track}");
+        let deployments = find(docs, "Deployment");
+        let deployment = deployments
+            .iter()
+            .find(|d| {
+                d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(&suffix))
+            })
+            .unwrap_or_else(|| panic!("no {suffix} Deployment in {deployments:?}"));
+        let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env");
+        env.iter()
+            .find(|e| e["name"] == "CHAT_STORE")
+            .and_then(|e| e["value"].as_str())
+            .expect("CHAT_STORE")
+            .to_owned()
+    };
+    for (sets, legacy) in [
+        (vec!["chat.existingSecret=chat"], "postgres"),
+        (
+            vec!["chat.existingSecret=chat", "chat.migration.enabled=true"],
+            "router",
+        ),
+        (
+            vec!["chat.existingSecret=chat", "chat.legacy.followFlags=true"],
+            "router",
+        ),
+    ] {
+        let docs = render(&sets, &[])?;
+        assert_eq!(
+            (store(&docs, "legacy").as_str(), store(&docs, "new").as_str()),
+            (legacy, "router"),
+            "{sets:?}"
+        );
+    }
     Ok(())
 }
 
@@ -228,7 +279,6 @@ async fn helm_install_puts_the_operator_and_chat_stack_on_the_cluster_and_upgrad
         "chat.existingSecret=chat-secrets",
         "chat.migration.enabled=true",
         "chat.migration.backfill.enabled=true",
-        "chat.migration.backfill.dualWriteStartedAt=2026-11-01T00:00:00Z",
     ];
     let out = install(cp, "install", &release, &ns, &sets)?;
     assert!(

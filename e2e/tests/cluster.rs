@@ -179,14 +179,12 @@ async fn run(
     .await?;
 
     // 2. The migration, turned on by an upgrade: dual writes start now.
-    let dual_write_started_at = jiff::Timestamp::now().to_string();
     sets.extend([
         "chat.migration.enabled=true".into(),
         "chat.migration.steps={50,100}".into(),
         "chat.migration.bakeTime=20s".into(),
         format!("chat.migration.prometheusUrl={}", prometheus.url()),
         "chat.migration.backfill.enabled=true".into(),
-        format!("chat.migration.backfill.dualWriteStartedAt={dual_write_started_at}"),
         "chat.migration.backfill.parallelism=2".into(),
     ]);
     helm_chart(node, "upgrade", &chart, ns, &sets)?;
@@ -579,6 +577,16 @@ fn diagnostics(node: &Node, ns: &str) {
             ns,
             "-l",
             "app.kubernetes.io/name=chat-service",
+            "--tail=20",
+            "--prefix",
+        ],
+        // The Jobs' pods (backfill, validation, load): why one failed.
+        vec![
+            "logs",
+            "-n",
+            ns,
+            "-l",
+            "batch.kubernetes.io/job-name",
             "--tail=20",
             "--prefix",
         ],

@@ -17,8 +17,14 @@
 {{- end -}}
 
 {{- define "ficus.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "ficus.labels.release" . }}
+{{- end -}}
+
+{{- /* The labels besides the instance, for objects that also carry a selector (which has it):
+a key given twice is invalid YAML to strict parsers. */}}
+{{- define "ficus.labels.release" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: ficus
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
