@@ -72,7 +72,7 @@ impl Shard {
 
     /// From an Indexed Job: `JOB_COMPLETION_INDEX` and `FICUS_SHARD_COUNT`; `None` unless both are set.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option<Shard>, String> {
-        match (env("JOB_COMPLETION_INDEX"), env("FICUS_SHARD_COUNT")) {
+        match (env("JOB_COMPLETION_INDEX"), env(ficus_flags::job::env::SHARD_COUNT)) {
             (Some(i), Some(n)) => Shard::parse(&format!("{i}/{n}")).map(Some),
             _ => Ok(None),
         }
@@ -148,43 +148,11 @@ impl Default for BackfillConfig {
 }
 
 /// `FICUS_DUAL_WRITE_STARTED_AT`: when the operator started the dual write (RFC 3339).
-pub const ENV_DUAL_WRITE_STARTED_AT: &str = "FICUS_DUAL_WRITE_STARTED_AT";
+pub const ENV_DUAL_WRITE_STARTED_AT: &str = ficus_flags::job::env::DUAL_WRITE_STARTED_AT;
 /// `FICUS_MIGRATION_ID`: `<namespace>/<name>/<attempt>` of the Migration the Job belongs to.
-pub const ENV_MIGRATION_ID: &str = "FICUS_MIGRATION_ID";
+pub const ENV_MIGRATION_ID: &str = ficus_flags::job::env::MIGRATION_ID;
 
-/// A Migration attempt, `<namespace>/<name>/<attempt>` (as the operator names it in
-/// `FICUS_MIGRATION_ID`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MigrationId {
-    pub namespace: String,
-    pub name: String,
-    pub attempt: u32,
-}
-
-impl MigrationId {
-    pub fn parse(text: &str) -> Result<MigrationId, String> {
-        let bad =
-            || format!("{text:?} is not <namespace>/<name>/<attempt> (e.g. chat/chat-to-scylla/1)");
-        let parts: Vec<&str> = text.trim().split('/').collect();
-        let [namespace, name, attempt] = parts.as_slice() else {
-            return Err(bad());
-        };
-        if namespace.is_empty() || name.is_empty() {
-            return Err(bad());
-        }
-        Ok(MigrationId {
-            namespace: (*namespace).to_owned(),
-            name: (*name).to_owned(),
-            attempt: attempt.parse().map_err(|_| bad())?,
-        })
-    }
-}
-
-impl fmt::Display for MigrationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.namespace, self.name, self.attempt)
-    }
-}
+pub use ficus_flags::MigrationId;
 
 /// The key of a run's checkpoints: the migration id; without one, the dual-write start (a
 /// later migration has a later one), so checkpoints never carry over from one migration to
@@ -264,9 +232,9 @@ impl BackfillInputs {
         }
         let migration_id = pick(migration_id, "migration-id", ENV_MIGRATION_ID)
             .map(|(v, source)| {
-                MigrationId::parse(&v).map_err(|reason| InputError::BadMigrationId {
+                MigrationId::parse(&v).map_err(|e| InputError::BadMigrationId {
                     origin: source,
-                    reason,
+                    reason: e.to_string(),
                 })
             })
             .transpose()?;
@@ -977,21 +945,6 @@ mod tests {
     }
 
     #[test]
-    fn migration_ids_are_namespace_name_attempt() {
-        assert_eq!(
-            MigrationId::parse("chat/chat-to-scylla/3"),
-            Ok(MigrationId {
-                namespace: "chat".into(),
-                name: "chat-to-scylla".into(),
-                attempt: 3
-            })
-        );
-        for bad in ["", "chat/x", "chat/x/y", "/x/1", "chat//1", "a/b/1/2"] {
-            assert!(MigrationId::parse(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn inputs_come_from_the_flags_else_the_operator_environment() {
         let t = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
         let id = MigrationId::parse("ns/m/1").expect("id");
@@ -1077,7 +1030,7 @@ mod tests {
                 env,
                 Err(InputError::BadMigrationId {
                     origin: Source::Flag("migration-id"),
-                    reason: MigrationId::parse("m/1").expect_err("bad"),
+                    reason: MigrationId::parse("m/1").expect_err("bad").to_string(),
                 }),
             ),
         ];

@@ -534,6 +534,8 @@ async fn checkpoints_belong_to_their_migration() {
         migration_id: Some(MigrationId {
             namespace: "chat".into(),
             name: "chat-to-scylla".into(),
+            // As the operator names an attempt of one Migration object.
+            uid: Some("3f1c0b6e-2a4d-4e8f-9b7a-6c5d4e3f2a1b".into()),
             attempt,
         }),
         ..config(start)

@@ -23,9 +23,11 @@
 
 mod cohort;
 mod document;
+pub mod job;
 mod read;
 pub mod ssm;
 
 pub use cohort::bucket;
 pub use document::{DualWrite, FlagError, FlagValues, Flags, Percent, ShadowCompare, Side, keys};
+pub use job::{MigrationId, MigrationIdError};
 pub use read::FlagRead;

@@ -17,24 +17,19 @@ use crate::machine::JobState;
 use crate::names;
 
 /// Names of the environment variables the operator gives its Jobs (the contract with the
-/// service's `migrate`, `validate` and `rollback` commands; docs/crd-reference.md).
-pub mod env {
-    pub const MIGRATION_ID: &str = "FICUS_MIGRATION_ID";
-    pub const DUAL_WRITE_STARTED_AT: &str = "FICUS_DUAL_WRITE_STARTED_AT";
-    pub const ROLLBACK_FROM: &str = "FICUS_ROLLBACK_FROM";
-    pub const SHARD_COUNT: &str = "FICUS_SHARD_COUNT";
-}
+/// service's `backfill`, `validate` and `rollback` commands; docs/crd-reference.md).
+pub use ficus_flags::job::env;
 
 /// `<namespace>/<name>/<uid>/<attempt>`: one key per Migration object and attempt, so a later
 /// Migration (even one re-created under the same name) never resumes this one's checkpoints.
 pub fn migration_id(migration: &Migration, status: &MigrationStatus) -> String {
-    let attempt = status.attempt + 1;
-    format!(
-        "{}/{}/{}/{attempt}",
-        migration.namespace().unwrap_or_default(),
-        migration.name_any(),
-        migration.uid().unwrap_or_default()
-    )
+    ficus_flags::MigrationId {
+        namespace: migration.namespace().unwrap_or_default(),
+        name: migration.name_any(),
+        uid: migration.uid(),
+        attempt: u32::try_from(status.attempt + 1).unwrap_or(1),
+    }
+    .to_string()
 }
 
 /// The environment the operator adds to a Job's pods.
