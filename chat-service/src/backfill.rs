@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
@@ -72,7 +72,10 @@ impl Shard {
 
     /// From an Indexed Job: `JOB_COMPLETION_INDEX` and `FICUS_SHARD_COUNT`; `None` unless both are set.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Option<Shard>, String> {
-        match (env("JOB_COMPLETION_INDEX"), env(ficus_flags::job::env::SHARD_COUNT)) {
+        match (
+            env("JOB_COMPLETION_INDEX"),
+            env(ficus_flags::job::env::SHARD_COUNT),
+        ) {
             (Some(i), Some(n)) => Shard::parse(&format!("{i}/{n}")).map(Some),
             _ => Ok(None),
         }
@@ -218,8 +221,10 @@ impl BackfillInputs {
             ENV_DUAL_WRITE_STARTED_AT,
         )
         .map(|(v, source)| {
+            // Microseconds, as both stores keep it (PostgreSQL timestamps, CQL write
+            // timestamps): a start given in nanoseconds must match its recorded checkpoint.
             DateTime::parse_from_rfc3339(v.trim())
-                .map(|t| t.with_timezone(&Utc))
+                .map(|t| t.with_timezone(&Utc).trunc_subsecs(6))
                 .map_err(|e| InputError::BadDualWriteStart {
                     origin: source,
                     value: v.clone(),
@@ -1045,6 +1050,15 @@ mod tests {
             InputError::MissingDualWriteStart
                 .to_string()
                 .contains("FICUS_DUAL_WRITE_STARTED_AT")
+        );
+        // The operator's nanoseconds are cut to the microseconds a checkpoint records, so
+        // every pod of a Job, and every retry, agrees with the checkpoints already written.
+        let nanos =
+            BackfillInputs::resolve(flag("2026-11-29T23:17:56.721682915Z"), None, false, none)
+                .expect("valid");
+        assert_eq!(
+            nanos.dual_write_started_at,
+            Some(t("2026-11-29T23:17:56.721682Z"))
         );
     }
 
