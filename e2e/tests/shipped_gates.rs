@@ -8,8 +8,8 @@
 //! result), through Shadow, Split 50 % and CutOver; then rows deleted in the new store, errors
 //! and latency on the new store each fail the matching gate and fire the matching alert.
 //!
-//! Drift counts every shadow read: all data here is written after dual writes began, so history
-//! written before it (which chat-service is changing to not count as drift) plays no part.
+//! All data here is written after dual writes began (the flag documents say
+//! `shadow_compare_from` nothing, i.e. `all`), so every shadow read is compared.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -343,17 +343,13 @@ async fn stack() -> Option<Stack> {
 /// Every shipped gate but drift, and every rule but the drift alert: healthy traffic passes
 /// through Shadow, Split 50 % and CutOver; latency and errors on the new store fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "on a loaded 2-core machine the shipped drift alert fires on healthy concurrent traffic (shadow reads count in-flight writes; the data-path drift fix is not landed) and the latency alert missed its window once; run with --ignored"]
 async fn shipped_gates_pass_a_healthy_migration_and_fail_errors_and_latency() {
     healthy_then_regressions(false).await;
 }
 
-/// The drift gate and `ChatDataInconsistency` too: silent on healthy traffic, failing on lost
-/// writes. Waits for chat-service: its shadow reads report about a quarter of the compared reads
-/// as `extra`, `missing` or `order` on healthy concurrent traffic (all data written after dual
-/// writes began), so the drift gate fails a healthy migration until that counting is fixed.
+/// The drift gate and `ChatDataInconsistency` too: silent on healthy concurrent traffic (writes
+/// in flight are re-read, not counted), failing on lost writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs chat-service shadow reads that do not count in-flight writes as drift"]
 async fn shipped_drift_gate_passes_healthy_traffic_and_fails_lost_writes() {
     healthy_then_regressions(true).await;
 }
