@@ -208,6 +208,13 @@ impl Default for Metrics {
         let shadow_drift = Counter::default();
         let shadow_skipped = Counter::default();
         let shadow_mismatches = Family::<MismatchLabels, Counter>::default();
+        // Every kind exported from the start (at 0): a dashboard or alert that selects one
+        // finds a series on healthy traffic too.
+        for kind in Mismatch::ALL {
+            let _ = shadow_mismatches.get_or_create(&MismatchLabels {
+                r#type: kind.as_str(),
+            });
+        }
         let shadow_errors = Counter::default();
         registry.register(
             "chat_dual_write_operations",

@@ -185,6 +185,22 @@ impl Stack {
     }
 
     /// Traffic until `alert` fires; fails after a minute.
+    /// Waits (with traffic) until gate `name` fails at `traffic`; returns that evaluation.
+    async fn until_gate_fails(&self, name: &str, traffic: i32) -> Vec<GateResult> {
+        let start = Instant::now();
+        loop {
+            let results = self.gates(traffic).await;
+            if verdict(&results, name) == Verdict::Fail {
+                return results;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "gate {name} never failed: {results:#?}"
+            );
+            self.traffic(2).await;
+        }
+    }
+
     async fn until_firing(&self, alert: &str) {
         let start = Instant::now();
         while !self.firing().await.iter().any(|a| a == alert) {
@@ -354,7 +370,11 @@ async fn shipped_drift_gate_passes_healthy_traffic_and_fails_lost_writes() {
     healthy_then_regressions(true).await;
 }
 
+/// One stack at a time: two on two cores make latency (a p99 ratio) noise, not evidence.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn healthy_then_regressions(judge_drift: bool) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(s) = stack().await else {
         return;
     };
@@ -451,6 +471,7 @@ async fn lose_writes(s: &Stack) {
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
     s.until_firing("ChatDataInconsistency").await;
-    let drifted = s.gates(50).await;
-    assert_eq!(verdict(&drifted, "drift"), Verdict::Fail, "{drifted:#?}");
+    // The gate and the alert divide the same counters over a rolling window, evaluated at
+    // different moments: the gate fails within the minute too.
+    s.until_gate_fails("drift", 50).await;
 }

@@ -36,6 +36,14 @@ pub enum Mismatch {
 }
 
 impl Mismatch {
+    pub const ALL: [Mismatch; 5] = [
+        Mismatch::Missing,
+        Mismatch::Extra,
+        Mismatch::Content,
+        Mismatch::Order,
+        Mismatch::Count,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mismatch::Missing => "missing",
