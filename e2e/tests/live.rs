@@ -59,7 +59,6 @@ fn assert_rolled_back(o: &Outcome) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "shadow reads still count history the backfill has not copied as drift: the clean run rolls back in Shadow (docs/live.md, Status); run with --ignored"]
 async fn clean() {
     let Some(o) = scenario(Scenario::Clean).await else {
         return;
@@ -89,7 +88,6 @@ async fn clean() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "shadow reads still count history the backfill has not copied as drift: the clean run rolls back in Shadow (docs/live.md, Status); run with --ignored"]
 async fn errors() {
     if let Some(o) = scenario(Scenario::Errors).await {
         assert_rolled_back(&o);
@@ -97,7 +95,6 @@ async fn errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "shadow reads still count history the backfill has not copied as drift: the clean run rolls back in Shadow (docs/live.md, Status); run with --ignored"]
 async fn latency() {
     if let Some(o) = scenario(Scenario::Latency).await {
         assert_rolled_back(&o);
@@ -105,7 +102,6 @@ async fn latency() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "shadow reads still count history the backfill has not copied as drift: the clean run rolls back in Shadow (docs/live.md, Status); run with --ignored"]
 async fn abort_from_cutover() {
     if let Some(o) = scenario(Scenario::AbortFromCutover).await {
         assert_rolled_back(&o);
@@ -113,7 +109,6 @@ async fn abort_from_cutover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "shadow reads still count history the backfill has not copied as drift: the clean run rolls back in Shadow (docs/live.md, Status); run with --ignored"]
 async fn chat_sigkill() {
     scenario(Scenario::ChatSigkill).await;
 }

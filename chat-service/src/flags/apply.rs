@@ -131,6 +131,7 @@ impl Applier {
             dual_write = %flags.values.dual_write,
             shadow_read_percent = %flags.values.shadow_read_percent,
             read_split_percent = %flags.values.read_split_percent,
+            shadow_compare_from = %flags.values.shadow_compare_from,
             "applied flags"
         );
         Outcome::Applied

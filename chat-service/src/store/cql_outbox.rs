@@ -204,6 +204,17 @@ impl CqlOutbox {
             .any(|(t, e)| t.as_deref() == Some(target.as_str()) && e.is_some()))
     }
 
+    /// Whether `room` has any entry for `target` (in flight or waiting; not dead letters).
+    pub async fn has_pending(&self, target: Side, room: RoomId) -> StoreResult<bool> {
+        let found = rows::<(Option<String>, Option<String>)>(
+            self.exec(&self.st.room_entries, (shard_of(room.0), room.0))
+                .await?,
+        )?;
+        Ok(found
+            .iter()
+            .any(|(t, _)| t.as_deref() == Some(target.as_str())))
+    }
+
     pub async fn depth(&self) -> StoreResult<i64> {
         let mut total = 0;
         for shard in 0..SHARDS {

@@ -480,6 +480,19 @@ impl Outbox {
         .map_err(db)
     }
 
+    /// Whether `room` has any entry for `target`: a write the store has not received yet
+    /// (in flight, or waiting for a replay). Dead letters do not count: nothing will bring them.
+    pub async fn has_pending(&self, target: Side, room: RoomId) -> StoreResult<bool> {
+        sqlx::query_scalar::<sqlx::Postgres, bool>(
+            "select exists(select 1 from outbox where target = $1 and room_id = $2)",
+        )
+        .bind(target.as_str())
+        .bind(room.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
+    }
+
     /// Rows waiting (the `chat_retry_queue_size` gauge).
     pub async fn depth(&self) -> StoreResult<i64> {
         sqlx::query_scalar::<sqlx::Postgres, i64>("select count(*) from outbox")
@@ -725,6 +738,13 @@ impl OutboxLog {
         match self {
             OutboxLog::Pg(o) => o.has_queued(target, room).await,
             OutboxLog::Cql(o) => o.has_queued(target, room).await,
+        }
+    }
+
+    pub async fn has_pending(&self, target: Side, room: RoomId) -> StoreResult<bool> {
+        match self {
+            OutboxLog::Pg(o) => o.has_pending(target, room).await,
+            OutboxLog::Cql(o) => o.has_pending(target, room).await,
         }
     }
 

@@ -166,6 +166,9 @@ impl Drop for ReplayerHandle {
 /// real drift cannot multiply the reads the stores serve without bound.
 const MAX_RECHECKS: usize = 64;
 
+/// Rooms whose outbox entries a differing read checks (a page of rooms shows up to 50).
+const MAX_PENDING_CHECKS: usize = 50;
+
 /// The `LISTEN/NOTIFY` channel of the outbox trigger (migration `0004`).
 const NOTIFY_CHANNEL: &str = "chat_outbox";
 /// The shortest pause between replay rounds that settled nothing (an entry due now may be
@@ -404,10 +407,35 @@ impl Deferral {
 }
 
 impl Inner {
+    /// Whether the outbox holds a write for `target` in a room either answer shows (the
+    /// outbox in the other store's database: where the writes of its primary wait). A failed
+    /// check answers yes: not counting is the safe side of a measurement.
+    async fn write_pending<T: Shadowed>(
+        &self,
+        target: Side,
+        a: &Result<T, String>,
+        b: &Result<T, String>,
+    ) -> bool {
+        let mut rooms: Vec<RoomId> = [a, b]
+            .into_iter()
+            .flat_map(|r| r.as_ref().map(Shadowed::rooms).unwrap_or_default())
+            .collect();
+        rooms.sort_unstable_by_key(|r| r.0);
+        rooms.dedup();
+        let log = &self.outboxes[side_index(target.other())];
+        for room in rooms.into_iter().take(MAX_PENDING_CHECKS) {
+            if log.has_pending(target, room).await.unwrap_or(true) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Counts one shadow read. A difference is checked again before it counts: after
     /// `shadow_recheck_after` both stores are read once more and compared within the same
     /// scope, so a write still on its way to one store (an `async` secondary write, a `sync`
-    /// one that raced the read, a membership change) is not drift, and one that persists is.
+    /// one that raced the read, a membership change) is not drift, and one that persists is,
+    /// unless the outbox still holds a write for the shadowed store in one of the rooms.
     async fn compare_shadow<T, F>(
         &self,
         first: Compared,
@@ -430,12 +458,23 @@ impl Inner {
                     call(self.store(serve).clone()),
                     call(self.store(shadow).clone())
                 );
-                match (found(a), found(b)) {
-                    (Some(a), Some(b)) => compare_results(&a, &b, &scope),
+                let (a, b) = match (found(a), found(b)) {
+                    (Some(a), Some(b)) => (a, b),
                     _ => {
                         self.metrics.shadow_read_error();
                         return;
                     }
+                };
+                match compare_results(&a, &b, &scope) {
+                    Compared::Differs(kinds) => {
+                        if self.write_pending(shadow, &a, &b).await {
+                            // Still on its way (the outbox holds it): lag, not drift.
+                            Compared::Skipped
+                        } else {
+                            Compared::Differs(kinds)
+                        }
+                    }
+                    verdict => verdict,
                 }
             }
             verdict => verdict,

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::flags::ShadowCompare;
-use crate::ids::MessageId;
+use crate::ids::{MessageId, RoomId};
 use crate::store::{HistoryPage, RoomView, StoredMessage};
 
 /// A kind of difference between the two answers: the `type` label of
@@ -90,11 +90,13 @@ impl Scope {
 }
 
 /// An answer that can be shadowed.
-pub trait Shadowed: Clone + Send + 'static {
+pub trait Shadowed: Clone + Send + Sync + 'static {
     /// Whether the answer holds anything the scope compares (decides whether a NotFound on
     /// the other side is a difference).
     fn any_in_scope(&self, scope: &Scope) -> bool;
     fn compare(served: &Self, shadow: &Self, scope: &Scope) -> Compared;
+    /// The rooms the answer shows (where a write on its way would make it differ).
+    fn rooms(&self) -> Vec<RoomId>;
 }
 
 /// Milliseconds: CQL `timestamp` resolution (PostgreSQL keeps microseconds).
@@ -192,6 +194,12 @@ impl Shadowed for HistoryPage {
         self.items.iter().any(|m| scope.covers(m.created_at))
     }
 
+    fn rooms(&self) -> Vec<RoomId> {
+        let mut rooms: Vec<RoomId> = self.items.iter().map(|m| m.room_id).collect();
+        rooms.dedup();
+        rooms
+    }
+
     fn compare(served: &Self, shadow: &Self, scope: &Scope) -> Compared {
         compare_history(served, shadow, scope)
     }
@@ -250,6 +258,10 @@ impl Shadowed for RoomView {
         scope.covers(self.created_at)
     }
 
+    fn rooms(&self) -> Vec<RoomId> {
+        vec![self.id]
+    }
+
     /// A room created before the scope is not compared (its members may have changed while
     /// only the legacy store was written).
     fn compare(served: &Self, shadow: &Self, scope: &Scope) -> Compared {
@@ -266,6 +278,10 @@ impl Shadowed for RoomView {
 impl Shadowed for (Vec<RoomView>, u64) {
     fn any_in_scope(&self, scope: &Scope) -> bool {
         self.0.iter().any(|r| scope.covers(r.created_at))
+    }
+
+    fn rooms(&self) -> Vec<RoomId> {
+        self.0.iter().map(|r| r.id).collect()
     }
 
     fn compare(served: &Self, shadow: &Self, scope: &Scope) -> Compared {
@@ -307,7 +323,7 @@ pub fn compare_rooms_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{RoomId, UserId};
+    use crate::ids::UserId;
     use crate::store::RoomType;
 
     fn time(at_ms: i64) -> DateTime<Utc> {

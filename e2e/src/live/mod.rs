@@ -199,6 +199,13 @@ impl LiveStack {
             .await
             .map_err(|e| HarnessError::setup("namespace", e))?;
         let dir = ficus_testkit::temp_dir()?;
+        // FICUS_LIVE_LOGS=<dir> keeps the processes' logs after the run (else they go with the
+        // temp dir); FICUS_LIVE_CHAT_LOG sets chat-service's RUST_LOG (default `info`).
+        let log_dir = std::env::var_os("FICUS_LIVE_LOGS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.path().to_path_buf());
+        std::fs::create_dir_all(&log_dir).map_err(HarnessError::io("creating", &log_dir))?;
+        let chat_log = std::env::var("FICUS_LIVE_CHAT_LOG").unwrap_or_else(|_| "info".into());
 
         let pg = Postgres::shared()?;
         let key = EncryptionKey::random();
@@ -252,7 +259,7 @@ impl LiveStack {
                 cp.kubeconfig_path().display().to_string(),
             );
             env.insert("NATS_URL".into(), nats.url());
-            env.insert("RUST_LOG".into(), "info".into());
+            env.insert("RUST_LOG".into(), chat_log.clone());
             let args: Vec<String> = [
                 "serve",
                 "--listen",
@@ -271,7 +278,7 @@ impl LiveStack {
             let bin = chat_bin.clone();
             let server = Server::builder(
                 "chat-service",
-                dir.path().join(format!("chat-{i}.log")),
+                log_dir.join(format!("chat-{i}.log")),
                 move || {
                     let mut cmd = Command::new(&bin);
                     cmd.args(&args).envs(&env);
@@ -308,7 +315,7 @@ impl LiveStack {
             let (bin, kubeconfig) = (operator_bin.clone(), cp.kubeconfig_path().to_owned());
             let server = Server::builder(
                 "ficus-operator",
-                dir.path().join(format!("operator-{i}.log")),
+                log_dir.join(format!("operator-{i}.log")),
                 move || {
                     let mut cmd = Command::new(&bin);
                     cmd.args(&args)
