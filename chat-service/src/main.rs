@@ -353,6 +353,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 workers,
                 shard: shard_of(shard)?,
                 ranges,
+                ..ValidateConfig::default()
             };
             let metrics = Metrics::default();
             let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4))

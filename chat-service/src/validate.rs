@@ -11,6 +11,10 @@
 //! * one **row check** per sampled message (`sample` random messages): sender, sealed content,
 //!   type, the deleted flag and the message's reactions.
 //!
+//! A room with a failed check is checked once more after `recheck_after` (3 s), and that
+//! second look counts: validation runs while the service keeps writing, and a message, a join
+//! or a read marker on its way to the new store is no drift; a difference that persists is.
+//!
 //! Drift = failed checks / checks; the verdict passes when drift <= `max_drift` (default 0.0:
 //! any mismatch fails). Unread counters are not compared: the live path counts them
 //! at-most-once by design (see the CQL store), so they may legitimately be one short.
@@ -97,6 +101,8 @@ pub struct ValidateConfig {
     /// With `ranges`: only the rooms of this shard's ranges (as `backfill --shard`).
     pub shard: Shard,
     pub ranges: u32,
+    /// A room that differs is checked again after this long (zero: no second look).
+    pub recheck_after: std::time::Duration,
 }
 
 impl Default for ValidateConfig {
@@ -107,6 +113,7 @@ impl Default for ValidateConfig {
             workers: 8,
             shard: Shard::default(),
             ranges: 256,
+            recheck_after: std::time::Duration::from_secs(3),
         }
     }
 }
@@ -219,6 +226,21 @@ fn compare_members(legacy: &Members, new: &[CqlMember]) -> Option<String> {
         .map(|u| u.to_string())
         .collect();
     (!differ.is_empty()).then(|| format!("members {} differ", differ.join(", ")))
+}
+
+/// [`check_room`], and once more after `recheck_after` when a check failed.
+async fn check_room_settled(
+    pg: &PgStore,
+    cql: &CqlBackfill<'_>,
+    room: RoomId,
+    config: &ValidateConfig,
+) -> Result<RoomResult, StoreError> {
+    let first = check_room(pg, cql, room, config.sample).await?;
+    if first.mismatched == 0 || config.recheck_after.is_zero() {
+        return Ok(first);
+    }
+    tokio::time::sleep(config.recheck_after).await;
+    check_room(pg, cql, room, config.sample).await
 }
 
 async fn check_room(
@@ -398,7 +420,7 @@ pub async fn run(
     let mut results = futures::stream::iter(
         rooms
             .into_iter()
-            .map(|room| check_room(pg, cql, room, config.sample)),
+            .map(|room| check_room_settled(pg, cql, room, config)),
     )
     .buffer_unordered(config.workers.max(1));
     while let Some(r) = results.try_next().await? {

@@ -567,8 +567,14 @@ async fn checkpoints_belong_to_their_migration() {
     assert_eq!(
         keys,
         [
-            ("chat/chat-to-scylla/1".to_owned(), i64::from(RANGES)),
-            ("chat/chat-to-scylla/2".to_owned(), i64::from(RANGES)),
+            (
+                "chat/chat-to-scylla/3f1c0b6e-2a4d-4e8f-9b7a-6c5d4e3f2a1b/1".to_owned(),
+                i64::from(RANGES)
+            ),
+            (
+                "chat/chat-to-scylla/3f1c0b6e-2a4d-4e8f-9b7a-6c5d4e3f2a1b/2".to_owned(),
+                i64::from(RANGES)
+            ),
         ]
     );
 
