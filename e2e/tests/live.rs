@@ -112,3 +112,49 @@ async fn abort_from_cutover() {
 async fn chat_sigkill() {
     scenario(Scenario::ChatSigkill).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift() {
+    let Some(o) = scenario(Scenario::Drift).await else {
+        return;
+    };
+    assert_rolled_back(&o);
+    let why = o.last_rollback.clone().unwrap_or_default();
+    assert!(
+        why.contains("drift") || why.contains("ChatDataInconsistency"),
+        "rolled back for the lost writes: {why}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_sigkill() {
+    let Some(o) = scenario(Scenario::OperatorSigkill).await else {
+        return;
+    };
+    assert_eq!(
+        o.last_phase(),
+        Some(Phase::Completed),
+        "{:?}",
+        o.record.phases()
+    );
+    // The standby went on from where the killed leader was: every step once, in order.
+    let entered: Vec<(Phase, i32)> = o
+        .history
+        .iter()
+        .filter(|t| t.to != Phase::Paused && t.from != Phase::Paused)
+        .map(|t| (t.to, t.traffic_percent))
+        .collect();
+    let splits: Vec<i32> = entered
+        .iter()
+        .filter(|(p, _)| *p == Phase::Split)
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(splits, [10, 25, 50, 100], "{entered:?}");
+    for phase in [Phase::Backfill, Phase::CutOver, Phase::Completed] {
+        assert_eq!(
+            entered.iter().filter(|(p, _)| *p == phase).count(),
+            1,
+            "{phase} entered once: {entered:?}"
+        );
+    }
+}

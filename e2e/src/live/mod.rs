@@ -491,6 +491,19 @@ impl LiveStack {
     }
 
     /// A client of instance `i`.
+    /// Which of [`LiveStack::operators`] holds the leader Lease.
+    pub async fn leader(&self) -> Option<usize> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let holder = leases
+            .get("ficus-operator-leader")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity?;
+        self.operators.iter().position(|o| o.identity == holder)
+    }
+
     pub fn chat_client(&self, i: usize) -> ChatClient {
         ChatClient::new(&format!("http://{}", self.chats[i].addr), &self.jwt_secret)
     }

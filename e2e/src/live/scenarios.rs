@@ -31,15 +31,23 @@ pub enum Scenario {
     AbortFromCutover,
     /// chat-service instance 1 SIGKILLed in Split and again in CutOver.
     ChatSigkill,
+    /// The new store silently loses every message written from Split step 1 on (a test-only
+    /// fault: the harness deletes them from the CQL table; no proxy can drop a write and
+    /// acknowledge it).
+    Drift,
+    /// Two operators; the leader SIGKILLed in Backfill, in Split and in CutOver.
+    OperatorSigkill,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Clean,
         Scenario::Errors,
         Scenario::Latency,
         Scenario::AbortFromCutover,
         Scenario::ChatSigkill,
+        Scenario::Drift,
+        Scenario::OperatorSigkill,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +57,8 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::AbortFromCutover => "abort-from-cutover",
             Scenario::ChatSigkill => "chat-sigkill",
+            Scenario::Drift => "drift",
+            Scenario::OperatorSigkill => "operator-sigkill",
         }
     }
 
@@ -76,6 +86,8 @@ pub struct Outcome {
     /// Whether the outbox drained to 0 after the fault was removed.
     pub outbox_drained: Option<bool>,
     pub last_rollback: Option<String>,
+    /// The Migration's own record of its transitions (`status.history`, the latest 20).
+    pub history: Vec<ficus_operator::crd::Transition>,
 }
 
 impl Outcome {
@@ -149,6 +161,52 @@ async fn lost_writes(stack: &LiveStack, ledger: &Ledger) -> Result<usize, Harnes
     Ok(missing.total())
 }
 
+/// The fault of [`Scenario::Drift`]: until aborted, deletes from the CQL store every message
+/// written since `since` (found in legacy PostgreSQL), twice a second. Best effort: an error
+/// is printed and the next round tries again.
+async fn lose_new_writes(
+    legacy_url: String,
+    cql: std::net::SocketAddr,
+    keyspace: String,
+    since: chrono::DateTime<chrono::Utc>,
+) {
+    let pg = match sqlx::PgPool::connect(&legacy_url).await {
+        Ok(pg) => pg,
+        Err(e) => return println!("drift fault: PostgreSQL: {e}"),
+    };
+    let session = match scylla::client::session_builder::SessionBuilder::new()
+        .known_node_addr(cql)
+        .build()
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return println!("drift fault: CQL: {e}"),
+    };
+    let delete = format!("DELETE FROM {keyspace}.messages_by_room WHERE room_id = ? AND message_id = ?");
+    let mut gone = std::collections::HashSet::new();
+    loop {
+        let rows: Vec<(uuid::Uuid, uuid::Uuid)> =
+            sqlx::query_as("select room_id, id from room_message where created_at >= $1")
+                .bind(since)
+                .fetch_all(&pg)
+                .await
+                .unwrap_or_default();
+        for (room, id) in rows {
+            if gone.contains(&id) {
+                continue;
+            }
+            let values = (room, scylla::value::CqlTimeuuid::from(id));
+            match session.query_unpaged(delete.as_str(), values).await {
+                Ok(_) => {
+                    gone.insert(id);
+                }
+                Err(e) => println!("drift fault: delete: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Waits for the safe flags (legacy primary, nobody on new); how long it took.
 async fn wait_safe_flags(stack: &LiveStack, since: Instant, timeout: Duration) -> Option<Duration> {
     while since.elapsed() < timeout {
@@ -165,7 +223,11 @@ async fn wait_safe_flags(stack: &LiveStack, since: Instant, timeout: Duration) -
 
 /// Runs `scenario` on a fresh stack.
 pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
-    let mut stack = LiveStack::start(LiveOptions::new(scenario.name())).await?;
+    let mut options = LiveOptions::new(scenario.name());
+    if scenario == Scenario::OperatorSigkill {
+        options.operators = 2;
+    }
+    let mut stack = LiveStack::start(options).await?;
     println!(
         "history: {} rooms, {} messages, {} reactions, {} read markers; {} chat-service instances",
         stack.seeded.rooms,
@@ -257,6 +319,53 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                 safe_at = fault_at.zip(took).map(|(a, b)| a + b);
             }
         }
+        Scenario::Drift => {
+            stack
+                .follow(
+                    Some(&flow),
+                    &mut record,
+                    WHOLE_RUN,
+                    phase_reached(Phase::Split),
+                )
+                .await;
+            if record.phases().last() == Some(&Phase::Split) {
+                let fault_at = record.frames.last().map(|f| f.at);
+                let fault = Instant::now();
+                let loss = tokio::spawn(lose_new_writes(
+                    stack.legacy_url.clone(),
+                    stack.cassandra.addr(),
+                    stack.keyspace.clone(),
+                    chrono::Utc::now(),
+                ));
+                println!(">>> fault: the new store silently loses every new message");
+                let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
+                loss.abort();
+                outcome_fault = fault_at;
+                safe_at = fault_at.zip(took).map(|(a, b)| a + b);
+            }
+        }
+        Scenario::OperatorSigkill => {
+            for phase in [Phase::Backfill, Phase::Split, Phase::CutOver] {
+                stack
+                    .follow(Some(&flow), &mut record, WHOLE_RUN, phase_reached(phase))
+                    .await;
+                if record.phases().last() != Some(&phase) {
+                    break;
+                }
+                let Some(leader) = stack.leader().await else {
+                    println!(">>> no operator holds the lease in {phase}");
+                    break;
+                };
+                stack.operators[leader].server.stop();
+                println!(
+                    ">>> the leading operator ({}) SIGKILLed in {phase}",
+                    stack.operators[leader].identity
+                );
+                // Back as the standby: the other one takes the lease when it expires.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                stack.operators[leader].server.restart()?;
+            }
+        }
         Scenario::ChatSigkill => {
             for phase in [Phase::Split, Phase::CutOver] {
                 stack
@@ -277,12 +386,12 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
         .await;
     let (ledger, flow_report) = flow.stop().await;
     let lost = lost_writes(&stack, &ledger).await?;
-    let last_rollback = stack
-        .migration()
-        .await
-        .and_then(|m| m.status)
-        .and_then(|s| s.last_rollback)
+    let status = stack.migration().await.and_then(|m| m.status);
+    let last_rollback = status
+        .as_ref()
+        .and_then(|s| s.last_rollback.as_ref())
         .map(|r| format!("{}: {}", r.reason, r.message));
+    let history = status.map(|s| s.history).unwrap_or_default();
     let outcome = Outcome {
         scenario,
         record,
@@ -295,6 +404,7 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
         errors_after_rollback: errors_after,
         outbox_drained: drained,
         last_rollback,
+        history,
     };
     outcome.print();
     Ok(outcome)
