@@ -261,15 +261,26 @@ async fn migration_without_gates_runs_every_phase_and_writes_flags_at_each_step(
         );
     }
     let seen = seen.lock().expect("lock").clone();
+    // Without appliedGenerationQuery or a backfill, shadow reads compare what was written from
+    // the moment the dual-writing document was written on.
+    let applied = status.dual_write_applied_at.expect("dual write applied");
+    assert_eq!(status.dual_write_started_at, Some(applied));
+    let since = |mut d: BTreeMap<String, String>| {
+        d.insert(
+            "shadow_compare_from".into(),
+            ficus_operator::crd::ShadowCompare::From(applied).to_string(),
+        );
+        d
+    };
     assert_eq!(
         seen,
         vec![
             doc(1, Side::Legacy, DualWrite::Off, 0, 0),
-            doc(2, Side::Legacy, DualWrite::Sync, 20, 0),
-            doc(3, Side::Legacy, DualWrite::Sync, 20, 10),
-            doc(4, Side::Legacy, DualWrite::Sync, 20, 50),
-            doc(5, Side::Legacy, DualWrite::Sync, 20, 100),
-            doc(6, Side::New, DualWrite::Sync, 20, 100),
+            since(doc(2, Side::Legacy, DualWrite::Sync, 20, 0)),
+            since(doc(3, Side::Legacy, DualWrite::Sync, 20, 10)),
+            since(doc(4, Side::Legacy, DualWrite::Sync, 20, 50)),
+            since(doc(5, Side::Legacy, DualWrite::Sync, 20, 100)),
+            since(doc(6, Side::New, DualWrite::Sync, 20, 100)),
             doc(7, Side::New, DualWrite::Off, 0, 100),
         ],
         "the flag ConfigMap at every step"
