@@ -361,8 +361,23 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                     ">>> the leading operator ({}) SIGKILLed in {phase}",
                     stack.operators[leader].identity
                 );
-                // Back as the standby: the other one takes the lease when it expires.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // The standby takes the lease once it expires; the killed one comes back as
+                // the new standby (restarted sooner, under its own name, it would simply
+                // resume its own lease).
+                let killed = Instant::now();
+                let mut took_over = None;
+                while took_over.is_none() && killed.elapsed() < Duration::from_secs(30) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    took_over = stack.leader().await.filter(|l| *l != leader);
+                }
+                match took_over {
+                    Some(l) => println!(
+                        ">>> {} took over after {:.1}s",
+                        stack.operators[l].identity,
+                        killed.elapsed().as_secs_f64()
+                    ),
+                    None => println!(">>> no standby took the lease within 30 s"),
+                }
                 stack.operators[leader].server.restart()?;
             }
         }
