@@ -223,7 +223,10 @@ fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Re
     ] {
         let docs = render(&sets, &[])?;
         assert_eq!(
-            (store(&docs, "legacy").as_str(), store(&docs, "new").as_str()),
+            (
+                store(&docs, "legacy").as_str(),
+                store(&docs, "new").as_str()
+            ),
             (legacy, "router"),
             "{sets:?}"
         );

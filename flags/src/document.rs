@@ -436,7 +436,10 @@ mod tests {
         bad.push(("shadow_compare_from", "soon"));
         assert!(matches!(
             Flags::parse(doc(&bad)),
-            Err(FlagError::InvalidValue { key: "shadow_compare_from", .. })
+            Err(FlagError::InvalidValue {
+                key: "shadow_compare_from",
+                ..
+            })
         ));
     }
 

@@ -90,7 +90,14 @@ mod tests {
         let without = MigrationId::parse("chat/chat-to-scylla/3").expect("by hand");
         assert_eq!((without.uid, without.attempt), (None, 3));
         for bad in [
-            "", "chat/x", "chat/x/y", "/x/1", "chat//1", "a/b//1", "a/b/c/d/1", "a/b/+1",
+            "",
+            "chat/x",
+            "chat/x/y",
+            "/x/1",
+            "chat//1",
+            "a/b//1",
+            "a/b/c/d/1",
+            "a/b/+1",
         ] {
             assert_eq!(
                 MigrationId::parse(bad),

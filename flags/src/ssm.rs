@@ -97,7 +97,11 @@ mod tests {
             parameters(&safe).into_iter().collect::<BTreeMap<_, _>>()[USE_NEW_SYSTEM],
             "false"
         );
-        assert_eq!(all_names("/hse/chat/").len(), 8, "six keys and two derived names");
+        assert_eq!(
+            all_names("/hse/chat/").len(),
+            8,
+            "six keys and two derived names"
+        );
         assert_eq!(document_names("/p/")[0], "/p/generation");
     }
 

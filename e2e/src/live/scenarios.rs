@@ -182,7 +182,8 @@ async fn lose_new_writes(
         Ok(s) => s,
         Err(e) => return println!("drift fault: CQL: {e}"),
     };
-    let delete = format!("DELETE FROM {keyspace}.messages_by_room WHERE room_id = ? AND message_id = ?");
+    let delete =
+        format!("DELETE FROM {keyspace}.messages_by_room WHERE room_id = ? AND message_id = ?");
     let mut gone = std::collections::HashSet::new();
     loop {
         let rows: Vec<(uuid::Uuid, uuid::Uuid)> =

@@ -71,7 +71,11 @@ pub fn desired_flags(spec: &MigrationSpec, status: &MigrationStatus) -> Option<F
 /// data created since every instance dual-writes ([`MigrationStatus::dual_write_applied_at`]),
 /// and nothing until that is known. Comparing older data would count un-copied history as
 /// drift.
-pub fn shadow_compare(spec: &MigrationSpec, status: &MigrationStatus, phase: Phase) -> ShadowCompare {
+pub fn shadow_compare(
+    spec: &MigrationSpec,
+    status: &MigrationStatus,
+    phase: Phase,
+) -> ShadowCompare {
     let backfilled = spec.backfill.is_some()
         && matches!(phase, Phase::Split | Phase::CutOver | Phase::Completed);
     match (backfilled, status.dual_write_applied_at) {

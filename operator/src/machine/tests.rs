@@ -3602,7 +3602,11 @@ fn shadow_reads_compare_only_what_the_new_store_holds() {
     };
     // An instance still on the Preflight document: some writes may miss the new store.
     let d = sim.with(20, reported(first.generation - 1));
-    assert_eq!(d.flags, Some(first), "unchanged while not every instance dual-writes");
+    assert_eq!(
+        d.flags,
+        Some(first),
+        "unchanged while not every instance dual-writes"
+    );
     let d = sim.with(30, reported(first.generation));
     let second = d.flags.expect("a document");
     assert_eq!(sim.status.dual_write_applied_at, time(30));
