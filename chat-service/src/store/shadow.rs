@@ -305,15 +305,16 @@ pub fn compare_rooms_page(
         return Compared::Skipped;
     }
     let partial = |page: &(Vec<RoomView>, u64)| (page.0.len() as u64) < page.1;
-    let mut kinds = if partial(served) || partial(shadow) {
+    let (a, b) = if partial(served) || partial(shadow) {
         let ids: HashSet<Uuid> = b.iter().map(|r| r.id.0).collect();
         let a: Vec<&RoomView> = a.into_iter().filter(|r| ids.contains(&r.id.0)).collect();
         let ids: HashSet<Uuid> = a.iter().map(|r| r.id.0).collect();
         let b: Vec<&RoomView> = b.into_iter().filter(|r| ids.contains(&r.id.0)).collect();
-        diff_lists(&a, &b, |r| r.id.0, rooms_equal, false)
+        (a, b)
     } else {
-        diff_lists(&a, &b, |r| r.id.0, rooms_equal, false)
+        (a, b)
     };
+    let mut kinds = diff_lists(&a, &b, |r| r.id.0, rooms_equal, false);
     if everything && served.1 != shadow.1 {
         kinds.push(Mismatch::Count);
     }
