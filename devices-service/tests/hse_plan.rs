@@ -245,7 +245,7 @@ fn skip<T>(r: Result<T, ficus_testkit::HarnessError>) -> Option<T> {
 }
 
 /// The example Migration (examples/devices-ecs-migration.yaml) with its times scaled down: the
-/// gates are the example's queries with 30 s rate windows instead of 5 m.
+/// gates are the example's queries with 1 m rate windows instead of 5 m.
 fn migration(stack: &Stack) -> Migration {
     let text = std::fs::read_to_string(
         ficus_testkit::repo_root().join("examples/devices-ecs-migration.yaml"),
@@ -264,10 +264,12 @@ fn migration(stack: &Stack) -> Migration {
         .map(|g| {
             let mut g = g.clone();
             for key in ["query", "samplesQuery"] {
-                g[key] = json!(g[key].as_str().expect("query").replace("[5m]", "[30s]"));
+                g[key] = json!(g[key].as_str().expect("query").replace("[5m]", "[1m]"));
             }
-            // 30 s of the test's load, not 5 min of production traffic.
-            g["minSamples"] = json!(20);
+            // The example's 100 samples per system: a p99 of fewer requests is their maximum,
+            // and one slow request would decide the step. At 10 % of the test's load the new
+            // system reaches them about 6 s into the step.
+            g["minSamples"] = json!(100);
             g
         })
         .collect();
@@ -280,7 +282,7 @@ fn migration(stack: &Stack) -> Migration {
     spec["analysis"]["prometheus"]["url"] = json!(stack.prometheus.url());
     spec["analysis"]["interval"] = json!("1s");
     spec["analysis"]["failureLimit"] = json!(5);
-    spec["analysis"]["inconclusiveLimit"] = json!(30);
+    spec["analysis"]["inconclusiveLimit"] = json!(60);
     spec["analysis"]["gates"] = json!(gates);
     spec["cutover"]["completeAfter"] = json!("6s");
     serde_json::from_value(json!({
@@ -298,7 +300,8 @@ impl Stack {
                 .iter()
                 .map(|i| format!("http://{}", i.addr))
                 .collect(),
-            rate: 100.0,
+            // The plan's 200 events/s, in requests of 5 (40 writes and 40 reads a second).
+            rate: 200.0,
             batch: 5,
             users: 200,
             devices_per_user: 2,
@@ -398,6 +401,12 @@ async fn watch_progress(
         let now = (phase(&m), step(&m));
         if last != Some(now) {
             let drift = stack.query("max(devices_event_drift_ratio)").await;
+            let mut p99 = Vec::new();
+            for system in ["old", "new"] {
+                p99.push(stack.query(&format!(
+                    "histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{service=\"devices\",system=\"{system}\"}}[1m])))"
+                )).await.map(|v| format!("{system} {:.1} ms", v * 1000.0)));
+            }
             let gates: Vec<String> = m
                 .status
                 .as_ref()
@@ -410,7 +419,7 @@ async fn watch_progress(
                 })
                 .unwrap_or_default();
             println!(
-                "[{:>6.1?}] {:?} step {:?}; drift {drift:?}; gates {gates:?}",
+                "[{:>6.1?}] {:?} step {:?}; drift {drift:?}; p99 {p99:?}; gates {gates:?}",
                 start.elapsed(),
                 now.0,
                 now.1

@@ -33,6 +33,20 @@ pub fn install_crds(cp: &ControlPlane) -> Result<(), HarnessError> {
     Ok(())
 }
 
+/// Operators of this test binary whose `run()` returned an error, by the namespace they
+/// watched (`None`: every namespace), so [`wait_for`] fails at once with that error instead of
+/// timing out on a Migration nobody reconciles.
+static STOPPED: Mutex<Vec<(Option<String>, String)>> = Mutex::new(Vec::new());
+
+fn stopped_in(namespace: Option<&str>) -> Option<String> {
+    STOPPED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(ns, _)| ns.is_none() || ns.as_deref() == namespace)
+        .map(|(_, e)| e.clone())
+}
+
 /// An operator running in this process; dropping or [`Operator::kill`]ing it stops every
 /// reconcile at once, like a killed pod.
 pub struct Operator {
@@ -80,13 +94,20 @@ impl Operator {
 
     fn spawn(client: Client, config: Config, listener: Option<tokio::net::TcpListener>) -> Self {
         let identity = config.identity.clone();
+        let namespace = config.namespace.clone();
         let stopped = Arc::new(Mutex::new(None));
         let record = stopped.clone();
+        let config_identity = identity.clone();
         let task = tokio::spawn(async move {
             let run = ficus_operator::run::run_on(client, config, listener, std::future::pending());
             if let Err(e) = run.await {
                 tracing::error!(error = %e, "operator stopped");
-                *record.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                let why = format!("operator {} stopped: {e}", config_identity);
+                STOPPED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((namespace, why.clone()));
+                *record.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
             }
         });
         Self {
@@ -105,7 +126,7 @@ impl Operator {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            panic!("operator {} stopped: {e}", self.identity);
+            panic!("{e}");
         }
     }
 
@@ -135,7 +156,8 @@ pub fn short_lease(namespace: &str) -> LeaderConfig {
     }
 }
 
-/// Polls a Migration until `done` holds, returning it; fails with the last seen status.
+/// Polls a Migration until `done` holds, returning it; fails with the last seen status, or at
+/// once when an operator of this binary watching its namespace stopped with an error.
 pub async fn wait_for(
     api: &Api<Migration>,
     name: &str,
@@ -149,6 +171,9 @@ pub async fn wait_for(
         if let Ok(Some(m)) = api.get_opt(name).await {
             if done(&m) {
                 return m;
+            }
+            if let Some(e) = stopped_in(m.metadata.namespace.as_deref()) {
+                panic!("{e}; waiting for {what}; last status: {:#?}", m.status);
             }
             last = Some(m);
         }

@@ -921,3 +921,44 @@ async fn kubectl_ficus_drives_a_migration_and_says_what_happened() -> anyhow::Re
     assert!(out.contains("RolledBack (0%) -> "), "{out}");
     Ok(())
 }
+
+/// The harness half of "fail fast": an operator whose `run()` returns an error (here, a lease
+/// name the API server refuses) makes a test waiting on its Migration fail with that error,
+/// not with a timeout once the wait runs out.
+#[tokio::test]
+async fn a_test_waiting_on_a_stopped_operator_fails_with_its_error() -> anyhow::Result<()> {
+    let Some((_cp, client, ns)) = setup("stopped").await? else {
+        return Ok(());
+    };
+    let mut lease = short_lease(&ns);
+    lease.lease_name = "Not A Valid Name".into();
+    let _operator = Operator::start(client.clone(), &ns, "broken", Some(lease));
+    let api: Api<Migration> = Api::namespaced(client, &ns);
+    api.create(&PostParams::default(), &migration("m", held_spec("1h")))
+        .await?;
+    let start = Instant::now();
+    let wait = tokio::spawn(async move {
+        wait_for(&api, "m", LONG, "Completed", |m| {
+            phase(m) == Phase::Completed
+        })
+        .await
+    });
+    let Err(e) = wait.await else {
+        panic!("nobody reconciles this Migration, yet it completed");
+    };
+    let message = e
+        .into_panic()
+        .downcast::<String>()
+        .map(|m| *m)
+        .unwrap_or_default();
+    assert!(
+        message.contains("operator broken stopped") && message.contains("Not A Valid Name"),
+        "the wait names the operator and its error: {message}"
+    );
+    assert!(
+        start.elapsed() < LONG / 2,
+        "failed at once ({:?}), not at the end of the wait",
+        start.elapsed()
+    );
+    Ok(())
+}
