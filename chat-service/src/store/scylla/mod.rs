@@ -1,0 +1,219 @@
+//! The ScyllaDB store (scylla driver; any CQL database, e.g. Apache Cassandra, works too).
+//!
+//! Query-first tables (schema: [`SCHEMA`], applied by [`CqlStore::migrate`] at start):
+//!
+//! | table | key | serves |
+//! |---|---|---|
+//! | `messages_by_room` | `((room_id), message_id timeuuid)` DESC | history, cursor checks, read markers |
+//! | `message_rooms` | `((message_id))` | message -> room (reactions), idempotency claim of a send |
+//! | `rooms_by_user` | `((user_id), room_id)` | GetRooms, room ids of a stream (denormalised room) |
+//! | `room_counters_by_user` | `((user_id), room_id)` | unread counters |
+//! | `room_details` | `((room_id))` | the room itself, its last activity |
+//! | `participants_by_room` | `((room_id), user_id)` | members (`removed_at` kept on leave) |
+//! | `reactions_by_message` | `((message_id), user_id, reaction)` | reactions |
+//! | `read_markers` | `((room_id, user_id), message_id)` | which messages a member has read |
+//!
+//! Times other than a message's (which is its timeuuid's) are `bigint` microseconds since the
+//! epoch: CQL `timestamp` has only milliseconds, and rooms created within one millisecond must
+//! still sort by creation as they do in PostgreSQL.
+//!
+//! Every statement on the request path is prepared once in [`CqlStore::connect`]; the
+//! consistency level is the session's default execution profile (`LOCAL_QUORUM` unless
+//! configured). Batches are only used within one partition; a send fans out to each
+//! participant's `rooms_by_user` row and counter with separate (concurrent) writes.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError};
+use scylla::response::query_result::QueryResult;
+use scylla::statement::Consistency;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{Counter, CqlTimeuuid};
+use uuid::Uuid;
+
+use crate::ids::{MessageId, RoomId, UserId};
+use crate::store::{
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomType,
+    RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+};
+
+mod backfill;
+mod errors;
+mod requests;
+mod schema;
+mod session;
+mod statements;
+mod values;
+
+pub use backfill::*;
+pub(crate) use errors::*;
+pub use schema::*;
+pub(crate) use session::*;
+use statements::*;
+pub(crate) use values::*;
+
+/// Rows per write batch (one partition each): well under the default 50 KiB batch limit.
+const BATCH_ROWS: usize = 100;
+/// Rows per read when scanning a range of a room's messages (read markers).
+const SCAN_ROWS: i32 = 500;
+/// Concurrent writes of a fan-out.
+const FAN_OUT: usize = 32;
+
+/// How to reach the CQL cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CqlConfig {
+    /// `host:port` of one or more nodes (the driver discovers the rest).
+    pub contact_points: Vec<String>,
+    /// The keyspace: created beforehand (its replication is an operator's choice).
+    pub keyspace: String,
+    pub consistency: Consistency,
+    /// Where to reach a node that broadcasts an address this process cannot (or should not)
+    /// use directly: behind NAT, a port-forward or a proxy. Empty: the broadcast addresses.
+    pub address_map: HashMap<SocketAddr, SocketAddr>,
+}
+
+/// Parses a consistency level as CQL spells it: `ONE`, `LOCAL_ONE`, `QUORUM`, `LOCAL_QUORUM`,
+/// `EACH_QUORUM`, `ALL`, `TWO`, `THREE`, `ANY` (case-insensitive).
+pub fn parse_consistency(text: &str) -> Result<Consistency, String> {
+    Ok(
+        match text.trim().to_ascii_uppercase().replace('-', "_").as_str() {
+            "ANY" => Consistency::Any,
+            "ONE" => Consistency::One,
+            "TWO" => Consistency::Two,
+            "THREE" => Consistency::Three,
+            "QUORUM" => Consistency::Quorum,
+            "ALL" => Consistency::All,
+            "LOCAL_QUORUM" => Consistency::LocalQuorum,
+            "EACH_QUORUM" => Consistency::EachQuorum,
+            "LOCAL_ONE" => Consistency::LocalOne,
+            other => {
+                return Err(format!(
+                    "unknown consistency level {other:?}: use ONE, LOCAL_ONE, QUORUM, LOCAL_QUORUM, EACH_QUORUM, ALL"
+                ));
+            }
+        },
+    )
+}
+
+pub struct CqlStore {
+    session: Session,
+    st: Statements,
+}
+
+type RoomRow = (String, String, i64, Option<i64>);
+type MessageRow = (CqlTimeuuid, i32, Vec<u8>, String, Option<bool>);
+
+impl ChatStore for CqlStore {
+    fn database(&self) -> &'static str {
+        "scylladb"
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.exec(&self.st.ping, ()).await?;
+            Ok(())
+        })
+    }
+
+    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
+        Box::pin(self.create_room_query(room))
+    }
+
+    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
+        Box::pin(self.get_room_query(room, viewer))
+    }
+
+    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
+        Box::pin(self.room_access_query(room, user))
+    }
+
+    fn rooms_for_user(
+        &self,
+        user: UserId,
+        page: PageRequest,
+    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+        Box::pin(self.rooms_for_user_query(user, page))
+    }
+
+    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
+        Box::pin(self.room_ids_query(user))
+    }
+
+    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+        Box::pin(self.leave_room_query(room, user, at))
+    }
+
+    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
+        Box::pin(self.insert_message_query(message))
+    }
+
+    fn history(
+        &self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreFuture<'_, HistoryPage> {
+        Box::pin(self.history_query(room, before, limit))
+    }
+
+    fn mark_read(
+        &self,
+        room: RoomId,
+        user: UserId,
+        marker: ReadMarker,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, u64> {
+        Box::pin(self.mark_read_query(room, user, marker, at))
+    }
+
+    fn react(
+        &self,
+        message: MessageId,
+        user: UserId,
+        reaction: String,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.react_query(message, user, reaction, at))
+    }
+
+    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
+        Box::pin(self.message_room_query(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::MessageIdGenerator;
+
+    #[test]
+    fn consistency_levels_parse() {
+        assert_eq!(
+            parse_consistency("local_quorum"),
+            Ok(Consistency::LocalQuorum)
+        );
+        assert_eq!(parse_consistency("LOCAL_ONE"), Ok(Consistency::LocalOne));
+        assert_eq!(parse_consistency("One"), Ok(Consistency::One));
+        assert!(parse_consistency("most").is_err());
+    }
+
+    #[test]
+    fn lower_bound_is_below_every_id_at_or_after_the_time() {
+        let ids = MessageIdGenerator::default();
+        let id = ids.next();
+        let at = id.created_at().expect("time");
+        let bound = timeuuid_lower_bound(at);
+        assert!(bound < timeuuid(id), "CQL timeuuid order");
+        let bound_time = message_id(bound).created_at().expect("time");
+        assert!(bound_time < at && at - bound_time <= chrono::Duration::milliseconds(2));
+    }
+}
