@@ -1,0 +1,234 @@
+//! One dual write, from its outbox record to the record's settlement.
+
+use super::*;
+
+/// Why a secondary write was not made directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deferral {
+    /// The secondary is down (cached health).
+    Down,
+    /// The room has earlier entries for the secondary waiting in the outbox.
+    BehindQueue,
+}
+
+impl Deferral {
+    fn outcome(self) -> DualWriteOutcome {
+        match self {
+            Deferral::Down => DualWriteOutcome::Skipped,
+            Deferral::BehindQueue => DualWriteOutcome::Queued,
+        }
+    }
+
+    fn reason(self, side: Side) -> String {
+        match self {
+            Deferral::Down => format!("skipped: {side} store down"),
+            Deferral::BehindQueue => "queued behind earlier outbox entries of the room".to_owned(),
+        }
+    }
+}
+
+impl Inner {
+    /// One dual write, from its outbox record to the record's settlement. The caller is answered
+    /// through `answer` as soon as the outcome is known (after the primary, with `sync` also the
+    /// secondary); what follows (the `async` secondary write, the record's update) runs on.
+    pub(super) async fn dual_write(
+        self: Arc<Self>,
+        primary: Side,
+        side: Side,
+        mode: DualWrite,
+        mut op: WriteOp,
+        answer: oneshot::Sender<StoreResult<Applied>>,
+    ) {
+        let log = &self.outboxes[side_index(primary)];
+        if let WriteOp::React {
+            message,
+            room: room @ None,
+            ..
+        } = &mut op
+        {
+            // The ordering key, from the store that has the message.
+            *room = self.store(primary).message_room(*message).await.ok();
+        }
+        let secondary_up = self.is_up(side);
+        // A failing check counts as "queued": the replayer then makes the write, in order.
+        let behind_queue = match op.room() {
+            Some(room) => log.has_queued(side, room).await.unwrap_or(true),
+            None => false,
+        };
+        let deferral = if !secondary_up {
+            Some(Deferral::Down)
+        } else if behind_queue {
+            Some(Deferral::BehindQueue)
+        } else {
+            None
+        };
+        // Legacy-primary sends record in their own transaction; everything else records first.
+        let record = if primary == Side::Legacy && op.new_message().is_some() {
+            None
+        } else {
+            match log
+                .enqueue(&NewEntry {
+                    target: side,
+                    op: op.clone(),
+                    attempts: 0,
+                    delay: self.options.replay.inline_grace,
+                    last_error: None,
+                })
+                .await
+            {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    let _ = answer.send(Err(StoreError::Unavailable(format!(
+                        "cannot record the write in the {primary} store's outbox before making it: {e}"
+                    ))));
+                    return;
+                }
+            }
+        };
+        let direct_sync = mode == DualWrite::Sync && deferral.is_none();
+        let (first, second) = if direct_sync {
+            let secondary = self.store(side).clone();
+            let (first, second) = tokio::join!(
+                self.primary_write(primary, side, &op, record),
+                self.secondary_write(secondary.as_ref(), &op)
+            );
+            (first, Some(second))
+        } else {
+            (self.primary_write(primary, side, &op, record).await, None)
+        };
+        let (applied, entry) = match first {
+            Ok(done) => done,
+            Err(e) => {
+                if matches!(second, Some(Ok(_))) {
+                    tracing::warn!(op = op.name(), store = %side, error = %e, "primary write failed after the secondary accepted it");
+                }
+                let _ = answer.send(Err(e));
+                // The write did not happen: its record must not be replayed.
+                if let Some(entry) = record
+                    && let Err(e) = log.complete(entry).await
+                {
+                    tracing::warn!(?entry, error = %e, "record of a failed write not deleted; its replay may add the write to the secondary");
+                }
+                return;
+            }
+        };
+        let _ = answer.send(Ok(applied));
+        if let Some(result) = second {
+            self.settle(log, side, &op, entry, result, Duration::ZERO)
+                .await;
+            return;
+        }
+        if let Some(deferral) = deferral {
+            self.metrics.dual_write(side, deferral.outcome());
+            // Due now; the replayer makes it in the room's order.
+            if let Err(e) = log
+                .retry_later(entry, Duration::ZERO, &deferral.reason(side))
+                .await
+            {
+                tracing::warn!(?entry, error = %e, "outbox record not made due; it is replayed after the grace period");
+            }
+            self.wake.notify_one();
+            return;
+        }
+        let start = Instant::now();
+        let secondary = self.store(side).clone();
+        let result = self.secondary_write(secondary.as_ref(), &op).await;
+        self.settle(log, side, &op, entry, result, start.elapsed())
+            .await;
+    }
+
+    /// The primary write. With legacy PostgreSQL primary, a send without a `record` commits its
+    /// outbox entry for `secondary` in the same transaction; otherwise the record exists already.
+    pub(super) async fn primary_write(
+        &self,
+        primary: Side,
+        secondary: Side,
+        op: &WriteOp,
+        record: Option<EntryRef>,
+    ) -> StoreResult<(Applied, EntryRef)> {
+        let message = match (record, primary, op.new_message()) {
+            (Some(entry), _, _) => {
+                return Ok((op.apply(self.store(primary).as_ref()).await?, entry));
+            }
+            (None, Side::Legacy, Some(message)) => message,
+            (None, ..) => {
+                return Err(StoreError::Internal(format!(
+                    "{} on {primary} primary without an outbox record",
+                    op.name()
+                )));
+            }
+        };
+        let entry = NewEntry {
+            target: secondary,
+            op: op.clone(),
+            attempts: 0,
+            delay: self.options.replay.inline_grace,
+            last_error: None,
+        };
+        let start = Instant::now();
+        let result = self
+            .legacy_pg
+            .insert_message_with_outbox(message, &entry)
+            .await;
+        let success = !matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Internal(_))
+        );
+        self.metrics.database_operation(
+            self.legacy_pg.database(),
+            "insert_message",
+            success,
+            start.elapsed(),
+        );
+        let (stored, id) = result?;
+        Ok((Applied::Message(stored), EntryRef::Pg(id)))
+    }
+
+    pub(super) async fn secondary_write(
+        &self,
+        store: &dyn ChatStore,
+        op: &WriteOp,
+    ) -> StoreResult<Applied> {
+        match tokio::time::timeout(self.options.secondary_timeout, op.apply_on_secondary(store))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no answer within {:?}",
+                self.options.secondary_timeout
+            ))),
+        }
+    }
+
+    /// Records the secondary write's outcome on its outbox record: deleted when it landed, due
+    /// again after a backoff when it failed.
+    pub(super) async fn settle(
+        &self,
+        log: &OutboxLog,
+        side: Side,
+        op: &WriteOp,
+        entry: EntryRef,
+        result: StoreResult<Applied>,
+        lag: Duration,
+    ) {
+        if op.landed(&result) {
+            self.metrics.dual_write(side, DualWriteOutcome::Success);
+            self.metrics.dual_write_lag(lag);
+            if let Err(e) = log.complete(entry).await {
+                tracing::warn!(?entry, error = %e, "outbox record not deleted; it will be replayed (idempotent)");
+            }
+            return;
+        }
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            self.mark_down(side);
+        }
+        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+        self.metrics.dual_write(side, DualWriteOutcome::Error);
+        tracing::debug!(op = op.name(), store = %side, %error, "secondary write failed; left to the outbox");
+        let r = &self.options.replay;
+        let delay = backoff(1, r.backoff_base, r.backoff_cap, rand::random::<f64>());
+        if let Err(e) = log.retry_later(entry, delay, &error).await {
+            tracing::warn!(?entry, error = %e, "outbox record not updated; it is replayed after the grace period");
+        }
+    }
+}
