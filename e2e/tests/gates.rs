@@ -130,7 +130,7 @@ async fn healthy_gates_promote_step_by_step_after_the_bake() -> anyhow::Result<(
         (gate.name.as_str(), gate.verdict, gate.value, gate.max),
         ("drift", Verdict::Pass, Some(0.001), Some(0.01))
     );
-    assert_eq!(status.healthy.as_deref(), Some("True"));
+    assert_eq!(status.healthy, Some(ficus_operator::crd::Health::True));
     Ok(())
 }
 

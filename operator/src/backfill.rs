@@ -7,6 +7,7 @@
 //! attempt); backfill and validation pods also `FICUS_DUAL_WRITE_STARTED_AT`, rollback pods
 //! `FICUS_ROLLBACK_FROM` (both RFC 3339, recorded by the operator in the status).
 
+use crate::reason::{Reason, Reasoned};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -66,14 +67,14 @@ pub struct BackfillError {
     source: kube::Error,
 }
 
-impl BackfillError {
-    pub fn reason(&self) -> &'static str {
+impl Reasoned for BackfillError {
+    fn reason(&self) -> Reason {
         match &self.source {
-            kube::Error::Api(s) if s.code == 403 => "BackfillForbidden",
+            kube::Error::Api(s) if s.code == 403 => Reason::BackfillForbidden,
             // The API server refused the object itself (invalid, over a limit): retrying the
             // same request cannot help, the spec or the cluster must change.
-            kube::Error::Api(s) if matches!(s.code, 400 | 422) => "JobRejected",
-            _ => "BackfillUnavailable",
+            kube::Error::Api(s) if matches!(s.code, 400 | 422) => Reason::JobRejected,
+            _ => Reason::BackfillUnavailable,
         }
     }
 }

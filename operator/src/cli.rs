@@ -359,7 +359,7 @@ pub fn status_table(items: &[Migration], with_namespace: bool) -> String {
                 .step
                 .map_or_else(|| "-".into(), |s| format!("{s}/{}", m.spec.steps.len())),
             format!("{}%", status.traffic_percent),
-            status.healthy.clone().unwrap_or_else(|| "-".into()),
+            status.healthy.map_or("-", |h| h.as_str()).to_owned(),
             message(m),
         ]);
     }
@@ -387,7 +387,8 @@ pub fn status_table(items: &[Migration], with_namespace: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{MigrationStatus, RollbackRecord};
+    use crate::crd::{Health, MigrationStatus, RollbackRecord};
+    use crate::reason::Reason;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn migration(name: &str, status: Option<MigrationStatus>) -> Migration {
@@ -420,7 +421,7 @@ mod tests {
             phase: Phase::Split,
             step: Some(step),
             traffic_percent: traffic,
-            healthy: Some("True".into()),
+            healthy: Some(Health::True),
             conditions: vec![
                 condition("Progressing", "True", &format!("step {step} at {traffic}%")),
                 condition("Degraded", "False", "no problems found"),
@@ -445,7 +446,7 @@ mod tests {
             last_rollback: Some(RollbackRecord {
                 time: Timestamp::UNIX_EPOCH,
                 from: Phase::Split,
-                reason: "GateFailed".into(),
+                reason: Reason::GateFailed.into(),
                 message: "drift failed 2 evaluation(s) in a row".into(),
             }),
             ..MigrationStatus::default()

@@ -2,6 +2,8 @@
 //! the operator records (status). Validation lives in the schema itself (OpenAPI + CEL), so
 //! `kubectl apply` rejects a manifest that could never run, with a message naming the field.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -10,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// The flag document types live in the contract crate shared with the services.
 pub use ficus_flags::{DualWrite, FlagValues, Flags, Percent, ShadowCompare, Side};
+
+pub use crate::duration::SpecDuration;
 
 /// A phased strangler-fig migration of one service from its legacy system to a new one.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -62,9 +66,7 @@ pub struct MigrationSpec {
 
     /// How long every gate must pass before the next step (Go duration: 30s, 5m, 1h).
     #[serde(default = "default_bake_time")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("bakeTime must be a duration such as 30s, 5m or 1h30m"))]
-    pub bake_time: String,
+    pub bake_time: SpecDuration,
 
     /// Where the AWS APIs are, for SSM flags and ECS workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,8 +89,8 @@ pub struct MigrationSpec {
     pub paused: bool,
 }
 
-fn default_bake_time() -> String {
-    "5m".into()
+fn default_bake_time() -> SpecDuration {
+    Duration::from_secs(5 * 60).into()
 }
 
 /// A workload observed and scaled by the operator: a Deployment or an ECS service.
@@ -194,9 +196,7 @@ pub enum DualWriteMode {
 pub struct ShadowSpec {
     /// Minimum time in shadow before the first traffic step.
     #[serde(default = "default_shadow_duration")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("shadow.duration must be a duration such as 30s, 10m or 1h"))]
-    pub duration: String,
+    pub duration: SpecDuration,
     /// Share of reads also served by the new store and compared.
     #[serde(default = "default_read_sample")]
     #[schemars(range(min = 0, max = 100))]
@@ -216,8 +216,8 @@ impl Default for ShadowSpec {
     }
 }
 
-fn default_shadow_duration() -> String {
-    "10m".into()
+fn default_shadow_duration() -> SpecDuration {
+    Duration::from_secs(10 * 60).into()
 }
 fn default_read_sample() -> i32 {
     10
@@ -262,9 +262,7 @@ pub struct AnalysisSpec {
     pub prometheus: Option<PrometheusSpec>,
     /// Time between gate evaluations.
     #[serde(default = "default_interval")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("analysis.interval must be a duration such as 15s or 1m"))]
-    pub interval: String,
+    pub interval: SpecDuration,
     /// Consecutive failed evaluations of a gate before rollback.
     #[serde(default = "default_failure_limit")]
     #[schemars(range(min = 1, max = 100))]
@@ -286,8 +284,8 @@ pub struct AnalysisSpec {
     pub applied_generation_query: Option<String>,
 }
 
-fn default_interval() -> String {
-    "15s".into()
+fn default_interval() -> SpecDuration {
+    Duration::from_secs(15).into()
 }
 fn default_failure_limit() -> i32 {
     2
@@ -450,9 +448,7 @@ pub struct CutoverSpec {
     /// Complete on its own after this long in CutOver with healthy gates; absent = complete only
     /// when promoted by hand (`ficus.dev/promote`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')").message("cutover.completeAfter must be a duration such as 30m or 24h"))]
-    pub complete_after: Option<String>,
+    pub complete_after: Option<SpecDuration>,
     /// Scale the legacy Deployment to 0 replicas on completion.
     #[serde(default)]
     pub scale_down_legacy: bool,
@@ -596,6 +592,26 @@ pub struct PauseState {
     pub reason: PauseReason,
 }
 
+/// Whether the evidence says the migration is healthy (the condition-style words `kubectl get`
+/// shows): no failing gate and no firing alert (`True`), a failing gate or a firing alert
+/// (`False`), or not enough evidence yet (`Unknown`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    True,
+    False,
+    Unknown,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::True => "True",
+            Health::False => "False",
+            Health::Unknown => "Unknown",
+        }
+    }
+}
+
 /// One gate's outcome in an evaluation.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -666,9 +682,9 @@ pub struct MigrationStatus {
     /// Share of users on the new system.
     #[serde(default)]
     pub traffic_percent: i32,
-    /// "True"/"False"/"Unknown": the last analysis, for `kubectl get`.
+    /// The last analysis in one word, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub healthy: Option<String>,
+    pub healthy: Option<Health>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_started_at: Option<Timestamp>,
     /// When the current bake started (phase entry, step entry, or a spec change).

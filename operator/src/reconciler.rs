@@ -5,6 +5,7 @@
 //! then flags, workloads and Jobs converge towards what the status says. Everything here is
 //! idempotent: a crash at any point is repaired by the next reconcile.
 
+use crate::reason::{Reason, Reasoned};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,16 +53,16 @@ pub enum Error {
     Finalizer(#[from] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
-impl Error {
-    pub fn reason(&self) -> &'static str {
+impl Reasoned for Error {
+    fn reason(&self) -> Reason {
         match self {
-            Error::NoNamespace => "NoNamespace",
-            Error::Write { .. } => "StatusWriteFailed",
-            Error::Cleanup(_) => "CleanupFailed",
+            Error::NoNamespace => Reason::NoNamespace,
+            Error::Write { .. } => Reason::StatusWriteFailed,
+            Error::Cleanup(_) => Reason::CleanupFailed,
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
-                _ => "FinalizerFailed",
+                _ => Reason::FinalizerFailed,
             },
         }
     }
@@ -140,7 +141,7 @@ pub async fn reconcile(mig: Arc<Migration>, ctx: Arc<Context>) -> Result<Action,
 
 pub fn error_policy(mig: Arc<Migration>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(migration = %mig.name_any(), error = %err, "reconcile failed; retrying in 5s");
-    ctx.metrics.error(err.reason());
+    ctx.metrics.error(err.reason().as_str());
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -240,7 +241,7 @@ async fn observe(
             true
         }
         Err(e) => {
-            obs.problems.push(Problem::new(e.reason(), e.to_string()));
+            obs.problems.push(Problem::from_error(&e));
             false
         }
     };
@@ -255,7 +256,7 @@ async fn observe(
         };
         match t.workloads.observe(field, workload).await {
             Ok(state) => *slot(&mut obs, side) = Some(state),
-            Err(e) => obs.problems.push(Problem::new(e.reason(), e.to_string())),
+            Err(e) => obs.problems.push(Problem::from_error(&e)),
         }
     }
     for (job, slot) in [
@@ -268,7 +269,7 @@ async fn observe(
                 match backfill::observe(ctx.client.clone(), &t.ns, job).await {
                     Ok(state) => state,
                     Err(e) => {
-                        obs.problems.push(Problem::new(e.reason(), e.to_string()));
+                        obs.problems.push(Problem::from_error(&e));
                         JobState::Running
                     }
                 },
@@ -310,25 +311,25 @@ async fn analyse(
     else {
         return;
     };
-    let interval = crate::duration::parse(&analysis.interval).unwrap_or(Duration::from_secs(15));
+    let interval = analysis.interval.get();
     let timeout = (interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let prometheus = match ctx.prometheus.get(url, timeout) {
         Ok(p) => p,
         Err(message) => {
             return obs
                 .problems
-                .push(Problem::new("InvalidPrometheusUrl", message));
+                .push(Problem::new(Reason::InvalidPrometheusUrl, message));
         }
     };
     if status.phase == crate::crd::Phase::Preflight {
-        if analysis.gates.is_empty()
-            && !spec.rollback.on_alerts.is_empty()
-            && let Outcome::Unreachable(message) = prometheus.query("vector(1)").await
-        {
+        // Reachability first, from the typed outcome of one query: gate answers say nothing
+        // about the server when it does not answer.
+        if let Outcome::Unreachable(message) = prometheus.query("vector(1)").await {
             obs.problems.push(Problem::new(
-                "PrometheusUnreachable",
+                Reason::PrometheusUnreachable,
                 format!("{url}: {message}"),
             ));
+            return;
         }
         if let Some(query) = &analysis.applied_generation_query
             && let Outcome::Invalid(message) = prometheus.query(query).await
@@ -337,23 +338,21 @@ async fn analyse(
         }
         // Every query is checked here, also those of gates skipped at 0 % (cohorts).
         let results = prometheus.evaluate(&analysis.gates, 50).await;
-        for r in &results {
-            let message = r.message.clone().unwrap_or_default();
-            match r.verdict {
-                Verdict::Error => obs.problems.push(Problem::new(
-                    "InvalidQuery",
-                    format!("gate {}: {message}", r.name),
-                )),
-                Verdict::Inconclusive if message.starts_with("Prometheus unreachable") => {
-                    obs.problems.push(Problem::new(
-                        "PrometheusUnreachable",
-                        format!("{url}: {message}"),
-                    ));
-                    break;
-                }
-                _ => {}
-            }
-        }
+        obs.problems.extend(
+            results
+                .iter()
+                .filter(|r| r.verdict == Verdict::Error)
+                .map(|r| {
+                    Problem::new(
+                        Reason::InvalidQuery,
+                        format!(
+                            "gate {}: {}",
+                            r.name,
+                            r.message.as_deref().unwrap_or_default()
+                        ),
+                    )
+                }),
+        );
         return;
     }
     if machine::next_analysis_in(spec, status, now) != Some(Duration::ZERO) {
@@ -397,7 +396,7 @@ async fn analyse(
         AlertPoll::Invalid(message) => {
             obs.alerts_unanswered = Some(message.clone());
             obs.problems
-                .push(Problem::new("InvalidAlertSelector", message));
+                .push(Problem::new(Reason::InvalidAlertSelector, message));
         }
     }
     obs.firing_alerts.sort();
@@ -407,7 +406,7 @@ async fn analyse(
 /// Prometheus rejected `analysis.appliedGenerationQuery`: a spec problem, shown as Degraded.
 fn invalid_generation_query(message: &str) -> Problem {
     Problem::new(
-        "InvalidQuery",
+        Reason::InvalidQuery,
         format!("analysis.appliedGenerationQuery: {message}"),
     )
 }
@@ -496,7 +495,8 @@ fn carried_problem(status: &MigrationStatus, observed: &[Problem]) -> Option<Pro
         .conditions
         .iter()
         .find(|c| c.type_ == machine::DEGRADED && c.status == "True")?;
-    let problem = Problem::new(degraded.reason.clone(), degraded.message.clone());
+    // A reason this operator does not know (written by another version) is not carried.
+    let problem = Problem::new(Reason::parse(&degraded.reason)?, degraded.message.clone());
     (!observed.iter().any(|p| p.reason == problem.reason)).then_some(problem)
 }
 
@@ -513,7 +513,7 @@ async fn converge(
     {
         t.write_flags(flags)
             .await
-            .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+            .map_err(|e| Problem::from_error(&e))?;
         info!(migration = %t.mig.name_any(), generation = flags.generation, values = ?flags.values, "flags written");
     }
     for (side, replicas) in &decision.scale {
@@ -521,7 +521,7 @@ async fn converge(
             t.workloads
                 .scale(workload, *replicas)
                 .await
-                .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+                .map_err(|e| Problem::from_error(&e))?;
             info!(migration = %t.mig.name_any(), workload = %workload.describe(), replicas, "scaled");
         }
     }
@@ -529,14 +529,14 @@ async fn converge(
     if let (Some(name), Some(spec)) = (&decision.create_backfill_job, &t.mig.spec.backfill) {
         backfill::create(ctx.client.clone(), t.mig, status, spec, name)
             .await
-            .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+            .map_err(|e| Problem::from_error(&e))?;
     }
     if let (Some(name), Some(spec)) = (&decision.create_validate_job, &t.mig.spec.backfill)
         && let Some(args) = &spec.validate_args
     {
         backfill::create_validate(ctx.client.clone(), t.mig, status, spec, args, name)
             .await
-            .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+            .map_err(|e| Problem::from_error(&e))?;
     }
     if let (Some(name), Some(spec)) = (
         &decision.create_rollback_job,
@@ -544,7 +544,7 @@ async fn converge(
     ) {
         backfill::create_rollback(ctx.client.clone(), t.mig, status, spec, name)
             .await
-            .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+            .map_err(|e| Problem::from_error(&e))?;
     }
     Ok(())
 }
@@ -620,7 +620,7 @@ async fn publish(mig: &Migration, notes: &[Note], ctx: &Context) {
                 EventType::Normal => KubeEventType::Normal,
                 EventType::Warning => KubeEventType::Warning,
             },
-            reason: note.reason.clone(),
+            reason: note.reason.to_string(),
             note: Some(truncate(&note.message, 1000)),
             action: note.action.clone(),
             secondary: None,
@@ -672,7 +672,7 @@ async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
             mig,
             &[Note {
                 type_: EventType::Warning,
-                reason: "DeletionWaits".into(),
+                reason: Reason::DeletionWaits,
                 message: message.clone(),
                 action: "Finalize".into(),
             }],
@@ -704,7 +704,7 @@ async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     }
     let note = Note {
         type_: EventType::Normal,
-        reason: "SafeStateRestored".into(),
+        reason: Reason::SafeStateRestored,
         message: format!(
             "deleting: flags left at write_primary={:?}, read_split_percent={}",
             safe.write_primary, safe.read_split_percent

@@ -1,6 +1,7 @@
 //! AWS access shared by the SSM flag store and the ECS workload driver: SDK configuration from
 //! the default provider chain, and errors turned into something a human can act on.
 
+use crate::reason::{Reason, Reasoned};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -93,15 +94,17 @@ pub enum AwsError {
     },
 }
 
-impl AwsError {
-    pub fn reason(&self) -> &'static str {
+impl Reasoned for AwsError {
+    fn reason(&self) -> Reason {
         match self {
-            AwsError::Denied { .. } => "AwsAccessDenied",
-            AwsError::NotFound { .. } => "AwsResourceNotFound",
-            AwsError::Failed { .. } => "AwsUnavailable",
+            AwsError::Denied { .. } => Reason::AwsAccessDenied,
+            AwsError::NotFound { .. } => Reason::AwsResourceNotFound,
+            AwsError::Failed { .. } => Reason::AwsUnavailable,
         }
     }
+}
 
+impl AwsError {
     /// Classifies an SDK error by its service error code, else by its HTTP status (an error
     /// body the SDK cannot parse still says 403).
     pub fn from_sdk<E>(action: &'static str, err: &SdkError<E, HttpResponse>) -> Self

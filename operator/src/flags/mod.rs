@@ -10,6 +10,7 @@ mod ssm;
 pub use configmap::ConfigMapStore;
 pub use ssm::SsmStore;
 
+use crate::reason::{Reason, Reasoned};
 use ficus_flags::FlagRead;
 
 use crate::crd::Flags;
@@ -36,12 +37,12 @@ pub enum FlagStoreError {
     },
 }
 
-impl FlagStoreError {
+impl Reasoned for FlagStoreError {
     /// Condition/Event reason.
-    pub fn reason(&self) -> &'static str {
+    fn reason(&self) -> Reason {
         match self {
-            FlagStoreError::Forbidden { .. } => "FlagStoreForbidden",
-            FlagStoreError::Api { .. } => "FlagStoreUnavailable",
+            FlagStoreError::Forbidden { .. } => Reason::FlagStoreForbidden,
+            FlagStoreError::Api { .. } => Reason::FlagStoreUnavailable,
             FlagStoreError::Aws(e) => e.reason(),
         }
     }

@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::{EventType, Note, Problem};
 use crate::crd::{MigrationStatus, PauseReason, Phase};
+use crate::reason::Reason;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
@@ -41,15 +42,11 @@ pub fn update(
         _ => (true, phase.to_string(), progress_message(status)),
     };
     let (degraded, d_reason, d_message) = match problems.first() {
-        Some(p) => (true, p.reason.clone(), p.message.clone()),
-        None => (
-            false,
-            "AsExpected".to_string(),
-            "no problems found".to_string(),
-        ),
+        Some(p) => (true, p.reason, p.message.clone()),
+        None => (false, Reason::AsExpected, "no problems found".to_string()),
     };
     let (ready, r_reason, r_message) = if degraded {
-        (false, d_reason.clone(), d_message.clone())
+        (false, d_reason.to_string(), d_message.clone())
     } else {
         match phase {
             Phase::RollingBack | Phase::RolledBack => {
@@ -68,7 +65,7 @@ pub fn update(
     for (type_, ok, reason, message) in [
         (READY, ready, r_reason, r_message),
         (PROGRESSING, progressing, p_reason, p_message),
-        (DEGRADED, degraded, d_reason.clone(), d_message.clone()),
+        (DEGRADED, degraded, d_reason.to_string(), d_message.clone()),
     ] {
         let value = if ok { "True" } else { "False" };
         let since = match find(&previous.conditions, type_) {
@@ -85,7 +82,7 @@ pub fn update(
         });
     }
     status.conditions = next;
-    let starts = degraded && was_degraded != Some((true, d_reason.clone()));
+    let starts = degraded && was_degraded != Some((true, d_reason.to_string()));
     starts.then(|| Note {
         type_: EventType::Warning,
         reason: d_reason,

@@ -14,10 +14,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::crd::{
-    AnalysisRun, FlagValues, Flags, GateResult, MigrationSpec, MigrationStatus, PauseReason,
-    PauseState, Phase, RollbackRecord, Side, Transition, Verdict, annotations,
+    AnalysisRun, FlagValues, Flags, GateResult, Health, MigrationSpec, MigrationStatus,
+    PauseReason, PauseState, Phase, RollbackRecord, Side, Transition, Verdict, annotations,
 };
-use crate::duration;
+use crate::reason::{Reason, Reasoned};
 use ficus_flags::FlagRead;
 
 pub use conditions::{DEGRADED, PROGRESSING, READY};
@@ -40,17 +40,22 @@ pub struct Commands {
 /// flag store the operator may not write, an invalid gate query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// PascalCase, used as condition and Event reason.
-    pub reason: String,
+    /// The Degraded condition's reason and the Event's.
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Problem {
-    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
-            reason: reason.into(),
+            reason,
             message: message.into(),
         }
+    }
+
+    /// The Problem an error describes: its reason and its message.
+    pub fn from_error(e: &impl Reasoned) -> Self {
+        Self::new(e.reason(), e.to_string())
     }
 }
 
@@ -109,7 +114,7 @@ pub enum EventType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
     pub type_: EventType,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
     /// What the operator did, e.g. `EnterSplit2`. Events with the same reason but different
     /// actions stay separate in `kubectl describe` instead of folding into one series.
@@ -189,14 +194,14 @@ impl Machine<'_> {
 
         // Rollback wins over everything else, from every active phase.
         if let Some((reason, message)) = self.rollback_cause() {
-            return self.roll_back(&reason, &message);
+            return self.roll_back(reason, &message);
         }
         if cmd.abort && !phase.is_active() {
             self.consumed.push(annotations::ABORT);
             if phase == Phase::Completed {
                 self.note(
                     EventType::Warning,
-                    "AbortIgnored",
+                    Reason::AbortIgnored,
                     "the migration is complete; there is nothing to roll back",
                 );
             }
@@ -207,7 +212,7 @@ impl Machine<'_> {
             if !matches!(phase, Phase::Shadow | Phase::Split | Phase::CutOver) {
                 self.note(
                     EventType::Warning,
-                    "PromoteIgnored",
+                    Reason::PromoteIgnored,
                     format!("nothing to promote in phase {phase}"),
                 );
             }
@@ -222,7 +227,7 @@ impl Machine<'_> {
         match phase {
             Phase::Pending => self.transition(
                 Phase::Preflight,
-                "Started",
+                Reason::Started,
                 "checking flag stores and workloads",
             ),
             Phase::Preflight => self.preflight(),
@@ -272,7 +277,7 @@ impl Machine<'_> {
         self.push_history(
             from,
             from,
-            "SpecChanged",
+            Reason::SpecChanged,
             format!(
                 "steps changed: now step {new_step}/{} at {new_traffic}%",
                 steps.len()
@@ -280,7 +285,7 @@ impl Machine<'_> {
         );
         self.note(
             EventType::Normal,
-            "SpecChanged",
+            Reason::SpecChanged,
             format!(
                 "steps changed: continuing at step {new_step}/{} ({new_traffic}%), bake restarted",
                 steps.len()
@@ -338,7 +343,7 @@ impl Machine<'_> {
         }
     }
 
-    fn rollback_cause(&mut self) -> Option<(String, String)> {
+    fn rollback_cause(&mut self) -> Option<(Reason, String)> {
         let phase = self.status.phase;
         if !phase.is_active() && phase != Phase::Pending {
             return None;
@@ -346,7 +351,7 @@ impl Machine<'_> {
         if self.obs.commands.abort {
             self.consumed.push(annotations::ABORT);
             return Some((
-                "Aborted".into(),
+                Reason::Aborted,
                 format!("{} annotation set", annotations::ABORT),
             ));
         }
@@ -359,14 +364,11 @@ impl Machine<'_> {
             .as_ref()
             .map_or(i32::MAX, |a| a.failure_limit);
         let cause = if let Some(alert) = self.obs.firing_alerts.first() {
-            Some((
-                "AlertFiring".to_string(),
-                format!("alert {alert} is firing"),
-            ))
+            Some((Reason::AlertFiring, format!("alert {alert} is firing")))
         } else if self.status.consecutive_failures >= limit {
             let failing = self.failing_gates();
             Some((
-                "GateFailed".to_string(),
+                Reason::GateFailed,
                 format!("{failing} failed {limit} evaluation(s) in a row"),
             ))
         } else {
@@ -383,7 +385,7 @@ impl Machine<'_> {
                 .cut_over_at
                 .map_or_else(|| "cut-over".to_string(), |t| t.to_string());
             self.problems.push(Problem::new(
-                "RollbackRefused",
+                Reason::RollbackRefused,
                 format!(
                     "{message}, but rolling back from CutOver would lose every write made since {since}: cutover.reverseDualWrite is false and no cutover.rollbackJob copies those writes back to the legacy store. The Migration stays in CutOver (the new system primary). Fix the new system, or set cutover.rollbackJob, or roll back anyway with the ficus.dev/abort annotation after copying the writes yourself"
                 ),
@@ -395,11 +397,11 @@ impl Machine<'_> {
         }
         if self.current_phase() == Phase::Backfill {
             for (job, reason, what) in [
-                (&self.obs.backfill, "BackfillFailed", "backfill"),
-                (&self.obs.validate, "ValidationFailed", "validation"),
+                (&self.obs.backfill, Reason::BackfillFailed, "backfill"),
+                (&self.obs.validate, Reason::ValidationFailed, "validation"),
             ] {
                 if let Some(JobState::Failed(msg)) = job {
-                    return Some((reason.into(), format!("{what} job failed: {msg}")));
+                    return Some((reason, format!("{what} job failed: {msg}")));
                 }
             }
         }
@@ -465,12 +467,12 @@ impl Machine<'_> {
         }
     }
 
-    fn roll_back(&mut self, reason: &str, message: &str) {
+    fn roll_back(&mut self, reason: Reason, message: &str) {
         let from = self.current_phase();
         if self.rollback_would_lose_writes() {
             self.note(
                 EventType::Warning,
-                "WritesNotCarriedBack",
+                Reason::WritesNotCarriedBack,
                 "rolling back from CutOver without reverse dual-write or a rollback Job: the legacy store lacks the writes made since cut-over",
             );
         }
@@ -514,7 +516,7 @@ impl Machine<'_> {
                 .map_or_else(String::new, |r| r.message.clone());
             self.transition(
                 Phase::RolledBack,
-                "RolledBack",
+                Reason::RolledBack,
                 &format!("safe state applied (0% new, legacy primary): {message}"),
             );
         }
@@ -533,7 +535,7 @@ impl Machine<'_> {
         self.status.last_analysis = None;
         self.transition(
             Phase::Pending,
-            "Retry",
+            Reason::Retry,
             &format!(
                 "{} annotation set: starting attempt {}",
                 annotations::RETRY,
@@ -548,7 +550,7 @@ impl Machine<'_> {
                 from: Phase::Preflight,
                 reason: PauseReason::Manual,
             });
-            return self.transition(Phase::Paused, "Paused", "spec.paused is true");
+            return self.transition(Phase::Paused, Reason::Paused, "spec.paused is true");
         }
         if !self.problems.is_empty() {
             return;
@@ -565,7 +567,7 @@ impl Machine<'_> {
         if written {
             self.transition(
                 Phase::Shadow,
-                "PreflightPassed",
+                Reason::PreflightPassed,
                 "flag stores writable, workloads present; shadow traffic starts",
             );
         }
@@ -574,11 +576,11 @@ impl Machine<'_> {
     fn paused(&mut self) {
         let Some(pause) = self.status.paused.clone() else {
             // A Paused phase without its record cannot resume anywhere sensible.
-            return self.roll_back("PauseStateLost", "paused without a phase to resume");
+            return self.roll_back(Reason::PauseStateLost, "paused without a phase to resume");
         };
         match pause.reason {
             PauseReason::Manual if !self.spec.paused => {
-                self.resume(pause.from, "Resumed", "spec.paused is false")
+                self.resume(pause.from, Reason::Resumed, "spec.paused is false")
             }
             PauseReason::Inconclusive if self.spec.paused => {
                 self.status.paused = Some(PauseState {
@@ -586,14 +588,16 @@ impl Machine<'_> {
                     reason: PauseReason::Manual,
                 });
             }
-            PauseReason::Inconclusive if self.status.passing_since.is_some() => {
-                self.resume(pause.from, "EvidenceReturned", "every gate passes again")
-            }
+            PauseReason::Inconclusive if self.status.passing_since.is_some() => self.resume(
+                pause.from,
+                Reason::EvidenceReturned,
+                "every gate passes again",
+            ),
             _ => {}
         }
     }
 
-    fn resume(&mut self, to: Phase, reason: &str, message: &str) {
+    fn resume(&mut self, to: Phase, reason: Reason, message: &str) {
         self.status.paused = None;
         self.transition(to, reason, message);
     }
@@ -606,7 +610,7 @@ impl Machine<'_> {
                 from: phase,
                 reason: PauseReason::Manual,
             });
-            return self.transition(Phase::Paused, "Paused", "spec.paused is true");
+            return self.transition(Phase::Paused, Reason::Paused, "spec.paused is true");
         }
         let limit = self
             .spec
@@ -618,7 +622,7 @@ impl Machine<'_> {
                 from: phase,
                 reason: PauseReason::Inconclusive,
             });
-            return self.transition(Phase::Paused, "Inconclusive", &format!("{limit} evaluation(s) in a row without evidence; waiting for the gates to answer"));
+            return self.transition(Phase::Paused, Reason::Inconclusive, &format!("{limit} evaluation(s) in a row without evidence; waiting for the gates to answer"));
         }
         if phase == Phase::Backfill {
             return self.backfill();
@@ -679,21 +683,21 @@ impl Machine<'_> {
         let steps = &self.spec.steps;
         match self.status.phase {
             Phase::Shadow if self.spec.backfill.is_some() => {
-                self.transition(Phase::Backfill, "ShadowPassed", how)
+                self.transition(Phase::Backfill, Reason::ShadowPassed, how)
             }
             Phase::Shadow | Phase::Backfill => self.enter_step(1, how),
             Phase::Split => match self.status.step {
                 Some(s) if (s as usize) < steps.len() => self.enter_step(s + 1, how),
                 _ => self.transition(
                     Phase::CutOver,
-                    "CutOver",
+                    Reason::CutOver,
                     &format!("{how}; the new system becomes primary"),
                 ),
             },
             Phase::CutOver => {
                 self.transition(
                     Phase::Completed,
-                    "Completed",
+                    Reason::Completed,
                     &format!("{how}; the new system serves alone"),
                 );
                 if self.spec.cutover.scale_down_legacy && self.spec.legacy.is_some() {
@@ -718,8 +722,8 @@ impl Machine<'_> {
             "step {step}/{}: {traffic}% of users on the new system ({how})",
             self.spec.steps.len()
         );
-        self.push_history(from, Phase::Split, "Promoted", message.clone());
-        self.note(EventType::Normal, "Promoted", message);
+        self.push_history(from, Phase::Split, Reason::Promoted, message.clone());
+        self.note(EventType::Normal, Reason::Promoted, message);
     }
 
     /// Has the current phase baked long enough with passing gates?
@@ -768,11 +772,10 @@ impl Machine<'_> {
 
     /// How long the current phase must bake; None = only a manual promote moves on.
     fn bake_duration(&self) -> Option<Duration> {
-        let parse = |s: &str| duration::parse(s).ok();
         match self.status.phase {
-            Phase::Shadow => parse(&self.spec.shadow.duration),
-            Phase::Split => parse(&self.spec.bake_time),
-            Phase::CutOver => self.spec.cutover.complete_after.as_deref().and_then(parse),
+            Phase::Shadow => Some(self.spec.shadow.duration.get()),
+            Phase::Split => Some(self.spec.bake_time.get()),
+            Phase::CutOver => self.spec.cutover.complete_after.as_ref().map(|d| d.get()),
             _ => None,
         }
     }
@@ -828,7 +831,7 @@ impl Machine<'_> {
                 .cut_over_at
                 .map_or_else(|| "cut-over".to_string(), |t| t.to_string());
             self.problems.push(Problem::new(
-                "RollbackJobFailed",
+                Reason::RollbackJobFailed,
                 format!(
                     "rollback Job {name} failed: {why}. The legacy store lacks writes made since {since}: fix the cause and delete the Job to run it again, or copy them by hand"
                 ),
@@ -854,7 +857,7 @@ impl Machine<'_> {
         self.status.consecutive_inconclusive = 0;
     }
 
-    fn transition(&mut self, to: Phase, reason: &str, message: &str) {
+    fn transition(&mut self, to: Phase, reason: Reason, message: &str) {
         let from = self.status.phase;
         self.status.phase = to;
         self.status.phase_started_at = Some(self.now);
@@ -891,14 +894,14 @@ impl Machine<'_> {
         }
         let type_ = match to {
             Phase::RollingBack | Phase::RolledBack => EventType::Warning,
-            Phase::Paused if reason == "Inconclusive" => EventType::Warning,
+            Phase::Paused if reason == Reason::Inconclusive => EventType::Warning,
             _ => EventType::Normal,
         };
         self.push_history(from, to, reason, message.to_string());
         self.note(type_, reason, format!("{from} -> {to}: {message}"));
     }
 
-    fn push_history(&mut self, from: Phase, to: Phase, reason: &str, message: String) {
+    fn push_history(&mut self, from: Phase, to: Phase, reason: Reason, message: String) {
         let h = &mut self.status.history;
         h.push(Transition {
             time: self.now,
@@ -913,14 +916,14 @@ impl Machine<'_> {
         }
     }
 
-    fn note(&mut self, type_: EventType, reason: &str, message: impl Into<String>) {
+    fn note(&mut self, type_: EventType, reason: Reason, message: impl Into<String>) {
         let action = match (self.status.phase, self.status.step) {
             (Phase::Split, Some(step)) => format!("EnterSplit{step}"),
             (phase, _) => format!("Enter{phase}"),
         };
         self.events.push(Note {
             type_,
-            reason: reason.into(),
+            reason,
             message: message.into(),
             action,
         });
@@ -932,7 +935,7 @@ impl Machine<'_> {
         if let Some(f) = flags {
             self.status.applied_flags = Some(f);
         }
-        self.status.healthy = Some(self.healthy().into());
+        self.status.healthy = Some(self.healthy());
         let degraded_note =
             conditions::update(&mut self.status, previous, &self.problems, self.now);
         if let Some(note) = degraded_note {
@@ -954,9 +957,9 @@ impl Machine<'_> {
         }
     }
 
-    fn healthy(&self) -> &'static str {
+    fn healthy(&self) -> Health {
         if !self.obs.firing_alerts.is_empty() {
-            return "False";
+            return Health::False;
         }
         let verdicts = |run: &AnalysisRun| {
             run.gates
@@ -966,17 +969,17 @@ impl Machine<'_> {
                 .collect::<Vec<_>>()
         };
         match &self.status.last_analysis {
-            _ if !self.needs_evidence() => "True",
-            None => "Unknown",
-            Some(run) if verdicts(run).contains(&Verdict::Fail) => "False",
+            _ if !self.needs_evidence() => Health::True,
+            None => Health::Unknown,
+            Some(run) if verdicts(run).contains(&Verdict::Fail) => Health::False,
             Some(run)
                 if verdicts(run)
                     .iter()
                     .all(|v| matches!(v, Verdict::Pass | Verdict::Skipped)) =>
             {
-                "True"
+                Health::True
             }
-            Some(_) => "Unknown",
+            Some(_) => Health::Unknown,
         }
     }
 
@@ -1075,7 +1078,7 @@ pub fn next_analysis_in(
     if nothing_to_ask || !evaluates(status.phase) {
         return None;
     }
-    let interval = duration::parse(&analysis.interval).unwrap_or(Duration::from_secs(15));
+    let interval = analysis.interval.get();
     Some(match &status.last_analysis {
         Some(run) => interval.saturating_sub(elapsed(now, run.time)),
         None => Duration::ZERO,
@@ -1116,7 +1119,7 @@ fn analysis_problems(status: &MigrationStatus) -> Vec<Problem> {
         .filter(|g| g.verdict == Verdict::Error)
         .map(|g| {
             Problem::new(
-                "InvalidQuery",
+                Reason::InvalidQuery,
                 format!(
                     "gate {}: {}",
                     g.name,

@@ -9,6 +9,7 @@ pub use ecs::EcsDriver;
 
 use crate::crd::Workload;
 use crate::machine::WorkloadState;
+use crate::reason::{Reason, Reasoned};
 
 /// The drivers a Migration needs; ECS only when a workload names one.
 pub struct Workloads {
@@ -81,13 +82,15 @@ pub enum WorkloadError {
     },
 }
 
-impl WorkloadError {
-    pub fn reason(&self) -> &'static str {
+impl Reasoned for WorkloadError {
+    fn reason(&self) -> Reason {
         match self {
-            WorkloadError::NotFound { .. } => "WorkloadNotFound",
-            WorkloadError::Forbidden { .. } => "WorkloadForbidden",
-            WorkloadError::Api { .. } => "WorkloadUnavailable",
-            WorkloadError::EcsNotFound { .. } | WorkloadError::Unnamed { .. } => "WorkloadNotFound",
+            WorkloadError::NotFound { .. } => Reason::WorkloadNotFound,
+            WorkloadError::Forbidden { .. } => Reason::WorkloadForbidden,
+            WorkloadError::Api { .. } => Reason::WorkloadUnavailable,
+            WorkloadError::EcsNotFound { .. } | WorkloadError::Unnamed { .. } => {
+                Reason::WorkloadNotFound
+            }
             WorkloadError::Aws(e) => e.reason(),
         }
     }

@@ -102,7 +102,7 @@ fn gates_on_a_cohort_without_users_are_skipped_so_a_healthy_migration_completes(
         "legacy has no users in CutOver"
     );
     assert_eq!(verdict("new-errors"), Some(Verdict::Pass));
-    assert_eq!(sim.status.healthy.as_deref(), Some("True"));
+    assert_eq!(sim.status.healthy, Some(Health::True));
 }
 
 #[test]
@@ -384,7 +384,7 @@ fn rolling_back_against_a_failing_flag_store_backs_off() {
     // The store still holds the Split flags: the rollback flags cannot be written.
     let throttled = Observations {
         problems: vec![Problem::new(
-            "FlagStoreUnavailable",
+            Reason::FlagStoreUnavailable,
             "SSM: ThrottlingException",
         )],
         flags: applied(GEN, fl::split(10)).into(),

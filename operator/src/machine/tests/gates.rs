@@ -90,7 +90,7 @@ fn consecutive_failures_roll_back_at_the_failure_limit() {
                 "{seq}: {:?}",
                 d.events
             );
-            assert_eq!(d.status.healthy.as_deref(), Some("False"));
+            assert_eq!(d.status.healthy, Some(Health::False));
             assert_eq!(
                 d.status.last_analysis.as_ref().map(|a| a.time.clone()),
                 Some(at(15 * seq.len() as i64))
@@ -129,7 +129,7 @@ fn inconclusive_evidence_pauses_with_flags_unchanged_and_passing_evidence_resume
         "True",
         "paused is not broken"
     );
-    assert_eq!(d.status.healthy.as_deref(), Some("Unknown"));
+    assert_eq!(d.status.healthy, Some(Health::Unknown));
 
     // Still no evidence: stays paused, quietly.
     for secs in [60, 75, 90] {
@@ -294,7 +294,7 @@ fn gate_errors_never_roll_back_promote_or_pause() {
             ),
             (1, 2)
         );
-        assert_eq!(d.status.healthy.as_deref(), Some("Unknown"));
+        assert_eq!(d.status.healthy, Some(Health::Unknown));
         assert_eq!(d.status.history, s.history, "no transition");
     }
 }

@@ -18,6 +18,7 @@ use crate::crd::{
     FlagValues, Gate, MigrationSpec, NoDataPolicy, Percent, PrometheusSpec, RollbackSpec,
     ShadowSpec, Side, Workload,
 };
+use crate::reason::Reason;
 use Phase::*;
 use ficus_flags::{FlagRead, ShadowCompare};
 
@@ -53,6 +54,11 @@ fn time(secs: i64) -> Option<Timestamp> {
 
 const SHORT: Duration = Duration::from_secs(1);
 
+/// A spec duration, Go style.
+fn go(text: &str) -> crate::crd::SpecDuration {
+    text.parse().expect("a valid duration")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Spec builders
 
@@ -72,12 +78,12 @@ fn spec() -> MigrationSpec {
         },
         aws: None,
         shadow: ShadowSpec {
-            duration: "2m".into(),
+            duration: go("2m"),
             ..ShadowSpec::default()
         },
         backfill: None,
         steps: vec![10, 25, 50, 100],
-        bake_time: "1m".into(),
+        bake_time: go("1m"),
         analysis: None,
         rollback: RollbackSpec {
             automatic: true,
@@ -105,7 +111,7 @@ fn analysis() -> AnalysisSpec {
         prometheus: Some(PrometheusSpec {
             url: "http://prometheus:9090".into(),
         }),
-        interval: "15s".into(),
+        interval: go("15s"),
         failure_limit: 2,
         inconclusive_limit: 3,
         gates: vec![
@@ -182,7 +188,7 @@ fn paused(spec: MigrationSpec) -> MigrationSpec {
 fn complete_after(spec: MigrationSpec, after: &str) -> MigrationSpec {
     MigrationSpec {
         cutover: CutoverSpec {
-            complete_after: Some(after.into()),
+            complete_after: Some(go(after)),
             ..spec.cutover
         },
         ..spec

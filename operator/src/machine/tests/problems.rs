@@ -8,7 +8,7 @@ fn a_problem_blocks_preflight_reports_once_and_backs_off() {
     let mut sim = Simulation::from(spec.clone(), status_in(&spec, Preflight, None));
     let missing = || Observations {
         problems: vec![Problem::new(
-            "WorkloadNotFound",
+            Reason::WorkloadNotFound,
             "Deployment chat-new not found",
         )],
         ..Observations::default()
@@ -69,12 +69,17 @@ fn a_problem_blocks_preflight_reports_once_and_backs_off() {
 fn a_new_problem_reason_is_reported_again() {
     let spec = spec();
     let s = status_in(&spec, Preflight, None);
-    let problem = |reason: &str| Observations {
+    let problem = |reason: Reason| Observations {
         problems: vec![Problem::new(reason, "…")],
         ..seen(&s)
     };
-    let d = step(&spec, &s, &problem("WorkloadNotFound"), at(1));
-    let d = step(&spec, &d.status, &problem("FlagStoreForbidden"), at(2));
+    let d = step(&spec, &s, &problem(Reason::WorkloadNotFound), at(1));
+    let d = step(
+        &spec,
+        &d.status,
+        &problem(Reason::FlagStoreForbidden),
+        at(2),
+    );
     assert_eq!(warnings(&d), ["FlagStoreForbidden"]);
 }
 
@@ -89,7 +94,7 @@ fn an_unwritable_flag_store_backs_off_instead_of_retrying_hot() {
     let forbidden = Observations {
         flags: FlagRead::Absent,
         problems: vec![Problem::new(
-            "FlagStoreForbidden",
+            Reason::FlagStoreForbidden,
             "configmaps is forbidden",
         )],
         ..seen(&s)
@@ -112,7 +117,7 @@ fn an_unwritable_flag_store_backs_off_instead_of_retrying_hot() {
 fn problems_block_progress_but_never_rollback() {
     let spec = with_workloads(with_backfill(gated()));
     let problem = vec![Problem::new(
-        "WorkloadNotFound",
+        Reason::WorkloadNotFound,
         "Deployment chat-new not found",
     )];
     // (status, observations, phase after)
@@ -179,7 +184,7 @@ fn problems_block_progress_but_never_rollback() {
 fn a_degraded_migration_still_rolls_back() {
     let spec = with_workloads(gated());
     let problem = vec![Problem::new(
-        "WorkloadNotFound",
+        Reason::WorkloadNotFound,
         "Deployment chat-new not found",
     )];
     for (name, obs, reason) in [

@@ -162,7 +162,7 @@ fn a_spec_change_outside_split_only_records_the_generation() {
     let old = spec();
     let spec = MigrationSpec {
         steps: vec![50, 100],
-        bake_time: "2m".into(),
+        bake_time: go("2m"),
         ..spec()
     };
     for phase in [Preflight, Shadow, CutOver, Completed, RolledBack] {
@@ -182,7 +182,7 @@ fn a_spec_change_outside_split_only_records_the_generation() {
     // A longer bakeTime applies to the running bake.
     let s = status_in(&old, Split, Some(2));
     let spec = MigrationSpec {
-        bake_time: "2m".into(),
+        bake_time: go("2m"),
         ..old
     };
     assert_eq!(
