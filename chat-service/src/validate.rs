@@ -11,9 +11,12 @@
 //! * one **row check** per sampled message (`sample` random messages): sender, sealed content,
 //!   type, the deleted flag and the message's reactions.
 //!
-//! A room with a failed check is checked once more after `recheck_after` (3 s), and that
-//! second look counts: validation runs while the service keeps writing, and a message, a join
-//! or a read marker on its way to the new store is no drift; a difference that persists is.
+//! A room with a failed check is checked once more after `recheck_after` (3 s), and again every
+//! `recheck_after` while the legacy outbox still holds a write of the room for the new store
+//! (in flight, or waiting for a replay), for at most `settle_limit` (30 s): validation runs
+//! while the service keeps writing, and a message, a join or a read marker on its way to the
+//! new store is no drift. The last look counts: a difference that persists is drift, and so is
+//! one whose write is still queued after `settle_limit`.
 //!
 //! Drift = failed checks / checks; the verdict passes when drift <= `max_drift` (default 0.0:
 //! any mismatch fails). Unread counters are not compared: the live path counts them
@@ -27,9 +30,11 @@ use futures::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use crate::backfill::{Shard, range_of};
+use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
+use crate::store::outbox::Outbox;
 use crate::store::postgres::{PgStore, classify};
 use crate::store::scylla::{CqlBackfill, CqlMember};
 
@@ -103,6 +108,9 @@ pub struct ValidateConfig {
     pub ranges: u32,
     /// A room that differs is checked again after this long (zero: no second look).
     pub recheck_after: std::time::Duration,
+    /// How long a differing room with writes for the new store still in the outbox is checked
+    /// again (every `recheck_after`) before its difference counts.
+    pub settle_limit: std::time::Duration,
 }
 
 impl Default for ValidateConfig {
@@ -114,6 +122,7 @@ impl Default for ValidateConfig {
             shard: Shard::default(),
             ranges: 256,
             recheck_after: std::time::Duration::from_secs(3),
+            settle_limit: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -228,19 +237,45 @@ fn compare_members(legacy: &Members, new: &[CqlMember]) -> Option<String> {
     (!differ.is_empty()).then(|| format!("members {} differ", differ.join(", ")))
 }
 
-/// [`check_room`], and once more after `recheck_after` when a check failed.
+/// [`check_room`], and again after `recheck_after` when a check failed; then again while the
+/// room still has writes for the new store in the outbox, up to `settle_limit`.
 async fn check_room_settled(
     pg: &PgStore,
     cql: &CqlBackfill<'_>,
     room: RoomId,
     config: &ValidateConfig,
 ) -> Result<RoomResult, StoreError> {
-    let first = check_room(pg, cql, room, config.sample).await?;
-    if first.mismatched == 0 || config.recheck_after.is_zero() {
-        return Ok(first);
+    let mut result = check_room(pg, cql, room, config.sample).await?;
+    if result.mismatched == 0 || config.recheck_after.is_zero() {
+        return Ok(result);
     }
-    tokio::time::sleep(config.recheck_after).await;
-    check_room(pg, cql, room, config.sample).await
+    let outbox = Outbox::new(pg.pool().clone());
+    let start = std::time::Instant::now();
+    let mut waited_for_queue = false;
+    loop {
+        tokio::time::sleep(config.recheck_after).await;
+        result = check_room(pg, cql, room, config.sample).await?;
+        if result.mismatched == 0 || start.elapsed() >= config.settle_limit {
+            return Ok(result);
+        }
+        // An outbox that cannot be read says nothing is on its way: the difference stands.
+        match outbox.has_pending(Side::New, room).await {
+            Ok(true) => {
+                tracing::debug!(%room, "room differs with writes still queued for the new store; checking again");
+                waited_for_queue = true;
+            }
+            // The queued writes may have landed between the check and this look at the
+            // outbox: one more check decides.
+            Ok(false) if waited_for_queue => {
+                return check_room(pg, cql, room, config.sample).await;
+            }
+            Ok(false) => return Ok(result),
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "cannot read the outbox; the difference counts");
+                return Ok(result);
+            }
+        }
+    }
 }
 
 async fn check_room(

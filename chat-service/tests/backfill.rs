@@ -1,14 +1,16 @@
 //! `backfill`, `validate` and `status` against a real PostgreSQL (the legacy store)
 //! and the harness's shared Cassandra node (the new store): a full copy validates with zero
 //! drift, a partial run resumes from its checkpoints without duplicates, a newer dual-written
-//! row is never overwritten by the backfill's older copy, and validate catches injected drift
-//! (also through the binary's exit code).
+//! row is never overwritten by the backfill's older copy, validate catches injected drift
+//! (also through the binary's exit code) and waits for writes still queued for the new store.
 
 mod common;
 
 use chat_service::backfill::{self, BackfillConfig, BackfillError, MigrationId};
+use chat_service::flags::Side;
 use chat_service::ids::{MessageId, MessageIdGenerator, RoomId, UserId};
 use chat_service::metrics::Metrics;
+use chat_service::store::outbox::{NewEntry, Outbox, WriteOp};
 use chat_service::store::postgres::PgStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
 use chat_service::store::{ChatStore, NewMessage, NewRoom, PageRequest, ReadMarker, RoomType, now};
@@ -811,4 +813,90 @@ async fn reactions_read_markers_and_unread_counters_are_copied_and_validated() {
             "{kind}: {text}"
         );
     }
+}
+
+/// A message legacy holds and the new store does not yet, with its write for the new store in
+/// the legacy outbox (as a dual write leaves it when the new store's copy is late).
+async fn late_message(env: &Env, room: RoomId) -> (NewMessage, i64) {
+    let id = MessageIdGenerator::default().next();
+    let m = NewMessage {
+        id,
+        room_id: room,
+        sender_id: UserId(1),
+        content: b"on its way".to_vec(),
+        message_type: "user_message".into(),
+        created_at: id.created_at().expect("v1"),
+    };
+    env.pg.insert_message(m.clone()).await.expect("legacy");
+    let entry = Outbox::new(env.pg.pool().clone())
+        .enqueue(&NewEntry {
+            target: Side::New,
+            op: WriteOp::insert_message(&m),
+            attempts: 0,
+            delay: std::time::Duration::from_secs(600),
+            last_error: None,
+        })
+        .await
+        .expect("outbox entry");
+    (m, entry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn validate_waits_for_writes_still_queued_for_the_new_store_but_not_forever() {
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_settle").await);
+    let rooms = populate(&env.pg).await;
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
+    let metrics = Metrics::default();
+    backfill::run(&env.pg, Some(&cql), &config(now()), &metrics)
+        .await
+        .expect("backfill");
+    let settling = ValidateConfig {
+        recheck_after: std::time::Duration::from_millis(500),
+        settle_limit: std::time::Duration::from_secs(20),
+        ..validate_config(1_000)
+    };
+
+    // The copy lands (and its entry goes) 3 s into the validation: no drift.
+    let (m, entry) = late_message(&env, rooms[1].0).await;
+    let validation = validate::run(&env.pg, &cql, &settling, &metrics);
+    let delivery = async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        WriteOp::insert_message(&m)
+            .apply(&env.cql)
+            .await
+            .expect("the late copy");
+        Outbox::new(env.pg.pool().clone())
+            .complete(entry)
+            .await
+            .expect("entry done");
+    };
+    let (verdict, ()) = tokio::join!(validation, delivery);
+    let verdict = verdict.expect("validate");
+    assert!(
+        verdict.passed(),
+        "a write on its way is no drift: {verdict}"
+    );
+
+    // A copy that never lands counts once the settle limit is over.
+    late_message(&env, rooms[2].0).await;
+    let verdict = validate::run(
+        &env.pg,
+        &cql,
+        &ValidateConfig {
+            settle_limit: std::time::Duration::from_secs(2),
+            ..settling
+        },
+        &metrics,
+    )
+    .await
+    .expect("validate");
+    assert_eq!(
+        verdict.mismatches.get(&Mismatch::Count),
+        Some(&1),
+        "a write still queued after the limit is drift: {verdict}"
+    );
 }
