@@ -1,6 +1,7 @@
 //! The migration router over two real PostgreSQL databases (legacy and "new"): dual writes,
 //! the outbox and its replayer through an outage of the secondary, shadow reads, the read
-//! split, cutover, and `serve --store router`.
+//! split, cutover, writes after a switch of primary waiting for the room's queued writes, and
+//! `serve --store router`.
 
 mod common;
 
@@ -11,8 +12,9 @@ use chat_service::flags::{DualWrite, FlagSource, Flags, Side};
 use chat_service::ids::{MessageIdGenerator, UserId};
 use chat_service::metrics::DualWriteOutcome;
 use chat_service::routing::cohort;
+use chat_service::store::outbox::{NewEntry, Outbox, WriteOp};
 use chat_service::store::shadow::Mismatch::{Content, Count, Extra, Missing, Order};
-use chat_service::store::{ChatStore, PageRequest, StoreError};
+use chat_service::store::{ChatStore, PageRequest, ReadMarker, StoreError, now};
 use ficus_testkit::Postgres;
 use sqlx::postgres::PgPool;
 
@@ -498,4 +500,81 @@ async fn serve_with_the_router_writes_both_databases_and_labels_requests_by_coho
         );
     }
     svc.stop().await;
+}
+
+/// After a switch of primary (here back to legacy, as after a rollback from CutOver), a write
+/// made while the new store was primary may still be queued for legacy. A read marker or a
+/// reaction on that message must not be acknowledged before the message is in legacy (it would
+/// mark nothing and be lost when the message arrives): the room's writes are refused as
+/// unavailable until the queue has drained, then they land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_wait_for_the_rooms_earlier_writes_still_queued_for_the_new_primary() {
+    common::init();
+    let ids = MessageIdGenerator::default();
+    let (legacy_url, new_url) = two_databases("router_catch_up").await;
+    let new = pg_store(&new_url).await;
+    let new_outbox = Outbox::new(new.pool().clone());
+    let (s, _new_pool) = setup(
+        &legacy_url,
+        &new_url,
+        flags(Side::Legacy, DualWrite::Sync, 0, 0),
+    )
+    .await;
+    let room = new_room(&s.router, 1, &[2]).await;
+    // A message written while the new store was primary: in the new store, its copy for legacy
+    // still queued in the new store's outbox.
+    let m = message(&ids, room, 1, "sent while new was primary");
+    s.new.insert_message(m.clone()).await.expect("new store");
+    let entry = new_outbox
+        .enqueue(&NewEntry {
+            target: Side::Legacy,
+            op: WriteOp::insert_message(&m),
+            attempts: 1,
+            delay: Duration::from_secs(600),
+            last_error: Some("legacy unreachable".into()),
+        })
+        .await
+        .expect("queued copy");
+
+    let marked = s
+        .router
+        .mark_read(room, UserId(2), ReadMarker::Ids(vec![m.id]), now())
+        .await;
+    assert!(
+        matches!(marked, Err(StoreError::Unavailable(_))),
+        "a read marker before its message is in the primary is refused: {marked:?}"
+    );
+    let reacted = s.router.react(m.id, UserId(2), "👍".into(), now()).await;
+    assert!(
+        matches!(reacted, Err(StoreError::Unavailable(_))),
+        "a reaction to a message still on its way is refused, not NotFound: {reacted:?}"
+    );
+
+    // The queued copy becomes due; once it landed, the room's writes go through and count.
+    new_outbox
+        .retry_later(entry, Duration::ZERO, "due now")
+        .await
+        .expect("due");
+    eventually(
+        "the queued copy replayed into legacy",
+        Duration::from_secs(15),
+        || async { message_ids(&s.legacy_pool).await.contains(&m.id.0) },
+    )
+    .await;
+    let mut marked = Err(StoreError::Unavailable(String::new()));
+    for _ in 0..50 {
+        marked = s
+            .router
+            .mark_read(room, UserId(2), ReadMarker::Ids(vec![m.id]), now())
+            .await;
+        if marked.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        marked.expect("marked once caught up"),
+        1,
+        "the marker counts"
+    );
 }

@@ -28,6 +28,32 @@ impl Deferral {
 }
 
 impl Inner {
+    /// Whether `room` has writes queued for `primary` in the other store's outbox: made while
+    /// `other` was primary (before a cut-over, or before a rollback from CutOver) and not yet
+    /// replayed. A write made on `primary` before them would land out of order: a read marker
+    /// or reaction on a message the primary does not hold yet would be acknowledged and lost
+    /// when the message arrives. Not knowing (the other store down or its outbox unreadable)
+    /// counts as no: the primary must keep serving when the other store is away.
+    pub(super) async fn catching_up(
+        self: &Arc<Self>,
+        primary: Side,
+        other: Side,
+        room: RoomId,
+    ) -> bool {
+        if !self.is_up(other) {
+            return false;
+        }
+        let look = self.outboxes[side_index(other)].has_pending(primary, room);
+        match tokio::time::timeout(self.options.secondary_timeout, look).await {
+            Ok(Ok(pending)) => pending,
+            Ok(Err(e)) => {
+                tracing::debug!(%room, store = %other, error = %e, "outbox not readable; not waiting for it");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// One dual write, from its outbox record to the record's settlement. The caller is answered
     /// through `answer` as soon as the outcome is known (after the primary, with `sync` also the
     /// secondary); what follows (the `async` secondary write, the record's update) runs on.
@@ -46,8 +72,21 @@ impl Inner {
             ..
         } = &mut op
         {
-            // The ordering key, from the store that has the message.
-            *room = self.store(primary).message_room(*message).await.ok();
+            // The ordering key, from the store that has the message (the secondary, while the
+            // message's own copy is still on its way to the primary).
+            *room = match self.store(primary).message_room(*message).await {
+                Ok(room) => Some(room),
+                Err(_) => self.store(side).message_room(*message).await.ok(),
+            };
+        }
+        if let Some(room) = op.room()
+            && self.catching_up(primary, side, room).await
+        {
+            self.wake.notify_one();
+            let _ = answer.send(Err(StoreError::Unavailable(format!(
+                "room {room} is catching up: writes made while the {side} store was primary are still on their way to the {primary} store; retry shortly"
+            ))));
+            return;
         }
         let secondary_up = self.is_up(side);
         // A failing check counts as "queued": the replayer then makes the write, in order.
