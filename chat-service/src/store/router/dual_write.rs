@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How often a write waiting for its room's queued writes looks again.
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+
 /// Why a secondary write was not made directly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Deferral {
@@ -28,29 +31,43 @@ impl Deferral {
 }
 
 impl Inner {
-    /// Whether `room` has writes queued for `primary` in the other store's outbox: made while
-    /// `other` was primary (before a cut-over, or before a rollback from CutOver) and not yet
-    /// replayed. A write made on `primary` before them would land out of order: a read marker
-    /// or reaction on a message the primary does not hold yet would be acknowledged and lost
-    /// when the message arrives. Not knowing (the other store down or its outbox unreadable)
-    /// counts as no: the primary must keep serving when the other store is away.
+    /// Whether `room` still has writes queued for `primary` in the other store's outbox after
+    /// waiting up to `secondary_timeout` for them: writes made while `other` was primary
+    /// (before a cut-over, or before a rollback from CutOver), in flight or not yet replayed. A
+    /// write made on `primary` before them would land out of order: a read marker or reaction on
+    /// a message the primary does not hold yet would be acknowledged and lost when the message
+    /// arrives. A write in flight settles within `secondary_timeout`; a queued one is replayed
+    /// when due (the replayer is woken). Not knowing (the other store down or its outbox
+    /// unreadable) counts as no: the primary must keep serving when the other store is away.
     pub(super) async fn catching_up(
         self: &Arc<Self>,
         primary: Side,
         other: Side,
         room: RoomId,
     ) -> bool {
-        if !self.is_up(other) {
-            return false;
-        }
-        let look = self.outboxes[side_index(other)].has_pending(primary, room);
-        match tokio::time::timeout(self.options.secondary_timeout, look).await {
-            Ok(Ok(pending)) => pending,
-            Ok(Err(e)) => {
-                tracing::debug!(%room, store = %other, error = %e, "outbox not readable; not waiting for it");
-                false
+        let start = Instant::now();
+        loop {
+            if !self.is_up(other) {
+                return false;
             }
-            Err(_) => false,
+            let look = self.outboxes[side_index(other)].has_pending(primary, room);
+            match tokio::time::timeout(self.options.secondary_timeout, look).await {
+                Ok(Ok(false)) => return false,
+                Ok(Err(e)) => {
+                    tracing::debug!(%room, store = %other, error = %e, "outbox not readable; not waiting for it");
+                    return false;
+                }
+                Err(_) => {
+                    tracing::debug!(%room, store = %other, "outbox look timed out; not waiting for it");
+                    return false;
+                }
+                Ok(Ok(true)) => {}
+            }
+            if start.elapsed() + CATCH_UP_POLL >= self.options.secondary_timeout {
+                return true;
+            }
+            self.wake.notify_one();
+            tokio::time::sleep(CATCH_UP_POLL).await;
         }
     }
 
@@ -82,7 +99,6 @@ impl Inner {
         if let Some(room) = op.room()
             && self.catching_up(primary, side, room).await
         {
-            self.wake.notify_one();
             let _ = answer.send(Err(StoreError::Unavailable(format!(
                 "room {room} is catching up: writes made while the {side} store was primary are still on their way to the {primary} store; retry shortly"
             ))));
