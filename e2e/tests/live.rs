@@ -109,6 +109,21 @@ async fn abort_from_cutover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alert_from_cutover() {
+    let Some(o) = scenario(Scenario::AlertFromCutover).await else {
+        return;
+    };
+    assert_rolled_back(&o);
+    let why = o.last_rollback.clone().unwrap_or_default();
+    // Whichever evidence comes first: the p99 gate (the new cohort's writes wait for their
+    // copies to legacy) or ChatDualWriteFailureRate pushed by Alertmanager. Never by hand.
+    assert!(
+        why.starts_with("GateFailed") || why.starts_with("AlertFiring"),
+        "rolled back by the evidence: {why}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chat_sigkill() {
     scenario(Scenario::ChatSigkill).await;
 }

@@ -141,6 +141,9 @@ pub struct LiveStack {
     pub keyspace: String,
     pub cassandra: &'static Cassandra,
     pub cql_proxy: Proxy,
+    /// Between the chat-service processes and legacy PostgreSQL (the Jobs and the harness
+    /// connect directly).
+    pub pg_proxy: Proxy,
     pub jwt_secret: Vec<u8>,
     pub key: EncryptionKey,
     pub chats: Vec<ChatInstance>,
@@ -215,6 +218,9 @@ impl LiveStack {
         let keyspace = cassandra.create_keyspace(options.name).await?;
         let toxiproxy = Toxiproxy::start()?;
         let cql_proxy = toxiproxy.proxy("cql", cassandra.addr())?;
+        let pg_proxy = toxiproxy.proxy("pg", pg.addr())?;
+        let proxied_legacy_url =
+            legacy_url.replacen(&pg.addr().to_string(), &pg_proxy.listen.to_string(), 1);
         let nats = Nats::start()?;
         let jwt_secret: Vec<u8> =
             format!("live-{}-secret-0123456789abcdef", std::process::id()).into_bytes();
@@ -259,6 +265,7 @@ impl LiveStack {
                 cp.kubeconfig_path().display().to_string(),
             );
             env.insert("NATS_URL".into(), nats.url());
+            env.insert("DATABASE_URL".into(), proxied_legacy_url.clone());
             env.insert("RUST_LOG".into(), chat_log.clone());
             let args: Vec<String> = [
                 "serve",
@@ -369,6 +376,7 @@ impl LiveStack {
             keyspace,
             cassandra,
             cql_proxy,
+            pg_proxy,
             jwt_secret,
             key,
             chats,
@@ -406,11 +414,15 @@ impl LiveStack {
         m.metadata.namespace = Some(self.namespace.clone());
         m.metadata.resource_version = None;
         let spec = &mut m.spec;
-        spec.shadow.duration = t.shadow.into();
-        spec.bake_time = t.bake.into();
-        spec.cutover.complete_after = Some(t.complete_after.into());
+        let duration = |text: &str| {
+            text.parse()
+                .map_err(|e| HarnessError::setup("the live timing", e))
+        };
+        spec.shadow.duration = duration(t.shadow)?;
+        spec.bake_time = duration(t.bake)?;
+        spec.cutover.complete_after = Some(duration(t.complete_after)?);
         if let Some(analysis) = spec.analysis.as_mut() {
-            analysis.interval = t.interval.into();
+            analysis.interval = duration(t.interval)?;
             if let Some(p) = analysis.prometheus.as_mut() {
                 p.url = self.prometheus.url();
             }

@@ -29,6 +29,11 @@ pub enum Scenario {
     Latency,
     /// `ficus.dev/abort` in CutOver, after writes made with the new store primary.
     AbortFromCutover,
+    /// Legacy PostgreSQL goes away in CutOver (Toxiproxy takes its proxy down): the reverse
+    /// dual writes fail or time out, the p99 gate fails or `ChatDualWriteFailureRate` fires
+    /// (pushed by Alertmanager), whichever first, and the operator rolls back; legacy comes back
+    /// once the flags are safe, and the writes made meanwhile drain into it.
+    AlertFromCutover,
     /// chat-service instance 1 SIGKILLed in Split and again in CutOver.
     ChatSigkill,
     /// The new store silently loses every message written from Split step 1 on (a test-only
@@ -40,11 +45,12 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Clean,
         Scenario::Errors,
         Scenario::Latency,
         Scenario::AbortFromCutover,
+        Scenario::AlertFromCutover,
         Scenario::ChatSigkill,
         Scenario::Drift,
         Scenario::OperatorSigkill,
@@ -56,6 +62,7 @@ impl Scenario {
             Scenario::Errors => "errors",
             Scenario::Latency => "latency",
             Scenario::AbortFromCutover => "abort-from-cutover",
+            Scenario::AlertFromCutover => "alert-from-cutover",
             Scenario::ChatSigkill => "chat-sigkill",
             Scenario::Drift => "drift",
             Scenario::OperatorSigkill => "operator-sigkill",
@@ -318,6 +325,48 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                 let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
                 outcome_fault = fault_at;
                 safe_at = fault_at.zip(took).map(|(a, b)| a + b);
+            }
+        }
+        Scenario::AlertFromCutover => {
+            stack
+                .follow(
+                    Some(&flow),
+                    &mut record,
+                    WHOLE_RUN,
+                    phase_reached(Phase::CutOver),
+                )
+                .await;
+            if record.phases().last() == Some(&Phase::CutOver) {
+                // Writes while the new store is primary and legacy still gets their copies.
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                let fault_at = record.frames.last().map(|f| f.at + Duration::from_secs(4));
+                let fault = Instant::now();
+                stack.pg_proxy.set_enabled(false)?;
+                println!(">>> fault in CutOver: legacy PostgreSQL goes away (proxy down)");
+                let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
+                // Legacy comes back: the rolled-back service needs it, and the copies of the
+                // writes made while the new store was primary drain into it.
+                stack.pg_proxy.set_enabled(true)?;
+                println!(">>> legacy PostgreSQL back");
+                outcome_fault = fault_at;
+                safe_at = fault_at.zip(took).map(|(a, b)| a + b);
+                stack
+                    .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
+                    .await;
+                drained = Some(
+                    stack
+                        .prometheus
+                        .wait_for(
+                            "max(chat_retry_queue_size)",
+                            Duration::from_secs(120),
+                            |s| s.first().filter(|s| s.value == 0.0).map(|_| ()),
+                        )
+                        .await
+                        .is_ok(),
+                );
+                let before = flow.report().errors();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                errors_after = Some(flow.report().errors() - before);
             }
         }
         Scenario::Drift => {
