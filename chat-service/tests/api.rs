@@ -1,6 +1,8 @@
 //! Every API method over HTTP against a real PostgreSQL, and again against the CQL store on a
 //! real Apache Cassandra node (ScyllaDB's protocol): results, membership rules, and the Connect
 //! errors for auth failures, non-members, unknown ids and malformed input.
+//!
+//! One file over 600 lines on purpose: a test binary shares its PostgreSQL and NATS among these tests.
 
 mod common;
 

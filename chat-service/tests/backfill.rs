@@ -3,6 +3,8 @@
 //! drift, a partial run resumes from its checkpoints without duplicates, a newer dual-written
 //! row is never overwritten by the backfill's older copy, validate catches injected drift
 //! (also through the binary's exit code) and waits for writes still queued for the new store.
+//!
+//! One file over 600 lines on purpose: a test binary shares one PostgreSQL and one Cassandra among these tests.
 
 mod common;
 

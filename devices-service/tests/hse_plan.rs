@@ -12,6 +12,8 @@
 //!   desired count restored, every acknowledged event in the legacy store.
 //!
 //! Figures (gate values, drift, events) are printed (`--nocapture`), not asserted as timings.
+//!
+//! Over 600 lines: one stack (moto, PostgreSQL, Prometheus, Alertmanager, the operator) shared by both scenarios.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -17,6 +17,8 @@
 //! step is promoted once the operator has evaluated every gate on the pods' real metrics.
 //! Deleting the Migration and `helm uninstall` then leave the flags in the state that is safe
 //! for a completed migration.
+//!
+//! Over 600 lines: one real node, started once, for the whole helm install and migration.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

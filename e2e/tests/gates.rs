@@ -3,6 +3,8 @@
 //! scraped every second; the operator runs against the real API server. The gate here reads a
 //! stand-in drift gauge, not a chat-service metric; the shipped gates and rules on a real
 //! chat-service are `shipped_gates.rs`.
+//!
+//! Over 600 lines: one Prometheus/Alertmanager stack per test, built by the helpers at the top.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! The operator against a real kube-apiserver: CRD validation, the whole phase plan, manual
 //! commands, restarts, leader election, deletion and bad input.
+//!
+//! One file over 600 lines on purpose: a test binary starts one control plane, shared by these tests.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -29,6 +29,8 @@
 //! The replayers are woken by `LISTEN/NOTIFY` (channel `chat_outbox`, a trigger of migration
 //! `0004` notifies when an entry is due at once) and otherwise sleep until the earliest entry is
 //! due, or at most `poll_interval` (a slow fallback).
+//!
+//! Over 600 lines: the write operation type, the PostgreSQL outbox and the `OutboxLog` over both stores' outboxes belong together (the replay of one is the write of the other); unit tests at the bottom.
 
 use std::sync::Arc;
 use std::time::Duration;

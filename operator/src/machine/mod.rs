@@ -3,6 +3,8 @@
 //! Pure: no I/O, no clock. The reconciler gathers [`Observations`], calls [`decide`] and applies
 //! the [`Decision`] idempotently. Everything the machine needs to resume after a restart lives in
 //! `MigrationStatus`, so a new operator process continues exactly where the old one stopped.
+//!
+//! One file over 600 lines on purpose: `decide` and its phase handlers are one state machine over one status, read top to bottom; flags per phase and conditions are apart.
 
 mod conditions;
 mod flags;

@@ -1,4 +1,6 @@
 //! The request path: connecting, and each `ChatStore` call as CQL statements.
+//!
+//! Over 600 lines: one method per `ChatStore` call of the request path.
 
 use super::*;
 
