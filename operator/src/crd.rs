@@ -273,6 +273,11 @@ pub struct AnalysisSpec {
     #[serde(default = "default_inconclusive_limit")]
     #[schemars(range(min = 1, max = 100))]
     pub inconclusive_limit: i32,
+    /// After entering a phase or a Split step, evaluations without evidence during this long
+    /// do not count towards `inconclusiveLimit`: a rate window that has just started holds no
+    /// data yet (set it to the gates' window, e.g. 5m). They never count as passing either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<SpecDuration>,
     #[serde(default)]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(g, self.filter(h, h.name == g.name).size() == 1)").message("analysis.gates: gate names must be unique"))]

@@ -336,13 +336,28 @@ impl Machine<'_> {
             self.status.consecutive_inconclusive = 0;
             self.status.passing_since = None;
         } else if any(Verdict::Inconclusive) {
-            self.status.consecutive_inconclusive += 1;
+            // No evidence is expected while the windows fill after a phase or step began.
+            if !self.warming_up() {
+                self.status.consecutive_inconclusive += 1;
+            }
             self.status.passing_since = None;
         } else {
             self.status.consecutive_failures = 0;
             self.status.consecutive_inconclusive = 0;
             self.status.passing_since.get_or_insert(self.now);
         }
+    }
+
+    /// Within `analysis.warmup` of the start of the current phase or step.
+    fn warming_up(&self) -> bool {
+        let end = || {
+            let warmup = self.spec.analysis.as_ref()?.warmup.as_ref()?.get();
+            let started = self.status.step_started_at.or(self.status.phase_started_at)?;
+            started
+                .checked_add(jiff::SignedDuration::try_from(warmup).ok()?)
+                .ok()
+        };
+        end().is_some_and(|end| self.now < end)
     }
 
     fn rollback_cause(&mut self) -> Option<(Reason, String)> {

@@ -390,3 +390,26 @@ fn without_automatic_rollback_only_an_abort_rolls_back() {
         (Backfill, None)
     );
 }
+
+#[test]
+fn no_evidence_during_the_warmup_of_a_step_does_not_pause() {
+    let mut spec = gated();
+    if let Some(a) = spec.analysis.as_mut() {
+        a.warmup = Some(go("1m"));
+    }
+    // Step 2 entered at t0; evaluations at +15 .. +90, none with evidence; inconclusiveLimit 3.
+    let (_, ds) = evaluate(&spec, status_in(&spec, Split, Some(2)), "IIIIII");
+    let phases: Vec<Phase> = ds.iter().map(|d| d.status.phase).collect();
+    assert_eq!(
+        phases,
+        [Split, Split, Split, Split, Split, Paused],
+        "+15, +30, +45 are within the minute's warm-up; +60, +75, +90 count"
+    );
+    assert!(
+        ds.iter().all(|d| d.status.passing_since.is_none()),
+        "no evidence never counts as passing, warm-up or not"
+    );
+    // Without a warm-up the same evidence pauses at the third evaluation.
+    let (_, ds) = evaluate(&gated(), status_in(&gated(), Split, Some(2)), "III");
+    assert_eq!(ds.last().map(|d| d.status.phase), Some(Paused));
+}

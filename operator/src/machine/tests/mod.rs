@@ -116,6 +116,7 @@ fn analysis() -> AnalysisSpec {
         interval: go("15s"),
         failure_limit: 2,
         inconclusive_limit: 3,
+        warmup: None,
         gates: vec![
             gate(
                 "error-rate",
