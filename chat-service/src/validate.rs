@@ -34,7 +34,7 @@ use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
-use crate::store::outbox::Outbox;
+use crate::store::outbox::{Entries, Outbox};
 use crate::store::postgres::{PgStore, classify};
 use crate::store::scylla::{CqlBackfill, CqlMember};
 
@@ -259,7 +259,7 @@ async fn check_room_settled(
             return Ok(result);
         }
         // An outbox that cannot be read says nothing is on its way: the difference stands.
-        match outbox.has_pending(Side::New, room).await {
+        match outbox.has_entries(Side::New, room, Entries::Any).await {
             Ok(true) => {
                 tracing::debug!(%room, "room differs with writes still queued for the new store; checking again");
                 waited_for_queue = true;

@@ -24,7 +24,9 @@ use uuid::Uuid;
 use crate::flags::Side;
 use crate::ids::{MessageIdGenerator, RoomId};
 use crate::metrics::{DualWriteOutcome, Metrics};
-use crate::store::outbox::{EntryRef, NewEntry, ReplayConfig, Round, WriteOp, backoff, side_from};
+use crate::store::outbox::{
+    Entries, EntryRef, NewEntry, ReplayConfig, Round, WriteOp, backoff, side_from,
+};
 use crate::store::scylla::{CqlConfig, classify, classify_prepare, first_row, open_session, rows};
 use crate::store::{ChatStore, StoreError, StoreResult};
 
@@ -192,27 +194,20 @@ impl CqlOutbox {
         Ok(())
     }
 
-    /// Whether `room` has entries for `target` that already failed or were skipped (the
-    /// in-flight records of writes still being made inline do not count).
-    pub async fn has_queued(&self, target: Side, room: RoomId) -> StoreResult<bool> {
+    /// Whether `room` has `which` entries for `target` (dead letters never count).
+    pub async fn has_entries(
+        &self,
+        target: Side,
+        room: RoomId,
+        which: Entries,
+    ) -> StoreResult<bool> {
         let found = rows::<(Option<String>, Option<String>)>(
             self.exec(&self.st.room_entries, (shard_of(room.0), room.0))
                 .await?,
         )?;
-        Ok(found
-            .iter()
-            .any(|(t, e)| t.as_deref() == Some(target.as_str()) && e.is_some()))
-    }
-
-    /// Whether `room` has any entry for `target` (in flight or waiting; not dead letters).
-    pub async fn has_pending(&self, target: Side, room: RoomId) -> StoreResult<bool> {
-        let found = rows::<(Option<String>, Option<String>)>(
-            self.exec(&self.st.room_entries, (shard_of(room.0), room.0))
-                .await?,
-        )?;
-        Ok(found
-            .iter()
-            .any(|(t, _)| t.as_deref() == Some(target.as_str())))
+        Ok(found.iter().any(|(t, error)| {
+            t.as_deref() == Some(target.as_str()) && (which == Entries::Any || error.is_some())
+        }))
     }
 
     pub async fn depth(&self) -> StoreResult<i64> {

@@ -319,6 +319,18 @@ pub struct NewEntry {
     pub last_error: Option<String>,
 }
 
+/// Which of a room's outbox entries a look counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entries {
+    /// Entries that already failed, were skipped or queued (`last_error` set): a new write for
+    /// the room must go behind them. The in-flight records of writes still being made inline
+    /// do not count: they are deleted within the call.
+    Failed,
+    /// Every entry: a write the target has not received yet (in flight, or waiting for a
+    /// replay).
+    Any,
+}
+
 pub(crate) fn side_from(text: &str) -> Option<Side> {
     match text {
         "legacy" => Some(Side::Legacy),
@@ -468,28 +480,20 @@ impl Outbox {
         Ok(())
     }
 
-    /// Whether `room` has entries for `target` that already failed or were skipped or queued
-    /// (`last_error` set). The in-flight records of writes still being made inline do not count:
-    /// they are deleted within the call.
-    pub async fn has_queued(&self, target: Side, room: RoomId) -> StoreResult<bool> {
+    /// Whether `room` has `which` entries for `target`. Dead letters never count: nothing will
+    /// bring them.
+    pub async fn has_entries(
+        &self,
+        target: Side,
+        room: RoomId,
+        which: Entries,
+    ) -> StoreResult<bool> {
         sqlx::query_scalar::<sqlx::Postgres, bool>(
-            "select exists(select 1 from outbox where target = $1 and room_id = $2 and last_error is not null)",
+            "select exists(select 1 from outbox where target = $1 and room_id = $2 and ($3 or last_error is not null))",
         )
         .bind(target.as_str())
         .bind(room.0)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)
-    }
-
-    /// Whether `room` has any entry for `target`: a write the store has not received yet
-    /// (in flight, or waiting for a replay). Dead letters do not count: nothing will bring them.
-    pub async fn has_pending(&self, target: Side, room: RoomId) -> StoreResult<bool> {
-        sqlx::query_scalar::<sqlx::Postgres, bool>(
-            "select exists(select 1 from outbox where target = $1 and room_id = $2)",
-        )
-        .bind(target.as_str())
-        .bind(room.0)
+        .bind(which == Entries::Any)
         .fetch_one(&self.pool)
         .await
         .map_err(db)
@@ -736,17 +740,15 @@ impl OutboxLog {
         }
     }
 
-    pub async fn has_queued(&self, target: Side, room: RoomId) -> StoreResult<bool> {
+    pub async fn has_entries(
+        &self,
+        target: Side,
+        room: RoomId,
+        which: Entries,
+    ) -> StoreResult<bool> {
         match self {
-            OutboxLog::Pg(o) => o.has_queued(target, room).await,
-            OutboxLog::Cql(o) => o.has_queued(target, room).await,
-        }
-    }
-
-    pub async fn has_pending(&self, target: Side, room: RoomId) -> StoreResult<bool> {
-        match self {
-            OutboxLog::Pg(o) => o.has_pending(target, room).await,
-            OutboxLog::Cql(o) => o.has_pending(target, room).await,
+            OutboxLog::Pg(o) => o.has_entries(target, room, which).await,
+            OutboxLog::Cql(o) => o.has_entries(target, room, which).await,
         }
     }
 

@@ -50,7 +50,7 @@ impl Inner {
             if !self.is_up(other) {
                 return false;
             }
-            let look = self.outboxes[side_index(other)].has_pending(primary, room);
+            let look = self.outboxes[side_index(other)].has_entries(primary, room, Entries::Any);
             match tokio::time::timeout(self.options.secondary_timeout, look).await {
                 Ok(Ok(false)) => return false,
                 Ok(Err(e)) => {
@@ -107,7 +107,10 @@ impl Inner {
         let secondary_up = self.is_up(side);
         // A failing check counts as "queued": the replayer then makes the write, in order.
         let behind_queue = match op.room() {
-            Some(room) => log.has_queued(side, room).await.unwrap_or(true),
+            Some(room) => log
+                .has_entries(side, room, Entries::Failed)
+                .await
+                .unwrap_or(true),
             None => false,
         };
         let deferral = if !secondary_up {

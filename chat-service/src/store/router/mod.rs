@@ -67,7 +67,7 @@ use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::routing::{cohort, read_plan, write_plan};
 use crate::store::instrumented::Instrumented;
 use crate::store::outbox::{
-    Applied, EntryRef, NewEntry, Outbox, OutboxLog, ReplayConfig, WriteOp, backoff,
+    Applied, Entries, EntryRef, NewEntry, Outbox, OutboxLog, ReplayConfig, WriteOp, backoff,
 };
 use crate::store::postgres::PgStore;
 use crate::store::shadow::{Compared, Scope, Shadowed, compare_results};

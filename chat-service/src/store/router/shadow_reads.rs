@@ -21,7 +21,11 @@ impl Inner {
         rooms.dedup();
         let log = &self.outboxes[side_index(target.other())];
         for room in rooms.into_iter().take(MAX_PENDING_CHECKS) {
-            if log.has_pending(target, room).await.unwrap_or(true) {
+            if log
+                .has_entries(target, room, Entries::Any)
+                .await
+                .unwrap_or(true)
+            {
                 return true;
             }
         }
