@@ -63,7 +63,9 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            window: "20s",
+            // Long enough for the 10 % cohort (about 4 calls/s) to reach the 100 requests a
+            // p99 gate needs.
+            window: "30s",
             alert_for: "5s",
             shadow: "20s",
             bake: "15s",
@@ -423,15 +425,23 @@ impl LiveStack {
         spec.cutover.complete_after = Some(duration(t.complete_after)?);
         if let Some(analysis) = spec.analysis.as_mut() {
             analysis.interval = duration(t.interval)?;
+            if analysis.warmup.is_some() {
+                analysis.warmup = Some(duration(t.window)?);
+            }
             if let Some(p) = analysis.prometheus.as_mut() {
                 p.url = self.prometheus.url();
             }
             for gate in &mut analysis.gates {
                 gate.query = t.scale_ranges(&gate.query);
                 gate.samples_query = gate.samples_query.as_deref().map(|q| t.scale_ranges(q));
-                gate.min_samples = gate
-                    .min_samples
-                    .map(|n| (n * t.window_fraction()).ceil().max(1.0));
+                // A rate keeps its meaning with fewer samples in a shorter window; a quantile
+                // does not (the p99 of 7 requests is their maximum, and one slow request
+                // decides the step), so quantile gates keep the shipped count.
+                if !gate.query.contains("histogram_quantile") {
+                    gate.min_samples = gate
+                        .min_samples
+                        .map(|n| (n * t.window_fraction()).ceil().max(1.0));
+                }
             }
         }
         Ok(m)

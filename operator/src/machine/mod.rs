@@ -352,7 +352,10 @@ impl Machine<'_> {
     fn warming_up(&self) -> bool {
         let end = || {
             let warmup = self.spec.analysis.as_ref()?.warmup.as_ref()?.get();
-            let started = self.status.step_started_at.or(self.status.phase_started_at)?;
+            let started = self
+                .status
+                .step_started_at
+                .or(self.status.phase_started_at)?;
             started
                 .checked_add(jiff::SignedDuration::try_from(warmup).ok()?)
                 .ok()
