@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use chat_service::flow::{FlowReport, Ledger, verify};
+use chat_service::flow::{Flow, FlowReport, Ledger, verify};
 use ficus_operator::crd::Phase;
 use ficus_testkit::HarnessError;
 use ficus_testkit::toxiproxy::Toxic;
@@ -215,6 +215,26 @@ async fn lose_new_writes(
     }
 }
 
+/// Whether every outbox drains to 0 within two minutes (`chat_retry_queue_size`).
+async fn outbox_drains(stack: &LiveStack) -> bool {
+    stack
+        .prometheus
+        .wait_for(
+            "max(chat_retry_queue_size)",
+            Duration::from_secs(120),
+            |s| s.first().filter(|s| s.value == 0.0).map(|_| ()),
+        )
+        .await
+        .is_ok()
+}
+
+/// The flow's errors during the next `window`.
+async fn errors_within(flow: &Flow, window: Duration) -> u64 {
+    let before = flow.report().errors();
+    tokio::time::sleep(window).await;
+    flow.report().errors() - before
+}
+
 /// Waits for the safe flags (legacy primary, nobody on new); how long it took.
 async fn wait_safe_flags(stack: &LiveStack, since: Instant, timeout: Duration) -> Option<Duration> {
     while since.elapsed() < timeout {
@@ -285,28 +305,16 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                 stack
                     .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
                     .await;
-                let before = flow.report().errors();
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                errors_after = Some(flow.report().errors() - before);
+                errors_after = Some(errors_within(&flow, Duration::from_secs(5)).await);
                 if scenario == Scenario::Errors {
                     stack.cql_proxy.set_enabled(true)?;
                 } else {
                     stack.cql_proxy.remove("slow")?;
                 }
-                drained = Some(
-                    stack
-                        .prometheus
-                        .wait_for(
-                            "max(chat_retry_queue_size)",
-                            Duration::from_secs(120),
-                            |s| s.first().filter(|s| s.value == 0.0).map(|_| ()),
-                        )
-                        .await
-                        .is_ok(),
-                );
+                drained = Some(outbox_drains(&stack).await);
             }
         }
-        Scenario::AbortFromCutover => {
+        Scenario::AbortFromCutover | Scenario::AlertFromCutover => {
             stack
                 .follow(
                     Some(&flow),
@@ -316,57 +324,31 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                 )
                 .await;
             if record.phases().last() == Some(&Phase::CutOver) {
-                // Writes while the new store is primary.
+                // Writes while the new store is primary (and legacy still gets their copies).
                 tokio::time::sleep(Duration::from_secs(4)).await;
                 let fault_at = record.frames.last().map(|f| f.at + Duration::from_secs(4));
                 let fault = Instant::now();
-                stack.annotate("abort").await?;
-                println!(">>> abort in CutOver");
+                if scenario == Scenario::AbortFromCutover {
+                    stack.annotate("abort").await?;
+                    println!(">>> abort in CutOver");
+                } else {
+                    stack.pg_proxy.set_enabled(false)?;
+                    println!(">>> fault in CutOver: legacy PostgreSQL goes away (proxy down)");
+                }
                 let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
                 outcome_fault = fault_at;
                 safe_at = fault_at.zip(took).map(|(a, b)| a + b);
-            }
-        }
-        Scenario::AlertFromCutover => {
-            stack
-                .follow(
-                    Some(&flow),
-                    &mut record,
-                    WHOLE_RUN,
-                    phase_reached(Phase::CutOver),
-                )
-                .await;
-            if record.phases().last() == Some(&Phase::CutOver) {
-                // Writes while the new store is primary and legacy still gets their copies.
-                tokio::time::sleep(Duration::from_secs(4)).await;
-                let fault_at = record.frames.last().map(|f| f.at + Duration::from_secs(4));
-                let fault = Instant::now();
-                stack.pg_proxy.set_enabled(false)?;
-                println!(">>> fault in CutOver: legacy PostgreSQL goes away (proxy down)");
-                let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
-                // Legacy comes back: the rolled-back service needs it, and the copies of the
-                // writes made while the new store was primary drain into it.
-                stack.pg_proxy.set_enabled(true)?;
-                println!(">>> legacy PostgreSQL back");
-                outcome_fault = fault_at;
-                safe_at = fault_at.zip(took).map(|(a, b)| a + b);
-                stack
-                    .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
-                    .await;
-                drained = Some(
+                if scenario == Scenario::AlertFromCutover {
+                    // Legacy comes back: the rolled-back service needs it, and the copies of
+                    // the writes made while the new store was primary drain into it.
+                    stack.pg_proxy.set_enabled(true)?;
+                    println!(">>> legacy PostgreSQL back");
                     stack
-                        .prometheus
-                        .wait_for(
-                            "max(chat_retry_queue_size)",
-                            Duration::from_secs(120),
-                            |s| s.first().filter(|s| s.value == 0.0).map(|_| ()),
-                        )
-                        .await
-                        .is_ok(),
-                );
-                let before = flow.report().errors();
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                errors_after = Some(flow.report().errors() - before);
+                        .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
+                        .await;
+                    drained = Some(outbox_drains(&stack).await);
+                    errors_after = Some(errors_within(&flow, Duration::from_secs(5)).await);
+                }
             }
         }
         Scenario::Drift => {
