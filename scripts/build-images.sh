@@ -73,6 +73,7 @@ cleanup() {
     for _ in $(seq 100); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 0.1; done
   fi
   [[ -z "${work:-}" ]] || rm -rf "$work"
+  rm -f "${archive:-}.tmp"
 }
 trap cleanup EXIT
 
@@ -118,9 +119,12 @@ else
   work="$(mktemp -d)"
   docker_up
   base_image
-  # The build context of BINARIES=prebuilt: just the two binaries where the Dockerfile expects them.
+  # The build context of BINARIES=prebuilt: just the two binaries where the Dockerfile expects them,
+  # without their debug sections (a debug build's binary is 3-4 times its stripped size; the image
+  # keeps the symbol table, so a backtrace still names functions).
   mkdir -p "$work/context/target/release"
   cp "${bins[@]}" "$work/context/target/release/"
+  for b in "$work"/context/target/release/*; do objcopy --strip-debug "$b"; done
   for name in operator chat-service; do
     image="ficus-operator"; ref="$operator_ref"
     [[ "$name" == chat-service ]] && { image=chat-service; ref="$chat_ref"; }
@@ -135,6 +139,11 @@ else
   for ref in "$operator_ref" "$chat_ref"; do
     printf '%s\n' "$(docker image inspect -f '{{.Size}}' "$ref")" >"$OUT/$(basename "${ref%%:*}")-$key.size"
   done
+  # The archive is what the node loads: Docker keeps only the base, so repeated builds (each
+  # change of a binary is a new key) do not fill the disk with images and build cache.
+  docker image rm "$operator_ref" "ghcr.io/ficus-dev/ficus-operator:$APP_VERSION" \
+    "$chat_ref" "ghcr.io/ficus-dev/chat-service:$APP_VERSION" >/dev/null
+  docker builder prune -af >/dev/null 2>&1 || true
   # Older archives are superseded.
   find "$OUT" -name 'ficus-images-*.tar' ! -name "$(basename "$archive")" -delete
 fi
