@@ -42,6 +42,7 @@ pub enum Op {
     MarkRead,
     React,
     Rooms,
+    Pin,
     Leave,
 }
 
@@ -54,6 +55,7 @@ impl Op {
             Op::MarkRead => "MarkMessagesAsRead",
             Op::React => "ReactToMessage",
             Op::Rooms => "GetRooms",
+            Op::Pin => "PinRoom",
             Op::Leave => "LeaveRoom",
         }
     }
@@ -95,6 +97,18 @@ pub struct Ledger {
     pub read: BTreeMap<(RoomId, UserId), BTreeSet<MessageId>>,
     /// (room, user) that left.
     pub left: BTreeSet<(RoomId, UserId)>,
+    /// (room, user) -> the pin the user last set.
+    pub pins: BTreeMap<(RoomId, UserId), Pin>,
+}
+
+/// A user's pin of a room as the flow knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// The last PinRoom call was acknowledged with this state.
+    Set(bool),
+    /// A PinRoom call went unanswered: it may land, even after a later call (another instance
+    /// may serve it late), so the state is not checked.
+    Unknown,
 }
 
 impl Ledger {
@@ -104,6 +118,11 @@ impl Ledger {
             + self.reactions.len()
             + self.read.values().map(BTreeSet::len).sum::<usize>()
             + self.left.len()
+            + self
+                .pins
+                .values()
+                .filter(|p| matches!(p, Pin::Set(_)))
+                .count()
     }
 
     /// Current members of `room` by the ledger: participants at creation minus those who left.
@@ -308,7 +327,8 @@ impl UserCtx {
             51..=70 => self.history(room).await,
             71..=80 => self.mark_read(room).await,
             81..=90 => self.react(room).await,
-            91..=97 => self.list_rooms().await,
+            91..=94 => self.list_rooms().await,
+            95..=97 => self.pin(room).await,
             _ => self.leave(room, my_rooms.len()).await,
         }
     }
@@ -453,6 +473,22 @@ impl UserCtx {
         }
     }
 
+    /// Pins the room, or unpins it if the user's last pin of it was acknowledged as pinned.
+    async fn pin(&mut self, room: RoomId) {
+        let key = (room, self.user);
+        let current = lock(&self.world).ledger.pins.get(&key).copied();
+        let pinned = current != Some(Pin::Set(true));
+        let acked = self
+            .call(Op::Pin, json!({ "id": room, "pinned": pinned }))
+            .await
+            .is_some();
+        let next = match (current, acked) {
+            (Some(Pin::Unknown), _) | (_, false) => Pin::Unknown,
+            (_, true) => Pin::Set(pinned),
+        };
+        lock(&self.world).ledger.pins.insert(key, next);
+    }
+
     /// Leaves a room, keeping at least one room per user so the flow goes on.
     async fn leave(&mut self, room: RoomId, rooms_now: usize) {
         if rooms_now < 2 {
@@ -481,19 +517,21 @@ pub struct Missing {
     pub memberships: Vec<(UserId, RoomId, &'static str)>,
     /// (room, user, message): marked read, but the service counts it unread again.
     pub read_markers: Vec<(RoomId, UserId, MessageId)>,
+    /// (room, user, pin acknowledged): GetRoom shows the other state.
+    pub pins: Vec<(RoomId, UserId, bool)>,
 }
 
 impl Missing {
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.memberships.is_empty() && self.read_markers.is_empty()
+        self.total() == 0
     }
 
     pub fn total(&self) -> usize {
-        self.messages.len() + self.memberships.len() + self.read_markers.len()
+        self.messages.len() + self.memberships.len() + self.read_markers.len() + self.pins.len()
     }
 }
 
-/// Checks every acknowledged message, membership and read marker through the API of `client`
+/// Checks every acknowledged message, membership, read marker and pin through the API of `client`
 /// (reactions have no read method: check them in the stores). Read markers are checked by
 /// marking the same messages again: an intact marker answers `updated: 0`.
 pub async fn verify(ledger: &Ledger, client: &ChatClient) -> Result<Missing, CallError> {
@@ -572,6 +610,18 @@ pub async fn verify(ledger: &Ledger, client: &ChatClient) -> Result<Missing, Cal
             .await?;
         if reply["updated"].as_u64().unwrap_or(0) > 0 {
             missing.read_markers.push((*room, *user, ids[0]));
+        }
+    }
+    for ((room, user), pin) in &ledger.pins {
+        let Pin::Set(pinned) = *pin else { continue };
+        if ledger.left.contains(&(*room, *user)) {
+            continue;
+        }
+        let reply = client
+            .call(*user, "GetRoom", &json!({ "id": room }))
+            .await?;
+        if reply["room"]["isPinned"].as_bool() != Some(pinned) {
+            missing.pins.push((*room, *user, pinned));
         }
     }
     Ok(missing)

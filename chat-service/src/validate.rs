@@ -5,7 +5,7 @@
 //! makes, per room:
 //! * one **count check**: the room exists in CQL and both stores hold the same number of
 //!   messages, soft-deleted included;
-//! * one **members check**: the same membership rows (user, role, joined, left);
+//! * one **members check**: the same membership rows (user, role, joined, left, pinned);
 //! * one **read-marker check** per sampled member (`sample` random membership rows): as many
 //!   read messages, and the same newest one;
 //! * one **row check** per sampled message (`sample` random messages): sender, sealed content,
@@ -45,7 +45,7 @@ pub enum Mismatch {
     MissingRoom,
     /// Another number of messages in the room.
     Count,
-    /// Membership rows differ (a member missing or extra, another role, join or leave time).
+    /// Membership rows differ (a member missing or extra, another role, join or leave time, pin).
     Members,
     /// A member's read markers differ (how many, or the newest read message).
     ReadMarkers,
@@ -207,11 +207,11 @@ impl RoomResult {
     }
 }
 
-/// A legacy membership row: `(role, joined_at µs, removed_at µs)` by user.
-type Members = BTreeMap<i32, (String, i64, Option<i64>)>;
+/// A legacy membership row: `(role, joined_at µs, removed_at µs, pinned)` by user.
+type Members = BTreeMap<i32, (String, i64, Option<i64>, bool)>;
 
 /// The members check: every membership row, current and left, the same in both stores
-/// (times to the microsecond, as both keep them).
+/// (times to the microsecond, as both keep them), and each current member's pin.
 fn compare_members(legacy: &Members, new: &[CqlMember]) -> Option<String> {
     let new: Members = new
         .iter()
@@ -222,6 +222,7 @@ fn compare_members(legacy: &Members, new: &[CqlMember]) -> Option<String> {
                     m.role.clone().unwrap_or_default(),
                     m.joined_at.map_or(i64::MIN, |t| t.timestamp_micros()),
                     m.removed_at.map(|t| t.timestamp_micros()),
+                    m.pinned,
                 ),
             )
         })
@@ -309,21 +310,23 @@ async fn check_room(
     r.check(count);
 
     let legacy_members: Members =
-        sqlx::query_as::<_, (i32, String, DateTime<Utc>, Option<DateTime<Utc>>)>(
-            "select user_id, role, joined_at, removed_at from room_member where room_id = $1",
+        sqlx::query_as::<_, (i32, String, DateTime<Utc>, Option<DateTime<Utc>>, bool)>(
+            "select user_id, role, joined_at, removed_at, is_pinned and removed_at is null
+               from room_member where room_id = $1",
         )
         .bind(room)
         .fetch_all(pg.pool())
         .await
         .map_err(classify)?
         .into_iter()
-        .map(|(u, role, joined, removed)| {
+        .map(|(u, role, joined, removed, pinned)| {
             (
                 u,
                 (
                     role,
                     joined.timestamp_micros(),
                     removed.map(|t| t.timestamp_micros()),
+                    pinned,
                 ),
             )
         })

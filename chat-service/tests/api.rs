@@ -11,11 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{Backend, Db, TestService, assert_error};
 use serde_json::{Value, json};
 
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 9] = [
     "CreateRoom",
     "GetRoom",
     "GetRooms",
     "LeaveRoom",
+    "PinRoom",
     "SendMessage",
     "GetMessageHistory",
     "MarkMessagesAsRead",
@@ -49,6 +50,7 @@ macro_rules! on_every_store {
 
 on_every_store!(
     rooms_create_get_list_and_leave,
+    owners_remove_participants_and_nobody_else_removes_anyone,
     get_rooms_orders_pinned_first_then_latest_activity_and_pages,
     messages_send_history_read_markers_and_reactions,
     every_method_rejects_unauthenticated_calls,
@@ -190,7 +192,7 @@ async fn rooms_create_get_list_and_leave(backend: Backend) {
     // LeaveRoom: the member is out, the room goes on without them.
     assert_eq!(
         svc.call(3, "LeaveRoom", json!({ "id": room_id })).await,
-        json!({ "success": true })
+        json!({ "success": true, "removed": [3] })
     );
     assert_error(
         &svc.raw(3, "GetRoom", json!({ "id": room_id })).await,
@@ -222,8 +224,103 @@ async fn rooms_create_get_list_and_leave(backend: Backend) {
     );
 }
 
+async fn owners_remove_participants_and_nobody_else_removes_anyone(backend: Backend) {
+    let Some((svc, _db)) = service(backend, "leave_others").await else {
+        return;
+    };
+    let room = svc.create_group(1, &[2, 3, 4, 5]).await;
+    let members = async |svc: &TestService| {
+        svc.call(1, "GetRoom", json!({ "id": room })).await["room"]["participants"].clone()
+    };
+
+    // A member may not remove anyone else, nor the owner; naming only themselves is leaving.
+    for others in [json!([3]), json!([1]), json!([2, 3])] {
+        assert_error(
+            &svc.raw(
+                2,
+                "LeaveRoom",
+                json!({ "id": room, "participants": others }),
+            )
+            .await,
+            403,
+            "permission_denied",
+        );
+    }
+    assert_error(
+        &svc.raw(2, "LeaveRoom", json!({ "id": room, "leaveAll": true }))
+            .await,
+        403,
+        "permission_denied",
+    );
+    assert_eq!(members(&svc).await, json!([1, 2, 3, 4, 5]));
+
+    // The owner removes two participants; a non-member in the list is skipped.
+    assert_eq!(
+        svc.call(
+            1,
+            "LeaveRoom",
+            json!({ "id": room, "participants": [3, 5, 99] })
+        )
+        .await,
+        json!({ "success": true, "removed": [3, 5] })
+    );
+    assert_eq!(members(&svc).await, json!([1, 2, 4]));
+    assert_error(
+        &svc.raw(3, "GetRoom", json!({ "id": room })).await,
+        403,
+        "permission_denied",
+    );
+    assert_error(
+        &svc.raw(
+            1,
+            "LeaveRoom",
+            json!({ "id": room, "participants": [2], "leaveAll": true }),
+        )
+        .await,
+        400,
+        "invalid_argument",
+    );
+    assert_error(
+        &svc.raw(1, "LeaveRoom", json!({ "id": room, "participants": [0] }))
+            .await,
+        400,
+        "invalid_argument",
+    );
+
+    // leaveAll ends every membership, the owner's too.
+    assert_eq!(
+        svc.call(1, "LeaveRoom", json!({ "id": room, "leaveAll": true }))
+            .await,
+        json!({ "success": true, "removed": [1, 2, 4] })
+    );
+    for user in [1, 2, 4] {
+        assert_eq!(
+            svc.call(user, "GetRooms", json!({})).await["pagination"]["total"],
+            0
+        );
+    }
+
+    // In a p2p room nobody removes the other participant.
+    let p2p = svc
+        .call(
+            1,
+            "CreateRoom",
+            json!({ "type": "p2p", "participants": [2] }),
+        )
+        .await["room"]["id"]
+        .as_str()
+        .expect("room id")
+        .to_owned();
+    assert_error(
+        &svc.raw(1, "LeaveRoom", json!({ "id": p2p, "participants": [2] }))
+            .await,
+        403,
+        "permission_denied",
+    );
+}
+
 async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: Backend) {
-    let Some((svc, db)) = service(backend, "room_list").await else {
+    let Some((svc, _db)) = service(backend, "room_list").await else {
         return;
     };
     let a = svc.create_group(10, &[11]).await;
@@ -248,14 +345,37 @@ async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: B
     assert!(list["items"][0]["lastMessageAt"].is_string());
 
     // A pinned room comes first whatever its activity (pins are per user).
-    db.pin(&b, 10).await;
+    assert_eq!(
+        svc.call(10, "PinRoom", json!({ "id": b })).await,
+        json!({ "success": true })
+    );
     let list = svc.call(10, "GetRooms", json!({})).await;
     assert_eq!(ids(&list["items"]), [b.clone(), a.clone(), c.clone()]);
     assert_eq!(list["items"][0]["isPinned"], true);
     assert_eq!(
+        svc.call(10, "GetRoom", json!({ "id": b })).await["room"]["isPinned"],
+        true
+    );
+    assert_eq!(
         ids(&svc.call(11, "GetRooms", json!({})).await["items"]),
         [a.clone(), b.clone()],
         "user 11 has no pin"
+    );
+    // Pinning twice is harmless; unpinning puts the room back by activity; a pin of a room the
+    // caller is not in is refused.
+    svc.call(10, "PinRoom", json!({ "id": b, "pinned": true }))
+        .await;
+    svc.call(10, "PinRoom", json!({ "id": c })).await;
+    svc.call(10, "PinRoom", json!({ "id": c, "pinned": false }))
+        .await;
+    assert_eq!(
+        ids(&svc.call(10, "GetRooms", json!({})).await["items"]),
+        [b.clone(), a.clone(), c.clone()]
+    );
+    assert_error(
+        &svc.raw(11, "PinRoom", json!({ "id": c })).await,
+        403,
+        "permission_denied",
     );
 
     // Pages.
@@ -774,6 +894,15 @@ async fn malformed_input_is_invalid_argument_never_500(backend: Backend) {
         ("GetRooms", json!({ "limit": "ten" })),
         ("GetRooms", json!({ "page": 1.5 })),
         ("LeaveRoom", json!({ "id": null })),
+        ("LeaveRoom", json!({ "id": room, "participants": "2" })),
+        ("LeaveRoom", json!({ "id": room, "participants": [-1] })),
+        (
+            "LeaveRoom",
+            json!({ "id": room, "participants": [4294967296i64] }),
+        ),
+        ("LeaveRoom", json!({ "id": room, "leaveAll": "yes" })),
+        ("PinRoom", json!({})),
+        ("PinRoom", json!({ "id": room, "pinned": 1 })),
         ("SendMessage", json!({ "roomId": room })),
         ("SendMessage", json!({ "content": "x" })),
         ("SendMessage", json!({ "roomId": room, "content": 5 })),

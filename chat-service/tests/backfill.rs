@@ -707,11 +707,25 @@ async fn reactions_read_markers_and_unread_counters_are_copied_and_validated() {
     };
     env.pg.insert_message(live.clone()).await.expect("legacy");
     env.cql.insert_message(live).await.expect("new");
+    // A pin made before the dual write: the backfill copies it.
+    sqlx::query("update room_member set is_pinned = true where room_id = $1 and user_id = 3")
+        .bind(rooms[1].0)
+        .execute(env.pg.pool())
+        .await
+        .expect("pin in legacy");
 
     let report = backfill::run(&env.pg, Some(&cql), &config(dual_write_start), &metrics)
         .await
         .expect("backfill");
     assert!(report.complete(), "{report}");
+    assert!(
+        env.cql
+            .get_room(rooms[1].0, UserId(3))
+            .await
+            .expect("room")
+            .is_pinned,
+        "the pin is copied"
+    );
     // 8 reacted messages per room, two reactions each; user 2 read 5 messages of user 1,
     // user 3 read 10 messages.
     assert_eq!(
@@ -765,7 +779,8 @@ async fn reactions_read_markers_and_unread_counters_are_copied_and_validated() {
         .expect("validate");
     assert!(verdict.passed() && verdict.drift() == 0.0, "{verdict}");
 
-    // Drift validate now sees: a lost reaction, a lost read marker, a membership changed.
+    // Drift validate now sees: a lost reaction, a lost read marker, a membership changed, a
+    // pin lost.
     let ks = &env.keyspace;
     let session = env.cql.session();
     let reacted = rooms[4].1[10].id;
@@ -795,6 +810,15 @@ async fn reactions_read_markers_and_unread_counters_are_copied_and_validated() {
         )
         .await
         .expect("alter member");
+    session
+        .query_unpaged(
+            format!(
+                "UPDATE {ks}.rooms_by_user SET is_pinned = false WHERE user_id = 3 AND room_id = ?"
+            ),
+            (rooms[1].0.0,),
+        )
+        .await
+        .expect("unpin");
     let verdict = validate::run(&env.pg, &cql, &validate_config(1_000), &metrics)
         .await
         .expect("validate");
@@ -805,13 +829,16 @@ async fn reactions_read_markers_and_unread_counters_are_copied_and_validated() {
             verdict.mismatches.get(&Mismatch::Members),
             verdict.mismatched,
         ),
-        (Some(&1), Some(&1), Some(&1), 3),
+        (Some(&1), Some(&1), Some(&2), 4),
         "{verdict}"
     );
     let text = metrics.encode();
     for kind in ["reactions", "read_markers", "members"] {
         assert!(
-            text.contains(&format!("chat_data_inconsistencies{{type=\"{kind}\"}} 1")),
+            text.contains(&format!(
+                "chat_data_inconsistencies{{type=\"{kind}\"}} {}",
+                if kind == "members" { 2 } else { 1 }
+            )),
             "{kind}: {text}"
         );
     }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use chat_service::config::{NewStoreChoice, StoreChoice};
 use chat_service::flags::{DualWrite, FlagSource, Flags, Side};
-use chat_service::ids::{MessageIdGenerator, UserId};
+use chat_service::ids::{MessageIdGenerator, RoomId, UserId};
 use chat_service::metrics::DualWriteOutcome;
 use chat_service::routing::cohort;
 use chat_service::store::outbox::{NewEntry, Outbox, WriteOp};
 use chat_service::store::shadow::Mismatch::{Content, Count, Extra, Missing, Order};
-use chat_service::store::{ChatStore, PageRequest, ReadMarker, StoreError, now};
+use chat_service::store::{ChatStore, NewRoom, PageRequest, ReadMarker, RoomType, StoreError, now};
 use ficus_testkit::Postgres;
 use sqlx::postgres::PgPool;
 
@@ -559,11 +559,70 @@ async fn writes_wait_for_the_rooms_earlier_writes_still_queued_for_the_new_prima
         "a reaction to a message still on its way is refused, not NotFound: {reacted:?}"
     );
 
-    // The queued copy becomes due; once it landed, the room's writes go through and count.
-    new_outbox
-        .retry_later(entry, Duration::ZERO, "due now")
+    // A room created while the new store was primary, its creation still queued for legacy:
+    // the authorization before a write (room_access, message_room) is not a 404 either.
+    let late = NewRoom {
+        id: RoomId::random(),
+        name: "made while new was primary".into(),
+        room_type: RoomType::Group,
+        created_by: UserId(1),
+        participants: vec![UserId(1), UserId(2)],
+        created_at: now(),
+    };
+    s.new.create_room(late.clone()).await.expect("new store");
+    let late_entry = new_outbox
+        .enqueue(&NewEntry {
+            target: Side::Legacy,
+            op: WriteOp::create_room(&late),
+            attempts: 1,
+            delay: Duration::from_secs(600),
+            last_error: Some("legacy unreachable".into()),
+        })
         .await
-        .expect("due");
+        .expect("queued creation");
+    let access = s.router.room_access(late.id, UserId(1)).await;
+    assert!(
+        matches!(access, Err(StoreError::Unavailable(_))),
+        "a room still queued for the primary is unavailable, not unknown: {access:?}"
+    );
+    let late_message = message(&ids, late.id, 1, "in the late room");
+    s.new
+        .insert_message(late_message.clone())
+        .await
+        .expect("new store");
+    assert_eq!(
+        s.router
+            .message_room(late_message.id)
+            .await
+            .expect("found in the other store"),
+        late.id
+    );
+    assert!(
+        matches!(
+            s.router.room_access(RoomId::random(), UserId(1)).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "a room no store knows is still NotFound"
+    );
+
+    // The queued copies become due; once they landed, the room's writes go through and count.
+    for e in [entry, late_entry] {
+        new_outbox
+            .retry_later(e, Duration::ZERO, "due now")
+            .await
+            .expect("due");
+    }
+    eventually(
+        "the queued creation replayed into legacy",
+        Duration::from_secs(15),
+        || async {
+            s.router
+                .room_access(late.id, UserId(2))
+                .await
+                .is_ok_and(|a| a.is_member())
+        },
+    )
+    .await;
     eventually(
         "the queued copy replayed into legacy",
         Duration::from_secs(15),

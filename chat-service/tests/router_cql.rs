@@ -129,6 +129,89 @@ async fn dual_write_sync_and_async_land_every_message_in_postgres_and_cql() {
     }
 }
 
+/// A pin through the router lands in both stores; in each store the pin with the latest time
+/// wins whatever order pins arrive in (a replayed pin, a replayed room creation), so two stores
+/// given the same pins in different orders agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pins_land_in_both_stores_and_the_latest_pin_wins_in_any_order() {
+    common::init();
+    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cassandra) = node() else { return };
+    let s = setup(cassandra, "router_cql_pins", DualWrite::Sync).await;
+    let pinned = async |store: &dyn ChatStore, room| {
+        store
+            .get_room(room, UserId(1))
+            .await
+            .expect("room")
+            .is_pinned
+    };
+    let room = new_room(&s.router, 1, &[2]).await;
+    let now = chat_service::store::now;
+    assert!(
+        s.router
+            .set_pinned(room, UserId(1), true, now())
+            .await
+            .expect("pin")
+    );
+    assert!(pinned(s.legacy.as_ref(), room).await, "legacy pinned");
+    assert!(pinned(s.new.as_ref(), room).await, "CQL pinned");
+    assert!(
+        !pinned_for(s.new.as_ref(), room, 2).await,
+        "a pin is the caller's alone"
+    );
+
+    // An unpin older than the pin, arriving later (a replay): no effect in either store.
+    let an_hour_ago = now() - chrono::Duration::hours(1);
+    for store in [s.legacy.as_ref(), s.new.as_ref()] {
+        assert!(
+            store
+                .set_pinned(room, UserId(1), false, an_hour_ago)
+                .await
+                .expect("late unpin")
+        );
+        assert!(
+            pinned(store, room).await,
+            "{}: the later pin stays",
+            store.database()
+        );
+    }
+    assert!(
+        s.router
+            .set_pinned(room, UserId(1), false, now())
+            .await
+            .expect("unpin")
+    );
+    assert!(!pinned(s.legacy.as_ref(), room).await);
+    assert!(!pinned(s.new.as_ref(), room).await);
+
+    // A room created on the CQL store after the pin was made (a creation replayed from the
+    // outbox is written later than the pin that follows it): the creation does not unpin.
+    let late = new_room(s.new.as_ref(), 1, &[2]).await;
+    assert!(
+        s.new
+            .set_pinned(late, UserId(1), true, an_hour_ago)
+            .await
+            .expect("pin")
+    );
+    assert!(pinned(s.new.as_ref(), late).await);
+
+    // Not a member: false, nothing written.
+    assert!(
+        !s.router
+            .set_pinned(room, UserId(9), true, now())
+            .await
+            .expect("pin by a non-member")
+    );
+}
+
+async fn pinned_for(store: &dyn ChatStore, room: chat_service::ids::RoomId, user: i32) -> bool {
+    store
+        .get_room(room, UserId(user))
+        .await
+        .expect("room")
+        .is_pinned
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges() {
     common::init();

@@ -55,7 +55,7 @@ impl App {
     /// 404 for an unknown room, 403 unless `user` is a member.
     async fn member_access(&self, room: RoomId, user: UserId) -> Result<RoomAccess, ApiError> {
         let access = self.store.room_access(room, user).await?;
-        if access.is_member {
+        if access.is_member() {
             Ok(access)
         } else {
             Err(ApiError::not_a_member())
@@ -76,6 +76,7 @@ pub fn router(app: AppState) -> Router {
         .route("/chat.v1.ChatService/GetRoom", post(rooms::get_room))
         .route("/chat.v1.ChatService/GetRooms", post(rooms::get_rooms))
         .route("/chat.v1.ChatService/LeaveRoom", post(rooms::leave_room))
+        .route("/chat.v1.ChatService/PinRoom", post(rooms::pin_room))
         .route(
             "/chat.v1.ChatService/SendMessage",
             post(messages::send_message),

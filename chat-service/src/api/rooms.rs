@@ -1,4 +1,4 @@
-//! CreateRoom, GetRoom, GetRooms, LeaveRoom.
+//! CreateRoom, GetRoom, GetRooms, LeaveRoom, PinRoom.
 
 use axum::Json;
 use axum::extract::State;
@@ -6,12 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::caller::Caller;
 use crate::api::error::ApiError;
+use crate::api::error::Code;
 use crate::api::json::ConnectJson;
 use crate::api::wire::{RoomJson, RoomReply, SuccessReply};
 use crate::api::{AppState, validate};
 use crate::events::RoomEvent;
-use crate::ids::RoomId;
-use crate::store::{self, NewRoom, PageRequest, RoomType};
+use crate::ids::{RoomId, UserId};
+use crate::store::{self, NewRoom, PageRequest, Role, RoomType};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -103,19 +104,105 @@ pub async fn get_rooms(
     }))
 }
 
+/// `{"id"}` (the caller leaves), `{"id", "participants": [...]}` or `{"id", "leaveAll": true}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaveRoomRequest {
+    id: RoomId,
+    #[serde(default)]
+    participants: Vec<i64>,
+    #[serde(default)]
+    leave_all: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeaveRoomReply {
+    success: bool,
+    /// The users whose membership this call ended, ascending.
+    removed: Vec<UserId>,
+}
+
+/// The caller leaves; or the owner of a group removes participants (`participants`) or every
+/// member, themselves last (`leaveAll`). Users who are not members are skipped.
 pub async fn leave_room(
     State(app): State<AppState>,
     Caller(me): Caller,
-    ConnectJson(req): ConnectJson<RoomIdRequest>,
+    ConnectJson(req): ConnectJson<LeaveRoomRequest>,
+) -> Result<Json<LeaveRoomReply>, ApiError> {
+    let access = app.member_access(req.id, me).await?;
+    let mut leaving = match (req.leave_all, req.participants.is_empty()) {
+        (true, false) => {
+            return Err(ApiError::invalid(
+                "send either participants or leaveAll, not both",
+            ));
+        }
+        (false, true) => vec![me],
+        (false, false) => validate::leaving(&req.participants)?,
+        (true, true) => app.store.get_room(req.id, me).await?.participants,
+    };
+    if leaving.iter().any(|u| *u != me) {
+        if access.room_type == RoomType::P2p {
+            return Err(ApiError::new(
+                Code::PermissionDenied,
+                "in a p2p room each participant can only leave themselves",
+            ));
+        }
+        if access.role != Some(Role::Owner) {
+            return Err(ApiError::new(
+                Code::PermissionDenied,
+                "only the room's owner may remove other participants",
+            ));
+        }
+    }
+    // The caller last: if a removal fails, the owner can still send the call again.
+    leaving.sort_by_key(|u| (*u == me, *u));
+    let at = store::now();
+    let mut removed = Vec::new();
+    for user in leaving {
+        // False for a user who was not a member (or whom a concurrent call removed first).
+        if app.store.leave_room(req.id, user, at).await? {
+            app.publish(RoomEvent::MemberLeft {
+                room_id: req.id,
+                user_id: user,
+            })
+            .await;
+            removed.push(user);
+        }
+    }
+    removed.sort();
+    Ok(Json(LeaveRoomReply {
+        success: true,
+        removed,
+    }))
+}
+
+/// `{"id", "pinned": true | false}`; `pinned` defaults to true.
+#[derive(Debug, Deserialize)]
+pub struct PinRoomRequest {
+    id: RoomId,
+    #[serde(default = "yes")]
+    pinned: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Pins the room at the top of the caller's GetRooms, or unpins it. Only the caller's own list
+/// changes.
+pub async fn pin_room(
+    State(app): State<AppState>,
+    Caller(me): Caller,
+    ConnectJson(req): ConnectJson<PinRoomRequest>,
 ) -> Result<Json<SuccessReply>, ApiError> {
     app.member_access(req.id, me).await?;
-    // False only if a concurrent LeaveRoom won: the caller is out either way.
-    if app.store.leave_room(req.id, me, store::now()).await? {
-        app.publish(RoomEvent::MemberLeft {
-            room_id: req.id,
-            user_id: me,
-        })
-        .await;
+    // False only if the caller left meanwhile.
+    if !app
+        .store
+        .set_pinned(req.id, me, req.pinned, store::now())
+        .await?
+    {
+        return Err(ApiError::not_a_member());
     }
     Ok(Json(SuccessReply::OK))
 }

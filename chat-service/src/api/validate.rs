@@ -18,6 +18,29 @@ pub const MAX_REACTION_BYTES: usize = 64;
 pub const MAX_MESSAGE_TYPE_LEN: usize = 32;
 pub const DEFAULT_MESSAGE_TYPE: &str = "user_message";
 
+/// The users a LeaveRoom names: user ids, deduplicated and ascending.
+pub fn leaving(requested: &[i64]) -> Result<Vec<UserId>, ApiError> {
+    if requested.len() > MAX_PARTICIPANTS {
+        return Err(ApiError::invalid(format!(
+            "participants: at most {MAX_PARTICIPANTS} per call"
+        )));
+    }
+    let mut users = Vec::with_capacity(requested.len());
+    for &id in requested {
+        match i32::try_from(id) {
+            Ok(id) if id > 0 => users.push(UserId(id)),
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "participants: {id} is not a user id (positive 32-bit integer)"
+                )));
+            }
+        }
+    }
+    users.sort();
+    users.dedup();
+    Ok(users)
+}
+
 /// The members of a new room: the requested participants plus the creator, deduplicated and
 /// ascending. A p2p room is the creator and exactly one other user.
 pub fn participants(

@@ -91,6 +91,16 @@ impl<S: ChatStore> ChatStore for Instrumented<S> {
         self.observe("leave_room", self.inner.leave_room(room, user, at))
     }
 
+    fn set_pinned(
+        &self,
+        room: RoomId,
+        user: UserId,
+        pinned: bool,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
+        self.observe("set_pinned", self.inner.set_pinned(room, user, pinned, at))
+    }
+
     fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
         self.observe("insert_message", self.inner.insert_message(message))
     }

@@ -108,11 +108,44 @@ pub struct RoomView {
     pub is_pinned: bool,
 }
 
+/// A member's role in a room: its creator owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// May remove other participants of a group (`LeaveRoom` with `participants`/`leaveAll`).
+    Owner,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Member => "member",
+        }
+    }
+
+    /// The stored text; anything but `owner` (a legacy row's empty or unknown role included)
+    /// grants no more than membership.
+    pub fn parse(text: Option<&str>) -> Role {
+        match text {
+            Some("owner") => Role::Owner,
+            _ => Role::Member,
+        }
+    }
+}
+
 /// What a user may do in a room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoomAccess {
     pub room_type: RoomType,
-    pub is_member: bool,
+    /// The user's role while a current member; None for anyone else.
+    pub role: Option<Role>,
+}
+
+impl RoomAccess {
+    pub fn is_member(&self) -> bool {
+        self.role.is_some()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -188,6 +221,16 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// Ends the user's membership; false if they were not a member.
     fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool>;
+
+    /// Pins the room at the top of the user's room list, or unpins it; false if the user is not
+    /// a member. Setting the state the room already has is not an error.
+    fn set_pinned(
+        &self,
+        room: RoomId,
+        user: UserId,
+        pinned: bool,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool>;
 
     /// Stores a message. Idempotent by id: writing the same message again returns the stored one.
     fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage>;

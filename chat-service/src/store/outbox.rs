@@ -63,6 +63,12 @@ pub enum WriteOp {
         user: UserId,
         at: DateTime<Utc>,
     },
+    SetPinned {
+        room: RoomId,
+        user: UserId,
+        pinned: bool,
+        at: DateTime<Utc>,
+    },
     InsertMessage {
         id: MessageId,
         room_id: RoomId,
@@ -141,6 +147,7 @@ impl WriteOp {
         match self {
             WriteOp::CreateRoom { .. } => "create_room",
             WriteOp::LeaveRoom { .. } => "leave_room",
+            WriteOp::SetPinned { .. } => "set_pinned",
             WriteOp::InsertMessage { .. } => "insert_message",
             WriteOp::MarkRead { .. } => "mark_read",
             WriteOp::React { .. } => "react",
@@ -151,7 +158,9 @@ impl WriteOp {
     pub fn room(&self) -> Option<RoomId> {
         match self {
             WriteOp::CreateRoom { id, .. } => Some(*id),
-            WriteOp::LeaveRoom { room, .. } | WriteOp::MarkRead { room, .. } => Some(*room),
+            WriteOp::LeaveRoom { room, .. }
+            | WriteOp::SetPinned { room, .. }
+            | WriteOp::MarkRead { room, .. } => Some(*room),
             WriteOp::InsertMessage { room_id, .. } => Some(*room_id),
             WriteOp::React { room, .. } => *room,
         }
@@ -203,6 +212,12 @@ impl WriteOp {
             WriteOp::LeaveRoom { room, user, at } => {
                 Applied::Changed(store.leave_room(room, user, at).await?)
             }
+            WriteOp::SetPinned {
+                room,
+                user,
+                pinned,
+                at,
+            } => Applied::Changed(store.set_pinned(room, user, pinned, at).await?),
             op @ WriteOp::InsertMessage { .. } => Applied::Message(
                 store
                     .insert_message(op.new_message().expect("insert_message"))
@@ -232,18 +247,25 @@ impl WriteOp {
         })
     }
 
-    /// [`WriteOp::apply`] as a secondary write (inline or replayed). A leave that changes
-    /// nothing because the store does not have the room yet has **not** landed: counted as done,
-    /// the room's creation still on its way would bring the member back. It fails with
-    /// `NotFound` and waits in the outbox behind the creation.
+    /// [`WriteOp::apply`] as a secondary write (inline or replayed). A leave or a pin that
+    /// changes nothing because the store does not have the room yet has **not** landed: counted
+    /// as done, the room's creation still on its way would bring the member back (or unpinned).
+    /// It fails with `NotFound` and waits in the outbox behind the creation.
     pub async fn apply_on_secondary(&self, store: &dyn ChatStore) -> StoreResult<Applied> {
         let applied = self.apply(store).await?;
-        if let (WriteOp::LeaveRoom { room, user, .. }, Applied::Changed(false)) = (self, &applied) {
-            match store.room_access(*room, *user).await {
+        let member_write = match self {
+            WriteOp::LeaveRoom { room, user, .. } | WriteOp::SetPinned { room, user, .. } => {
+                Some((*room, *user))
+            }
+            _ => None,
+        };
+        if let (Some((room, user)), Applied::Changed(false)) = (member_write, &applied) {
+            match store.room_access(room, user).await {
                 Ok(_) => {}
                 Err(StoreError::NotFound(_)) => {
                     return Err(StoreError::NotFound(format!(
-                        "room {room} (its creation has not reached this store; the leave of user {user} waits for it)"
+                        "room {room} (its creation has not reached this store; the {} of user {user} waits for it)",
+                        self.name()
                     )));
                 }
                 Err(e) => return Err(e),

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomType,
-    RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, Role, RoomAccess,
+    RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
 };
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -260,23 +260,25 @@ impl PgStore {
     }
 
     async fn room_access_query(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
-        let row: Option<(String, bool)> = sqlx::query_as::<sqlx::Postgres, (String, bool)>(
-            "select r.type, exists(select 1 from room_member m where m.room_id = r.id and m.user_id = $2 and m.removed_at is null)
+        // The inner select is null for a non-member; a member's null role is read as `member`.
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as::<sqlx::Postgres, (String, Option<String>)>(
+                "select r.type, (select coalesce(m.role, 'member') from room_member m
+                              where m.room_id = r.id and m.user_id = $2 and m.removed_at is null)
                from room r where r.id = $1",
-        )
-        .bind(room)
-        .bind(user)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
-        let (room_type, is_member) =
-            row.ok_or_else(|| StoreError::NotFound(format!("room {room}")))?;
+            )
+            .bind(room)
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        let (room_type, role) = row.ok_or_else(|| StoreError::NotFound(format!("room {room}")))?;
         let room_type = RoomType::parse(&room_type).ok_or_else(|| {
             StoreError::Internal(format!("room {room} has unknown type {room_type:?}"))
         })?;
         Ok(RoomAccess {
             room_type,
-            is_member,
+            role: role.map(|r| Role::parse(Some(&r))),
         })
     }
 
@@ -337,6 +339,34 @@ impl PgStore {
             .await
             .map_err(classify)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// True for a current member, also when an earlier or later pin makes this one moot (the
+    /// latest `at` wins, whatever order pins arrive in).
+    async fn set_pinned_query(
+        &self,
+        room: RoomId,
+        user: UserId,
+        pinned: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let member: Option<bool> = sqlx::query_scalar::<sqlx::Postgres, bool>(
+            "with pin as (
+                update room_member set is_pinned = $3, pinned_at = $4
+                 where room_id = $1 and user_id = $2 and removed_at is null
+                   and (pinned_at is null or pinned_at <= $4)
+             returning 1)
+             select exists(select 1 from pin)
+                 or exists(select 1 from room_member where room_id = $1 and user_id = $2 and removed_at is null)",
+        )
+        .bind(room)
+        .bind(user)
+        .bind(pinned)
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(member.unwrap_or(false))
     }
 
     async fn insert_message_query(&self, message: NewMessage) -> StoreResult<StoredMessage> {
@@ -502,6 +532,16 @@ impl ChatStore for PgStore {
 
     fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
         Box::pin(self.leave_room_query(room, user, at))
+    }
+
+    fn set_pinned(
+        &self,
+        room: RoomId,
+        user: UserId,
+        pinned: bool,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.set_pinned_query(room, user, pinned, at))
     }
 
     fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {

@@ -148,26 +148,6 @@ impl Db {
             .expect("rows")
     }
 
-    /// Pins `room` for `user` (there is no API for it yet).
-    pub async fn pin(&self, room: &str, user: i32) {
-        let room: uuid::Uuid = room.parse().expect("uuid");
-        match self {
-            Db::Pg(pool) => {
-                sqlx::query(
-                    "update room_member set is_pinned = true where room_id = $1 and user_id = $2",
-                )
-                .bind(room)
-                .bind(user)
-                .execute(pool)
-                .await
-                .expect("pin");
-            }
-            Db::Cql { .. } => {
-                self.cql::<(bool,)>("UPDATE {ks}.rooms_by_user SET is_pinned = true WHERE user_id = ? AND room_id = ?", (user, room)).await;
-            }
-        }
-    }
-
     /// Whether `user`'s membership of `room` is kept with a `removed_at`.
     pub async fn removed_at_is_set(&self, room: &str, user: i32) -> bool {
         let room: uuid::Uuid = room.parse().expect("uuid");

@@ -48,7 +48,8 @@
 //! shadow read counts in `chat_shadow_read_errors_total` and is never returned.
 //!
 //! `room_access` and `message_room` (authorization before a write) are read from the write
-//! primary, the store the write that follows must succeed on; `get_room`, `rooms_for_user`,
+//! primary, the store the write that follows must succeed on (a room still queued for it is
+//! waited for, a message not there yet is looked up in the other store); `get_room`, `rooms_for_user`,
 //! `history` and `room_ids_for_user` from the user's cohort. Every call that names a user notes
 //! the user's cohort for the request's metrics ([`crate::api::note_cohort`]).
 
@@ -404,11 +405,32 @@ impl ChatStore for MigrationRouter {
         })
     }
 
+    /// From the write primary. A room the primary does not know may have been created while
+    /// the other store was primary and still be queued for this one (just after a rollback from
+    /// CutOver): the lookup waits for that room's queue like a write does, then answers from
+    /// the primary, or is `Unavailable` if the queue is still behind.
     fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
         self.note_user(user);
-        self.inner
-            .store(self.inner.flags.current().values.write_primary)
-            .room_access(room, user)
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let plan = write_plan(&inner.flags.current());
+            let primary = inner.store(plan.primary);
+            match (primary.room_access(room, user).await, plan.secondary) {
+                (Err(StoreError::NotFound(what)), Some((other, _))) => {
+                    if inner.catching_up(plan.primary, other, room).await {
+                        return Err(StoreError::Unavailable(format!(
+                            "room {room} is catching up: writes made while the {other} store was primary are still on their way to the {} store; retry shortly",
+                            plan.primary
+                        )));
+                    }
+                    match primary.room_access(room, user).await {
+                        Err(StoreError::NotFound(_)) => Err(StoreError::NotFound(what)),
+                        other => other,
+                    }
+                }
+                (result, _) => result,
+            }
+        })
     }
 
     fn rooms_for_user(
@@ -434,6 +456,28 @@ impl ChatStore for MigrationRouter {
             match write.await? {
                 Applied::Changed(b) => Ok(b),
                 _ => Err(internal("leave_room")),
+            }
+        })
+    }
+
+    fn set_pinned(
+        &self,
+        room: RoomId,
+        user: UserId,
+        pinned: bool,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
+        self.note_user(user);
+        let write = self.write(WriteOp::SetPinned {
+            room,
+            user,
+            pinned,
+            at,
+        });
+        Box::pin(async move {
+            match write.await? {
+                Applied::Changed(b) => Ok(b),
+                _ => Err(internal("set_pinned")),
             }
         })
     }
@@ -504,9 +548,25 @@ impl ChatStore for MigrationRouter {
         })
     }
 
+    /// From the write primary, else (while dual writes are on) from the other store: a message
+    /// written while the other store was primary may still be on its way (`room_access` then
+    /// waits for the room's queue).
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
-        self.inner
-            .store(self.inner.flags.current().values.write_primary)
-            .message_room(message)
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let plan = write_plan(&inner.flags.current());
+            match (
+                inner.store(plan.primary).message_room(message).await,
+                plan.secondary,
+            ) {
+                (Err(StoreError::NotFound(what)), Some((other, _))) => {
+                    match inner.store(other).message_room(message).await {
+                        Ok(room) => Ok(room),
+                        Err(_) => Err(StoreError::NotFound(what)),
+                    }
+                }
+                (result, _) => result,
+            }
+        })
     }
 }

@@ -49,6 +49,8 @@ pub struct CqlMember {
     pub removed_at: Option<DateTime<Utc>>,
     /// The newest message the member has read.
     pub last_read: Option<MessageId>,
+    /// The member's pin (`rooms_by_user`); false for a member who left.
+    pub pinned: bool,
 }
 
 /// A legacy message as the backfill copies it (`content` sealed).
@@ -80,6 +82,7 @@ pub(super) struct BackfillStatements {
     select_unread: PreparedStatement,
     add_unread: PreparedStatement,
     select_members: PreparedStatement,
+    select_pin: PreparedStatement,
     count_read_markers: PreparedStatement,
     select_reactions: PreparedStatement,
 }
@@ -123,6 +126,7 @@ impl CqlStore {
             select_unread: p("SELECT unread_count FROM {ks}.room_counters_by_user WHERE user_id = ? AND room_id = ?").await?,
             add_unread: p("UPDATE {ks}.room_counters_by_user SET unread_count = unread_count + ? WHERE user_id = ? AND room_id = ?").await?,
             select_members: p("SELECT user_id, role, joined_at, removed_at, last_read_message_id FROM {ks}.participants_by_room WHERE room_id = ?").await?,
+            select_pin: p("SELECT is_pinned FROM {ks}.rooms_by_user WHERE user_id = ? AND room_id = ?").await?,
             count_read_markers: p("SELECT count(*) FROM {ks}.read_markers WHERE room_id = ? AND user_id = ?").await?,
             select_reactions: p("SELECT user_id, reaction FROM {ks}.reactions_by_message WHERE message_id = ?").await?,
         };
@@ -360,17 +364,31 @@ impl CqlBackfill<'_> {
             Option<CqlTimeuuid>,
         );
         let rows = rows::<Row>(self.store.exec(&self.st.select_members, (room.0,)).await?)?;
-        rows.into_iter()
-            .map(|(user, role, joined, removed, last_read)| {
-                Ok(CqlMember {
+        futures::stream::iter(rows.into_iter().map(
+            |(user, role, joined, removed, last_read)| async move {
+                // A pin lives in the member's room list, which a leave deletes.
+                let pinned = if removed.is_none() {
+                    first_row::<(Option<bool>,)>(
+                        self.store.exec(&self.st.select_pin, (user, room.0)).await?,
+                    )?
+                    .and_then(|(p,)| p)
+                    .unwrap_or(false)
+                } else {
+                    false
+                };
+                Ok::<_, StoreError>(CqlMember {
                     user_id: UserId(user),
                     role,
                     joined_at: joined.map(from_micros).transpose()?,
                     removed_at: removed.map(from_micros).transpose()?,
                     last_read: last_read.map(message_id),
+                    pinned,
                 })
-            })
-            .collect()
+            },
+        ))
+        .buffered(FAN_OUT)
+        .try_collect()
+        .await
     }
 
     /// Read markers of `user` in `room`.

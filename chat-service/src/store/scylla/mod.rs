@@ -42,8 +42,8 @@ use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomType,
-    RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, Role, RoomAccess,
+    RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
 };
 
 mod backfill;
@@ -150,6 +150,16 @@ impl ChatStore for CqlStore {
 
     fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
         Box::pin(self.leave_room_query(room, user, at))
+    }
+
+    fn set_pinned(
+        &self,
+        room: RoomId,
+        user: UserId,
+        pinned: bool,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(self.set_pinned_query(room, user, pinned, at))
     }
 
     fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {

@@ -161,15 +161,18 @@ impl CqlStore {
         user: UserId,
     ) -> StoreResult<RoomAccess> {
         let member = async {
-            first_row::<(Option<i64>,)>(
-                self.exec(&self.st.select_participant, (room.0, user.0))
+            first_row::<(Option<i64>, Option<String>)>(
+                self.exec(&self.st.select_participant_role, (room.0, user.0))
                     .await?,
             )
         };
         let ((_, room_type, _, _), member) = tokio::try_join!(self.room_row(room), member)?;
         Ok(RoomAccess {
             room_type: parse_type(room, &room_type)?,
-            is_member: matches!(member, Some((None,))),
+            role: match member {
+                Some((None, role)) => Some(Role::parse(role.as_deref())),
+                _ => None,
+            },
         })
     }
 
@@ -270,6 +273,27 @@ impl CqlStore {
             .await?;
         // The unread counter stays: a deleted counter cannot safely be written again.
         Ok(left)
+    }
+
+    /// Only for a current member: an update on a room the user left would create a row of the
+    /// user's room list holding nothing but the pin (such a row is never listed: no type).
+    pub(super) async fn set_pinned_query(
+        &self,
+        room: RoomId,
+        user: UserId,
+        pinned: bool,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        match first_row::<(Option<i64>,)>(
+            self.exec(&self.st.select_participant, (room.0, user.0))
+                .await?,
+        )? {
+            Some((None,)) => {}
+            _ => return Ok(false),
+        }
+        self.exec(&self.st.set_pinned, (micros(at), pinned, user.0, room.0))
+            .await?;
+        Ok(true)
     }
 
     pub(super) async fn read_message(
