@@ -11,7 +11,7 @@ use chat_service::auth::Authenticator;
 use chat_service::backfill::{self, BackfillConfig, BackfillInputs, Shard};
 use chat_service::config::{MigrationStoreArgs, ServeArgs};
 use chat_service::ids::UserId;
-use chat_service::loadtest::{self, LoadConfig};
+use chat_service::loadtest::{self, DEFAULT_THRESHOLDS, LoadConfig, Ramp, Threshold};
 use chat_service::metrics::Metrics;
 use chat_service::rollback;
 use chat_service::serve;
@@ -161,6 +161,16 @@ enum Command {
         /// First virtual user id (the users are consecutive ids).
         #[arg(long, default_value_t = 1_000_000)]
         first_user_id: i32,
+        /// k6's stages instead of --users/--duration-secs: DURATION:TARGET pairs, e.g. the
+        /// original test's 2m:10,5m:50,2m:100,5m:100,2m:0 (users ramp linearly from 0).
+        #[arg(long)]
+        stages: Option<Ramp>,
+        /// A pass/fail criterion as k6 writes it, repeatable: http_req_duration:p(95)<500,
+        /// message_duration:p(95)<200 (SendMessage), errors:rate<0.1; avg, min, max, med and
+        /// p(N) for durations (ms). Without any, the original test's three. A failed threshold
+        /// exits with code 99.
+        #[arg(long = "threshold")]
+        thresholds: Vec<Threshold>,
     },
     /// Print a bearer token for a user, signed with CHAT_JWT_SECRET (local runs and debugging).
     Token {
@@ -498,7 +508,18 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             max_iterations,
             think_ms,
             first_user_id,
+            stages,
+            thresholds,
         } => {
+            let thresholds = if thresholds.is_empty() {
+                DEFAULT_THRESHOLDS
+                    .iter()
+                    .map(|t| t.parse())
+                    .collect::<Result<Vec<Threshold>, _>>()
+                    .map_err(|e| e.to_string())?
+            } else {
+                thresholds
+            };
             let config = LoadConfig {
                 base_url,
                 jwt_secret: jwt_secret("the load client signs its tokens")?,
@@ -508,17 +529,25 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 max_iterations,
                 first_user_id,
                 think_time: Duration::from_millis(think_ms),
+                stages,
             };
             println!(
-                "loadtest: {users} virtual users, {rooms} rooms, {duration_secs}s, max iterations {max_iterations:?}, think {think_ms} ms, against {}",
+                "loadtest: virtual users {}, {rooms} rooms, max iterations {max_iterations:?}, think {think_ms} ms, against {}",
+                config.ramp(),
                 config.base_url
             );
             let report = loadtest::run(&config).await.map_err(|e| e.to_string())?;
             print!("{report}");
-            Ok(if report.errors() == 0 {
+            println!("peak virtual users: {}", report.peak_users);
+            let verdicts = report.check(&thresholds);
+            for verdict in &verdicts {
+                println!("threshold {verdict}");
+            }
+            Ok(if verdicts.iter().all(|v| v.passed) {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::FAILURE
+                // k6's exit code for failed thresholds.
+                ExitCode::from(99)
             })
         }
         Command::Token { user, ttl_secs } => {

@@ -83,6 +83,7 @@ impl Stack {
             max_iterations: None,
             first_user_id: 1_000,
             think_time: Duration::from_millis(50),
+            stages: None,
         };
         loadtest::run(&config).await.expect("the load client ran");
     }

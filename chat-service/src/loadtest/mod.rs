@@ -1,10 +1,18 @@
 //! The load client: the original system's load test (k6), in Rust.
 //!
 //! Set-up creates `rooms` group rooms whose participants are all the virtual users. Then every
-//! virtual user loops until the duration is over or the iteration budget is spent: send a
-//! message to a random room, read that room's latest 20 messages, list their rooms (first page of
-//! 20), then think for `think_time`. The report gives per-method counts, errors, p50/p99
-//! latencies and throughput. [`drive`] (the closed-loop runner) is shared with the benchmark.
+//! virtual user loops until the run is over or the iteration budget is spent: send a message to
+//! a random room, read that room's latest 20 messages, list their rooms (first page of 20), then
+//! think for `think_time`. The virtual users follow a [`Ramp`]: all of them for the duration, or
+//! k6's stages (`2m:10,5m:50,...`). The report gives per-method counts, errors, p50/p95/p99
+//! latencies and throughput, and the [`thresholds`] verdicts. [`drive`] (the closed-loop runner)
+//! is shared with the benchmark.
+
+pub mod ramp;
+pub mod thresholds;
+
+pub use ramp::{Ramp, Stage};
+pub use thresholds::{DEFAULT_THRESHOLDS, Observed, Threshold, Verdict};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,6 +37,18 @@ pub struct LoadConfig {
     /// Virtual users are `first_user_id ..= first_user_id + users - 1`.
     pub first_user_id: i32,
     pub think_time: Duration,
+    /// k6's stages instead of `users` for `duration` (then `users` is unused: the stages'
+    /// highest target is the number of virtual users).
+    pub stages: Option<Ramp>,
+}
+
+impl LoadConfig {
+    /// The virtual users over time.
+    pub fn ramp(&self) -> Ramp {
+        self.stages
+            .clone()
+            .unwrap_or_else(|| Ramp::constant(self.users, self.duration))
+    }
 }
 
 impl Default for LoadConfig {
@@ -42,6 +62,7 @@ impl Default for LoadConfig {
             max_iterations: None,
             first_user_id: 1_000_000,
             think_time: Duration::ZERO,
+            stages: None,
         }
     }
 }
@@ -97,6 +118,7 @@ pub async fn timed<T, E: fmt::Display>(
 pub struct LatencySummary {
     pub count: usize,
     pub p50: Duration,
+    pub p95: Duration,
     pub p99: Duration,
     pub max: Duration,
 }
@@ -104,6 +126,10 @@ pub struct LatencySummary {
 impl LatencySummary {
     pub fn from_samples(mut samples: Vec<Duration>) -> Self {
         samples.sort_unstable();
+        Self::from_sorted(&samples)
+    }
+
+    fn from_sorted(samples: &[Duration]) -> Self {
         let rank = |q: f64| -> Duration {
             if samples.is_empty() {
                 return Duration::ZERO;
@@ -114,6 +140,7 @@ impl LatencySummary {
         LatencySummary {
             count: samples.len(),
             p50: rank(0.50),
+            p95: rank(0.95),
             p99: rank(0.99),
             max: samples.last().copied().unwrap_or_default(),
         }
@@ -135,6 +162,10 @@ pub struct RunReport {
     pub ops: BTreeMap<&'static str, OpStats>,
     /// The first few distinct error messages.
     pub error_samples: Vec<String>,
+    /// The most virtual users running at once.
+    pub peak_users: u32,
+    /// Every call's latency by operation, ascending (for thresholds).
+    latencies: BTreeMap<&'static str, Vec<Duration>>,
 }
 
 const ERROR_SAMPLES: usize = 10;
@@ -146,6 +177,22 @@ impl RunReport {
 
     pub fn calls(&self) -> u64 {
         self.ops.values().map(|o| o.ok + o.errors).sum()
+    }
+
+    /// Each threshold's verdict on this run.
+    pub fn check(&self, thresholds: &[Threshold]) -> Vec<Verdict> {
+        let mut requests: Vec<Duration> = self.latencies.values().flatten().copied().collect();
+        requests.sort_unstable();
+        let observed = Observed {
+            requests: &requests,
+            messages: self
+                .latencies
+                .get("SendMessage")
+                .map_or(&[][..], Vec::as_slice),
+            calls: self.calls(),
+            errors: self.errors(),
+        };
+        thresholds.iter().map(|t| t.evaluate(&observed)).collect()
     }
 
     fn from_samples(samples: Vec<Sample>, iterations: u64, elapsed: Duration) -> Self {
@@ -164,23 +211,26 @@ impl RunReport {
                 }
             }
         }
-        let ops = latencies
-            .into_iter()
-            .map(|(op, (stats, lat))| {
-                (
-                    op,
-                    OpStats {
-                        latency: LatencySummary::from_samples(lat),
-                        ..stats
-                    },
-                )
-            })
-            .collect();
+        let mut ops = BTreeMap::new();
+        let mut sorted = BTreeMap::new();
+        for (op, (stats, mut lat)) in latencies {
+            lat.sort_unstable();
+            ops.insert(
+                op,
+                OpStats {
+                    latency: LatencySummary::from_sorted(&lat),
+                    ..stats
+                },
+            );
+            sorted.insert(op, lat);
+        }
         RunReport {
             elapsed,
             iterations,
             ops,
             error_samples,
+            peak_users: 0,
+            latencies: sorted,
         }
     }
 }
@@ -199,19 +249,20 @@ impl fmt::Display for RunReport {
         )?;
         writeln!(
             f,
-            "{:<20} {:>9} {:>7} {:>9} {:>10} {:>10} {:>10}",
-            "method", "ok", "errors", "per s", "p50 ms", "p99 ms", "max ms"
+            "{:<20} {:>9} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}",
+            "method", "ok", "errors", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms"
         )?;
         for (op, s) in &self.ops {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             writeln!(
                 f,
-                "{:<20} {:>9} {:>7} {:>9.0} {:>10.2} {:>10.2} {:>10.2}",
+                "{:<20} {:>9} {:>7} {:>9.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
                 op,
                 s.ok,
                 s.errors,
                 (s.ok + s.errors) as f64 / secs,
                 ms(s.latency.p50),
+                ms(s.latency.p95),
                 ms(s.latency.p99),
                 ms(s.latency.max)
             )?;
@@ -237,21 +288,59 @@ where
     F: Fn(u32) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Vec<Sample>> + Send,
 {
+    drive_ramp(
+        &Ramp::constant(workers, duration),
+        max_iterations,
+        think,
+        iteration,
+    )
+    .await
+}
+
+/// How often an idle virtual user (above the ramp's current target) looks again.
+const IDLE_CHECK: Duration = Duration::from_millis(50);
+
+/// [`drive`] with the virtual users of `ramp`: worker `i` runs iterations while `i` is below
+/// the ramp's target at that moment and waits otherwise (k6's `ramping-vus`: a user above the
+/// target finishes its iteration, then stops).
+pub async fn drive_ramp<F, Fut>(
+    ramp: &Ramp,
+    max_iterations: Option<u64>,
+    think: Duration,
+    iteration: F,
+) -> RunReport
+where
+    F: Fn(u32) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Vec<Sample>> + Send,
+{
     let budget = Arc::new(AtomicU64::new(max_iterations.unwrap_or(u64::MAX)));
+    let running = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
+    let total = ramp.total();
+    let tasks: Vec<_> = (0..ramp.max_target())
         .map(|worker| {
             let (iteration, budget) = (iteration.clone(), budget.clone());
+            let (running, peak, ramp) = (running.clone(), peak.clone(), ramp.clone());
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 let mut done = 0u64;
-                // Take one unit of the shared budget per iteration; none left means stop.
-                while start.elapsed() < duration
-                    && budget
+                while start.elapsed() < total {
+                    if worker >= ramp.target_at(start.elapsed()) {
+                        tokio::time::sleep(IDLE_CHECK).await;
+                        continue;
+                    }
+                    // Take one unit of the shared budget per iteration; none left means stop.
+                    if budget
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .is_ok()
-                {
+                        .is_err()
+                    {
+                        break;
+                    }
+                    let now = running.fetch_add(1, Ordering::Relaxed) + 1;
+                    peak.fetch_max(now, Ordering::Relaxed);
                     samples.extend(iteration(worker).await);
+                    running.fetch_sub(1, Ordering::Relaxed);
                     done += 1;
                     if !think.is_zero() {
                         tokio::time::sleep(think).await;
@@ -276,24 +365,28 @@ where
             }),
         }
     }
-    RunReport::from_samples(samples, iterations, start.elapsed())
+    let mut report = RunReport::from_samples(samples, iterations, start.elapsed());
+    report.peak_users = u32::try_from(peak.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+    report
 }
 
 /// The load test: set-up, then the virtual users' loops.
 pub async fn run(config: &LoadConfig) -> Result<RunReport, LoadError> {
-    if config.users == 0 || config.rooms == 0 {
+    let ramp = config.ramp();
+    let user_count = ramp.max_target();
+    if user_count == 0 || config.rooms == 0 {
         return Err(LoadError::Settings(
-            "users and rooms must be at least 1".into(),
+            "users (or the stages' highest target) and rooms must be at least 1".into(),
         ));
     }
-    let last = i64::from(config.first_user_id) + i64::from(config.users) - 1;
+    let last = i64::from(config.first_user_id) + i64::from(user_count) - 1;
     if config.first_user_id <= 0 || last > i64::from(i32::MAX) {
         return Err(LoadError::Settings(
             "virtual user ids must be positive 32-bit integers".into(),
         ));
     }
     let client = ChatClient::new(&config.base_url, &config.jwt_secret);
-    let users: Vec<UserId> = (0..config.users as i32)
+    let users: Vec<UserId> = (0..user_count as i32)
         .map(|i| UserId(config.first_user_id + i))
         .collect();
     let mut rooms = Vec::new();
@@ -305,9 +398,8 @@ pub async fn run(config: &LoadConfig) -> Result<RunReport, LoadError> {
         );
     }
     let shared = Arc::new((client, users, rooms));
-    let report = drive(
-        config.users,
-        config.duration,
+    let report = drive_ramp(
+        &ramp,
         config.max_iterations,
         config.think_time,
         move |worker| {
