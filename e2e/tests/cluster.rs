@@ -15,8 +15,9 @@
 //! chart's Migration shadows for 10 minutes and completes 24 hours after cut-over; the test
 //! skips those two waits with `ficus.dev/promote`, as an operator in a hurry would. Each traffic
 //! step is promoted once the operator has evaluated every gate on the pods' real metrics.
-//! Deleting the Migration and `helm uninstall` then leave the flags in the state that is safe
-//! for a completed migration.
+//! `helm uninstall` then leaves the flags in the state that is safe for a completed migration:
+//! the chart's pre-delete hook (a Job of the operator image) deletes the Migration while the
+//! operator still runs, and waits for its finalizer.
 //!
 //! Over 600 lines: one real node, started once, for the whole helm install and migration.
 
@@ -324,24 +325,28 @@ async fn run(
     let pods_out = ok(node.kubectl(&["get", "pods,jobs", "-n", ns, "-o", "wide"])?)?;
     println!("{pods_out}");
 
-    // 5. Uninstall as docs/helm.md says: the Migration first, while the operator runs, whose
-    //    finalizer leaves the flags safe for a completed migration (new store primary, no dual
-    //    writes); then helm uninstall, which deletes the operator before custom resources.
-    ok(node.kubectl(&[
-        "delete",
-        "migration",
-        &name,
-        "-n",
-        ns,
-        "--wait",
-        "--timeout=120s",
-    ])?)?;
-    ok(node.helm(&["uninstall", RELEASE, "-n", ns, "--wait", "--timeout", "3m"])?)?;
+    // 5. helm uninstall, nothing else: the chart's pre-delete hook deletes the Migration while
+    //    the operator runs, whose finalizer leaves the flags safe for a completed migration
+    //    (new store primary, no dual writes); then helm removes the rest.
+    let uninstalled =
+        ok(node.helm(&["uninstall", RELEASE, "-n", ns, "--wait", "--timeout", "4m"])?)?;
+    println!("{uninstalled}");
     let flags = flag_values(&client, ns, flags_name).await?;
     anyhow::ensure!(
         flags.get("write_primary").map(String::as_str) == Some("new")
             && flags.get("dual_write").map(String::as_str) == Some("off"),
         "flags after helm uninstall: {flags:?}"
+    );
+    let left = Api::<Migration>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await?;
+    anyhow::ensure!(
+        left.items.is_empty(),
+        "Migrations left after helm uninstall: {:?}",
+        left.items
+            .iter()
+            .map(|m| m.metadata.name.clone())
+            .collect::<Vec<_>>()
     );
     ok(node.kubectl(&["delete", "namespace", ns, "--wait=false"])?)?;
     Ok(())

@@ -563,6 +563,85 @@ async fn deleting_a_migration_restores_the_safe_flags_before_it_disappears() -> 
     Ok(())
 }
 
+/// The chart's pre-delete hook (`ficus-operator delete-migrations`): it deletes the release's
+/// Migrations only, waits while the running operator writes their safe flags, and without an
+/// operator fails with a message that says so instead of waiting forever.
+#[tokio::test]
+async fn the_uninstall_hook_deletes_the_releases_migrations_after_their_safe_flags()
+-> anyhow::Result<()> {
+    let Some((_cp, client, ns)) = setup("uninstall").await? else {
+        return Ok(());
+    };
+    let api: Api<Migration> = Api::namespaced(client.clone(), &ns);
+    let labelled = |name: &str, release: &str, flags: &str| {
+        let mut spec = held_spec("1h");
+        spec["flags"] = json!({ "configMap": { "name": flags } });
+        let mut m = migration(name, spec);
+        m.metadata.labels = Some(BTreeMap::from([(
+            "app.kubernetes.io/instance".to_owned(),
+            release.to_owned(),
+        )]));
+        m
+    };
+    let operator = Operator::start(client.clone(), &ns, "solo", None);
+    api.create(
+        &PostParams::default(),
+        &labelled("ours", "ficus", "flags-ours"),
+    )
+    .await?;
+    api.create(
+        &PostParams::default(),
+        &labelled("theirs", "other", "flags-theirs"),
+    )
+    .await?;
+    for name in ["ours", "theirs"] {
+        wait_for(&api, name, LONG, "step 1", |m| {
+            m.status.as_ref().is_some_and(|s| s.step == Some(1))
+        })
+        .await;
+    }
+    let before: i64 =
+        flags_when(&client, &ns, "flags-ours", "read_split_percent", "10").await["generation"]
+            .parse()?;
+
+    let deleted = ficus_operator::uninstall::delete_migrations(
+        client.clone(),
+        &ns,
+        "app.kubernetes.io/instance=ficus",
+        LONG,
+    )
+    .await?;
+    assert_eq!(deleted, ["ours"]);
+    assert!(api.get_opt("ours").await?.is_none());
+    assert_eq!(
+        flags(&client, &ns, "flags-ours").await,
+        doc(before + 1, Side::Legacy, DualWrite::Off, 0, 0),
+        "safe flags written before the Migration went"
+    );
+    assert!(
+        api.get_opt("theirs").await?.is_some(),
+        "another release's Migration stays"
+    );
+
+    // No operator: the finalizer stays, and the hook says why after its timeout.
+    drop(operator);
+    let err = ficus_operator::uninstall::delete_migrations(
+        client.clone(),
+        &ns,
+        "app.kubernetes.io/instance=other",
+        Duration::from_secs(3),
+    )
+    .await
+    .expect_err("nobody removes the finalizer");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("Migration {ns}/theirs is still there"))
+            && text.contains("only a running operator removes it"),
+        "{text}"
+    );
+    Ok(())
+}
+
 use kube::ResourceExt;
 
 #[tokio::test]

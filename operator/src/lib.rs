@@ -18,6 +18,7 @@ pub mod names;
 pub mod reason;
 pub mod reconciler;
 pub mod run;
+pub mod uninstall;
 pub mod workloads;
 
 /// The CRD as checked into `crds/migration.yaml`.

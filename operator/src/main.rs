@@ -1,4 +1,5 @@
-//! `ficus-operator`: runs the Migration controller.
+//! `ficus-operator`: runs the Migration controller; `ficus-operator delete-migrations` is the
+//! chart's pre-delete hook.
 
 use std::net::SocketAddr;
 
@@ -50,6 +51,25 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "FICUS_LOG_JSON")]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Delete a release's Migrations and wait while the running operator's finalizer writes each
+    /// service's safe flags (the chart runs this before `helm uninstall` removes the operator).
+    DeleteMigrations {
+        /// The Migrations' namespace.
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        /// Label selector of the Migrations to delete (empty: every one in the namespace).
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// Seconds to wait for each Migration to be gone.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 #[tokio::main]
@@ -71,6 +91,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await.map_err(|e| {
         format!("cannot reach the Kubernetes API (KUBECONFIG or in-cluster config): {e}")
     })?;
+    if let Some(Command::DeleteMigrations {
+        namespace,
+        selector,
+        timeout,
+    }) = args.command
+    {
+        let deleted = ficus_operator::uninstall::delete_migrations(
+            client,
+            &namespace,
+            &selector,
+            std::time::Duration::from_secs(timeout),
+        )
+        .await?;
+        println!(
+            "{} Migration(s) deleted in {namespace}, their flags left safe: {}",
+            deleted.len(),
+            deleted.join(", ")
+        );
+        return Ok(());
+    }
     let identity = args.identity.unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("ficus-{}", std::process::id()))
     });
