@@ -44,8 +44,14 @@ fn assert_rolled_back(o: &Outcome) {
         o.record.phases()
     );
     assert!(
+        o.fault_at.is_some(),
+        "the fault was never injected: the healthy run ended first, phases {:?}, rollback {:?} (a healthy run that fails a gate points at an overloaded machine or a bad threshold)",
+        o.record.phases(),
+        o.last_rollback
+    );
+    assert!(
         o.safe_at.is_some(),
-        "the flags never returned to the safe state"
+        "the flags never returned to the safe state after the fault"
     );
     if let Some(errors) = o.errors_after_rollback {
         assert_eq!(

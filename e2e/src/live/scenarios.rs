@@ -88,6 +88,8 @@ pub struct Outcome {
     /// Seconds into the run when the fault was injected, and when the flags were safe again.
     pub fault_at: Option<Duration>,
     pub safe_at: Option<Duration>,
+    /// Errors the flow saw from the fault to the safe flags (the clients' view of the rollback).
+    pub errors_until_safe: Option<u64>,
     /// Errors of the flow after the rollback (legacy alone serving).
     pub errors_after_rollback: Option<u64>,
     /// Whether the outbox drained to 0 after the fault was removed.
@@ -123,13 +125,14 @@ impl Outcome {
             flow.percentile_ms(99.0)
         );
         println!(
-            "writes acknowledged {} (messages {}, rooms {}, reactions {}, read marks {}, leaves {}), lost {}",
+            "writes acknowledged {} (messages {}, rooms {}, reactions {}, read marks {}, leaves {}, pins {}), lost {}",
             ledger.writes(),
             ledger.messages.len(),
             ledger.rooms.len(),
             ledger.reactions.len(),
             ledger.read.values().map(|r| r.len()).sum::<usize>(),
             ledger.left.len(),
+            ledger.pins.len(),
             self.lost
         );
         if let (Some(fault), Some(safe)) = (self.fault_at, self.safe_at) {
@@ -139,6 +142,9 @@ impl Outcome {
                 safe.as_secs_f64(),
                 safe.saturating_sub(fault).as_secs_f64()
             );
+        }
+        if let Some(errors) = self.errors_until_safe {
+            println!("client errors from the fault to safe flags: {errors}");
         }
         if let Some(r) = &self.last_rollback {
             println!("rollback: {r}");
@@ -157,12 +163,14 @@ async fn lost_writes(stack: &LiveStack, ledger: &Ledger) -> Result<usize, Harnes
         .map_err(|e| HarnessError::setup("checking the acknowledged writes", e))?;
     if !missing.is_empty() {
         println!(
-            "missing: {} messages (first {:?}), {} memberships {:?}, {} read markers",
+            "missing: {} messages (first {:?}), {} memberships {:?}, {} read markers, {} pins {:?}",
             missing.messages.len(),
             missing.messages.first(),
             missing.memberships.len(),
             missing.memberships.first(),
-            missing.read_markers.len()
+            missing.read_markers.len(),
+            missing.pins.len(),
+            missing.pins.first()
         );
     }
     Ok(missing.total())
@@ -235,18 +243,53 @@ async fn errors_within(flow: &Flow, window: Duration) -> u64 {
     flow.report().errors() - before
 }
 
-/// Waits for the safe flags (legacy primary, nobody on new); how long it took.
-async fn wait_safe_flags(stack: &LiveStack, since: Instant, timeout: Duration) -> Option<Duration> {
-    while since.elapsed() < timeout {
-        let flags = stack.flags().await;
-        if flags.get("write_primary").map(String::as_str) == Some("legacy")
-            && flags.get("read_split_percent").map(String::as_str) == Some("0")
-        {
-            return Some(since.elapsed());
+/// Started just before a fault is injected; [`RollbackClock::until_safe`] then waits for the
+/// safe flags (legacy primary, nobody on new).
+struct RollbackClock {
+    /// When the fault was injected, in the run's time (`Frame::at`).
+    fault_at: Option<Duration>,
+    started: Instant,
+    errors_before: u64,
+}
+
+/// What the clients saw between a fault and the safe flags.
+#[derive(Default)]
+struct Rollback {
+    fault_at: Option<Duration>,
+    safe_at: Option<Duration>,
+    errors: Option<u64>,
+}
+
+impl RollbackClock {
+    fn start(flow: &Flow, fault_at: Option<Duration>) -> RollbackClock {
+        RollbackClock {
+            fault_at,
+            started: Instant::now(),
+            errors_before: flow.report().errors(),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    None
+
+    async fn until_safe(self, stack: &LiveStack, flow: &Flow) -> Rollback {
+        let timeout = Duration::from_secs(180);
+        while self.started.elapsed() < timeout {
+            let flags = stack.flags().await;
+            if flags.get("write_primary").map(String::as_str) == Some("legacy")
+                && flags.get("read_split_percent").map(String::as_str) == Some("0")
+            {
+                let took = self.started.elapsed();
+                return Rollback {
+                    fault_at: self.fault_at,
+                    safe_at: self.fault_at.map(|at| at + took),
+                    errors: Some(flow.report().errors() - self.errors_before),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Rollback {
+            fault_at: self.fault_at,
+            ..Rollback::default()
+        }
+    }
 }
 
 /// Runs `scenario` on a fresh stack.
@@ -267,8 +310,7 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
     let flow = stack.start_flow(USERS, RATE);
     let mut record = Record::default();
     stack.apply_migration().await?;
-    let mut outcome_fault = None;
-    let mut safe_at = None;
+    let mut rollback = Rollback::default();
     let mut errors_after = None;
     let mut drained = None;
     let phase_reached = |phase: Phase| move |f: &Frame| f.phase == Some(phase) || ended(f);
@@ -284,8 +326,7 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                 )
                 .await;
             if record.phases().last() == Some(&Phase::Split) {
-                let fault_at = record.frames.last().map(|f| f.at);
-                let fault = Instant::now();
+                let clock = RollbackClock::start(&flow, record.frames.last().map(|f| f.at));
                 if scenario == Scenario::Errors {
                     stack.cql_proxy.set_enabled(false)?;
                     println!(">>> fault: the CQL store goes away (proxy down)");
@@ -299,9 +340,7 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                     )?;
                     println!(">>> fault: the CQL store gets slow (+150 ms per chunk)");
                 }
-                let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
-                outcome_fault = fault_at;
-                safe_at = fault_at.zip(took).map(|(a, b)| a + b);
+                rollback = clock.until_safe(&stack, &flow).await;
                 stack
                     .follow(Some(&flow), &mut record, WHOLE_RUN, ended)
                     .await;
@@ -326,8 +365,10 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
             if record.phases().last() == Some(&Phase::CutOver) {
                 // Writes while the new store is primary (and legacy still gets their copies).
                 tokio::time::sleep(Duration::from_secs(4)).await;
-                let fault_at = record.frames.last().map(|f| f.at + Duration::from_secs(4));
-                let fault = Instant::now();
+                let clock = RollbackClock::start(
+                    &flow,
+                    record.frames.last().map(|f| f.at + Duration::from_secs(4)),
+                );
                 if scenario == Scenario::AbortFromCutover {
                     stack.annotate("abort").await?;
                     println!(">>> abort in CutOver");
@@ -335,9 +376,7 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                     stack.pg_proxy.set_enabled(false)?;
                     println!(">>> fault in CutOver: legacy PostgreSQL goes away (proxy down)");
                 }
-                let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
-                outcome_fault = fault_at;
-                safe_at = fault_at.zip(took).map(|(a, b)| a + b);
+                rollback = clock.until_safe(&stack, &flow).await;
                 if scenario == Scenario::AlertFromCutover {
                     // Legacy comes back: the rolled-back service needs it, and the copies of
                     // the writes made while the new store was primary drain into it.
@@ -361,8 +400,7 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                 )
                 .await;
             if record.phases().last() == Some(&Phase::Split) {
-                let fault_at = record.frames.last().map(|f| f.at);
-                let fault = Instant::now();
+                let clock = RollbackClock::start(&flow, record.frames.last().map(|f| f.at));
                 let loss = tokio::spawn(lose_new_writes(
                     stack.legacy_url.clone(),
                     stack.cassandra.addr(),
@@ -370,10 +408,8 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
                     chrono::Utc::now(),
                 ));
                 println!(">>> fault: the new store silently loses every new message");
-                let took = wait_safe_flags(&stack, fault, Duration::from_secs(180)).await;
+                rollback = clock.until_safe(&stack, &flow).await;
                 loss.abort();
-                outcome_fault = fault_at;
-                safe_at = fault_at.zip(took).map(|(a, b)| a + b);
             }
         }
         Scenario::OperatorSigkill => {
@@ -446,8 +482,9 @@ pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
         ledger,
         lost,
         ended: done,
-        fault_at: outcome_fault,
-        safe_at,
+        fault_at: rollback.fault_at,
+        safe_at: rollback.safe_at,
+        errors_until_safe: rollback.errors,
         errors_after_rollback: errors_after,
         outbox_drained: drained,
         last_rollback,
