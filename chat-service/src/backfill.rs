@@ -31,9 +31,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
+use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
+use crate::store::outbox::Outbox;
 use crate::store::postgres::{PgStore, classify};
 use crate::store::scylla::{
     BackfillMember, BackfillMessage, BackfillReaction, BackfillReadMarker, BackfillRoom,
@@ -629,6 +631,15 @@ impl Run<'_> {
         self.unread_counters(room.id).await?;
         // Last: `room_details` makes the room exist for the new store's readers.
         self.cql.write_room(&room, last.as_ref(), self.ts).await?;
+        // Live writes that reached the new store before its room (a leave or a pin on a room
+        // created before the dual write) wait in the outbox behind the room's creation, with
+        // backoff; the room is there now. Best effort: they are replayed later anyway.
+        if let Err(e) = Outbox::new(self.pg.pool().clone())
+            .due_now(Side::New, room.id)
+            .await
+        {
+            tracing::warn!(room = %room.id, error = %e, "could not make the room's queued writes due now");
+        }
         Ok(copied)
     }
 

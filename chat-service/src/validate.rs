@@ -263,6 +263,10 @@ async fn check_room_settled(
         match outbox.has_entries(Side::New, room, Entries::Any).await {
             Ok(true) => {
                 tracing::debug!(%room, "room differs with writes still queued for the new store; checking again");
+                if !waited_for_queue {
+                    // Do not wait out their backoff: the check is waiting for them.
+                    let _ = outbox.due_now(Side::New, room).await;
+                }
                 waited_for_queue = true;
             }
             // The queued writes may have landed between the check and this look at the

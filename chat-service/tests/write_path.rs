@@ -316,3 +316,66 @@ async fn a_room_name_with_nul_is_a_400() {
     );
     service.stop().await;
 }
+
+/// A write queued for a room the new store does not have yet waits with backoff; once the room
+/// is there (the backfill copied it), `due_now` makes that room's entries due at once and the
+/// replayer, woken by NOTIFY, makes them within seconds. Another room's entries keep their time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn due_now_replays_a_rooms_waiting_writes_at_once_and_no_others() {
+    common::init();
+    let (s, _new_pool, _) = setup(
+        "wp_due_now",
+        flags(Side::Legacy, DualWrite::Sync, 0, 0),
+        options(),
+    )
+    .await;
+    let outbox = s.router.outbox();
+    let (a, b) = (room(1, &[2]), room(3, &[4]));
+    for r in [&a, &b] {
+        s.new
+            .create_room(r.clone())
+            .await
+            .expect("room on the new store");
+        s.legacy
+            .create_room(r.clone())
+            .await
+            .expect("room on legacy");
+        outbox
+            .enqueue(&chat_service::store::outbox::NewEntry {
+                target: Side::New,
+                op: WriteOp::SetPinned {
+                    room: r.id,
+                    user: r.created_by,
+                    pinned: true,
+                    at: chat_service::store::now(),
+                },
+                attempts: 3,
+                delay: Duration::from_secs(600),
+                last_error: Some("room not there yet".into()),
+            })
+            .await
+            .expect("queued pin");
+    }
+    assert_eq!(outbox.due_now(Side::New, a.id).await.expect("due now"), 1);
+    eventually("room a's pin replayed", Duration::from_secs(10), || async {
+        s.new
+            .get_room(a.id, UserId(1))
+            .await
+            .is_ok_and(|r| r.is_pinned)
+    })
+    .await;
+    assert!(
+        outbox
+            .has_entries(Side::New, b.id, chat_service::store::outbox::Entries::Any)
+            .await
+            .expect("look"),
+        "room b's entry still waits for its time"
+    );
+    assert!(
+        !s.new
+            .get_room(b.id, UserId(3))
+            .await
+            .expect("room b")
+            .is_pinned
+    );
+}

@@ -502,6 +502,21 @@ impl Outbox {
         Ok(())
     }
 
+    /// Makes `room`'s entries for `target` due now (the trigger wakes the replayers): what they
+    /// waited for has just arrived (the backfill copied the room a queued leave or pin waits
+    /// for), so they need not sit out their backoff. Returns how many were moved.
+    pub async fn due_now(&self, target: Side, room: RoomId) -> StoreResult<u64> {
+        let done = sqlx::query::<sqlx::Postgres>(
+            "update outbox set next_attempt_at = now() where target = $1 and room_id = $2 and next_attempt_at > now()",
+        )
+        .bind(target.as_str())
+        .bind(room.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     /// Whether `room` has `which` entries for `target`. Dead letters never count: nothing will
     /// bring them.
     pub async fn has_entries(

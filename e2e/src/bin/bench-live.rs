@@ -35,7 +35,7 @@ struct PathRuns {
     lost: usize,
     /// Runs that never reached the fault's phase or never got safe flags.
     incomplete: usize,
-    /// Distinct rollback reasons (`reason: message` cut to the reason).
+    /// Distinct rollback causes: the reason and, for a gate, its name (`GateFailed: gate p99`).
     reasons: Vec<String>,
 }
 
@@ -60,12 +60,11 @@ impl PathRuns {
             }
             _ => self.incomplete += 1,
         }
-        if let Some(reason) = outcome
-            .last_rollback
-            .as_deref()
-            .and_then(|r| r.split(':').next())
-            .map(str::to_owned)
-            && !self.reasons.contains(&reason)
+        if let Some(reason) = outcome.last_rollback.as_deref().map(|r| {
+            // `GateFailed: gate p99 = 1.2 (max 1) ...`: up to the value.
+            let cause = r.split(" = ").next().unwrap_or(r);
+            cause.chars().take(60).collect::<String>()
+        }) && !self.reasons.contains(&reason)
         {
             self.reasons.push(reason);
         }
