@@ -250,6 +250,17 @@ impl CqlStore {
             .collect())
     }
 
+    /// Whether `user` has a membership row in `room` without a leave time.
+    async fn is_current_member(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
+        Ok(matches!(
+            first_row::<(Option<i64>,)>(
+                self.exec(&self.st.select_participant, (room.0, user.0))
+                    .await?,
+            )?,
+            Some((None,))
+        ))
+    }
+
     pub(super) async fn leave_room_query(
         &self,
         room: RoomId,
@@ -257,12 +268,8 @@ impl CqlStore {
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
         // The LWT's condition on a missing row would insert one: check existence first.
-        match first_row::<(Option<i64>,)>(
-            self.exec(&self.st.select_participant, (room.0, user.0))
-                .await?,
-        )? {
-            Some((None,)) => {}
-            _ => return Ok(false),
+        if !self.is_current_member(room, user).await? {
+            return Ok(false);
         }
         let left = applied(
             self.exec(&self.st.leave, (micros(at), room.0, user.0))
@@ -284,12 +291,8 @@ impl CqlStore {
         pinned: bool,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        match first_row::<(Option<i64>,)>(
-            self.exec(&self.st.select_participant, (room.0, user.0))
-                .await?,
-        )? {
-            Some((None,)) => {}
-            _ => return Ok(false),
+        if !self.is_current_member(room, user).await? {
+            return Ok(false);
         }
         self.exec(&self.st.set_pinned, (micros(at), pinned, user.0, room.0))
             .await?;
