@@ -608,7 +608,7 @@ async fn writes_wait_for_the_rooms_earlier_writes_still_queued_for_the_new_prima
     // The queued copies become due; once they landed, the room's writes go through and count.
     for e in [entry, late_entry] {
         new_outbox
-            .retry_later(e, Duration::ZERO, "due now")
+            .retry_later(e, 1, Duration::ZERO, "due now")
             .await
             .expect("due");
     }

@@ -379,3 +379,82 @@ async fn due_now_replays_a_rooms_waiting_writes_at_once_and_no_others() {
             .is_pinned
     );
 }
+
+/// A leave on a room that predates dual writes (on legacy only, the backfill not there yet)
+/// waits for the room without spending attempts: with `max_attempts` 2 and a 50 ms backoff it
+/// outlives many replay rounds without being dead-lettered, and lands once the room is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_waiting_for_its_room_spends_no_attempts_and_lands_after_the_backfill() {
+    common::init();
+    let mut o = options();
+    o.replay.max_attempts = 2;
+    o.replay.backoff_cap = Duration::from_millis(100);
+    let (s, new_pool, _) = setup(
+        "wp_awaits_room",
+        flags(Side::Legacy, DualWrite::Sync, 0, 0),
+        o,
+    )
+    .await;
+    let history = room(1, &[2, 3]);
+    s.legacy
+        .create_room(history.clone())
+        .await
+        .expect("room on legacy, before dual writes");
+    let left = s
+        .router
+        .leave_room(history.id, UserId(2), chat_service::store::now())
+        .await
+        .expect("the leave is acknowledged (legacy is primary)");
+    assert!(left);
+    // Dozens of replay rounds at 100 ms.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outbox = s.router.outbox();
+    assert_eq!(
+        outbox.dead_letters().await.expect("dead letters"),
+        0,
+        "a write waiting for its room is not given up"
+    );
+    assert!(
+        outbox
+            .has_entries(
+                Side::New,
+                history.id,
+                chat_service::store::outbox::Entries::Any
+            )
+            .await
+            .expect("look"),
+        "the leave still waits in the outbox"
+    );
+    let attempts: i32 = sqlx::query_scalar("select attempts from outbox where room_id = $1")
+        .bind(history.id.0)
+        .fetch_one(&s.legacy_pool)
+        .await
+        .expect("the entry");
+    assert_eq!(attempts, 0, "waiting costs no attempts");
+    assert_eq!(
+        s.metrics
+            .dual_write_count(Side::New, chat_service::metrics::DualWriteOutcome::Error),
+        0,
+        "waiting is not counted as a failed dual write"
+    );
+    // The backfill copies the room as it was before the leave would be (a stale copy is the
+    // worst case) and makes its waiting writes due.
+    s.new
+        .create_room(history.clone())
+        .await
+        .expect("the backfill's copy");
+    outbox
+        .due_now(Side::New, history.id)
+        .await
+        .expect("due now");
+    eventually("the leave landed on the new store", Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, bool>(
+            "select not exists(select 1 from room_member where room_id = $1 and user_id = 2 and removed_at is null)",
+        )
+        .bind(history.id.0)
+        .fetch_one(&new_pool)
+        .await
+        .unwrap_or(false)
+    })
+    .await;
+}

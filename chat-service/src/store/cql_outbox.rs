@@ -25,7 +25,7 @@ use crate::flags::Side;
 use crate::ids::{MessageIdGenerator, RoomId};
 use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::store::outbox::{
-    Entries, EntryRef, NewEntry, ReplayConfig, Round, WriteOp, backoff, side_from,
+    Entries, EntryRef, NewEntry, NextStep, ReplayConfig, Round, WriteOp, next_step, side_from,
 };
 use crate::store::scylla::{CqlConfig, classify, classify_prepare, first_row, open_session, rows};
 use crate::store::{ChatStore, StoreError, StoreResult};
@@ -306,32 +306,33 @@ impl CqlOutbox {
                     continue;
                 };
                 let result = op.apply_on_secondary(store.as_ref()).await;
-                if op.landed(&result) {
-                    self.exec(&self.st.delete, (shard, *room, *id)).await?;
-                    metrics.dual_write(side, DualWriteOutcome::Replayed);
-                    let age = now - created.unwrap_or(now);
-                    metrics.dual_write_lag(Duration::from_micros(u64::try_from(age).unwrap_or(0)));
-                    round.settled += 1;
-                    continue;
-                }
-                let error = result.err().map(|e| e.to_string()).unwrap_or_default();
-                let attempts = attempts + 1;
-                if u32::try_from(attempts).unwrap_or(0) >= config.max_attempts {
-                    self.bury(shard, row, attempts, &error).await?;
-                    metrics.dual_write(side, DualWriteOutcome::DeadLetter);
-                    tracing::error!(id = %Uuid::from(*id), target = %side, op = op.name(), %error, attempts, "CQL outbox entry moved to the dead-letter table");
-                    round.settled += 1;
-                } else {
-                    let delay = backoff(
-                        u32::try_from(attempts).unwrap_or(1),
-                        config.backoff_base,
-                        config.backoff_cap,
-                        rand::random::<f64>(),
-                    );
-                    self.retry_later((shard, *room, Uuid::from(*id)), attempts, delay, &error)
-                        .await?;
-                    round.next_due = Some(round.next_due.map_or(delay, |d| d.min(delay)));
-                    tracing::debug!(id = %Uuid::from(*id), target = %side, op = op.name(), %error, attempts, ?delay, "CQL outbox replay failed; retrying later");
+                let settlement = op.settlement(&result);
+                let age =
+                    Duration::from_micros(u64::try_from(now - created.unwrap_or(now)).unwrap_or(0));
+                let spent = u32::try_from(attempts).unwrap_or(0);
+                match next_step(&settlement, spent, age, config, rand::random::<f64>()) {
+                    NextStep::Delete => {
+                        self.exec(&self.st.delete, (shard, *room, *id)).await?;
+                        metrics.dual_write(side, DualWriteOutcome::Replayed);
+                        metrics.dual_write_lag(age);
+                        round.settled += 1;
+                        continue;
+                    }
+                    NextStep::Bury { attempts, reason } => {
+                        let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+                        self.bury(shard, row, attempts, &reason).await?;
+                        metrics.dual_write(side, DualWriteOutcome::DeadLetter);
+                        tracing::error!(id = %Uuid::from(*id), target = %side, op = op.name(), %reason, attempts, "CQL outbox entry moved to the dead-letter table");
+                        round.settled += 1;
+                    }
+                    NextStep::Retry { attempts, delay } => {
+                        let error = settlement.error().unwrap_or_default();
+                        let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+                        self.retry_later((shard, *room, Uuid::from(*id)), attempts, delay, error)
+                            .await?;
+                        round.next_due = Some(round.next_due.map_or(delay, |d| d.min(delay)));
+                        tracing::debug!(id = %Uuid::from(*id), target = %side, op = op.name(), error, attempts, ?delay, "CQL outbox replay did not land; retrying later");
+                    }
                 }
                 // The room waits for this entry.
                 blocked = Some(*room);

@@ -274,14 +274,93 @@ impl WriteOp {
         Ok(applied)
     }
 
-    /// Whether `result` of this write on the secondary means "the store holds the write".
-    /// A `Conflict` on `create_room` is the room already being there (a replay of a write that
-    /// went through, or whose answer was lost).
-    pub fn landed(&self, result: &StoreResult<Applied>) -> bool {
+    /// What `result` of this write on a secondary means for its outbox entry. A `Conflict` on
+    /// `create_room` is the room already being there (a replay of a write that went through, or
+    /// whose answer was lost). `NotFound` on any other write is its room (or message) not there
+    /// yet: created before dual writes began, the backfill brings it, and the write waits.
+    pub fn settlement(&self, result: &StoreResult<Applied>) -> Settlement {
+        let create = matches!(self, WriteOp::CreateRoom { .. });
         match result {
-            Ok(_) => true,
-            Err(StoreError::Conflict(_)) => matches!(self, WriteOp::CreateRoom { .. }),
-            Err(_) => false,
+            Ok(_) => Settlement::Landed,
+            Err(StoreError::Conflict(_)) if create => Settlement::Landed,
+            Err(StoreError::NotFound(what)) if !create => {
+                Settlement::AwaitsPrerequisite(format!("{what} not found"))
+            }
+            Err(e) => Settlement::Failed(e.to_string()),
+        }
+    }
+}
+
+/// What one attempt of a secondary write means for its outbox entry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settlement {
+    /// The store holds the write: the entry is done.
+    Landed,
+    /// The room or message the write refers to is not on the store yet: the entry waits for it
+    /// without spending attempts (see [`ReplayConfig::max_wait`]).
+    AwaitsPrerequisite(String),
+    /// The write failed: the entry spends an attempt.
+    Failed(String),
+}
+
+impl Settlement {
+    /// Why the write did not land (None when it did).
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Settlement::Landed => None,
+            Settlement::AwaitsPrerequisite(e) | Settlement::Failed(e) => Some(e),
+        }
+    }
+}
+
+/// What becomes of an outbox entry after an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NextStep {
+    /// Landed: delete it.
+    Delete,
+    /// Try again after `delay`, with `attempts` spent.
+    Retry { attempts: u32, delay: Duration },
+    /// Move it to the dead-letter table with `attempts` spent, for `reason`.
+    Bury { attempts: u32, reason: String },
+}
+
+/// The next step of an entry that had spent `attempts` before this attempt, was written `age`
+/// ago and got `settlement`. Pure; the caller draws `jitter` (uniform in 0..1).
+pub fn next_step(
+    settlement: &Settlement,
+    attempts: u32,
+    age: Duration,
+    config: &ReplayConfig,
+    jitter: f64,
+) -> NextStep {
+    match settlement {
+        Settlement::Landed => NextStep::Delete,
+        // Waiting costs no attempt: the backfill makes the room's entries due as soon as it
+        // copied the room, and until then a retry every `backoff_cap` is cheap.
+        Settlement::AwaitsPrerequisite(error) if age >= config.max_wait => NextStep::Bury {
+            attempts,
+            reason: format!(
+                "{error} after waiting {}: run the backfill (or redrive once the data is there)",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            ),
+        },
+        Settlement::AwaitsPrerequisite(_) => NextStep::Retry {
+            attempts,
+            delay: backoff(u32::MAX, config.backoff_base, config.backoff_cap, jitter),
+        },
+        Settlement::Failed(error) => {
+            let attempts = attempts.saturating_add(1);
+            if attempts >= config.max_attempts {
+                NextStep::Bury {
+                    attempts,
+                    reason: error.clone(),
+                }
+            } else {
+                NextStep::Retry {
+                    attempts,
+                    delay: backoff(attempts, config.backoff_base, config.backoff_cap, jitter),
+                }
+            }
         }
     }
 }
@@ -302,6 +381,9 @@ pub fn backoff(attempts: u32, base: Duration, cap: Duration, jitter: f64) -> Dur
 pub struct ReplayConfig {
     /// An entry that failed this many times moves to the dead-letter table.
     pub max_attempts: u32,
+    /// How long an entry may wait for its room or message to reach the store (attempts that
+    /// find it missing cost nothing) before it moves to the dead-letter table.
+    pub max_wait: Duration,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     /// Longest sleep between rounds that found nothing to do: the fallback when a notification
@@ -320,6 +402,7 @@ impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
             max_attempts: 10,
+            max_wait: Duration::from_secs(24 * 3600),
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
@@ -489,13 +572,20 @@ impl Outbox {
     }
 
     /// The inline attempt of entry `id` failed (or was not made): due again after `delay`.
-    pub async fn retry_later(&self, id: i64, delay: Duration, error: &str) -> StoreResult<()> {
+    pub async fn retry_later(
+        &self,
+        id: i64,
+        spent: i32,
+        delay: Duration,
+        error: &str,
+    ) -> StoreResult<()> {
         sqlx::query::<sqlx::Postgres>(
-            "update outbox set attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2), last_error = $3 where id = $1",
+            "update outbox set attempts = attempts + $4, next_attempt_at = now() + make_interval(secs => $2), last_error = $3 where id = $1",
         )
         .bind(id)
         .bind(delay.as_secs_f64())
         .bind(error)
+        .bind(spent)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -665,45 +755,44 @@ impl Outbox {
                     }
                 };
                 let result = op.apply_on_secondary(store.as_ref()).await;
-                if op.landed(&result) {
-                    sqlx::query::<sqlx::Postgres>("delete from outbox where id = $1")
-                        .bind(row.id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                    metrics.dual_write(side, DualWriteOutcome::Replayed);
-                    metrics
-                        .dual_write_lag((Utc::now() - row.created_at).to_std().unwrap_or_default());
-                    settled += 1;
-                } else {
-                    let error = result.err().map(|e| e.to_string()).unwrap_or_default();
-                    let attempts = u32::try_from(row.attempts).unwrap_or(0) + 1;
-                    if attempts >= config.max_attempts {
-                        Self::bury(&mut tx, row.id, attempts as i32, &error).await?;
-                        metrics.dual_write(side, DualWriteOutcome::DeadLetter);
-                        tracing::error!(id = row.id, target = %side, op = op.name(), %error, attempts, "outbox entry moved to the dead-letter table");
+                let settlement = op.settlement(&result);
+                let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+                let spent = u32::try_from(row.attempts).unwrap_or(0);
+                match next_step(&settlement, spent, age, config, rand::random::<f64>()) {
+                    NextStep::Delete => {
+                        sqlx::query::<sqlx::Postgres>("delete from outbox where id = $1")
+                            .bind(row.id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db)?;
+                        metrics.dual_write(side, DualWriteOutcome::Replayed);
+                        metrics.dual_write_lag(age);
                         settled += 1;
-                    } else {
-                        let delay = backoff(
-                            attempts,
-                            config.backoff_base,
-                            config.backoff_cap,
-                            rand::random::<f64>(),
-                        );
+                    }
+                    NextStep::Bury { attempts, reason } => {
+                        Self::bury(&mut tx, row.id, attempts as i32, &reason).await?;
+                        metrics.dual_write(side, DualWriteOutcome::DeadLetter);
+                        tracing::error!(id = row.id, target = %side, op = op.name(), %reason, attempts, "outbox entry moved to the dead-letter table");
+                        settled += 1;
+                        // The room waits for the next round.
+                        break;
+                    }
+                    NextStep::Retry { attempts, delay } => {
+                        let error = settlement.error().unwrap_or_default();
                         sqlx::query::<sqlx::Postgres>(
                             "update outbox set attempts = $2, next_attempt_at = now() + make_interval(secs => $3), last_error = $4 where id = $1",
                         )
                         .bind(row.id)
                         .bind(attempts as i32)
                         .bind(delay.as_secs_f64())
-                        .bind(&error)
+                        .bind(error)
                         .execute(&mut *tx)
                         .await
                         .map_err(db)?;
-                        tracing::debug!(id = row.id, target = %side, op = op.name(), %error, attempts, ?delay, "outbox replay failed; retrying later");
+                        tracing::debug!(id = row.id, target = %side, op = op.name(), error, attempts, ?delay, "outbox replay did not land; retrying later");
+                        // The room waits for this entry.
+                        break;
                     }
-                    // The room waits for this entry (or the next round, after a dead letter).
-                    break;
                 }
                 match next_in_room(&mut tx, &row).await? {
                     Some(next) => row = next,
@@ -762,16 +851,19 @@ impl OutboxLog {
     }
 
     /// The inline write failed, was skipped or queued: the replayer takes it after `delay`.
+    /// Makes an entry due after `delay`, `spent` (0 or 1) more attempts spent. Only an entry
+    /// written by this request is retried this way, so a CQL entry had spent none before.
     pub async fn retry_later(
         &self,
         entry: EntryRef,
+        spent: i32,
         delay: Duration,
         error: &str,
     ) -> StoreResult<()> {
         match (self, entry) {
-            (OutboxLog::Pg(o), EntryRef::Pg(id)) => o.retry_later(id, delay, error).await,
+            (OutboxLog::Pg(o), EntryRef::Pg(id)) => o.retry_later(id, spent, delay, error).await,
             (OutboxLog::Cql(o), EntryRef::Cql { shard, room, id }) => {
-                o.retry_later((shard, room, id), 1, delay, error).await
+                o.retry_later((shard, room, id), spent, delay, error).await
             }
             _ => Err(mismatch(entry)),
         }
@@ -898,13 +990,12 @@ mod tests {
     }
 
     #[test]
-    fn a_conflict_means_landed_only_for_create_room() {
-        let room = WriteOp::LeaveRoom {
+    fn a_conflict_lands_only_a_create_room_and_not_found_waits_for_everything_else() {
+        let leave = WriteOp::LeaveRoom {
             room: RoomId::random(),
             user: UserId(1),
             at: crate::store::now(),
         };
-        assert!(!room.landed(&Err(StoreError::Conflict("x".into()))));
         let create = WriteOp::CreateRoom {
             id: RoomId::random(),
             name: String::new(),
@@ -913,7 +1004,86 @@ mod tests {
             participants: vec![UserId(1)],
             created_at: crate::store::now(),
         };
-        assert!(create.landed(&Err(StoreError::Conflict("x".into()))));
-        assert!(!create.landed(&Err(StoreError::Unavailable("x".into()))));
+        let conflict = Err(StoreError::Conflict("x".into()));
+        let missing = Err(StoreError::NotFound("room r".into()));
+        let down = Err(StoreError::Unavailable("x".into()));
+        assert!(matches!(leave.settlement(&conflict), Settlement::Failed(_)));
+        assert_eq!(create.settlement(&conflict), Settlement::Landed);
+        assert!(matches!(create.settlement(&down), Settlement::Failed(_)));
+        assert_eq!(
+            leave.settlement(&missing),
+            Settlement::AwaitsPrerequisite("room r not found".into())
+        );
+        assert!(matches!(create.settlement(&missing), Settlement::Failed(_)));
+    }
+
+    #[test]
+    fn waiting_for_a_room_spends_no_attempt_until_max_wait_and_failures_are_buried_at_max_attempts()
+    {
+        let config = ReplayConfig {
+            max_attempts: 3,
+            max_wait: Duration::from_secs(3600),
+            ..ReplayConfig::default()
+        };
+        let minute = Duration::from_secs(60);
+        let waiting = Settlement::AwaitsPrerequisite("room r not found".into());
+        let failed = Settlement::Failed("database unavailable".into());
+        // (settlement, attempts spent before, age) -> next step
+        let cases = [
+            (&Settlement::Landed, 2, minute, NextStep::Delete),
+            (
+                &waiting,
+                2,
+                minute,
+                NextStep::Retry {
+                    attempts: 2,
+                    delay: config.backoff_cap,
+                },
+            ),
+            (
+                &waiting,
+                9,
+                minute * 59,
+                NextStep::Retry {
+                    attempts: 9,
+                    delay: config.backoff_cap,
+                },
+            ),
+            (
+                &failed,
+                1,
+                minute,
+                NextStep::Retry {
+                    attempts: 2,
+                    delay: Duration::from_secs(1),
+                },
+            ),
+            (
+                &failed,
+                2,
+                minute,
+                NextStep::Bury {
+                    attempts: 3,
+                    reason: "database unavailable".into(),
+                },
+            ),
+        ];
+        for (settlement, spent, age, expected) in cases {
+            assert_eq!(
+                next_step(settlement, spent, age, &config, 1.0),
+                expected,
+                "{settlement:?} after {spent} attempts, {age:?} old"
+            );
+        }
+        match next_step(&waiting, 0, minute * 61, &config, 1.0) {
+            NextStep::Bury { attempts, reason } => {
+                assert_eq!(attempts, 0);
+                assert!(
+                    reason.starts_with("room r not found after waiting 1h 1m: run the backfill"),
+                    "{reason}"
+                );
+            }
+            other => panic!("a write that waited past max_wait is buried, not {other:?}"),
+        }
     }
 }

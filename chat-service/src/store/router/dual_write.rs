@@ -180,7 +180,7 @@ impl Inner {
             self.metrics.dual_write(side, deferral.outcome());
             // Due now; the replayer makes it in the room's order.
             if let Err(e) = log
-                .retry_later(entry, Duration::ZERO, &deferral.reason(side))
+                .retry_later(entry, 0, Duration::ZERO, &deferral.reason(side))
                 .await
             {
                 tracing::warn!(?entry, error = %e, "outbox record not made due; it is replayed after the grace period");
@@ -269,23 +269,43 @@ impl Inner {
         result: StoreResult<Applied>,
         lag: Duration,
     ) {
-        if op.landed(&result) {
-            self.metrics.dual_write(side, DualWriteOutcome::Success);
-            self.metrics.dual_write_lag(lag);
-            if let Err(e) = log.complete(entry).await {
-                tracing::warn!(?entry, error = %e, "outbox record not deleted; it will be replayed (idempotent)");
-            }
-            return;
-        }
-        if matches!(result, Err(StoreError::Unavailable(_))) {
-            self.mark_down(side);
-        }
-        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
-        self.metrics.dual_write(side, DualWriteOutcome::Error);
-        tracing::debug!(op = op.name(), store = %side, %error, "secondary write failed; left to the outbox");
+        let settlement = op.settlement(&result);
         let r = &self.options.replay;
-        let delay = backoff(1, r.backoff_base, r.backoff_cap, rand::random::<f64>());
-        if let Err(e) = log.retry_later(entry, delay, &error).await {
+        let (outcome, spent, delay) = match &settlement {
+            Settlement::Landed => {
+                self.metrics.dual_write(side, DualWriteOutcome::Success);
+                self.metrics.dual_write_lag(lag);
+                if let Err(e) = log.complete(entry).await {
+                    tracing::warn!(?entry, error = %e, "outbox record not deleted; it will be replayed (idempotent)");
+                }
+                return;
+            }
+            // Waiting for the backfill is no failure: no attempt spent, no error counted.
+            Settlement::AwaitsPrerequisite(_) => (
+                DualWriteOutcome::Waiting,
+                0,
+                backoff(
+                    u32::MAX,
+                    r.backoff_base,
+                    r.backoff_cap,
+                    rand::random::<f64>(),
+                ),
+            ),
+            Settlement::Failed(_) => {
+                if matches!(result, Err(StoreError::Unavailable(_))) {
+                    self.mark_down(side);
+                }
+                (
+                    DualWriteOutcome::Error,
+                    1,
+                    backoff(1, r.backoff_base, r.backoff_cap, rand::random::<f64>()),
+                )
+            }
+        };
+        let error = settlement.error().unwrap_or_default();
+        self.metrics.dual_write(side, outcome);
+        tracing::debug!(op = op.name(), store = %side, error, "secondary write did not land; left to the outbox");
+        if let Err(e) = log.retry_later(entry, spent, delay, error).await {
             tracing::warn!(?entry, error = %e, "outbox record not updated; it is replayed after the grace period");
         }
     }

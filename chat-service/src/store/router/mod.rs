@@ -31,7 +31,9 @@
 //! failed, were skipped or queued, a new write for the room is not made directly: its record is
 //! made due and the replayer makes it behind them, in order. A leave that finds no room on the
 //! secondary has not landed ([`WriteOp::apply_on_secondary`]): it waits for the room's creation
-//! instead of being counted and then undone by a replayed `CreateRoom`.
+//! instead of being counted and then undone by a replayed `CreateRoom`. A write whose room or
+//! message is not on the secondary yet (it predates dual writes) waits for the backfill without
+//! spending attempts ([`WriteOp::settlement`]), counted `status="waiting"`, not as an error.
 //!
 //! With `sync`, a primary that fails while the secondary succeeded leaves the write in the
 //! secondary only (the client sees the error; a retry uses a new id).
@@ -68,7 +70,8 @@ use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::routing::{cohort, read_plan, write_plan};
 use crate::store::instrumented::Instrumented;
 use crate::store::outbox::{
-    Applied, Entries, EntryRef, NewEntry, Outbox, OutboxLog, ReplayConfig, WriteOp, backoff,
+    Applied, Entries, EntryRef, NewEntry, Outbox, OutboxLog, ReplayConfig, Settlement, WriteOp,
+    backoff,
 };
 use crate::store::postgres::PgStore;
 use crate::store::shadow::{Compared, Scope, Shadowed, compare_results};
