@@ -52,6 +52,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Unary request deadline; later is `deadline_exceeded` (504). Not applied to streams.
     pub request_timeout: Duration,
+    /// Event streams one user may hold open on one instance; more is `resource_exhausted` (429).
+    pub max_streams_per_user: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +61,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
+            max_streams_per_user: 5,
         }
     }
 }
@@ -162,6 +165,9 @@ pub struct ServeArgs {
     /// Deadline of a unary request, in milliseconds.
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Event streams (StreamMessages) one user may hold open on one instance.
+    #[arg(long, env = "CHAT_MAX_STREAMS_PER_USER", default_value_t = Limits::default().max_streams_per_user)]
+    pub max_streams_per_user: usize,
 }
 
 impl ServeArgs {
@@ -250,6 +256,7 @@ impl ServeArgs {
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,
                 request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+                max_streams_per_user: self.max_streams_per_user.max(1),
             },
         })
     }

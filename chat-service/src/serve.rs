@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::api::stream_slots::StreamSlots;
 use crate::api::{self, App};
 use crate::auth::Authenticator;
 use crate::config::{NewStoreChoice, ServeConfig, StoreChoice};
@@ -142,6 +143,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
         cipher: ContentCipher::new(&config.encryption_key),
         events,
         metrics,
+        stream_slots: StreamSlots::new(config.limits.max_streams_per_user),
         limits: config.limits,
         message_ids: MessageIdGenerator::default(),
         shutdown,

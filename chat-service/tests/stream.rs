@@ -147,3 +147,57 @@ async fn events_cross_instances_through_nats() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A user may hold `max_streams_per_user` streams open: one more is 429 `resource_exhausted`
+/// with a message, other users are not affected, and a closed stream frees its slot.
+#[tokio::test]
+async fn streams_per_user_are_limited_and_a_closed_one_frees_its_slot() {
+    common::init();
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
+    let mut config = common::config(pg, "stream_limit").await;
+    config.limits.max_streams_per_user = 2;
+    let svc = common::start(config).await;
+    svc.create_group(1, &[2]).await;
+
+    let first = SseReader::open(&svc, 2).await;
+    let _second = SseReader::open(&svc, 2).await;
+    let refused = async |user: i32| {
+        let response = svc
+            .client
+            .request(chat_service::ids::UserId(user), "StreamMessages")
+            .send()
+            .await
+            .expect("stream request");
+        let status = response.status().as_u16();
+        if status == 200 {
+            return None;
+        }
+        Some((
+            status,
+            response
+                .json::<serde_json::Value>()
+                .await
+                .expect("error body"),
+        ))
+    };
+    let third = refused(2).await.expect("a third stream is refused");
+    assert_error(&third, 429, "resource_exhausted");
+    assert!(
+        refused(1).await.is_none(),
+        "another user's streams are not limited by user 2's"
+    );
+
+    // The server notices the closed connection and frees the slot.
+    drop(first);
+    let start = std::time::Instant::now();
+    loop {
+        if refused(2).await.is_none() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a closed stream's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

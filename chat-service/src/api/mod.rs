@@ -9,6 +9,7 @@ mod messages;
 mod middleware;
 mod rooms;
 mod stream;
+pub mod stream_slots;
 pub mod validate;
 pub mod wire;
 
@@ -43,6 +44,8 @@ pub struct App {
     pub events: EventBus,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// The event streams open per user (at most `limits.max_streams_per_user`).
+    pub stream_slots: Arc<stream_slots::StreamSlots>,
     pub message_ids: MessageIdGenerator,
     /// Turns true when the server starts shutting down; open streams end then, so graceful
     /// shutdown does not wait on them forever.

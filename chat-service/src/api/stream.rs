@@ -11,7 +11,8 @@
 //! * `lagged` `{"missed"}`: the reader fell behind and events were dropped; re-read history.
 //!
 //! A comment line every 15 s keeps idle connections open through proxies. Streams end when the
-//! server shuts down; clients reconnect.
+//! server shuts down; clients reconnect. A user may hold `--max-streams-per-user` (5) streams
+//! open per instance; one more is `resource_exhausted` (429) until one closes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::api::caller::Caller;
 use crate::api::error::ApiError;
+use crate::api::stream_slots::StreamSlot;
 use crate::api::wire::{MessageJson, RoomJson};
 use crate::api::{App, AppState};
 use crate::events::{RoomEvent, StreamFilter};
@@ -35,12 +37,15 @@ struct Subscription {
     app: AppState,
     events: broadcast::Receiver<Arc<RoomEvent>>,
     filter: StreamFilter,
+    /// Freed when the stream ends or the client goes away (the stream is dropped).
+    _slot: StreamSlot,
 }
 
 pub async fn stream_messages(
     State(app): State<AppState>,
     Caller(me): Caller,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = app.stream_slots.take(me)?;
     // Subscribe before reading the room list, so an event between the two is not lost.
     let events = app.events.subscribe();
     let filter = StreamFilter::new(me, app.store.room_ids_for_user(me).await?);
@@ -51,6 +56,7 @@ pub async fn stream_messages(
         app,
         events,
         filter,
+        _slot: slot,
     };
     let stream = futures::stream::once(async { Ok(ready) })
         .chain(futures::stream::unfold(subscription, next_event));

@@ -24,6 +24,8 @@ pub struct Frame {
     pub acked_writes: usize,
     pub calls: u64,
     pub rollback: Option<String>,
+    /// While Paused: why (the gates without evidence, and their messages).
+    pub paused: Option<String>,
 }
 
 /// Everything a run saw, frame by frame.
@@ -121,6 +123,7 @@ impl LiveStack {
                 .last_rollback
                 .as_ref()
                 .map(|r| format!("{}: {}", r.reason, r.message)),
+            paused: (status.phase == Phase::Paused).then(|| paused_because(&status)),
         }
     }
 
@@ -161,6 +164,28 @@ impl LiveStack {
     }
 }
 
+/// The gates of the last evaluation that had no answer, with their messages.
+fn paused_because(status: &ficus_operator::crd::MigrationStatus) -> String {
+    let gates: Vec<String> = status
+        .last_analysis
+        .iter()
+        .flat_map(|a| a.gates.iter().chain(a.alerts.iter()))
+        .filter(|g| g.verdict == ficus_operator::crd::Verdict::Inconclusive)
+        .map(|g| {
+            format!(
+                "{} ({})",
+                g.name,
+                g.message.as_deref().unwrap_or("no answer")
+            )
+        })
+        .collect();
+    if gates.is_empty() {
+        "paused".to_owned()
+    } else {
+        format!("waiting for evidence: {}", gates.join("; "))
+    }
+}
+
 fn opt(v: Option<&f64>, scale: f64, unit: &str) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{:.2}{unit}", v * scale))
 }
@@ -187,6 +212,9 @@ pub fn line(f: &Frame) -> String {
     );
     if let Some(r) = &f.rollback {
         s.push_str(&format!("  rollback: {r}"));
+    }
+    if let Some(p) = &f.paused {
+        s.push_str(&format!("  {p}"));
     }
     s
 }
