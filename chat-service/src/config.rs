@@ -35,6 +35,9 @@ pub enum StoreChoice {
         /// How long a write's outbox record waits for the inline secondary write before a
         /// replayer may make it (after a crash, the delay until the write is repaired).
         outbox_inline_grace: Duration,
+        /// How long after a change of write primary every write looks for its room's writes
+        /// still queued in the other store's outbox (`RouterOptions::switch_settle`).
+        switch_settle: Duration,
     },
 }
 
@@ -141,6 +144,11 @@ pub struct ServeArgs {
     /// secondary write before a replayer may take it over (after a crash: how soon it is repaired).
     #[arg(long, env = "CHAT_OUTBOX_INLINE_GRACE_MS", default_value_t = 30_000)]
     pub outbox_inline_grace_ms: u64,
+    /// With `--store router`: milliseconds after a change of write primary during which every
+    /// write looks for its room's writes still queued in the other store's outbox; afterwards
+    /// only while that outbox holds any. Longer than the flags take to reach every instance.
+    #[arg(long, env = "CHAT_SWITCH_SETTLE_MS", default_value_t = 60_000)]
+    pub switch_settle_ms: u64,
     #[arg(long, env = "CHAT_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
     /// NATS URL for fan-out of stream events across instances (default: this instance only).
@@ -209,6 +217,7 @@ impl ServeArgs {
                         new,
                         outbox_max_attempts: self.outbox_max_attempts.max(1),
                         outbox_inline_grace: Duration::from_millis(self.outbox_inline_grace_ms),
+                        switch_settle: Duration::from_millis(self.switch_settle_ms),
                     },
                     legacy,
                 )

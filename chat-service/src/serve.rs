@@ -94,6 +94,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
             new,
             outbox_max_attempts,
             outbox_inline_grace,
+            switch_settle,
         } => {
             let legacy =
                 PgStore::connect(&config.database_url, config.database_max_connections).await?;
@@ -119,6 +120,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
             let mut options = RouterOptions::default();
             options.replay.max_attempts = *outbox_max_attempts;
             options.replay.inline_grace = *outbox_inline_grace;
+            options.switch_settle = *switch_settle;
             let router = MigrationRouter::new(
                 legacy,
                 new,

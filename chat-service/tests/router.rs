@@ -467,6 +467,7 @@ async fn serve_with_the_router_writes_both_databases_and_labels_requests_by_coho
         },
         outbox_max_attempts: 10,
         outbox_inline_grace: std::time::Duration::from_secs(30),
+        switch_settle: std::time::Duration::from_secs(60),
     };
     config.flags = FlagSource::Static(f);
     let svc = common::start(config).await;

@@ -339,6 +339,7 @@ async fn stack() -> Option<Stack> {
             },
             outbox_max_attempts: 10,
             outbox_inline_grace: Duration::from_secs(30),
+            switch_settle: Duration::from_secs(60),
         },
         database_url: legacy_url,
         database_max_connections: 20,

@@ -31,6 +31,7 @@ pub fn options() -> RouterOptions {
         ping_timeout: Duration::from_millis(500),
         secondary_timeout: Duration::from_secs(2),
         shadow_recheck_after: Duration::from_millis(500),
+        switch_settle: Duration::from_secs(60),
         replay: ReplayConfig {
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(500),

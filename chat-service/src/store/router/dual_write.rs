@@ -30,6 +30,21 @@ impl Deferral {
     }
 }
 
+/// Whether a write must look for its room's writes queued in the other store's outbox: unless
+/// that outbox was counted empty (`depth` 0, asked at `asked_at`) after the settle period
+/// that followed this instance's last change of primary (`primary_since`). Pure.
+pub(super) fn must_look(
+    depth: i64,
+    asked_at: Option<Instant>,
+    primary_since: Instant,
+    settle: Duration,
+) -> bool {
+    match asked_at {
+        Some(at) if depth == 0 => at < primary_since + settle,
+        _ => true,
+    }
+}
+
 impl Inner {
     /// Whether `room` still has writes queued for `primary` in the other store's outbox after
     /// waiting up to `secondary_timeout` for them: writes made while `other` was primary
@@ -45,6 +60,9 @@ impl Inner {
         other: Side,
         room: RoomId,
     ) -> bool {
+        if !self.may_hold_queued_writes(primary, other) {
+            return false;
+        }
         let start = Instant::now();
         loop {
             if !self.is_up(other) {
@@ -69,6 +87,32 @@ impl Inner {
             self.wake.notify_one();
             tokio::time::sleep(CATCH_UP_POLL).await;
         }
+    }
+
+    /// Whether `other`'s outbox may hold writes for `primary` (see
+    /// [`RouterOptions::switch_settle`]); also notes a change of primary.
+    fn may_hold_queued_writes(&self, primary: Side, other: Side) -> bool {
+        let now = Instant::now();
+        let since = {
+            let mut seen = self
+                .primary_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if seen.0 != primary {
+                *seen = (primary, now);
+            }
+            seen.1
+        };
+        let i = side_index(other);
+        let asked_at = *self.depth_asked_at[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        must_look(
+            self.last_depth[i].load(Ordering::Relaxed),
+            asked_at,
+            since,
+            self.options.switch_settle,
+        )
     }
 
     /// One dual write, from its outbox record to the record's settlement. The caller is answered
@@ -307,6 +351,36 @@ impl Inner {
         tracing::debug!(op = op.name(), store = %side, error, "secondary write did not land; left to the outbox");
         if let Err(e) = log.retry_later(entry, spent, delay, error).await {
             tracing::warn!(?entry, error = %e, "outbox record not updated; it is replayed after the grace period");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_look_is_spared_only_by_an_empty_count_taken_after_the_settle_period() {
+        let since = Instant::now();
+        let settle = Duration::from_secs(60);
+        let after = since + settle + Duration::from_secs(1);
+        let during = since + Duration::from_secs(30);
+        // (depth, asked at) -> must look
+        let cases = [
+            (0, None, true),
+            (0, Some(during), true),
+            (0, Some(since + settle), false),
+            (0, Some(after), false),
+            (3, Some(after), true),
+            (-1, Some(after), true),
+        ];
+        for (depth, asked_at, expected) in cases {
+            assert_eq!(
+                must_look(depth, asked_at, since, settle),
+                expected,
+                "depth {depth}, asked {:?} after the switch",
+                asked_at.map(|a| a - since)
+            );
         }
     }
 }

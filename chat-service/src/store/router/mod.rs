@@ -56,7 +56,7 @@
 //! the user's cohort for the request's metrics ([`crate::api::note_cohort`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -100,6 +100,13 @@ pub struct RouterOptions {
     /// A shadow read that differs is read and compared again after this long, and counts as
     /// drift only if it still differs (a write may still be on its way to one store).
     pub shadow_recheck_after: Duration,
+    /// How long after this instance sees the write primary change it looks, before every
+    /// write, for the room's writes still queued in the other store's outbox, whatever that
+    /// outbox's last count said. Past it, a count of zero taken after the period ended spares
+    /// the look (a round trip to the other store per write): only an instance that still takes
+    /// the other store for primary adds such writes, and every instance applies the same flags
+    /// within this period. It must exceed the flags' propagation to every instance.
+    pub switch_settle: Duration,
     pub replay: ReplayConfig,
 }
 
@@ -111,6 +118,7 @@ impl Default for RouterOptions {
             secondary_timeout: Duration::from_secs(2),
             // Beyond the longest inline secondary write (`secondary_timeout`).
             shadow_recheck_after: Duration::from_secs(3),
+            switch_settle: Duration::from_secs(60),
             replay: ReplayConfig::default(),
         }
     }
@@ -132,8 +140,12 @@ struct Inner {
     tasks: TaskTracker,
     /// Wakes the replayer (an entry of this instance became due now).
     wake: Notify,
-    /// Last depth and dead-letter count read per outbox (kept while one cannot be read).
+    /// Last depth and dead-letter count read per outbox (kept while one cannot be read), and
+    /// when the depth was asked for.
     last_depth: [AtomicI64; 2],
+    depth_asked_at: [Mutex<Option<Instant>>; 2],
+    /// The write primary this instance last acted on, and since when.
+    primary_seen: Mutex<(Side, Instant)>,
     last_dead: [AtomicI64; 2],
     /// Re-reads of differing shadow reads in progress (at most [`MAX_RECHECKS`]).
     rechecks: Semaphore,
@@ -209,6 +221,7 @@ impl MigrationRouter {
         options: RouterOptions,
     ) -> Self {
         let legacy_outbox = OutboxLog::Pg(Outbox::new(legacy.pool().clone()));
+        let flags_now = flags.current();
         let inner = Inner {
             legacy: Arc::new(Instrumented::new(legacy.clone(), metrics.clone())),
             new,
@@ -221,6 +234,8 @@ impl MigrationRouter {
             tasks: TaskTracker::new(),
             wake: Notify::new(),
             last_depth: [AtomicI64::new(0), AtomicI64::new(0)],
+            depth_asked_at: [Mutex::new(None), Mutex::new(None)],
+            primary_seen: Mutex::new((write_plan(&flags_now).primary, Instant::now())),
             last_dead: [AtomicI64::new(0), AtomicI64::new(0)],
             rechecks: Semaphore::new(MAX_RECHECKS),
         };

@@ -64,8 +64,12 @@ impl Inner {
                     }
                     Err(e) => tracing::debug!(error = %e, "outbox replay round failed"),
                 }
+                let asked = Instant::now();
                 if let Ok(depth) = log.depth().await {
                     self.last_depth[i].store(depth, Ordering::Relaxed);
+                    *self.depth_asked_at[i]
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(asked);
                 }
                 if let Ok(dead) = log.dead_letters().await {
                     self.last_dead[i].store(dead, Ordering::Relaxed);
