@@ -490,9 +490,18 @@ async fn the_operator_runs_a_whole_migration_with_only_the_charts_rbac() -> anyh
         ),
         (Some("new"), Some("100"))
     );
-    let legacy = deployments.get("legacy").await?;
+    // Completed is recorded before the scale call is made, so legacy follows a moment later.
+    let deadline = tokio::time::Instant::now() + LONG;
+    let mut replicas = None;
+    while tokio::time::Instant::now() < deadline {
+        replicas = deployments.get("legacy").await?.spec.replicas;
+        if replicas == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
-        legacy.spec.replicas,
+        replicas,
         Some(0),
         "legacy scaled down through deployments/scale"
     );

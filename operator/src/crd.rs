@@ -339,6 +339,12 @@ pub struct Gate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub min_samples: Option<f64>,
+    /// How long the gate must fail, in every evaluation, before its failures count towards
+    /// `failureLimit`; a shorter failure only holds promotion. For a quantile over a window set
+    /// it longer than the window: a pause of a few seconds (a flush, a GC) moves a p99 for as
+    /// long as it stays in the window and then leaves it, a lasting regression does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_for: Option<SpecDuration>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -456,7 +462,7 @@ pub struct CutoverSpec {
     /// when promoted by hand (`ficus.dev/promote`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complete_after: Option<SpecDuration>,
-    /// Scale the legacy Deployment to 0 replicas on completion.
+    /// Scale the legacy workload to 0 replicas on completion and hold it there while Completed.
     #[serde(default)]
     pub scale_down_legacy: bool,
     /// Without `reverseDualWrite` the legacy store misses every write made in CutOver. A rollback
@@ -643,6 +649,10 @@ pub struct GateResult {
     pub max: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// With `verdict: Fail`: the first evaluation of this unbroken run of failures (what the
+    /// gate's `failFor` is measured from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<Timestamp>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

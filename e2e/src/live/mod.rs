@@ -16,7 +16,7 @@
 //! the Migration's `shadow.duration`, `bakeTime`, `analysis.interval`,
 //! `cutover.completeAfter`, and in the gate queries and alert rules every PromQL range
 //! (`[5m]`) and `for:`. A gate's `minSamples` counts samples in its window, so it shrinks with
-//! the window (the same minimum rate). Everything else (gates, thresholds, alerts, steps) is
+//! the window (the same minimum rate), and its `failFor` with it (the same multiple of it). Everything else (gates, thresholds, alerts, steps) is
 //! the file's.
 
 pub mod jobs;
@@ -442,6 +442,10 @@ impl LiveStack {
                 gate.min_samples = gate
                     .min_samples
                     .map(|n| (n * t.window_fraction()).ceil().max(1.0));
+                // A gate that must fail longer than its window keeps that proportion.
+                gate.fail_for = gate.fail_for.as_ref().map(|d| {
+                    Duration::from_secs_f64(d.get().as_secs_f64() * t.window_fraction()).into()
+                });
             }
         }
         Ok(m)

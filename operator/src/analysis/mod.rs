@@ -156,6 +156,7 @@ fn skipped(gate: &Gate, traffic_percent: i32) -> GateResult {
             "not evaluated: the gate reads {} and {traffic_percent}% of users are on the new system",
             gate.cohorts.describe()
         )),
+        failing_since: None,
     }
 }
 

@@ -23,6 +23,7 @@ pub fn judge(gate: &Gate, outcome: &Outcome, samples: Option<&Outcome>) -> GateR
         min: gate.min,
         max: gate.max,
         message,
+        failing_since: None,
     };
     // Enough samples first: a ratio over a handful of requests is noise, and an empty sample
     // count is a dead scrape, never a pass.
@@ -122,6 +123,7 @@ mod tests {
             cohorts: Default::default(),
             samples_query: None,
             min_samples: None,
+            fail_for: None,
         }
     }
 

@@ -17,7 +17,8 @@ use jiff::Timestamp;
 
 use crate::crd::{
     AnalysisRun, FlagValues, Flags, GateResult, Health, MigrationSpec, MigrationStatus,
-    PauseReason, PauseState, Phase, RollbackRecord, Side, Transition, Verdict, annotations,
+    PauseReason, PauseState, Phase, RollbackRecord, Side, SpecDuration, Transition, Verdict,
+    annotations,
 };
 use crate::reason::{Reason, Reasoned};
 use ficus_flags::FlagRead;
@@ -236,7 +237,8 @@ impl Machine<'_> {
             Phase::Shadow | Phase::Backfill | Phase::Split | Phase::CutOver => self.active(),
             Phase::Paused => self.paused(),
             Phase::RollingBack => self.rolling_back(),
-            Phase::RolledBack | Phase::Completed => {}
+            Phase::Completed => self.retire_legacy(),
+            Phase::RolledBack => {}
         }
     }
 
@@ -322,8 +324,11 @@ impl Machine<'_> {
                 .alerts_unanswered
                 .as_ref()
                 .map(|why| format!("rollback.onAlerts could not be polled: {why}")),
+            failing_since: None,
         });
+        let gates = self.failing_since(gates);
         let any = |v: Verdict| gates.iter().chain(alerts.iter()).any(|g| g.verdict == v);
+        let counted_failure = gates.iter().any(|g| self.failure_counts(g));
         self.status.last_analysis = Some(AnalysisRun {
             time: self.now,
             gates: gates.clone(),
@@ -331,7 +336,7 @@ impl Machine<'_> {
         });
         if any(Verdict::Error) {
             self.status.passing_since = None;
-        } else if any(Verdict::Fail) {
+        } else if counted_failure {
             self.status.consecutive_failures += 1;
             self.status.consecutive_inconclusive = 0;
             self.status.passing_since = None;
@@ -341,11 +346,59 @@ impl Machine<'_> {
                 self.status.consecutive_inconclusive += 1;
             }
             self.status.passing_since = None;
+        } else if any(Verdict::Fail) {
+            // Failing for less than the gate's `failFor`: promotion waits, nothing counts yet.
+            self.status.consecutive_failures = 0;
+            self.status.consecutive_inconclusive = 0;
+            self.status.passing_since = None;
         } else {
             self.status.consecutive_failures = 0;
             self.status.consecutive_inconclusive = 0;
             self.status.passing_since.get_or_insert(self.now);
         }
+    }
+
+    /// `gates` with `failing_since` set on each failing one: carried from the previous
+    /// evaluation when the gate failed there too, else now.
+    fn failing_since(&self, gates: &[GateResult]) -> Vec<GateResult> {
+        let previous = self.status.last_analysis.as_ref();
+        gates
+            .iter()
+            .map(|g| {
+                let mut g = g.clone();
+                g.failing_since = (g.verdict == Verdict::Fail).then(|| {
+                    previous
+                        .and_then(|run| run.gates.iter().find(|p| p.name == g.name))
+                        .filter(|p| p.verdict == Verdict::Fail)
+                        .and_then(|p| p.failing_since)
+                        .unwrap_or(self.now)
+                });
+                g
+            })
+            .collect()
+    }
+
+    /// A failure that counts towards `failureLimit`: the gate has no `failFor`, or has failed
+    /// in every evaluation for at least that long.
+    fn failure_counts(&self, result: &GateResult) -> bool {
+        if result.verdict != Verdict::Fail {
+            return false;
+        }
+        match (self.fail_for(&result.name), result.failing_since) {
+            (Some(fail_for), Some(since)) => elapsed(self.now, since) >= fail_for.get(),
+            _ => true,
+        }
+    }
+
+    fn fail_for(&self, gate: &str) -> Option<&SpecDuration> {
+        self.spec
+            .analysis
+            .as_ref()?
+            .gates
+            .iter()
+            .find(|g| g.name == gate)?
+            .fail_for
+            .as_ref()
     }
 
     /// Within `analysis.warmup` of the start of the current phase or step.
@@ -435,7 +488,7 @@ impl Machine<'_> {
         let parts: Vec<String> = run
             .gates
             .iter()
-            .filter(|g| g.verdict == Verdict::Fail)
+            .filter(|g| self.failure_counts(g))
             .map(|g| {
                 let value = g
                     .value
@@ -446,7 +499,14 @@ impl Machine<'_> {
                     (Some(lo), None) => format!("min {lo}"),
                     (None, None) => String::new(),
                 };
-                format!("gate {} = {value} ({range})", g.name)
+                match (self.fail_for(&g.name), g.failing_since) {
+                    (Some(fail_for), Some(since)) => format!(
+                        "gate {} = {value} ({range}; failing since {since}, failFor {})",
+                        g.name,
+                        fail_for.as_str()
+                    ),
+                    _ => format!("gate {} = {value} ({range})", g.name),
+                }
             })
             .collect();
         if parts.is_empty() {
@@ -507,6 +567,18 @@ impl Machine<'_> {
         self.status.traffic_percent = 0;
         self.transition(Phase::RollingBack, reason, message);
         self.restore_legacy();
+    }
+
+    /// Completed with `cutover.scaleDownLegacy`: the legacy workload is held at 0 replicas,
+    /// asked again whenever it is seen above 0. The status records Completed before the scale
+    /// call is made, so a crash or a refused call in between must not leave legacy running.
+    fn retire_legacy(&mut self) {
+        if self.spec.cutover.scale_down_legacy
+            && self.spec.legacy.is_some()
+            && self.obs.legacy.is_none_or(|l| l.replicas > 0)
+        {
+            self.scale.push((Side::Legacy, 0));
+        }
     }
 
     fn restore_legacy(&mut self) {
@@ -720,9 +792,7 @@ impl Machine<'_> {
                     Reason::Completed,
                     &format!("{how}; the new system serves alone"),
                 );
-                if self.spec.cutover.scale_down_legacy && self.spec.legacy.is_some() {
-                    self.scale.push((Side::Legacy, 0));
-                }
+                self.retire_legacy();
             }
             _ => {}
         }

@@ -14,6 +14,7 @@ fn cohort_gates() -> MigrationSpec {
         cohorts,
         samples_query: None,
         min_samples: None,
+        fail_for: None,
     };
     let mut spec = gated();
     if let Some(a) = spec.analysis.as_mut() {
@@ -44,6 +45,7 @@ fn healthy_answers(spec: &MigrationSpec, traffic: i32) -> Vec<GateResult> {
                     min: g.min,
                     max: g.max,
                     message: None,
+                    failing_since: None,
                 };
             }
             let has_data = match g.cohorts {

@@ -100,6 +100,55 @@ fn consecutive_failures_roll_back_at_the_failure_limit() {
 }
 
 #[test]
+fn a_gate_with_fail_for_rolls_back_only_after_failing_that_long_and_holds_promotion_meanwhile() {
+    // The error-rate gate fails for 1m before it counts; failureLimit 2; one evaluation every
+    // 15 s from +15; bakeTime 1m.
+    let mut spec = gated();
+    if let Some(a) = spec.analysis.as_mut() {
+        a.gates[0].fail_for = Some(go("1m"));
+    }
+    // (evaluations, phase after, consecutive failures, promoted to step 2 at)
+    let rows = [
+        ("FFFF", Split, 0, None),  // failing since +15, 45 s at +60: nothing counts
+        ("FFFFF", Split, 1, None), // 60 s at +75: the first failure that counts
+        ("FFFFFF", RollingBack, 0, None), // and the second one rolls back
+        ("FFFFPFFFFF", Split, 1, None), // the Pass restarts the clock at +90
+        ("FFFIFFFF", Split, 0, None), // so does an Inconclusive (no evidence of failing)
+        ("FFFFPPPPPP", Split, 0, Some(135)), // the held failure only delayed the bake
+    ];
+    for (seq, phase, failures, promoted_at) in rows {
+        let (sim, ds) = evaluate(&spec, status_in(&spec, Split, Some(1)), seq);
+        let promoted = ds
+            .iter()
+            .position(|d| d.status.step == Some(2))
+            .map(|i| 15 * (i as i64 + 1));
+        assert_eq!(promoted, promoted_at, "{seq}");
+        assert_eq!(sim.status.phase, phase, "{seq}");
+        if phase == RollingBack {
+            let d = ds.last().unwrap();
+            assert_eq!(warnings(d), ["GateFailed"], "{seq}");
+            assert!(
+                d.events[0].message.contains(&format!(
+                    "gate error-rate = 0.05 (max 0.01; failing since {}, failFor 1m) failed 2 evaluation(s) in a row",
+                    at(15)
+                )),
+                "{seq}: {:?}",
+                d.events
+            );
+        } else {
+            assert_eq!(sim.status.consecutive_failures, failures, "{seq}");
+            if seq.ends_with('F') {
+                assert_eq!(
+                    sim.status.healthy,
+                    Some(Health::False),
+                    "{seq}: shown failing"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn inconclusive_evidence_pauses_with_flags_unchanged_and_passing_evidence_resumes() {
     let spec = gated();
     let (mut sim, ds) = evaluate(&spec, status_in(&spec, Split, Some(2)), "III");

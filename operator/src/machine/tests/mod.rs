@@ -108,6 +108,7 @@ fn analysis() -> AnalysisSpec {
         cohorts: Default::default(),
         samples_query: None,
         min_samples: None,
+        fail_for: None,
     };
     AnalysisSpec {
         prometheus: Some(PrometheusSpec {
@@ -374,6 +375,7 @@ fn eval(verdict: Verdict) -> Vec<GateResult> {
             min: None,
             max: Some(0.01),
             message: None,
+            failing_since: None,
         },
         GateResult {
             name: "p99-latency".into(),
@@ -382,6 +384,7 @@ fn eval(verdict: Verdict) -> Vec<GateResult> {
             min: None,
             max: Some(0.5),
             message: None,
+            failing_since: None,
         },
     ]
 }

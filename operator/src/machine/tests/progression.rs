@@ -206,6 +206,37 @@ fn completion_scales_legacy_down_only_when_asked_and_named() {
 }
 
 #[test]
+fn a_completed_migration_holds_legacy_at_zero_until_scale_down_is_turned_off() {
+    // A crash (or a refused call) after Completed was recorded, before the scale call, leaves
+    // legacy running: the next reconcile scales it down; once at 0 nothing more is asked.
+    // (scaleDownLegacy, legacy replicas seen, scale)
+    for (scale_down, replicas, scale) in [
+        (true, 3, vec![(Side::Legacy, 0)]),
+        (true, 0, vec![]),
+        (false, 3, vec![]),
+    ] {
+        let mut spec = with_workloads(complete_after(spec(), "5m"));
+        spec.cutover.scale_down_legacy = scale_down;
+        let s = status_in(&spec, Completed, None);
+        let d = step(
+            &spec,
+            &s,
+            &Observations {
+                legacy: workload(replicas),
+                candidate: workload(3),
+                ..seen(&s)
+            },
+            at(600),
+        );
+        assert_eq!(d.status.phase, Completed);
+        assert_eq!(
+            d.scale, scale,
+            "scaleDownLegacy {scale_down}, legacy at {replicas}"
+        );
+    }
+}
+
+#[test]
 fn history_keeps_only_the_latest_transitions() {
     let spec = spec();
     let mut s = status_in(&spec, Split, Some(1));
