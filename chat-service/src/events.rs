@@ -261,6 +261,7 @@ mod tests {
             created_at: Utc::now(),
             last_message_at: None,
             is_pinned: false,
+            unread_count: 0,
         }
     }
 

@@ -53,6 +53,7 @@ on_every_store!(
     owners_remove_participants_and_nobody_else_removes_anyone,
     get_rooms_orders_pinned_first_then_latest_activity_and_pages,
     messages_send_history_read_markers_and_reactions,
+    unread_counts_follow_sends_and_read_markers,
     every_method_rejects_unauthenticated_calls,
     malformed_input_is_invalid_argument_never_500,
     unknown_methods_and_wrong_http_methods_get_connect_errors,
@@ -406,6 +407,75 @@ async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: B
         svc.call(10, "GetRooms", json!({ "page": 0, "limit": 0 }))
             .await["pagination"],
         json!({ "page": 1, "limit": 20, "total": 3 })
+    );
+}
+
+async fn unread_counts_follow_sends_and_read_markers(backend: Backend) {
+    let Some((svc, _db)) = service(backend, "unread").await else {
+        return;
+    };
+    let room = svc.create_group(1, &[2, 3]).await;
+    let other = svc.create_group(2, &[3]).await;
+    let unread = |user: i32| {
+        let (svc, room) = (&svc, &room);
+        async move {
+            let listed = svc.call(user, "GetRooms", json!({})).await;
+            let item = listed["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .find(|r| r["id"] == json!(room))
+                .cloned()
+                .expect("the room is listed");
+            let got = svc.call(user, "GetRoom", json!({ "id": room })).await["room"]["unreadCount"]
+                .clone();
+            assert_eq!(
+                item["unreadCount"], got,
+                "GetRooms and GetRoom agree for user {user}"
+            );
+            got.as_u64().expect("unreadCount")
+        }
+    };
+    assert_eq!(
+        (unread(1).await, unread(2).await, unread(3).await),
+        (0, 0, 0)
+    );
+
+    let m1 = svc.send(1, &room, "uno").await;
+    let m2 = svc.send(1, &room, "dos").await;
+    svc.send(1, &room, "tres").await;
+    svc.send(2, &room, "cuatro").await;
+    svc.send(2, &other, "elsewhere").await;
+    // One's own messages never count; another room's do not either.
+    assert_eq!(
+        (unread(1).await, unread(2).await, unread(3).await),
+        (1, 3, 4)
+    );
+
+    svc.call(
+        3,
+        "MarkMessagesAsRead",
+        json!({ "roomId": room, "messageIds": [m1["id"], m2["id"]] }),
+    )
+    .await;
+    assert_eq!(unread(3).await, 2);
+    // Marking the same messages again changes nothing.
+    svc.call(
+        3,
+        "MarkMessagesAsRead",
+        json!({ "roomId": room, "messageIds": [m1["id"]] }),
+    )
+    .await;
+    assert_eq!(unread(3).await, 2);
+    svc.call(
+        3,
+        "MarkMessagesAsRead",
+        json!({ "roomId": room, "since": "1970-01-01T00:00:00Z" }),
+    )
+    .await;
+    assert_eq!(
+        (unread(1).await, unread(2).await, unread(3).await),
+        (1, 3, 0)
     );
 }
 

@@ -759,6 +759,16 @@ async fn reactions_read_markers_and_unread_counters_are_copied_and_validated() {
     assert_eq!(cql_unread(&env, *room, 2).await, 20 - 5 + 1);
     assert_eq!(cql_unread(&env, *room, 3).await, 40 - 10 + 1);
     assert_eq!(cql_unread(&env, *room, 1).await, 20 + 1 - 1);
+    // GetRoom answers the same unread count from either store.
+    for (user, unread) in [(1, 20), (2, 16), (3, 31)] {
+        let legacy = env.pg.get_room(*room, UserId(user)).await.expect("legacy");
+        let new = env.cql.get_room(*room, UserId(user)).await.expect("new");
+        assert_eq!(
+            (legacy.unread_count, new.unread_count),
+            (unread, unread),
+            "user {user}"
+        );
+    }
     // A second run of the same migration changes no counter (nothing left to copy), a re-run
     // of a new one neither (the counters already hold legacy's count).
     backfill::run(

@@ -21,6 +21,8 @@ pub struct RoomJson {
     /// Extra (not in the original contract): latest activity and the caller's pin.
     pub last_message_at: Option<DateTime<Utc>>,
     pub is_pinned: bool,
+    /// Messages of others the caller has not marked read since joining.
+    pub unread_count: u64,
 }
 
 impl From<RoomView> for RoomJson {
@@ -33,6 +35,7 @@ impl From<RoomView> for RoomJson {
             created_at: r.created_at,
             last_message_at: r.last_message_at,
             is_pinned: r.is_pinned,
+            unread_count: r.unread_count,
         }
     }
 }

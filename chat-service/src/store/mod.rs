@@ -106,6 +106,10 @@ pub struct RoomView {
     pub last_message_at: Option<DateTime<Utc>>,
     /// The viewer's own pin.
     pub is_pinned: bool,
+    /// Messages of others the viewer has not marked read since joining (0 for a non-member).
+    /// The CQL store keeps it as a counter, at most once per message: shadow reads do not
+    /// compare it.
+    pub unread_count: u64,
 }
 
 /// A member's role in a room: its creator owns it.

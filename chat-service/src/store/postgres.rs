@@ -61,6 +61,7 @@ struct RoomRow {
     created_at: DateTime<Utc>,
     is_pinned: bool,
     last_message_at: Option<DateTime<Utc>>,
+    unread_count: i64,
     participants: Vec<i32>,
 }
 
@@ -80,6 +81,7 @@ impl RoomRow {
             created_at: self.created_at,
             last_message_at: self.last_message_at,
             is_pinned: self.is_pinned,
+            unread_count: u64::try_from(self.unread_count).unwrap_or(0),
         })
     }
 }
@@ -113,6 +115,11 @@ macro_rules! room_columns {
     () => {
         "r.id, r.name, r.type as room_type, r.created_at, coalesce(m.is_pinned, false) as is_pinned, \
          lm.created_at as last_message_at, \
+         coalesce((select count(*) from room_message u \
+                    where u.room_id = r.id and u.sender_id <> m.user_id and u.deleted_at is null \
+                      and u.created_at >= m.joined_at \
+                      and not exists (select 1 from room_message_read x \
+                                       where x.message_id = u.id and x.user_id = m.user_id)), 0) as unread_count, \
          array(select p.user_id from room_member p where p.room_id = r.id and p.removed_at is null order by p.user_id) as participants"
     };
 }
@@ -238,6 +245,7 @@ impl PgStore {
             created_at: room.created_at,
             last_message_at: None,
             is_pinned: false,
+            unread_count: 0,
         })
     }
 

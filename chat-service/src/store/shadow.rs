@@ -125,7 +125,9 @@ pub fn compare_results<T: Shadowed>(
 /// CQL timestamps have millisecond resolution) and the viewer's pin agree. Ignored:
 /// `last_message_at`, a denormalized value that lags legitimately while a message is still on
 /// its way to the secondary (async dual write, outbox), and which a CQL store keeps in a
-/// separate column.
+/// separate column; and `unread_count`: the CQL store's counters are at most once (a send that
+/// died after its claim never counts), and the backfill sets them from a count taken while
+/// messages keep arriving.
 pub fn rooms_equal(a: &RoomView, b: &RoomView) -> bool {
     let members = |r: &RoomView| r.participants.iter().copied().collect::<HashSet<_>>();
     a.id == b.id
@@ -382,6 +384,7 @@ mod tests {
             created_at: time(created_ms),
             last_message_at: None,
             is_pinned: false,
+            unread_count: 0,
         }
     }
 

@@ -103,7 +103,18 @@ impl CqlStore {
             created_at: room.created_at,
             last_message_at: None,
             is_pinned: false,
+            unread_count: 0,
         })
+    }
+
+    /// The user's unread counter for the room; 0 when never written. A counter below 0 (a
+    /// decrement whose increment was lost: counters are at most once) reads as 0.
+    pub(super) async fn unread_count(&self, room: RoomId, user: UserId) -> StoreResult<u64> {
+        let row = first_row::<(Option<scylla::value::Counter>,)>(
+            self.exec(&self.st.select_unread, (user.0, room.0)).await?,
+        )?;
+        let count = row.and_then(|(c,)| c).map_or(0, |c| c.0);
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// A room's details. A row with only `last_message_at` is no room: a message for a room
@@ -142,8 +153,18 @@ impl CqlStore {
             .and_then(|(p,)| p)
             .unwrap_or(false))
         };
-        let ((name, room_type, created_at, last_message_at), participants, is_pinned) =
-            tokio::try_join!(self.room_row(room), self.members(room), pinned)?;
+        let ((name, room_type, created_at, last_message_at), participants, is_pinned, unread) = tokio::try_join!(
+            self.room_row(room),
+            self.members(room),
+            pinned,
+            self.unread_count(room, viewer)
+        )?;
+        // A non-member's counter (kept after leaving) is not theirs to see.
+        let unread_count = if participants.contains(&viewer) {
+            unread
+        } else {
+            0
+        };
         Ok(RoomView {
             id: room,
             name,
@@ -152,6 +173,7 @@ impl CqlStore {
             created_at: from_micros(created_at)?,
             last_message_at: last_message_at.map(from_micros).transpose()?,
             is_pinned,
+            unread_count,
         })
     }
 
@@ -224,14 +246,17 @@ impl CqlStore {
         let views = futures::stream::iter(picked.into_iter().map(
             |(id, name, ty, created, is_pinned, last)| async move {
                 let room = RoomId(id);
+                let (participants, unread_count) =
+                    tokio::try_join!(self.members(room), self.unread_count(room, user))?;
                 Ok::<_, StoreError>(RoomView {
                     id: room,
                     name,
                     room_type: parse_type(room, &ty)?,
-                    participants: self.members(room).await?,
+                    participants,
                     created_at: from_micros(created)?,
                     last_message_at: last.map(from_micros).transpose()?,
                     is_pinned,
+                    unread_count,
                 })
             },
         ))
