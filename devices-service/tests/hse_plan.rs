@@ -215,6 +215,7 @@ async fn stack(prefix: &str) -> Option<Stack> {
             http_addr: Some(operator_addr),
             webhook_token: Some(TOKEN.into()),
             aws: Default::default(),
+            policy: None,
         },
         Some(operator_listener),
     )

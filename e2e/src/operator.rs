@@ -71,6 +71,7 @@ impl Operator {
             http_addr: None,
             webhook_token: None,
             aws: Default::default(),
+            policy: None,
         };
         Self::spawn(client, config, None)
     }

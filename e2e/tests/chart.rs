@@ -130,12 +130,53 @@ fn the_chart_lints_and_refuses_bad_values_with_readable_messages() -> anyhow::Re
             vec!["chat.existingSecret=chat", "chat.new.cql.consistency=SOME"],
             "/chat/new/cql/consistency",
         ),
+        (
+            vec![
+                "chat.existingSecret=chat",
+                "operator.policy.namespaces.chat.prometheusUrl[0]=http://p",
+            ],
+            "additional properties 'prometheusUrl' not allowed",
+        ),
     ];
     for (sets, message) in refused {
         let out = chart("template", "ficus", &sets, &[])?;
         assert!(!out.success(), "{sets:?} must be refused: {out}");
         assert!(out.stderr.contains(message), "{sets:?}: {out}");
     }
+
+    // operator.policy reaches the operator as the file it reads, unchanged.
+    let policy = r#"{"namespaces":{"chat":{"prometheusUrls":["http://prometheus.monitoring:9090"],"jobImages":["ghcr.io/acme/chat-service:"],"jobSecrets":["chat-db"]}},"jobServiceAccount":"ficus-jobs"}"#;
+    let docs = render(
+        &["chat.enabled=false"],
+        &["--set-json", &format!("operator.policy={policy}")],
+    )?;
+    let maps = find(&docs, "ConfigMap");
+    let file = maps
+        .iter()
+        .find(|m| {
+            m["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-policy"))
+        })
+        .and_then(|m| m["data"]["policy.yaml"].as_str())
+        .expect("the policy ConfigMap");
+    assert_eq!(
+        ficus_operator::policy::Policy::parse(file).map_err(anyhow::Error::msg)?,
+        serde_json::from_str(policy)?
+    );
+    let operator = find(&docs, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["labels"]["app.kubernetes.io/name"] == "ficus-operator")
+        .expect("the operator Deployment");
+    let env = operator["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains(r#""name":"FICUS_POLICY_FILE","value":"/etc/ficus/policy/policy.yaml""#),
+        "{env}"
+    );
+    assert!(
+        operator["spec"]["template"]["metadata"]["annotations"]["ficus.dev/policy-checksum"]
+            .is_string()
+    );
 
     // The PrometheusRule wraps exactly the shipped rule file, and only where its API is served.
     let rules: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(
@@ -436,6 +477,7 @@ async fn the_operator_runs_a_whole_migration_with_only_the_charts_rbac() -> anyh
             http_addr: None,
             webhook_token: None,
             aws: Default::default(),
+            policy: None,
         },
         None,
     )?;

@@ -58,6 +58,7 @@ async fn stack(
         http_addr: None,
         webhook_token: Some(WEBHOOK_TOKEN.into()),
         aws: Default::default(),
+        policy: None,
     };
     let listener = evidence.operator_listener.take();
     let operator = Operator::start_with(client.clone(), config, listener)?;

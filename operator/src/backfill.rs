@@ -125,6 +125,7 @@ pub async fn create(
     status: &MigrationStatus,
     spec: &BackfillSpec,
     name: &str,
+    runs_as: Option<&str>,
 ) -> Result<(), BackfillError> {
     let mut env = operator_env(migration, status, false);
     env.push(json!({ "name": env::SHARD_COUNT, "value": spec.parallelism.to_string() }));
@@ -135,6 +136,9 @@ pub async fn create(
         "backoffLimit": 3,
         "template": { "spec": {
             "restartPolicy": "Never",
+            "serviceAccountName": runs_as,
+            // The Jobs talk to databases, never to the Kubernetes API.
+            "automountServiceAccountToken": false,
             "containers": [{
                 "name": "backfill",
                 "image": spec.image,
@@ -157,6 +161,7 @@ pub async fn create_validate(
     spec: &BackfillSpec,
     args: &[String],
     name: &str,
+    runs_as: Option<&str>,
 ) -> Result<(), BackfillError> {
     let job = json!({
         "completions": 1,
@@ -168,6 +173,9 @@ pub async fn create_validate(
         }]},
         "template": { "spec": {
             "restartPolicy": "Never",
+            "serviceAccountName": runs_as,
+            // The Jobs talk to databases, never to the Kubernetes API.
+            "automountServiceAccountToken": false,
             "containers": [{
                 "name": "validate",
                 "image": spec.image,
@@ -188,6 +196,7 @@ pub async fn create_rollback(
     status: &MigrationStatus,
     spec: &RollbackJobSpec,
     name: &str,
+    runs_as: Option<&str>,
 ) -> Result<(), BackfillError> {
     let job = json!({
         "completions": 1,
@@ -195,6 +204,9 @@ pub async fn create_rollback(
         "backoffLimit": 3,
         "template": { "spec": {
             "restartPolicy": "Never",
+            "serviceAccountName": runs_as,
+            // The Jobs talk to databases, never to the Kubernetes API.
+            "automountServiceAccountToken": false,
             "containers": [{
                 "name": "rollback",
                 "image": spec.image,

@@ -51,6 +51,11 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "FICUS_LOG_JSON")]
     log_json: bool,
+    /// What Migrations may make the operator do (YAML): allowed Prometheus URLs, SSM prefixes,
+    /// ECS services, Job images and Secrets per namespace (docs/security.md). Without it,
+    /// anything.
+    #[arg(long, env = "FICUS_POLICY_FILE")]
+    policy_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -132,6 +137,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             region: args.aws_region,
             endpoint_url: args.aws_endpoint_url,
         },
+        policy: args
+            .policy_file
+            .as_deref()
+            .map(ficus_operator::policy::Policy::load)
+            .transpose()?,
         webhook_token: match &args.webhook_token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)

@@ -102,6 +102,9 @@ reasons! {
     AwsAccessDenied,
     AwsResourceNotFound,
     AwsUnavailable,
+    /// The operator's policy file does not allow what the spec asks for (a Prometheus URL, an
+    /// SSM prefix, an ECS service, an AWS endpoint, a Job image or Secret).
+    PolicyRefused,
     /// Degraded is False.
     AsExpected,
 

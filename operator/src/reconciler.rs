@@ -7,6 +7,7 @@
 //!
 //! Over 600 lines: observe, apply and the finalizer, the reconciler's I/O, in the order it runs them.
 
+use crate::policy::Policy;
 use crate::reason::{Reason, Reasoned};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +79,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub store: Option<Store<Migration>>,
+    /// What Migrations may make the operator do; None: anything.
+    pub policy: Option<Arc<Policy>>,
 }
 
 /// Runs the controller until the returned future is dropped (shutdown or lost leadership).
@@ -87,6 +90,7 @@ pub async fn run_controller(
     metrics: Arc<Metrics>,
     reporter: Reporter,
     aws: crate::aws::AwsDefaults,
+    policy: Option<Arc<Policy>>,
 ) {
     let (migrations, jobs): (Api<Migration>, Api<Job>) = match namespace {
         Some(ns) => (
@@ -106,6 +110,7 @@ pub async fn run_controller(
         client,
         metrics,
         store: Some(controller.store()),
+        policy,
     });
     controller
         .run(reconcile, error_policy, ctx)
@@ -420,7 +425,27 @@ fn slot(obs: &mut Observations, side: Side) -> &mut Option<WorkloadState> {
     }
 }
 
+/// What the operator's policy refuses in `mig`, as the Degraded problem; None when allowed.
+fn refused(mig: &Migration, ctx: &Context) -> Option<Problem> {
+    let policy = ctx.policy.as_ref()?;
+    let refusals = policy.check(&mig.namespace().unwrap_or_default(), &mig.spec);
+    if refusals.is_empty() {
+        return None;
+    }
+    let message: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+    Some(Problem::new(Reason::PolicyRefused, message.join("; ")))
+}
+
 async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
+    // Before anything is observed: observing already calls Prometheus, SSM and ECS.
+    if let Some(problem) = refused(mig, ctx) {
+        warn!(migration = %mig.name_any(), "{}", problem.message);
+        let current = mig.status.clone().unwrap_or_default();
+        let decision = machine::refuse(&current, &[problem], Timestamp::now());
+        write_status(mig, &current, &decision.status, ctx).await?;
+        publish(mig, &decision.events, ctx).await;
+        return Ok(Action::requeue(decision.requeue_after));
+    }
     let t = Targets::new(mig, ctx).await?;
     let current = mig.status.clone().unwrap_or_default();
     let now = Timestamp::now();
@@ -528,15 +553,19 @@ async fn converge(
         }
     }
     let status = &decision.status;
+    let runs_as = ctx
+        .policy
+        .as_ref()
+        .and_then(|p| p.job_service_account.as_deref());
     if let (Some(name), Some(spec)) = (&decision.create_backfill_job, &t.mig.spec.backfill) {
-        backfill::create(ctx.client.clone(), t.mig, status, spec, name)
+        backfill::create(ctx.client.clone(), t.mig, status, spec, name, runs_as)
             .await
             .map_err(|e| Problem::from_error(&e))?;
     }
     if let (Some(name), Some(spec)) = (&decision.create_validate_job, &t.mig.spec.backfill)
         && let Some(args) = &spec.validate_args
     {
-        backfill::create_validate(ctx.client.clone(), t.mig, status, spec, args, name)
+        backfill::create_validate(ctx.client.clone(), t.mig, status, spec, args, name, runs_as)
             .await
             .map_err(|e| Problem::from_error(&e))?;
     }
@@ -544,7 +573,7 @@ async fn converge(
         &decision.create_rollback_job,
         &t.mig.spec.cutover.rollback_job,
     ) {
-        backfill::create_rollback(ctx.client.clone(), t.mig, status, spec, name)
+        backfill::create_rollback(ctx.client.clone(), t.mig, status, spec, name, runs_as)
             .await
             .map_err(|e| Problem::from_error(&e))?;
     }
@@ -658,6 +687,12 @@ fn truncate(s: &str, max: usize) -> String {
 /// the finalizer lets the object go. A store that cannot be written keeps the object: removing
 /// the finalizer by hand is the user's explicit choice to leave the flags as they are.
 async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
+    // A refused Migration was never acted on (or the policy now forbids touching what it
+    // named): let it go without calling anything.
+    if let Some(problem) = refused(mig, ctx) {
+        warn!(migration = %mig.name_any(), "deleted without restoring flags: {}", problem.message);
+        return Ok(Action::await_change());
+    }
     let t = Targets::new(mig, ctx).await?;
     let status = mig.status.clone().unwrap_or_default();
     let safe = machine::deletion_flags(&mig.spec, &status);

@@ -26,6 +26,8 @@ pub struct Config {
     pub webhook_token: Option<String>,
     /// Region and endpoint for SSM and ECS unless a Migration's `spec.aws` says otherwise.
     pub aws: crate::aws::AwsDefaults,
+    /// What Migrations may make the operator do ([`crate::policy`]); None: anything.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +120,12 @@ pub async fn run_on(
         instance: Some(config.identity.clone()),
     };
     let namespace = config.namespace.clone();
+    let policy = config.policy.clone().map(Arc::new);
+    if policy.is_none() {
+        warn!(
+            "no policy file: any Migration author may make this operator call any Prometheus URL, SSM prefix, ECS service or AWS endpoint, and run Jobs with any image and Secret of their namespace (docs/security.md)"
+        );
+    }
     let controller = || {
         reconciler::run_controller(
             client.clone(),
@@ -125,6 +133,7 @@ pub async fn run_on(
             metrics.clone(),
             reporter.clone(),
             config.aws.clone(),
+            policy.clone(),
         )
     };
     tokio::pin!(shutdown);

@@ -100,6 +100,7 @@ async fn run(answer: impl Fn(&Seen, &[Seen]) -> Answer) -> (Vec<Seen>, bool) {
         ),
         metrics: Arc::new(Metrics::default()),
         store: None,
+        policy: None,
     });
     let mut task = tokio::spawn(reconcile(Arc::new(migration()), ctx));
     let mut seen: Vec<Seen> = Vec::new();

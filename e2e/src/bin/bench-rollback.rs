@@ -148,6 +148,7 @@ async fn run_once(path: Path, client: &Client) -> Result<Hops, BoxError> {
         http_addr: None,
         webhook_token: Some(WEBHOOK_TOKEN.into()),
         aws: Default::default(),
+        policy: None,
     };
     let listener = evidence.operator_listener.take();
     let operator = Operator::start_with(client.clone(), config, listener)?;

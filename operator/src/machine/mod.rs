@@ -170,6 +170,27 @@ pub fn decide(
     m.finish(current)
 }
 
+/// A Migration the operator's policy refuses: only the Degraded condition changes (with its
+/// Warning Event when it starts). Nothing is observed or written, the phase stays, and the
+/// reconcile is retried slowly: a spec edit wakes it anyway.
+pub fn refuse(current: &MigrationStatus, problems: &[Problem], now: Timestamp) -> Decision {
+    let mut status = current.clone();
+    let events = conditions::update(&mut status, current, problems, now)
+        .into_iter()
+        .collect();
+    Decision {
+        status,
+        flags: None,
+        scale: Vec::new(),
+        create_backfill_job: None,
+        create_validate_job: None,
+        create_rollback_job: None,
+        events,
+        consumed: Vec::new(),
+        requeue_after: Duration::from_secs(120),
+    }
+}
+
 struct Machine<'a> {
     spec: &'a MigrationSpec,
     obs: &'a Observations,
