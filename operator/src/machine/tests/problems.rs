@@ -245,3 +245,30 @@ fn a_degraded_migration_still_rolls_back() {
         );
     }
 }
+
+#[test]
+fn a_refused_migration_only_says_so_once_and_keeps_its_phase() {
+    let spec = gated();
+    let s = status_in(&spec, Split, Some(2));
+    let refused = [Problem::new(
+        Reason::PolicyRefused,
+        "analysis.prometheus.url \"http://x\" is not allowed by the operator's policy",
+    )];
+    let d = refuse(&s, &refused, at(100));
+    assert_eq!(condition(&d.status, DEGRADED), ("True", "PolicyRefused"));
+    assert_eq!(reasons(&d), ["PolicyRefused"]);
+    assert_eq!(
+        (d.status.phase, d.status.step, d.status.traffic_percent),
+        (Split, Some(2), 25),
+        "users stay where they were"
+    );
+    assert_eq!(
+        (d.flags, d.scale.len(), d.create_backfill_job),
+        (None, 0, None),
+        "nothing to write"
+    );
+    // Refused again: no second Event; the Degraded condition keeps its start time.
+    let again = refuse(&d.status, &refused, at(220));
+    assert!(again.events.is_empty());
+    assert_eq!(again.status.conditions, d.status.conditions);
+}
