@@ -314,9 +314,22 @@ impl Inner {
         lag: Duration,
     ) {
         let settlement = op.settlement(&result);
-        let r = &self.options.replay;
-        let (outcome, spent, delay) = match &settlement {
-            Settlement::Landed => {
+        if matches!(settlement, Settlement::Failed(_))
+            && matches!(result, Err(StoreError::Unavailable(_)))
+        {
+            self.mark_down(side);
+        }
+        // The replayer's rule, for the entry's first attempt: nothing spent before it, written
+        // just now.
+        let step = next_step(
+            &settlement,
+            0,
+            Duration::ZERO,
+            &self.options.replay,
+            rand::random::<f64>(),
+        );
+        let (spent, delay) = match step {
+            NextStep::Delete => {
                 self.metrics.dual_write(side, DualWriteOutcome::Success);
                 self.metrics.dual_write_lag(lag);
                 if let Err(e) = log.complete(entry).await {
@@ -324,31 +337,20 @@ impl Inner {
                 }
                 return;
             }
-            // Waiting for the backfill is no failure: no attempt spent, no error counted.
-            Settlement::AwaitsPrerequisite(_) => (
-                DualWriteOutcome::Waiting,
-                0,
-                backoff(
-                    u32::MAX,
-                    r.backoff_base,
-                    r.backoff_cap,
-                    rand::random::<f64>(),
-                ),
-            ),
-            Settlement::Failed(_) => {
-                if matches!(result, Err(StoreError::Unavailable(_))) {
-                    self.mark_down(side);
-                }
-                (
-                    DualWriteOutcome::Error,
-                    1,
-                    backoff(1, r.backoff_base, r.backoff_cap, rand::random::<f64>()),
-                )
-            }
+            NextStep::Retry { attempts, delay } => (attempts, delay),
+            // Only with `max_attempts` 1: due at once, so the replayer (which owns the
+            // dead-letter table) takes it and buries it on its next failure.
+            NextStep::Bury { attempts, .. } => (attempts, Duration::ZERO),
+        };
+        // Waiting for the backfill is no failure: no attempt spent, no error counted.
+        let outcome = match settlement {
+            Settlement::AwaitsPrerequisite(_) => DualWriteOutcome::Waiting,
+            _ => DualWriteOutcome::Error,
         };
         let error = settlement.error().unwrap_or_default();
         self.metrics.dual_write(side, outcome);
         tracing::debug!(op = op.name(), store = %side, error, "secondary write did not land; left to the outbox");
+        let spent = i32::try_from(spent).unwrap_or(i32::MAX);
         if let Err(e) = log.retry_later(entry, spent, delay, error).await {
             tracing::warn!(?entry, error = %e, "outbox record not updated; it is replayed after the grace period");
         }

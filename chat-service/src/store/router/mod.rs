@@ -70,8 +70,8 @@ use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::routing::{cohort, read_plan, write_plan};
 use crate::store::instrumented::Instrumented;
 use crate::store::outbox::{
-    Applied, Entries, EntryRef, NewEntry, Outbox, OutboxLog, ReplayConfig, Settlement, WriteOp,
-    backoff,
+    Applied, Entries, EntryRef, NewEntry, NextStep, Outbox, OutboxLog, ReplayConfig, Settlement,
+    WriteOp, next_step,
 };
 use crate::store::postgres::PgStore;
 use crate::store::shadow::{Compared, Scope, Shadowed, compare_results};
