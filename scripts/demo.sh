@@ -5,6 +5,8 @@
 #   ./scripts/demo.sh                      clean, then errors
 #   ./scripts/demo.sh latency abort-from-cutover
 # Scenarios: clean, errors, latency, abort-from-cutover, chat-sigkill (docs/live.md).
+# The demo runs at the quick pace (20 s windows, 8 s bakes, 4,000 messages of history); the
+# tests' pace is `target/debug/ficus-live <scenario>...` without --quick.
 # The first run installs and builds everything (cached outside the repo) and says what it does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +20,4 @@ bash scripts/build-toxiproxy.sh
 step "building chat-service, ficus-operator and the live harness (cargo prints each crate; the first build takes several minutes)"
 cargo build -p chat-service -p ficus-operator -p ficus-e2e --bins
 step "running the live scenarios"
-exec target/debug/ficus-live "$@"
+exec target/debug/ficus-live --quick "$@"

@@ -66,11 +66,20 @@ struct Stack {
     gates: Vec<Gate>,
     flags: std::path::PathBuf,
     new_db: PgPool,
+    new_url: String,
+    /// A connection to the server outside the new store's database, to take it away.
+    legacy_db: PgPool,
     _dir: tempfile::TempDir,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl Stack {
+    /// The new store's database name (the last path segment of its URL).
+    fn new_database(&self) -> String {
+        let path = self.new_url.split('?').next().unwrap_or_default();
+        path.rsplit('/').next().unwrap_or_default().to_owned()
+    }
+
     /// Real traffic for `secs` seconds: every virtual user sends, reads its room's history
     /// (shadow-compared) and lists its rooms.
     async fn traffic(&self, secs: u64) {
@@ -230,10 +239,15 @@ impl Stack {
     }
 
     async fn until_firing(&self, alert: &str) {
+        self.until_firing_within(alert, Duration::from_secs(60))
+            .await
+    }
+
+    async fn until_firing_within(&self, alert: &str, within: Duration) {
         let start = Instant::now();
         while !self.firing().await.iter().any(|a| a == alert) {
             assert!(
-                start.elapsed() < Duration::from_secs(60),
+                start.elapsed() < within,
                 "{alert} never fired; firing: {:?}; {}",
                 self.firing().await,
                 self.cohort_figures().await
@@ -341,7 +355,7 @@ async fn stack() -> Option<Stack> {
             outbox_inline_grace: Duration::from_secs(30),
             switch_settle: Duration::from_secs(60),
         },
-        database_url: legacy_url,
+        database_url: legacy_url.clone(),
         database_max_connections: 20,
         jwt_secret: JWT_SECRET.to_vec(),
         encryption_key: EncryptionKey::random(),
@@ -375,6 +389,7 @@ async fn stack() -> Option<Stack> {
     let evaluator =
         Evaluator::new(&prometheus.url(), Duration::from_secs(5)).expect("an evaluator");
     let new_db = PgPool::connect(&new_url).await.expect("new database");
+    let legacy_db = PgPool::connect(&legacy_url).await.expect("legacy database");
     Some(Stack {
         base_url: format!("http://{addr}"),
         prometheus,
@@ -382,6 +397,8 @@ async fn stack() -> Option<Stack> {
         gates: example_gates(),
         flags,
         new_db,
+        new_url,
+        legacy_db,
         _dir: dir,
         _server: server,
     })
@@ -499,6 +516,31 @@ async fn healthy_then_regressions(judge_drift: bool) {
     s.until_firing("ChatNewLatencyAboveLegacy").await;
     s.until_gate_fails("p99-ratio", 50).await;
     lock.abort();
+
+    // The new store goes away: once the router takes it for down, its copies are not tried
+    // (`skipped`, left to the outbox). They are failed dual writes for the alert, which must
+    // fire once they are a tenth of the window's (minutes of healthy writes dilute them).
+    let (admin, new_name) = (&s.legacy_db, s.new_database());
+    for statement in [
+        format!("alter database \"{new_name}\" allow_connections false"),
+        format!(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = '{new_name}'"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(admin)
+            .await
+            .expect("new store down");
+    }
+    s.until_firing_within("ChatDualWriteFailureRate", Duration::from_secs(150))
+        .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "alter database \"{new_name}\" allow_connections true"
+    )))
+    .execute(admin)
+    .await
+    .expect("new store back");
+    s.traffic(5).await;
 
     // Errors: the new store loses its membership table; the new cohort's room lists fail.
     sqlx::query("alter table room_member rename to room_member_gone")

@@ -5,13 +5,23 @@
 //!
 //!   ficus-live                    clean, then errors
 //!   ficus-live <scenario>...      clean | errors | latency | abort-from-cutover | chat-sigkill
+//!   ficus-live --quick ...        the demo's pace: 20 s windows, shorter bakes, less history
+//!                                 (the tests run at the default pace)
 
-use ficus_e2e::live::scenarios::{Scenario, run};
+use ficus_e2e::live::scenarios::{Scenario, run_with};
+use ficus_e2e::live::{HistorySpec, Timing};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ficus_testkit::init();
-    let names: Vec<String> = std::env::args().skip(1).collect();
+    let mut names: Vec<String> = std::env::args().skip(1).collect();
+    let quick = names.iter().any(|n| n == "--quick");
+    names.retain(|n| n != "--quick");
+    let (timing, history) = if quick {
+        (Timing::quick(), HistorySpec::quick())
+    } else {
+        (Timing::default(), HistorySpec::from_env())
+    };
     let scenarios: Vec<Scenario> = if names.is_empty() {
         vec![Scenario::Clean, Scenario::Errors]
     } else {
@@ -31,7 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\n==> scenario {}: starting the live stack (control plane, PostgreSQL with history, Cassandra behind Toxiproxy, NATS, 2 chat-service routers, Prometheus, Alertmanager, the operator)",
             scenario.name()
         );
-        let outcome = run(scenario).await?;
+        let outcome = run_with(scenario, timing.clone(), history.clone()).await?;
         if outcome.lost > 0 || !outcome.ended {
             failed += 1;
         }

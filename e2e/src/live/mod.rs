@@ -76,6 +76,21 @@ impl Default for Timing {
 }
 
 impl Timing {
+    /// The demo's pace (`ficus-live --quick`): a 20 s window and shorter bakes, so that a clean
+    /// run and a fault run fit in about three minutes. The gates' minimum samples and `failFor`
+    /// shrink with the window as always; a 20 s window holds fewer requests, so the p99 gates
+    /// are noisier than at the tests' pace (their failures hold promotion for `failFor`).
+    pub fn quick() -> Timing {
+        Timing {
+            window: "20s",
+            alert_for: "4s",
+            shadow: "10s",
+            bake: "8s",
+            interval: "2s",
+            complete_after: "8s",
+        }
+    }
+
     /// The scaled window over the shipped one (5 minutes).
     pub fn window_fraction(&self) -> f64 {
         let secs: f64 = self.window.trim_end_matches('s').parse().unwrap_or(300.0);

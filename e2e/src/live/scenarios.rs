@@ -10,7 +10,7 @@ use ficus_testkit::HarnessError;
 use ficus_testkit::toxiproxy::Toxic;
 
 use super::watch::{Frame, Record};
-use super::{LiveOptions, LiveStack};
+use super::{HistorySpec, LiveOptions, LiveStack, Timing};
 
 /// The flow every scenario runs: calls per second over all users.
 pub const RATE: f64 = 40.0;
@@ -294,7 +294,18 @@ impl RollbackClock {
 
 /// Runs `scenario` on a fresh stack.
 pub async fn run(scenario: Scenario) -> Result<Outcome, HarnessError> {
+    run_with(scenario, Timing::default(), HistorySpec::from_env()).await
+}
+
+/// Runs `scenario` on a fresh stack at `timing`'s pace with `history`.
+pub async fn run_with(
+    scenario: Scenario,
+    timing: Timing,
+    history: HistorySpec,
+) -> Result<Outcome, HarnessError> {
     let mut options = LiveOptions::new(scenario.name());
+    options.timing = timing;
+    options.history = history;
     if scenario == Scenario::OperatorSigkill {
         options.operators = 2;
     }

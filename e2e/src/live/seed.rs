@@ -36,6 +36,16 @@ impl HistorySpec {
     /// From `FICUS_LIVE_ROOMS` / `FICUS_LIVE_MESSAGES_PER_ROOM`, else 200 rooms × 50 messages
     /// (10,000 messages: a backfill of a few seconds).
     pub fn from_env() -> HistorySpec {
+        HistorySpec::from_env_or(200, 50)
+    }
+
+    /// The demo's history (`ficus-live --quick`): 100 rooms × 40 messages unless the variables
+    /// say otherwise; the backfill still takes seconds.
+    pub fn quick() -> HistorySpec {
+        HistorySpec::from_env_or(100, 40)
+    }
+
+    fn from_env_or(rooms: u32, messages_per_room: u32) -> HistorySpec {
         let var = |name: &str, default: u32| {
             std::env::var(name)
                 .ok()
@@ -43,8 +53,8 @@ impl HistorySpec {
                 .unwrap_or(default)
         };
         HistorySpec {
-            rooms: var("FICUS_LIVE_ROOMS", 200),
-            messages_per_room: var("FICUS_LIVE_MESSAGES_PER_ROOM", 50),
+            rooms: var("FICUS_LIVE_ROOMS", rooms),
+            messages_per_room: var("FICUS_LIVE_MESSAGES_PER_ROOM", messages_per_room),
             days: 3 * 365,
             first_user: 1,
             users: 400,
