@@ -5,7 +5,7 @@
 #   ./scripts/demo.sh                      clean, then errors
 #   ./scripts/demo.sh latency abort-from-cutover
 # Scenarios: clean, errors, latency, abort-from-cutover, chat-sigkill (docs/live.md).
-# The demo runs at the quick pace (20 s windows, 8 s bakes, 4,000 messages of history); the
+# The demo runs at the quick pace (20 s windows, 6 s bakes, 4,000 messages of history); the
 # tests' pace is `target/debug/ficus-live <scenario>...` without --quick.
 # The first run installs and builds everything (cached outside the repo) and says what it does.
 set -euo pipefail

@@ -84,10 +84,10 @@ impl Timing {
         Timing {
             window: "20s",
             alert_for: "4s",
-            shadow: "10s",
-            bake: "8s",
+            shadow: "5s",
+            bake: "6s",
             interval: "2s",
-            complete_after: "8s",
+            complete_after: "6s",
         }
     }
 
