@@ -12,6 +12,27 @@ use tokio::task::JoinHandle;
 
 use ficus_testkit::{ControlPlane, HarnessError, repo_root};
 
+/// A Migration named `name` with `spec`, as a manifest would give it.
+pub fn migration(name: &str, spec: serde_json::Value) -> Migration {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "ficus.dev/v1alpha1",
+        "kind": "Migration",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))
+    .expect("a valid Migration")
+}
+
+/// The Degraded condition as (status, reason, message), once the operator has set it.
+pub fn degraded(m: &Migration) -> Option<(String, String, String)> {
+    m.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
 /// Applies `crds/` with kubectl once per control plane and waits until it is established.
 pub fn install_crds(cp: &ControlPlane) -> Result<(), HarnessError> {
     static DONE: Mutex<Vec<String>> = Mutex::new(Vec::new());

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ficus_e2e::operator::{
-    Operator, finish_job, short_lease, split_steps, test_namespace, wait_for, wait_for_job,
+    Operator, finish_job, migration, short_lease, split_steps, test_namespace, wait_for,
+    wait_for_job,
 };
 use ficus_operator::crd::{DualWrite, FlagValues, Flags, Migration, Percent, Phase, Side};
 use ficus_testkit::{ControlPlane, repo_root};
@@ -25,16 +26,6 @@ const LONG: Duration = Duration::from_secs(60);
 
 async fn setup(prefix: &str) -> anyhow::Result<Option<(&'static ControlPlane, Client, String)>> {
     test_namespace(prefix).await
-}
-
-fn migration(name: &str, spec: serde_json::Value) -> Migration {
-    serde_json::from_value(json!({
-        "apiVersion": "ficus.dev/v1alpha1",
-        "kind": "Migration",
-        "metadata": { "name": name },
-        "spec": spec,
-    }))
-    .expect("a valid Migration")
 }
 
 fn flags_of(cm: &ConfigMap) -> BTreeMap<String, String> {

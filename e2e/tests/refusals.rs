@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ficus_e2e::operator::{Operator, test_namespace, wait_for};
+use ficus_e2e::operator::{Operator, degraded, migration, test_namespace, wait_for};
 use ficus_operator::crd::{Migration, Phase};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -17,25 +17,6 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn migration(name: &str, spec: serde_json::Value) -> Migration {
-    serde_json::from_value(json!({
-        "apiVersion": "ficus.dev/v1alpha1",
-        "kind": "Migration",
-        "metadata": { "name": name },
-        "spec": spec,
-    }))
-    .expect("a valid Migration")
-}
-
-fn degraded(m: &Migration) -> Option<(String, String, String)> {
-    m.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
 
 async fn event_reasons(client: &Client, ns: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);

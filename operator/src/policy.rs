@@ -209,37 +209,37 @@ impl Policy {
                 how: "the policy's allowAwsEndpointOverride is false: the AWS endpoint comes only from the operator's configuration (--aws-endpoint-url); remove the field".to_owned(),
             });
         }
+        // (image field, Secret field, image, Secret) of each Job a Migration may start.
         let jobs = [
-            spec.backfill
-                .as_ref()
-                .map(|b| ("backfill", &b.image, &b.secret_name)),
-            spec.cutover
-                .rollback_job
-                .as_ref()
-                .map(|r| ("cutover.rollbackJob", &r.image, &r.secret_name)),
+            spec.backfill.as_ref().map(|b| {
+                (
+                    "backfill.image",
+                    "backfill.secretName",
+                    &b.image,
+                    &b.secret_name,
+                )
+            }),
+            spec.cutover.rollback_job.as_ref().map(|r| {
+                (
+                    "cutover.rollbackJob.image",
+                    "cutover.rollbackJob.secretName",
+                    &r.image,
+                    &r.secret_name,
+                )
+            }),
         ];
-        for (job, image, secret) in jobs.into_iter().flatten() {
+        for (image_field, secret_field, image, secret) in jobs.into_iter().flatten() {
             if !rules
                 .job_images
                 .iter()
                 .any(|a| image.starts_with(a.as_str()))
             {
-                let field = if job == "backfill" {
-                    "backfill.image"
-                } else {
-                    "cutover.rollbackJob.image"
-                };
-                refuse(Reach::JobImage, field, image, &rules.job_images);
+                refuse(Reach::JobImage, image_field, image, &rules.job_images);
             }
             if let Some(secret) = secret
                 && !rules.job_secrets.contains(secret)
             {
-                let field = if job == "backfill" {
-                    "backfill.secretName"
-                } else {
-                    "cutover.rollbackJob.secretName"
-                };
-                refuse(Reach::JobSecret, field, secret, &rules.job_secrets);
+                refuse(Reach::JobSecret, secret_field, secret, &rules.job_secrets);
             }
         }
         refusals.extend(aws_endpoint);

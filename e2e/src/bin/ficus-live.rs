@@ -41,7 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\n==> scenario {}: starting the live stack (control plane, PostgreSQL with history, Cassandra behind Toxiproxy, NATS, 2 chat-service routers, Prometheus, Alertmanager, the operator)",
             scenario.name()
         );
-        let outcome = run_with(scenario, timing.clone(), history.clone()).await?;
+        let outcome = run_with(scenario, timing.clone(), history).await?;
         if outcome.lost > 0 || !outcome.ended {
             failed += 1;
         }
