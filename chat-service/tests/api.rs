@@ -54,6 +54,7 @@ on_every_store!(
     get_rooms_orders_pinned_first_then_latest_activity_and_pages,
     messages_send_history_read_markers_and_reactions,
     unread_counts_follow_sends_and_read_markers,
+    a_since_marker_walks_a_long_room_one_chunk_per_call,
     every_method_rejects_unauthenticated_calls,
     malformed_input_is_invalid_argument_never_500,
     unknown_methods_and_wrong_http_methods_get_connect_errors,
@@ -477,6 +478,64 @@ async fn unread_counts_follow_sends_and_read_markers(backend: Backend) {
         (unread(1).await, unread(2).await, unread(3).await),
         (1, 3, 0)
     );
+}
+
+/// `since: 1970` on a long room costs one chunk (500 messages) per call, not the room: the reply
+/// says where the next chunk starts, and following it marks everything.
+async fn a_since_marker_walks_a_long_room_one_chunk_per_call(backend: Backend) {
+    let Some((svc, _db)) = service(backend, "since_chunks").await else {
+        return;
+    };
+    let room = svc.create_group(1, &[3]).await;
+    // The reader's own ten come first: they fill part of the first chunk but are never marked.
+    for i in 0..10 {
+        svc.send(3, &room, &format!("own {i}")).await;
+    }
+    for batch in 0..101 {
+        let contents: Vec<String> = (0..10).map(|i| format!("m{}", batch * 10 + i)).collect();
+        futures::future::join_all(contents.iter().map(|c| svc.send(1, &room, c))).await;
+    }
+    let unread = || async {
+        svc.call(3, "GetRoom", json!({ "id": room })).await["room"]["unreadCount"]
+            .as_u64()
+            .expect("unreadCount")
+    };
+    assert_eq!(unread().await, 1_010);
+    let mark = |since: Value| {
+        let (svc, room) = (&svc, &room);
+        async move {
+            let reply = svc
+                .call(
+                    3,
+                    "MarkMessagesAsRead",
+                    json!({ "roomId": room, "since": since }),
+                )
+                .await;
+            (
+                reply["updated"].as_u64().expect("updated"),
+                reply.get("nextSince").cloned(),
+            )
+        }
+    };
+    let mut since = json!("1970-01-01T00:00:00Z");
+    let mut walked = Vec::new();
+    loop {
+        let (updated, next) = mark(since.clone()).await;
+        walked.push((updated, unread().await));
+        match next {
+            Some(next) => since = next,
+            None => break,
+        }
+    }
+    assert_eq!(
+        walked,
+        vec![(490, 520), (500, 20), (20, 0)],
+        "(updated, unread) after each call"
+    );
+    // Again from 1970: the first chunk only, nothing new, and the way on.
+    let (updated, next) = mark(json!("1970-01-01T00:00:00Z")).await;
+    assert_eq!(updated, 0);
+    assert!(next.is_some(), "a long range always says where it goes on");
 }
 
 async fn messages_send_history_read_markers_and_reactions(backend: Backend) {

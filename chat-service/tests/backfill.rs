@@ -107,10 +107,11 @@ async fn populate(pg: &PgStore) -> Vec<(RoomId, Vec<NewMessage>)> {
             }
         }
         let first_ten = messages[..10].iter().map(|m| m.id).collect();
-        pg.mark_read(id, UserId(2), ReadMarker::Ids(first_ten), now())
+        pg.mark_read(id, UserId(2), first_ten, now())
             .await
             .expect("read");
-        pg.mark_read(
+        chat_service::store::mark_read(
+            pg,
             id,
             UserId(3),
             ReadMarker::Since(messages[30].created_at),

@@ -13,7 +13,7 @@ use crate::api::{AppState, validate};
 use crate::events::RoomEvent;
 use crate::ids::{MessageId, RoomId};
 use crate::store::page::effective_limit;
-use crate::store::{self, NewMessage, ReadMarker, StoredMessage};
+use crate::store::{self, MarkedRead, NewMessage, ReadMarker, StoredMessage};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -148,8 +148,12 @@ pub struct MarkReadRequest {
 }
 
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MarkReadReply {
     updated: u64,
+    /// Set when a `since` call covered one chunk of a longer range: call again with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_since: Option<DateTime<Utc>>,
 }
 
 pub async fn mark_messages_as_read(
@@ -159,10 +163,17 @@ pub async fn mark_messages_as_read(
 ) -> Result<Json<MarkReadReply>, ApiError> {
     let marker = validate::read_marker(req.message_ids, req.since)?;
     app.member_access(req.room_id, me).await?;
-    let updated = app
-        .store
-        .mark_read(req.room_id, me, marker.clone(), store::now())
-        .await?;
+    let MarkedRead {
+        updated,
+        next_since,
+    } = store::mark_read(
+        app.store.as_ref(),
+        req.room_id,
+        me,
+        marker.clone(),
+        store::now(),
+    )
+    .await?;
     if updated > 0 {
         let (message_ids, since) = match marker {
             ReadMarker::Ids(ids) => (Some(ids), None),
@@ -177,7 +188,10 @@ pub async fn mark_messages_as_read(
         })
         .await;
     }
-    Ok(Json(MarkReadReply { updated }))
+    Ok(Json(MarkReadReply {
+        updated,
+        next_since,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView,
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadChunk, RoomAccess, RoomView,
     StoreError, StoreFuture, StoredMessage,
 };
 
@@ -114,14 +114,23 @@ impl<S: ChatStore> ChatStore for Instrumented<S> {
         self.observe("history", self.inner.history(room, before, limit))
     }
 
+    fn read_chunk(
+        &self,
+        room: RoomId,
+        reader: UserId,
+        since: DateTime<Utc>,
+    ) -> StoreFuture<'_, ReadChunk> {
+        self.observe("read_chunk", self.inner.read_chunk(room, reader, since))
+    }
+
     fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
-        marker: ReadMarker,
+        ids: Vec<MessageId>,
         at: DateTime<Utc>,
     ) -> StoreFuture<'_, u64> {
-        self.observe("mark_read", self.inner.mark_read(room, user, marker, at))
+        self.observe("mark_read", self.inner.mark_read(room, user, ids, at))
     }
 
     fn react(

@@ -188,13 +188,64 @@ impl From<NewMessage> for StoredMessage {
     }
 }
 
-/// Which messages a read marker covers. Messages the reader sent are never marked.
+/// Which messages a MarkMessagesAsRead covers. Messages the reader sent are never marked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadMarker {
     /// These messages (ids of other rooms are ignored).
     Ids(Vec<MessageId>),
-    /// Every message created at or after this time.
+    /// The room's oldest [`READ_CHUNK`] messages created at or after this time. A call's cost is
+    /// bounded by the chunk, not by the room: `since: 1970` on a room of years walks it one
+    /// chunk per call, following [`MarkedRead::next_since`].
     Since(DateTime<Utc>),
+}
+
+/// How many messages one `since` marker covers (any sender; deleted messages are not counted).
+pub const READ_CHUNK: usize = 500;
+
+/// The messages a `since` marker covers, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadChunk {
+    pub ids: Vec<MessageId>,
+    /// Where the next chunk starts (the creation time of the first message left out), when the
+    /// range holds more than one chunk.
+    pub next_since: Option<DateTime<Utc>>,
+}
+
+/// What a MarkMessagesAsRead did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarkedRead {
+    /// Messages newly marked read.
+    pub updated: u64,
+    /// See [`ReadChunk::next_since`].
+    pub next_since: Option<DateTime<Utc>>,
+}
+
+/// Marks what `marker` covers read by `user`. A `since` marker is resolved to its chunk's ids
+/// first, so that every store a write reaches (dual writes, outbox replays) marks the same
+/// messages, whatever else it holds.
+pub async fn mark_read(
+    store: &dyn ChatStore,
+    room: RoomId,
+    user: UserId,
+    marker: ReadMarker,
+    at: DateTime<Utc>,
+) -> StoreResult<MarkedRead> {
+    let (ids, next_since) = match marker {
+        ReadMarker::Ids(ids) => (ids, None),
+        ReadMarker::Since(since) => {
+            let chunk = store.read_chunk(room, user, since).await?;
+            (chunk.ids, chunk.next_since)
+        }
+    };
+    let updated = if ids.is_empty() {
+        0
+    } else {
+        store.mark_read(room, user, ids, at).await?
+    };
+    Ok(MarkedRead {
+        updated,
+        next_since,
+    })
 }
 
 pub trait ChatStore: Send + Sync + 'static {
@@ -248,12 +299,21 @@ pub trait ChatStore: Send + Sync + 'static {
         limit: u32,
     ) -> StoreFuture<'_, HistoryPage>;
 
-    /// Marks messages of the room read by `user`; returns how many were newly marked.
+    /// The messages a `since` marker of `reader` covers (see [`ReadMarker::Since`]).
+    fn read_chunk(
+        &self,
+        room: RoomId,
+        reader: UserId,
+        since: DateTime<Utc>,
+    ) -> StoreFuture<'_, ReadChunk>;
+
+    /// Marks these messages of the room read by `user` (ids of other rooms, deleted messages and
+    /// the user's own are skipped); returns how many were newly marked.
     fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
-        marker: ReadMarker,
+        ids: Vec<MessageId>,
         at: DateTime<Utc>,
     ) -> StoreFuture<'_, u64>;
 

@@ -128,16 +128,12 @@ impl WriteOp {
         }
     }
 
-    pub fn mark_read(room: RoomId, user: UserId, marker: &ReadMarker, at: DateTime<Utc>) -> Self {
-        let (ids, since) = match marker {
-            ReadMarker::Ids(ids) => (Some(ids.clone()), None),
-            ReadMarker::Since(t) => (None, Some(*t)),
-        };
+    pub fn mark_read(room: RoomId, user: UserId, ids: &[MessageId], at: DateTime<Utc>) -> Self {
         WriteOp::MarkRead {
             room,
             user,
-            ids,
-            since,
+            ids: Some(ids.to_vec()),
+            since: None,
             at,
         }
     }
@@ -232,10 +228,15 @@ impl WriteOp {
             } => {
                 let marker = match (ids, since) {
                     (Some(ids), _) => ReadMarker::Ids(ids),
+                    // Recorded before `since` markers were resolved to their chunk's ids.
                     (None, Some(t)) => ReadMarker::Since(t),
                     (None, None) => ReadMarker::Ids(Vec::new()),
                 };
-                Applied::Count(store.mark_read(room, user, marker, at).await?)
+                Applied::Count(
+                    crate::store::mark_read(store, room, user, marker, at)
+                        .await?
+                        .updated,
+                )
             }
             WriteOp::React {
                 message,
@@ -959,9 +960,16 @@ mod tests {
             WriteOp::mark_read(
                 room,
                 UserId(4),
-                &ReadMarker::Since(crate::store::now()),
+                &[MessageId(Uuid::new_v4())],
                 crate::store::now(),
             ),
+            WriteOp::MarkRead {
+                room,
+                user: UserId(4),
+                ids: None,
+                since: Some(crate::store::now()),
+                at: crate::store::now(),
+            },
             WriteOp::React {
                 message: MessageId(Uuid::new_v4()),
                 user: UserId(1),

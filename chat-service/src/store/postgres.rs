@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, Role, RoomAccess,
-    RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, READ_CHUNK, ReadChunk, Role,
+    RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
 };
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -139,32 +139,32 @@ macro_rules! message_select {
     };
 }
 
-/// Read receipts for the room's messages picked by `$filter` (`$3`), except the reader's own,
+/// Read receipts for the room's messages `$3` (ids), except deleted ones and the reader's own,
 /// and the reader's `last_read_at` moved up to the newest newly-read message. `$1` room,
 /// `$2` reader, `$4` time.
-macro_rules! mark_read_sql {
-    ($filter:literal) => {
-        concat!(
-            "with marked as (
-               insert into room_message_read (message_id, user_id, read_at)
-               select id, $2, $4 from room_message
-                where room_id = $1 and deleted_at is null and sender_id <> $2 and ",
-            $filter,
-            "
-               on conflict do nothing
-               returning message_id),
-             newest as (
-               select count(*) as n, max(rm.created_at) as at
-                 from marked join room_message rm on rm.id = marked.message_id),
-             bump as (
-               update room_member set last_read_at = greatest(last_read_at, newest.at)
-                 from newest
-                where room_id = $1 and user_id = $2 and newest.at is not null
-                returning 1)
-             select n from newest"
-        )
-    };
-}
+const MARK_READ: &str = "with marked as (
+       insert into room_message_read (message_id, user_id, read_at)
+       select id, $2, $4 from room_message
+        where room_id = $1 and deleted_at is null and sender_id <> $2 and id = any($3)
+       on conflict do nothing
+       returning message_id),
+     newest as (
+       select count(*) as n, max(rm.created_at) as at
+         from marked join room_message rm on rm.id = marked.message_id),
+     bump as (
+       update room_member set last_read_at = greatest(last_read_at, newest.at)
+         from newest
+        where room_id = $1 and user_id = $2 and newest.at is not null
+        returning 1)
+     select n from newest";
+
+/// A `since` chunk (`$1` room, `$2` since, `$3` chunk size) and one message past it, which tells
+/// where the next chunk starts. Follows `room_message_room_created`: a call reads at most
+/// `$3 + 1` rows, however long the room.
+const READ_CHUNK_SQL: &str = "select id, created_at from room_message
+      where room_id = $1 and deleted_at is null and created_at >= $2
+      order by created_at, id
+      limit $3 + 1";
 
 impl PgStore {
     /// Connects a pool of at most `max_connections`; fails when the database cannot be reached.
@@ -438,31 +438,41 @@ impl PgStore {
         ))
     }
 
+    async fn read_chunk_query(&self, room: RoomId, since: DateTime<Utc>) -> StoreResult<ReadChunk> {
+        let rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(READ_CHUNK_SQL)
+            .bind(room)
+            .bind(since)
+            .bind(READ_CHUNK as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?;
+        let next_since = rows.get(READ_CHUNK).map(|(_, at)| *at);
+        Ok(ReadChunk {
+            ids: rows
+                .into_iter()
+                .take(READ_CHUNK)
+                .map(|(id, _)| MessageId(id))
+                .collect(),
+            next_since,
+        })
+    }
+
     async fn mark_read_query(
         &self,
         room: RoomId,
         user: UserId,
-        marker: ReadMarker,
+        ids: Vec<MessageId>,
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        let query = match marker {
-            ReadMarker::Ids(ids) => {
-                let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
-                sqlx::query_scalar::<sqlx::Postgres, i64>(mark_read_sql!("id = any($3)"))
-                    .bind(room)
-                    .bind(user)
-                    .bind(ids)
-                    .bind(at)
-            }
-            ReadMarker::Since(since) => {
-                sqlx::query_scalar::<sqlx::Postgres, i64>(mark_read_sql!("created_at >= $3"))
-                    .bind(room)
-                    .bind(user)
-                    .bind(since)
-                    .bind(at)
-            }
-        };
-        let n = query.fetch_one(&self.pool).await.map_err(classify)?;
+        let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
+        let n = sqlx::query_scalar::<_, i64>(MARK_READ)
+            .bind(room)
+            .bind(user)
+            .bind(ids)
+            .bind(at)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -565,14 +575,23 @@ impl ChatStore for PgStore {
         Box::pin(self.history_query(room, before, limit))
     }
 
+    fn read_chunk(
+        &self,
+        room: RoomId,
+        _reader: UserId,
+        since: DateTime<Utc>,
+    ) -> StoreFuture<'_, ReadChunk> {
+        Box::pin(self.read_chunk_query(room, since))
+    }
+
     fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
-        marker: ReadMarker,
+        ids: Vec<MessageId>,
         at: DateTime<Utc>,
     ) -> StoreFuture<'_, u64> {
-        Box::pin(self.mark_read_query(room, user, marker, at))
+        Box::pin(self.mark_read_query(room, user, ids, at))
     }
 
     fn react(

@@ -209,10 +209,15 @@ async fn seed_room(
     }
     // Every member but the first has read up to some point of the history.
     for member in members.iter().skip(1) {
-        store
-            .mark_read(id, *member, ReadMarker::Since(created), last)
-            .await
-            .map_err(err)?;
+        // One chunk per call, as a client marking a long history read would.
+        let mut since = Some(created);
+        while let Some(from) = since {
+            since =
+                chat_service::store::mark_read(store, id, *member, ReadMarker::Since(from), last)
+                    .await
+                    .map_err(err)?
+                    .next_since;
+        }
         seeded.read_markers += 1;
     }
     Ok(seeded)

@@ -76,7 +76,7 @@ use crate::store::outbox::{
 use crate::store::postgres::PgStore;
 use crate::store::shadow::{Compared, Scope, Shadowed, compare_results};
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, RoomAccess, RoomView,
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadChunk, RoomAccess, RoomView,
     StoreError, StoreFuture, StoreResult, StoredMessage,
 };
 
@@ -526,15 +526,31 @@ impl ChatStore for MigrationRouter {
         })
     }
 
+    /// From the store `reader` reads from: the ids are then written to both stores, which so
+    /// mark the same messages whatever else each holds (e.g. history not backfilled yet).
+    fn read_chunk(
+        &self,
+        room: RoomId,
+        reader: UserId,
+        since: DateTime<Utc>,
+    ) -> StoreFuture<'_, ReadChunk> {
+        self.note_user(reader);
+        let store = self
+            .inner
+            .store(cohort(&self.inner.flags.current(), reader))
+            .clone();
+        Box::pin(async move { store.read_chunk(room, reader, since).await })
+    }
+
     fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
-        marker: ReadMarker,
+        ids: Vec<MessageId>,
         at: DateTime<Utc>,
     ) -> StoreFuture<'_, u64> {
         self.note_user(user);
-        let write = self.write(WriteOp::mark_read(room, user, &marker, at));
+        let write = self.write(WriteOp::mark_read(room, user, &ids, at));
         Box::pin(async move {
             match write.await? {
                 Applied::Count(n) => Ok(n),

@@ -42,8 +42,8 @@ use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadMarker, Role, RoomAccess,
-    RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, READ_CHUNK, ReadChunk, Role,
+    RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
 };
 
 mod backfill;
@@ -175,14 +175,23 @@ impl ChatStore for CqlStore {
         Box::pin(self.history_query(room, before, limit))
     }
 
+    fn read_chunk(
+        &self,
+        room: RoomId,
+        _reader: UserId,
+        since: DateTime<Utc>,
+    ) -> StoreFuture<'_, ReadChunk> {
+        Box::pin(self.read_chunk_query(room, since))
+    }
+
     fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
-        marker: ReadMarker,
+        ids: Vec<MessageId>,
         at: DateTime<Utc>,
     ) -> StoreFuture<'_, u64> {
-        Box::pin(self.mark_read_query(room, user, marker, at))
+        Box::pin(self.mark_read_query(room, user, ids, at))
     }
 
     fn react(

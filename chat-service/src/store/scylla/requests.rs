@@ -492,60 +492,49 @@ impl CqlStore {
         Ok(HistoryPage::from_rows(found, limit))
     }
 
-    /// Candidate messages of a read marker: `(id, sender, deleted)`.
-    pub(super) async fn marker_candidates(
+    /// The messages a `since` marker covers: oldest first from `since`, deleted ones left out
+    /// (PostgreSQL's index leaves them out too), pages read until the chunk and one message past
+    /// it are found or the room ends.
+    pub(super) async fn read_chunk_query(
         &self,
         room: RoomId,
-        marker: &ReadMarker,
-    ) -> StoreResult<Vec<(CqlTimeuuid, i32, Option<bool>)>> {
+        since: DateTime<Utc>,
+    ) -> StoreResult<ReadChunk> {
         type Row = (CqlTimeuuid, i32, Option<bool>);
-        match marker {
-            ReadMarker::Ids(ids) => {
-                // Only time-based ids can be messages; others are ignored like ids of other rooms.
-                let ids: Vec<CqlTimeuuid> = ids
-                    .iter()
-                    .filter(|id| id.0.get_version_num() == 1)
-                    .map(|id| timeuuid(*id))
-                    .collect::<HashSet<_>>()
+        let mut found: Vec<MessageId> = Vec::new();
+        let mut after: Option<CqlTimeuuid> = None;
+        loop {
+            let result = match after {
+                None => {
+                    let lower = timeuuid_lower_bound(since);
+                    self.exec(&self.st.messages_from, (room.0, lower, SCAN_ROWS))
+                        .await?
+                }
+                Some(a) => {
+                    self.exec(&self.st.messages_after, (room.0, a, SCAN_ROWS))
+                        .await?
+                }
+            };
+            let batch = rows::<Row>(result)?;
+            let done = batch.len() < SCAN_ROWS as usize;
+            after = batch.last().map(|r| r.0);
+            found.extend(
+                batch
                     .into_iter()
-                    .collect();
-                if ids.is_empty() {
-                    return Ok(vec![]);
-                }
-                rows::<Row>(self.exec(&self.st.messages_in, (room.0, ids)).await?)
-            }
-            ReadMarker::Since(since) => {
-                let lower = timeuuid_lower_bound(*since);
-                let mut all: Vec<Row> = Vec::new();
-                let mut upper: Option<CqlTimeuuid> = None;
-                loop {
-                    let result = match upper {
-                        None => {
-                            self.exec(&self.st.messages_since, (room.0, lower, SCAN_ROWS))
-                                .await?
-                        }
-                        Some(u) => {
-                            self.exec(
-                                &self.st.messages_since_before,
-                                (room.0, lower, u, SCAN_ROWS),
-                            )
-                            .await?
-                        }
-                    };
-                    let batch = rows::<Row>(result)?;
-                    let done = batch.len() < SCAN_ROWS as usize;
-                    upper = batch.last().map(|r| r.0);
-                    all.extend(
-                        batch
-                            .into_iter()
-                            .filter(|r| message_id(r.0).created_at().is_some_and(|t| t >= *since)),
-                    );
-                    if done {
-                        return Ok(all);
-                    }
-                }
+                    .filter(|(_, _, deleted)| *deleted != Some(true))
+                    .map(|(id, _, _)| message_id(id))
+                    .filter(|id| id.created_at().is_some_and(|t| t >= since)),
+            );
+            if done || found.len() > READ_CHUNK {
+                break;
             }
         }
+        let next_since = found.get(READ_CHUNK).and_then(|id| id.created_at());
+        found.truncate(READ_CHUNK);
+        Ok(ReadChunk {
+            ids: found,
+            next_since,
+        })
     }
 
     /// Read markers are written after reading which exist; two concurrent marks of the same
@@ -554,32 +543,34 @@ impl CqlStore {
         &self,
         room: RoomId,
         user: UserId,
-        marker: ReadMarker,
+        ids: Vec<MessageId>,
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        let candidates: Vec<CqlTimeuuid> = self
-            .marker_candidates(room, &marker)
-            .await?
+        type Row = (CqlTimeuuid, i32, Option<bool>);
+        // Only time-based ids can be messages; others are ignored like ids of other rooms.
+        let ids: Vec<CqlTimeuuid> = ids
+            .iter()
+            .filter(|id| id.0.get_version_num() == 1)
+            .map(|id| timeuuid(*id))
+            .collect::<HashSet<_>>()
             .into_iter()
-            .filter(|(_, sender, deleted)| *sender != user.0 && *deleted != Some(true))
-            .map(|r| r.0)
             .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let candidates: Vec<CqlTimeuuid> =
+            rows::<Row>(self.exec(&self.st.messages_in, (room.0, ids)).await?)?
+                .into_iter()
+                .filter(|(_, sender, deleted)| *sender != user.0 && *deleted != Some(true))
+                .map(|r| r.0)
+                .collect();
         if candidates.is_empty() {
             return Ok(0);
         }
-        let already: HashSet<CqlTimeuuid> = match &marker {
-            ReadMarker::Ids(_) => rows::<(CqlTimeuuid,)>(
-                self.exec(&self.st.read_in, (room.0, user.0, candidates.clone()))
-                    .await?,
-            )?,
-            ReadMarker::Since(since) => rows::<(CqlTimeuuid,)>(
-                self.exec(
-                    &self.st.read_since,
-                    (room.0, user.0, timeuuid_lower_bound(*since)),
-                )
+        let already: HashSet<CqlTimeuuid> = rows::<(CqlTimeuuid,)>(
+            self.exec(&self.st.read_in, (room.0, user.0, candidates.clone()))
                 .await?,
-            )?,
-        }
+        )?
         .into_iter()
         .map(|(id,)| id)
         .collect();
