@@ -117,7 +117,16 @@ pub async fn connect_error_body(
             .unwrap_or("request failed")
             .to_owned(),
     };
-    ApiError::new(code, message).into_response()
+    let mut response = ApiError::new(code, message).into_response();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body is never read, so the server closes the connection after this
+        // answer: saying so keeps a client from sending its next request on it and losing it.
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// Unknown paths and methods other than those routed.
