@@ -154,6 +154,9 @@ impl Default for BackfillConfig {
     }
 }
 
+/// How often `chat_migration_progress_ratio{type="messages"}` is brought up to date.
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
+
 /// `FICUS_DUAL_WRITE_STARTED_AT`: when the operator started the dual write (RFC 3339).
 pub const ENV_DUAL_WRITE_STARTED_AT: &str = ficus_flags::job::env::DUAL_WRITE_STARTED_AT;
 /// `FICUS_MIGRATION_ID`: `<namespace>/<name>/<attempt>` of the Migration the Job belongs to.
@@ -871,14 +874,16 @@ pub async fn run(
         }),
     };
     let total = report.total_messages.max(1) as f64;
-    let progress = |final_line: bool| {
+    // The gauge follows the copy every second (a scrape during the run sees it move); the
+    // progress line is printed every `progress_every`.
+    let progress = |print: bool| {
         let (rooms, messages) = (
             run.rooms.load(Ordering::Relaxed),
             run.messages.load(Ordering::Relaxed),
         );
         let ratio = ((earlier_messages + messages) as f64 / total).min(1.0);
         metrics.migration_progress("messages", ratio);
-        if config.progress_every.is_some() && !final_line {
+        if config.progress_every.is_some() && print {
             let rate = messages as f64 / started.elapsed().as_secs_f64().max(1e-3);
             eprintln!(
                 "backfill: rooms {rooms}/{}, messages {}/{} ({:.1}%), {rate:.0} msg/s, ranges {} done",
@@ -895,13 +900,15 @@ pub async fn run(
     let mut tick =
         tokio::time::interval(config.progress_every.unwrap_or(Duration::from_secs(3600)));
     tick.tick().await;
+    let mut gauge = tokio::time::interval(GAUGE_EVERY);
     loop {
         tokio::select! {
             result = &mut workers => { result?; break; }
-            _ = tick.tick() => progress(false),
+            _ = tick.tick() => progress(true),
+            _ = gauge.tick() => progress(false),
         }
     }
-    progress(true);
+    progress(false);
     report.ranges_done = run.ranges_done.load(Ordering::SeqCst);
     report.rooms = run.rooms.load(Ordering::SeqCst);
     report.messages = run.messages.load(Ordering::SeqCst);

@@ -355,6 +355,24 @@ pub struct MigrationStoreArgs {
     pub cql: CqlArgs,
 }
 
+/// Where `backfill` and `validate` report their metrics: served while they run, and/or
+/// written to a file at the end.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BatchMetricsArgs {
+    /// Serve `/metrics` here while running (e.g. `0.0.0.0:9464`), for Prometheus to follow the
+    /// progress and findings as they happen. An address that cannot be bound is logged and the
+    /// work goes on without it: metrics never stop a backfill.
+    #[arg(long, env = "FICUS_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Keep serving `/metrics` this long after the work ends (e.g. `30s`), so that a scrape
+    /// sees the final values.
+    #[arg(long, env = "FICUS_METRICS_LINGER", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub metrics_linger: Duration,
+    /// Write the metrics (OpenMetrics text) here at the end, e.g. for a textfile collector.
+    #[arg(long)]
+    pub metrics_file: Option<std::path::PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -21,6 +21,7 @@ pub mod flow;
 pub mod ids;
 pub mod loadtest;
 pub mod metrics;
+pub mod metrics_endpoint;
 pub mod rollback;
 pub mod routing;
 pub mod serve;

@@ -5,14 +5,16 @@
 //! client) and `token` (a test token, for local use).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_service::auth::Authenticator;
 use chat_service::backfill::{self, BackfillConfig, BackfillInputs, Shard};
-use chat_service::config::{MigrationStoreArgs, ServeArgs};
+use chat_service::config::{BatchMetricsArgs, MigrationStoreArgs, ServeArgs};
 use chat_service::ids::UserId;
 use chat_service::loadtest::{self, DEFAULT_THRESHOLDS, LoadConfig, Ramp, Threshold};
 use chat_service::metrics::Metrics;
+use chat_service::metrics_endpoint::MetricsEndpoint;
 use chat_service::rollback;
 use chat_service::serve;
 use chat_service::store::outbox::{Outbox, Redrive};
@@ -80,9 +82,8 @@ enum Command {
         /// Stop after taking up this many ranges (a partial run; the next run resumes).
         #[arg(long)]
         max_ranges: Option<usize>,
-        /// Write the metrics (OpenMetrics text) here at the end, e.g. for a textfile collector.
-        #[arg(long)]
-        metrics_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        metrics: BatchMetricsArgs,
     },
     /// Compare the stores: per-room message counts and a sampled row-by-row compare. Prints a
     /// report and the drift (mismatched / compared checks); exits 2 when drift > --max-drift.
@@ -102,8 +103,8 @@ enum Command {
         shard: Option<String>,
         #[arg(long, default_value_t = 256)]
         ranges: u32,
-        #[arg(long)]
-        metrics_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        metrics: BatchMetricsArgs,
     },
     /// Copy what the new CQL store holds for a time window back into legacy PostgreSQL (rooms,
     /// memberships started or ended in it, messages, their reactions and read markers), for a
@@ -228,12 +229,37 @@ async fn connect_cql(stores: &MigrationStoreArgs) -> Result<CqlStore, String> {
         .map_err(|e| format!("cannot connect to the CQL store: {e}"))
 }
 
-fn write_metrics(path: Option<std::path::PathBuf>, metrics: &Metrics) -> Result<(), String> {
-    match path {
-        Some(p) => std::fs::write(&p, metrics.encode())
-            .map_err(|e| format!("cannot write {}: {e}", p.display())),
-        None => Ok(()),
+/// Starts `/metrics` for a batch command when `--metrics-addr` asks for it.
+async fn serve_metrics(
+    args: &BatchMetricsArgs,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<MetricsEndpoint>, String> {
+    let Some(addr) = args.metrics_addr else {
+        return Ok(None);
+    };
+    match MetricsEndpoint::start(addr, metrics.clone()).await {
+        Ok(endpoint) => Ok(Some(endpoint)),
+        Err(e) => {
+            tracing::warn!(error = %e, "going on without /metrics");
+            Ok(None)
+        }
     }
+}
+
+/// The end of a batch command's metrics: the file written, the endpoint kept up for the linger.
+async fn finish_metrics(
+    args: BatchMetricsArgs,
+    metrics: &Metrics,
+    endpoint: Option<MetricsEndpoint>,
+) -> Result<(), String> {
+    if let Some(p) = &args.metrics_file {
+        std::fs::write(p, metrics.encode())
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.finish(args.metrics_linger).await;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -301,7 +327,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             throttle,
             shard,
             max_ranges,
-            metrics_file,
+            metrics: metrics_args,
         } => {
             // Refused before anything connects; exit code 2, like any usage error.
             let inputs =
@@ -326,7 +352,8 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 progress_every: Some(Duration::from_secs(5)),
                 ..BackfillConfig::default()
             };
-            let metrics = Metrics::default();
+            let metrics = Arc::new(Metrics::default());
+            let endpoint = serve_metrics(&metrics_args, &metrics).await?;
             let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4))
                 .await
                 .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
@@ -342,7 +369,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             }
             .map_err(|e| e.to_string())?;
             print!("{report}");
-            write_metrics(metrics_file, &metrics)?;
+            finish_metrics(metrics_args, &metrics, endpoint).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate {
@@ -352,7 +379,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             workers,
             shard,
             ranges,
-            metrics_file,
+            metrics: metrics_args,
         } => {
             if !(0.0..=1.0).contains(&max_drift) {
                 return Err(format!("--max-drift must be within 0..=1, got {max_drift}"));
@@ -365,7 +392,8 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 ranges,
                 ..ValidateConfig::default()
             };
-            let metrics = Metrics::default();
+            let metrics = Arc::new(Metrics::default());
+            let endpoint = serve_metrics(&metrics_args, &metrics).await?;
             let pg = PgStore::connect(&stores.database_url, (workers as u32 + 2).max(4))
                 .await
                 .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
@@ -378,7 +406,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             print!("{report}");
-            write_metrics(metrics_file, &metrics)?;
+            finish_metrics(metrics_args, &metrics, endpoint).await?;
             Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {

@@ -20,9 +20,12 @@
 //! | `chat_shadow_read_mismatches_total` | `type` (`missing`/`extra`/`content`/`order`/`count`): the kinds of difference of the reads counted as drift |
 //! | `chat_shadow_reads_skipped_total` | (shadow reads not compared: nothing in them the other store is expected to hold yet, or too many re-reads at once) |
 //! | `chat_shadow_read_errors_total` | (shadow reads that failed; never returned to callers) |
-//! | `chat_migration_progress_ratio` | `type` (`messages`): share of the backfill's messages copied |
+//! | `chat_migration_progress_ratio` | `type` (`messages`: share of the backfill's messages copied; `validation`: share of the rooms `validate` checked) |
 //! | `chat_migration_errors_total` | `type`, `error_type` (rows the backfill could not copy) |
-//! | `chat_data_inconsistencies` | `type` (mismatches of the last `validate`, by kind) |
+//! | `chat_data_inconsistencies` | `type` (mismatches `validate` found so far, by kind) |
+//!
+//! `backfill` and `validate` serve these while they run with `--metrics-addr`
+//! ([`crate::metrics_endpoint`]).
 //! | `chat_consistency_checks_total` | `status` (`pass`/`fail`: `validate` runs by verdict) |
 
 use std::time::Duration;

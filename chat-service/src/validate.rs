@@ -38,6 +38,9 @@ use crate::store::outbox::{Entries, Outbox};
 use crate::store::postgres::{PgStore, classify};
 use crate::store::scylla::{CqlBackfill, CqlMember};
 
+/// The `type` label of validate's `chat_migration_progress_ratio` (share of rooms checked).
+pub const PROGRESS_TYPE: &str = "validation";
+
 /// A kind of mismatch (the `type` label of `chat_data_inconsistencies`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mismatch {
@@ -459,12 +462,29 @@ pub async fn run(
         max_drift: config.max_drift,
         ..ValidateReport::default()
     };
+    // Progress and findings are published room by room: a scrape during the run sees them.
+    let publish = |report: &ValidateReport, done: u64| {
+        let ratio = if report.rooms == 0 {
+            1.0
+        } else {
+            done as f64 / report.rooms as f64
+        };
+        metrics.migration_progress(PROGRESS_TYPE, ratio);
+        for kind in Mismatch::ALL {
+            metrics.data_inconsistencies(
+                kind.as_str(),
+                report.mismatches.get(&kind).copied().unwrap_or(0),
+            );
+        }
+    };
+    publish(&report, 0);
     let mut results = futures::stream::iter(
         rooms
             .into_iter()
             .map(|room| check_room_settled(pg, cql, room, config)),
     )
     .buffer_unordered(config.workers.max(1));
+    let mut done = 0;
     while let Some(r) = results.try_next().await? {
         report.legacy_messages += r.legacy;
         report.new_messages += r.new;
@@ -477,13 +497,10 @@ pub async fn run(
         report
             .examples
             .extend(r.examples.into_iter().take(room_for));
+        done += 1;
+        publish(&report, done);
     }
-    for kind in Mismatch::ALL {
-        metrics.data_inconsistencies(
-            kind.as_str(),
-            report.mismatches.get(&kind).copied().unwrap_or(0),
-        );
-    }
+    publish(&report, done);
     metrics.consistency_check(report.passed());
     Ok(report)
 }

@@ -940,3 +940,305 @@ async fn validate_waits_for_writes_still_queued_for_the_new_store_but_not_foreve
         "a write still queued after the limit is drift: {verdict}"
     );
 }
+
+/// The value of `metric{type="<kind>"}` in an OpenMetrics text, if present.
+fn sample(text: &str, metric: &str, kind: &str) -> Option<f64> {
+    let prefix = format!("{metric}{{type=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `backfill` and `validate` with `--metrics-addr` serve their progress and findings while they
+/// run (as the operator's Jobs do, for the dashboard and the stalled/inconsistency alerts), and
+/// keep serving the final values for `--metrics-linger`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backfill_and_validate_serve_their_progress_while_they_run() {
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_live_metrics").await);
+    let rooms = populate(&env.pg).await;
+    let [port] = ficus_testkit::free_ports::<1>().expect("a free port");
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("http://{addr}/metrics");
+    let spawn = |command: &str, extra: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
+            .args([command, "--ranges", &RANGES.to_string()])
+            .args(["--database-url", &env.database_url])
+            .args(["--cql-contact-points", &env.contact_point])
+            .args(["--cql-keyspace", &env.keyspace, "--cql-consistency", "ONE"])
+            .args(["--metrics-addr", &addr, "--metrics-linger", "3s"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run chat-service")
+    };
+    // Everything the endpoint answered while the process ran, in order.
+    let follow = |mut child: tokio::process::Child, metric: &'static str, kind: &'static str| {
+        let url = url.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let mut seen = vec![];
+            loop {
+                if let Ok(r) = http.get(&url).send().await
+                    && let Ok(text) = r.text().await
+                    && let Some(v) = sample(&text, metric, kind)
+                {
+                    seen.push((v, text));
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    return (status, seen);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // 320 messages at 80 per second: about four seconds of copying.
+    let started = now().to_rfc3339();
+    let backfill = spawn(
+        "backfill",
+        &["--dual-write-started-at", &started, "--throttle", "80"],
+    );
+    let (status, seen) = follow(backfill, "chat_migration_progress_ratio", "messages").await;
+    assert!(status.success(), "backfill exited with {status}");
+    let ratios: Vec<f64> = seen.iter().map(|(v, _)| *v).collect();
+    assert!(
+        ratios.iter().any(|r| *r > 0.0 && *r < 1.0),
+        "progress seen between 0 and 1 while copying: {ratios:?}"
+    );
+    assert!(
+        ratios.windows(2).all(|w| w[0] <= w[1]),
+        "progress never goes back: {ratios:?}"
+    );
+    assert_eq!(
+        ratios.last(),
+        Some(&1.0),
+        "the final value is served: {ratios:?}"
+    );
+
+    // Drift for validate to find: a message altered in the new store.
+    let altered = &rooms[0].1[0];
+    env.cql
+        .session()
+        .query_unpaged(
+            format!(
+                "UPDATE {}.messages_by_room SET content = ? WHERE room_id = ? AND message_id = ?",
+                env.keyspace
+            ),
+            (
+                b"tampered".to_vec(),
+                rooms[0].0.0,
+                scylla::value::CqlTimeuuid::from(altered.id.0),
+            ),
+        )
+        .await
+        .expect("alter");
+    let validate = spawn("validate", &["--sample", "1000"]);
+    let (status, seen) = follow(validate, "chat_migration_progress_ratio", "validation").await;
+    assert_eq!(status.code(), Some(2), "validate fails on the drift");
+    let (last, text) = seen.last().expect("validate served its metrics");
+    assert_eq!(*last, 1.0, "every room checked");
+    assert_eq!(
+        sample(text, "chat_data_inconsistencies", "content"),
+        Some(1.0),
+        "the inconsistency is served:\n{text}"
+    );
+}
+
+/// The chart's rules for the migration Jobs (`ChatMigrationStalled`,
+/// `ChatDataInconsistencyDetected`) on a real Prometheus scraping real `backfill` and `validate`
+/// processes: silent while a backfill copies, and after it; firing while it is stuck (its
+/// PostgreSQL reads blocked by a table lock, the process up and serving); silent again once it
+/// goes on; silent on a validate that finds nothing, firing on one that finds drift. The rules'
+/// 10-minute ranges are scaled to 15 s and `for:` dropped, nothing else changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_job_alerts_fire_on_a_stalled_backfill_and_on_drift_and_stay_silent_otherwise() {
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_job_alerts").await);
+    let rooms = populate(&env.pg).await;
+    let [port] = ficus_testkit::free_ports::<1>().expect("a free port");
+    let addr = format!("127.0.0.1:{port}");
+    let rules = std::fs::read_to_string(
+        ficus_testkit::helm::chart_dir().join("files/chat-alerts.rules.yml"),
+    )
+    .expect("the chart's rules")
+    .lines()
+    .filter(|l| !l.trim_start().starts_with("for:"))
+    .collect::<Vec<_>>()
+    .join("\n")
+    .replace("[10m]", "[15s]")
+    .replace("offset 10m", "offset 15s");
+    let prometheus = ficus_testkit::skip_or_fail!(ficus_testkit::Prometheus::start(
+        ficus_testkit::PrometheusConfig {
+            targets: vec![addr.clone()],
+            rules: Some(rules),
+            alertmanager: None,
+            labels: Default::default(),
+        }
+    ));
+    let firing = |alert: &'static str| {
+        let prometheus = &prometheus;
+        async move {
+            !prometheus
+                .query(&format!(
+                    r#"ALERTS{{alertname="{alert}",alertstate="firing"}}"#
+                ))
+                .await
+                .expect("ALERTS")
+                .is_empty()
+        }
+    };
+    let spawn = |command: &str, extra: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-service"))
+            .args([command, "--ranges", &RANGES.to_string()])
+            .args(["--database-url", &env.database_url])
+            .args(["--cql-contact-points", &env.contact_point])
+            .args(["--cql-keyspace", &env.keyspace, "--cql-consistency", "ONE"])
+            .args(["--metrics-addr", &addr, "--metrics-linger", "8s"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run chat-service")
+    };
+    let progress = || async {
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        sample(&text, "chat_migration_progress_ratio", "messages")
+    };
+    // Polls until `done` says so; whether `alert` fired on the way.
+    let watch = |alert: &'static str, until: std::time::Duration| {
+        let firing = &firing;
+        async move {
+            let start = std::time::Instant::now();
+            let mut fired = false;
+            while start.elapsed() < until {
+                fired |= firing(alert).await;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            fired
+        }
+    };
+
+    // Healthy: 320 messages at 20 per second, then the final value for the linger.
+    let started = now().to_rfc3339();
+    let mut backfill = spawn(
+        "backfill",
+        &["--dual-write-started-at", &started, "--throttle", "20"],
+    );
+    let start = std::time::Instant::now();
+    let mut fired = false;
+    while backfill.try_wait().expect("wait").is_none() {
+        fired |= firing("ChatMigrationStalled").await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        !fired,
+        "a backfill that copies is not stalled ({:?})",
+        start.elapsed()
+    );
+
+    // Stuck: another attempt (a new checkpoint key copies everything again) whose reads are
+    // blocked from the moment it has copied a little.
+    let mut backfill = spawn(
+        "backfill",
+        &[
+            "--dual-write-started-at",
+            &started,
+            "--throttle",
+            "20",
+            "--migration-id",
+            "chat/chat-to-scylla/2",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if progress().await.is_some_and(|r| r > 0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backfill never started copying"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut lock = env.pg.pool().begin().await.expect("a transaction");
+    sqlx::query("lock table room_message in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let stuck_at = progress().await;
+    let start = std::time::Instant::now();
+    loop {
+        if firing("ChatMigrationStalled").await {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "ChatMigrationStalled never fired on a backfill stuck at {stuck_at:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    println!(
+        "ChatMigrationStalled fired {:?} after the backfill stopped at {stuck_at:?}",
+        start.elapsed()
+    );
+    lock.rollback().await.expect("unlock");
+    let status = backfill.wait().await.expect("backfill");
+    assert!(
+        status.success(),
+        "the backfill went on and finished: {status}"
+    );
+    assert!(
+        !firing("ChatMigrationStalled").await,
+        "resolved once the backfill went on"
+    );
+
+    // validate: silent when the stores agree, firing when they do not.
+    let mut validate = spawn("validate", &["--sample", "1000"]);
+    let quiet = !watch(
+        "ChatDataInconsistencyDetected",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        validate.wait().await.expect("validate").success(),
+        "the stores agree"
+    );
+    assert!(
+        quiet,
+        "ChatDataInconsistencyDetected fired on a clean validate"
+    );
+    let altered = &rooms[1].1[2];
+    env.cql
+        .session()
+        .query_unpaged(
+            format!(
+                "UPDATE {}.messages_by_room SET content = ? WHERE room_id = ? AND message_id = ?",
+                env.keyspace
+            ),
+            (
+                b"tampered".to_vec(),
+                rooms[1].0.0,
+                scylla::value::CqlTimeuuid::from(altered.id.0),
+            ),
+        )
+        .await
+        .expect("alter");
+    let mut validate = spawn("validate", &["--sample", "1000"]);
+    let fired = watch(
+        "ChatDataInconsistencyDetected",
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(validate.wait().await.expect("validate").code(), Some(2));
+    assert!(
+        fired,
+        "ChatDataInconsistencyDetected fired on the drift validate found"
+    );
+}

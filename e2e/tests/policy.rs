@@ -167,10 +167,40 @@ jobServiceAccount: ficus-jobs
     );
     alices.create(&PostParams::default(), &allowed).await?;
     let job = wait_for_job(&admin, &team_a, "chat-backfill-1", LONG).await;
-    let pod = job
-        .spec
-        .and_then(|s| s.template.spec)
-        .expect("a pod template");
+    let template = job.spec.map(|s| s.template).expect("a pod template");
+    // Its progress is served for Prometheus while it runs: the address, the port, the
+    // annotations a kubernetes_sd pod job keys on.
+    let annotations = template
+        .metadata
+        .and_then(|m| m.annotations)
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            annotations.get("prometheus.io/scrape").map(String::as_str),
+            annotations.get("prometheus.io/port").map(String::as_str)
+        ),
+        (Some("true"), Some("9464"))
+    );
+    let pod = template.spec.expect("a pod spec");
+    let container = &pod.containers[0];
+    assert_eq!(
+        container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref(), p.container_port))
+            .collect::<Vec<_>>(),
+        vec![(Some("metrics"), 9464)]
+    );
+    assert!(
+        container
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "FICUS_METRICS_ADDR" && e.value.as_deref() == Some("0.0.0.0:9464")),
+        "{:?}",
+        container.env
+    );
     assert_eq!(
         (
             pod.service_account_name.as_deref(),

@@ -13,7 +13,14 @@ pub mod env {
     pub const ROLLBACK_FROM: &str = "FICUS_ROLLBACK_FROM";
     /// Pods of the Indexed backfill Job (each copies shard `JOB_COMPLETION_INDEX`).
     pub const SHARD_COUNT: &str = "FICUS_SHARD_COUNT";
+    /// `host:port` where backfill and validation pods serve `/metrics` while they run
+    /// (`0.0.0.0:` [`METRICS_PORT`](super::METRICS_PORT)).
+    pub const METRICS_ADDR: &str = "FICUS_METRICS_ADDR";
 }
+
+/// The port backfill and validation pods serve `/metrics` on (named `metrics`, announced by the
+/// `prometheus.io/scrape` and `prometheus.io/port` pod annotations).
+pub const METRICS_PORT: u16 = 9464;
 
 /// One attempt of one Migration object: `<namespace>/<name>/<uid>/<attempt>`. The uid makes a
 /// Migration re-created under the same name a different migration, so it never resumes the

@@ -129,12 +129,13 @@ pub async fn create(
 ) -> Result<(), BackfillError> {
     let mut env = operator_env(migration, status, false);
     env.push(json!({ "name": env::SHARD_COUNT, "value": spec.parallelism.to_string() }));
+    env.push(metrics_env());
     let job = json!({
         "completionMode": "Indexed",
         "completions": spec.parallelism,
         "parallelism": spec.parallelism,
         "backoffLimit": 3,
-        "template": { "spec": {
+        "template": { "metadata": { "annotations": scrape_annotations() }, "spec": {
             "restartPolicy": "Never",
             "serviceAccountName": runs_as,
             // The Jobs talk to databases, never to the Kubernetes API.
@@ -144,6 +145,7 @@ pub async fn create(
                 "image": spec.image,
                 "args": spec.args,
                 "env": env,
+                "ports": metrics_ports(),
                 "envFrom": env_from(spec.secret_name.as_deref()),
             }],
         }},
@@ -163,6 +165,8 @@ pub async fn create_validate(
     name: &str,
     runs_as: Option<&str>,
 ) -> Result<(), BackfillError> {
+    let mut env = operator_env(migration, status, false);
+    env.push(metrics_env());
     let job = json!({
         "completions": 1,
         "parallelism": 1,
@@ -171,7 +175,7 @@ pub async fn create_validate(
             "action": "FailJob",
             "onExitCodes": { "containerName": "validate", "operator": "In", "values": [2] },
         }]},
-        "template": { "spec": {
+        "template": { "metadata": { "annotations": scrape_annotations() }, "spec": {
             "restartPolicy": "Never",
             "serviceAccountName": runs_as,
             // The Jobs talk to databases, never to the Kubernetes API.
@@ -180,7 +184,8 @@ pub async fn create_validate(
                 "name": "validate",
                 "image": spec.image,
                 "args": args,
-                "env": operator_env(migration, status, false),
+                "env": env,
+                "ports": metrics_ports(),
                 "envFrom": env_from(spec.secret_name.as_deref()),
             }],
         }},
@@ -217,6 +222,24 @@ pub async fn create_rollback(
         }},
     });
     submit(client, migration, name, job).await
+}
+
+/// What backfill and validation pods add for their `/metrics` (served while they run): the
+/// address to serve on, the port, and the annotations a Prometheus `kubernetes_sd` pod job keys on.
+fn metrics_env() -> serde_json::Value {
+    json!({ "name": env::METRICS_ADDR, "value": format!("0.0.0.0:{}", ficus_flags::job::METRICS_PORT) })
+}
+
+fn metrics_ports() -> serde_json::Value {
+    json!([{ "name": "metrics", "containerPort": ficus_flags::job::METRICS_PORT }])
+}
+
+fn scrape_annotations() -> serde_json::Value {
+    json!({
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": ficus_flags::job::METRICS_PORT.to_string(),
+        "prometheus.io/path": "/metrics",
+    })
 }
 
 /// The pods' environment from a Secret, if one is named.

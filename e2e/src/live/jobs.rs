@@ -153,6 +153,10 @@ async fn run_one(
         if indexed {
             cmd.env("JOB_COMPLETION_INDEX", index.to_string());
         }
+        // Pods have a network namespace each; processes on one host share one: a port of their own.
+        if env.contains_key(ficus_operator::backfill::env::METRICS_ADDR) {
+            cmd.env(ficus_operator::backfill::env::METRICS_ADDR, "127.0.0.1:0");
+        }
         let log = log_dir.join(format!("job-{name}-{index}.log"));
         async move {
             let Ok(out) = std::fs::File::create(&log) else {
