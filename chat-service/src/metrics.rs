@@ -126,7 +126,74 @@ pub struct MigrationErrorLabels {
     pub error_type: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub operation: &'static str,
+    pub status: &'static str,
+    /// `1`..`9`, then `10+`: the attempt this replay was.
+    pub attempt: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatabaseLabels {
+    pub database: &'static str,
+    /// The store's part: `legacy` or `new` behind the migration router, `single` otherwise.
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub database: &'static str,
+    pub role: &'static str,
+    /// `active` (in use) or `idle`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client_type: &'static str,
+}
+
+/// The outcome of one outbox replay (`status` of `chat_retry_operations_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The write landed.
+    Success,
+    /// It failed; retried later.
+    Error,
+    /// What it refers to is not there yet; retried later without spending an attempt.
+    Waiting,
+    /// Given up: moved to the dead-letter table.
+    DeadLetter,
+}
+
+impl RetryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOutcome::Success => "success",
+            RetryOutcome::Error => "error",
+            RetryOutcome::Waiting => "waiting",
+            RetryOutcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// The `attempt` label: bounded, so a write retried for days adds no series.
+fn attempt_label(attempt: u32) -> &'static str {
+    const LABELS: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10+"];
+    LABELS[(attempt.max(1) as usize - 1).min(LABELS.len() - 1)]
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn lag_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
 
 /// 0.5 ms .. ~12.6 s in steps of 1.5x: a loopback query is well under a millisecond, a stuck
 /// one hits the timeout. The step bounds the error of a quantile read from the buckets: with
@@ -147,7 +214,11 @@ pub struct Metrics {
     pub flags_generation: Gauge,
     decrypt_failures: Counter,
     dual_writes: Family<DualWriteLabels, Counter>,
-    dual_write_lag: Histogram,
+    dual_write_lag: Histograms<OperationLabels>,
+    retry_operations: Family<RetryLabels, Counter>,
+    database_up: Family<DatabaseLabels, Gauge>,
+    database_connections: Family<ConnectionLabels, Gauge>,
+    active_connections: Family<ClientLabels, Gauge>,
     /// Outbox depth, set by the replayer.
     pub retry_queue_size: Gauge,
     /// Dead letters in the outboxes, set by the replayer.
@@ -185,6 +256,13 @@ impl Default for Metrics {
             "Store operation latency",
             db_duration.clone(),
         );
+        // The same histogram under the name the original system's dashboards and alerts use
+        // (encoded twice at scrape time; observed once).
+        registry.register(
+            "chat_query_duration_seconds",
+            "Store operation latency (the same as chat_database_operation_duration_seconds)",
+            db_duration.clone(),
+        );
         registry.register(
             "chat_messages_sent",
             "Messages stored, by room type and database",
@@ -211,7 +289,34 @@ impl Default for Metrics {
             decrypt_failures.clone(),
         );
         let dual_writes = Family::<DualWriteLabels, Counter>::default();
-        let dual_write_lag = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let dual_write_lag: Histograms<OperationLabels> =
+            Family::new_with_constructor(lag_histogram);
+        let retry_operations = Family::<RetryLabels, Counter>::default();
+        let database_up = Family::<DatabaseLabels, Gauge>::default();
+        let database_connections = Family::<ConnectionLabels, Gauge>::default();
+        let active_connections = Family::<ClientLabels, Gauge>::default();
+        // At 0 from the start: "no open streams" is a value, not a missing series.
+        let _ = active_connections.get_or_create(&ClientLabels { client_type: "sse" });
+        registry.register(
+            "chat_retry_operations",
+            "Outbox replays by operation, outcome and attempt",
+            retry_operations.clone(),
+        );
+        registry.register(
+            "chat_database_up",
+            "Whether the store answered its last health ping (1) or not (0)",
+            database_up.clone(),
+        );
+        registry.register(
+            "chat_database_connections",
+            "Connections of the store's pool, by state (PostgreSQL stores)",
+            database_connections.clone(),
+        );
+        registry.register(
+            "chat_active_connections",
+            "Open event streams (StreamMessages), by client type",
+            active_connections.clone(),
+        );
         let retry_queue_size = Gauge::default();
         let outbox_dead_letters = Gauge::default();
         let shadow_reads = Counter::default();
@@ -233,7 +338,7 @@ impl Default for Metrics {
         );
         registry.register(
             "chat_dual_write_lag_seconds",
-            "Delay between the primary write and the secondary write",
+            "Delay between the primary write and the secondary write, by operation",
             dual_write_lag.clone(),
         );
         registry.register(
@@ -311,6 +416,10 @@ impl Default for Metrics {
             decrypt_failures,
             dual_writes,
             dual_write_lag,
+            retry_operations,
+            database_up,
+            database_connections,
+            active_connections,
             retry_queue_size,
             outbox_dead_letters,
             shadow_reads,
@@ -386,8 +495,54 @@ impl Metrics {
             .get()
     }
 
-    pub fn dual_write_lag(&self, lag: Duration) {
-        self.dual_write_lag.observe(lag.as_secs_f64());
+    pub fn dual_write_lag(&self, operation: &'static str, lag: Duration) {
+        self.dual_write_lag
+            .get_or_create(&OperationLabels { operation })
+            .observe(lag.as_secs_f64());
+    }
+
+    /// One outbox replay of `operation`, its `attempt`-th (1-based).
+    pub fn retry_operation(&self, operation: &'static str, outcome: RetryOutcome, attempt: u32) {
+        self.retry_operations
+            .get_or_create(&RetryLabels {
+                operation,
+                status: outcome.as_str(),
+                attempt: attempt_label(attempt),
+            })
+            .inc();
+    }
+
+    /// The answer to a store's health ping.
+    pub fn database_up(&self, database: &'static str, role: &'static str, up: bool) {
+        self.database_up
+            .get_or_create(&DatabaseLabels { database, role })
+            .set(i64::from(up));
+    }
+
+    /// A store's pool: connections in use and idle.
+    pub fn database_connections(
+        &self,
+        database: &'static str,
+        role: &'static str,
+        active: u32,
+        idle: u32,
+    ) {
+        for (state, n) in [("active", active), ("idle", idle)] {
+            self.database_connections
+                .get_or_create(&ConnectionLabels {
+                    database,
+                    role,
+                    state,
+                })
+                .set(i64::from(n));
+        }
+    }
+
+    /// `chat_active_connections{client_type="sse"}`, for the stream slots to keep.
+    pub fn stream_gauge(&self) -> Gauge {
+        self.active_connections
+            .get_or_create(&ClientLabels { client_type: "sse" })
+            .clone()
     }
 
     /// Counts one shadow read by its outcome.

@@ -29,7 +29,7 @@ use crate::store::outbox::{Outbox, OutboxLog};
 use crate::store::postgres::PgStore;
 use crate::store::router::{MigrationRouter, RouterOptions};
 use crate::store::scylla::CqlStore;
-use crate::store::{ChatStore, StoreError};
+use crate::store::{ChatStore, StoreError, health_watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -66,6 +66,8 @@ pub struct Server {
     replayer: Option<crate::store::router::ReplayerHandle>,
     // The migration router, drained after the last request.
     migration_router: Option<MigrationRouter>,
+    // Pings the stores for `chat_database_up` while the server runs.
+    _health: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 /// How long a shutdown waits for the migration router's dual writes after the last request:
@@ -79,17 +81,23 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
     let flags = FlagWatcher::start(config.flags.clone(), metrics.flags_generation.clone()).await?;
     let mut replayer = None;
     let mut migration_router = None;
+    // Each store (its pings show as `ping` operations, like the readiness probe's).
+    let mut watched: Vec<(health_watch::Role, Arc<dyn ChatStore>)> = vec![];
     let store: Arc<dyn ChatStore> = match &config.store {
         StoreChoice::Postgres => {
             let pg =
                 PgStore::connect(&config.database_url, config.database_max_connections).await?;
             pg.migrate().await?;
-            Arc::new(Instrumented::new(pg, metrics.clone()))
+            let store: Arc<dyn ChatStore> = Arc::new(Instrumented::new(pg, metrics.clone()));
+            watched.push(("single", store.clone()));
+            store
         }
-        StoreChoice::Scylla(cql) => Arc::new(Instrumented::new(
-            CqlStore::connect(cql).await.map_err(ServeError::Cql)?,
-            metrics.clone(),
-        )),
+        StoreChoice::Scylla(cql) => {
+            let cql = CqlStore::connect(cql).await.map_err(ServeError::Cql)?;
+            let store: Arc<dyn ChatStore> = Arc::new(Instrumented::new(cql, metrics.clone()));
+            watched.push(("single", store.clone()));
+            store
+        }
         StoreChoice::Router {
             new,
             outbox_max_attempts,
@@ -99,6 +107,10 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
             let legacy =
                 PgStore::connect(&config.database_url, config.database_max_connections).await?;
             legacy.migrate().await?;
+            watched.push((
+                "legacy",
+                Arc::new(Instrumented::new(legacy.clone(), metrics.clone())),
+            ));
             // The new store and the outbox in its database (the records of writes made while it
             // is primary).
             let (new, new_outbox): (Arc<dyn ChatStore>, OutboxLog) = match new {
@@ -107,15 +119,22 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
                         PgStore::connect(database_url, config.database_max_connections).await?;
                     pg.migrate().await?;
                     let outbox = OutboxLog::Pg(Outbox::new(pg.pool().clone()));
-                    (Arc::new(Instrumented::new(pg, metrics.clone())), outbox)
+                    let store: Arc<dyn ChatStore> =
+                        Arc::new(Instrumented::new(pg, metrics.clone()));
+                    watched.push(("new", store.clone()));
+                    (store, outbox)
                 }
-                NewStoreChoice::Scylla(cql) => (
-                    Arc::new(Instrumented::new(
+                NewStoreChoice::Scylla(cql) => {
+                    let store: Arc<dyn ChatStore> = Arc::new(Instrumented::new(
                         CqlStore::connect(cql).await.map_err(ServeError::Cql)?,
                         metrics.clone(),
-                    )),
-                    OutboxLog::Cql(CqlOutbox::connect(cql).await.map_err(ServeError::Cql)?),
-                ),
+                    ));
+                    watched.push(("new", store.clone()));
+                    (
+                        store,
+                        OutboxLog::Cql(CqlOutbox::connect(cql).await.map_err(ServeError::Cql)?),
+                    )
+                }
             };
             let mut options = RouterOptions::default();
             options.replay.max_attempts = *outbox_max_attempts;
@@ -139,13 +158,14 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
         None => EventBus::local(),
     };
     let (stopping, shutdown) = watch::channel(false);
+    let stream_gauge = metrics.stream_gauge();
     let app = Arc::new(App {
         store,
         auth: Authenticator::new(&config.jwt_secret),
         cipher: ContentCipher::new(&config.encryption_key),
         events,
         metrics,
-        stream_slots: StreamSlots::new(config.limits.max_streams_per_user),
+        stream_slots: StreamSlots::new(config.limits.max_streams_per_user, stream_gauge),
         limits: config.limits,
         message_ids: MessageIdGenerator::default(),
         shutdown,
@@ -170,6 +190,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
         _flags: flags,
         replayer,
         migration_router,
+        _health: health_watch::spawn(watched, app.metrics.clone()),
     })
 }
 

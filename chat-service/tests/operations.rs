@@ -94,8 +94,27 @@ async fn metrics_use_the_original_names() {
         r#"chat_requests_total{cohort="legacy",code="ok"} 3"#,
         r#"chat_requests_total{cohort="legacy",code="permission_denied"} 1"#,
         r#"chat_request_duration_seconds_count{cohort="legacy"} 4"#,
+        r#"chat_query_duration_seconds_count{database="postgres",operation="insert_message"} 2"#,
+        r#"chat_active_connections{client_type="sse"} 0"#,
         "chat_flags_generation 7",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    // The health watch pings the store at once, then every 5 s: up, and its pool counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, metrics) = svc.get("/metrics").await;
+        if metrics.contains(r#"chat_database_up{database="postgres",role="single"} 1"#)
+            && metrics.contains(
+                r#"chat_database_connections{database="postgres",role="single",state="idle"}"#,
+            )
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no health or pool metrics:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

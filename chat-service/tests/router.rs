@@ -232,6 +232,22 @@ async fn a_secondary_outage_fills_the_outbox_and_replay_drains_it() {
         legacy,
         "both stores hold exactly the same messages"
     );
+    // Every replayed write counted once as a successful retry (by operation and attempt).
+    let encoded = s.metrics.encode();
+    let retried: f64 = encoded
+        .lines()
+        .filter(|l| {
+            l.starts_with("chat_retry_operations_total{") && l.contains("status=\"success\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        retried as u64,
+        s.metrics
+            .dual_write_count(Side::New, DualWriteOutcome::Replayed),
+        "{encoded}"
+    );
+    assert!(retried > 0.0);
     assert_eq!(
         s.router
             .outbox()

@@ -243,6 +243,18 @@ impl Stack {
             .await
     }
 
+    /// Traffic until `alert` no longer fires; fails after a minute.
+    async fn until_silent(&self, alert: &str) {
+        let start = Instant::now();
+        while self.firing().await.iter().any(|a| a == alert) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{alert} still fires"
+            );
+            self.traffic(2).await;
+        }
+    }
+
     async fn until_firing_within(&self, alert: &str, within: Duration) {
         let start = Instant::now();
         while !self.firing().await.iter().any(|a| a == alert) {
@@ -327,6 +339,10 @@ fn all_pass(results: &[GateResult], skipped: &[&str], unjudged: &[&str], what: &
 }
 
 async fn stack() -> Option<Stack> {
+    stack_with_rules(shipped_rules()).await
+}
+
+async fn stack_with_rules(rules: String) -> Option<Stack> {
     ficus_testkit::init();
     let pg = match Postgres::shared() {
         Ok(pg) => pg,
@@ -370,7 +386,7 @@ async fn stack() -> Option<Stack> {
     });
     let prometheus = match Prometheus::start(PrometheusConfig {
         targets: vec![addr.to_string()],
-        rules: Some(shipped_rules()),
+        rules: Some(rules),
         alertmanager: None,
         // As the chart's scrape config would label the pods of the example's namespace (the
         // example's appliedGenerationQuery selects on it).
@@ -416,6 +432,50 @@ async fn shipped_gates_pass_a_healthy_migration_and_fail_errors_and_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_drift_gate_passes_healthy_traffic_and_fails_lost_writes() {
     healthy_then_regressions(true).await;
+}
+
+/// `ChatMessageThroughputDrop` (stored messages per second under half of an hour earlier),
+/// its hour scaled to 40 s and its 5-minute rates to 10 s: silent while the load sends
+/// steadily, firing once it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throughput_alert_fires_when_sends_stop_and_not_before() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let rules = shipped_rules().replace("offset 1h", "offset 40s").replace(
+        "chat_messages_sent_total[5m]",
+        "chat_messages_sent_total[10s]",
+    );
+    let Some(s) = stack_with_rules(rules).await else {
+        return;
+    };
+    // 80 s of steady sends: the last 40 s are compared with the 40 before.
+    let start = Instant::now();
+    let mut fired = false;
+    while start.elapsed() < Duration::from_secs(80) {
+        s.traffic(4).await;
+        fired |= s
+            .firing()
+            .await
+            .iter()
+            .any(|a| a == "ChatMessageThroughputDrop");
+    }
+    assert!(!fired, "ChatMessageThroughputDrop fired on steady traffic");
+    let stopped = Instant::now();
+    while !s
+        .firing()
+        .await
+        .iter()
+        .any(|a| a == "ChatMessageThroughputDrop")
+    {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(40),
+            "ChatMessageThroughputDrop never fired after the sends stopped"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "ChatMessageThroughputDrop fired {:?} after the sends stopped",
+        stopped.elapsed()
+    );
 }
 
 /// The alerts comparing the cohorts.
@@ -515,7 +575,15 @@ async fn healthy_then_regressions(judge_drift: bool) {
     });
     s.until_firing("ChatNewLatencyAboveLegacy").await;
     s.until_gate_fails("p99-ratio", 50).await;
+    // The same slow reads, seen from the stores' side.
+    s.until_firing("ChatHighDatabaseLatency").await;
     lock.abort();
+
+    // Slow message writes; not after lost writes: the rooms' copies then wait behind their
+    // outbox entries (the retry queue is long), so sends do not wait for the new store at all.
+    if !judge_drift {
+        slow_message_writes(&s).await;
+    }
 
     // The new store goes away: once the router takes it for down, its copies are not tried
     // (`skipped`, left to the outbox). They are failed dual writes for the alert, which must
@@ -534,6 +602,8 @@ async fn healthy_then_regressions(judge_drift: bool) {
     }
     s.until_firing_within("ChatDualWriteFailureRate", Duration::from_secs(150))
         .await;
+    // Its health pings fail too (every 5 s, whether or not anyone writes).
+    s.until_firing("ChatDatabaseConnectionFailure").await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "alter database \"{new_name}\" allow_connections true"
     )))
@@ -541,6 +611,7 @@ async fn healthy_then_regressions(judge_drift: bool) {
     .await
     .expect("new store back");
     s.traffic(5).await;
+    s.until_silent("ChatDatabaseConnectionFailure").await;
 
     // Errors: the new store loses its membership table; the new cohort's room lists fail.
     sqlx::query("alter table room_member rename to room_member_gone")
@@ -549,6 +620,26 @@ async fn healthy_then_regressions(judge_drift: bool) {
         .expect("table renamed");
     s.until_firing("ChatNewErrorRateAboveLegacy").await;
     s.until_gate_fails("error-delta", 50).await;
+}
+
+/// The new store's message table held locked 300 ms at a time: every send waits for its copy
+/// there (`sync`), so half the stores' insert_message calls are slow.
+async fn slow_message_writes(s: &Stack) {
+    let locker = s.new_db.clone();
+    let lock = tokio::spawn(async move {
+        loop {
+            let mut tx = locker.begin().await.expect("transaction");
+            sqlx::query("lock table room_message in access exclusive mode")
+                .execute(&mut *tx)
+                .await
+                .expect("lock");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.commit().await.expect("unlock");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    s.until_firing("ChatHighMessageLatency").await;
+    lock.abort();
 }
 
 /// Drift: the new store loses its messages, and silently drops every new one (as a store with a

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::api::error::{ApiError, Code};
 use crate::ids::UserId;
 
@@ -13,6 +15,8 @@ use crate::ids::UserId;
 pub struct StreamSlots {
     limit: usize,
     open: Mutex<HashMap<UserId, usize>>,
+    /// Open streams of all users (`chat_active_connections`).
+    gauge: Gauge,
 }
 
 /// One open stream's slot; dropping it (the stream ended or the client went away) frees it.
@@ -23,10 +27,11 @@ pub struct StreamSlot {
 }
 
 impl StreamSlots {
-    pub fn new(limit: usize) -> Arc<StreamSlots> {
+    pub fn new(limit: usize, gauge: Gauge) -> Arc<StreamSlots> {
         Arc::new(StreamSlots {
             limit,
             open: Mutex::new(HashMap::new()),
+            gauge,
         })
     }
 
@@ -45,6 +50,7 @@ impl StreamSlots {
             ));
         }
         *count += 1;
+        self.gauge.inc();
         Ok(StreamSlot {
             slots: self.clone(),
             user,
@@ -66,6 +72,7 @@ impl Drop for StreamSlot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = open.get_mut(&self.user) {
+            self.slots.gauge.dec();
             *count = count.saturating_sub(1);
             if *count == 0 {
                 open.remove(&self.user);
@@ -80,7 +87,8 @@ mod tests {
 
     #[test]
     fn a_user_gets_limit_slots_and_one_more_once_one_is_freed() {
-        let slots = StreamSlots::new(2);
+        let gauge = Gauge::default();
+        let slots = StreamSlots::new(2, gauge.clone());
         let a = slots.take(UserId(1)).expect("first");
         let _b = slots.take(UserId(1)).expect("second");
         let refused = slots.take(UserId(1)).expect_err("third refused");
@@ -92,5 +100,10 @@ mod tests {
         assert_eq!(slots.open(UserId(1)), 1);
         let _c = slots.take(UserId(1)).expect("a freed slot is taken again");
         assert_eq!(slots.open(UserId(1)), 2);
+        assert_eq!(
+            gauge.get(),
+            3,
+            "every open stream counted, the refused one not"
+        );
     }
 }

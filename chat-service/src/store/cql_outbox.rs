@@ -23,9 +23,10 @@ use uuid::Uuid;
 
 use crate::flags::Side;
 use crate::ids::{MessageIdGenerator, RoomId};
-use crate::metrics::{DualWriteOutcome, Metrics};
+use crate::metrics::{DualWriteOutcome, Metrics, RetryOutcome};
 use crate::store::outbox::{
-    Entries, EntryRef, NewEntry, NextStep, ReplayConfig, Round, WriteOp, next_step, side_from,
+    Entries, EntryRef, NewEntry, NextStep, ReplayConfig, Round, WriteOp, next_step, retry_outcome,
+    side_from,
 };
 use crate::store::scylla::{CqlConfig, classify, classify_prepare, first_row, open_session, rows};
 use crate::store::{ChatStore, StoreError, StoreResult};
@@ -314,7 +315,8 @@ impl CqlOutbox {
                     NextStep::Delete => {
                         self.exec(&self.st.delete, (shard, *room, *id)).await?;
                         metrics.dual_write(side, DualWriteOutcome::Replayed);
-                        metrics.dual_write_lag(age);
+                        metrics.dual_write_lag(op.name(), age);
+                        metrics.retry_operation(op.name(), RetryOutcome::Success, spent + 1);
                         round.settled += 1;
                         continue;
                     }
@@ -322,10 +324,12 @@ impl CqlOutbox {
                         let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
                         self.bury(shard, row, attempts, &reason).await?;
                         metrics.dual_write(side, DualWriteOutcome::DeadLetter);
+                        metrics.retry_operation(op.name(), RetryOutcome::DeadLetter, spent + 1);
                         tracing::error!(id = %Uuid::from(*id), target = %side, op = op.name(), %reason, attempts, "CQL outbox entry moved to the dead-letter table");
                         round.settled += 1;
                     }
                     NextStep::Retry { attempts, delay } => {
+                        metrics.retry_operation(op.name(), retry_outcome(&settlement), spent + 1);
                         let error = settlement.error().unwrap_or_default();
                         let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
                         self.retry_later((shard, *room, Uuid::from(*id)), attempts, delay, error)

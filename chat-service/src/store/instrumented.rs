@@ -63,6 +63,10 @@ impl<S: ChatStore> ChatStore for Instrumented<S> {
         self.observe("ping", self.inner.ping())
     }
 
+    fn pool_connections(&self) -> Option<(u32, u32)> {
+        self.inner.pool_connections()
+    }
+
     fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
         self.observe("create_room", self.inner.create_room(room))
     }

@@ -13,6 +13,7 @@
 //!   reached (retry later), and [`StoreError::Internal`] for everything that needs an operator.
 
 pub mod cql_outbox;
+pub mod health_watch;
 pub mod instrumented;
 pub mod outbox;
 pub mod page;
@@ -254,6 +255,12 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// Cheap round trip for readiness.
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Connections of the store's pool: `(in use, idle)`, where the store keeps a pool it can
+    /// count (PostgreSQL); `None` otherwise.
+    fn pool_connections(&self) -> Option<(u32, u32)> {
+        None
+    }
 
     fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView>;
 

@@ -43,7 +43,7 @@ use uuid::Uuid;
 
 use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
-use crate::metrics::{DualWriteOutcome, Metrics};
+use crate::metrics::{DualWriteOutcome, Metrics, RetryOutcome};
 use crate::store::{ChatStore, NewMessage, NewRoom, ReadMarker, RoomType, StoreError, StoreResult};
 
 /// One write of the [`ChatStore`] trait with its arguments, as stored in `outbox.payload`.
@@ -311,6 +311,15 @@ impl Settlement {
             Settlement::Landed => None,
             Settlement::AwaitsPrerequisite(e) | Settlement::Failed(e) => Some(e),
         }
+    }
+}
+
+/// How a replay that did not land is counted in `chat_retry_operations_total`.
+pub fn retry_outcome(settlement: &Settlement) -> RetryOutcome {
+    match settlement {
+        Settlement::Landed => RetryOutcome::Success,
+        Settlement::AwaitsPrerequisite(_) => RetryOutcome::Waiting,
+        Settlement::Failed(_) => RetryOutcome::Error,
     }
 }
 
@@ -767,18 +776,21 @@ impl Outbox {
                             .await
                             .map_err(db)?;
                         metrics.dual_write(side, DualWriteOutcome::Replayed);
-                        metrics.dual_write_lag(age);
+                        metrics.dual_write_lag(op.name(), age);
+                        metrics.retry_operation(op.name(), RetryOutcome::Success, spent + 1);
                         settled += 1;
                     }
                     NextStep::Bury { attempts, reason } => {
                         Self::bury(&mut tx, row.id, attempts as i32, &reason).await?;
                         metrics.dual_write(side, DualWriteOutcome::DeadLetter);
+                        metrics.retry_operation(op.name(), RetryOutcome::DeadLetter, spent + 1);
                         tracing::error!(id = row.id, target = %side, op = op.name(), %reason, attempts, "outbox entry moved to the dead-letter table");
                         settled += 1;
                         // The room waits for the next round.
                         break;
                     }
                     NextStep::Retry { attempts, delay } => {
+                        metrics.retry_operation(op.name(), retry_outcome(&settlement), spent + 1);
                         let error = settlement.error().unwrap_or_default();
                         sqlx::query::<sqlx::Postgres>(
                             "update outbox set attempts = $2, next_attempt_at = now() + make_interval(secs => $3), last_error = $4 where id = $1",

@@ -514,6 +514,11 @@ impl ChatStore for PgStore {
         "postgres"
     }
 
+    fn pool_connections(&self) -> Option<(u32, u32)> {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        Some((self.pool.size().saturating_sub(idle), idle))
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             sqlx::query::<sqlx::Postgres>("select 1")

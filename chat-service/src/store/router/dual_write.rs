@@ -331,7 +331,7 @@ impl Inner {
         let (spent, delay) = match step {
             NextStep::Delete => {
                 self.metrics.dual_write(side, DualWriteOutcome::Success);
-                self.metrics.dual_write_lag(lag);
+                self.metrics.dual_write_lag(op.name(), lag);
                 if let Err(e) = log.complete(entry).await {
                     tracing::warn!(?entry, error = %e, "outbox record not deleted; it will be replayed (idempotent)");
                 }
