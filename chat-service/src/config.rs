@@ -78,6 +78,9 @@ pub struct ServeConfig {
     pub database_max_connections: u32,
     pub jwt_secret: Vec<u8>,
     pub encryption_key: EncryptionKey,
+    /// Retired keys (`CHAT_ENCRYPTION_KEYS_PREVIOUS`): content sealed with them is still read
+    /// until `chat-service reencrypt` has moved it to `encryption_key`.
+    pub previous_keys: Vec<EncryptionKey>,
     pub nats_url: Option<String>,
     pub flags: FlagSource,
     pub limits: Limits,
@@ -87,6 +90,10 @@ pub struct ServeConfig {
 pub enum ConfigError {
     #[error(transparent)]
     EncryptionKey(#[from] KeyError),
+    #[error(
+        "CHAT_ENCRYPTION_KEYS_PREVIOUS: key {position} (of the comma-separated list) is not 32 bytes of base64: {reason}"
+    )]
+    PreviousKey { position: usize, reason: String },
     #[error("CHAT_JWT_SECRET is not set: set it to the HS256 secret the token issuer signs with")]
     MissingJwtSecret,
     #[error(
@@ -186,6 +193,7 @@ impl ServeArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ServeConfig, ConfigError> {
         let encryption_key = EncryptionKey::from_base64(env("CHAT_ENCRYPTION_KEY").as_deref())?;
+        let previous_keys = previous_keys(env("CHAT_ENCRYPTION_KEYS_PREVIOUS").as_deref())?;
         let jwt_secret = env("CHAT_JWT_SECRET")
             .filter(|s| !s.is_empty())
             .ok_or(ConfigError::MissingJwtSecret)?;
@@ -260,6 +268,7 @@ impl ServeArgs {
             database_max_connections: self.database_max_connections.max(1),
             jwt_secret: jwt_secret.into_bytes(),
             encryption_key,
+            previous_keys,
             nats_url: self.nats_url.filter(|u| !u.is_empty()),
             flags,
             limits: Limits {
@@ -332,6 +341,26 @@ impl CqlArgs {
             address_map,
         })
     }
+}
+
+/// `CHAT_ENCRYPTION_KEYS_PREVIOUS`: base64 keys separated by commas (unset or blank: none).
+pub fn previous_keys(text: Option<&str>) -> Result<Vec<EncryptionKey>, ConfigError> {
+    text.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .enumerate()
+        .map(|(i, k)| {
+            EncryptionKey::from_base64(Some(k)).map_err(|e| ConfigError::PreviousKey {
+                position: i + 1,
+                reason: match e {
+                    KeyError::WrongLength(n) => format!("it decodes to {n} bytes"),
+                    KeyError::NotBase64(why) => format!("not base64 ({why})"),
+                    KeyError::Missing => "empty".to_owned(),
+                },
+            })
+        })
+        .collect()
 }
 
 /// One `broadcast=reachable` pair of `--cql-address-map`.
@@ -501,6 +530,24 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn previous_keys_are_a_comma_separated_list_and_a_bad_one_is_named_by_position() {
+        let (a, b) = (EncryptionKey::random(), EncryptionKey::random());
+        assert_eq!(previous_keys(None).expect("none").len(), 0);
+        assert_eq!(previous_keys(Some(" ")).expect("blank").len(), 0);
+        let two = format!("{}, {} ,", a.to_base64(), b.to_base64());
+        assert_eq!(previous_keys(Some(&two)).expect("two").len(), 2);
+        let bad = format!("{},c2hvcnQ=", a.to_base64());
+        let err = previous_keys(Some(&bad)).expect_err("a short key");
+        let text = err.to_string();
+        assert!(
+            text.contains("CHAT_ENCRYPTION_KEYS_PREVIOUS")
+                && text.contains("key 2")
+                && text.contains("5 bytes"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod loadtest;
 pub mod metrics;
 pub mod metrics_endpoint;
+pub mod reencrypt;
 pub mod rollback;
 pub mod routing;
 pub mod serve;

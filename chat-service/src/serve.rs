@@ -162,7 +162,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
     let app = Arc::new(App {
         store,
         auth: Authenticator::new(&config.jwt_secret),
-        cipher: ContentCipher::new(&config.encryption_key),
+        cipher: ContentCipher::with_previous(&config.encryption_key, &config.previous_keys),
         events,
         metrics,
         stream_slots: StreamSlots::new(config.limits.max_streams_per_user, stream_gauge),

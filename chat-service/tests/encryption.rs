@@ -21,14 +21,19 @@ async fn stored_content_is_ciphertext_and_members_read_plaintext() {
     let sent = svc.send(1, &room, secret).await;
     let id: uuid::Uuid = sent["id"].as_str().expect("id").parse().expect("uuid");
 
-    // In the table: nonce || ciphertext || tag, no trace of the text.
+    // In the table: 0xFC 0x01 || key id || nonce || ciphertext || tag, no trace of the text.
     let pool = PgPool::connect(&config.database_url).await.expect("pool");
     let stored: Vec<u8> = sqlx::query_scalar("select content from room_message where id = $1")
         .bind(id)
         .fetch_one(&pool)
         .await
         .expect("row");
-    assert_eq!(stored.len(), 12 + secret.len() + 16);
+    assert_eq!(stored.len(), 6 + 12 + secret.len() + 16);
+    assert_eq!(
+        chat_service::crypto::ContentCipher::key_of(&stored),
+        Some(chat_service::crypto::ContentCipher::new(&key).current_key()),
+        "sealed with the configured key, which it names"
+    );
     assert!(
         !stored.windows(6).any(|w| w == b"launch"),
         "plaintext found in room_message.content"

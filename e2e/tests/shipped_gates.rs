@@ -375,6 +375,7 @@ async fn stack_with_rules(rules: String) -> Option<Stack> {
         database_max_connections: 20,
         jwt_secret: JWT_SECRET.to_vec(),
         encryption_key: EncryptionKey::random(),
+        previous_keys: vec![],
         nats_url: None,
         flags: FlagSource::File(flags.clone()),
         limits: Limits::default(),

@@ -85,6 +85,7 @@ pub fn config(
         database_max_connections: max_connections,
         jwt_secret: JWT_SECRET.to_vec(),
         encryption_key: EncryptionKey::random(),
+        previous_keys: vec![],
         nats_url: None,
         flags: FlagSource::Static(flags),
         limits: Limits::default(),

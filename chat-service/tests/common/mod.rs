@@ -61,6 +61,7 @@ pub fn config_for(database_url: String, encryption_key: EncryptionKey) -> ServeC
         database_max_connections: 10,
         jwt_secret: JWT_SECRET.to_vec(),
         encryption_key,
+        previous_keys: vec![],
         nats_url: None,
         flags: FlagSource::Static(Flags::default()),
         limits: Limits::default(),

@@ -89,9 +89,9 @@ pub(super) struct BackfillStatements {
 
 /// The backfill's and validator's view of a [`CqlStore`] ([`CqlStore::backfill`]).
 pub struct CqlBackfill<'a> {
-    store: &'a CqlStore,
+    pub(super) store: &'a CqlStore,
     st: BackfillStatements,
-    keyspace: String,
+    pub(super) keyspace: String,
 }
 
 impl CqlStore {

@@ -49,6 +49,7 @@ use crate::store::{
 mod backfill;
 mod errors;
 mod requests;
+mod reseal;
 mod schema;
 mod session;
 mod statements;
@@ -56,6 +57,7 @@ mod values;
 
 pub use backfill::*;
 pub(crate) use errors::*;
+pub use reseal::ResealCounts;
 pub use schema::*;
 pub(crate) use session::*;
 use statements::*;
