@@ -4,7 +4,7 @@
 #   install-deps.sh demo     only what the demo needs (Go, to build the control plane)
 #   install-deps.sh node     only what the single-node cluster needs (scripts/node.sh, build-images.sh)
 # Debian packages: Go (builds the control plane), Prometheus and Alertmanager (gate and alert
-# tests), PostgreSQL and NATS (chat-service tests). moto's server from PyPI (AWS tests) and
+# tests), PostgreSQL, NATS and Redis (chat-service tests). moto's server from PyPI (AWS tests) and
 # Cassandra's jars from Maven Central (CQL store tests). The node (scripts/node.sh) runs pods with
 # containerd, runc and the CNI plugins, kube-proxy programs iptables (conntrack cleans up UDP),
 # and scripts/build-images.sh builds the images with Docker. Each step is skipped when done.
@@ -27,6 +27,7 @@ if [[ "$only" == all ]]; then
   command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
   command -v nats-server >/dev/null || need+=(nats-server)
+  [[ -x /usr/bin/redis-server ]] || need+=(redis-server)
 fi
 if [[ ${#need[@]} -gt 0 ]]; then
   echo "[deps] installing: ${need[*]}" >&2

@@ -1,5 +1,5 @@
-//! The PostgreSQL and NATS harness against the real Debian binaries: independent databases on
-//! the shared server, stop/restart of a private one, and NATS's greeting.
+//! The PostgreSQL, NATS and Redis harness against the real Debian binaries: independent databases on
+//! the shared server, stop/restart of a private one, NATS's greeting, and Redis without persistence.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -119,6 +119,42 @@ async fn postgres_stop_and_restart_keep_the_data() -> anyhow::Result<()> {
 
     let dir = pg.dir().to_owned();
     drop(pg);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    Ok(())
+}
+
+#[test]
+fn redis_answers_ping_and_forgets_everything_on_a_restart() -> anyhow::Result<()> {
+    let begin = Instant::now();
+    let redis = skip_or_fail!(ficus_testkit::Redis::start());
+    eprintln!("redis ready after {:?} at {}", begin.elapsed(), redis.url());
+    let addr = redis.addr();
+    assert_eq!(redis.url(), format!("redis://{addr}"));
+    let command = |line: &str| -> anyhow::Result<String> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(format!("{line}\r\n").as_bytes())?;
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer)?;
+        Ok(answer.trim_end().to_owned())
+    };
+    assert_eq!(command("SET kept 1")?, "+OK");
+    assert_eq!(command("EXISTS kept")?, ":1");
+
+    redis.stop();
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "redis still listening after stop()"
+    );
+    redis.restart()?;
+    assert_eq!(
+        command("EXISTS kept")?,
+        ":0",
+        "no persistence: a restart starts empty"
+    );
+
+    let dir = redis.dir().to_owned();
+    drop(redis);
     assert!(!dir.exists(), "{} left behind", dir.display());
     Ok(())
 }

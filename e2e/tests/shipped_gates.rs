@@ -623,24 +623,31 @@ async fn healthy_then_regressions(judge_drift: bool) {
     s.until_gate_fails("error-delta", 50).await;
 }
 
-/// The new store's message table held locked 300 ms at a time: every send waits for its copy
-/// there (`sync`), so half the stores' insert_message calls are slow.
+/// Slow message writes on the new store: a trigger makes every insert into its message table
+/// take 150 ms more. Every send waits for its copy there (`sync`), so half the stores'
+/// insert_message calls are slow. Not a table lock: that would hold the new cohort's history
+/// reads too, exhaust the new store's pool, fail its pings and take it for down, and the sends
+/// would then skip it (nothing slow left to see).
 async fn slow_message_writes(s: &Stack) {
-    let locker = s.new_db.clone();
-    let lock = tokio::spawn(async move {
-        loop {
-            let mut tx = locker.begin().await.expect("transaction");
-            sqlx::query("lock table room_message in access exclusive mode")
-                .execute(&mut *tx)
-                .await
-                .expect("lock");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            tx.commit().await.expect("unlock");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    for statement in [
+        "create function slow_insert() returns trigger language plpgsql as $$ begin perform pg_sleep(0.15); return new; end $$",
+        "create trigger slow_inserts before insert on room_message for each row execute function slow_insert()",
+    ] {
+        sqlx::query(statement)
+            .execute(&s.new_db)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
     s.until_firing("ChatHighMessageLatency").await;
-    lock.abort();
+    for statement in [
+        "drop trigger slow_inserts on room_message",
+        "drop function slow_insert()",
+    ] {
+        sqlx::query(statement)
+            .execute(&s.new_db)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
 }
 
 /// Drift: the new store loses its messages, and silently drops every new one (as a store with a

@@ -36,6 +36,7 @@ mod ports;
 pub mod postgres;
 mod process;
 pub mod prometheus;
+pub mod redis;
 pub mod server;
 mod shared;
 pub mod toxiproxy;
@@ -61,6 +62,7 @@ pub use ports::{free_addr, free_ports, loopback};
 pub use postgres::Postgres;
 pub use process::memory_mib;
 pub use prometheus::{Prometheus, PrometheusConfig, Sample};
+pub use redis::Redis;
 pub use server::{Server, ServerBuilder, TestServer};
 pub use shared::unique_name;
 
