@@ -625,6 +625,18 @@ impl Metrics {
             .inc();
     }
 
+    /// The `/metrics` answer: the OpenMetrics text with its content type (the API's and the
+    /// batch commands' endpoints).
+    pub fn response(&self) -> impl axum::response::IntoResponse + use<> {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            self.encode(),
+        )
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Encoding into a String cannot fail.

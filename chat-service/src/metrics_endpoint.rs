@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header;
 use axum::routing::get;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -45,15 +44,7 @@ impl MetricsEndpoint {
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
-                }
+                async move { metrics.response() }
             }),
         );
         let (stop, stopped) = oneshot::channel::<()>();

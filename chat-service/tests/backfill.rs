@@ -56,6 +56,25 @@ async fn setup(name: &str) -> Result<Env, HarnessError> {
     })
 }
 
+/// Drift for validate to find: `message`'s content replaced in the new store.
+async fn alter_content(env: &Env, room: RoomId, message: MessageId) {
+    env.cql
+        .session()
+        .query_unpaged(
+            format!(
+                "UPDATE {}.messages_by_room SET content = ? WHERE room_id = ? AND message_id = ?",
+                env.keyspace
+            ),
+            (
+                b"tampered".to_vec(),
+                room.0,
+                scylla::value::CqlTimeuuid::from(message.0),
+            ),
+        )
+        .await
+        .expect("alter");
+}
+
 /// Room `i` lies in key range `i` of [`RANGES`] (its top 3 bits).
 fn room_id(i: u32) -> RoomId {
     RoomId(Uuid::from_u128(
@@ -433,21 +452,7 @@ async fn validate_detects_injected_drift_and_fails() {
 
     // Alter a message in CQL, delete one from PostgreSQL.
     let altered: MessageId = rooms[2].1[3].id;
-    env.cql
-        .session()
-        .query_unpaged(
-            format!(
-                "UPDATE {}.messages_by_room SET content = ? WHERE room_id = ? AND message_id = ?",
-                env.keyspace
-            ),
-            (
-                b"tampered".to_vec(),
-                rooms[2].0.0,
-                scylla::value::CqlTimeuuid::from(altered.0),
-            ),
-        )
-        .await
-        .expect("alter");
+    alter_content(&env, rooms[2].0, altered).await;
     sqlx::query("delete from room_message where id = $1")
         .bind(rooms[5].1[0].id)
         .execute(env.pg.pool())
@@ -1019,21 +1024,7 @@ async fn backfill_and_validate_serve_their_progress_while_they_run() {
 
     // Drift for validate to find: a message altered in the new store.
     let altered = &rooms[0].1[0];
-    env.cql
-        .session()
-        .query_unpaged(
-            format!(
-                "UPDATE {}.messages_by_room SET content = ? WHERE room_id = ? AND message_id = ?",
-                env.keyspace
-            ),
-            (
-                b"tampered".to_vec(),
-                rooms[0].0.0,
-                scylla::value::CqlTimeuuid::from(altered.id.0),
-            ),
-        )
-        .await
-        .expect("alter");
+    alter_content(&env, rooms[0].0, altered.id).await;
     let validate = spawn("validate", &["--sample", "1000"]);
     let (status, seen) = follow(validate, "chat_migration_progress_ratio", "validation").await;
     assert_eq!(status.code(), Some(2), "validate fails on the drift");
@@ -1215,21 +1206,7 @@ async fn the_job_alerts_fire_on_a_stalled_backfill_and_on_drift_and_stay_silent_
         "ChatDataInconsistencyDetected fired on a clean validate"
     );
     let altered = &rooms[1].1[2];
-    env.cql
-        .session()
-        .query_unpaged(
-            format!(
-                "UPDATE {}.messages_by_room SET content = ? WHERE room_id = ? AND message_id = ?",
-                env.keyspace
-            ),
-            (
-                b"tampered".to_vec(),
-                rooms[1].0.0,
-                scylla::value::CqlTimeuuid::from(altered.id.0),
-            ),
-        )
-        .await
-        .expect("alter");
+    alter_content(&env, rooms[1].0, altered.id).await;
     let mut validate = spawn("validate", &["--sample", "1000"]);
     let fired = watch(
         "ChatDataInconsistencyDetected",

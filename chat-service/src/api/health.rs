@@ -4,15 +4,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tracing::debug;
 
 use crate::api::AppState;
 
-/// A ping slower than this counts as not ready (the load balancer should try another instance).
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// A ping slower than this counts as not ready (the load balancer should try another instance)
+/// and, in the health watch, as down.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -39,11 +40,5 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
+    app.metrics.response()
 }

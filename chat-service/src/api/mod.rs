@@ -3,7 +3,7 @@
 
 mod caller;
 pub mod error;
-mod health;
+pub mod health;
 pub mod json;
 mod messages;
 mod middleware;

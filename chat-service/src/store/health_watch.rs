@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::api::health::PING_TIMEOUT;
 use crate::metrics::Metrics;
 use crate::store::ChatStore;
 
 /// How often each store is pinged.
 pub const WATCH_EVERY: Duration = Duration::from_secs(5);
-/// A ping slower than this counts as down.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The part a watched store plays (the `role` label).
 pub type Role = &'static str;
