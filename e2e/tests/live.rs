@@ -179,3 +179,49 @@ async fn operator_sigkill() {
         );
     }
 }
+
+/// The short soak: two minutes of the flow held in Split at 50 %; nothing the service holds
+/// grows from the first minute to the second beyond what warming up explains (the full one is
+/// the `soak` binary, 10 minutes or more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak() {
+    use ficus_e2e::live::soak::{Growth, SoakConfig, run_soak};
+    let _one = ONE_AT_A_TIME.lock().await;
+    ficus_testkit::init();
+    let mut config = SoakConfig::new(std::time::Duration::from_secs(120));
+    config.sample_every = std::time::Duration::from_secs(10);
+    let report = match run_soak(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            ficus_testkit::skip_or_panic(&e);
+            return;
+        }
+    };
+    assert_eq!(report.held_at, Ok(50), "the Migration was not held in Split");
+    assert_eq!(report.lost, 0, "acknowledged writes lost");
+    assert_eq!(report.server_errors, 0, "5xx answers during the soak");
+    assert!(report.outbox_drained, "the outbox did not drain after the load");
+    assert!(report.samples.len() >= 10, "{} samples", report.samples.len());
+    for i in 0..report.instances() {
+        let rss = Growth::of(&report.rss_mib(i)).expect("samples");
+        assert!(
+            rss.ratio() <= 1.5,
+            "instance {i}: resident memory grew from {:.1} to {:.1} MiB between the halves",
+            rss.first_half_max,
+            rss.second_half_max
+        );
+        let fds = Growth::of(&report.fds(i)).expect("samples");
+        assert!(
+            fds.second_half_max <= fds.first_half_max + 16.0,
+            "instance {i}: open descriptors grew from {} to {}",
+            fds.first_half_max,
+            fds.second_half_max
+        );
+    }
+    let outbox = report.series(|s| s.outbox);
+    let peak = outbox.iter().copied().fold(0.0, f64::max);
+    assert!(
+        peak <= 200.0,
+        "the outbox reached {peak} entries with both stores healthy"
+    );
+}

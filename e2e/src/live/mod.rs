@@ -22,6 +22,7 @@
 pub mod jobs;
 pub mod scenarios;
 pub mod seed;
+pub mod soak;
 pub mod watch;
 
 use std::collections::BTreeMap;

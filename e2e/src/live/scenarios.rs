@@ -157,7 +157,7 @@ fn ended(f: &Frame) -> bool {
 }
 
 /// Every acknowledged write, checked through instance 0's API (what it serves from now).
-async fn lost_writes(stack: &LiveStack, ledger: &Ledger) -> Result<usize, HarnessError> {
+pub(crate) async fn lost_writes(stack: &LiveStack, ledger: &Ledger) -> Result<usize, HarnessError> {
     let missing = verify(ledger, &stack.chat_client(0))
         .await
         .map_err(|e| HarnessError::setup("checking the acknowledged writes", e))?;
