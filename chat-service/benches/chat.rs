@@ -74,7 +74,7 @@ async fn bench(load: Load) {
     );
     println!("  {}", support::machine());
 
-    let send = server.send_messages(load).await;
+    let send = server.send_messages(load, Duration::ZERO).await;
     println!("\n[SendMessage]\n{send}");
 
     let shared = std::sync::Arc::new((

@@ -14,6 +14,7 @@ use chat_service::flags::{FlagSource, Flags};
 use chat_service::ids::{RoomId, UserId};
 use chat_service::loadtest::{RunReport, drive, timed};
 use chat_service::serve;
+use chat_service::store::scylla::{CqlConfig, CqlStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -130,15 +131,16 @@ impl Server {
         }
     }
 
-    /// Worker `i` sends messages as user `i` to room `i mod ROOMS` for the load's duration.
-    pub async fn send_messages(&self, load: Load) -> RunReport {
+    /// Worker `i` sends messages as user `i` to room `i mod ROOMS` for the load's duration,
+    /// waiting `think` after each.
+    pub async fn send_messages(&self, load: Load, think: Duration) -> RunReport {
         let content = "x".repeat(CONTENT_BYTES);
         let shared = Arc::new((self.client.clone(), self.users.clone(), self.rooms.clone()));
         drive(
             load.concurrency,
             load.duration,
             None,
-            Duration::ZERO,
+            think,
             move |worker| {
                 let shared = shared.clone();
                 let content = content.clone();
@@ -181,4 +183,34 @@ pub async fn stored_messages(url: &str) -> i64 {
         .fetch_one(&pool)
         .await
         .unwrap_or(0)
+}
+
+/// Messages in the CQL store of `config` once it holds `target` or has stopped growing for a
+/// second (async copies may still be landing), counted over `messages_by_room`.
+pub async fn cql_messages_settled(config: &CqlConfig, target: i64) -> i64 {
+    let Ok(store) = CqlStore::connect(config).await else {
+        return 0;
+    };
+    let query = format!("SELECT count(*) FROM {}.messages_by_room", config.keyspace);
+    let count = || async {
+        store
+            .session()
+            .query_unpaged(query.as_str(), ())
+            .await
+            .ok()
+            .and_then(|r| r.into_rows_result().ok())
+            .and_then(|r| r.single_row::<(i64,)>().ok())
+            .map_or(0, |(n,)| n)
+    };
+    let mut seen = count().await;
+    let mut last_growth = std::time::Instant::now();
+    while seen < target && last_growth.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = count().await;
+        if now > seen {
+            last_growth = std::time::Instant::now();
+        }
+        seen = now;
+    }
+    seen
 }
