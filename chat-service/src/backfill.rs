@@ -34,13 +34,13 @@ use uuid::Uuid;
 use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
-use crate::store::StoreError;
 use crate::store::outbox::Outbox;
 use crate::store::postgres::{PgStore, classify};
 use crate::store::scylla::{
     BackfillMember, BackfillMessage, BackfillReaction, BackfillReadMarker, BackfillRoom,
     CqlBackfill,
 };
+use crate::store::{DeviceToken, Platform, StoreError};
 
 /// Rooms read per query within a range.
 const ROOM_CHUNK: i64 = 100;
@@ -313,6 +313,8 @@ pub struct BackfillReport {
     /// Reactions and read markers copied by this run (of timeuuid messages only).
     pub reactions: u64,
     pub read_markers: u64,
+    /// Registered device tokens copied by this run (of the users this shard owns).
+    pub devices: u64,
     /// Messages whose id is not a timeuuid (cannot be keyed in CQL), not copied.
     pub skipped_messages: Vec<MessageId>,
     pub elapsed: Duration,
@@ -356,8 +358,8 @@ impl fmt::Display for BackfillReport {
         )?;
         writeln!(
             f,
-            "  reactions copied {}, read markers copied {}",
-            self.reactions, self.read_markers
+            "  reactions copied {}, read markers copied {}, device tokens copied {}",
+            self.reactions, self.read_markers, self.devices
         )?;
         if !self.skipped_messages.is_empty() {
             writeln!(
@@ -909,6 +911,7 @@ pub async fn run(
         }
     }
     progress(false);
+    report.devices = copy_devices(pg, cql, config.shard, run.ts).await?;
     report.ranges_done = run.ranges_done.load(Ordering::SeqCst);
     report.rooms = run.rooms.load(Ordering::SeqCst);
     report.messages = run.messages.load(Ordering::SeqCst);
@@ -918,6 +921,66 @@ pub async fn run(
         std::mem::take(&mut *run.skipped.lock().unwrap_or_else(|e| e.into_inner()));
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Users whose device tokens one query reads.
+const DEVICE_USER_CHUNK: i64 = 500;
+
+/// Copies the registered device tokens of the users this shard owns (`user_id mod count ==
+/// index`), user by user, stamped `ts`. Not checkpointed: a user's tokens are a handful of rows,
+/// and copying them again is harmless.
+async fn copy_devices(
+    pg: &PgStore,
+    cql: &CqlBackfill<'_>,
+    shard: Shard,
+    ts: i64,
+) -> Result<u64, BackfillError> {
+    let mut after: Option<i32> = None;
+    let mut copied = 0u64;
+    loop {
+        let rows = sqlx::query_as::<_, (i32, String, String, DateTime<Utc>)>(
+            "select user_id, token, platform, updated_at from device_token
+              where not deleted and mod(user_id, $1) = $2
+                and user_id in (select distinct user_id from device_token
+                                 where not deleted and mod(user_id, $1) = $2
+                                   and ($3::int4 is null or user_id > $3)
+                                 order by user_id limit $4)
+              order by user_id, token",
+        )
+        .bind(i64::from(shard.count))
+        .bind(i64::from(shard.index))
+        .bind(after)
+        .bind(DEVICE_USER_CHUNK)
+        .fetch_all(pg.pool())
+        .await
+        .map_err(classify)?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            break;
+        };
+        after = Some(last);
+        let mut by_user: Vec<(UserId, Vec<DeviceToken>)> = Vec::new();
+        for (user, token, platform, registered_at) in rows {
+            let Some(platform) = Platform::parse(&platform) else {
+                return Err(BackfillError::Store(StoreError::Internal(format!(
+                    "device token of user {user} has an unknown platform {platform:?}"
+                ))));
+            };
+            let device = DeviceToken {
+                token,
+                platform,
+                registered_at,
+            };
+            match by_user.last_mut() {
+                Some((u, devices)) if u.0 == user => devices.push(device),
+                _ => by_user.push((UserId(user), vec![device])),
+            }
+        }
+        for (user, devices) in &by_user {
+            cql.write_devices(*user, devices, ts).await?;
+            copied += devices.len() as u64;
+        }
+    }
+    Ok(copied)
 }
 
 #[cfg(test)]

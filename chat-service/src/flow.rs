@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::client::{CallError, ChatClient};
 use crate::ids::{MessageId, RoomId, UserId};
+use crate::store::Platform;
 
 /// What the flow does and how fast.
 #[derive(Clone, Debug)]
@@ -44,6 +45,8 @@ pub enum Op {
     Rooms,
     Pin,
     Leave,
+    RegisterDevice,
+    DeleteDevice,
 }
 
 impl Op {
@@ -57,6 +60,8 @@ impl Op {
             Op::Rooms => "GetRooms",
             Op::Pin => "PinRoom",
             Op::Leave => "LeaveRoom",
+            Op::RegisterDevice => "RegisterDeviceToken",
+            Op::DeleteDevice => "DeleteDeviceToken",
         }
     }
 
@@ -99,6 +104,19 @@ pub struct Ledger {
     pub left: BTreeSet<(RoomId, UserId)>,
     /// (room, user) -> the pin the user last set.
     pub pins: BTreeMap<(RoomId, UserId), Pin>,
+    /// (user, token) -> what the user last did with the device token.
+    pub devices: BTreeMap<(UserId, String), Device>,
+}
+
+/// A user's device token as the flow knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// Registration acknowledged, on this platform.
+    Registered(Platform),
+    /// Deletion acknowledged.
+    Deleted,
+    /// A call about the token went unanswered: it may land late, so the token is not checked.
+    Unknown,
 }
 
 /// A user's pin of a room as the flow knows it.
@@ -122,6 +140,11 @@ impl Ledger {
                 .pins
                 .values()
                 .filter(|p| matches!(p, Pin::Set(_)))
+                .count()
+            + self
+                .devices
+                .values()
+                .filter(|d| !matches!(d, Device::Unknown))
                 .count()
     }
 
@@ -329,7 +352,8 @@ impl UserCtx {
             41..=70 => self.history(room).await,
             71..=80 => self.mark_read(room).await,
             81..=90 => self.react(room).await,
-            91..=94 => self.list_rooms().await,
+            91..=92 => self.list_rooms().await,
+            93..=94 => self.device().await,
             95..=97 => self.pin(room).await,
             _ => self.leave(room, my_rooms.len()).await,
         }
@@ -491,6 +515,50 @@ impl UserCtx {
         lock(&self.world).ledger.pins.insert(key, next);
     }
 
+    /// Registers a new device token, or deletes one of the user's (up to 4 held at once).
+    async fn device(&mut self) {
+        let (held, next) = {
+            let mut w = lock(&self.world);
+            w.next_text += 1;
+            let held: Vec<String> = w
+                .ledger
+                .devices
+                .iter()
+                .filter(|((u, _), d)| *u == self.user && matches!(d, Device::Registered(_)))
+                .map(|((_, t), _)| t.clone())
+                .collect();
+            (held, w.next_text)
+        };
+        let delete = !held.is_empty() && (held.len() >= 4 || rand::rng().random_bool(0.4));
+        let (token, state, acked) = if delete {
+            let token = held.choose(&mut rand::rng()).cloned().unwrap_or_default();
+            let acked = self
+                .call(Op::DeleteDevice, json!({ "token": token }))
+                .await
+                .is_some();
+            (token, Device::Deleted, acked)
+        } else {
+            let token = format!("device-{}-{next}", self.user);
+            let platform = *Platform::ALL
+                .choose(&mut rand::rng())
+                .unwrap_or(&Platform::Web);
+            let acked = self
+                .call(
+                    Op::RegisterDevice,
+                    json!({ "token": token, "platform": platform }),
+                )
+                .await
+                .is_some();
+            (token, Device::Registered(platform), acked)
+        };
+        let mut w = lock(&self.world);
+        let entry = w.ledger.devices.entry((self.user, token)).or_insert(state);
+        *entry = match (*entry, acked) {
+            (Device::Unknown, _) | (_, false) => Device::Unknown,
+            (_, true) => state,
+        };
+    }
+
     /// Leaves a room, keeping at least one room per user so the flow goes on.
     async fn leave(&mut self, room: RoomId, rooms_now: usize) {
         if rooms_now < 2 {
@@ -521,6 +589,9 @@ pub struct Missing {
     pub read_markers: Vec<(RoomId, UserId, MessageId)>,
     /// (room, user, pin acknowledged): GetRoom shows the other state.
     pub pins: Vec<(RoomId, UserId, bool)>,
+    /// (user, token, what): a registered token ListDeviceTokens does not show (or with another
+    /// platform), or a deleted one it still shows.
+    pub devices: Vec<(UserId, String, &'static str)>,
 }
 
 impl Missing {
@@ -529,7 +600,11 @@ impl Missing {
     }
 
     pub fn total(&self) -> usize {
-        self.messages.len() + self.memberships.len() + self.read_markers.len() + self.pins.len()
+        self.messages.len()
+            + self.memberships.len()
+            + self.read_markers.len()
+            + self.pins.len()
+            + self.devices.len()
     }
 }
 
@@ -624,6 +699,36 @@ pub async fn verify(ledger: &Ledger, client: &ChatClient) -> Result<Missing, Cal
             .await?;
         if reply["room"]["isPinned"].as_bool() != Some(pinned) {
             missing.pins.push((*room, *user, pinned));
+        }
+    }
+    let device_users: BTreeSet<UserId> = ledger.devices.keys().map(|(u, _)| *u).collect();
+    for user in device_users {
+        let reply = client.call(user, "ListDeviceTokens", &json!({})).await?;
+        let listed: BTreeMap<String, String> = reply["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                Some((
+                    d["token"].as_str()?.to_owned(),
+                    d["platform"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        for ((u, token), device) in ledger.devices.range((user, String::new())..) {
+            if *u != user {
+                break;
+            }
+            let what = match device {
+                Device::Registered(p)
+                    if listed.get(token).map(String::as_str) != Some(p.as_str()) =>
+                {
+                    "registered, not listed"
+                }
+                Device::Deleted if listed.contains_key(token) => "deleted, still listed",
+                _ => continue,
+            };
+            missing.devices.push((user, token.clone(), what));
         }
     }
     Ok(missing)

@@ -13,8 +13,11 @@
 //! * **Resumable.** After each room the scan position (the room's token) is saved in
 //!   `rollback_checkpoint` under the checkpoint key; a killed run resumes after the last room it
 //!   finished. A completed key is not run again (use a new key to copy again).
-//! * **Not copied:** unread counters (legacy computes them from read receipts) and reactions
-//!   made in the window to messages older than it.
+//! * **Device tokens** registered in the window are copied too (a scan of every user's tokens),
+//!   unless legacy holds a later write of the token.
+//! * **Not copied:** unread counters (legacy computes them from read receipts), reactions made
+//!   in the window to messages older than it, and device tokens deleted in the window (the new
+//!   store keeps no trace of a deletion to copy).
 
 use std::fmt;
 use std::time::Instant;
@@ -67,6 +70,8 @@ pub struct RollbackReport {
     pub messages_copied: u64,
     pub reactions_copied: u64,
     pub read_markers_copied: u64,
+    /// Device tokens registered in the window that legacy lacked (or held an older write of).
+    pub devices_copied: u64,
     /// The checkpoint says the window was copied completely.
     pub complete: bool,
     /// Already complete before this run: nothing was read.
@@ -77,13 +82,14 @@ impl fmt::Display for RollbackReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "rollback: {} rooms scanned, {} rooms created, {} memberships updated, {} messages, {} reactions, {} read markers copied into legacy",
+            "rollback: {} rooms scanned, {} rooms created, {} memberships updated, {} messages, {} reactions, {} read markers, {} device tokens copied into legacy",
             self.rooms_scanned,
             self.rooms_created,
             self.memberships_updated,
             self.messages_copied,
             self.reactions_copied,
-            self.read_markers_copied
+            self.read_markers_copied,
+            self.devices_copied
         )?;
         if self.already_complete {
             writeln!(
@@ -241,6 +247,7 @@ pub async fn run(
             .map_err(|e| RollbackError::Legacy(classify(e)))?;
         }
     }
+    report.devices_copied = copy_devices(pool, session, &ks, config.since, until).await?;
     sqlx::query("update rollback_checkpoint set completed_at = now(), updated_at = now() where checkpoint_key = $1")
         .bind(&config.checkpoint_key)
         .execute(pool)
@@ -249,6 +256,57 @@ pub async fn run(
     report.complete = true;
     tracing::info!(elapsed = ?started.elapsed(), ?report, "rollback copy complete");
     Ok(report)
+}
+
+/// Copies the device tokens registered in the window (a full scan of `device_tokens_by_user`,
+/// paged) into legacy, each applied only if legacy holds no later write of the token. Not
+/// checkpointed: the copy is idempotent, and a scan of every user's tokens is short next to the
+/// rooms'.
+async fn copy_devices(
+    pool: &sqlx::PgPool,
+    session: &scylla::client::session::Session,
+    ks: &str,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<u64, RollbackError> {
+    let mut stream = session
+        .query_iter(
+            format!(
+                "SELECT user_id, token, platform, registered_at FROM {ks}.device_tokens_by_user"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| RollbackError::Cql(StoreError::Unavailable(e.to_string())))?
+        .rows_stream::<(i32, String, String, i64)>()
+        .map_err(|e| RollbackError::Cql(StoreError::Internal(e.to_string())))?;
+    let mut copied = 0;
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|e| RollbackError::Cql(StoreError::Unavailable(e.to_string())))?
+    {
+        let (user, token, platform, registered_at) = row;
+        let Some(at) = from_micros(registered_at).filter(|t| *t >= since && *t < until) else {
+            continue;
+        };
+        let done = sqlx::query(
+            "insert into device_token (user_id, token, platform, updated_at, deleted)
+             values ($1, $2, $3, $4, false)
+             on conflict (user_id, token) do update
+                set platform = excluded.platform, updated_at = excluded.updated_at, deleted = false
+              where device_token.updated_at < excluded.updated_at",
+        )
+        .bind(user)
+        .bind(&token)
+        .bind(&platform)
+        .bind(at)
+        .execute(pool)
+        .await
+        .map_err(|e| RollbackError::Legacy(classify(e)))?;
+        copied += done.rows_affected();
+    }
+    Ok(copied)
 }
 
 #[allow(clippy::too_many_arguments)]

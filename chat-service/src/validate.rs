@@ -9,7 +9,10 @@
 //! * one **read-marker check** per sampled member (`sample` random membership rows): as many
 //!   read messages, and the same newest one;
 //! * one **row check** per sampled message (`sample` random messages): sender, sealed content,
-//!   type, the deleted flag and the message's reactions.
+//!   type, the deleted flag and the message's reactions;
+//!
+//! and one **devices check** per user with a device token in either store (of the shard's users:
+//! `user_id mod count == index`): the same registered tokens, platforms and times.
 //!
 //! A room with a failed check is checked once more after `recheck_after` (3 s), and again every
 //! `recheck_after` while the legacy outbox still holds a write of the room for the new store
@@ -60,10 +63,13 @@ pub enum Mismatch {
     Deleted,
     /// A sampled message's reactions differ.
     Reactions,
+    /// A user's registered device tokens differ (a token missing or extra, another platform or
+    /// registration time).
+    Devices,
 }
 
 impl Mismatch {
-    pub const ALL: [Mismatch; 10] = [
+    pub const ALL: [Mismatch; 11] = [
         Mismatch::MissingRoom,
         Mismatch::Count,
         Mismatch::Members,
@@ -74,6 +80,7 @@ impl Mismatch {
         Mismatch::Type,
         Mismatch::Deleted,
         Mismatch::Reactions,
+        Mismatch::Devices,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +95,7 @@ impl Mismatch {
             Mismatch::Type => "type",
             Mismatch::Deleted => "deleted",
             Mismatch::Reactions => "reactions",
+            Mismatch::Devices => "devices",
         }
     }
 }
@@ -142,6 +150,8 @@ pub struct ValidateReport {
     /// The first few mismatches, readable.
     pub examples: Vec<String>,
     pub max_drift: f64,
+    /// Users whose device tokens were compared (one check each).
+    pub device_users: u64,
 }
 
 impl ValidateReport {
@@ -162,8 +172,8 @@ impl fmt::Display for ValidateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "validate: {} rooms, messages legacy {} / new {}",
-            self.rooms, self.legacy_messages, self.new_messages
+            "validate: {} rooms, messages legacy {} / new {}, {} users' device tokens",
+            self.rooms, self.legacy_messages, self.new_messages, self.device_users
         )?;
         writeln!(
             f,
@@ -501,8 +511,125 @@ pub async fn run(
         publish(&report, done);
     }
     publish(&report, done);
+    let users = device_users(pg, cql, config.shard).await?;
+    report.device_users = users.len() as u64;
+    let mut results = futures::stream::iter(
+        users
+            .into_iter()
+            .map(|user| check_devices_settled(pg, cql, user, config)),
+    )
+    .buffer_unordered(config.workers.max(1));
+    while let Some(r) = results.try_next().await? {
+        report.compared += r.compared;
+        report.mismatched += r.mismatched;
+        for k in r.kinds {
+            *report.mismatches.entry(k).or_default() += 1;
+        }
+        let room_for = EXAMPLES.saturating_sub(report.examples.len());
+        report
+            .examples
+            .extend(r.examples.into_iter().take(room_for));
+    }
+    publish(&report, done);
     metrics.consistency_check(report.passed());
     Ok(report)
+}
+
+/// The users of this shard (`user_id mod count == index`) with a device token row in either
+/// store (PostgreSQL tombstones included: the new store must not hold a deleted token).
+async fn device_users(
+    pg: &PgStore,
+    cql: &CqlBackfill<'_>,
+    shard: Shard,
+) -> Result<Vec<UserId>, StoreError> {
+    let legacy: Vec<i32> =
+        sqlx::query_scalar("select distinct user_id from device_token where mod(user_id, $1) = $2")
+            .bind(i64::from(shard.count.max(1)))
+            .bind(i64::from(shard.index))
+            .fetch_all(pg.pool())
+            .await
+            .map_err(classify)?;
+    let count = i64::from(shard.count.max(1));
+    let mut users: std::collections::BTreeSet<i32> = legacy.into_iter().collect();
+    users.extend(
+        cql.device_users()
+            .await?
+            .into_iter()
+            .map(|u| u.0)
+            .filter(|u| i64::from(*u).rem_euclid(count) == i64::from(shard.index)),
+    );
+    Ok(users.into_iter().map(UserId).collect())
+}
+
+/// One check per user: the same registered tokens, platforms and registration times.
+async fn check_devices(
+    pg: &PgStore,
+    cql: &CqlBackfill<'_>,
+    user: UserId,
+) -> Result<Option<String>, StoreError> {
+    let legacy: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "select token, platform, updated_at from device_token where user_id = $1 and not deleted",
+    )
+    .bind(user)
+    .fetch_all(pg.pool())
+    .await
+    .map_err(classify)?;
+    let legacy: BTreeMap<String, (String, i64)> = legacy
+        .into_iter()
+        .map(|(t, p, at)| (t, (p, at.timestamp_micros())))
+        .collect();
+    let new: BTreeMap<String, (String, i64)> = cql
+        .devices(user)
+        .await?
+        .into_iter()
+        .map(|d| {
+            (
+                d.token,
+                (
+                    d.platform.as_str().to_owned(),
+                    d.registered_at.timestamp_micros(),
+                ),
+            )
+        })
+        .collect();
+    let differ: Vec<&String> = legacy
+        .keys()
+        .chain(new.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|t| legacy.get(*t) != new.get(*t))
+        .collect();
+    Ok((!differ.is_empty()).then(|| {
+        format!(
+            "user {user}: device tokens differ ({} in legacy, {} in new; {} differ)",
+            legacy.len(),
+            new.len(),
+            differ.len()
+        )
+    }))
+}
+
+/// [`check_devices`], and again every `recheck_after` up to `settle_limit` while it differs:
+/// a registration or deletion may be on its way to the new store (device writes have no room,
+/// so there is no per-room queue to wait on).
+async fn check_devices_settled(
+    pg: &PgStore,
+    cql: &CqlBackfill<'_>,
+    user: UserId,
+    config: &ValidateConfig,
+) -> Result<RoomResult, StoreError> {
+    let started = std::time::Instant::now();
+    let mut failed = check_devices(pg, cql, user).await?;
+    while failed.is_some()
+        && !config.recheck_after.is_zero()
+        && started.elapsed() < config.settle_limit
+    {
+        tokio::time::sleep(config.recheck_after).await;
+        failed = check_devices(pg, cql, user).await?;
+    }
+    let mut result = RoomResult::default();
+    result.check(failed.map(|example| (vec![Mismatch::Devices], example)));
+    Ok(result)
 }
 
 /// Counts in both stores, side by side.

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{Backend, Db, TestService, assert_error};
 use serde_json::{Value, json};
 
-const METHODS: [&str; 9] = [
+const METHODS: [&str; 12] = [
     "CreateRoom",
     "GetRoom",
     "GetRooms",
@@ -21,6 +21,9 @@ const METHODS: [&str; 9] = [
     "GetMessageHistory",
     "MarkMessagesAsRead",
     "ReactToMessage",
+    "RegisterDeviceToken",
+    "ListDeviceTokens",
+    "DeleteDeviceToken",
 ];
 
 async fn service(backend: Backend, test: &str) -> Option<(TestService, Db)> {
@@ -58,6 +61,7 @@ on_every_store!(
     every_method_rejects_unauthenticated_calls,
     malformed_input_is_invalid_argument_never_500,
     unknown_methods_and_wrong_http_methods_get_connect_errors,
+    device_tokens_register_list_delete_per_user,
 );
 
 fn ids(values: &Value) -> Vec<String> {
@@ -1099,4 +1103,156 @@ async fn unknown_methods_and_wrong_http_methods_get_connect_errors(backend: Back
     tokio::time::timeout(Duration::from_secs(20), svc.stop())
         .await
         .expect("stops");
+}
+
+/// The (token, platform) pairs ListDeviceTokens shows `user`.
+async fn listed_devices(svc: &TestService, user: i32) -> Vec<(String, String)> {
+    svc.call(user, "ListDeviceTokens", json!({})).await["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            assert!(
+                d["registeredAt"].as_str().is_some(),
+                "a device without registeredAt: {d}"
+            );
+            (
+                d["token"].as_str().expect("token").to_owned(),
+                d["platform"].as_str().expect("platform").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn device_tokens_register_list_delete_per_user(backend: Backend) {
+    let Some((svc, _db)) = service(backend, "devices").await else {
+        return;
+    };
+    assert_eq!(listed_devices(&svc, 1).await, vec![]);
+    let reply = svc
+        .call(
+            1,
+            "RegisterDeviceToken",
+            json!({ "token": "apns-b", "platform": "ios" }),
+        )
+        .await;
+    assert_eq!(reply["device"]["token"], json!("apns-b"));
+    assert_eq!(reply["device"]["platform"], json!("ios"));
+    svc.call(
+        1,
+        "RegisterDeviceToken",
+        json!({ "token": "fcm-a", "platform": "android" }),
+    )
+    .await;
+    svc.call(
+        2,
+        "RegisterDeviceToken",
+        json!({ "token": "web-2", "platform": "web" }),
+    )
+    .await;
+    // By token, and only the caller's own.
+    assert_eq!(
+        listed_devices(&svc, 1).await,
+        vec![
+            ("apns-b".to_owned(), "ios".to_owned()),
+            ("fcm-a".to_owned(), "android".to_owned())
+        ]
+    );
+    assert_eq!(
+        listed_devices(&svc, 2).await,
+        vec![("web-2".to_owned(), "web".to_owned())]
+    );
+    // Registering again moves the token to the new platform.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    svc.call(
+        1,
+        "RegisterDeviceToken",
+        json!({ "token": "apns-b", "platform": "web" }),
+    )
+    .await;
+    assert_eq!(
+        listed_devices(&svc, 1).await[0],
+        ("apns-b".to_owned(), "web".to_owned())
+    );
+    // Another user deleting the same token string deletes nothing of user 1's.
+    svc.call(2, "DeleteDeviceToken", json!({ "token": "apns-b" }))
+        .await;
+    assert_eq!(listed_devices(&svc, 1).await.len(), 2);
+    svc.call(1, "DeleteDeviceToken", json!({ "token": "apns-b" }))
+        .await;
+    assert_eq!(
+        listed_devices(&svc, 1).await,
+        vec![("fcm-a".to_owned(), "android".to_owned())]
+    );
+    // Idempotent: deleting it again (a client retry) succeeds.
+    svc.call(1, "DeleteDeviceToken", json!({ "token": "apns-b" }))
+        .await;
+    // A deleted token can be registered again.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    svc.call(
+        1,
+        "RegisterDeviceToken",
+        json!({ "token": "apns-b", "platform": "ios" }),
+    )
+    .await;
+    assert_eq!(listed_devices(&svc, 1).await.len(), 2);
+
+    // Bad input is invalid_argument, with a message.
+    for body in [
+        json!({ "token": "", "platform": "ios" }),
+        json!({ "token": "has space", "platform": "ios" }),
+        json!({ "token": "nul\u{0}", "platform": "ios" }),
+        json!({ "token": "x".repeat(4097), "platform": "ios" }),
+        json!({ "token": "ok", "platform": "blackberry" }),
+        json!({ "token": "ok" }),
+        json!({ "platform": "ios" }),
+    ] {
+        assert_error(
+            &svc.raw(3, "RegisterDeviceToken", body.clone()).await,
+            400,
+            "invalid_argument",
+        );
+    }
+    assert_error(
+        &svc.raw(3, "DeleteDeviceToken", json!({ "token": "" })).await,
+        400,
+        "invalid_argument",
+    );
+    assert_eq!(listed_devices(&svc, 3).await, vec![]);
+
+    // At most 20 per user: the 21st is refused until one goes; registering a held one again
+    // is still fine.
+    for i in 0..20 {
+        svc.call(
+            4,
+            "RegisterDeviceToken",
+            json!({ "token": format!("t{i:02}"), "platform": "android" }),
+        )
+        .await;
+    }
+    assert_error(
+        &svc.raw(
+            4,
+            "RegisterDeviceToken",
+            json!({ "token": "t20", "platform": "android" }),
+        )
+        .await,
+        429,
+        "resource_exhausted",
+    );
+    svc.call(
+        4,
+        "RegisterDeviceToken",
+        json!({ "token": "t05", "platform": "ios" }),
+    )
+    .await;
+    svc.call(4, "DeleteDeviceToken", json!({ "token": "t00" }))
+        .await;
+    svc.call(
+        4,
+        "RegisterDeviceToken",
+        json!({ "token": "t20", "platform": "android" }),
+    )
+    .await;
+    assert_eq!(listed_devices(&svc, 4).await.len(), 20);
 }

@@ -1219,3 +1219,119 @@ async fn the_job_alerts_fire_on_a_stalled_backfill_and_on_drift_and_stay_silent_
         "ChatDataInconsistencyDetected fired on the drift validate found"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_tokens_are_copied_by_shard_and_validated() {
+    use chat_service::store::Platform;
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_devices").await);
+    let an_hour_ago = now() - chrono::Duration::hours(1);
+    // Users 1..=5 with 1..=3 tokens each, user 2's second token deleted before the migration.
+    for user in 1..=5 {
+        for k in 0..(user % 3 + 1) {
+            env.pg
+                .register_device(
+                    UserId(user),
+                    format!("u{user}-t{k}"),
+                    Platform::ALL[k as usize % 3],
+                    an_hour_ago,
+                )
+                .await
+                .expect("register");
+        }
+    }
+    env.pg
+        .delete_device(
+            UserId(2),
+            "u2-t1".into(),
+            an_hour_ago + chrono::Duration::seconds(1),
+        )
+        .await
+        .expect("delete");
+    // Tokens registered in legacy: user % 3 + 1 per user, minus user 2's deleted one.
+    let legacy_tokens: u64 = (1..=5u64).map(|u| u % 3 + 1).sum::<u64>() - 1;
+    // A deletion made through the dual write after it started (stamped later than the
+    // backfill's copy): the backfill must not bring the token back.
+    let dual_write_start = now();
+    let late = dual_write_start + chrono::Duration::seconds(1);
+    for store in [&env.pg as &dyn ChatStore, &env.cql as &dyn ChatStore] {
+        store
+            .delete_device(UserId(4), "u4-t0".into(), late)
+            .await
+            .expect("dual-written delete");
+    }
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
+    let metrics = Metrics::default();
+    let mut copied = 0;
+    for index in 0..2 {
+        let report = backfill::run(
+            &env.pg,
+            Some(&cql),
+            &BackfillConfig {
+                shard: backfill::Shard { index, count: 2 },
+                ..config(dual_write_start)
+            },
+            &metrics,
+        )
+        .await
+        .expect("backfill");
+        copied += report.devices;
+    }
+    assert_eq!(
+        copied,
+        legacy_tokens - 1,
+        "every registered token copied once, over both shards"
+    );
+    for user in 1..=5 {
+        assert_eq!(
+            env.cql.devices(UserId(user)).await.expect("cql devices"),
+            env.pg.devices(UserId(user)).await.expect("pg devices"),
+            "user {user}"
+        );
+    }
+    assert!(
+        !env.cql
+            .devices(UserId(4))
+            .await
+            .expect("devices")
+            .iter()
+            .any(|d| d.token == "u4-t0"),
+        "the later deletion wins over the backfill's copy"
+    );
+    let report = validate::run(&env.pg, &cql, &validate_config(5), &metrics)
+        .await
+        .expect("validate");
+    assert_eq!(report.device_users, 5, "{report}");
+    assert_eq!(report.mismatches.get(&Mismatch::Devices), None, "{report}");
+    assert!(report.passed(), "{report}");
+
+    // A token the new store lost, and one it holds that legacy deleted: two users differ.
+    env.cql
+        .delete_device(UserId(5), "u5-t2".into(), now())
+        .await
+        .expect("lose");
+    env.cql
+        .register_device(UserId(2), "u2-t1".into(), Platform::Web, now())
+        .await
+        .expect("resurrect");
+    let report = validate::run(
+        &env.pg,
+        &cql,
+        &ValidateConfig {
+            recheck_after: std::time::Duration::ZERO,
+            ..validate_config(5)
+        },
+        &metrics,
+    )
+    .await
+    .expect("validate");
+    assert_eq!(
+        report.mismatches.get(&Mismatch::Devices),
+        Some(&2),
+        "{report}"
+    );
+    assert!(!report.passed(), "{report}");
+}

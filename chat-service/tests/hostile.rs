@@ -48,9 +48,11 @@ enum Kind {
     Messages,
     Time,
     Reaction,
+    DeviceToken,
+    Platform,
 }
 
-const SCHEMAS: [(&str, &[(&str, Kind)]); 9] = [
+const SCHEMAS: [(&str, &[(&str, Kind)]); 12] = [
     (
         "CreateRoom",
         &[
@@ -98,6 +100,12 @@ const SCHEMAS: [(&str, &[(&str, Kind)]); 9] = [
         "ReactToMessage",
         &[("messageId", Kind::Message), ("reaction", Kind::Reaction)],
     ),
+    (
+        "RegisterDeviceToken",
+        &[("token", Kind::DeviceToken), ("platform", Kind::Platform)],
+    ),
+    ("ListDeviceTokens", &[]),
+    ("DeleteDeviceToken", &[("token", Kind::DeviceToken)]),
 ];
 
 /// What the run knows exists, so that many cases reach past validation into the stores.
@@ -287,6 +295,8 @@ fn fitting(rng: &mut StdRng, kind: Kind, world: &World) -> Value {
         ),
         Kind::Time => json!("1970-01-01T00:00:00Z"),
         Kind::Reaction => json!(["👍", "🎉", "ok"].choose(rng).expect("reactions")),
+        Kind::DeviceToken => json!(format!("fuzz-device-{}", rng.random_range(0..30))),
+        Kind::Platform => json!(["ios", "android", "web"].choose(rng).expect("platforms")),
     }
 }
 
@@ -301,7 +311,13 @@ fn body(rng: &mut StdRng, fields: &[(&str, Kind)], world: &World) -> Value {
     for (i, (name, kind)) in fields.iter().enumerate() {
         let value = match twisted {
             Some(t) if t == i => match kind {
-                Kind::Name | Kind::Content | Kind::Reaction if rng.random_bool(0.7) => {
+                Kind::Name
+                | Kind::Content
+                | Kind::Reaction
+                | Kind::DeviceToken
+                | Kind::Platform
+                    if rng.random_bool(0.7) =>
+                {
                     Some(json!(hostile_string(rng)))
                 }
                 _ => Some(hostile_value(rng, 0)),

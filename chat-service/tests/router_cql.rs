@@ -16,11 +16,11 @@ use chat_service::flags::Flags;
 use chat_service::flags::{DualWrite, Side};
 use chat_service::ids::MessageIdGenerator;
 use chat_service::metrics::DualWriteOutcome;
-use chat_service::store::ChatStore;
 use chat_service::store::cql_outbox::CqlOutbox;
 use chat_service::store::outbox::OutboxLog;
 use chat_service::store::postgres::PgStore;
 use chat_service::store::scylla::{CqlConfig, CqlStore};
+use chat_service::store::{ChatStore, Platform};
 use ficus_testkit::Cassandra;
 
 use chat_service::ids::UserId;
@@ -202,6 +202,77 @@ async fn pins_land_in_both_stores_and_the_latest_pin_wins_in_any_order() {
             .await
             .expect("pin by a non-member")
     );
+}
+
+/// The (token, platform) pairs a store holds for `user`.
+async fn tokens_of(store: &dyn ChatStore, user: i32) -> Vec<(String, Platform)> {
+    store
+        .devices(UserId(user))
+        .await
+        .expect("devices")
+        .into_iter()
+        .map(|d| (d.token, d.platform))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_tokens_land_in_both_stores_and_the_latest_write_wins_in_any_order() {
+    common::init();
+    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(cassandra) = node() else { return };
+    let s = setup(cassandra, "router_cql_devices", DualWrite::Sync).await;
+    let now = chat_service::store::now;
+    for (token, platform) in [("a", Platform::Ios), ("b", Platform::Web)] {
+        s.router
+            .register_device(UserId(1), token.into(), platform, now())
+            .await
+            .expect("register");
+    }
+    let both = vec![
+        ("a".to_owned(), Platform::Ios),
+        ("b".to_owned(), Platform::Web),
+    ];
+    assert_eq!(tokens_of(s.legacy.as_ref(), 1).await, both, "legacy");
+    assert_eq!(tokens_of(s.new.as_ref(), 1).await, both, "CQL");
+    let deleted_at = now();
+    s.router
+        .delete_device(UserId(1), "a".into(), deleted_at)
+        .await
+        .expect("delete");
+    // A registration older than the deletion, arriving later (an outbox replay): it does not
+    // bring the token back in either store; neither does one at the deletion's very time.
+    let older = deleted_at - chrono::Duration::seconds(5);
+    for store in [s.legacy.as_ref(), s.new.as_ref()] {
+        for at in [older, deleted_at] {
+            store
+                .register_device(UserId(1), "a".into(), Platform::Android, at)
+                .await
+                .expect("late register");
+        }
+        assert_eq!(
+            tokens_of(store, 1).await,
+            vec![("b".to_owned(), Platform::Web)],
+            "{}: the later deletion stays",
+            store.database()
+        );
+        // And a deletion older than a registration does not remove it.
+        store
+            .delete_device(UserId(1), "b".into(), older)
+            .await
+            .expect("late delete");
+        assert_eq!(tokens_of(store, 1).await.len(), 1, "{}", store.database());
+    }
+    // A later registration after the deletion brings it back, in both.
+    s.router
+        .register_device(UserId(1), "a".into(), Platform::Android, now())
+        .await
+        .expect("register again");
+    let expected = vec![
+        ("a".to_owned(), Platform::Android),
+        ("b".to_owned(), Platform::Web),
+    ];
+    assert_eq!(tokens_of(s.legacy.as_ref(), 1).await, expected);
+    assert_eq!(tokens_of(s.new.as_ref(), 1).await, expected);
 }
 
 async fn pinned_for(store: &dyn ChatStore, room: chat_service::ids::RoomId, user: i32) -> bool {
@@ -443,6 +514,15 @@ async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and
             .await
             .expect("leave")
     );
+    s.router
+        .register_device(
+            UserId(1),
+            "made-in-cutover".into(),
+            Platform::Android,
+            chat_service::store::now(),
+        )
+        .await
+        .expect("register");
     let count = |sql: &'static str| {
         let pool = s.legacy_pool.clone();
         async move {
@@ -515,6 +595,15 @@ async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and
         .await
         .expect("room in legacy");
     assert_eq!(kept.participants, vec![UserId(1), UserId(2), UserId(3)]);
+    let devices = s.legacy.devices(UserId(1)).await.expect("devices");
+    assert_eq!(
+        devices
+            .iter()
+            .map(|d| (d.token.as_str(), d.platform))
+            .collect::<Vec<_>>(),
+        vec![("made-in-cutover", Platform::Android)],
+        "the device token registered in the window reached legacy"
+    );
 
     let (code, out) = run(&[]);
     assert_eq!(code, Some(0), "{out}");
@@ -522,7 +611,8 @@ async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and
     let (code, out) = run(&["--checkpoint-key", "again"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("0 rooms created, 0 memberships updated, 0 messages"),
+        out.contains("0 rooms created, 0 memberships updated, 0 messages")
+            && out.contains("0 device tokens"),
         "an idempotent copy: {out}"
     );
     assert_eq!(

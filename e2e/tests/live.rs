@@ -197,11 +197,22 @@ async fn soak() {
             return;
         }
     };
-    assert_eq!(report.held_at, Ok(50), "the Migration was not held in Split");
+    assert_eq!(
+        report.held_at,
+        Ok(50),
+        "the Migration was not held in Split"
+    );
     assert_eq!(report.lost, 0, "acknowledged writes lost");
     assert_eq!(report.server_errors, 0, "5xx answers during the soak");
-    assert!(report.outbox_drained, "the outbox did not drain after the load");
-    assert!(report.samples.len() >= 10, "{} samples", report.samples.len());
+    assert!(
+        report.outbox_drained,
+        "the outbox did not drain after the load"
+    );
+    assert!(
+        report.samples.len() >= 10,
+        "{} samples",
+        report.samples.len()
+    );
     for i in 0..report.instances() {
         let rss = Growth::of(&report.rss_mib(i)).expect("samples");
         assert!(

@@ -2,6 +2,7 @@
 //! `StreamMessages` event stream (SSE), and `/metrics`, `/healthz`, `/readyz`.
 
 mod caller;
+mod devices;
 pub mod error;
 pub mod health;
 pub mod json;
@@ -95,6 +96,18 @@ pub fn router(app: AppState) -> Router {
         .route(
             "/chat.v1.ChatService/ReactToMessage",
             post(messages::react_to_message),
+        )
+        .route(
+            "/chat.v1.ChatService/RegisterDeviceToken",
+            post(devices::register_device_token),
+        )
+        .route(
+            "/chat.v1.ChatService/ListDeviceTokens",
+            post(devices::list_device_tokens),
+        )
+        .route(
+            "/chat.v1.ChatService/DeleteDeviceToken",
+            post(devices::delete_device_token),
         )
         // Outermost first: metrics see the final code; the error-body layer sees the
         // responses of the timeout and body-limit layers.

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadChunk, RoomAccess, RoomView,
-    StoreError, StoreFuture, StoredMessage,
+    ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, ReadChunk,
+    RoomAccess, RoomView, StoreError, StoreFuture, StoredMessage,
 };
 
 pub struct Instrumented<S> {
@@ -149,5 +149,26 @@ impl<S: ChatStore> ChatStore for Instrumented<S> {
 
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
         self.observe("message_room", self.inner.message_room(message))
+    }
+
+    fn register_device(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()> {
+        self.observe(
+            "register_device",
+            self.inner.register_device(user, token, platform, at),
+        )
+    }
+
+    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        self.observe("delete_device", self.inner.delete_device(user, token, at))
+    }
+
+    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
+        self.observe("devices", self.inner.devices(user))
     }
 }

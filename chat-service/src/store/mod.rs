@@ -13,6 +13,7 @@
 //!   reached (retry later), and [`StoreError::Internal`] for everything that needs an operator.
 
 pub mod cql_outbox;
+pub mod devices;
 pub mod health_watch;
 pub mod instrumented;
 pub mod outbox;
@@ -29,6 +30,7 @@ use chrono::{DateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, RoomId, UserId};
+pub use devices::{DeviceToken, Platform};
 pub use page::{HistoryPage, PageRequest};
 
 /// Now, truncated to microseconds: PostgreSQL's `timestamptz` resolution, so a time returned
@@ -335,4 +337,21 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// The room a (not deleted) message belongs to. NotFound if no such message.
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId>;
+
+    /// Registers (or registers again, with a new platform) a push device token of `user`,
+    /// unless the store holds a later write of that token (see [`devices`]).
+    fn register_device(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Deletes a device token of `user` (a token never registered is not an error), unless the
+    /// store holds a later write of it.
+    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()>;
+
+    /// The user's registered device tokens, by token.
+    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>>;
 }

@@ -44,7 +44,9 @@ use uuid::Uuid;
 use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::{DualWriteOutcome, Metrics, RetryOutcome};
-use crate::store::{ChatStore, NewMessage, NewRoom, ReadMarker, RoomType, StoreError, StoreResult};
+use crate::store::{
+    ChatStore, NewMessage, NewRoom, Platform, ReadMarker, RoomType, StoreError, StoreResult,
+};
 
 /// One write of the [`ChatStore`] trait with its arguments, as stored in `outbox.payload`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,6 +95,18 @@ pub enum WriteOp {
         at: DateTime<Utc>,
         /// The message's room when known (the ordering key).
         room: Option<RoomId>,
+    },
+    /// No ordering key: each store keeps the latest write of a token, in any arrival order.
+    RegisterDevice {
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    },
+    DeleteDevice {
+        user: UserId,
+        token: String,
+        at: DateTime<Utc>,
     },
 }
 
@@ -147,6 +161,8 @@ impl WriteOp {
             WriteOp::InsertMessage { .. } => "insert_message",
             WriteOp::MarkRead { .. } => "mark_read",
             WriteOp::React { .. } => "react",
+            WriteOp::RegisterDevice { .. } => "register_device",
+            WriteOp::DeleteDevice { .. } => "delete_device",
         }
     }
 
@@ -159,6 +175,7 @@ impl WriteOp {
             | WriteOp::MarkRead { room, .. } => Some(*room),
             WriteOp::InsertMessage { room_id, .. } => Some(*room_id),
             WriteOp::React { room, .. } => *room,
+            WriteOp::RegisterDevice { .. } | WriteOp::DeleteDevice { .. } => None,
         }
     }
 
@@ -245,6 +262,19 @@ impl WriteOp {
                 at,
                 ..
             } => Applied::Changed(store.react(message, user, reaction, at).await?),
+            WriteOp::RegisterDevice {
+                user,
+                token,
+                platform,
+                at,
+            } => {
+                store.register_device(user, token, platform, at).await?;
+                Applied::Changed(true)
+            }
+            WriteOp::DeleteDevice { user, token, at } => {
+                store.delete_device(user, token, at).await?;
+                Applied::Changed(true)
+            }
         })
     }
 

@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, READ_CHUNK, ReadChunk, Role,
-    RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+    ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, READ_CHUNK,
+    ReadChunk, Role, RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult,
+    StoredMessage,
 };
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -496,6 +497,81 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn register_device_query(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        // Strictly later: a replay of the same registration changes nothing, and a deletion at
+        // the same time wins.
+        sqlx::query(
+            "insert into device_token (user_id, token, platform, updated_at, deleted)
+             values ($1, $2, $3, $4, false)
+             on conflict (user_id, token) do update
+                set platform = excluded.platform, updated_at = excluded.updated_at, deleted = false
+              where device_token.updated_at < excluded.updated_at",
+        )
+        .bind(user)
+        .bind(token)
+        .bind(platform.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn delete_device_query(
+        &self,
+        user: UserId,
+        token: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        // A tombstone, so that a registration older than this deletion arriving later (an
+        // outbox replay) does not bring the token back.
+        sqlx::query(
+            "insert into device_token (user_id, token, platform, updated_at, deleted)
+             values ($1, $2, '', $3, true)
+             on conflict (user_id, token) do update
+                set updated_at = excluded.updated_at, deleted = true
+              where device_token.updated_at <= excluded.updated_at",
+        )
+        .bind(user)
+        .bind(token)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn devices_query(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
+        let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+            "select token, platform, updated_at from device_token
+              where user_id = $1 and not deleted order by token collate \"C\"",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|(token, platform, registered_at)| {
+                let platform = Platform::parse(&platform).ok_or_else(|| {
+                    StoreError::Internal(format!(
+                        "device token of user {user} has an unknown platform {platform:?}"
+                    ))
+                })?;
+                Ok(DeviceToken {
+                    token,
+                    platform,
+                    registered_at,
+                })
+            })
+            .collect()
+    }
+
     async fn message_room_query(&self, message: MessageId) -> StoreResult<RoomId> {
         let room = sqlx::query_scalar::<sqlx::Postgres, Uuid>(
             "select room_id from room_message where id = $1 and deleted_at is null",
@@ -611,6 +687,24 @@ impl ChatStore for PgStore {
 
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
         Box::pin(self.message_room_query(message))
+    }
+
+    fn register_device(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.register_device_query(user, token, platform, at))
+    }
+
+    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        Box::pin(self.delete_device_query(user, token, at))
+    }
+
+    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
+        Box::pin(self.devices_query(user))
     }
 }
 

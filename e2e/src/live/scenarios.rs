@@ -125,7 +125,7 @@ impl Outcome {
             flow.percentile_ms(99.0)
         );
         println!(
-            "writes acknowledged {} (messages {}, rooms {}, reactions {}, read marks {}, leaves {}, pins {}), lost {}",
+            "writes acknowledged {} (messages {}, rooms {}, reactions {}, read marks {}, leaves {}, pins {}, device tokens {}), lost {}",
             ledger.writes(),
             ledger.messages.len(),
             ledger.rooms.len(),
@@ -133,6 +133,7 @@ impl Outcome {
             ledger.read.values().map(|r| r.len()).sum::<usize>(),
             ledger.left.len(),
             ledger.pins.len(),
+            ledger.devices.len(),
             self.lost
         );
         if let (Some(fault), Some(safe)) = (self.fault_at, self.safe_at) {
@@ -172,6 +173,13 @@ pub(crate) async fn lost_writes(stack: &LiveStack, ledger: &Ledger) -> Result<us
             missing.pins.len(),
             missing.pins.first()
         );
+        if !missing.devices.is_empty() {
+            println!(
+                "missing: {} device tokens, e.g. {:?}",
+                missing.devices.len(),
+                missing.devices.first()
+            );
+        }
     }
     Ok(missing.total())
 }

@@ -168,8 +168,7 @@ impl SoakReport {
             println!("{line}");
         }
         for i in 0..n {
-            if let (Some(rss), Some(fds)) =
-                (Growth::of(&self.rss_mib(i)), Growth::of(&self.fds(i)))
+            if let (Some(rss), Some(fds)) = (Growth::of(&self.rss_mib(i)), Growth::of(&self.fds(i)))
             {
                 println!(
                     "instance {i}: peak RSS {:.1} MiB in the first half, {:.1} MiB in the second ({:.2}x); peak fds {:.0} then {:.0}",
@@ -271,11 +270,9 @@ pub async fn run_soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
     let (ledger, report) = flow.stop().await;
     let outbox_drained = stack
         .prometheus
-        .wait_for(
-            "max(chat_retry_queue_size)",
-            Duration::from_secs(60),
-            |s| s.first().filter(|s| s.value == 0.0).map(|_| ()),
-        )
+        .wait_for("max(chat_retry_queue_size)", Duration::from_secs(60), |s| {
+            s.first().filter(|s| s.value == 0.0).map(|_| ())
+        })
         .await
         .is_ok();
     let lost = super::scenarios::lost_writes(&stack, &ledger).await?;

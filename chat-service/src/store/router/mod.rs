@@ -76,8 +76,8 @@ use crate::store::outbox::{
 use crate::store::postgres::PgStore;
 use crate::store::shadow::{Compared, Scope, Shadowed, compare_results};
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, ReadChunk, RoomAccess, RoomView,
-    StoreError, StoreFuture, StoreResult, StoredMessage,
+    ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, ReadChunk,
+    RoomAccess, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
 };
 
 mod dual_write;
@@ -498,6 +498,37 @@ impl ChatStore for MigrationRouter {
                 _ => Err(internal("set_pinned")),
             }
         })
+    }
+
+    fn register_device(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()> {
+        self.note_user(user);
+        let write = self.write(WriteOp::RegisterDevice {
+            user,
+            token,
+            platform,
+            at,
+        });
+        Box::pin(async move { write.await.map(drop) })
+    }
+
+    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        self.note_user(user);
+        let write = self.write(WriteOp::DeleteDevice { user, token, at });
+        Box::pin(async move { write.await.map(drop) })
+    }
+
+    /// From the user's cohort, like their room list; not shadow-compared (validate compares
+    /// every user's tokens).
+    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
+        let side = cohort(&self.inner.flags.current(), user);
+        note_cohort(as_cohort(side), Some(user));
+        self.inner.store(side).devices(user)
     }
 
     fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {

@@ -85,6 +85,7 @@ pub(super) struct BackfillStatements {
     select_pin: PreparedStatement,
     count_read_markers: PreparedStatement,
     select_reactions: PreparedStatement,
+    insert_device: PreparedStatement,
 }
 
 /// The backfill's and validator's view of a [`CqlStore`] ([`CqlStore::backfill`]).
@@ -129,6 +130,7 @@ impl CqlStore {
             select_pin: p("SELECT is_pinned FROM {ks}.rooms_by_user WHERE user_id = ? AND room_id = ?").await?,
             count_read_markers: p("SELECT count(*) FROM {ks}.read_markers WHERE room_id = ? AND user_id = ?").await?,
             select_reactions: p("SELECT user_id, reaction FROM {ks}.reactions_by_message WHERE message_id = ?").await?,
+            insert_device: p("INSERT INTO {ks}.device_tokens_by_user (user_id, token, platform, registered_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
         };
         Ok(CqlBackfill {
             store: self,
@@ -244,6 +246,31 @@ impl CqlBackfill<'_> {
             )
             .await?;
         Ok(())
+    }
+
+    /// Writes a user's device tokens (`device_tokens_by_user`, one unlogged batch), stamped
+    /// `ts`: a registration or deletion the live path made later wins.
+    pub async fn write_devices(
+        &self,
+        user: UserId,
+        devices: &[DeviceToken],
+        ts: i64,
+    ) -> StoreResult<()> {
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                (
+                    user.0,
+                    d.token.as_str(),
+                    d.platform.as_str(),
+                    micros(d.registered_at),
+                    ts,
+                )
+            })
+            .collect();
+        self.store
+            .batch_in_partition(&self.st.insert_device, rows)
+            .await
     }
 
     /// Writes reactions (`reactions_by_message`, one unlogged batch per message), every cell
@@ -452,6 +479,33 @@ impl CqlBackfill<'_> {
             first_row::<(Uuid,)>(self.store.exec(&self.st.select_room, (room.0,)).await?)?
                 .is_some(),
         )
+    }
+
+    /// A user's registered device tokens (for `validate`).
+    pub async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
+        self.store.devices_query(user).await
+    }
+
+    /// Every user with a device token in the keyspace (its partition keys; paged).
+    pub async fn device_users(&self) -> StoreResult<Vec<UserId>> {
+        let cql = format!(
+            "SELECT DISTINCT user_id FROM {}.device_tokens_by_user",
+            self.keyspace
+        );
+        let mut stream = self
+            .store
+            .session
+            .query_iter(cql, &[])
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .rows_stream::<(i32,)>()
+            .map_err(decode)?;
+        let mut users = Vec::new();
+        while let Some(row) = stream.next().await {
+            let (user,) = row.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            users.push(UserId(user));
+        }
+        Ok(users)
     }
 
     /// Rooms (`room_details`) and messages (`messages_by_room`) in the keyspace: full scans

@@ -12,6 +12,7 @@
 //! | `participants_by_room` | `((room_id), user_id)` | members (`removed_at` kept on leave) |
 //! | `reactions_by_message` | `((message_id), user_id, reaction)` | reactions |
 //! | `read_markers` | `((room_id, user_id), message_id)` | which messages a member has read |
+//! | `device_tokens_by_user` | `((user_id), token)` | push device tokens (latest write wins) |
 //!
 //! Times other than a message's (which is its timeuuid's) are `bigint` microseconds since the
 //! epoch: CQL `timestamp` has only milliseconds, and rooms created within one millisecond must
@@ -42,8 +43,9 @@ use uuid::Uuid;
 
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
-    ChatStore, HistoryPage, NewMessage, NewRoom, PageRequest, READ_CHUNK, ReadChunk, Role,
-    RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+    ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, READ_CHUNK,
+    ReadChunk, Role, RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult,
+    StoredMessage,
 };
 
 mod backfill;
@@ -208,6 +210,24 @@ impl ChatStore for CqlStore {
 
     fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
         Box::pin(self.message_room_query(message))
+    }
+
+    fn register_device(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.register_device_query(user, token, platform, at))
+    }
+
+    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
+        Box::pin(self.delete_device_query(user, token, at))
+    }
+
+    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
+        Box::pin(self.devices_query(user))
     }
 }
 

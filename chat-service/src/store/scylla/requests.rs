@@ -324,6 +324,52 @@ impl CqlStore {
         Ok(true)
     }
 
+    pub(super) async fn register_device_query(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let us = micros(at);
+        self.exec(
+            &self.st.register_device,
+            (user.0, token, platform.as_str(), us, us),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn delete_device_query(
+        &self,
+        user: UserId,
+        token: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.exec(&self.st.delete_device, (micros(at), user.0, token))
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn devices_query(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
+        let found: Vec<(String, String, i64)> =
+            rows(self.exec(&self.st.select_devices, (user.0,)).await?)?;
+        found
+            .into_iter()
+            .map(|(token, platform, registered_at)| {
+                Ok(DeviceToken {
+                    platform: Platform::parse(&platform).ok_or_else(|| {
+                        decode(format!(
+                            "device token of user {user} has an unknown platform {platform:?}"
+                        ))
+                    })?,
+                    token,
+                    registered_at: from_micros(registered_at)?,
+                })
+            })
+            .collect()
+    }
+
     pub(super) async fn read_message(
         &self,
         room: RoomId,

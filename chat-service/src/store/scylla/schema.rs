@@ -48,6 +48,12 @@ pub const SCHEMA: &[&str] = &[
         room_id uuid, user_id int, message_id timeuuid, read_at bigint,
         PRIMARY KEY ((room_id, user_id), message_id)
     ) WITH CLUSTERING ORDER BY (message_id DESC)",
+    // Push device tokens; a write is stamped with its time, so the latest write of a token wins
+    // (and a deletion at the same time, as in PostgreSQL).
+    "CREATE TABLE IF NOT EXISTS {ks}.device_tokens_by_user (
+        user_id int, token text, platform text, registered_at bigint,
+        PRIMARY KEY ((user_id), token)
+    )",
 ];
 
 pub(super) const SCHEMA_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS {ks}.schema_version (
