@@ -8,7 +8,10 @@
 //! 3. naive copy: one message read from PostgreSQL, written to CQL (`CqlBackfill::write_messages`
 //!    of one message), then the next — sequentially;
 //! 4. `validate::run` over the backfilled keyspace, every message compared (sample >= per-room
-//!    count); the rate is `compared` checks per second.
+//!    count); the rate is `compared` checks per second;
+//! 5. raw read: every message of every room read from PostgreSQL and from the CQL store (both
+//!    per room, the rooms `workers` at a time as validate takes them), the ceiling validate's
+//!    reads could reach; printed beside validate's messages per second.
 //!
 //! ```sh
 //! cargo bench -p chat-service --bench backfill
@@ -320,6 +323,57 @@ async fn bench(settings: &Settings) -> Result<(), HarnessError> {
         });
     }
 
+    // 5. Raw read of every message from both stores, room by room, `workers` rooms at a time.
+    let raw_read = {
+        let workers = ValidateConfig::default().workers;
+        let session = store.session();
+        let select = session
+            .prepare(format!("SELECT message_id, sender_id, content, type, deleted FROM {keyspace}.messages_by_room WHERE room_id = ?"))
+            .await
+            .expect("prepare");
+        let started = Instant::now();
+        let read: u64 = futures::stream::iter(rooms.iter().map(|room| {
+            let (select, pool) = (&select, pg.pool());
+            async move {
+                let legacy = sqlx::query_as::<_, (Uuid, i32, Vec<u8>, String, Option<DateTime<Utc>>)>(
+                    "select id, sender_id, content, type, deleted_at from room_message where room_id = $1",
+                )
+                .bind(room.0)
+                .fetch_all(pool);
+                let new = async {
+                    let mut n = 0u64;
+                    let mut rows = session
+                        .execute_iter(select.clone(), (room.0,))
+                        .await
+                        .expect("cql read")
+                        .rows_stream::<(CqlTimeuuid, i32, Vec<u8>, String, bool)>()
+                        .expect("rows");
+                    while let Some(row) = rows.next().await {
+                        row.expect("row");
+                        n += 1;
+                    }
+                    n
+                };
+                let (legacy, new) = futures::join!(legacy, new);
+                (legacy.expect("pg read").len() as u64).min(new)
+            }
+        }))
+        .buffer_unordered(workers)
+        .fold(0u64, |sum, n| futures::future::ready(sum + n))
+        .await;
+        let elapsed = started.elapsed();
+        rows.push(Row {
+            method: "raw read, both stores",
+            count: read,
+            unit: "msgs",
+            elapsed,
+            note: format!(
+                "{workers} rooms at a time, each room read whole from PostgreSQL and CQL"
+            ),
+        });
+        (read, elapsed)
+    };
+
     println!("chat-service backfill benchmark (PostgreSQL -> CQL)");
     println!(
         "  messages {} across {} rooms (3 members each), {CONTENT_BYTES}-byte random content",
@@ -349,6 +403,11 @@ async fn bench(settings: &Settings) -> Result<(), HarnessError> {
         "method", "count", "unit", "seconds", "per s", "vs raw"
     );
     let raw = rows[0].rate();
+    // validate's reads against the raw read of the same messages from both stores.
+    let validate_elapsed = rows
+        .iter()
+        .find(|r| r.method == "validate::run")
+        .map(|r| r.elapsed);
     for row in &rows {
         println!(
             "{:<22} {:>9} {:>7} {:>9.3} {:>11.0} {:>7.2}x  {}",
@@ -359,6 +418,16 @@ async fn bench(settings: &Settings) -> Result<(), HarnessError> {
             row.rate(),
             row.rate() / raw.max(f64::EPSILON),
             row.note
+        );
+    }
+    if let Some(v) = validate_elapsed {
+        let (read, raw_elapsed) = raw_read;
+        let validate_rate = n as f64 / v.as_secs_f64().max(f64::EPSILON);
+        let raw_rate = read as f64 / raw_elapsed.as_secs_f64().max(f64::EPSILON);
+        println!();
+        println!(
+            "validate verified {validate_rate:.0} messages/s; the raw read of both stores {raw_rate:.0} messages/s: {:.0} % of it (goal >= 50 %)",
+            100.0 * validate_rate / raw_rate.max(f64::EPSILON)
         );
     }
     Ok(())

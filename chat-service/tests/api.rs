@@ -1214,7 +1214,8 @@ async fn device_tokens_register_list_delete_per_user(backend: Backend) {
         );
     }
     assert_error(
-        &svc.raw(3, "DeleteDeviceToken", json!({ "token": "" })).await,
+        &svc.raw(3, "DeleteDeviceToken", json!({ "token": "" }))
+            .await,
         400,
         "invalid_argument",
     );
