@@ -272,7 +272,7 @@ async fn copy_devices(
     let mut stream = session
         .query_iter(
             format!(
-                "SELECT user_id, token, platform, registered_at FROM {ks}.device_tokens_by_user"
+                "SELECT user_id, push_token, platform, registered_at FROM {ks}.device_tokens_by_user"
             ),
             &[],
         )

@@ -130,7 +130,7 @@ impl CqlStore {
             select_pin: p("SELECT is_pinned FROM {ks}.rooms_by_user WHERE user_id = ? AND room_id = ?").await?,
             count_read_markers: p("SELECT count(*) FROM {ks}.read_markers WHERE room_id = ? AND user_id = ?").await?,
             select_reactions: p("SELECT user_id, reaction FROM {ks}.reactions_by_message WHERE message_id = ?").await?,
-            insert_device: p("INSERT INTO {ks}.device_tokens_by_user (user_id, token, platform, registered_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
+            insert_device: p("INSERT INTO {ks}.device_tokens_by_user (user_id, push_token, platform, registered_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
         };
         Ok(CqlBackfill {
             store: self,

@@ -12,7 +12,7 @@
 //! | `participants_by_room` | `((room_id), user_id)` | members (`removed_at` kept on leave) |
 //! | `reactions_by_message` | `((message_id), user_id, reaction)` | reactions |
 //! | `read_markers` | `((room_id, user_id), message_id)` | which messages a member has read |
-//! | `device_tokens_by_user` | `((user_id), token)` | push device tokens (latest write wins) |
+//! | `device_tokens_by_user` | `((user_id), push_token)` | push device tokens (latest write wins) |
 //!
 //! Times other than a message's (which is its timeuuid's) are `bigint` microseconds since the
 //! epoch: CQL `timestamp` has only milliseconds, and rooms created within one millisecond must

@@ -49,10 +49,11 @@ pub const SCHEMA: &[&str] = &[
         PRIMARY KEY ((room_id, user_id), message_id)
     ) WITH CLUSTERING ORDER BY (message_id DESC)",
     // Push device tokens; a write is stamped with its time, so the latest write of a token wins
-    // (and a deletion at the same time, as in PostgreSQL).
+    // (and a deletion at the same time, as in PostgreSQL). `push_token`: `token` is a CQL
+    // keyword.
     "CREATE TABLE IF NOT EXISTS {ks}.device_tokens_by_user (
-        user_id int, token text, platform text, registered_at bigint,
-        PRIMARY KEY ((user_id), token)
+        user_id int, push_token text, platform text, registered_at bigint,
+        PRIMARY KEY ((user_id), push_token)
     )",
 ];
 

@@ -84,9 +84,9 @@ impl Statements {
             insert_read: p("INSERT INTO {ks}.read_markers (room_id, user_id, message_id, read_at) VALUES (?, ?, ?, ?)").await?,
             last_read: p("UPDATE {ks}.participants_by_room USING TIMESTAMP ? SET last_read_message_id = ? WHERE room_id = ? AND user_id = ?").await?,
             insert_reaction: p("INSERT INTO {ks}.reactions_by_message (message_id, user_id, reaction, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS").await?,
-            register_device: p("INSERT INTO {ks}.device_tokens_by_user (user_id, token, platform, registered_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
-            delete_device: p("DELETE FROM {ks}.device_tokens_by_user USING TIMESTAMP ? WHERE user_id = ? AND token = ?").await?,
-            select_devices: p("SELECT token, platform, registered_at FROM {ks}.device_tokens_by_user WHERE user_id = ?").await?,
+            register_device: p("INSERT INTO {ks}.device_tokens_by_user (user_id, push_token, platform, registered_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
+            delete_device: p("DELETE FROM {ks}.device_tokens_by_user USING TIMESTAMP ? WHERE user_id = ? AND push_token = ?").await?,
+            select_devices: p("SELECT push_token, platform, registered_at FROM {ks}.device_tokens_by_user WHERE user_id = ?").await?,
         })
     }
 }
