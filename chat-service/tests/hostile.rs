@@ -305,8 +305,8 @@ fn fitting(rng: &mut StdRng, kind: Kind, world: &World) -> Value {
 /// otherwise each field fits, is hostile or is left out. Sometimes an unknown field too.
 fn body(rng: &mut StdRng, fields: &[(&str, Kind)], world: &World) -> Value {
     let mut map = serde_json::Map::new();
-    let twisted = (!fields.is_empty() && rng.random_bool(0.5))
-        .then(|| rng.random_range(0..fields.len()));
+    let twisted =
+        (!fields.is_empty() && rng.random_bool(0.5)).then(|| rng.random_range(0..fields.len()));
     for (i, (name, kind)) in fields.iter().enumerate() {
         let value = match twisted {
             Some(t) if t == i => match kind {
