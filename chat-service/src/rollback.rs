@@ -28,12 +28,12 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimeuuid;
 use uuid::Uuid;
 
-use crate::ids::MessageId;
-use crate::store::StoreError;
+use crate::ids::{MessageId, UserId};
 use crate::store::postgres::{PgStore, classify};
 use crate::store::scylla::{
     CqlStore, classify as cql_classify, classify_prepare, rows, timeuuid_lower_bound,
 };
+use crate::store::{Platform, StoreError};
 
 /// Rooms read per scan query.
 const ROOM_PAGE: i32 = 200;
@@ -247,7 +247,7 @@ pub async fn run(
             .map_err(|e| RollbackError::Legacy(classify(e)))?;
         }
     }
-    report.devices_copied = copy_devices(pool, session, &ks, config.since, until).await?;
+    report.devices_copied = copy_devices(legacy, session, &ks, config.since, until).await?;
     sqlx::query("update rollback_checkpoint set completed_at = now(), updated_at = now() where checkpoint_key = $1")
         .bind(&config.checkpoint_key)
         .execute(pool)
@@ -263,7 +263,7 @@ pub async fn run(
 /// checkpointed: the copy is idempotent, and a scan of every user's tokens is short next to the
 /// rooms'.
 async fn copy_devices(
-    pool: &sqlx::PgPool,
+    legacy: &PgStore,
     session: &scylla::client::session::Session,
     ks: &str,
     since: DateTime<Utc>,
@@ -290,21 +290,18 @@ async fn copy_devices(
         let Some(at) = from_micros(registered_at).filter(|t| *t >= since && *t < until) else {
             continue;
         };
-        let done = sqlx::query(
-            "insert into device_token (user_id, token, platform, updated_at, deleted)
-             values ($1, $2, $3, $4, false)
-             on conflict (user_id, token) do update
-                set platform = excluded.platform, updated_at = excluded.updated_at, deleted = false
-              where device_token.updated_at < excluded.updated_at",
-        )
-        .bind(user)
-        .bind(&token)
-        .bind(&platform)
-        .bind(at)
-        .execute(pool)
-        .await
-        .map_err(|e| RollbackError::Legacy(classify(e)))?;
-        copied += done.rows_affected();
+        let Some(platform) = Platform::parse(&platform) else {
+            return Err(RollbackError::Cql(StoreError::Internal(format!(
+                "device token of user {user} has an unknown platform {platform:?}"
+            ))));
+        };
+        if legacy
+            .register_device_applied(UserId(user), token, platform, at)
+            .await
+            .map_err(RollbackError::Legacy)?
+        {
+            copied += 1;
+        }
     }
     Ok(copied)
 }

@@ -497,13 +497,15 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn register_device_query(
+    /// Registers a device token unless legacy holds a later write of it; true if it applied.
+    /// (The rollback command's copy counts with it.)
+    pub async fn register_device_applied(
         &self,
         user: UserId,
         token: String,
         platform: Platform,
         at: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         // Strictly later: a replay of the same registration changes nothing, and a deletion at
         // the same time wins.
         sqlx::query(
@@ -519,8 +521,8 @@ impl PgStore {
         .bind(at)
         .execute(&self.pool)
         .await
-        .map_err(classify)?;
-        Ok(())
+        .map_err(classify)
+        .map(|done| done.rows_affected() > 0)
     }
 
     async fn delete_device_query(
@@ -696,7 +698,11 @@ impl ChatStore for PgStore {
         platform: Platform,
         at: DateTime<Utc>,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(self.register_device_query(user, token, platform, at))
+        Box::pin(async move {
+            self.register_device_applied(user, token, platform, at)
+                .await
+                .map(drop)
+        })
     }
 
     fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
