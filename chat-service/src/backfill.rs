@@ -960,14 +960,9 @@ async fn copy_devices(
         after = Some(last);
         let mut by_user: Vec<(UserId, Vec<DeviceToken>)> = Vec::new();
         for (user, token, platform, registered_at) in rows {
-            let Some(platform) = Platform::parse(&platform) else {
-                return Err(BackfillError::Store(StoreError::Internal(format!(
-                    "device token of user {user} has an unknown platform {platform:?}"
-                ))));
-            };
             let device = DeviceToken {
                 token,
-                platform,
+                platform: Platform::stored(UserId(user), &platform)?,
                 registered_at,
             };
             match by_user.last_mut() {

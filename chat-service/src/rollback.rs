@@ -290,11 +290,7 @@ async fn copy_devices(
         let Some(at) = from_micros(registered_at).filter(|t| *t >= since && *t < until) else {
             continue;
         };
-        let Some(platform) = Platform::parse(&platform) else {
-            return Err(RollbackError::Cql(StoreError::Internal(format!(
-                "device token of user {user} has an unknown platform {platform:?}"
-            ))));
-        };
+        let platform = Platform::stored(UserId(user), &platform).map_err(RollbackError::Cql)?;
         if legacy
             .register_device_applied(UserId(user), token, platform, at)
             .await

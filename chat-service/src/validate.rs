@@ -36,10 +36,10 @@ use crate::backfill::{Shard, range_of};
 use crate::flags::Side;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
-use crate::store::StoreError;
 use crate::store::outbox::{Entries, Outbox};
 use crate::store::postgres::{PgStore, classify};
 use crate::store::scylla::{CqlBackfill, CqlMember};
+use crate::store::{ChatStore, DeviceToken, Platform, StoreError};
 
 /// The `type` label of validate's `chat_migration_progress_ratio` (share of rooms checked).
 pub const PROGRESS_TYPE: &str = "validation";
@@ -155,6 +155,19 @@ pub struct ValidateReport {
 }
 
 impl ValidateReport {
+    /// Counts one room's (or one user's devices') checks into the report.
+    fn add(&mut self, r: RoomResult) {
+        self.legacy_messages += r.legacy;
+        self.new_messages += r.new;
+        self.compared += r.compared;
+        self.mismatched += r.mismatched;
+        for k in r.kinds {
+            *self.mismatches.entry(k).or_default() += 1;
+        }
+        let room_for = EXAMPLES.saturating_sub(self.examples.len());
+        self.examples.extend(r.examples.into_iter().take(room_for));
+    }
+
     pub fn drift(&self) -> f64 {
         if self.compared == 0 {
             0.0
@@ -496,17 +509,7 @@ pub async fn run(
     .buffer_unordered(config.workers.max(1));
     let mut done = 0;
     while let Some(r) = results.try_next().await? {
-        report.legacy_messages += r.legacy;
-        report.new_messages += r.new;
-        report.compared += r.compared;
-        report.mismatched += r.mismatched;
-        for k in r.kinds {
-            *report.mismatches.entry(k).or_default() += 1;
-        }
-        let room_for = EXAMPLES.saturating_sub(report.examples.len());
-        report
-            .examples
-            .extend(r.examples.into_iter().take(room_for));
+        report.add(r);
         done += 1;
         publish(&report, done);
     }
@@ -520,15 +523,7 @@ pub async fn run(
     )
     .buffer_unordered(config.workers.max(1));
     while let Some(r) = results.try_next().await? {
-        report.compared += r.compared;
-        report.mismatched += r.mismatched;
-        for k in r.kinds {
-            *report.mismatches.entry(k).or_default() += 1;
-        }
-        let room_for = EXAMPLES.saturating_sub(report.examples.len());
-        report
-            .examples
-            .extend(r.examples.into_iter().take(room_for));
+        report.add(r);
     }
     publish(&report, done);
     metrics.consistency_check(report.passed());
@@ -567,31 +562,15 @@ async fn check_devices(
     cql: &CqlBackfill<'_>,
     user: UserId,
 ) -> Result<Option<String>, StoreError> {
-    let legacy: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
-        "select token, platform, updated_at from device_token where user_id = $1 and not deleted",
-    )
-    .bind(user)
-    .fetch_all(pg.pool())
-    .await
-    .map_err(classify)?;
-    let legacy: BTreeMap<String, (String, i64)> = legacy
-        .into_iter()
-        .map(|(t, p, at)| (t, (p, at.timestamp_micros())))
-        .collect();
-    let new: BTreeMap<String, (String, i64)> = cql
-        .devices(user)
-        .await?
-        .into_iter()
-        .map(|d| {
-            (
-                d.token,
-                (
-                    d.platform.as_str().to_owned(),
-                    d.registered_at.timestamp_micros(),
-                ),
-            )
-        })
-        .collect();
+    // Registered tokens by token: platform and registration time (µs, as both stores keep it).
+    let by_token = |devices: Vec<DeviceToken>| -> BTreeMap<String, (Platform, i64)> {
+        devices
+            .into_iter()
+            .map(|d| (d.token, (d.platform, d.registered_at.timestamp_micros())))
+            .collect()
+    };
+    let legacy = by_token(pg.devices(user).await?);
+    let new = by_token(cql.devices(user).await?);
     let differ: Vec<&String> = legacy
         .keys()
         .chain(new.keys())

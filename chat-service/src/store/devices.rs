@@ -8,6 +8,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ids::UserId;
+use crate::store::StoreError;
+
 /// Where a token delivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,6 +33,16 @@ impl Platform {
 
     pub fn parse(s: &str) -> Option<Platform> {
         Platform::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// A platform as a store holds it for `user`: an unknown one means the data and the code
+    /// disagree (an internal error, not the caller's).
+    pub fn stored(user: UserId, text: &str) -> Result<Platform, StoreError> {
+        Platform::parse(text).ok_or_else(|| {
+            StoreError::Internal(format!(
+                "device token of user {user} has an unknown platform {text:?}"
+            ))
+        })
     }
 }
 

@@ -560,14 +560,9 @@ impl PgStore {
         .map_err(classify)?;
         rows.into_iter()
             .map(|(token, platform, registered_at)| {
-                let platform = Platform::parse(&platform).ok_or_else(|| {
-                    StoreError::Internal(format!(
-                        "device token of user {user} has an unknown platform {platform:?}"
-                    ))
-                })?;
                 Ok(DeviceToken {
                     token,
-                    platform,
+                    platform: Platform::stored(user, &platform)?,
                     registered_at,
                 })
             })

@@ -358,11 +358,7 @@ impl CqlStore {
             .into_iter()
             .map(|(token, platform, registered_at)| {
                 Ok(DeviceToken {
-                    platform: Platform::parse(&platform).ok_or_else(|| {
-                        decode(format!(
-                            "device token of user {user} has an unknown platform {platform:?}"
-                        ))
-                    })?,
+                    platform: Platform::stored(user, &platform)?,
                     token,
                     registered_at: from_micros(registered_at)?,
                 })
