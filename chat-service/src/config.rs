@@ -82,8 +82,18 @@ pub struct ServeConfig {
     /// until `chat-service reencrypt` has moved it to `encryption_key`.
     pub previous_keys: Vec<EncryptionKey>,
     pub nats_url: Option<String>,
+    /// The room cache ([`crate::store::room_cache`]); None: every read goes to the store.
+    pub cache: Option<CacheConfig>,
     pub flags: FlagSource,
     pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    pub redis_url: String,
+    /// The longest a cached view lives (an out-of-date one is never served before it, unless
+    /// Redis refused the write's stamps).
+    pub ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +171,13 @@ pub struct ServeArgs {
     /// NATS URL for fan-out of stream events across instances (default: this instance only).
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
+    /// Redis of the room cache (GetRoom / GetRooms answered from it), e.g. redis://redis:6379
+    /// (default: no cache).
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// The longest a cached room view lives: 30s, 5m.
+    #[arg(long, env = "CHAT_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
     /// Migration flags from a `key=value` file (watched).
     #[arg(long, env = "CHAT_FLAGS_FILE")]
     pub flags_file: Option<PathBuf>,
@@ -270,6 +287,13 @@ impl ServeArgs {
             encryption_key,
             previous_keys,
             nats_url: self.nats_url.filter(|u| !u.is_empty()),
+            cache: self
+                .redis_url
+                .filter(|u| !u.is_empty())
+                .map(|redis_url| CacheConfig {
+                    redis_url,
+                    ttl: self.cache_ttl,
+                }),
             flags,
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,

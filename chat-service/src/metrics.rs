@@ -27,6 +27,8 @@
 //! `backfill` and `validate` serve these while they run with `--metrics-addr`
 //! ([`crate::metrics_endpoint`]).
 //! | `chat_consistency_checks_total` | `status` (`pass`/`fail`: `validate` runs by verdict) |
+//! | `chat_cache_operations_total` | `operation` (`get`/`set`/`invalidate`), `status` (`hit`/`miss`/`ok`/`error`): the room cache ([`crate::store::room_cache`]) |
+//! | `chat_cache_up` | (1 while the room cache's Redis answers its ping; absent without a cache) |
 
 use std::time::Duration;
 
@@ -155,6 +157,12 @@ pub struct ConnectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub operation: &'static str,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
     pub client_type: &'static str,
 }
@@ -232,6 +240,42 @@ pub struct Metrics {
     migration_errors: Family<MigrationErrorLabels, Counter>,
     data_inconsistencies: Family<MismatchLabels, Gauge>,
     consistency_checks: Family<StatusLabels, Counter>,
+    cache_operations: Family<CacheLabels, Counter>,
+    cache_up: Gauge,
+}
+
+/// One room-cache operation's outcome: the `operation` and `status` of
+/// `chat_cache_operations_total`, as the original system named them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheOutcome {
+    /// A read answered from the cache.
+    Hit,
+    /// A read the store answered (nothing cached, or what was cached is out of date).
+    Miss,
+    /// A read Redis did not answer: the store answered.
+    GetError,
+    /// An answer cached.
+    Set,
+    SetError,
+    /// A write's views marked out of date.
+    Invalidated,
+    /// A write whose views Redis did not mark out of date: they stay cached until their TTL.
+    InvalidateError,
+}
+
+impl CacheOutcome {
+    fn labels(self) -> CacheLabels {
+        let (operation, status) = match self {
+            CacheOutcome::Hit => ("get", "hit"),
+            CacheOutcome::Miss => ("get", "miss"),
+            CacheOutcome::GetError => ("get", "error"),
+            CacheOutcome::Set => ("set", "ok"),
+            CacheOutcome::SetError => ("set", "error"),
+            CacheOutcome::Invalidated => ("invalidate", "ok"),
+            CacheOutcome::InvalidateError => ("invalidate", "error"),
+        };
+        CacheLabels { operation, status }
+    }
 }
 
 impl Default for Metrics {
@@ -401,7 +445,16 @@ impl Default for Metrics {
             "Validation runs by verdict (pass/fail)",
             consistency_checks.clone(),
         );
+        let cache_operations = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "chat_cache_operations",
+            "Room cache operations by operation (get/set/invalidate) and status (hit/miss/ok/error)",
+            cache_operations.clone(),
+        );
+        let cache_up = Gauge::default();
         Metrics {
+            cache_operations,
+            cache_up,
             migration_progress,
             migration_errors,
             data_inconsistencies,
@@ -510,6 +563,32 @@ impl Metrics {
                 attempt: attempt_label(attempt),
             })
             .inc();
+    }
+
+    pub fn cache(&self, outcome: CacheOutcome) {
+        self.cache_operations.get_or_create(&outcome.labels()).inc();
+    }
+
+    /// Room-cache operations so far with this outcome (for tests and benchmarks).
+    pub fn cache_count(&self, outcome: CacheOutcome) -> u64 {
+        self.cache_operations.get_or_create(&outcome.labels()).get()
+    }
+
+    /// The metrics of a service with a room cache: `chat_cache_up` too (a service without one
+    /// does not export it, so the cache-down alert never fires for it).
+    pub fn with_cache() -> Self {
+        let mut metrics = Self::default();
+        metrics.registry.register(
+            "chat_cache_up",
+            "1 while the room cache's Redis answers its ping",
+            metrics.cache_up.clone(),
+        );
+        metrics
+    }
+
+    /// Set by the health watch from the cache's ping.
+    pub fn cache_up(&self, up: bool) {
+        self.cache_up.set(i64::from(up));
     }
 
     /// The answer to a store's health ping.

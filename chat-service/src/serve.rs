@@ -27,6 +27,7 @@ use crate::store::cql_outbox::CqlOutbox;
 use crate::store::instrumented::Instrumented;
 use crate::store::outbox::{Outbox, OutboxLog};
 use crate::store::postgres::PgStore;
+use crate::store::room_cache::{CacheError, CachedStore, Role, RoomCache};
 use crate::store::router::{MigrationRouter, RouterOptions};
 use crate::store::scylla::CqlStore;
 use crate::store::{ChatStore, StoreError, health_watch};
@@ -45,6 +46,8 @@ pub enum ServeError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Events(#[from] EventBusError),
+    #[error("room cache: {0}")]
+    Cache(#[source] CacheError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -77,7 +80,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Connects, migrates and binds; nothing is served yet.
 pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(match config.cache {
+        Some(_) => Metrics::with_cache(),
+        None => Metrics::default(),
+    });
+    let cache = match &config.cache {
+        Some(c) => Some(Arc::new(
+            RoomCache::connect(&c.redis_url, c.ttl, metrics.clone()).map_err(ServeError::Cache)?,
+        )),
+        None => None,
+    };
     let flags = FlagWatcher::start(config.flags.clone(), metrics.flags_generation.clone()).await?;
     let mut replayer = None;
     let mut migration_router = None;
@@ -90,13 +102,13 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
             pg.migrate().await?;
             let store: Arc<dyn ChatStore> = Arc::new(Instrumented::new(pg, metrics.clone()));
             watched.push(("single", store.clone()));
-            store
+            CachedStore::wrap(store, cache.as_ref(), Role::Both)
         }
         StoreChoice::Scylla(cql) => {
             let cql = CqlStore::connect(cql).await.map_err(ServeError::Cql)?;
             let store: Arc<dyn ChatStore> = Arc::new(Instrumented::new(cql, metrics.clone()));
             watched.push(("single", store.clone()));
-            store
+            CachedStore::wrap(store, cache.as_ref(), Role::Both)
         }
         StoreChoice::Router {
             new,
@@ -147,10 +159,11 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
                 flags.clone(),
                 metrics.clone(),
                 options,
+                cache.clone(),
             );
             replayer = Some(router.start_replayer());
             migration_router = Some(router.clone());
-            Arc::new(router)
+            CachedStore::wrap(Arc::new(router), cache.as_ref(), Role::Reads)
         }
     };
     let events = match &config.nats_url {
@@ -161,6 +174,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
     let stream_gauge = metrics.stream_gauge();
     let app = Arc::new(App {
         store,
+        cache: cache.clone(),
         auth: Authenticator::new(&config.jwt_secret),
         cipher: ContentCipher::with_previous(&config.encryption_key, &config.previous_keys),
         events,
@@ -190,7 +204,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
         _flags: flags,
         replayer,
         migration_router,
-        _health: health_watch::spawn(watched, app.metrics.clone()),
+        _health: health_watch::spawn(watched, cache, app.metrics.clone()),
     })
 }
 

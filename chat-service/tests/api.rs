@@ -1,6 +1,7 @@
 //! Every API method over HTTP against a real PostgreSQL, and again against the CQL store on a
 //! real Apache Cassandra node (ScyllaDB's protocol): results, membership rules, and the Connect
-//! errors for auth failures, non-members, unknown ids and malformed input.
+//! errors for auth failures, non-members, unknown ids and malformed input; and all of it again
+//! with the room cache (a real Redis) in front of each store.
 //!
 //! One file over 600 lines on purpose: a test binary shares its PostgreSQL and NATS among these tests.
 
@@ -26,9 +27,16 @@ const METHODS: [&str; 12] = [
     "DeleteDeviceToken",
 ];
 
-async fn service(backend: Backend, test: &str) -> Option<(TestService, Db)> {
+/// A store, and whether the room cache (Redis) answers reads in front of it.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    backend: Backend,
+    cached: bool,
+}
+
+async fn service(setup: Setup, test: &str) -> Option<(TestService, Db)> {
     common::init();
-    let config = match common::backend_config(backend, test).await {
+    let config = match common::backend_config(setup.backend, test).await {
         Ok(config) => config,
         Err(e) => {
             ficus_testkit::skip_or_panic(&e);
@@ -36,17 +44,36 @@ async fn service(backend: Backend, test: &str) -> Option<(TestService, Db)> {
         }
     };
     let db = Db::connect(&config).await;
-    Some((common::start(config).await, db))
+    let svc = if setup.cached {
+        match common::start_cached(config).await {
+            Ok(svc) => svc,
+            Err(e) => {
+                ficus_testkit::skip_or_panic(&e);
+                return None;
+            }
+        }
+    } else {
+        common::start(config).await
+    };
+    Some((svc, db))
 }
 
-/// Each suite below, once per store: `postgres::<name>` and `cql::<name>`.
+/// Each suite below, once per store, with and without the room cache: `postgres::<name>`,
+/// `cql::<name>`, `postgres_cached::<name>` and `cql_cached::<name>`. The cached runs show
+/// that every write a suite makes is seen at once by the GetRoom / GetRooms that follow it.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-        mod cql {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Cql).await })*
+        on_every_store!(@mod postgres, Postgres, false, $($name),*);
+        on_every_store!(@mod cql, Cql, false, $($name),*);
+        on_every_store!(@mod postgres_cached, Postgres, true, $($name),*);
+        on_every_store!(@mod cql_cached, Cql, true, $($name),*);
+    };
+    (@mod $module:ident, $backend:ident, $cached:expr, $($name:ident),*) => {
+        mod $module {
+            $(#[tokio::test] async fn $name() {
+                let setup = super::Setup { backend: super::Backend::$backend, cached: $cached };
+                super::$name(setup).await
+            })*
         }
     };
 }
@@ -73,7 +100,7 @@ fn ids(values: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn rooms_create_get_list_and_leave(backend: Backend) {
+async fn rooms_create_get_list_and_leave(backend: Setup) {
     let Some((svc, db)) = service(backend, "rooms").await else {
         return;
     };
@@ -230,7 +257,7 @@ async fn rooms_create_get_list_and_leave(backend: Backend) {
     );
 }
 
-async fn owners_remove_participants_and_nobody_else_removes_anyone(backend: Backend) {
+async fn owners_remove_participants_and_nobody_else_removes_anyone(backend: Setup) {
     let Some((svc, _db)) = service(backend, "leave_others").await else {
         return;
     };
@@ -325,7 +352,7 @@ async fn owners_remove_participants_and_nobody_else_removes_anyone(backend: Back
     );
 }
 
-async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: Backend) {
+async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: Setup) {
     let Some((svc, _db)) = service(backend, "room_list").await else {
         return;
     };
@@ -415,7 +442,7 @@ async fn get_rooms_orders_pinned_first_then_latest_activity_and_pages(backend: B
     );
 }
 
-async fn unread_counts_follow_sends_and_read_markers(backend: Backend) {
+async fn unread_counts_follow_sends_and_read_markers(backend: Setup) {
     let Some((svc, _db)) = service(backend, "unread").await else {
         return;
     };
@@ -486,7 +513,7 @@ async fn unread_counts_follow_sends_and_read_markers(backend: Backend) {
 
 /// `since: 1970` on a long room costs one chunk (500 messages) per call, not the room: the reply
 /// says where the next chunk starts, and following it marks everything.
-async fn a_since_marker_walks_a_long_room_one_chunk_per_call(backend: Backend) {
+async fn a_since_marker_walks_a_long_room_one_chunk_per_call(backend: Setup) {
     let Some((svc, _db)) = service(backend, "since_chunks").await else {
         return;
     };
@@ -542,7 +569,7 @@ async fn a_since_marker_walks_a_long_room_one_chunk_per_call(backend: Backend) {
     assert!(next.is_some(), "a long range always says where it goes on");
 }
 
-async fn messages_send_history_read_markers_and_reactions(backend: Backend) {
+async fn messages_send_history_read_markers_and_reactions(backend: Setup) {
     let Some((svc, db)) = service(backend, "messages").await else {
         return;
     };
@@ -845,7 +872,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-async fn every_method_rejects_unauthenticated_calls(backend: Backend) {
+async fn every_method_rejects_unauthenticated_calls(backend: Setup) {
     let Some((svc, _db)) = service(backend, "auth").await else {
         return;
     };
@@ -949,7 +976,7 @@ async fn every_method_rejects_unauthenticated_calls(backend: Backend) {
     assert_eq!(response.status().as_u16(), 200);
 }
 
-async fn malformed_input_is_invalid_argument_never_500(backend: Backend) {
+async fn malformed_input_is_invalid_argument_never_500(backend: Setup) {
     let Some((svc, _db)) = service(backend, "bad_input").await else {
         return;
     };
@@ -1079,7 +1106,7 @@ async fn malformed_input_is_invalid_argument_never_500(backend: Backend) {
     }
 }
 
-async fn unknown_methods_and_wrong_http_methods_get_connect_errors(backend: Backend) {
+async fn unknown_methods_and_wrong_http_methods_get_connect_errors(backend: Setup) {
     let Some((svc, _db)) = service(backend, "routing").await else {
         return;
     };
@@ -1124,7 +1151,7 @@ async fn listed_devices(svc: &TestService, user: i32) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn device_tokens_register_list_delete_per_user(backend: Backend) {
+async fn device_tokens_register_list_delete_per_user(backend: Setup) {
     let Some((svc, _db)) = service(backend, "devices").await else {
         return;
     };

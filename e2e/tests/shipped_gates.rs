@@ -377,6 +377,7 @@ async fn stack_with_rules(rules: String) -> Option<Stack> {
         encryption_key: EncryptionKey::random(),
         previous_keys: vec![],
         nats_url: None,
+        cache: None,
         flags: FlagSource::File(flags.clone()),
         limits: Limits::default(),
     };

@@ -22,9 +22,17 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
+/// Ready while the store answers. The room cache is reported, never required: without it
+/// reads go to the store.
 async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
     match tokio::time::timeout(PING_TIMEOUT, app.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ok".into()),
+        Ok(Ok(())) => match &app.cache {
+            Some(cache) if !cache.ping().await => (
+                StatusCode::OK,
+                "ok; the room cache (Redis) does not answer: reads go to the store".into(),
+            ),
+            _ => (StatusCode::OK, "ok".into()),
+        },
         Ok(Err(e)) => {
             debug!(error = %e, "not ready");
             (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}"))

@@ -40,6 +40,8 @@ pub use middleware::{Cohort, note_cohort, noted_user};
 /// Everything a handler needs.
 pub struct App {
     pub store: Arc<dyn ChatStore>,
+    /// The room cache, for the readiness answer (the store already reads through it).
+    pub cache: Option<Arc<crate::store::room_cache::RoomCache>>,
     pub auth: Authenticator,
     pub cipher: ContentCipher,
     pub events: EventBus,

@@ -59,6 +59,10 @@ impl<S: ChatStore> ChatStore for Instrumented<S> {
         self.inner.database()
     }
 
+    fn read_scope(&self, viewer: UserId) -> String {
+        self.inner.read_scope(viewer)
+    }
+
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.observe("ping", self.inner.ping())
     }

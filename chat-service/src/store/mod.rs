@@ -19,6 +19,7 @@ pub mod instrumented;
 pub mod outbox;
 pub mod page;
 pub mod postgres;
+pub mod room_cache;
 pub mod router;
 pub mod scylla;
 pub mod shadow;
@@ -254,6 +255,15 @@ pub async fn mark_read(
 pub trait ChatStore: Send + Sync + 'static {
     /// The `database` label of this store's metrics, e.g. `postgres`.
     fn database(&self) -> &'static str;
+
+    /// Which data `viewer`'s reads are served from, as a cache key part: a cached answer is
+    /// only ever served to a read of the same scope. One store's is its name; the migration
+    /// router's names the side serving the viewer and the flag generation (and notes the
+    /// viewer's cohort for the request's metrics, as a read it serves would).
+    fn read_scope(&self, viewer: UserId) -> String {
+        let _ = viewer;
+        self.database().to_string()
+    }
 
     /// Cheap round trip for readiness.
     fn ping(&self) -> StoreFuture<'_, ()>;

@@ -63,6 +63,7 @@ pub fn config_for(database_url: String, encryption_key: EncryptionKey) -> ServeC
         encryption_key,
         previous_keys: vec![],
         nats_url: None,
+        cache: None,
         flags: FlagSource::Static(Flags::default()),
         limits: Limits::default(),
     }
@@ -246,6 +247,21 @@ pub struct TestService {
     pub base_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
+    /// The room cache's Redis, when the service has one ([`start_cached`]).
+    pub redis: Option<ficus_testkit::Redis>,
+}
+
+/// Starts the service with the room cache on its own Redis (TTL 5 minutes: any staleness a
+/// test sees is the cache's invalidation failing, never an expiry hiding it).
+pub async fn start_cached(mut config: ServeConfig) -> Result<TestService, HarnessError> {
+    let redis = ficus_testkit::Redis::start()?;
+    config.cache = Some(chat_service::config::CacheConfig {
+        redis_url: redis.url(),
+        ttl: Duration::from_secs(300),
+    });
+    let mut svc = start(config).await;
+    svc.redis = Some(redis);
+    Ok(svc)
 }
 
 pub async fn start(config: ServeConfig) -> TestService {
@@ -263,6 +279,7 @@ pub async fn start(config: ServeConfig) -> TestService {
         config,
         stop: Some(stop),
         task: Some(task),
+        redis: None,
     }
 }
 

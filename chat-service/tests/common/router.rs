@@ -109,6 +109,7 @@ pub async fn start_router_with(
         watcher,
         metrics.clone(),
         options,
+        None,
     );
     let replayer = router.start_replayer();
     RouterSetup {

@@ -74,6 +74,7 @@ use crate::store::outbox::{
     WriteOp, next_step,
 };
 use crate::store::postgres::PgStore;
+use crate::store::room_cache::{CachedStore, Role, RoomCache};
 use crate::store::shadow::{Compared, Scope, Shadowed, compare_results};
 use crate::store::{
     ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, ReadChunk,
@@ -219,12 +220,16 @@ impl MigrationRouter {
         flags: FlagWatcher,
         metrics: Arc<Metrics>,
         options: RouterOptions,
+        cache: Option<Arc<RoomCache>>,
     ) -> Self {
         let legacy_outbox = OutboxLog::Pg(Outbox::new(legacy.pool().clone()));
+        // Every write either store accepts (inline, dual, replayed) stamps the views it
+        // changed; reads are cached above the router, which keys them by its read scope.
+        let stamped = |store| CachedStore::wrap(store, cache.as_ref(), Role::Stamps);
         let flags_now = flags.current();
         let inner = Inner {
-            legacy: Arc::new(Instrumented::new(legacy.clone(), metrics.clone())),
-            new,
+            legacy: stamped(Arc::new(Instrumented::new(legacy.clone(), metrics.clone()))),
+            new: stamped(new),
             legacy_pg: legacy,
             outboxes: [legacy_outbox, new_outbox],
             flags,
@@ -396,6 +401,13 @@ impl ChatStore for MigrationRouter {
         self.inner
             .store(self.inner.flags.current().values.write_primary)
             .database()
+    }
+
+    fn read_scope(&self, viewer: UserId) -> String {
+        let flags = self.inner.flags.current();
+        let side = cohort(&flags, viewer);
+        note_cohort(as_cohort(side), Some(viewer));
+        format!("{side}-g{}", flags.generation)
     }
 
     /// Readiness follows the write primary only: a secondary that is down is what the outbox
