@@ -66,6 +66,13 @@ impl Subject {
     }
 }
 
+/// An authenticated user and the end of their token's validity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user: UserId,
+    pub expires: SystemTime,
+}
+
 /// Verifies (and, for tests and the load client, issues) tokens with the shared secret.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -98,6 +105,11 @@ impl Authenticator {
 
     /// The user a token belongs to.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_session(token).map(|s| s.user)
+    }
+
+    /// The user a token belongs to and until when it is valid.
+    pub fn verify_session(&self, token: &str) -> Result<Session, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -107,7 +119,10 @@ impl Authenticator {
                 ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::NoExpiry,
                 _ => AuthError::Malformed(e.to_string()),
             })?;
-        data.claims.sub.user().ok_or(AuthError::BadSubject)
+        let user = data.claims.sub.user().ok_or(AuthError::BadSubject)?;
+        // Validation has required `exp`.
+        let expires = UNIX_EPOCH + Duration::from_secs(data.claims.exp.unwrap_or_default());
+        Ok(Session { user, expires })
     }
 
     /// The user of a request: the bearer token's subject, which `X-User-ID` must repeat.
@@ -116,10 +131,20 @@ impl Authenticator {
         authorization: Option<&str>,
         user_header: Option<&str>,
     ) -> Result<UserId, AuthError> {
+        self.authenticate_session(authorization, user_header)
+            .map(|s| s.user)
+    }
+
+    /// [`Self::authenticate`], with the token's expiry.
+    pub fn authenticate_session(
+        &self,
+        authorization: Option<&str>,
+        user_header: Option<&str>,
+    ) -> Result<Session, AuthError> {
         let token = bearer_token(authorization)?;
-        let user = self.verify(token)?;
-        check_user_header(user, user_header)?;
-        Ok(user)
+        let session = self.verify_session(token)?;
+        check_user_header(session.user, user_header)?;
+        Ok(session)
     }
 
     /// A token for `user` valid for `ttl` (subject as a number).

@@ -82,6 +82,8 @@ pub struct ServeConfig {
     /// until `chat-service reencrypt` has moved it to `encryption_key`.
     pub previous_keys: Vec<EncryptionKey>,
     pub nats_url: Option<String>,
+    /// How long NATS JetStream keeps room events for streams that reconnect.
+    pub events_retention: Duration,
     /// The room cache ([`crate::store::room_cache`]); None: every read goes to the store.
     pub cache: Option<CacheConfig>,
     pub flags: FlagSource,
@@ -171,6 +173,10 @@ pub struct ServeArgs {
     /// NATS URL for fan-out of stream events across instances (default: this instance only).
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
+    /// How long room events are kept (NATS JetStream) for streams that reconnect with
+    /// Last-Event-ID: 10m, 1h, 1d.
+    #[arg(long, env = "CHAT_EVENTS_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub events_retention: Duration,
     /// Redis of the room cache (GetRoom / GetRooms answered from it), e.g. redis://redis:6379
     /// (default: no cache).
     #[arg(long, env = "CHAT_REDIS_URL")]
@@ -287,6 +293,7 @@ impl ServeArgs {
             encryption_key,
             previous_keys,
             nats_url: self.nats_url.filter(|u| !u.is_empty()),
+            events_retention: self.events_retention.max(Duration::from_secs(1)),
             cache: self
                 .redis_url
                 .filter(|u| !u.is_empty())

@@ -1,20 +1,29 @@
-//! Room events (new message, read receipts, reactions, membership) and their fan-out to the
-//! `StreamMessages` streams of every instance.
+//! Room events (new message, read receipts, reactions, membership), their fan-out to the
+//! `StreamMessages` streams of every instance, and their log, from which a stream that
+//! reconnects gets what it missed (SSE `Last-Event-ID`).
 //!
-//! Every stream of an instance reads one in-process `tokio::sync::broadcast` channel. Where the
-//! events come from is the [`EventBus`]'s transport:
-//! * **local** (no `NATS_URL`): `publish` sends straight into the channel; one instance only.
-//! * **NATS**: `publish` sends to the room's subject `chat.room.<room id>`; each instance
-//!   subscribes once to `chat.room.*` and relays what arrives (its own events included) into its
-//!   channel, so an event published by any instance reaches streams on all of them.
+//! Every event has a place in the log, its sequence (the SSE `id`). Every stream of an instance
+//! reads one in-process `tokio::sync::broadcast` channel of logged events. Where they come from
+//! is the [`EventBus`]'s transport:
+//! * **local** (no `NATS_URL`): `publish` numbers the event, keeps it in a ring of the last
+//!   [`RING_CAPACITY`] and sends it into the channel; one instance only.
+//! * **NATS JetStream**: `publish` stores the event in the JetStream stream `CHAT_EVENTS` (its
+//!   subject `chat.room.<room id>`; the sequence is the stream's). Each instance follows the
+//!   stream with an ordered consumer and relays what arrives (its own events included) into its
+//!   channel, so an event published by any instance reaches streams on all of them, and a
+//!   stream reconnecting to any instance is replayed from the stream (kept for
+//!   `--events-retention`).
 //!
 //! Message events carry the *sealed* content: plaintext never crosses NATS, and each stream
 //! opens the content for its (member) reader.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::push::OrderedConfig;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -27,7 +36,15 @@ use crate::store::{RoomView, StoredMessage};
 
 /// Events buffered per instance before a slow stream starts missing some (it is told how many).
 const CHANNEL_CAPACITY: usize = 4096;
+/// Events the local transport keeps for streams that reconnect.
+pub const RING_CAPACITY: usize = 4096;
+/// Events one reconnecting stream is replayed at most; older ones are reported as missed.
+pub const MAX_REPLAY: u64 = 10_000;
+/// How long a replay waits for the next event of the log before giving up on the rest.
+const REPLAY_WAIT: Duration = Duration::from_secs(5);
 const SUBJECT_PREFIX: &str = "chat.room";
+/// The JetStream stream holding the room events.
+pub const STREAM_NAME: &str = "CHAT_EVENTS";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -80,6 +97,23 @@ impl RoomEvent {
     }
 }
 
+/// An event and its place in the log: the SSE `id` a client sends back as `Last-Event-ID`.
+#[derive(Debug, PartialEq)]
+pub struct Logged {
+    pub seq: u64,
+    pub event: RoomEvent,
+}
+
+/// What a reconnecting stream gets from the log.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// The events after the client's last one, in order.
+    pub events: Vec<Arc<Logged>>,
+    /// Events after it the log no longer holds (aged out, or past [`MAX_REPLAY`]): the client
+    /// re-reads history instead.
+    pub missed: u64,
+}
+
 pub fn subject(room: RoomId) -> String {
     format!("{SUBJECT_PREFIX}.{room}")
 }
@@ -92,30 +126,45 @@ pub enum EventBusError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("cannot subscribe to {subject} on NATS: {reason}")]
-    Subscribe { subject: String, reason: String },
+    #[error(
+        "cannot set up the JetStream stream {STREAM_NAME} on NATS (is JetStream enabled? nats-server -js): {reason}"
+    )]
+    Stream { reason: String },
+    #[error("cannot follow the JetStream stream {STREAM_NAME}: {reason}")]
+    Subscribe { reason: String },
     #[error("cannot publish to {subject} on NATS: {reason}")]
     Publish { subject: String, reason: String },
+    #[error("cannot read the room events after #{after} from the log: {reason}")]
+    Replay { after: u64, reason: String },
     #[error("cannot encode event: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
+/// The local transport's log: the last events and the next sequence.
+#[derive(Default)]
+struct Ring {
+    events: VecDeque<Arc<Logged>>,
+    last: u64,
+}
+
 enum Transport {
-    Local,
-    Nats {
+    Local(Mutex<Ring>),
+    JetStream {
         client: async_nats::Client,
+        js: jetstream::Context,
+        stream: jetstream::stream::Stream,
         relay: JoinHandle<()>,
     },
 }
 
 pub struct EventBus {
-    local: broadcast::Sender<Arc<RoomEvent>>,
+    local: broadcast::Sender<Arc<Logged>>,
     transport: Transport,
 }
 
 impl Drop for EventBus {
     fn drop(&mut self) {
-        if let Transport::Nats { relay, .. } = &self.transport {
+        if let Transport::JetStream { relay, .. } = &self.transport {
             relay.abort();
         }
     }
@@ -126,13 +175,14 @@ impl EventBus {
     pub fn local() -> Self {
         EventBus {
             local: broadcast::channel(CHANNEL_CAPACITY).0,
-            transport: Transport::Local,
+            transport: Transport::Local(Mutex::new(Ring::default())),
         }
     }
 
-    /// Fan-out through NATS. The subscription is confirmed by the server before this returns, so
-    /// events published anywhere afterwards reach this instance.
-    pub async fn nats(url: &str) -> Result<Self, EventBusError> {
+    /// Fan-out and log through NATS JetStream: creates the stream if missing (events kept for
+    /// `retention`) and follows it from its end. The consumer exists on the server before this
+    /// returns, so events published anywhere afterwards reach this instance.
+    pub async fn nats(url: &str, retention: Duration) -> Result<Self, EventBusError> {
         let client = async_nats::ConnectOptions::new()
             .name("chat-service")
             .connection_timeout(Duration::from_secs(5))
@@ -142,74 +192,219 @@ impl EventBus {
                 url: url.to_owned(),
                 source,
             })?;
-        let wildcard = format!("{SUBJECT_PREFIX}.*");
-        let subscribe_error = |reason: String| EventBusError::Subscribe {
-            subject: wildcard.clone(),
-            reason,
-        };
-        let mut subscriber = client
-            .subscribe(wildcard.clone())
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: STREAM_NAME.to_owned(),
+                subjects: vec![format!("{SUBJECT_PREFIX}.*")],
+                max_age: retention,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
             .await
-            .map_err(|e| subscribe_error(e.to_string()))?;
-        client
-            .flush()
+            .map_err(|e| EventBusError::Stream {
+                reason: e.to_string(),
+            })?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{SUBJECT_PREFIX}.*"),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
             .await
-            .map_err(|e| subscribe_error(e.to_string()))?;
+            .map_err(|e| EventBusError::Subscribe {
+                reason: e.to_string(),
+            })?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| EventBusError::Subscribe {
+                reason: e.to_string(),
+            })?;
         let local = broadcast::channel(CHANNEL_CAPACITY).0;
         let tx = local.clone();
-        // async-nats reconnects and re-subscribes on its own; this ends only with the bus.
+        // The ordered consumer recreates itself after a gap or a reconnect, resuming after the
+        // last event it delivered; this ends only with the bus.
         let relay = tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
-                match serde_json::from_slice::<RoomEvent>(&message.payload) {
+            while let Some(message) = messages.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e) => {
+                        warn!(error = %e, "room events: the JetStream consumer failed; it resumes by itself");
+                        continue;
+                    }
+                };
+                match decode(&message) {
                     // No receivers (no open streams) is fine.
-                    Ok(event) => drop(tx.send(Arc::new(event))),
+                    Ok(logged) => drop(tx.send(Arc::new(logged))),
                     Err(e) => {
                         warn!(subject = %message.subject, error = %e, "dropping an undecodable room event")
                     }
                 }
             }
-            debug!("NATS event subscription ended");
+            debug!("JetStream event consumer ended");
         });
         Ok(EventBus {
             local,
-            transport: Transport::Nats { client, relay },
+            transport: Transport::JetStream {
+                client,
+                js,
+                stream,
+                relay,
+            },
         })
     }
 
     pub fn transport(&self) -> &'static str {
         match self.transport {
-            Transport::Local => "local",
-            Transport::Nats { .. } => "nats",
+            Transport::Local(_) => "local",
+            Transport::JetStream { .. } => "nats-jetstream",
         }
     }
 
-    /// Delivers `event` to the streams of every instance (best effort: the change it describes is
-    /// already stored; a stream that missed it can re-read history).
-    pub async fn publish(&self, event: RoomEvent) -> Result<(), EventBusError> {
+    /// Logs `event` and delivers it to the streams of every instance; returns its sequence.
+    /// Best effort for the caller: the change it describes is already stored.
+    pub async fn publish(&self, event: RoomEvent) -> Result<u64, EventBusError> {
         match &self.transport {
-            Transport::Local => {
-                let _ = self.local.send(Arc::new(event));
-                Ok(())
+            Transport::Local(ring) => {
+                let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+                ring.last += 1;
+                let logged = Arc::new(Logged {
+                    seq: ring.last,
+                    event,
+                });
+                ring.events.push_back(logged.clone());
+                if ring.events.len() > RING_CAPACITY {
+                    ring.events.pop_front();
+                }
+                // Sent under the lock: the channel sees the ring's order.
+                let _ = self.local.send(logged.clone());
+                Ok(logged.seq)
             }
-            Transport::Nats { client, .. } => {
+            Transport::JetStream { js, .. } => {
                 let subject = subject(event.room_id());
                 let payload = serde_json::to_vec(&event)?;
-                client
+                let publish_error = |reason: String| EventBusError::Publish {
+                    subject: subject.clone(),
+                    reason,
+                };
+                let ack = js
                     .publish(subject.clone(), payload.into())
                     .await
-                    .map_err(|e| EventBusError::Publish {
-                        subject,
-                        reason: e.to_string(),
-                    })
+                    .map_err(|e| publish_error(e.to_string()))?
+                    .await
+                    .map_err(|e| publish_error(e.to_string()))?;
+                Ok(ack.sequence)
             }
         }
     }
 
     /// Every event from now on (subscribe before reading state the events update, so nothing
     /// falls in between).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RoomEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Logged>> {
         self.local.subscribe()
     }
+
+    /// The sequence of the last event logged (0 for none).
+    pub async fn last_seq(&self) -> Result<u64, EventBusError> {
+        match &self.transport {
+            Transport::Local(ring) => Ok(ring.lock().unwrap_or_else(|p| p.into_inner()).last),
+            Transport::JetStream { stream, .. } => stream
+                .get_info()
+                .await
+                .map(|info| info.state.last_sequence)
+                .map_err(|e| EventBusError::Replay {
+                    after: 0,
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// The events after `after` up to `upto` (both sequences), at most [`MAX_REPLAY`]: the
+    /// newest ones, the rest counted as missed.
+    pub async fn replay(&self, after: u64, upto: u64) -> Result<Replay, EventBusError> {
+        if upto <= after {
+            return Ok(Replay::default());
+        }
+        let from = (after + 1).max((upto + 1).saturating_sub(MAX_REPLAY));
+        match &self.transport {
+            Transport::Local(ring) => {
+                let ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+                let events: Vec<Arc<Logged>> = ring
+                    .events
+                    .iter()
+                    .filter(|e| e.seq >= from && e.seq <= upto)
+                    .cloned()
+                    .collect();
+                let first = events.first().map(|e| e.seq).unwrap_or(upto + 1);
+                Ok(Replay {
+                    missed: first - (after + 1),
+                    events,
+                })
+            }
+            Transport::JetStream { client, stream, .. } => {
+                let replay_error = |reason: String| EventBusError::Replay { after, reason };
+                let info = stream
+                    .get_info()
+                    .await
+                    .map_err(|e| replay_error(e.to_string()))?;
+                let from = from.max(info.state.first_sequence);
+                let mut replay = Replay {
+                    events: Vec::new(),
+                    missed: from - (after + 1),
+                };
+                if from > upto {
+                    replay.missed = upto - after;
+                    return Ok(replay);
+                }
+                let consumer = stream
+                    .create_consumer(OrderedConfig {
+                        deliver_subject: client.new_inbox(),
+                        filter_subject: format!("{SUBJECT_PREFIX}.*"),
+                        deliver_policy: DeliverPolicy::ByStartSequence {
+                            start_sequence: from,
+                        },
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| replay_error(e.to_string()))?;
+                let mut messages = consumer
+                    .messages()
+                    .await
+                    .map_err(|e| replay_error(e.to_string()))?;
+                loop {
+                    let next = tokio::time::timeout(REPLAY_WAIT, messages.next()).await;
+                    let message = match next {
+                        Ok(Some(Ok(message))) => message,
+                        Ok(Some(Err(e))) => return Err(replay_error(e.to_string())),
+                        Ok(None) | Err(_) => {
+                            return Err(replay_error(format!(
+                                "the log stopped delivering before #{upto}"
+                            )));
+                        }
+                    };
+                    let logged = decode(&message).map_err(replay_error)?;
+                    let seq = logged.seq;
+                    if seq > upto {
+                        break;
+                    }
+                    replay.events.push(Arc::new(logged));
+                    if seq == upto {
+                        break;
+                    }
+                }
+                Ok(replay)
+            }
+        }
+    }
+}
+
+/// A logged event from a JetStream message.
+fn decode(message: &jetstream::Message) -> Result<Logged, String> {
+    let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
+    let event = serde_json::from_slice::<RoomEvent>(&message.payload).map_err(|e| e.to_string())?;
+    Ok(Logged { seq, event })
 }
 
 /// Which events one user's stream gets: those of the rooms they are in, following their joins

@@ -167,7 +167,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, ServeError> {
         }
     };
     let events = match &config.nats_url {
-        Some(url) => EventBus::nats(url).await?,
+        Some(url) => EventBus::nats(url, config.events_retention).await?,
         None => EventBus::local(),
     };
     let (stopping, shutdown) = watch::channel(false);

@@ -34,7 +34,7 @@ pub struct Nats {
 }
 
 impl Nats {
-    /// Starts `nats-server` and blocks until it greets a new connection with `INFO` (~20ms).
+    /// Starts `nats-server` with JetStream and blocks until it greets a new connection with `INFO` (~20ms).
     ///
     /// The binary is `$FICUS_NATS`, else `nats-server` on `PATH`, else `/usr/sbin/nats-server`;
     /// without one this is [`HarnessError::Missing`]. Callable from inside a tokio runtime.
@@ -43,7 +43,18 @@ impl Nats {
         let bin = locate()?;
         let dir = temp_dir()?;
         let addr = free_addr()?;
-        let args = ["-a", "127.0.0.1", "-p", &addr.port().to_string()].map(String::from);
+        // JetStream on, its store in the temp dir: chat-service keeps its room events there.
+        let store = dir.path().join("jetstream").display().to_string();
+        let args = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-js",
+            "-sd",
+            &store,
+        ]
+        .map(String::from);
         let command = command(bin, args.into());
         let server = Server::builder("nats-server", dir.path().join("nats.log"), command)
             .ready_when(format!("INFO on {addr}"), move || match info_line(addr) {

@@ -88,6 +88,7 @@ pub fn config(
         encryption_key: EncryptionKey::random(),
         previous_keys: vec![],
         nats_url: None,
+        events_retention: std::time::Duration::from_secs(3600),
         cache: None,
         flags: FlagSource::Static(flags),
         limits: Limits::default(),

@@ -131,6 +131,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The event log did not answer (NATS JetStream away): the stream cannot promise what it
+/// promises, so it is not opened; the client retries.
+impl From<crate::events::EventBusError> for ApiError {
+    fn from(e: crate::events::EventBusError) -> Self {
+        warn!(error = %e, "event log unavailable");
+        ApiError::new(
+            Code::Unavailable,
+            "the event log is unavailable; retry the stream shortly",
+        )
+    }
+}
+
 impl From<CryptoError> for ApiError {
     fn from(e: CryptoError) -> Self {
         error!(error = %e, "message content could not be sealed or opened (is CHAT_ENCRYPTION_KEY the key the data was written with?)");

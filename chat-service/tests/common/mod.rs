@@ -63,6 +63,7 @@ pub fn config_for(database_url: String, encryption_key: EncryptionKey) -> ServeC
         encryption_key,
         previous_keys: vec![],
         nats_url: None,
+        events_retention: std::time::Duration::from_secs(3600),
         cache: None,
         flags: FlagSource::Static(Flags::default()),
         limits: Limits::default(),
@@ -372,6 +373,8 @@ pub fn assert_error(result: &(u16, Value), status: u16, code: &str) {
 #[derive(Debug, Clone)]
 pub struct SseEvent {
     pub event: String,
+    /// The `id:` field: the event's place in the event log.
+    pub id: Option<String>,
     pub data: Value,
 }
 
@@ -383,12 +386,21 @@ pub struct SseReader {
 
 impl SseReader {
     pub async fn open(service: &TestService, user: i32) -> SseReader {
-        let response = service
-            .client
-            .request(UserId(user), "StreamMessages")
-            .send()
-            .await
-            .expect("stream request");
+        Self::resume(service, user, None).await
+    }
+
+    /// A stream that reconnects: `Last-Event-ID: after`.
+    pub async fn resume(service: &TestService, user: i32, after: Option<&str>) -> SseReader {
+        let mut request = service.client.request(UserId(user), "StreamMessages");
+        if let Some(after) = after {
+            request = request.header("Last-Event-ID", after);
+        }
+        Self::from_request(request).await
+    }
+
+    /// A stream opened by `request` (its auth headers set by the caller).
+    pub async fn from_request(request: reqwest::RequestBuilder) -> SseReader {
+        let response = request.send().await.expect("stream request");
         assert_eq!(response.status().as_u16(), 200, "StreamMessages status");
         SseReader {
             response,
@@ -401,9 +413,11 @@ impl SseReader {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let frame: String = self.buffer.drain(..end + 2).collect();
-                let (mut event, mut data) = (String::new(), String::new());
+                let (mut event, mut data, mut id) = (String::new(), String::new(), None);
                 for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
                         event = v.trim().to_owned();
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.trim_start());
@@ -414,6 +428,7 @@ impl SseReader {
                 }
                 return Some(SseEvent {
                     event,
+                    id,
                     data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
                 });
             }
