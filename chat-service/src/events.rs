@@ -149,12 +149,14 @@ struct Ring {
 
 enum Transport {
     Local(Mutex<Ring>),
-    JetStream {
-        client: async_nats::Client,
-        js: jetstream::Context,
-        stream: jetstream::stream::Stream,
-        relay: JoinHandle<()>,
-    },
+    JetStream(Box<JetStreamLog>),
+}
+
+struct JetStreamLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    relay: JoinHandle<()>,
 }
 
 pub struct EventBus {
@@ -164,8 +166,8 @@ pub struct EventBus {
 
 impl Drop for EventBus {
     fn drop(&mut self) {
-        if let Transport::JetStream { relay, .. } = &self.transport {
-            relay.abort();
+        if let Transport::JetStream(log) = &self.transport {
+            log.relay.abort();
         }
     }
 }
@@ -247,19 +249,19 @@ impl EventBus {
         });
         Ok(EventBus {
             local,
-            transport: Transport::JetStream {
+            transport: Transport::JetStream(Box::new(JetStreamLog {
                 client,
                 js,
                 stream,
                 relay,
-            },
+            })),
         })
     }
 
     pub fn transport(&self) -> &'static str {
         match self.transport {
             Transport::Local(_) => "local",
-            Transport::JetStream { .. } => "nats-jetstream",
+            Transport::JetStream(_) => "nats-jetstream",
         }
     }
 
@@ -282,7 +284,8 @@ impl EventBus {
                 let _ = self.local.send(logged.clone());
                 Ok(logged.seq)
             }
-            Transport::JetStream { js, .. } => {
+            Transport::JetStream(log) => {
+                let js = &log.js;
                 let subject = subject(event.room_id());
                 let payload = serde_json::to_vec(&event)?;
                 let publish_error = |reason: String| EventBusError::Publish {
@@ -310,7 +313,8 @@ impl EventBus {
     pub async fn last_seq(&self) -> Result<u64, EventBusError> {
         match &self.transport {
             Transport::Local(ring) => Ok(ring.lock().unwrap_or_else(|p| p.into_inner()).last),
-            Transport::JetStream { stream, .. } => stream
+            Transport::JetStream(log) => log
+                .stream
                 .get_info()
                 .await
                 .map(|info| info.state.last_sequence)
@@ -343,7 +347,8 @@ impl EventBus {
                     events,
                 })
             }
-            Transport::JetStream { client, stream, .. } => {
+            Transport::JetStream(log) => {
+                let (client, stream) = (&log.client, &log.stream);
                 let replay_error = |reason: String| EventBusError::Replay { after, reason };
                 let info = stream
                     .get_info()
