@@ -15,6 +15,7 @@ pub mod http;
 pub mod machine;
 pub mod metrics;
 pub mod names;
+pub mod own_writes;
 pub mod policy;
 pub mod reason;
 pub mod reconciler;

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub reconciles: Counter,
     /// Status writes refused (409) because the Migration changed after it was read.
     pub status_conflicts: Counter,
+    /// Reconciles that found the cache behind the operator's own last write and waited.
+    pub deferred: Counter,
     pub errors: Family<ReasonLabels, Counter>,
     pub migrations: Family<PhaseLabels, Gauge>,
     pub is_leader: Gauge,
@@ -33,6 +35,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("ficus");
         let reconciles = Counter::default();
         let status_conflicts = Counter::default();
+        let deferred = Counter::default();
         let errors = Family::<ReasonLabels, Counter>::default();
         let migrations = Family::<PhaseLabels, Gauge>::default();
         let is_leader = Gauge::default();
@@ -41,6 +44,11 @@ impl Default for Metrics {
             "status_conflicts",
             "Status writes refused because the Migration changed since it was read (decided again)",
             status_conflicts.clone(),
+        );
+        registry.register(
+            "reconciles_deferred",
+            "Reconciles that found the cache behind the operator's own last write of the Migration and waited for it instead of deciding",
+            deferred.clone(),
         );
         registry.register(
             "reconcile_errors",
@@ -57,6 +65,7 @@ impl Default for Metrics {
             registry,
             reconciles,
             status_conflicts,
+            deferred,
             errors,
             migrations,
             is_leader,

@@ -16,11 +16,11 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -34,6 +34,7 @@ use crate::machine::{
     self, Commands, Decision, EventType, JobState, Note, Observations, Problem, WorkloadState,
 };
 use crate::metrics::Metrics;
+use crate::own_writes::OwnWrites;
 use crate::workloads::{DeploymentDriver, EcsDriver, Workloads};
 use ficus_flags::FlagRead;
 
@@ -81,7 +82,18 @@ pub struct Context {
     pub store: Option<Store<Migration>>,
     /// What Migrations may make the operator do; None: anything.
     pub policy: Option<Arc<Policy>>,
+    /// The resourceVersions the operator's own writes returned ([`crate::own_writes`]).
+    pub own_writes: OwnWrites,
 }
+
+/// Reconciles running at once. Each holds its Migration's observations and API answers; with
+/// thousands of Migrations created together, an unbounded number of them is what sets the
+/// operator's peak memory, not its cache.
+const MAX_CONCURRENT_RECONCILES: u16 = 16;
+
+/// How long a reconcile that found the cache behind waits at most: the watch event of the
+/// write it waits for normally queues the next run well before.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Runs the controller until the returned future is dropped (shutdown or lost leadership).
 pub async fn run_controller(
@@ -99,10 +111,21 @@ pub async fn run_controller(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(migrations, watcher::Config::default().any_semantic()).owns(
-        jobs,
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=ficus"),
-    );
+    // The cache holds every Migration without its managedFields (which manager set which
+    // field: a large share of each object, never read here; an update that sends them empty
+    // leaves the server's as they are).
+    let (reader, writer) = reflector::store();
+    let stream = watcher::watcher(migrations, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|m: &mut Migration| m.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(stream, reader)
+        .with_config(ControllerConfig::default().concurrency(MAX_CONCURRENT_RECONCILES))
+        .owns(
+            jobs,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=ficus"),
+        );
     let ctx = Arc::new(Context {
         aws: crate::aws::AwsConfigs::new(aws),
         prometheus: Default::default(),
@@ -111,6 +134,7 @@ pub async fn run_controller(
         metrics,
         store: Some(controller.store()),
         policy,
+        own_writes: OwnWrites::default(),
     });
     controller
         .run(reconcile, error_policy, ctx)
@@ -124,6 +148,11 @@ pub async fn run_controller(
 }
 
 pub async fn reconcile(mig: Arc<Migration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if ctx.own_writes.behind(&mig) {
+        ctx.metrics.deferred.inc();
+        debug!(migration = %mig.name_any(), "the cache is behind this operator's last write; waiting for it");
+        return Ok(Action::requeue(CACHE_CATCH_UP));
+    }
     ctx.metrics.reconciles.inc();
     let ns = mig.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Migration> = Api::namespaced(ctx.client.clone(), &ns);
@@ -606,7 +635,10 @@ async fn write_status(
         )
         .await
     {
-        Ok(updated) => Ok(Some(updated)),
+        Ok(updated) => {
+            ctx.own_writes.record(&updated);
+            Ok(Some(updated))
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => {
             ctx.metrics.status_conflicts.inc();
             debug!(migration = %mig.name_any(), "status changed since read; deciding again");
@@ -631,16 +663,19 @@ async fn remove_annotations(
         .map(|k| (k.to_string(), serde_json::Value::Null))
         .collect();
     let patch = json!({ "metadata": { "annotations": nulls } });
-    api.patch(
-        &mig.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|source| Error::Write {
-        what: "annotations",
-        source,
-    })
+    let updated = api
+        .patch(
+            &mig.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|source| Error::Write {
+            what: "annotations",
+            source,
+        })?;
+    ctx.own_writes.record(&updated);
+    Ok(updated)
 }
 
 async fn publish(mig: &Migration, notes: &[Note], ctx: &Context) {
@@ -749,6 +784,7 @@ async fn cleanup(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
         action: "Finalize".into(),
     };
     publish(mig, &[note], ctx).await;
+    ctx.own_writes.forget(mig);
     info!(migration = %mig.name_any(), "safe state restored before deletion");
     Ok(Action::await_change())
 }

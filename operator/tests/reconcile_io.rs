@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ficus_operator::crd::{FlagValues, Flags, Migration};
 use ficus_operator::metrics::Metrics;
+use ficus_operator::own_writes::OwnWrites;
 use ficus_operator::reconciler::{Context, reconcile};
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
@@ -85,12 +86,21 @@ impl Seen {
 /// Runs one reconcile of [`migration`] against a scripted API server: `answer` decides each
 /// response from the requests so far. Returns every request in order and the reconcile's result.
 async fn run(answer: impl Fn(&Seen, &[Seen]) -> Answer) -> (Vec<Seen>, bool) {
+    run_with(OwnWrites::default(), answer).await
+}
+
+/// [`run`], the operator having already written the Migrations in `own_writes`.
+async fn run_with(
+    own_writes: OwnWrites,
+    answer: impl Fn(&Seen, &[Seen]) -> Answer,
+) -> (Vec<Seen>, bool) {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "shop");
     let ctx = Arc::new(Context {
         client: client.clone(),
         aws: ficus_operator::aws::AwsConfigs::new(Default::default()),
         prometheus: Default::default(),
+        own_writes,
         recorder: Recorder::new(
             client,
             Reporter {
@@ -261,4 +271,21 @@ async fn a_refused_flag_write_is_decided_again_and_recorded_as_degraded() {
         "Events come last: {:?}",
         lines(&seen)
     );
+}
+
+/// The cache hands the reconcile a copy older than what the operator itself last wrote (the
+/// watch event of its second write has not arrived): it calls nothing, so no decision is made
+/// on an object the API server has moved past, and waits for the cache.
+#[tokio::test]
+async fn a_copy_older_than_the_operators_own_last_write_is_not_acted_on() {
+    let own_writes = OwnWrites::default();
+    let mut written = migration();
+    written.metadata.resource_version = Some("9".into());
+    own_writes.record(&written);
+    let (seen, ok) = run_with(own_writes, |_, _| {
+        Answer::Refuse(StatusCode::INTERNAL_SERVER_ERROR)
+    })
+    .await;
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert!(ok && lines.is_empty(), "{lines:?}");
 }
