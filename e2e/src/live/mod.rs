@@ -38,7 +38,7 @@ use ficus_operator::crd::Migration;
 use ficus_testkit::toxiproxy::{Proxy, Toxiproxy};
 use ficus_testkit::{
     Alertmanager, Cassandra, ControlPlane, HarnessError, Nats, Postgres, Prometheus,
-    PrometheusConfig, Server, free_addr, repo_root,
+    PrometheusConfig, Redis, Server, free_addr, repo_root,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
@@ -172,6 +172,8 @@ pub struct LiveStack {
     // Processes above are killed before these go.
     _toxiproxy: Toxiproxy,
     _nats: Nats,
+    /// The chat-services' room cache.
+    _redis: Redis,
     dir: TempDir,
     started: Instant,
 }
@@ -240,6 +242,7 @@ impl LiveStack {
         let proxied_legacy_url =
             legacy_url.replacen(&pg.addr().to_string(), &pg_proxy.listen.to_string(), 1);
         let nats = Nats::start()?;
+        let redis = Redis::start()?;
         let jwt_secret: Vec<u8> =
             format!("live-{}-secret-0123456789abcdef", std::process::id()).into_bytes();
 
@@ -283,6 +286,7 @@ impl LiveStack {
                 cp.kubeconfig_path().display().to_string(),
             );
             env.insert("NATS_URL".into(), nats.url());
+            env.insert("CHAT_REDIS_URL".into(), redis.url());
             env.insert("DATABASE_URL".into(), proxied_legacy_url.clone());
             env.insert("RUST_LOG".into(), chat_log.clone());
             let args: Vec<String> = [
@@ -404,6 +408,7 @@ impl LiveStack {
             jobs,
             _toxiproxy: toxiproxy,
             _nats: nats,
+            _redis: redis,
             dir,
             started,
         })
