@@ -178,3 +178,51 @@ async fn a_request_over_the_deadline_is_deadline_exceeded_and_shutdown_waits_for
         .expect("shutdown completes")
         .expect("task");
 }
+
+/// A request refused before its body is read (no credentials; a 60 KB body, which arrives in
+/// several reads) leaves its keep-alive connection usable: the next request sent on it gets an
+/// answer. (Otherwise the server closes the
+/// connection over the unread bytes, and a client that already sent its next request on it
+/// loses that request without an answer.)
+#[tokio::test]
+async fn a_refused_request_leaves_its_connection_usable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    common::init();
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
+    let svc = common::start(common::config(pg, "keep_alive").await).await;
+    let addr = svc.base_url.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let body = format!(
+        r#"{{"roomId":"{}","content":"{}"}}"#,
+        uuid::Uuid::nil(),
+        "x".repeat(60_000)
+    );
+    let request = format!(
+        "POST /chat.v1.ChatService/SendMessage HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Both requests at once, as a pipelining or fast client would have them on the wire.
+    conn.write_all(format!("{request}{request}").as_bytes())
+        .await
+        .expect("send");
+    let mut answers = String::new();
+    let mut buf = [0u8; 8192];
+    let read_both = async {
+        while answers.matches("HTTP/1.1 401").count() < 2 {
+            let n = conn.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            answers.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read_both).await;
+    assert_eq!(
+        answers.matches("HTTP/1.1 401").count(),
+        2,
+        "both requests answered on one connection: {answers}"
+    );
+    svc.stop().await;
+}

@@ -129,6 +129,42 @@ pub async fn connect_error_body(
     response
 }
 
+/// Reads a unary request's whole body (up to the body limit) before the handler runs. A request refused before its handler reads the body (unauthenticated, say)
+/// would otherwise leave unread bytes on the connection: the server then closes it after the
+/// answer, and a client that already sent its next request on it sees that request dropped
+/// without an answer.
+pub async fn read_whole_body(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    // A body that trickles in counts against the request's deadline, as it did in the handler.
+    let read = tokio::time::timeout(
+        app.limits.request_timeout,
+        axum::body::to_bytes(body, app.limits.max_body_bytes),
+    );
+    let Ok(read) = read.await else {
+        return StatusCode::GATEWAY_TIMEOUT.into_response();
+    };
+    match read {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        // Over the limit: the error-body layer says so (and closes the connection).
+        Err(e)
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) =>
+        {
+            StatusCode::PAYLOAD_TOO_LARGE.into_response()
+        }
+        Err(e) => {
+            ApiError::invalid(format!("the request body could not be read: {e}")).into_response()
+        }
+    }
+}
+
 /// Unknown paths and methods other than those routed.
 pub async fn unknown_method(request: Request) -> ApiError {
     ApiError::not_found(format!(
