@@ -134,6 +134,49 @@ async fn cql_repeated_reads_skip_the_store_and_a_write_is_seen_by_the_next_read(
     repeated_reads_skip_the_store_and_a_write_is_seen_by_the_next_read(Backend::Cql).await;
 }
 
+/// A page of a user's rooms is ordered by every room's activity: a message in a room that is
+/// not on the page moves it onto the page at once (a partial page is never served from the
+/// cache), and a page that lists all of them is cached.
+#[tokio::test]
+async fn a_message_in_a_room_off_the_page_moves_it_onto_the_page() {
+    let Some(svc) = cached(Backend::Postgres, "cache_pages").await else {
+        return;
+    };
+    let a = svc.create_group(1, &[2]).await;
+    let b = svc.create_group(1, &[2]).await;
+    let c = svc.create_group(1, &[2]).await;
+    let page = |limit: u32| {
+        let svc = &svc;
+        async move {
+            let list = svc
+                .call(1, "GetRooms", json!({ "page": 1, "limit": limit }))
+                .await;
+            list["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|r| r["id"].as_str().expect("id").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(2).await, [c.clone(), b.clone()]);
+    assert_eq!(page(2).await, [c.clone(), b.clone()]);
+    svc.send(2, &a, "bump").await;
+    assert_eq!(
+        page(2).await,
+        [a.clone(), c.clone()],
+        "room a moved onto the page"
+    );
+    // The whole list is cached: a second read is a hit, and a message still reorders it.
+    let hits = metric(&svc, HITS).await;
+    assert_eq!(page(20).await, [a.clone(), c.clone(), b.clone()]);
+    assert_eq!(page(20).await, [a.clone(), c.clone(), b.clone()]);
+    assert!(metric(&svc, HITS).await > hits);
+    svc.send(2, &b, "bump").await;
+    assert_eq!(page(20).await, [b, a, c]);
+    svc.stop().await;
+}
+
 /// Polls `series` until `want` holds (the health watch runs every 5 s).
 async fn until_metric(svc: &TestService, series: &str, want: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -10,7 +10,8 @@
 //!   joined or left stamps the user.
 //! * A cached view records the Redis time taken *before* the store was read, and the stamps it
 //!   depends on: the room's and the viewer's for GetRoom; the user's and every listed room's
-//!   for GetRooms. It is served only while all of them are older. A write that lands while a
+//!   for GetRooms (cached only when the page lists all the user's rooms, see
+//!   [`cacheable_list`]). It is served only while all of them are older. A write that lands while a
 //!   view is being read stamps after that time, so a view that may have missed it is never
 //!   served.
 //! * A stamp Redis no longer holds (evicted, expired) counts as a write now: it is set when
@@ -336,7 +337,8 @@ impl RoomCache {
     }
 
     /// Answers from the cache, else from `load` (and caches its answer). `known` stamps are
-    /// read with the view; `derived` adds those only the answer names.
+    /// read with the view; `derived` adds those only the answer names, or is None for an answer
+    /// that depends on more than its stamps can say (it is not cached).
     async fn read_through<T, L, D>(
         &self,
         key: String,
@@ -347,7 +349,7 @@ impl RoomCache {
     where
         T: Serialize + DeserializeOwned + Clone,
         L: Future<Output = StoreResult<T>>,
-        D: FnOnce(&T) -> Vec<String>,
+        D: FnOnce(&T) -> Option<Vec<String>>,
     {
         match self.lookup::<T>(&key, &known).await {
             Lookup::Hit(value) => {
@@ -357,9 +359,11 @@ impl RoomCache {
             Lookup::Miss { read_at } => {
                 self.metrics.cache(CacheOutcome::Miss);
                 let value = load.await?;
-                let mut stamps = known;
-                stamps.extend(derived(&value));
-                self.store(&key, read_at, stamps, value.clone()).await;
+                if let Some(more) = derived(&value) {
+                    let mut stamps = known;
+                    stamps.extend(more);
+                    self.store(&key, read_at, stamps, value.clone()).await;
+                }
                 Ok(value)
             }
             Lookup::Unavailable => {
@@ -384,6 +388,15 @@ fn room_key(scope: &str, room: RoomId, viewer: UserId) -> String {
 
 fn rooms_key(scope: &str, user: UserId, page: PageRequest) -> String {
     format!("chat:rooms:{scope}:{user}:{}:{}", page.page, page.limit)
+}
+
+/// The stamps a page of a user's rooms depends on, if it can be cached. The order of the list
+/// depends on every room of the user (a message in a room not on the page can move it onto
+/// the page), so a page is cached only when it lists all of them, or none (a page past the
+/// end, which only a room joined or left changes: the user's stamp).
+fn cacheable_list((rooms, total): &(Vec<RoomView>, u64)) -> Option<Vec<String>> {
+    let listed_all = rooms.len() as u64 == *total;
+    (listed_all || rooms.is_empty()).then(|| rooms.iter().map(|r| room_stamp(r.id)).collect())
 }
 
 /// What a write a store accepted changed in cached views: everyone's view of these rooms
@@ -500,7 +513,7 @@ impl ChatStore for CachedStore {
                     room_key(&scope, room, viewer),
                     vec![room_stamp(room), user_stamp(viewer)],
                     self.inner.get_room(room, viewer),
-                    |_| Vec::new(),
+                    |_| Some(Vec::new()),
                 )
                 .await
         })
@@ -525,7 +538,7 @@ impl ChatStore for CachedStore {
                     rooms_key(&scope, user, page),
                     vec![user_stamp(user)],
                     self.inner.rooms_for_user(user, page),
-                    |(rooms, _)| rooms.iter().map(|r| room_stamp(r.id)).collect(),
+                    cacheable_list,
                 )
                 .await
         })
