@@ -198,7 +198,7 @@ impl EventBus {
         let stream = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: STREAM_NAME.to_owned(),
-                subjects: vec![format!("{SUBJECT_PREFIX}.*")],
+                subjects: vec![all_rooms()],
                 max_age: retention,
                 storage: jetstream::stream::StorageType::File,
                 ..Default::default()
@@ -208,12 +208,7 @@ impl EventBus {
                 reason: e.to_string(),
             })?;
         let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_subject: client.new_inbox(),
-                filter_subject: format!("{SUBJECT_PREFIX}.*"),
-                deliver_policy: DeliverPolicy::New,
-                ..Default::default()
-            })
+            .create_consumer(every_room(&client, DeliverPolicy::New))
             .await
             .map_err(|e| EventBusError::Subscribe {
                 reason: e.to_string(),
@@ -364,14 +359,12 @@ impl EventBus {
                     return Ok(replay);
                 }
                 let consumer = stream
-                    .create_consumer(OrderedConfig {
-                        deliver_subject: client.new_inbox(),
-                        filter_subject: format!("{SUBJECT_PREFIX}.*"),
-                        deliver_policy: DeliverPolicy::ByStartSequence {
+                    .create_consumer(every_room(
+                        client,
+                        DeliverPolicy::ByStartSequence {
                             start_sequence: from,
                         },
-                        ..Default::default()
-                    })
+                    ))
                     .await
                     .map_err(|e| replay_error(e.to_string()))?;
                 let mut messages = consumer
@@ -402,6 +395,21 @@ impl EventBus {
                 Ok(replay)
             }
         }
+    }
+}
+
+/// The subjects of every room's events.
+fn all_rooms() -> String {
+    format!("{SUBJECT_PREFIX}.*")
+}
+
+/// An ordered consumer of every room's events, from `policy` on, delivered to this client.
+fn every_room(client: &async_nats::Client, policy: DeliverPolicy) -> OrderedConfig {
+    OrderedConfig {
+        deliver_subject: client.new_inbox(),
+        filter_subject: all_rooms(),
+        deliver_policy: policy,
+        ..Default::default()
     }
 }
 

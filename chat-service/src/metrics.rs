@@ -569,11 +569,6 @@ impl Metrics {
         self.cache_operations.get_or_create(&outcome.labels()).inc();
     }
 
-    /// Room-cache operations so far with this outcome (for tests and benchmarks).
-    pub fn cache_count(&self, outcome: CacheOutcome) -> u64 {
-        self.cache_operations.get_or_create(&outcome.labels()).get()
-    }
-
     /// The metrics of a service with a room cache: `chat_cache_up` too (a service without one
     /// does not export it, so the cache-down alert never fires for it).
     pub fn with_cache() -> Self {

@@ -129,10 +129,11 @@ pub async fn connect_error_body(
     response
 }
 
-/// Reads a unary request's whole body (up to the body limit) before the handler runs. A request refused before its handler reads the body (unauthenticated, say)
-/// would otherwise leave unread bytes on the connection: the server then closes it after the
-/// answer, and a client that already sent its next request on it sees that request dropped
-/// without an answer.
+/// Reads a unary request's whole body (up to the body limit: this is where unary requests'
+/// limit is enforced) before the handler runs. A request refused before its handler reads the
+/// body (unauthenticated, say) would otherwise leave unread bytes on the connection: the server
+/// then closes it after the answer, and a client that already sent its next request on it sees
+/// that request dropped without an answer.
 pub async fn read_whole_body(
     State(app): State<AppState>,
     request: Request,

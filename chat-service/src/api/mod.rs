@@ -123,11 +123,11 @@ pub fn router(app: AppState) -> Router {
                     app.clone(),
                     middleware::connect_error_body,
                 ))
+                // The body limit too (the bytes it passes on are within it).
                 .layer(axum::middleware::from_fn_with_state(
                     app.clone(),
                     middleware::read_whole_body,
                 ))
-                .layer(RequestBodyLimitLayer::new(app.limits.max_body_bytes))
                 .layer(TimeoutLayer::with_status_code(
                     axum::http::StatusCode::GATEWAY_TIMEOUT,
                     app.limits.request_timeout,

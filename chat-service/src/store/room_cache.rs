@@ -139,17 +139,14 @@ impl RoomCache {
     pub async fn ping(&self) -> bool {
         let mut conn = self.conn.clone();
         let ping = redis::cmd("PING");
-        let answer = tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<String>(&mut conn));
-        let up = matches!(answer.await, Ok(Ok(_)));
+        let up = self
+            .call(ping.query_async::<String>(&mut conn))
+            .await
+            .is_ok();
         if up {
             let _ = self.flush_pending().await;
         }
         up
-    }
-
-    /// Stamps of writes Redis has not taken yet.
-    pub fn pending_stamps(&self) -> usize {
-        self.pending.lock().map(|p| p.len()).unwrap_or(0)
     }
 
     fn take_pending(&self) -> Vec<String> {
@@ -191,7 +188,7 @@ impl RoomCache {
 
     /// Stamps kept twice as long as views: a view never outlives a stamp it depends on.
     fn stamp_ttl_secs(&self) -> u64 {
-        2 * self.ttl.as_secs().max(1)
+        2 * self.ttl.as_secs()
     }
 
     async fn call<T>(
@@ -233,8 +230,8 @@ impl RoomCache {
         }
     }
 
-    /// The cached view under `key` if every stamp it depends on predates its read. `known` are
-    /// stamps the caller knows it depends on (read in the same round trip).
+    /// The cached view under `key` if every stamp it depends on predates its read. `known` (at
+    /// least one) are stamps the caller knows it depends on (read in the same round trip).
     async fn lookup<T: DeserializeOwned>(&self, key: &str, known: &[String]) -> Lookup<T> {
         match self.try_lookup(key, known).await {
             Ok(lookup) => lookup,
@@ -254,18 +251,9 @@ impl RoomCache {
         self.flush_pending().await?;
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(key).cmd("TIME");
-        if !known.is_empty() {
-            pipe.cmd("MGET").arg(known);
-        }
+        pipe.cmd("GET").arg(key).cmd("TIME").cmd("MGET").arg(known);
         let (cached, (secs, micros), mut seen): (Option<String>, (u64, u64), Vec<Option<u64>>) =
-            if known.is_empty() {
-                let (cached, time): (Option<String>, (u64, u64)) =
-                    self.call(pipe.query_async(&mut conn)).await?;
-                (cached, time, Vec::new())
-            } else {
-                self.call(pipe.query_async(&mut conn)).await?
-            };
+            self.call(pipe.query_async(&mut conn)).await?;
         let now = secs * 1_000_000 + micros;
         let missing: Vec<String> = known
             .iter()
@@ -321,7 +309,7 @@ impl RoomCache {
                     .arg(key)
                     .arg(json)
                     .arg("EX")
-                    .arg(self.ttl.as_secs().max(1))
+                    .arg(self.ttl.as_secs())
                     .query_async::<()>(&mut conn),
             )
             .await

@@ -64,7 +64,7 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::api::{Cohort, note_cohort, noted_user};
-use crate::flags::{DualWrite, FlagWatcher, Side};
+use crate::flags::{DualWrite, FlagWatcher, Flags, Side};
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::routing::{cohort, read_plan, write_plan};
@@ -187,6 +187,13 @@ fn side_index(side: Side) -> usize {
         Side::Legacy => 0,
         Side::New => 1,
     }
+}
+
+/// The side serving `user` under `flags`, noted as the request's cohort.
+fn noted_side(flags: &Flags, user: UserId) -> Side {
+    let side = cohort(flags, user);
+    note_cohort(as_cohort(side), Some(user));
+    side
 }
 
 fn as_cohort(side: Side) -> Cohort {
@@ -360,11 +367,9 @@ impl MigrationRouter {
         })
     }
 
-    fn note_user(&self, user: UserId) {
-        note_cohort(
-            as_cohort(cohort(&self.inner.flags.current(), user)),
-            Some(user),
-        );
+    /// Notes `user`'s cohort for the request's metrics; returns the side serving them.
+    fn note_user(&self, user: UserId) -> Side {
+        noted_side(&self.inner.flags.current(), user)
     }
 
     /// A write per the write plan. A dual write runs in a tracked task of its own and answers
@@ -405,8 +410,7 @@ impl ChatStore for MigrationRouter {
 
     fn read_scope(&self, viewer: UserId) -> String {
         let flags = self.inner.flags.current();
-        let side = cohort(&flags, viewer);
-        note_cohort(as_cohort(side), Some(viewer));
+        let side = noted_side(&flags, viewer);
         format!("{side}-g{}", flags.generation)
     }
 
@@ -474,8 +478,7 @@ impl ChatStore for MigrationRouter {
     }
 
     fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
-        let side = cohort(&self.inner.flags.current(), user);
-        note_cohort(as_cohort(side), Some(user));
+        let side = self.note_user(user);
         self.inner.store(side).room_ids_for_user(user)
     }
 
@@ -538,8 +541,7 @@ impl ChatStore for MigrationRouter {
     /// From the user's cohort, like their room list; not shadow-compared (validate compares
     /// every user's tokens).
     fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
-        let side = cohort(&self.inner.flags.current(), user);
-        note_cohort(as_cohort(side), Some(user));
+        let side = self.note_user(user);
         self.inner.store(side).devices(user)
     }
 
