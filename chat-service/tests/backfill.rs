@@ -284,10 +284,14 @@ async fn backfill_copies_everything_and_validates_with_zero_drift() {
         "user 3 left room 0"
     );
     let (room, _) = &rooms[1];
-    let pg_history = env.pg.history(*room, None, 100).await.expect("pg history");
+    let pg_history = env
+        .pg
+        .history(*room, UserId(1), None, 100)
+        .await
+        .expect("pg history");
     let cql_history = env
         .cql
-        .history(*room, None, 100)
+        .history(*room, UserId(1), None, 100)
         .await
         .expect("cql history");
     assert_eq!(format!("{cql_history:?}"), format!("{pg_history:?}"));

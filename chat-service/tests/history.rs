@@ -242,7 +242,10 @@ async fn cql_store_is_idempotent_by_message_id() {
         .await
         .expect("retried write");
     assert_eq!(first, again);
-    let page = store.history(a, None, 10).await.expect("history");
+    let page = store
+        .history(a, UserId(1), None, 10)
+        .await
+        .expect("history");
     assert_eq!(page.items, vec![first.clone()], "one message");
     let unread: Vec<(scylla::value::Counter,)> = {
         let db = Db::connect(&config).await;
@@ -282,7 +285,7 @@ async fn cql_store_is_idempotent_by_message_id() {
     );
     assert!(
         matches!(
-            store.history(b, Some(id), 10).await,
+            store.history(b, UserId(1), Some(id), 10).await,
             Err(StoreError::NotFound(_))
         ),
         "cursor of another room"

@@ -280,7 +280,10 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
         );
     }
     for _ in 0..5 {
-        s.router.history(room, None, 5).await.expect("history");
+        s.router
+            .history(room, UserId(1), None, 5)
+            .await
+            .expect("history");
         s.router.get_room(room, UserId(1)).await.expect("room");
         s.router
             .rooms_for_user(UserId(2), PageRequest::new(None, None))
@@ -313,7 +316,11 @@ async fn shadow_reads_count_no_mismatch_on_a_clean_run_and_detect_an_injected_on
         .execute(&new_pool)
         .await
         .expect("update");
-    let page = s.router.history(room, None, 5).await.expect("history");
+    let page = s
+        .router
+        .history(room, UserId(1), None, 5)
+        .await
+        .expect("history");
     assert_eq!(
         page.items[0].id, sent[9].id,
         "the caller gets the serving (legacy) store's answer"
@@ -468,7 +475,7 @@ async fn after_cutover_writes_go_to_new_and_the_reverse_dual_write_fills_legacy(
         // Reads come from the new store (split 100 %).
         assert_eq!(
             s.router
-                .history(room, None, 100)
+                .history(room, UserId(1), None, 100)
                 .await
                 .expect("history")
                 .items

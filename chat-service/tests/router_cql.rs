@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_service::flags::Flags;
@@ -31,7 +31,7 @@ use common::router::{
 };
 
 /// The tests of this binary take turns on the one CQL node.
-static NODE: Mutex<()> = Mutex::new(());
+static NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Legacy: a fresh database of the harness's PostgreSQL; new: the CQL store on a fresh keyspace
 /// of this binary's Cassandra node (consistency ONE: one node).
@@ -71,7 +71,7 @@ fn node() -> Option<&'static Cassandra> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dual_write_sync_and_async_land_every_message_in_postgres_and_cql() {
     common::init();
-    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = NODE.lock().await;
     let Some(cassandra) = node() else { return };
     let ids = MessageIdGenerator::default();
     for mode in [DualWrite::Sync, DualWrite::Async] {
@@ -135,7 +135,7 @@ async fn dual_write_sync_and_async_land_every_message_in_postgres_and_cql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pins_land_in_both_stores_and_the_latest_pin_wins_in_any_order() {
     common::init();
-    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = NODE.lock().await;
     let Some(cassandra) = node() else { return };
     let s = setup(cassandra, "router_cql_pins", DualWrite::Sync).await;
     let pinned = async |store: &dyn ChatStore, room| {
@@ -218,7 +218,7 @@ async fn tokens_of(store: &dyn ChatStore, user: i32) -> Vec<(String, Platform)> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn device_tokens_land_in_both_stores_and_the_latest_write_wins_in_any_order() {
     common::init();
-    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = NODE.lock().await;
     let Some(cassandra) = node() else { return };
     let s = setup(cassandra, "router_cql_devices", DualWrite::Sync).await;
     let now = chat_service::store::now;
@@ -286,7 +286,7 @@ async fn pinned_for(store: &dyn ChatStore, room: chat_service::ids::RoomId, user
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges() {
     common::init();
-    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = NODE.lock().await;
     let Some(cassandra) = node() else { return };
     let ids = Arc::new(MessageIdGenerator::default());
     let s = setup(cassandra, "router_cql_crash", DualWrite::Sync).await;
@@ -405,7 +405,7 @@ async fn a_cql_node_crash_during_a_burst_fails_no_call_and_the_replay_converges(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_cutover_legacy_writes_wait_in_the_cql_outbox_across_a_crash() {
     common::init();
-    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = NODE.lock().await;
     let Some(cassandra) = node() else { return };
     let ids = MessageIdGenerator::default();
     let legacy_server = ficus_testkit::Postgres::start().expect("private postgres");
@@ -415,7 +415,7 @@ async fn after_cutover_legacy_writes_wait_in_the_cql_outbox_across_a_crash() {
         .expect("db");
     let config = cql_config(cassandra, "cql_cutover").await;
     let f = flags(Side::New, DualWrite::Sync, 0, 100);
-    let s = start_cql_router(pg_store(&legacy_url).await, &config, f.clone()).await;
+    let s = start_cql_router(pg_store(&legacy_url).await, &config, f).await;
     let room = new_room(&s.router, 1, &[2]).await;
     let mut sent = Vec::new();
     for i in 0..5 {
@@ -479,7 +479,7 @@ async fn after_cutover_legacy_writes_wait_in_the_cql_outbox_across_a_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rollback_copies_the_new_stores_writes_back_into_legacy_idempotently_and_resumably() {
     common::init();
-    let _turn = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = NODE.lock().await;
     let Some(cassandra) = node() else { return };
     let ids = MessageIdGenerator::default();
     let legacy = fresh_pg_store("cql_rollback_legacy").await;

@@ -58,7 +58,10 @@ async fn read_until(s: &RouterSetup, rooms: &[RoomId], stop: &AtomicBool) -> u32
     while !stop.load(Ordering::Relaxed) {
         for (i, room) in rooms.iter().enumerate() {
             let user = UserId(1 + (i as i32 % 4));
-            s.router.history(*room, None, 20).await.expect("history");
+            s.router
+                .history(*room, user, None, 20)
+                .await
+                .expect("history");
             s.router.get_room(*room, user).await.expect("room");
             s.router
                 .rooms_for_user(user, PageRequest::new(None, None))
@@ -144,7 +147,7 @@ async fn history_before_dual_write_and_writes_in_flight_are_not_drift_a_lost_wri
             .expect("send");
         for _ in 0..5 {
             s.router
-                .history(old_rooms[0], None, 20)
+                .history(old_rooms[0], UserId(1), None, 20)
                 .await
                 .expect("history");
         }
@@ -164,7 +167,7 @@ async fn history_before_dual_write_and_writes_in_flight_are_not_drift_a_lost_wri
         for _ in 0..3 {
             unscoped
                 .router
-                .history(old_rooms[1], None, 100)
+                .history(old_rooms[1], UserId(1), None, 100)
                 .await
                 .expect("history");
         }
@@ -191,7 +194,10 @@ async fn before_every_instance_dual_writes_nothing_is_read_twice() {
     .await;
     let room = new_room(&s.router, 1, &MEMBERS).await;
     for _ in 0..10 {
-        s.router.history(room, None, 20).await.expect("history");
+        s.router
+            .history(room, UserId(1), None, 20)
+            .await
+            .expect("history");
         s.router.get_room(room, UserId(1)).await.expect("room");
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

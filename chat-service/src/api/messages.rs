@@ -95,7 +95,7 @@ pub async fn get_message_history(
     app.member_access(req.id, me).await?;
     let page = app
         .store
-        .history(req.id, req.before, effective_limit(req.limit))
+        .history(req.id, me, req.before, effective_limit(req.limit))
         .await?;
     let items = open_page(page.items, |m| {
         let opened = MessageJson::open(m, &app.cipher);

@@ -10,55 +10,29 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
 use crate::api::error::{ApiError, Code};
-use crate::ids::UserId;
-
-/// Which store family served a request (`chat_requests_total{cohort}`). Everything is `legacy`
-/// until the migration router serves a user from the new store; it marks such responses by
-/// inserting `Cohort::New` into the response extensions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Cohort {
-    #[default]
-    Legacy,
-    New,
-}
-
-impl Cohort {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cohort::Legacy => "legacy",
-            Cohort::New => "new",
-        }
-    }
-}
+use crate::flags::Side;
 
 tokio::task_local! {
-    /// What the store noted about the request being handled (see [`note_cohort`]).
-    static NOTED: std::cell::Cell<(Option<Cohort>, Option<UserId>)>;
+    /// The side that served the request being handled, as the store noted it (see
+    /// [`note_cohort`]).
+    static NOTED: std::cell::Cell<Option<Side>>;
 }
 
-/// Marks the request being handled on this task as served by `cohort` on behalf of `user`: the
-/// migration router calls it with its routing decision, so the request's metrics carry the
-/// cohort without handlers knowing about routing. Outside a request (tools, tests) it does
-/// nothing.
-pub fn note_cohort(cohort: Cohort, user: Option<UserId>) {
-    let _ = NOTED.try_with(|c| {
-        let (_, before) = c.get();
-        c.set((Some(cohort), user.or(before)));
-    });
-}
-
-/// The user a store call of this request noted before (for store calls that name no user).
-pub fn noted_user() -> Option<UserId> {
-    NOTED.try_with(|c| c.get().1).ok().flatten()
+/// Marks the request being handled on this task as served by the `cohort` side
+/// (`chat_requests_total{cohort}`): the migration router calls it with its routing decision, so
+/// the request's metrics carry the cohort without handlers knowing about routing. A request
+/// nothing noted is `legacy`. Outside a request (tools, tests) it does nothing.
+pub fn note_cohort(cohort: Side) {
+    let _ = NOTED.try_with(|c| c.set(Some(cohort)));
 }
 
 /// `chat_requests_total{cohort,code}` and `chat_request_duration_seconds{cohort}`.
 pub async fn track_request(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let start = Instant::now();
     let (response, noted) = NOTED
-        .scope(std::cell::Cell::new((None, None)), async move {
+        .scope(std::cell::Cell::new(None), async move {
             let response = next.run(request).await;
-            (response, NOTED.with(|c| c.get().0))
+            (response, NOTED.with(|c| c.get()))
         })
         .await;
     let code = match response.extensions().get::<Code>() {
@@ -66,12 +40,7 @@ pub async fn track_request(State(app): State<AppState>, request: Request, next: 
         None if response.status().is_success() => "ok",
         None => fallback_code(response.status()).as_str(),
     };
-    let cohort = response
-        .extensions()
-        .get::<Cohort>()
-        .copied()
-        .or(noted)
-        .unwrap_or_default();
+    let cohort = noted.unwrap_or_default();
     app.metrics.request(cohort.as_str(), code, start.elapsed());
     response
 }

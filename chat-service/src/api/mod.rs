@@ -35,7 +35,7 @@ use crate::store::{ChatStore, RoomAccess};
 
 pub use caller::Caller;
 pub use error::{ApiError, Code};
-pub use middleware::{Cohort, note_cohort, noted_user};
+pub use middleware::note_cohort;
 
 /// Everything a handler needs.
 pub struct App {

@@ -14,7 +14,7 @@ use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::{
     ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, ReadChunk,
-    RoomAccess, RoomView, StoreError, StoreFuture, StoredMessage,
+    RoomAccess, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
 };
 
 pub struct Instrumented<S> {
@@ -54,6 +54,7 @@ impl<S: ChatStore> Instrumented<S> {
     }
 }
 
+#[async_trait::async_trait]
 impl<S: ChatStore> ChatStore for Instrumented<S> {
     fn database(&self) -> &'static str {
         self.inner.database()
@@ -63,116 +64,137 @@ impl<S: ChatStore> ChatStore for Instrumented<S> {
         self.inner.read_scope(viewer)
     }
 
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        self.observe("ping", self.inner.ping())
+    async fn ping(&self) -> StoreResult<()> {
+        self.observe("ping", self.inner.ping()).await
     }
 
     fn pool_connections(&self) -> Option<(u32, u32)> {
         self.inner.pool_connections()
     }
 
-    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
+    async fn create_room(&self, room: NewRoom) -> StoreResult<RoomView> {
         self.observe("create_room", self.inner.create_room(room))
+            .await
     }
 
-    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
+    async fn get_room(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
         self.observe("get_room", self.inner.get_room(room, viewer))
+            .await
     }
 
-    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
+    async fn room_access(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
         self.observe("room_access", self.inner.room_access(room, user))
+            .await
     }
 
-    fn rooms_for_user(
+    async fn rooms_for_user(
         &self,
         user: UserId,
         page: PageRequest,
-    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+    ) -> StoreResult<(Vec<RoomView>, u64)> {
         self.observe("rooms_for_user", self.inner.rooms_for_user(user, page))
+            .await
     }
 
-    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
+    async fn room_ids_for_user(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
         self.observe("room_ids_for_user", self.inner.room_ids_for_user(user))
+            .await
     }
 
-    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+    async fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool> {
         self.observe("leave_room", self.inner.leave_room(room, user, at))
+            .await
     }
 
-    fn set_pinned(
+    async fn set_pinned(
         &self,
         room: RoomId,
         user: UserId,
         pinned: bool,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
+    ) -> StoreResult<bool> {
         self.observe("set_pinned", self.inner.set_pinned(room, user, pinned, at))
+            .await
     }
 
-    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<StoredMessage> {
         self.observe("insert_message", self.inner.insert_message(message))
+            .await
     }
 
-    fn history(
+    async fn history(
         &self,
         room: RoomId,
+        viewer: UserId,
         before: Option<MessageId>,
         limit: u32,
-    ) -> StoreFuture<'_, HistoryPage> {
-        self.observe("history", self.inner.history(room, before, limit))
+    ) -> StoreResult<HistoryPage> {
+        self.observe("history", self.inner.history(room, viewer, before, limit))
+            .await
     }
 
-    fn read_chunk(
+    async fn read_chunk(
         &self,
         room: RoomId,
         reader: UserId,
         since: DateTime<Utc>,
-    ) -> StoreFuture<'_, ReadChunk> {
+    ) -> StoreResult<ReadChunk> {
         self.observe("read_chunk", self.inner.read_chunk(room, reader, since))
+            .await
     }
 
-    fn mark_read(
+    async fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
         ids: Vec<MessageId>,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, u64> {
+    ) -> StoreResult<u64> {
         self.observe("mark_read", self.inner.mark_read(room, user, ids, at))
+            .await
     }
 
-    fn react(
+    async fn react(
         &self,
         message: MessageId,
         user: UserId,
         reaction: String,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
+    ) -> StoreResult<bool> {
         self.observe("react", self.inner.react(message, user, reaction, at))
+            .await
     }
 
-    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
+    async fn message_room(&self, message: MessageId) -> StoreResult<RoomId> {
         self.observe("message_room", self.inner.message_room(message))
+            .await
     }
 
-    fn register_device(
+    async fn register_device(
         &self,
         user: UserId,
         token: String,
         platform: Platform,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, ()> {
+    ) -> StoreResult<()> {
         self.observe(
             "register_device",
             self.inner.register_device(user, token, platform, at),
         )
+        .await
     }
 
-    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
+    async fn delete_device(
+        &self,
+        user: UserId,
+        token: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
         self.observe("delete_device", self.inner.delete_device(user, token, at))
+            .await
     }
 
-    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
-        self.observe("devices", self.inner.devices(user))
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
+        self.observe("devices", self.inner.devices(user)).await
     }
 }

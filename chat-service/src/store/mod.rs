@@ -23,6 +23,7 @@ pub mod room_cache;
 pub mod router;
 pub mod scylla;
 pub mod shadow;
+pub mod write;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -252,6 +253,7 @@ pub async fn mark_read(
     })
 }
 
+#[async_trait::async_trait]
 pub trait ChatStore: Send + Sync + 'static {
     /// The `database` label of this store's metrics, e.g. `postgres`.
     fn database(&self) -> &'static str;
@@ -266,7 +268,7 @@ pub trait ChatStore: Send + Sync + 'static {
     }
 
     /// Cheap round trip for readiness.
-    fn ping(&self) -> StoreFuture<'_, ()>;
+    async fn ping(&self) -> StoreResult<()>;
 
     /// Connections of the store's pool: `(in use, idle)`, where the store keeps a pool it can
     /// count (PostgreSQL); `None` otherwise.
@@ -274,94 +276,102 @@ pub trait ChatStore: Send + Sync + 'static {
         None
     }
 
-    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView>;
+    async fn create_room(&self, room: NewRoom) -> StoreResult<RoomView>;
 
     /// The room with its current members, as `viewer` sees it. NotFound if no such room.
-    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView>;
+    async fn get_room(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView>;
 
     /// The room's type and whether `user` is a current member. NotFound if no such room.
-    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess>;
+    async fn room_access(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess>;
 
     /// A page of the user's rooms, pinned first, then by latest activity (last message, else
     /// creation), and the user's total number of rooms.
-    fn rooms_for_user(
+    async fn rooms_for_user(
         &self,
         user: UserId,
         page: PageRequest,
-    ) -> StoreFuture<'_, (Vec<RoomView>, u64)>;
+    ) -> StoreResult<(Vec<RoomView>, u64)>;
 
     /// Every room the user is a member of (for event streams).
-    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>>;
+    async fn room_ids_for_user(&self, user: UserId) -> StoreResult<Vec<RoomId>>;
 
     /// Ends the user's membership; false if they were not a member.
-    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool>;
+    async fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool>;
 
     /// Pins the room at the top of the user's room list, or unpins it; false if the user is not
     /// a member. Setting the state the room already has is not an error.
-    fn set_pinned(
+    async fn set_pinned(
         &self,
         room: RoomId,
         user: UserId,
         pinned: bool,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool>;
+    ) -> StoreResult<bool>;
 
     /// Stores a message. Idempotent by id: writing the same message again returns the stored one.
-    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage>;
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<StoredMessage>;
 
     /// Up to `limit` messages of the room older than `before` (a message id of this room;
-    /// NotFound otherwise), newest first, ordered by `(created_at, id)` descending.
-    fn history(
+    /// NotFound otherwise), newest first, ordered by `(created_at, id)` descending, as read for
+    /// `viewer` (the router serves them from the viewer's cohort; a store answers every viewer
+    /// alike: access is the handler's check).
+    async fn history(
         &self,
         room: RoomId,
+        viewer: UserId,
         before: Option<MessageId>,
         limit: u32,
-    ) -> StoreFuture<'_, HistoryPage>;
+    ) -> StoreResult<HistoryPage>;
 
     /// The messages a `since` marker of `reader` covers (see [`ReadMarker::Since`]).
-    fn read_chunk(
+    async fn read_chunk(
         &self,
         room: RoomId,
         reader: UserId,
         since: DateTime<Utc>,
-    ) -> StoreFuture<'_, ReadChunk>;
+    ) -> StoreResult<ReadChunk>;
 
     /// Marks these messages of the room read by `user` (ids of other rooms, deleted messages and
     /// the user's own are skipped); returns how many were newly marked.
-    fn mark_read(
+    async fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
         ids: Vec<MessageId>,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, u64>;
+    ) -> StoreResult<u64>;
 
     /// Adds `user`'s `reaction` to a message; false if it was already there.
-    fn react(
+    async fn react(
         &self,
         message: MessageId,
         user: UserId,
         reaction: String,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool>;
+    ) -> StoreResult<bool>;
 
     /// The room a (not deleted) message belongs to. NotFound if no such message.
-    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId>;
+    async fn message_room(&self, message: MessageId) -> StoreResult<RoomId>;
 
     /// Registers (or registers again, with a new platform) a push device token of `user`,
     /// unless the store holds a later write of that token (see [`devices`]).
-    fn register_device(
+    async fn register_device(
         &self,
         user: UserId,
         token: String,
         platform: Platform,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, ()>;
+    ) -> StoreResult<()>;
 
     /// Deletes a device token of `user` (a token never registered is not an error), unless the
     /// store holds a later write of it.
-    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()>;
+    async fn delete_device(
+        &self,
+        user: UserId,
+        token: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// The user's registered device tokens, by token.
-    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>>;
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceToken>>;
 }

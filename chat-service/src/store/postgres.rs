@@ -11,8 +11,7 @@ use uuid::Uuid;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
     ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, READ_CHUNK,
-    ReadChunk, Role, RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult,
-    StoredMessage,
+    ReadChunk, Role, RoomAccess, RoomType, RoomView, StoreError, StoreResult, StoredMessage,
 };
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -210,7 +209,55 @@ impl PgStore {
         Ok((stored, id))
     }
 
-    async fn create_room_tx(&self, room: NewRoom) -> StoreResult<RoomView> {
+    /// Registers a device token unless legacy holds a later write of it; true if it applied.
+    /// (The rollback command's copy counts with it.)
+    pub async fn register_device_applied(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        // Strictly later: a replay of the same registration changes nothing, and a deletion at
+        // the same time wins.
+        sqlx::query(
+            "insert into device_token (user_id, token, platform, updated_at, deleted)
+             values ($1, $2, $3, $4, false)
+             on conflict (user_id, token) do update
+                set platform = excluded.platform, updated_at = excluded.updated_at, deleted = false
+              where device_token.updated_at < excluded.updated_at",
+        )
+        .bind(user)
+        .bind(token)
+        .bind(platform.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)
+        .map(|done| done.rows_affected() > 0)
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatStore for PgStore {
+    fn database(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn pool_connections(&self) -> Option<(u32, u32)> {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        Some((self.pool.size().saturating_sub(idle), idle))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query::<sqlx::Postgres>("select 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn create_room(&self, room: NewRoom) -> StoreResult<RoomView> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         sqlx::query::<sqlx::Postgres>(
             "insert into room (id, name, type, created_by, created_at) values ($1, $2, $3, $4, $5)",
@@ -250,7 +297,7 @@ impl PgStore {
         })
     }
 
-    async fn get_room_query(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
+    async fn get_room(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
         const SQL: &str = concat!(
             "select ",
             room_columns!(),
@@ -268,7 +315,7 @@ impl PgStore {
             .into_view()
     }
 
-    async fn room_access_query(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
+    async fn room_access(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
         // The inner select is null for a non-member; a member's null role is read as `member`.
         let row: Option<(String, Option<String>)> =
             sqlx::query_as::<sqlx::Postgres, (String, Option<String>)>(
@@ -291,7 +338,7 @@ impl PgStore {
         })
     }
 
-    async fn rooms_for_user_query(
+    async fn rooms_for_user(
         &self,
         user: UserId,
         page: PageRequest,
@@ -323,7 +370,7 @@ impl PgStore {
         Ok((rooms, u64::try_from(total).unwrap_or(0)))
     }
 
-    async fn room_ids_query(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
+    async fn room_ids_for_user(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
         let ids = sqlx::query_scalar::<sqlx::Postgres, Uuid>(
             "select room_id from room_member where user_id = $1 and removed_at is null",
         )
@@ -334,12 +381,7 @@ impl PgStore {
         Ok(ids.into_iter().map(RoomId).collect())
     }
 
-    async fn leave_room_query(
-        &self,
-        room: RoomId,
-        user: UserId,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
+    async fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool> {
         let done = sqlx::query::<sqlx::Postgres>("update room_member set removed_at = $3 where room_id = $1 and user_id = $2 and removed_at is null")
             .bind(room)
             .bind(user)
@@ -352,7 +394,7 @@ impl PgStore {
 
     /// True for a current member, also when an earlier or later pin makes this one moot (the
     /// latest `at` wins, whatever order pins arrive in).
-    async fn set_pinned_query(
+    async fn set_pinned(
         &self,
         room: RoomId,
         user: UserId,
@@ -378,14 +420,15 @@ impl PgStore {
         Ok(member.unwrap_or(false))
     }
 
-    async fn insert_message_query(&self, message: NewMessage) -> StoreResult<StoredMessage> {
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<StoredMessage> {
         let mut conn = self.pool.acquire().await.map_err(classify)?;
         insert_message_on(&mut conn, message).await
     }
 
-    async fn history_query(
+    async fn history(
         &self,
         room: RoomId,
+        _viewer: UserId,
         before: Option<MessageId>,
         limit: u32,
     ) -> StoreResult<HistoryPage> {
@@ -439,7 +482,12 @@ impl PgStore {
         ))
     }
 
-    async fn read_chunk_query(&self, room: RoomId, since: DateTime<Utc>) -> StoreResult<ReadChunk> {
+    async fn read_chunk(
+        &self,
+        room: RoomId,
+        _reader: UserId,
+        since: DateTime<Utc>,
+    ) -> StoreResult<ReadChunk> {
         let rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(READ_CHUNK_SQL)
             .bind(room)
             .bind(since)
@@ -458,7 +506,7 @@ impl PgStore {
         })
     }
 
-    async fn mark_read_query(
+    async fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
@@ -477,7 +525,7 @@ impl PgStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn react_query(
+    async fn react(
         &self,
         message: MessageId,
         user: UserId,
@@ -497,35 +545,31 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Registers a device token unless legacy holds a later write of it; true if it applied.
-    /// (The rollback command's copy counts with it.)
-    pub async fn register_device_applied(
+    async fn message_room(&self, message: MessageId) -> StoreResult<RoomId> {
+        let room = sqlx::query_scalar::<sqlx::Postgres, Uuid>(
+            "select room_id from room_message where id = $1 and deleted_at is null",
+        )
+        .bind(message)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        room.map(RoomId)
+            .ok_or_else(|| StoreError::NotFound(format!("message {message}")))
+    }
+
+    async fn register_device(
         &self,
         user: UserId,
         token: String,
         platform: Platform,
         at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        // Strictly later: a replay of the same registration changes nothing, and a deletion at
-        // the same time wins.
-        sqlx::query(
-            "insert into device_token (user_id, token, platform, updated_at, deleted)
-             values ($1, $2, $3, $4, false)
-             on conflict (user_id, token) do update
-                set platform = excluded.platform, updated_at = excluded.updated_at, deleted = false
-              where device_token.updated_at < excluded.updated_at",
-        )
-        .bind(user)
-        .bind(token)
-        .bind(platform.as_str())
-        .bind(at)
-        .execute(&self.pool)
-        .await
-        .map_err(classify)
-        .map(|done| done.rows_affected() > 0)
+    ) -> StoreResult<()> {
+        self.register_device_applied(user, token, platform, at)
+            .await
+            .map(drop)
     }
 
-    async fn delete_device_query(
+    async fn delete_device(
         &self,
         user: UserId,
         token: String,
@@ -549,7 +593,7 @@ impl PgStore {
         Ok(())
     }
 
-    async fn devices_query(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
         let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
             "select token, platform, updated_at from device_token
               where user_id = $1 and not deleted order by token collate \"C\"",
@@ -567,145 +611,6 @@ impl PgStore {
                 })
             })
             .collect()
-    }
-
-    async fn message_room_query(&self, message: MessageId) -> StoreResult<RoomId> {
-        let room = sqlx::query_scalar::<sqlx::Postgres, Uuid>(
-            "select room_id from room_message where id = $1 and deleted_at is null",
-        )
-        .bind(message)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
-        room.map(RoomId)
-            .ok_or_else(|| StoreError::NotFound(format!("message {message}")))
-    }
-}
-
-impl ChatStore for PgStore {
-    fn database(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn pool_connections(&self) -> Option<(u32, u32)> {
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        Some((self.pool.size().saturating_sub(idle), idle))
-    }
-
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            sqlx::query::<sqlx::Postgres>("select 1")
-                .execute(&self.pool)
-                .await
-                .map_err(classify)?;
-            Ok(())
-        })
-    }
-
-    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
-        Box::pin(self.create_room_tx(room))
-    }
-
-    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
-        Box::pin(self.get_room_query(room, viewer))
-    }
-
-    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
-        Box::pin(self.room_access_query(room, user))
-    }
-
-    fn rooms_for_user(
-        &self,
-        user: UserId,
-        page: PageRequest,
-    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
-        Box::pin(self.rooms_for_user_query(user, page))
-    }
-
-    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
-        Box::pin(self.room_ids_query(user))
-    }
-
-    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
-        Box::pin(self.leave_room_query(room, user, at))
-    }
-
-    fn set_pinned(
-        &self,
-        room: RoomId,
-        user: UserId,
-        pinned: bool,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
-        Box::pin(self.set_pinned_query(room, user, pinned, at))
-    }
-
-    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
-        Box::pin(self.insert_message_query(message))
-    }
-
-    fn history(
-        &self,
-        room: RoomId,
-        before: Option<MessageId>,
-        limit: u32,
-    ) -> StoreFuture<'_, HistoryPage> {
-        Box::pin(self.history_query(room, before, limit))
-    }
-
-    fn read_chunk(
-        &self,
-        room: RoomId,
-        _reader: UserId,
-        since: DateTime<Utc>,
-    ) -> StoreFuture<'_, ReadChunk> {
-        Box::pin(self.read_chunk_query(room, since))
-    }
-
-    fn mark_read(
-        &self,
-        room: RoomId,
-        user: UserId,
-        ids: Vec<MessageId>,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'_, u64> {
-        Box::pin(self.mark_read_query(room, user, ids, at))
-    }
-
-    fn react(
-        &self,
-        message: MessageId,
-        user: UserId,
-        reaction: String,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
-        Box::pin(self.react_query(message, user, reaction, at))
-    }
-
-    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
-        Box::pin(self.message_room_query(message))
-    }
-
-    fn register_device(
-        &self,
-        user: UserId,
-        token: String,
-        platform: Platform,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.register_device_applied(user, token, platform, at)
-                .await
-                .map(drop)
-        })
-    }
-
-    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
-        Box::pin(self.delete_device_query(user, token, at))
-    }
-
-    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
-        Box::pin(self.devices_query(user))
     }
 }
 

@@ -465,6 +465,7 @@ impl CachedStore {
     }
 }
 
+#[async_trait::async_trait]
 impl ChatStore for CachedStore {
     fn database(&self) -> &'static str {
         self.inner.database()
@@ -474,162 +475,168 @@ impl ChatStore for CachedStore {
         self.inner.read_scope(viewer)
     }
 
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        self.inner.ping()
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
     }
 
     fn pool_connections(&self) -> Option<(u32, u32)> {
         self.inner.pool_connections()
     }
 
-    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
+    async fn create_room(&self, room: NewRoom) -> StoreResult<RoomView> {
         let touched = Touched {
             rooms: vec![room.id],
             users: room.participants.clone(),
         };
-        self.write(self.inner.create_room(room), touched)
+        self.write(self.inner.create_room(room), touched).await
     }
 
-    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
+    async fn get_room(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
         if !self.reads() {
-            return self.inner.get_room(room, viewer);
+            return self.inner.get_room(room, viewer).await;
         }
         let scope = self.inner.read_scope(viewer);
-        Box::pin(async move {
-            self.cache
-                .read_through(
-                    room_key(&scope, room, viewer),
-                    vec![room_stamp(room), user_stamp(viewer)],
-                    self.inner.get_room(room, viewer),
-                    |_| Some(Vec::new()),
-                )
-                .await
-        })
+        self.cache
+            .read_through(
+                room_key(&scope, room, viewer),
+                vec![room_stamp(room), user_stamp(viewer)],
+                self.inner.get_room(room, viewer),
+                |_| Some(Vec::new()),
+            )
+            .await
     }
 
-    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
-        self.inner.room_access(room, user)
+    async fn room_access(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
+        self.inner.room_access(room, user).await
     }
 
-    fn rooms_for_user(
+    async fn rooms_for_user(
         &self,
         user: UserId,
         page: PageRequest,
-    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+    ) -> StoreResult<(Vec<RoomView>, u64)> {
         if !self.reads() {
-            return self.inner.rooms_for_user(user, page);
+            return self.inner.rooms_for_user(user, page).await;
         }
         let scope = self.inner.read_scope(user);
-        Box::pin(async move {
-            self.cache
-                .read_through(
-                    rooms_key(&scope, user, page),
-                    vec![user_stamp(user)],
-                    self.inner.rooms_for_user(user, page),
-                    cacheable_list,
-                )
-                .await
-        })
+        self.cache
+            .read_through(
+                rooms_key(&scope, user, page),
+                vec![user_stamp(user)],
+                self.inner.rooms_for_user(user, page),
+                cacheable_list,
+            )
+            .await
     }
 
-    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
-        self.inner.room_ids_for_user(user)
+    async fn room_ids_for_user(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
+        self.inner.room_ids_for_user(user).await
     }
 
-    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+    async fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool> {
         let touched = Touched {
             rooms: vec![room],
             users: vec![user],
         };
         self.write(self.inner.leave_room(room, user, at), touched)
+            .await
     }
 
-    fn set_pinned(
+    async fn set_pinned(
         &self,
         room: RoomId,
         user: UserId,
         pinned: bool,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
+    ) -> StoreResult<bool> {
         let touched = Touched {
             users: vec![user],
             ..Touched::default()
         };
         self.write(self.inner.set_pinned(room, user, pinned, at), touched)
+            .await
     }
 
-    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<StoredMessage> {
         // The room's last message and its members' unread counts.
         let touched = Touched {
             rooms: vec![message.room_id],
             ..Touched::default()
         };
         self.write(self.inner.insert_message(message), touched)
+            .await
     }
 
-    fn history(
+    async fn history(
         &self,
         room: RoomId,
+        viewer: UserId,
         before: Option<MessageId>,
         limit: u32,
-    ) -> StoreFuture<'_, HistoryPage> {
-        self.inner.history(room, before, limit)
+    ) -> StoreResult<HistoryPage> {
+        self.inner.history(room, viewer, before, limit).await
     }
 
-    fn read_chunk(
+    async fn read_chunk(
         &self,
         room: RoomId,
         reader: UserId,
         since: DateTime<Utc>,
-    ) -> StoreFuture<'_, ReadChunk> {
-        self.inner.read_chunk(room, reader, since)
+    ) -> StoreResult<ReadChunk> {
+        self.inner.read_chunk(room, reader, since).await
     }
 
-    fn mark_read(
+    async fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
         ids: Vec<MessageId>,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, u64> {
+    ) -> StoreResult<u64> {
         // The reader's unread count.
         let touched = Touched {
             users: vec![user],
             ..Touched::default()
         };
         self.write(self.inner.mark_read(room, user, ids, at), touched)
+            .await
     }
 
-    fn react(
+    async fn react(
         &self,
         message: MessageId,
         user: UserId,
         reaction: String,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
-        self.inner.react(message, user, reaction, at)
+    ) -> StoreResult<bool> {
+        self.inner.react(message, user, reaction, at).await
     }
 
-    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
-        self.inner.message_room(message)
+    async fn message_room(&self, message: MessageId) -> StoreResult<RoomId> {
+        self.inner.message_room(message).await
     }
 
-    fn register_device(
+    async fn register_device(
         &self,
         user: UserId,
         token: String,
         platform: Platform,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, ()> {
-        self.inner.register_device(user, token, platform, at)
+    ) -> StoreResult<()> {
+        self.inner.register_device(user, token, platform, at).await
     }
 
-    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
-        self.inner.delete_device(user, token, at)
+    async fn delete_device(
+        &self,
+        user: UserId,
+        token: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.inner.delete_device(user, token, at).await
     }
 
-    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
-        self.inner.devices(user)
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
+        self.inner.devices(user).await
     }
 }
 

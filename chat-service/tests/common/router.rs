@@ -162,7 +162,7 @@ pub async fn try_history_ids(store: &dyn ChatStore, room: RoomId) -> Option<Vec<
     let mut ids = Vec::new();
     let mut before: Option<MessageId> = None;
     loop {
-        let page = store.history(room, before, 100).await.ok()?;
+        let page = store.history(room, UserId(1), before, 100).await.ok()?;
         ids.extend(page.items.iter().map(|m| m.id.0));
         match page.next_cursor {
             Some(cursor) => before = Some(cursor),

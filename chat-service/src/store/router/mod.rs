@@ -63,15 +63,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::api::{Cohort, note_cohort, noted_user};
+use crate::api::note_cohort;
 use crate::flags::{DualWrite, FlagWatcher, Flags, Side};
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::routing::{cohort, read_plan, write_plan};
 use crate::store::instrumented::Instrumented;
 use crate::store::outbox::{
-    Applied, Entries, EntryRef, NewEntry, NextStep, Outbox, OutboxLog, ReplayConfig, Settlement,
-    WriteOp, next_step,
+    Answer, Applied, Entries, EntryRef, NewEntry, NextStep, Outbox, OutboxLog, ReplayConfig,
+    Settlement, Write, WriteOp, next_step,
 };
 use crate::store::postgres::PgStore;
 use crate::store::room_cache::{CachedStore, Role, RoomCache};
@@ -192,15 +192,8 @@ fn side_index(side: Side) -> usize {
 /// The side serving `user` under `flags`, noted as the request's cohort.
 fn noted_side(flags: &Flags, user: UserId) -> Side {
     let side = cohort(flags, user);
-    note_cohort(as_cohort(side), Some(user));
+    note_cohort(side);
     side
-}
-
-fn as_cohort(side: Side) -> Cohort {
-    match side {
-        Side::Legacy => Cohort::Legacy,
-        Side::New => Cohort::New,
-    }
 }
 
 /// A read's answer for comparison: NotFound is an answer (`Err`), other errors are not.
@@ -210,10 +203,6 @@ fn found<T>(result: StoreResult<T>) -> Option<Result<T, String>> {
         Err(StoreError::NotFound(m)) => Some(Err(m)),
         Err(_) => None,
     }
-}
-
-fn internal(what: &str) -> StoreError {
-    StoreError::Internal(format!("migration router: unexpected result of {what}"))
 }
 
 impl MigrationRouter {
@@ -321,7 +310,7 @@ impl MigrationRouter {
     {
         let flags = self.inner.flags.current();
         let plan = read_plan(&flags, user, rand::random_range(0..100u8));
-        note_cohort(as_cohort(plan.serve), Some(user));
+        note_cohort(plan.serve);
         let served = call(self.inner.store(plan.serve).clone());
         let Some(side) = plan.shadow else {
             return served;
@@ -375,31 +364,33 @@ impl MigrationRouter {
     /// A write per the write plan. A dual write runs in a tracked task of its own and answers
     /// through a channel: dropping the returned future (request timeout, client gone) does not
     /// stop it.
-    fn write(
-        &self,
-        op: WriteOp,
-    ) -> impl std::future::Future<Output = StoreResult<Applied>> + Send + 'static {
+    fn write<T: Answer + Send + 'static>(&self, write: Write<T>) -> StoreFuture<'static, T> {
         let inner = self.inner.clone();
-        async move {
+        let op = write.into_op();
+        Box::pin(async move {
             let plan = write_plan(&inner.flags.current());
             let Some((side, mode)) = plan.secondary else {
-                return op.apply(inner.store(plan.primary).as_ref()).await;
+                let applied = op.apply(inner.store(plan.primary).as_ref()).await?;
+                return Write::<T>::answer(op.name(), applied);
             };
             let (answer, answered) = oneshot::channel();
+            let name = op.name();
             inner.tasks.spawn(
                 inner
                     .clone()
                     .dual_write(plan.primary, side, mode, op, answer),
             );
-            answered.await.unwrap_or_else(|_| {
+            let applied = answered.await.unwrap_or_else(|_| {
                 Err(StoreError::Internal(
                     "the dual write task ended without an answer".into(),
                 ))
-            })
-        }
+            })?;
+            Write::<T>::answer(name, applied)
+        })
     }
 }
 
+#[async_trait::async_trait]
 impl ChatStore for MigrationRouter {
     /// The write primary's database (labels `chat_messages_sent_total`).
     fn database(&self) -> &'static str {
@@ -416,236 +407,185 @@ impl ChatStore for MigrationRouter {
 
     /// Readiness follows the write primary only: a secondary that is down is what the outbox
     /// is for.
-    fn ping(&self) -> StoreFuture<'_, ()> {
+    async fn ping(&self) -> StoreResult<()> {
         self.inner
             .store(self.inner.flags.current().values.write_primary)
             .ping()
+            .await
     }
 
-    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
+    async fn create_room(&self, room: NewRoom) -> StoreResult<RoomView> {
         self.note_user(room.created_by);
-        let write = self.write(WriteOp::create_room(&room));
-        Box::pin(async move {
-            match write.await? {
-                Applied::Room(r) => Ok(r),
-                _ => Err(internal("create_room")),
-            }
-        })
+        self.write(Write::create_room(&room)).await
     }
 
-    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
+    async fn get_room(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
         self.read(viewer, move |s| {
             Box::pin(async move { s.get_room(room, viewer).await })
         })
+        .await
     }
 
     /// From the write primary. A room the primary does not know may have been created while
     /// the other store was primary and still be queued for this one (just after a rollback from
     /// CutOver): the lookup waits for that room's queue like a write does, then answers from
     /// the primary, or is `Unavailable` if the queue is still behind.
-    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
+    async fn room_access(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
         self.note_user(user);
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let plan = write_plan(&inner.flags.current());
-            let primary = inner.store(plan.primary);
-            match (primary.room_access(room, user).await, plan.secondary) {
-                (Err(StoreError::NotFound(what)), Some((other, _))) => {
-                    if inner.catching_up(plan.primary, other, room).await {
-                        return Err(StoreError::Unavailable(format!(
-                            "room {room} is catching up: writes made while the {other} store was primary are still on their way to the {} store; retry shortly",
-                            plan.primary
-                        )));
-                    }
-                    match primary.room_access(room, user).await {
-                        Err(StoreError::NotFound(_)) => Err(StoreError::NotFound(what)),
-                        other => other,
-                    }
+        let inner = &self.inner;
+        let plan = write_plan(&inner.flags.current());
+        let primary = inner.store(plan.primary);
+        match (primary.room_access(room, user).await, plan.secondary) {
+            (Err(StoreError::NotFound(what)), Some((other, _))) => {
+                if inner.catching_up(plan.primary, other, room).await {
+                    return Err(StoreError::Unavailable(format!(
+                        "room {room} is catching up: writes made while the {other} store was primary are still on their way to the {} store; retry shortly",
+                        plan.primary
+                    )));
                 }
-                (result, _) => result,
+                match primary.room_access(room, user).await {
+                    Err(StoreError::NotFound(_)) => Err(StoreError::NotFound(what)),
+                    other => other,
+                }
             }
-        })
+            (result, _) => result,
+        }
     }
 
-    fn rooms_for_user(
+    async fn rooms_for_user(
         &self,
         user: UserId,
         page: PageRequest,
-    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
+    ) -> StoreResult<(Vec<RoomView>, u64)> {
         self.read(user, move |s| {
             Box::pin(async move { s.rooms_for_user(user, page).await })
         })
+        .await
     }
 
-    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
+    async fn room_ids_for_user(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
         let side = self.note_user(user);
-        self.inner.store(side).room_ids_for_user(user)
+        self.inner.store(side).room_ids_for_user(user).await
     }
 
-    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
+    async fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool> {
         self.note_user(user);
-        let write = self.write(WriteOp::LeaveRoom { room, user, at });
-        Box::pin(async move {
-            match write.await? {
-                Applied::Changed(b) => Ok(b),
-                _ => Err(internal("leave_room")),
-            }
-        })
+        self.write(Write::leave_room(room, user, at)).await
     }
 
-    fn set_pinned(
+    async fn set_pinned(
         &self,
         room: RoomId,
         user: UserId,
         pinned: bool,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
+    ) -> StoreResult<bool> {
         self.note_user(user);
-        let write = self.write(WriteOp::SetPinned {
-            room,
-            user,
-            pinned,
-            at,
-        });
-        Box::pin(async move {
-            match write.await? {
-                Applied::Changed(b) => Ok(b),
-                _ => Err(internal("set_pinned")),
-            }
-        })
+        self.write(Write::set_pinned(room, user, pinned, at)).await
     }
 
-    fn register_device(
+    async fn register_device(
         &self,
         user: UserId,
         token: String,
         platform: Platform,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, ()> {
+    ) -> StoreResult<()> {
         self.note_user(user);
-        let write = self.write(WriteOp::RegisterDevice {
-            user,
-            token,
-            platform,
-            at,
-        });
-        Box::pin(async move { write.await.map(drop) })
+        self.write(Write::register_device(user, token, platform, at))
+            .await
     }
 
-    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
+    async fn delete_device(
+        &self,
+        user: UserId,
+        token: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
         self.note_user(user);
-        let write = self.write(WriteOp::DeleteDevice { user, token, at });
-        Box::pin(async move { write.await.map(drop) })
+        self.write(Write::delete_device(user, token, at)).await
     }
 
     /// From the user's cohort, like their room list; not shadow-compared (validate compares
     /// every user's tokens).
-    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
         let side = self.note_user(user);
-        self.inner.store(side).devices(user)
+        self.inner.store(side).devices(user).await
     }
 
-    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<StoredMessage> {
         self.note_user(message.sender_id);
-        let write = self.write(WriteOp::insert_message(&message));
-        Box::pin(async move {
-            match write.await? {
-                Applied::Message(m) => Ok(m),
-                _ => Err(internal("insert_message")),
-            }
-        })
+        self.write(Write::insert_message(&message)).await
     }
 
-    /// The trait names no user here: the user is the one the request noted before (the
-    /// handler's `room_access`), read back from the request scope; outside a request, `UserId(0)`
-    /// (a fixed bucket).
-    fn history(
+    async fn history(
         &self,
         room: RoomId,
+        viewer: UserId,
         before: Option<MessageId>,
         limit: u32,
-    ) -> StoreFuture<'_, HistoryPage> {
-        let user = noted_user().unwrap_or(UserId(0));
-        self.read(user, move |s| {
-            Box::pin(async move { s.history(room, before, limit).await })
+    ) -> StoreResult<HistoryPage> {
+        self.read(viewer, move |s| {
+            Box::pin(async move { s.history(room, viewer, before, limit).await })
         })
+        .await
     }
 
     /// From the store `reader` reads from: the ids are then written to both stores, which so
     /// mark the same messages whatever else each holds (e.g. history not backfilled yet).
-    fn read_chunk(
+    async fn read_chunk(
         &self,
         room: RoomId,
         reader: UserId,
         since: DateTime<Utc>,
-    ) -> StoreFuture<'_, ReadChunk> {
+    ) -> StoreResult<ReadChunk> {
         self.note_user(reader);
         let store = self
             .inner
             .store(cohort(&self.inner.flags.current(), reader))
             .clone();
-        Box::pin(async move { store.read_chunk(room, reader, since).await })
+        store.read_chunk(room, reader, since).await
     }
 
-    fn mark_read(
+    async fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
         ids: Vec<MessageId>,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, u64> {
+    ) -> StoreResult<u64> {
         self.note_user(user);
-        let write = self.write(WriteOp::mark_read(room, user, &ids, at));
-        Box::pin(async move {
-            match write.await? {
-                Applied::Count(n) => Ok(n),
-                _ => Err(internal("mark_read")),
-            }
-        })
+        self.write(Write::mark_read(room, user, &ids, at)).await
     }
 
-    fn react(
+    async fn react(
         &self,
         message: MessageId,
         user: UserId,
         reaction: String,
         at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
+    ) -> StoreResult<bool> {
         self.note_user(user);
-        let write = self.write(WriteOp::React {
-            message,
-            user,
-            reaction,
-            at,
-            room: None,
-        });
-        Box::pin(async move {
-            match write.await? {
-                Applied::Changed(b) => Ok(b),
-                _ => Err(internal("react")),
-            }
-        })
+        self.write(Write::react(message, user, reaction, at)).await
     }
 
     /// From the write primary, else (while dual writes are on) from the other store: a message
     /// written while the other store was primary may still be on its way (`room_access` then
     /// waits for the room's queue).
-    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let plan = write_plan(&inner.flags.current());
-            match (
-                inner.store(plan.primary).message_room(message).await,
-                plan.secondary,
-            ) {
-                (Err(StoreError::NotFound(what)), Some((other, _))) => {
-                    match inner.store(other).message_room(message).await {
-                        Ok(room) => Ok(room),
-                        Err(_) => Err(StoreError::NotFound(what)),
-                    }
+    async fn message_room(&self, message: MessageId) -> StoreResult<RoomId> {
+        let inner = &self.inner;
+        let plan = write_plan(&inner.flags.current());
+        match (
+            inner.store(plan.primary).message_room(message).await,
+            plan.secondary,
+        ) {
+            (Err(StoreError::NotFound(what)), Some((other, _))) => {
+                match inner.store(other).message_room(message).await {
+                    Ok(room) => Ok(room),
+                    Err(_) => Err(StoreError::NotFound(what)),
                 }
-                (result, _) => result,
             }
-        })
+            (result, _) => result,
+        }
     }
 }

@@ -280,31 +280,21 @@ impl CqlBackfill<'_> {
         reactions: &[BackfillReaction],
         ts: i64,
     ) -> StoreResult<()> {
-        let mut by_message: Vec<(MessageId, Vec<_>)> = Vec::new();
-        for r in reactions
+        let rows = reactions
             .iter()
             .filter(|r| r.message_id.0.get_version_num() == 1)
-        {
-            let row = (
-                timeuuid(r.message_id),
-                r.user_id.0,
-                r.reaction.as_str(),
-                micros(r.created_at),
-                ts,
-            );
-            match by_message.last_mut() {
-                Some((m, rows)) if *m == r.message_id => rows.push(row),
-                _ => by_message.push((r.message_id, vec![row])),
-            }
-        }
-        futures::stream::iter(by_message.into_iter().map(|(_, rows)| {
-            self.store
-                .batch_in_partition(&self.st.insert_reaction, rows)
-        }))
-        .buffer_unordered(FAN_OUT)
-        .try_collect::<Vec<_>>()
-        .await?;
-        Ok(())
+            .map(|r| {
+                let row = (
+                    timeuuid(r.message_id),
+                    r.user_id.0,
+                    r.reaction.as_str(),
+                    micros(r.created_at),
+                    ts,
+                );
+                (r.message_id, row)
+            });
+        self.batch_per_partition(&self.st.insert_reaction, rows)
+            .await
     }
 
     /// Writes read markers (`read_markers`, one unlogged batch per reader), every cell stamped
@@ -315,27 +305,46 @@ impl CqlBackfill<'_> {
         markers: &[BackfillReadMarker],
         ts: i64,
     ) -> StoreResult<()> {
-        let mut by_user: Vec<(UserId, Vec<_>)> = Vec::new();
-        for m in markers
+        let rows = markers
             .iter()
             .filter(|m| m.message_id.0.get_version_num() == 1)
-        {
-            let row = (
-                room.0,
-                m.user_id.0,
-                timeuuid(m.message_id),
-                micros(m.read_at),
-                ts,
-            );
-            match by_user.last_mut() {
-                Some((u, rows)) if *u == m.user_id => rows.push(row),
-                _ => by_user.push((m.user_id, vec![row])),
+            .map(|m| {
+                let row = (
+                    room.0,
+                    m.user_id.0,
+                    timeuuid(m.message_id),
+                    micros(m.read_at),
+                    ts,
+                );
+                (m.user_id, row)
+            });
+        self.batch_per_partition(&self.st.insert_read_marker, rows)
+            .await
+    }
+
+    /// Writes `rows`, each with its partition key, one unlogged batch per run of rows of the same
+    /// partition (the callers' rows come grouped: a message's reactions, a reader's markers),
+    /// [`FAN_OUT`] partitions at once.
+    async fn batch_per_partition<K: PartialEq, V>(
+        &self,
+        statement: &PreparedStatement,
+        rows: impl Iterator<Item = (K, V)>,
+    ) -> StoreResult<()>
+    where
+        V: scylla::serialize::row::SerializeRow,
+    {
+        let mut partitions: Vec<(K, Vec<V>)> = Vec::new();
+        for (key, row) in rows {
+            match partitions.last_mut() {
+                Some((k, rows)) if *k == key => rows.push(row),
+                _ => partitions.push((key, vec![row])),
             }
         }
-        futures::stream::iter(by_user.into_iter().map(|(_, rows)| {
-            self.store
-                .batch_in_partition(&self.st.insert_read_marker, rows)
-        }))
+        futures::stream::iter(
+            partitions
+                .into_iter()
+                .map(|(_, rows)| self.store.batch_in_partition(statement, rows)),
+        )
         .buffer_unordered(FAN_OUT)
         .try_collect::<Vec<_>>()
         .await?;
@@ -483,7 +492,7 @@ impl CqlBackfill<'_> {
 
     /// A user's registered device tokens (for `validate`).
     pub async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
-        self.store.devices_query(user).await
+        ChatStore::devices(self.store, user).await
     }
 
     /// Every user with a device token in the keyspace (its partition keys; paged).

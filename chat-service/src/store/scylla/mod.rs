@@ -44,8 +44,7 @@ use uuid::Uuid;
 use crate::ids::{MessageId, RoomId, UserId};
 use crate::store::{
     ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, READ_CHUNK,
-    ReadChunk, Role, RoomAccess, RoomType, RoomView, StoreError, StoreFuture, StoreResult,
-    StoredMessage,
+    ReadChunk, Role, RoomAccess, RoomType, RoomView, StoreError, StoreResult, StoredMessage,
 };
 
 mod backfill;
@@ -115,121 +114,6 @@ pub struct CqlStore {
 
 type RoomRow = (String, String, i64, Option<i64>);
 type MessageRow = (CqlTimeuuid, i32, Vec<u8>, String, Option<bool>);
-
-impl ChatStore for CqlStore {
-    fn database(&self) -> &'static str {
-        "scylladb"
-    }
-
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.exec(&self.st.ping, ()).await?;
-            Ok(())
-        })
-    }
-
-    fn create_room(&self, room: NewRoom) -> StoreFuture<'_, RoomView> {
-        Box::pin(self.create_room_query(room))
-    }
-
-    fn get_room(&self, room: RoomId, viewer: UserId) -> StoreFuture<'_, RoomView> {
-        Box::pin(self.get_room_query(room, viewer))
-    }
-
-    fn room_access(&self, room: RoomId, user: UserId) -> StoreFuture<'_, RoomAccess> {
-        Box::pin(self.room_access_query(room, user))
-    }
-
-    fn rooms_for_user(
-        &self,
-        user: UserId,
-        page: PageRequest,
-    ) -> StoreFuture<'_, (Vec<RoomView>, u64)> {
-        Box::pin(self.rooms_for_user_query(user, page))
-    }
-
-    fn room_ids_for_user(&self, user: UserId) -> StoreFuture<'_, Vec<RoomId>> {
-        Box::pin(self.room_ids_query(user))
-    }
-
-    fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreFuture<'_, bool> {
-        Box::pin(self.leave_room_query(room, user, at))
-    }
-
-    fn set_pinned(
-        &self,
-        room: RoomId,
-        user: UserId,
-        pinned: bool,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
-        Box::pin(self.set_pinned_query(room, user, pinned, at))
-    }
-
-    fn insert_message(&self, message: NewMessage) -> StoreFuture<'_, StoredMessage> {
-        Box::pin(self.insert_message_query(message))
-    }
-
-    fn history(
-        &self,
-        room: RoomId,
-        before: Option<MessageId>,
-        limit: u32,
-    ) -> StoreFuture<'_, HistoryPage> {
-        Box::pin(self.history_query(room, before, limit))
-    }
-
-    fn read_chunk(
-        &self,
-        room: RoomId,
-        _reader: UserId,
-        since: DateTime<Utc>,
-    ) -> StoreFuture<'_, ReadChunk> {
-        Box::pin(self.read_chunk_query(room, since))
-    }
-
-    fn mark_read(
-        &self,
-        room: RoomId,
-        user: UserId,
-        ids: Vec<MessageId>,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'_, u64> {
-        Box::pin(self.mark_read_query(room, user, ids, at))
-    }
-
-    fn react(
-        &self,
-        message: MessageId,
-        user: UserId,
-        reaction: String,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'_, bool> {
-        Box::pin(self.react_query(message, user, reaction, at))
-    }
-
-    fn message_room(&self, message: MessageId) -> StoreFuture<'_, RoomId> {
-        Box::pin(self.message_room_query(message))
-    }
-
-    fn register_device(
-        &self,
-        user: UserId,
-        token: String,
-        platform: Platform,
-        at: DateTime<Utc>,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(self.register_device_query(user, token, platform, at))
-    }
-
-    fn delete_device(&self, user: UserId, token: String, at: DateTime<Utc>) -> StoreFuture<'_, ()> {
-        Box::pin(self.delete_device_query(user, token, at))
-    }
-
-    fn devices(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceToken>> {
-        Box::pin(self.devices_query(user))
-    }
-}
 
 #[cfg(test)]
 mod tests {

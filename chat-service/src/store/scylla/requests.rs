@@ -50,7 +50,169 @@ impl CqlStore {
         Ok(())
     }
 
-    pub(super) async fn create_room_query(&self, room: NewRoom) -> StoreResult<RoomView> {
+    /// The user's unread counter for the room; 0 when never written. A counter below 0 (a
+    /// decrement whose increment was lost: counters are at most once) reads as 0.
+    pub(super) async fn unread_count(&self, room: RoomId, user: UserId) -> StoreResult<u64> {
+        let row = first_row::<(Option<scylla::value::Counter>,)>(
+            self.exec(&self.st.select_unread, (user.0, room.0)).await?,
+        )?;
+        let count = row.and_then(|(c,)| c).map_or(0, |c| c.0);
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// A room's details. A row with only `last_message_at` is no room: a message for a room
+    /// this store never received (created before dual-write, not backfilled yet) updates it.
+    pub(super) async fn room_row(&self, room: RoomId) -> StoreResult<RoomRow> {
+        type Partial = (Option<String>, Option<String>, Option<i64>, Option<i64>);
+        match first_row::<Partial>(self.exec(&self.st.select_room, (room.0,)).await?)? {
+            Some((Some(name), Some(room_type), Some(created_at), last)) => {
+                Ok((name, room_type, created_at, last))
+            }
+            _ => Err(StoreError::NotFound(format!("room {room}"))),
+        }
+    }
+
+    /// Current members, ascending (the clustering order).
+    pub(super) async fn members(&self, room: RoomId) -> StoreResult<Vec<UserId>> {
+        let rows =
+            rows::<(i32, Option<i64>)>(self.exec(&self.st.select_participants, (room.0,)).await?)?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, removed)| removed.is_none())
+            .map(|(u, _)| UserId(u))
+            .collect())
+    }
+
+    /// The user's rooms from `rooms_by_user`. A row without `type` is the remains of a row
+    /// deleted on leave that a concurrent send's fan-out updated again: not a membership.
+    pub(super) async fn user_rooms(
+        &self,
+        user: UserId,
+    ) -> StoreResult<Vec<(Uuid, String, String, i64, bool, Option<i64>)>> {
+        type Row = (
+            Uuid,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<bool>,
+            Option<i64>,
+        );
+        let rows = rows::<Row>(self.exec(&self.st.select_user_rooms, (user.0,)).await?)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, name, ty, created, pinned, last)| {
+                Some((
+                    id,
+                    name.unwrap_or_default(),
+                    ty?,
+                    created?,
+                    pinned.unwrap_or(false),
+                    last,
+                ))
+            })
+            .collect())
+    }
+
+    /// Whether `user` has a membership row in `room` without a leave time.
+    async fn is_current_member(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
+        Ok(matches!(
+            first_row::<(Option<i64>,)>(
+                self.exec(&self.st.select_participant, (room.0, user.0))
+                    .await?,
+            )?,
+            Some((None,))
+        ))
+    }
+
+    pub(super) async fn read_message(
+        &self,
+        room: RoomId,
+        id: MessageId,
+    ) -> StoreResult<Option<(i32, Vec<u8>, String, Option<bool>)>> {
+        first_row(
+            self.exec(&self.st.select_message, (room.0, timeuuid(id)))
+                .await?,
+        )
+    }
+
+    /// Last activity on the room and in each member's `rooms_by_user`; with `count`, +1 unread
+    /// for each member but the sender.
+    pub(super) async fn fan_out(&self, message: &NewMessage, count: bool) -> StoreResult<()> {
+        let ts = write_time(message);
+        let at = micros(message.created_at);
+        let room = message.room_id.0;
+        self.exec(&self.st.room_last_message, (ts, at, room))
+            .await?;
+        let members = self.members(message.room_id).await?;
+        let id = timeuuid(message.id);
+        let (sender, message_type, content) = (
+            message.sender_id.0,
+            message.message_type.as_str(),
+            message.content.as_slice(),
+        );
+        let mut writes = Vec::with_capacity(members.len() * 2);
+        for u in members.into_iter().map(|u| u.0) {
+            writes.push(futures::future::Either::Left(self.exec(
+                &self.st.user_room_last_message,
+                (ts, at, id, sender, message_type, content, u, room),
+            )));
+            if count && u != sender {
+                writes.push(futures::future::Either::Right(
+                    self.exec(&self.st.add_unread, (Counter(1), u, room)),
+                ));
+            }
+        }
+        futures::stream::iter(writes)
+            .buffer_unordered(FAN_OUT)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+}
+
+/// Whether the claim applied; if not, that the existing claim is this message's.
+pub(super) fn applied_claim(result: QueryResult, message: &NewMessage) -> StoreResult<bool> {
+    let rows = result.into_rows_result().map_err(decode)?;
+    let specs = rows.column_specs();
+    let col = |name: &str| specs.get_by_name(name).map(|(i, _)| i);
+    let row: scylla::value::Row = rows.first_row().map_err(decode)?;
+    let get = |i: Option<usize>| i.and_then(|i| row.columns.get(i).cloned().flatten());
+    use scylla::value::CqlValue;
+    match get(col("[applied]")) {
+        Some(CqlValue::Boolean(true)) => Ok(true),
+        Some(CqlValue::Boolean(false)) => {
+            let room = match get(col("room_id")) {
+                Some(CqlValue::Uuid(u)) => Some(u),
+                _ => None,
+            };
+            let sender = match get(col("sender_id")) {
+                Some(CqlValue::Int(s)) => Some(s),
+                _ => None,
+            };
+            if room != Some(message.room_id.0) || sender != Some(message.sender_id.0) {
+                return Err(StoreError::Conflict(format!(
+                    "message id {} already belongs to another message",
+                    message.id
+                )));
+            }
+            Ok(false)
+        }
+        other => Err(decode(format!("[applied] is {other:?}"))),
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatStore for CqlStore {
+    fn database(&self) -> &'static str {
+        "scylladb"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.exec(&self.st.ping, ()).await?;
+        Ok(())
+    }
+
+    async fn create_room(&self, room: NewRoom) -> StoreResult<RoomView> {
         let created = micros(room.created_at);
         let members: Vec<_> = room
             .participants
@@ -107,44 +269,7 @@ impl CqlStore {
         })
     }
 
-    /// The user's unread counter for the room; 0 when never written. A counter below 0 (a
-    /// decrement whose increment was lost: counters are at most once) reads as 0.
-    pub(super) async fn unread_count(&self, room: RoomId, user: UserId) -> StoreResult<u64> {
-        let row = first_row::<(Option<scylla::value::Counter>,)>(
-            self.exec(&self.st.select_unread, (user.0, room.0)).await?,
-        )?;
-        let count = row.and_then(|(c,)| c).map_or(0, |c| c.0);
-        Ok(u64::try_from(count).unwrap_or(0))
-    }
-
-    /// A room's details. A row with only `last_message_at` is no room: a message for a room
-    /// this store never received (created before dual-write, not backfilled yet) updates it.
-    pub(super) async fn room_row(&self, room: RoomId) -> StoreResult<RoomRow> {
-        type Partial = (Option<String>, Option<String>, Option<i64>, Option<i64>);
-        match first_row::<Partial>(self.exec(&self.st.select_room, (room.0,)).await?)? {
-            Some((Some(name), Some(room_type), Some(created_at), last)) => {
-                Ok((name, room_type, created_at, last))
-            }
-            _ => Err(StoreError::NotFound(format!("room {room}"))),
-        }
-    }
-
-    /// Current members, ascending (the clustering order).
-    pub(super) async fn members(&self, room: RoomId) -> StoreResult<Vec<UserId>> {
-        let rows =
-            rows::<(i32, Option<i64>)>(self.exec(&self.st.select_participants, (room.0,)).await?)?;
-        Ok(rows
-            .into_iter()
-            .filter(|(_, removed)| removed.is_none())
-            .map(|(u, _)| UserId(u))
-            .collect())
-    }
-
-    pub(super) async fn get_room_query(
-        &self,
-        room: RoomId,
-        viewer: UserId,
-    ) -> StoreResult<RoomView> {
+    async fn get_room(&self, room: RoomId, viewer: UserId) -> StoreResult<RoomView> {
         let pinned = async {
             Ok(first_row::<(Option<bool>,)>(
                 self.exec(&self.st.select_user_room, (viewer.0, room.0))
@@ -177,11 +302,7 @@ impl CqlStore {
         })
     }
 
-    pub(super) async fn room_access_query(
-        &self,
-        room: RoomId,
-        user: UserId,
-    ) -> StoreResult<RoomAccess> {
+    async fn room_access(&self, room: RoomId, user: UserId) -> StoreResult<RoomAccess> {
         let member = async {
             first_row::<(Option<i64>, Option<String>)>(
                 self.exec(&self.st.select_participant_role, (room.0, user.0))
@@ -198,37 +319,7 @@ impl CqlStore {
         })
     }
 
-    /// The user's rooms from `rooms_by_user`. A row without `type` is the remains of a row
-    /// deleted on leave that a concurrent send's fan-out updated again: not a membership.
-    pub(super) async fn user_rooms(
-        &self,
-        user: UserId,
-    ) -> StoreResult<Vec<(Uuid, String, String, i64, bool, Option<i64>)>> {
-        type Row = (
-            Uuid,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<bool>,
-            Option<i64>,
-        );
-        let rows = rows::<Row>(self.exec(&self.st.select_user_rooms, (user.0,)).await?)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id, name, ty, created, pinned, last)| {
-                Some((
-                    id,
-                    name.unwrap_or_default(),
-                    ty?,
-                    created?,
-                    pinned.unwrap_or(false),
-                    last,
-                ))
-            })
-            .collect())
-    }
-
-    pub(super) async fn rooms_for_user_query(
+    async fn rooms_for_user(
         &self,
         user: UserId,
         page: PageRequest,
@@ -266,7 +357,7 @@ impl CqlStore {
         Ok((views, total))
     }
 
-    pub(super) async fn room_ids_query(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
+    async fn room_ids_for_user(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
         Ok(self
             .user_rooms(user)
             .await?
@@ -275,23 +366,7 @@ impl CqlStore {
             .collect())
     }
 
-    /// Whether `user` has a membership row in `room` without a leave time.
-    async fn is_current_member(&self, room: RoomId, user: UserId) -> StoreResult<bool> {
-        Ok(matches!(
-            first_row::<(Option<i64>,)>(
-                self.exec(&self.st.select_participant, (room.0, user.0))
-                    .await?,
-            )?,
-            Some((None,))
-        ))
-    }
-
-    pub(super) async fn leave_room_query(
-        &self,
-        room: RoomId,
-        user: UserId,
-        at: DateTime<Utc>,
-    ) -> StoreResult<bool> {
+    async fn leave_room(&self, room: RoomId, user: UserId, at: DateTime<Utc>) -> StoreResult<bool> {
         // The LWT's condition on a missing row would insert one: check existence first.
         if !self.is_current_member(room, user).await? {
             return Ok(false);
@@ -309,7 +384,7 @@ impl CqlStore {
 
     /// Only for a current member: an update on a room the user left would create a row of the
     /// user's room list holding nothing but the pin (such a row is never listed: no type).
-    pub(super) async fn set_pinned_query(
+    async fn set_pinned(
         &self,
         room: RoomId,
         user: UserId,
@@ -324,59 +399,6 @@ impl CqlStore {
         Ok(true)
     }
 
-    pub(super) async fn register_device_query(
-        &self,
-        user: UserId,
-        token: String,
-        platform: Platform,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        let us = micros(at);
-        self.exec(
-            &self.st.register_device,
-            (user.0, token, platform.as_str(), us, us),
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub(super) async fn delete_device_query(
-        &self,
-        user: UserId,
-        token: String,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        self.exec(&self.st.delete_device, (micros(at), user.0, token))
-            .await?;
-        Ok(())
-    }
-
-    pub(super) async fn devices_query(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
-        let found: Vec<(String, String, i64)> =
-            rows(self.exec(&self.st.select_devices, (user.0,)).await?)?;
-        found
-            .into_iter()
-            .map(|(token, platform, registered_at)| {
-                Ok(DeviceToken {
-                    platform: Platform::stored(user, &platform)?,
-                    token,
-                    registered_at: from_micros(registered_at)?,
-                })
-            })
-            .collect()
-    }
-
-    pub(super) async fn read_message(
-        &self,
-        room: RoomId,
-        id: MessageId,
-    ) -> StoreResult<Option<(i32, Vec<u8>, String, Option<bool>)>> {
-        first_row(
-            self.exec(&self.st.select_message, (room.0, timeuuid(id)))
-                .await?,
-        )
-    }
-
     /// Idempotent by id. The claim (`message_rooms ... IF NOT EXISTS`, a lightweight
     /// transaction on the message's own partition, so concurrent sends in one room do not
     /// contend) decides whether this is the first write:
@@ -387,10 +409,7 @@ impl CqlStore {
     ///   that failed half-way), the counters are not (a counter increment is not idempotent).
     ///   So unread counters are at-most-once: a first write that died after the claim and
     ///   before its counter updates leaves them one short, never double.
-    pub(super) async fn insert_message_query(
-        &self,
-        message: NewMessage,
-    ) -> StoreResult<StoredMessage> {
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<StoredMessage> {
         let claim = self
             .exec(
                 &self.st.claim_message,
@@ -436,43 +455,10 @@ impl CqlStore {
         Ok(message.into())
     }
 
-    /// Last activity on the room and in each member's `rooms_by_user`; with `count`, +1 unread
-    /// for each member but the sender.
-    pub(super) async fn fan_out(&self, message: &NewMessage, count: bool) -> StoreResult<()> {
-        let ts = write_time(message);
-        let at = micros(message.created_at);
-        let room = message.room_id.0;
-        self.exec(&self.st.room_last_message, (ts, at, room))
-            .await?;
-        let members = self.members(message.room_id).await?;
-        let id = timeuuid(message.id);
-        let (sender, message_type, content) = (
-            message.sender_id.0,
-            message.message_type.as_str(),
-            message.content.as_slice(),
-        );
-        let mut writes = Vec::with_capacity(members.len() * 2);
-        for u in members.into_iter().map(|u| u.0) {
-            writes.push(futures::future::Either::Left(self.exec(
-                &self.st.user_room_last_message,
-                (ts, at, id, sender, message_type, content, u, room),
-            )));
-            if count && u != sender {
-                writes.push(futures::future::Either::Right(
-                    self.exec(&self.st.add_unread, (Counter(1), u, room)),
-                ));
-            }
-        }
-        futures::stream::iter(writes)
-            .buffer_unordered(FAN_OUT)
-            .try_collect::<Vec<_>>()
-            .await?;
-        Ok(())
-    }
-
-    pub(super) async fn history_query(
+    async fn history(
         &self,
         room: RoomId,
+        _viewer: UserId,
         before: Option<MessageId>,
         limit: u32,
     ) -> StoreResult<HistoryPage> {
@@ -537,9 +523,10 @@ impl CqlStore {
     /// The messages a `since` marker covers: oldest first from `since`, deleted ones left out
     /// (PostgreSQL's index leaves them out too), pages read until the chunk and one message past
     /// it are found or the room ends.
-    pub(super) async fn read_chunk_query(
+    async fn read_chunk(
         &self,
         room: RoomId,
+        _reader: UserId,
         since: DateTime<Utc>,
     ) -> StoreResult<ReadChunk> {
         type Row = (CqlTimeuuid, i32, Option<bool>);
@@ -581,7 +568,7 @@ impl CqlStore {
 
     /// Read markers are written after reading which exist; two concurrent marks of the same
     /// messages by the same member may both count them (the markers themselves stay exact).
-    pub(super) async fn mark_read_query(
+    async fn mark_read(
         &self,
         room: RoomId,
         user: UserId,
@@ -650,7 +637,7 @@ impl CqlStore {
         Ok(n)
     }
 
-    pub(super) async fn react_query(
+    async fn react(
         &self,
         message: MessageId,
         user: UserId,
@@ -666,7 +653,7 @@ impl CqlStore {
         )
     }
 
-    pub(super) async fn message_room_query(&self, message: MessageId) -> StoreResult<RoomId> {
+    async fn message_room(&self, message: MessageId) -> StoreResult<RoomId> {
         let not_found = || StoreError::NotFound(format!("message {message}"));
         if message.0.get_version_num() != 1 {
             return Err(not_found());
@@ -682,35 +669,46 @@ impl CqlStore {
             _ => Err(not_found()),
         }
     }
-}
 
-/// Whether the claim applied; if not, that the existing claim is this message's.
-pub(super) fn applied_claim(result: QueryResult, message: &NewMessage) -> StoreResult<bool> {
-    let rows = result.into_rows_result().map_err(decode)?;
-    let specs = rows.column_specs();
-    let col = |name: &str| specs.get_by_name(name).map(|(i, _)| i);
-    let row: scylla::value::Row = rows.first_row().map_err(decode)?;
-    let get = |i: Option<usize>| i.and_then(|i| row.columns.get(i).cloned().flatten());
-    use scylla::value::CqlValue;
-    match get(col("[applied]")) {
-        Some(CqlValue::Boolean(true)) => Ok(true),
-        Some(CqlValue::Boolean(false)) => {
-            let room = match get(col("room_id")) {
-                Some(CqlValue::Uuid(u)) => Some(u),
-                _ => None,
-            };
-            let sender = match get(col("sender_id")) {
-                Some(CqlValue::Int(s)) => Some(s),
-                _ => None,
-            };
-            if room != Some(message.room_id.0) || sender != Some(message.sender_id.0) {
-                return Err(StoreError::Conflict(format!(
-                    "message id {} already belongs to another message",
-                    message.id
-                )));
-            }
-            Ok(false)
-        }
-        other => Err(decode(format!("[applied] is {other:?}"))),
+    async fn register_device(
+        &self,
+        user: UserId,
+        token: String,
+        platform: Platform,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let us = micros(at);
+        self.exec(
+            &self.st.register_device,
+            (user.0, token, platform.as_str(), us, us),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_device(
+        &self,
+        user: UserId,
+        token: String,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.exec(&self.st.delete_device, (micros(at), user.0, token))
+            .await?;
+        Ok(())
+    }
+
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceToken>> {
+        let found: Vec<(String, String, i64)> =
+            rows(self.exec(&self.st.select_devices, (user.0,)).await?)?;
+        found
+            .into_iter()
+            .map(|(token, platform, registered_at)| {
+                Ok(DeviceToken {
+                    platform: Platform::stored(user, &platform)?,
+                    token,
+                    registered_at: from_micros(registered_at)?,
+                })
+            })
+            .collect()
     }
 }
