@@ -27,14 +27,13 @@ use std::{
 };
 
 use scylla::client::{session::Session, session_builder::SessionBuilder};
-use tempfile::TempDir;
 
 use crate::{
     HarnessError,
     dirs::{cache_dir, temp_dir},
     ports::free_ports,
     process::locate_binary,
-    server::{Server, impl_test_server},
+    server::{Instance, Server, impl_test_server},
     shared::{shared, unique_name},
 };
 
@@ -115,13 +114,15 @@ const LOGBACK_XML: &str = r#"<configuration>
 /// Holds nothing bound to a tokio runtime, so one instance serves every test in a binary (see
 /// [`Cassandra::shared`]); give each test its own keyspace with
 /// [`create_keyspace`](Cassandra::create_keyspace).
+///
+/// Its temp dir holds `cassandra.yaml`, `logback.xml`, the JVM's output (`cassandra.log`) and
+/// the data (`data/`, `commitlog/`, ...). A stop kills the JVM: sessions lose their connections
+/// and queries fail until the restart (~10 s), whose commit log replay brings back every
+/// acknowledged write; existing sessions then reconnect by themselves. The restart blocks: in a
+/// test whose runtime also runs the code under test, call it through
+/// `tokio::task::spawn_blocking` (the shared node is `'static`).
 #[derive(Debug)]
-pub struct Cassandra {
-    // Fields drop in order: the JVM is killed before the temp dir goes.
-    server: Server,
-    addr: SocketAddr,
-    dir: TempDir,
-}
+pub struct Cassandra(Instance);
 
 impl Cassandra {
     /// The node shared by every test in this test binary, started on first use (a JVM with a
@@ -193,8 +194,8 @@ impl Cassandra {
         .timeout(READY_TIMEOUT)
         .poll(POLL)
         .start()?;
-        let cassandra = Self { server, addr, dir };
-        let pid = cassandra.server.pid();
+        let cassandra = Self(Instance { server, addr, dir });
+        let pid = cassandra.server().pid();
         tracing::info!(
             contact_point = %cassandra.contact_point(),
             %version,
@@ -209,23 +210,13 @@ impl Cassandra {
 
     /// `127.0.0.1:<port>`: the CQL native-protocol address, for `SessionBuilder::known_node`.
     pub fn contact_point(&self) -> String {
-        self.addr.to_string()
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Temp dir with `cassandra.yaml`, `logback.xml`, the JVM's output (`cassandra.log`) and the
-    /// data (`data/`, `commitlog/`, ...).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.0.addr.to_string()
     }
 
     /// A new session to this node, bound to the calling test's runtime.
     pub async fn session(&self) -> Result<Session, HarnessError> {
         SessionBuilder::new()
-            .known_node_addr(self.addr)
+            .known_node_addr(self.0.addr)
             .connection_timeout(PING_TIMEOUT)
             .build()
             .await
@@ -251,30 +242,9 @@ impl Cassandra {
         Ok(name)
     }
 
-    /// Kills the JVM (SIGKILL, like a crash of its host): sessions lose their connections and
-    /// queries fail until [`restart`](Self::restart). Data dir and ports stay.
-    pub fn stop(&self) {
-        self.server.stop();
-    }
-
-    /// Stops the node if running and starts it again on the same ports and data (the commit
-    /// log replay brings back every acknowledged write); blocks until it answers CQL again
-    /// (~10 s). Existing sessions reconnect by themselves.
-    ///
-    /// Blocking: in a test whose runtime also runs the code under test, call it through
-    /// `tokio::task::spawn_blocking` (the shared node is `'static`).
-    pub fn restart(&self) -> Result<(), HarnessError> {
-        self.server.restart()
-    }
-
     /// `cql://127.0.0.1:<port>`, for logs; clients take [`contact_point`](Self::contact_point).
     pub fn url(&self) -> String {
-        format!("cql://{}", self.addr)
-    }
-
-    /// The JVM process: pid and log.
-    pub fn server(&self) -> &Server {
-        &self.server
+        format!("cql://{}", self.0.addr)
     }
 
     fn cql_error(
@@ -290,7 +260,7 @@ impl Cassandra {
     }
 }
 
-impl_test_server!(Cassandra);
+impl_test_server!(Cassandra, 0);
 
 /// The Cassandra version and its `~/.cache/ficus/cassandra-<version>/lib` (see
 /// `scripts/fetch-cassandra.sh`), if complete.

@@ -3,35 +3,23 @@
 //! `scripts/install-deps.sh` installs it into a virtualenv under `~/.cache/ficus/moto-<ver>`;
 //! `$FICUS_MOTO` points at another `moto_server`. Each [`Moto`] is a fresh, empty account.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
-
-use tempfile::TempDir;
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use crate::{
     HarnessError,
-    dirs::{cache_dir, temp_dir},
-    ports::free_addr,
+    dirs::cache_dir,
     process::executable,
-    server::{Server, impl_test_server},
+    server::{Instance, Server, impl_test_server},
 };
 
 /// A Python server: its first start imports a lot.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_VERSION: &str = "5.2.5";
 
-/// A running moto server; dropping it kills the process and removes its directory.
+/// A running moto server; dropping it kills the process and removes its directory (with
+/// `moto.log`). moto keeps its state in memory: a restart comes up as a fresh, empty account.
 #[derive(Debug)]
-pub struct Moto {
-    // Fields drop in order: the process is killed before the temp dir goes.
-    server: Server,
-    addr: SocketAddr,
-    dir: TempDir,
-}
+pub struct Moto(Instance);
 
 impl Moto {
     /// A moto server with IAM not enforced.
@@ -42,52 +30,28 @@ impl Moto {
     /// With extra environment, e.g. `INITIAL_NO_AUTH_ACTION_COUNT` to enforce IAM policies
     /// after that many unauthenticated calls.
     pub fn start_with_env(env: &[(&str, &str)]) -> Result<Self, HarnessError> {
-        crate::init();
-        let bin = binary()?;
-        let dir = temp_dir()?;
-        let addr = free_addr()?;
         let env: Vec<(String, String)> = env
             .iter()
             .map(|&(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        let command = move || {
-            let mut cmd = Command::new(&bin);
-            cmd.args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
-                .envs(env.iter().map(|(k, v)| (k, v)));
-            cmd
-        };
-        let server = Server::builder("moto", dir.path().join("moto.log"), command)
-            .ready_on_http(addr, "/moto-api/")
-            .timeout(READY_TIMEOUT)
-            .start()?;
-        Ok(Self { server, addr, dir })
+        Instance::start(binary, |bin, dir, addr| {
+            let command = move || {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
+                    .envs(env.iter().map(|(k, v)| (k, v)));
+                cmd
+            };
+            Server::builder("moto", dir.join("moto.log"), command)
+                .ready_on_http(addr, "/moto-api/")
+                .timeout(READY_TIMEOUT)
+                .start()
+        })
+        .map(Self)
     }
 
     /// `http://127.0.0.1:<port>`: the endpoint URL for every AWS SDK client.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Temp dir with `moto.log`.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Kills the server (SIGKILL, like a crash): AWS calls fail until
-    /// [`restart`](Self::restart). moto keeps its state in memory, so that is lost.
-    pub fn stop(&self) {
-        self.server.stop();
-    }
-
-    /// Stops the server if running and starts it again on the same port, as a fresh, empty
-    /// account; blocks until it answers.
-    pub fn restart(&self) -> Result<(), HarnessError> {
-        self.server.restart()
-    }
-
-    /// The moto process: pid and log.
-    pub fn server(&self) -> &Server {
-        &self.server
+        format!("http://{}", self.0.addr)
     }
 
     /// The Python of moto's virtualenv (it has boto3), for setup the Rust SDKs here lack (IAM).
@@ -101,7 +65,7 @@ impl Moto {
     }
 }
 
-impl_test_server!(Moto);
+impl_test_server!(Moto, 0);
 
 fn binary() -> Result<PathBuf, HarnessError> {
     if let Some(bin) = std::env::var_os("FICUS_MOTO") {

@@ -25,14 +25,13 @@ use std::{
 };
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
-use tempfile::TempDir;
 
 use crate::{
     HarnessError,
     dirs::temp_dir,
     ports::free_addr,
     process::{executable, log_tail},
-    server::{Server, impl_test_server},
+    server::{Instance, Server, impl_test_server},
     shared::{shared, unique_name},
 };
 
@@ -49,13 +48,12 @@ const USER: &str = "postgres";
 /// Holds nothing bound to a tokio runtime, so one instance can serve every test in a binary
 /// (see [`Postgres::shared`]); give each test its own database with
 /// [`create_database`](Postgres::create_database).
+///
+/// Its temp dir holds the cluster (`data/`), the Unix socket dir (`sockets/`), `initdb.log` and
+/// `postgres.log`. A stop kills the server with all its backends, like a crash of its host; a
+/// restart replays the WAL, so every acknowledged commit is back.
 #[derive(Debug)]
-pub struct Postgres {
-    // Fields drop in order: the server is killed before the temp dir goes.
-    server: Server,
-    addr: SocketAddr,
-    dir: TempDir,
-}
+pub struct Postgres(Instance);
 
 /// The system user the server processes run as (when the tests run as root).
 #[derive(Debug, Clone, Copy)]
@@ -148,7 +146,7 @@ impl Postgres {
                 || tail.contains("lock file \"postmaster.pid\" already exists")
         })
         .start()?;
-        let pg = Self { server, addr, dir };
+        let pg = Self(Instance { server, addr, dir });
         tracing::info!(
             url = %pg.url(),
             dir = %pg.dir().display(),
@@ -167,21 +165,11 @@ impl Postgres {
 
     /// The URL of database `name` on this server (the database need not exist).
     pub fn database_url(&self, name: &str) -> String {
-        format!("postgres://{USER}@{}/{name}", self.addr)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        format!("postgres://{USER}@{}/{name}", self.0.addr)
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Temp dir with the cluster (`data/`), the Unix socket dir (`sockets/`), `initdb.log` and
-    /// `postgres.log`.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.0.addr.port()
     }
 
     /// Creates a fresh, empty database named `<prefix>_<pid>_<n>` (made identifier-safe, at
@@ -210,27 +198,9 @@ impl Postgres {
         tracing::debug!(%name, "created database");
         Ok(self.database_url(&name))
     }
-
-    /// Kills the server and all its backends (SIGKILL, like a crash of its host): open
-    /// connections break, new ones are refused. Data dir and port stay for
-    /// [`restart`](Self::restart).
-    pub fn stop(&self) {
-        self.server.stop();
-    }
-
-    /// Stops the server if running and starts it again on the same port and data (crash
-    /// recovery replays the WAL: every acknowledged commit is back); blocks until it answers.
-    pub fn restart(&self) -> Result<(), HarnessError> {
-        self.server.restart()
-    }
-
-    /// The postmaster process: pid and log.
-    pub fn server(&self) -> &Server {
-        &self.server
-    }
 }
 
-impl_test_server!(Postgres);
+impl_test_server!(Postgres, 0);
 
 /// `$FICUS_PG_BIN`, else the `bin` dir of the newest version under `/usr/lib/postgresql`.
 fn bin_dir() -> Result<PathBuf, HarnessError> {

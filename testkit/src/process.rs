@@ -178,3 +178,20 @@ pub(crate) fn locate_binary(
             ))
         })
 }
+
+/// [`locate_binary`], falling back to `fallback` when `$env_var` is unset: where a Debian
+/// package installs a server off a non-root user's `PATH` (`/usr/sbin`).
+pub(crate) fn locate_binary_or(
+    component: &str,
+    env_var: &str,
+    name: &str,
+    fallback: &'static str,
+) -> Result<PathBuf, HarnessError> {
+    match locate_binary(component, env_var, name) {
+        Err(e) if env::var_os(env_var).is_none() && executable(Path::new(fallback)) => {
+            tracing::debug!("{e}; using {fallback}");
+            Ok(fallback.into())
+        }
+        found => found,
+    }
+}

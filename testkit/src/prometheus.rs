@@ -7,21 +7,15 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
-    path::Path,
     time::{Duration, Instant},
 };
 
 use serde::Deserialize;
-use tempfile::TempDir;
 
 use crate::{
-    HarnessError,
-    dirs::temp_dir,
-    http,
-    ports::free_addr,
+    HarnessError, http,
     process::locate_binary,
-    server::{Server, command, impl_test_server},
+    server::{Instance, Server, command, impl_test_server},
 };
 
 /// How often the waits for scraped data ask again.
@@ -47,14 +41,13 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// A running Prometheus; dropping it kills the process and removes its directory.
+/// A running Prometheus; dropping it kills the process and removes its directory (with
+/// `prometheus.yml`, `rules.yml`, the TSDB in `data/` and `prometheus.log`). A restart keeps
+/// config and data.
 #[derive(Debug)]
 pub struct Prometheus {
-    // Fields drop in order: the process is killed before the temp dir goes.
-    server: Server,
+    instance: Instance,
     targets: usize,
-    addr: SocketAddr,
-    dir: TempDir,
 }
 
 impl Prometheus {
@@ -63,86 +56,52 @@ impl Prometheus {
     /// The binary is `$FICUS_PROMETHEUS`, else `prometheus` on `PATH`; without one this is
     /// [`HarnessError::Missing`]. Callable from inside a tokio runtime.
     pub fn start(config: PrometheusConfig) -> Result<Self, HarnessError> {
-        crate::init();
-        let bin = locate_binary("prometheus", "FICUS_PROMETHEUS", "prometheus")?;
-        let dir = temp_dir()?;
-        let addr = free_addr()?;
-
         let targets = config.targets.len();
-        let mut yml = serde_json::json!({
-            "global": {
-                "scrape_interval": "1s",
-                // The default (10s) must not exceed the interval.
-                "scrape_timeout": "1s",
-                "evaluation_interval": "1s",
-            },
-            "scrape_configs": [{
-                "job_name": "test",
-                "static_configs": [{"targets": config.targets, "labels": config.labels}],
-            }],
-        });
-        if let Some(rules) = &config.rules {
-            let path = dir.path().join("rules.yml");
-            std::fs::write(&path, rules).map_err(HarnessError::io("writing", &path))?;
-            yml["rule_files"] = serde_json::json!([path]);
-        }
-        if let Some(am) = &config.alertmanager {
-            yml["alerting"] = serde_json::json!({
-                "alertmanagers": [{"static_configs": [{"targets": [am]}]}],
+        let locate = || locate_binary("prometheus", "FICUS_PROMETHEUS", "prometheus");
+        let instance = Instance::start(locate, |bin, dir, addr| {
+            let mut yml = serde_json::json!({
+                "global": {
+                    "scrape_interval": "1s",
+                    // The default (10s) must not exceed the interval.
+                    "scrape_timeout": "1s",
+                    "evaluation_interval": "1s",
+                },
+                "scrape_configs": [{
+                    "job_name": "test",
+                    "static_configs": [{"targets": config.targets, "labels": config.labels}],
+                }],
             });
-        }
-        // JSON is YAML, and serde_json gets the quoting right.
-        let config_file = dir.path().join("prometheus.yml");
-        std::fs::write(&config_file, yml.to_string())
-            .map_err(HarnessError::io("writing", &config_file))?;
+            if let Some(rules) = &config.rules {
+                let path = dir.join("rules.yml");
+                std::fs::write(&path, rules).map_err(HarnessError::io("writing", &path))?;
+                yml["rule_files"] = serde_json::json!([path]);
+            }
+            if let Some(am) = &config.alertmanager {
+                yml["alerting"] = serde_json::json!({
+                    "alertmanagers": [{"static_configs": [{"targets": [am]}]}],
+                });
+            }
+            // JSON is YAML, and serde_json gets the quoting right.
+            let config_file = dir.join("prometheus.yml");
+            std::fs::write(&config_file, yml.to_string())
+                .map_err(HarnessError::io("writing", &config_file))?;
 
-        let args = vec![
-            format!("--config.file={}", config_file.display()),
-            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address={addr}"),
-        ];
-        let log = dir.path().join("prometheus.log");
-        let server = Server::builder("prometheus", log, command(bin, args))
-            .ready_on_http(addr, "/-/ready")
-            .start()?;
-        Ok(Self {
-            server,
-            targets,
-            addr,
-            dir,
-        })
+            let args = vec![
+                format!("--config.file={}", config_file.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address={addr}"),
+            ];
+            let log = dir.join("prometheus.log");
+            Server::builder("prometheus", log, command(bin, args))
+                .ready_on_http(addr, "/-/ready")
+                .start()
+        })?;
+        Ok(Self { instance, targets })
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Temp dir with `prometheus.yml`, `rules.yml`, the TSDB (`data/`) and `prometheus.log`.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Kills Prometheus (SIGKILL, like a crash). Its data dir and port stay for [`restart`].
-    ///
-    /// [`restart`]: Self::restart
-    pub fn stop(&self) {
-        self.server.stop();
-    }
-
-    /// Stops Prometheus if running and starts it again on the same port with the same config
-    /// and data; blocks until it is ready.
-    pub fn restart(&self) -> Result<(), HarnessError> {
-        self.server.restart()
-    }
-
-    /// The Prometheus process: pid and log.
-    pub fn server(&self) -> &Server {
-        &self.server
+        format!("http://{}", self.instance.addr)
     }
 
     /// Runs the instant query `promql` (at the current time) once.
@@ -151,9 +110,9 @@ impl Prometheus {
     /// [`HarnessError::is_connection_refused`]); a query error gives [`HarnessError::Response`].
     pub async fn query(&self, promql: &str) -> Result<Vec<Sample>, HarnessError> {
         let path = format!("/api/v1/query?query={}", http::encode(promql));
-        let response = http::get(self.addr, &path)
+        let response = http::get(self.instance.addr, &path)
             .await
-            .map_err(http::request_error(self.addr, &path))?;
+            .map_err(http::request_error(self.instance.addr, &path))?;
         parse_query(&response.body).map_err(|reason| HarnessError::Response {
             url: format!("{}{path}", self.url()),
             reason: format!("HTTP {}: {reason}", response.status),
@@ -180,7 +139,7 @@ impl Prometheus {
         const PATH: &str = "/api/v1/targets?state=active";
         let deadline = Instant::now() + timeout;
         loop {
-            let last = match http::get(self.addr, PATH).await {
+            let last = match http::get(self.instance.addr, PATH).await {
                 Ok(r) => match serde_json::from_str::<Answer>(&r.body) {
                     Ok(a)
                         if a.data.active_targets.len() >= self.targets
@@ -242,7 +201,7 @@ impl Prometheus {
     }
 }
 
-impl_test_server!(Prometheus);
+impl_test_server!(Prometheus, instance);
 
 /// Parses a `/api/v1/query` answer (vector or scalar) into samples, or says what is wrong.
 fn parse_query(body: &str) -> Result<Vec<Sample>, String> {

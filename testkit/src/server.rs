@@ -8,7 +8,7 @@
 //!     cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
 //!     cmd
 //! })
-//! .ready_when(format!("INFO on {addr}"), move || greeting(addr))
+//! .ready_on_line(format!("INFO on {addr}"), addr, b"", |l| l.starts_with("INFO {"))
 //! .start()?;
 //! server.stop();      // SIGKILL; the port stays free for the restart
 //! server.restart()?;  // same command, blocks until the probe answers again
@@ -16,17 +16,22 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
+use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 use crate::{
-    HarnessError, http,
+    HarnessError,
+    dirs::temp_dir,
+    http,
+    ports::free_addr,
     process::{Proc, log_tail},
 };
 
@@ -44,9 +49,40 @@ pub trait TestServer {
     fn restart(&self) -> Result<(), HarnessError>;
 }
 
-/// Implements [`TestServer`] through the type's inherent `url`, `dir`, `stop` and `restart`.
+/// Gives a server type whose [`Instance`] is in field `$field` the inherent `addr`, `dir`,
+/// `stop`, `restart` and `server` every single-process server has, and [`TestServer`] through
+/// them and the type's own `url`. What survives a restart differs: each type's docs say.
 macro_rules! impl_test_server {
-    ($server:ty) => {
+    ($server:ty, $field:tt) => {
+        impl $server {
+            /// Where it listens: `<host>:<port>`.
+            pub fn addr(&self) -> ::std::net::SocketAddr {
+                self.$field.addr
+            }
+
+            /// Its temp dir: config, data and log.
+            pub fn dir(&self) -> &::std::path::Path {
+                self.$field.dir.path()
+            }
+
+            /// Kills it (SIGKILL, like a crash): connections drop and new ones are refused. Its
+            /// port and temp dir stay for [`restart`](Self::restart).
+            pub fn stop(&self) {
+                self.$field.server.stop();
+            }
+
+            /// Stops it if running and starts it again on the same port, config and data; blocks
+            /// until it is ready.
+            pub fn restart(&self) -> Result<(), $crate::HarnessError> {
+                self.$field.server.restart()
+            }
+
+            /// Its process: pid and log.
+            pub fn server(&self) -> &$crate::Server {
+                &self.$field.server
+            }
+        }
+
         impl $crate::server::TestServer for $server {
             fn url(&self) -> String {
                 <$server>::url(self)
@@ -65,12 +101,41 @@ macro_rules! impl_test_server {
 }
 pub(crate) use impl_test_server;
 
+/// A running single-process server as the server types hold it: the process, where it listens
+/// and its temp dir.
+#[derive(Debug)]
+pub(crate) struct Instance {
+    // Fields drop in order: the process is killed before the temp dir goes.
+    pub(crate) server: Server,
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: TempDir,
+}
+
+impl Instance {
+    /// Finds what to run with `locate` (so a missing binary creates no files), then has `start`
+    /// start the server in a fresh temp dir on a free loopback port. Callable from inside a
+    /// tokio runtime.
+    pub(crate) fn start<B>(
+        locate: impl FnOnce() -> Result<B, HarnessError>,
+        start: impl FnOnce(B, &Path, SocketAddr) -> Result<Server, HarnessError>,
+    ) -> Result<Self, HarnessError> {
+        crate::init();
+        let found = locate()?;
+        let dir = temp_dir()?;
+        let addr = free_addr()?;
+        let server = start(found, dir.path(), addr)?;
+        Ok(Self { server, addr, dir })
+    }
+}
+
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_POLL: Duration = Duration::from_millis(20);
 /// How much of the log a startup error carries.
 const ERROR_TAIL: usize = 40;
 /// How much of the log [`ServerBuilder::respawn_when`] looks at.
 const RESPAWN_TAIL: usize = 5;
+/// Per-attempt connect/read timeout of [`ServerBuilder::ready_on_line`]; all is on loopback.
+const LINE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Probe = Box<dyn Fn(&Runtime) -> Result<(), String> + Send + Sync>;
 
@@ -280,6 +345,22 @@ impl ServerBuilder {
         )
     }
 
+    /// Ready once a new connection to `addr`, sent `request` (may be empty), gets a first line
+    /// that `accept`s, e.g. a greeting or the answer to a ping.
+    pub fn ready_on_line(
+        self,
+        waiting_for: impl Into<String>,
+        addr: SocketAddr,
+        request: &'static [u8],
+        accept: fn(&str) -> bool,
+    ) -> Self {
+        self.ready_when(waiting_for, move || match first_line(addr, request) {
+            Ok(line) if accept(&line) => Ok(()),
+            Ok(line) => Err(format!("unexpected answer {line:?}")),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
     /// How long a start or restart may take before it fails.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -340,6 +421,17 @@ pub fn command(bin: PathBuf, args: Vec<String>) -> impl Fn() -> Command + Send +
         cmd.args(&args);
         cmd
     }
+}
+
+/// Sends `request` on a new connection to `addr` and reads the first line of the answer.
+fn first_line(addr: SocketAddr, request: &[u8]) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, LINE_TIMEOUT)?;
+    stream.set_read_timeout(Some(LINE_TIMEOUT))?;
+    stream.write_all(request)?;
+    let mut line = String::new();
+    // A line is well under 4 KiB; the cap only guards against a runaway peer.
+    BufReader::new(stream.take(64 << 10)).read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
 }
 
 /// Runs `work` on a fresh current-thread runtime on another thread and waits for it.
@@ -489,6 +581,42 @@ mod tests {
             .start()
             .unwrap();
         assert_eq!(server.log_tail(5), "leftover\nup");
+    }
+
+    #[test]
+    fn a_line_probe_sends_its_request_and_checks_the_first_line() {
+        // A peer that answers `PING` with `+PONG` and anything else with `-ERR`.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                let answer: &[u8] = if line == "PING\r\n" {
+                    b"+PONG\r\n"
+                } else {
+                    b"-ERR\r\n"
+                };
+                (&stream).write_all(answer).unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        sh(dir.path(), "exec sleep 600")
+            .ready_on_line("PONG", addr, b"PING\r\n", |l| l == "+PONG")
+            .start()
+            .unwrap();
+        let err = sh(dir.path(), "exec sleep 600")
+            .ready_on_line("PONG", addr, b"HELLO\r\n", |l| l == "+PONG")
+            .timeout(Duration::from_millis(100))
+            .start()
+            .unwrap_err();
+        let HarnessError::Startup { reason, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(
+            reason.ends_with(r#"last answer: unexpected answer "-ERR""#),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -3,21 +3,16 @@
 //! through its HTTP API while traffic flows. The live scenario suite puts one between the
 //! chat-service instances and the CQL store.
 
-use std::{
-    env,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::{env, net::SocketAddr, path::PathBuf};
 
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 use crate::{
     HarnessError,
-    dirs::{cache_dir, temp_dir},
+    dirs::cache_dir,
     http,
     ports::free_addr,
-    server::{Server, command, impl_test_server},
+    server::{Instance, Server, command, impl_test_server},
 };
 
 const DEFAULT_VERSION: &str = "v2.5.0";
@@ -54,13 +49,11 @@ impl Toxic {
     }
 }
 
-/// A running Toxiproxy server; dropping it kills the process (and every proxy).
+/// A running Toxiproxy server; dropping it kills the process (and every proxy). Its proxies
+/// live in its memory: a stop drops every proxied connection and a restart comes up without
+/// proxies (create them again). [`addr`](Self::addr) is its API.
 #[derive(Debug)]
-pub struct Toxiproxy {
-    server: Server,
-    api: SocketAddr,
-    dir: TempDir,
-}
+pub struct Toxiproxy(Instance);
 
 /// One proxy of a [`Toxiproxy`]: `listen` forwards to `upstream`.
 #[derive(Clone, Debug)]
@@ -77,47 +70,28 @@ impl Toxiproxy {
     /// The binary is `$FICUS_TOXIPROXY`, else the cached build of
     /// `scripts/build-toxiproxy.sh`; without one this is [`HarnessError::Missing`].
     pub fn start() -> Result<Self, HarnessError> {
-        crate::init();
-        let bin = locate()?;
-        let dir = temp_dir()?;
-        let api = free_addr()?;
-        let args = ["-host", "127.0.0.1", "-port", &api.port().to_string()].map(String::from);
-        let server = Server::builder(
-            "toxiproxy",
-            dir.path().join("toxiproxy.log"),
-            command(bin, args.into()),
-        )
-        .ready_on_http(api, "/version")
-        .start()?;
-        Ok(Self { server, api, dir })
+        Instance::start(locate, |bin, dir, api| {
+            let args = ["-host", "127.0.0.1", "-port", &api.port().to_string()].map(String::from);
+            let log = dir.join("toxiproxy.log");
+            Server::builder("toxiproxy", log, command(bin, args.into()))
+                .ready_on_http(api, "/version")
+                .start()
+        })
+        .map(Self)
     }
 
     /// `http://127.0.0.1:<port>` of the API.
     pub fn url(&self) -> String {
-        format!("http://{}", self.api)
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Kills the server: every proxied connection drops.
-    pub fn stop(&self) {
-        self.server.stop();
-    }
-
-    /// Starts it again (its proxies are gone: create them again).
-    pub fn restart(&self) -> Result<(), HarnessError> {
-        self.server.restart()
+        format!("http://{}", self.0.addr)
     }
 
     /// A proxy on a free loopback port to `upstream`.
     pub fn proxy(&self, name: &str, upstream: SocketAddr) -> Result<Proxy, HarnessError> {
         let listen = free_addr()?;
         let body = json!({ "name": name, "listen": listen.to_string(), "upstream": upstream.to_string(), "enabled": true });
-        call(self.api, "POST", "/proxies", &body)?;
+        call(self.0.addr, "POST", "/proxies", &body)?;
         Ok(Proxy {
-            api: self.api,
+            api: self.0.addr,
             name: name.to_owned(),
             listen,
             upstream,
@@ -161,7 +135,7 @@ impl Proxy {
     }
 }
 
-impl_test_server!(Toxiproxy);
+impl_test_server!(Toxiproxy, 0);
 
 /// One API call; a status of 300 or above is an error carrying the reply.
 fn call(api: SocketAddr, method: &str, path: &str, body: &Value) -> Result<String, HarnessError> {
