@@ -10,7 +10,7 @@
 use crate::policy::Policy;
 use crate::reason::{Reason, Reasoned};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -265,6 +265,7 @@ async fn observe(
     status: &MigrationStatus,
     ctx: &Context,
     now: Timestamp,
+    analysis: &mut Duration,
 ) -> (Observations, bool) {
     let mut obs = Observations {
         generation: t.mig.metadata.generation.unwrap_or(0),
@@ -312,7 +313,9 @@ async fn observe(
             );
         }
     }
+    let analysing = Instant::now();
     analyse(t, status, ctx, now, &mut obs).await;
+    *analysis += analysing.elapsed();
     (obs, flags_readable)
 }
 
@@ -465,7 +468,20 @@ fn refused(mig: &Migration, ctx: &Context) -> Option<Problem> {
     Some(Problem::new(Reason::PolicyRefused, message.join("; ")))
 }
 
+/// Decides and applies, recording the time it took (see [`Metrics::reconciled`]).
 async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
+    let started = Instant::now();
+    let mut analysis = Duration::ZERO;
+    let result = decide_and_apply(mig, ctx, &mut analysis).await;
+    ctx.metrics.reconciled(started.elapsed(), analysis);
+    result
+}
+
+async fn decide_and_apply(
+    mig: &Migration,
+    ctx: &Context,
+    analysis: &mut Duration,
+) -> Result<Action, Error> {
     // Before anything is observed: observing already calls Prometheus, SSM and ECS.
     if let Some(problem) = refused(mig, ctx) {
         warn!(migration = %mig.name_any(), "{}", problem.message);
@@ -478,7 +494,7 @@ async fn apply(mig: &Migration, ctx: &Context) -> Result<Action, Error> {
     let t = Targets::new(mig, ctx).await?;
     let current = mig.status.clone().unwrap_or_default();
     let now = Timestamp::now();
-    let (mut obs, flags_readable) = observe(&t, &current, ctx, now).await;
+    let (mut obs, flags_readable) = observe(&t, &current, ctx, now, analysis).await;
     // A write refused in an earlier reconcile stands until a reconcile's writes all succeed.
     // Without this the next reconcile (which observes no problem) would clear Degraded, be
     // refused again and set it: two status writes per round, each waking the next round.
