@@ -2,8 +2,9 @@
 //! API of an in-process chat-service on each store alone and through the router with
 //! `dual_write = sync` and `async` (legacy primary), under two loads in the same run:
 //!
-//! - **light**: `BENCH_LIGHT_USERS` (4) users, each waiting `BENCH_THINK_MS` (25) between sends,
-//!   so the machine is not saturated (the CPU busy share of each phase is printed);
+//! - **light**: `BENCH_LIGHT_USERS` (4) users, each waiting `BENCH_THINK_MS` (100) between
+//!   sends, so the machine is not saturated (the CPU busy share of each phase is printed, and the
+//!   Cassandra node's share of it: a CQL send costs the node far more than a PostgreSQL one);
 //! - **saturation**: `BENCH_CONCURRENCY` (16) users with no think time.
 //!
 //! Then the ratios the router is held to: sync p99 against the slower store alone, async p99
@@ -72,6 +73,8 @@ struct Row {
     setting: Setting,
     report: RunReport,
     cpu_busy: f64,
+    /// The Cassandra node's share of the machine's CPU time in the phase.
+    cpu_cql: f64,
     in_legacy: i64,
     in_new: Option<i64>,
 }
@@ -80,6 +83,22 @@ impl Row {
     fn latency(&self) -> Option<LatencySummary> {
         self.report.ops.get("SendMessage").map(|s| s.latency)
     }
+}
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks, from `/proc/<pid>/stat`.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')';
+    // utime and stime are the 12th and 13th of those.
+    stat.rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// The machine's CPU time so far, (busy, total) in clock ticks, from `/proc/stat`.
@@ -116,7 +135,7 @@ async fn bench(load: Load) {
         Shape {
             name: "light",
             users: support::env_or("BENCH_LIGHT_USERS", 4) as u32,
-            think: Duration::from_millis(support::env_or("BENCH_THINK_MS", 25)),
+            think: Duration::from_millis(support::env_or("BENCH_THINK_MS", 100)),
         },
         Shape {
             name: "saturation",
@@ -176,11 +195,19 @@ async fn bench(load: Load) {
                 };
                 server.send_messages(warm, shape.think).await;
             }
-            let before = cpu_ticks();
-            let report = server.send_messages(load, shape.think).await;
-            let after = cpu_ticks();
-            let cpu_busy = (after.0.saturating_sub(before.0)) as f64
-                / (after.1.saturating_sub(before.1)).max(1) as f64;
+            let cql_pid = cassandra.server().pid();
+            // The shape's users, not the saturation concurrency: the light load is its users.
+            let phase = Load {
+                concurrency: shape.users,
+                duration: load.duration,
+            };
+            let (before, cql_before) = (cpu_ticks(), process_ticks(cql_pid));
+            let report = server.send_messages(phase, shape.think).await;
+            let (after, cql_after) = (cpu_ticks(), process_ticks(cql_pid));
+            let total = (after.1.saturating_sub(before.1)).max(1) as f64;
+            let cpu_busy = (after.0.saturating_sub(before.0)) as f64 / total;
+            // /proc/stat counts every CPU's ticks; a process's ticks are per CPU too.
+            let cpu_cql = cql_after.saturating_sub(cql_before) as f64 / total;
             // Async copies may still be running: count once the new store has caught up or
             // stopped growing for a second.
             let in_legacy = if setting == Setting::Cql {
@@ -205,6 +232,7 @@ async fn bench(load: Load) {
                 setting,
                 report,
                 cpu_busy,
+                cpu_cql,
                 in_legacy,
                 in_new,
             });
@@ -230,13 +258,14 @@ async fn bench(load: Load) {
     println!("  {}", support::machine());
     println!();
     println!(
-        "{:<11} {:<26} {:>7} {:>6} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<11} {:<26} {:>7} {:>6} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "load",
         "setting",
         "ok",
         "errors",
         "per s",
         "cpu",
+        "cql cpu",
         "p50 ms",
         "p99 ms",
         "max ms",
@@ -250,13 +279,14 @@ async fn bench(load: Load) {
         };
         let secs = row.report.elapsed.as_secs_f64().max(f64::EPSILON);
         println!(
-            "{:<11} {:<26} {:>7} {:>6} {:>7.0} {:>5.0}% {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8}",
+            "{:<11} {:<26} {:>7} {:>6} {:>7.0} {:>5.0}% {:>7.0}% {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8}",
             row.shape,
             row.setting.label(),
             s.ok,
             s.errors,
             (s.ok + s.errors) as f64 / secs,
             row.cpu_busy * 100.0,
+            row.cpu_cql * 100.0,
             ms(s.latency.p50),
             ms(s.latency.p99),
             ms(s.latency.max),
