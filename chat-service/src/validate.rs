@@ -309,6 +309,9 @@ async fn check_room_settled(
     }
 }
 
+/// How many of a room's CQL reads one check keeps in flight.
+const READS_IN_FLIGHT: usize = 16;
+
 async fn check_room(
     pg: &PgStore,
     cql: &CqlBackfill<'_>,
@@ -385,9 +388,16 @@ async fn check_room(
     .fetch_all(pg.pool())
     .await
     .map_err(classify)?;
-    for (user, read, newest) in readers {
+    let new_reads: Vec<u64> = futures::stream::iter(
+        readers
+            .iter()
+            .map(|(user, _, _)| cql.read_marker_count(room, UserId(*user))),
+    )
+    .buffered(READS_IN_FLIGHT)
+    .try_collect()
+    .await?;
+    for ((user, read, newest), new_read) in readers.into_iter().zip(new_reads) {
         let user = UserId(user);
-        let new_read = cql.read_marker_count(room, user).await?;
         let new_newest = new_members
             .iter()
             .find(|m| m.user_id == user)
@@ -412,27 +422,42 @@ async fn check_room(
     .fetch_all(pg.pool())
     .await
     .map_err(classify)?;
-    for (id, sender, content, message_type, deleted) in rows {
+    // The sample's reactions in one query; each message's two CQL reads, several at once.
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
+    let mut legacy_reactions: BTreeMap<Uuid, Vec<(UserId, String)>> = BTreeMap::new();
+    for (id, user, reaction) in sqlx::query_as::<_, (Uuid, i32, String)>(
+        "select message_id, user_id, reaction from room_message_reaction where message_id = any($1)",
+    )
+    .bind(&ids)
+    .fetch_all(pg.pool())
+    .await
+    .map_err(classify)?
+    {
+        legacy_reactions
+            .entry(id)
+            .or_default()
+            .push((UserId(user), reaction));
+    }
+    let new_rows: Vec<_> = futures::stream::iter(ids.iter().map(|id| async move {
+        let id = MessageId(*id);
+        tokio::try_join!(cql.message(room, id), cql.reactions(id))
+    }))
+    .buffered(READS_IN_FLIGHT)
+    .try_collect()
+    .await?;
+    for ((id, sender, content, message_type, deleted), (new_row, new_reactions)) in
+        rows.into_iter().zip(new_rows)
+    {
+        let mut legacy_reactions = legacy_reactions.remove(&id).unwrap_or_default();
+        legacy_reactions.sort();
         let id = MessageId(id);
-        let Some((new_sender, new_content, new_type, new_deleted)) = cql.message(room, id).await?
-        else {
+        let Some((new_sender, new_content, new_type, new_deleted)) = new_row else {
             r.check(Some((
                 vec![Mismatch::Missing],
                 format!("message {id} of room {room}: missing in the new store"),
             )));
             continue;
         };
-        let mut legacy_reactions: Vec<(UserId, String)> = sqlx::query_as::<_, (i32, String)>(
-            "select user_id, reaction from room_message_reaction where message_id = $1",
-        )
-        .bind(id)
-        .fetch_all(pg.pool())
-        .await
-        .map_err(classify)?
-        .into_iter()
-        .map(|(u, reaction)| (UserId(u), reaction))
-        .collect();
-        legacy_reactions.sort();
         let mut differs = vec![];
         if new_sender.0 != sender {
             differs.push(Mismatch::Sender);
@@ -446,7 +471,7 @@ async fn check_room(
         if new_deleted != deleted {
             differs.push(Mismatch::Deleted);
         }
-        if cql.reactions(id).await? != legacy_reactions {
+        if new_reactions != legacy_reactions {
             differs.push(Mismatch::Reactions);
         }
         let example = format!(
