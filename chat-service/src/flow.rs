@@ -5,6 +5,9 @@
 //!
 //! A call that failed or timed out is not acknowledged: it may or may not have happened, and the
 //! ledger makes no claim about it. Errors are counted by operation and status ([`FlowReport`]).
+//!
+//! Over 600 lines: the flow, its ledger and the check of the ledger against the service belong
+//! together (the check reads what the flow recorded).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -24,6 +24,9 @@
 //! Drift = failed checks / checks; the verdict passes when drift <= `max_drift` (default 0.0:
 //! any mismatch fails). Unread counters are not compared: the live path counts them
 //! at-most-once by design (see the CQL store), so they may legitimately be one short.
+//!
+//! Over 600 lines: one command's checks (rooms, members, read markers, messages, device tokens),
+//! the waiting for queued writes, and the report.
 
 use std::collections::BTreeMap;
 use std::fmt;

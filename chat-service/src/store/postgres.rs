@@ -1,5 +1,8 @@
 //! The PostgreSQL store (sqlx). Schema: `chat-service/migrations/`, embedded in the binary and
 //! applied by `serve` at start and by `migrate-schema`.
+//!
+//! Over 600 lines: every query of the PostgreSQL store, one `ChatStore` method each, with the row
+//! types they read.
 
 use std::time::Duration;
 
