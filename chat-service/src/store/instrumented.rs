@@ -14,7 +14,7 @@ use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::store::{
     ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, ReadChunk,
-    RoomAccess, RoomView, StoreError, StoreFuture, StoreResult, StoredMessage,
+    RoomAccess, RoomView, StoreError, StoreResult, StoredMessage,
 };
 
 pub struct Instrumented<S> {
@@ -31,26 +31,20 @@ impl<S: ChatStore> Instrumented<S> {
         &self.inner
     }
 
-    fn observe<'a, T: Send + 'a>(
-        &'a self,
+    async fn observe<T>(
+        &self,
         operation: &'static str,
-        call: StoreFuture<'a, T>,
-    ) -> StoreFuture<'a, T> {
-        Box::pin(async move {
-            let start = Instant::now();
-            let result = call.await;
-            let success = !matches!(
-                result,
-                Err(StoreError::Unavailable(_) | StoreError::Internal(_))
-            );
-            self.metrics.database_operation(
-                self.inner.database(),
-                operation,
-                success,
-                start.elapsed(),
-            );
-            result
-        })
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let start = Instant::now();
+        let result = call.await;
+        let success = !matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Internal(_))
+        );
+        self.metrics
+            .database_operation(self.inner.database(), operation, success, start.elapsed());
+        result
     }
 }
 

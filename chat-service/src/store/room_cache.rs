@@ -42,7 +42,7 @@ use crate::ids::{MessageId, RoomId, UserId};
 use crate::metrics::{CacheOutcome, Metrics};
 use crate::store::{
     ChatStore, DeviceToken, HistoryPage, NewMessage, NewRoom, PageRequest, Platform, ReadChunk,
-    RoomAccess, RoomView, StoreFuture, StoreResult, StoredMessage,
+    RoomAccess, RoomView, StoreResult, StoredMessage,
 };
 
 /// How long one Redis call may take before the store answers instead: a cache slower than
@@ -449,19 +449,16 @@ impl CachedStore {
     }
 
     /// Runs a write; once the store accepted it, stamps what it changed.
-    fn write<'a, T: Send + 'a>(
-        &'a self,
-        call: StoreFuture<'a, T>,
+    async fn write<T>(
+        &self,
+        call: impl Future<Output = StoreResult<T>>,
         touched: Touched,
-    ) -> StoreFuture<'a, T> {
-        if self.role == Role::Reads {
-            return call;
-        }
-        Box::pin(async move {
-            let result = call.await?;
+    ) -> StoreResult<T> {
+        let result = call.await?;
+        if self.role != Role::Reads {
             self.cache.stamp_write(stamps_of(&touched)).await;
-            Ok(result)
-        })
+        }
+        Ok(result)
     }
 }
 

@@ -150,10 +150,6 @@ impl<T> Write<T> {
         }
     }
 
-    pub fn op(&self) -> &WriteOp {
-        &self.op
-    }
-
     pub fn into_op(self) -> WriteOp {
         self.op
     }

@@ -364,29 +364,28 @@ impl MigrationRouter {
     /// A write per the write plan. A dual write runs in a tracked task of its own and answers
     /// through a channel: dropping the returned future (request timeout, client gone) does not
     /// stop it.
-    fn write<T: Answer + Send + 'static>(&self, write: Write<T>) -> StoreFuture<'static, T> {
-        let inner = self.inner.clone();
+    async fn write<T: Answer>(&self, write: Write<T>) -> StoreResult<T> {
+        let inner = &self.inner;
         let op = write.into_op();
-        Box::pin(async move {
-            let plan = write_plan(&inner.flags.current());
-            let Some((side, mode)) = plan.secondary else {
-                let applied = op.apply(inner.store(plan.primary).as_ref()).await?;
-                return Write::<T>::answer(op.name(), applied);
-            };
-            let (answer, answered) = oneshot::channel();
-            let name = op.name();
-            inner.tasks.spawn(
-                inner
-                    .clone()
-                    .dual_write(plan.primary, side, mode, op, answer),
-            );
-            let applied = answered.await.unwrap_or_else(|_| {
-                Err(StoreError::Internal(
-                    "the dual write task ended without an answer".into(),
-                ))
-            })?;
-            Write::<T>::answer(name, applied)
-        })
+        let name = op.name();
+        let plan = write_plan(&inner.flags.current());
+        let applied = match plan.secondary {
+            None => op.apply(inner.store(plan.primary).as_ref()).await?,
+            Some((side, mode)) => {
+                let (answer, answered) = oneshot::channel();
+                inner.tasks.spawn(
+                    inner
+                        .clone()
+                        .dual_write(plan.primary, side, mode, op, answer),
+                );
+                answered.await.unwrap_or_else(|_| {
+                    Err(StoreError::Internal(
+                        "the dual write task ended without an answer".into(),
+                    ))
+                })?
+            }
+        };
+        Write::<T>::answer(name, applied)
     }
 }
 
@@ -539,12 +538,8 @@ impl ChatStore for MigrationRouter {
         reader: UserId,
         since: DateTime<Utc>,
     ) -> StoreResult<ReadChunk> {
-        self.note_user(reader);
-        let store = self
-            .inner
-            .store(cohort(&self.inner.flags.current(), reader))
-            .clone();
-        store.read_chunk(room, reader, since).await
+        let side = self.note_user(reader);
+        self.inner.store(side).read_chunk(room, reader, since).await
     }
 
     async fn mark_read(
