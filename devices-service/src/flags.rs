@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_ssm::Client;
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
-use ficus_flags::{FlagValues, Flags, keys, ssm};
+use ficus_flags::{FlagValues, Flags, keys, ssm, ssm_client};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
@@ -158,19 +157,7 @@ impl FlagWatcher {
 }
 
 fn client(config: &SdkConfig) -> Client {
-    let mut builder = aws_sdk_ssm::config::Builder::from(config);
-    if config
-        .timeout_config()
-        .and_then(|t| t.operation_timeout())
-        .is_none()
-    {
-        builder = builder.timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_timeout(OPERATION_TIMEOUT)
-                .build(),
-        );
-    }
-    Client::from_conf(builder.build())
+    ssm_client::client(config, OPERATION_TIMEOUT)
 }
 
 struct Reader {
@@ -183,31 +170,12 @@ impl Reader {
         let mut names = ssm::document_names(&self.prefix);
         names.push(format!("{}{}", self.prefix, ssm::TRAFFIC_SPLIT_PERCENT));
         names.push(format!("{}{}", self.prefix, ssm::USE_NEW_SYSTEM));
-        let out = self
-            .client
-            .get_parameters()
-            .set_names(Some(names))
-            .with_decryption(true)
-            .send()
+        let mut all = ssm_client::get(&self.client, &self.prefix, names)
             .await
             .map_err(|err| FlagError::Ssm {
                 prefix: self.prefix.clone(),
-                message: match (err.code(), err.message()) {
-                    (Some(code), Some(message)) => format!("{code}: {message}"),
-                    (Some(code), None) => code.to_owned(),
-                    _ => DisplayErrorContext(&err).to_string(),
-                },
+                message: ssm_client::describe(&err),
             })?;
-        let mut all: BTreeMap<String, String> = out
-            .parameters()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.name()?.strip_prefix(&self.prefix)?.to_owned(),
-                    p.value()?.to_owned(),
-                ))
-            })
-            .collect();
         let plan = PlanParameters::parse(
             all.get(ssm::TRAFFIC_SPLIT_PERCENT).map(String::as_str),
             all.get(ssm::USE_NEW_SYSTEM).map(String::as_str),

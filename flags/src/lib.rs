@@ -26,6 +26,8 @@ mod document;
 pub mod job;
 mod read;
 pub mod ssm;
+#[cfg(feature = "aws")]
+pub mod ssm_client;
 
 pub use cohort::bucket;
 pub use document::{DualWrite, FlagError, FlagValues, Flags, Percent, ShadowCompare, Side, keys};

@@ -8,13 +8,10 @@
 //! applied only once a second poll reads the same values, so a half-written document is not put
 //! in force for one poll interval.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_ssm::Client;
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
@@ -41,20 +38,7 @@ pub(super) async fn default_config() -> SdkConfig {
 
 /// An SSM client for `config`, with an operation timeout unless `config` has one.
 pub(super) fn client(config: &SdkConfig) -> Client {
-    let mut builder = aws_sdk_ssm::config::Builder::from(config);
-    let timeouts = config
-        .timeout_config()
-        .cloned()
-        .unwrap_or_else(TimeoutConfig::disabled);
-    if timeouts.operation_timeout().is_none() {
-        builder = builder.timeout_config(
-            timeouts
-                .to_builder()
-                .operation_timeout(OPERATION_TIMEOUT)
-                .build(),
-        );
-    }
-    Client::from_conf(builder.build())
+    ficus_flags::ssm_client::client(config, OPERATION_TIMEOUT)
 }
 
 /// Checks `prefix` with the contract's rule (the operator's CRD enforces the same).
@@ -137,34 +121,12 @@ impl Reader {
     /// not exist come back as `InvalidParameters`; none at all is no document.
     async fn read(&self) -> Result<Document, FlagError> {
         let names = ficus_flags::ssm::document_names(&self.prefix);
-        let out = self
-            .client
-            .get_parameters()
-            .set_names(Some(names))
-            .with_decryption(true)
-            .send()
+        let entries = ficus_flags::ssm_client::get(&self.client, &self.prefix, names)
             .await
-            .map_err(|err| {
-                let message = match (err.code(), err.message()) {
-                    (Some(code), Some(message)) => format!("{code}: {message}"),
-                    (Some(code), None) => code.to_owned(),
-                    _ => DisplayErrorContext(&err).to_string(),
-                };
-                FlagError::Ssm {
-                    prefix: self.prefix.clone(),
-                    message,
-                }
+            .map_err(|err| FlagError::Ssm {
+                prefix: self.prefix.clone(),
+                message: ficus_flags::ssm_client::describe(&err),
             })?;
-        let entries: BTreeMap<String, String> = out
-            .parameters()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.name()?.strip_prefix(&self.prefix)?.to_owned(),
-                    p.value()?.to_owned(),
-                ))
-            })
-            .collect();
         Ok(if entries.is_empty() {
             Document::Missing
         } else {

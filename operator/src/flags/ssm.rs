@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ssm::Client;
 use aws_sdk_ssm::types::ParameterType;
-use ficus_flags::{FlagRead, ssm};
+use ficus_flags::{FlagRead, ssm, ssm_client};
 
 use super::FlagStoreError;
 use crate::aws::AwsError;
@@ -31,24 +31,9 @@ impl SsmStore {
 
     async fn read_raw(&self) -> Result<BTreeMap<String, String>, FlagStoreError> {
         let names = ssm::all_names(&self.spec.prefix);
-        let out = self
-            .client
-            .get_parameters()
-            .set_names(Some(names))
-            .with_decryption(true)
-            .send()
+        ssm_client::get(&self.client, &self.spec.prefix, names)
             .await
-            .map_err(|e| FlagStoreError::Aws(AwsError::from_sdk("ssm:GetParameters", &e)))?;
-        Ok(out
-            .parameters()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.name()?.strip_prefix(&self.spec.prefix)?.to_string(),
-                    p.value()?.to_string(),
-                ))
-            })
-            .collect())
+            .map_err(|e| FlagStoreError::Aws(AwsError::from_sdk("ssm:GetParameters", &e)))
     }
 
     pub async fn read(&self) -> Result<FlagRead, FlagStoreError> {
