@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -20,30 +19,12 @@ use ficus_testkit::moto::Moto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
-const REGION: &str = "us-east-1";
+const REGION: &str = ficus_testkit::moto::REGION;
 const PREFIX: &str = "/hse/chat/";
 const POLL: Duration = Duration::from_millis(200);
 const WAIT: Duration = Duration::from_secs(10);
 /// Several polls: time enough for a change that must be ignored to have been read and ignored.
 const SETTLE: Duration = Duration::from_millis(1200);
-
-/// Credentials the AWS way (the default chain): environment variables moto accepts. Set once,
-/// before any test of this binary creates an SDK client. Endpoint variables are removed so a
-/// developer's environment cannot send these tests elsewhere.
-fn credentials() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: runs once, before this binary's tests create any thread that reads the
-        // environment (every test calls this first, and Once blocks the others until done).
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-            std::env::set_var("AWS_REGION", REGION);
-            std::env::remove_var("AWS_ENDPOINT_URL");
-            std::env::remove_var("AWS_ENDPOINT_URL_SSM");
-        }
-    });
-}
 
 struct Aws {
     moto: Moto,
@@ -53,7 +34,7 @@ struct Aws {
 
 /// A fresh moto (an empty account) and an SDK configuration pointing at it, or `None` to skip.
 async fn moto_or_skip() -> Option<Aws> {
-    credentials();
+    ficus_testkit::moto::use_test_credentials();
     ficus_testkit::init();
     let moto = match Moto::start() {
         Ok(m) => m,

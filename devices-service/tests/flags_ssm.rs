@@ -3,7 +3,6 @@
 //! parameters, `generation` last), a rejected document, and the plan's own
 //! `traffic-split-percent` taking users off the new system by hand.
 
-use std::sync::Once;
 use std::time::Duration;
 
 use aws_sdk_ssm::types::ParameterType;
@@ -14,21 +13,6 @@ use prometheus_client::metrics::gauge::Gauge;
 
 const PREFIX: &str = "/hse/";
 const WAIT: Duration = Duration::from_secs(10);
-
-fn credentials() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: runs once, before this binary's tests create any thread that reads the
-        // environment (every test calls this first, and Once blocks the others until done).
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-            std::env::set_var("AWS_REGION", "us-east-1");
-            std::env::remove_var("AWS_ENDPOINT_URL");
-            std::env::remove_var("AWS_ENDPOINT_URL_SSM");
-        }
-    });
-}
 
 fn doc(generation: i64, split: u8) -> Flags {
     Flags {
@@ -75,7 +59,7 @@ async fn wait(watcher: &FlagWatcher, what: &str, done: impl Fn(&InForce) -> bool
 
 #[tokio::test]
 async fn follows_the_document_and_the_plans_split_only_lowers_it() {
-    credentials();
+    ficus_testkit::moto::use_test_credentials();
     ficus_testkit::init();
     let moto = match Moto::start() {
         Ok(m) => m,

@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::ContainerDefinition;
@@ -34,7 +33,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-const REGION: &str = "us-east-1";
+const REGION: &str = ficus_testkit::moto::REGION;
 const CLUSTER: &str = "hse-cluster";
 const PREFIX: &str = "/hse/";
 const TOKEN: &str = "devices-webhook-token";
@@ -43,20 +42,6 @@ const LONG: Duration = Duration::from_secs(240);
 /// One stack at a time: two of them on a small CI machine would make the latency gates measure
 /// each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn credentials() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: runs once, before this binary's tests create any thread that reads the
-        // environment (every test calls this first, and Once blocks the others until done).
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-            std::env::set_var("AWS_REGION", REGION);
-            std::env::remove_var("AWS_ENDPOINT_URL_SSM");
-        }
-    });
-}
 
 /// A devices-service process; killed when dropped.
 struct Instance {
@@ -122,7 +107,7 @@ struct Stack {
 }
 
 async fn stack(prefix: &str) -> Option<Stack> {
-    credentials();
+    ficus_testkit::moto::use_test_credentials();
     ficus_testkit::init();
     let pg = match Postgres::shared() {
         Ok(pg) => pg,

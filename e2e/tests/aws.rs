@@ -2,7 +2,6 @@
 //! by the same Migration resource on a real kube-apiserver.
 
 use std::collections::BTreeMap;
-use std::sync::Once;
 use std::time::Duration;
 
 use aws_sdk_ecs::types::ContainerDefinition;
@@ -14,22 +13,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(60);
-const REGION: &str = "us-east-1";
-
-/// The operator finds credentials the AWS way (the default chain); here, environment variables
-/// that moto accepts. Set once, before any test starts an SDK client.
-fn credentials() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: runs once, before this binary's tests create any thread that reads the
-        // environment (every test calls this first, and Once blocks the others until done).
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-            std::env::set_var("AWS_REGION", REGION);
-        }
-    });
-}
+const REGION: &str = ficus_testkit::moto::REGION;
 
 struct Aws {
     moto: Moto,
@@ -38,7 +22,7 @@ struct Aws {
 }
 
 async fn setup(prefix: &str) -> anyhow::Result<Option<(Client, String, Aws, Operator)>> {
-    credentials();
+    ficus_testkit::moto::use_test_credentials();
     let moto = match Moto::start() {
         Ok(m) => m,
         Err(e) => {
@@ -141,16 +125,7 @@ impl Aws {
             .with_decryption(true)
             .send()
             .await?;
-        Ok(out
-            .parameters()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.name()?.strip_prefix(prefix)?.to_string(),
-                    p.value()?.to_string(),
-                ))
-            })
-            .collect())
+        Ok(ficus_flags::ssm_client::by_key(prefix, out.parameters()))
     }
 }
 

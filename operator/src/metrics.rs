@@ -21,7 +21,9 @@ pub struct PhaseLabels {
 
 pub struct Metrics {
     pub registry: Registry,
-    pub reconciles: Counter,
+    /// Reconciles by the phase the Migration was in: a final phase counts the periodic
+    /// re-checks of Migrations with nothing left to do.
+    pub reconciles: Family<PhaseLabels, Counter>,
     /// Status writes refused (409) because the Migration changed after it was read.
     pub status_conflicts: Counter,
     /// Reconciles that found the cache behind the operator's own last write and waited.
@@ -43,7 +45,7 @@ fn duration_histogram() -> Histogram {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("ficus");
-        let reconciles = Counter::default();
+        let reconciles = Family::<PhaseLabels, Counter>::default();
         let status_conflicts = Counter::default();
         let deferred = Counter::default();
         let errors = Family::<ReasonLabels, Counter>::default();
@@ -51,7 +53,11 @@ impl Default for Metrics {
         let is_leader = Gauge::default();
         let reconcile_seconds = duration_histogram();
         let analysis_seconds = duration_histogram();
-        registry.register("reconciles", "Reconciles of Migrations", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles of Migrations, by the phase the Migration was in",
+            reconciles.clone(),
+        );
         registry.register(
             "status_conflicts",
             "Status writes refused because the Migration changed since it was read (decided again)",
@@ -115,6 +121,15 @@ impl Metrics {
         }
     }
 
+    /// Counts a reconcile of a Migration in `phase`.
+    pub fn reconciling(&self, phase: Phase) {
+        self.reconciles
+            .get_or_create(&PhaseLabels {
+                phase: phase.to_string(),
+            })
+            .inc();
+    }
+
     /// Records one reconcile: `total` wall time, of which `analysis` went to Prometheus.
     pub fn reconciled(&self, total: std::time::Duration, analysis: std::time::Duration) {
         self.reconcile_seconds
@@ -149,6 +164,17 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    }
+
+    #[test]
+    fn reconciles_are_counted_by_the_phase_they_found() {
+        let metrics = Metrics::default();
+        metrics.reconciling(Phase::Shadow);
+        metrics.reconciling(Phase::Completed);
+        metrics.reconciling(Phase::Completed);
+        let text = metrics.encode();
+        assert_eq!(sample(&text, "ficus_reconciles_total{phase=\"Completed\"}"), 2.0);
+        assert_eq!(sample(&text, "ficus_reconciles_total{phase=\"Shadow\"}"), 1.0);
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub async fn reconcile(mig: Arc<Migration>, ctx: Arc<Context>) -> Result<Action,
         debug!(migration = %mig.name_any(), "the cache is behind this operator's last write; waiting for it");
         return Ok(Action::requeue(CACHE_CATCH_UP));
     }
-    ctx.metrics.reconciles.inc();
+    ctx.metrics
+        .reconciling(mig.status.as_ref().map(|s| s.phase).unwrap_or_default());
     let ns = mig.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<Migration> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, mig, |event| async {

@@ -16,6 +16,28 @@ use crate::{
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_VERSION: &str = "5.2.5";
 
+/// The region the tests' SDK clients and [`use_test_credentials`] name.
+pub const REGION: &str = "us-east-1";
+
+/// Credentials the AWS way (the default chain: environment variables) that moto accepts, for
+/// this test binary and the processes it starts, region [`REGION`]. Endpoint variables are
+/// removed so a developer's environment cannot send the tests elsewhere. Every test of a binary
+/// that talks to moto calls this first; only the first call changes the environment.
+pub fn use_test_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: runs once, before the binary's tests create any thread that reads the
+        // environment (every such test calls this first, and Once blocks the others until done).
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+            std::env::set_var("AWS_REGION", REGION);
+            std::env::remove_var("AWS_ENDPOINT_URL");
+            std::env::remove_var("AWS_ENDPOINT_URL_SSM");
+        }
+    });
+}
+
 /// A running moto server; dropping it kills the process and removes its directory (with
 /// `moto.log`). moto keeps its state in memory: a restart comes up as a fresh, empty account.
 #[derive(Debug)]

@@ -23,10 +23,9 @@ use uuid::Uuid;
 
 use crate::flags::Side;
 use crate::ids::{MessageIdGenerator, RoomId};
-use crate::metrics::{DualWriteOutcome, Metrics, RetryOutcome};
+use crate::metrics::{DualWriteOutcome, Metrics};
 use crate::store::outbox::{
-    Entries, EntryRef, NewEntry, NextStep, ReplayConfig, Round, WriteOp, next_step, retry_outcome,
-    side_from,
+    Entries, EntryRef, NewEntry, NextStep, ReplayConfig, Replayed, Round, WriteOp, side_from,
 };
 use crate::store::scylla::{CqlConfig, classify, classify_prepare, first_row, open_session, rows};
 use crate::store::{ChatStore, StoreError, StoreResult};
@@ -306,38 +305,42 @@ impl CqlOutbox {
                     blocked = Some(*room);
                     continue;
                 };
-                let result = op.apply_on_secondary(store.as_ref()).await;
-                let settlement = op.settlement(&result);
                 let age =
                     Duration::from_micros(u64::try_from(now - created.unwrap_or(now)).unwrap_or(0));
                 let spent = u32::try_from(attempts).unwrap_or(0);
-                match next_step(&settlement, spent, age, config, rand::random::<f64>()) {
+                let replayed =
+                    Replayed::attempt(&op, side, store.as_ref(), spent, age, config).await;
+                let entry = EntryRef::Cql {
+                    shard,
+                    room: *room,
+                    id: Uuid::from(*id),
+                };
+                match &replayed.step {
                     NextStep::Delete => {
                         self.exec(&self.st.delete, (shard, *room, *id)).await?;
-                        metrics.dual_write(side, DualWriteOutcome::Replayed);
-                        metrics.dual_write_lag(op.name(), age);
-                        metrics.retry_operation(op.name(), RetryOutcome::Success, spent + 1);
-                        round.settled += 1;
-                        continue;
                     }
                     NextStep::Bury { attempts, reason } => {
-                        let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-                        self.bury(shard, row, attempts, &reason).await?;
-                        metrics.dual_write(side, DualWriteOutcome::DeadLetter);
-                        metrics.retry_operation(op.name(), RetryOutcome::DeadLetter, spent + 1);
-                        tracing::error!(id = %Uuid::from(*id), target = %side, op = op.name(), %reason, attempts, "CQL outbox entry moved to the dead-letter table");
-                        round.settled += 1;
+                        self.bury(shard, row, Replayed::stored_attempts(*attempts), reason)
+                            .await?;
                     }
                     NextStep::Retry { attempts, delay } => {
-                        metrics.retry_operation(op.name(), retry_outcome(&settlement), spent + 1);
-                        let error = settlement.error().unwrap_or_default();
-                        let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-                        self.retry_later((shard, *room, Uuid::from(*id)), attempts, delay, error)
-                            .await?;
-                        round.next_due = Some(round.next_due.map_or(delay, |d| d.min(delay)));
-                        tracing::debug!(id = %Uuid::from(*id), target = %side, op = op.name(), error, attempts, ?delay, "CQL outbox replay did not land; retrying later");
+                        let attempts = Replayed::stored_attempts(*attempts);
+                        self.retry_later(
+                            (shard, *room, Uuid::from(*id)),
+                            attempts,
+                            *delay,
+                            replayed.error(),
+                        )
+                        .await?;
+                        round.next_due = Some(round.next_due.map_or(*delay, |d| d.min(*delay)));
                     }
                 }
+                replayed.record(metrics, entry);
+                if replayed.step == NextStep::Delete {
+                    round.settled += 1;
+                    continue;
+                }
+                round.settled += usize::from(matches!(replayed.step, NextStep::Bury { .. }));
                 // The room waits for this entry.
                 blocked = Some(*room);
             }

@@ -197,6 +197,75 @@ fn db(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// One due entry replayed: the secondary write made and the entry's next step decided. Both
+/// outboxes replay through it; each applies [`Replayed::step`] to its own table and then calls
+/// [`Replayed::record`].
+#[derive(Debug)]
+pub struct Replayed {
+    pub step: NextStep,
+    settlement: Settlement,
+    side: Side,
+    op: &'static str,
+    spent: u32,
+    age: Duration,
+}
+
+impl Replayed {
+    /// Makes `op` on `store` (the `side` store) for an entry that had spent `spent` attempts
+    /// and was written `age` ago.
+    pub async fn attempt(
+        op: &WriteOp,
+        side: Side,
+        store: &dyn ChatStore,
+        spent: u32,
+        age: Duration,
+        config: &ReplayConfig,
+    ) -> Self {
+        let result = op.apply_on_secondary(store).await;
+        let settlement = op.settlement(&result);
+        let step = next_step(&settlement, spent, age, config, rand::random::<f64>());
+        Self {
+            step,
+            settlement,
+            side,
+            op: op.name(),
+            spent,
+            age,
+        }
+    }
+
+    /// Why the write did not land, for a rescheduled entry's `last_error`.
+    pub fn error(&self) -> &str {
+        self.settlement.error().unwrap_or_default()
+    }
+
+    /// The step as a count of attempts the tables store.
+    pub fn stored_attempts(attempts: u32) -> i32 {
+        i32::try_from(attempts).unwrap_or(i32::MAX)
+    }
+
+    /// Counts (and logs) the step once the outbox has applied it to `entry`.
+    pub fn record(&self, metrics: &Metrics, entry: EntryRef) {
+        let (op, side, tries) = (self.op, self.side, self.spent + 1);
+        match &self.step {
+            NextStep::Delete => {
+                metrics.dual_write(side, DualWriteOutcome::Replayed);
+                metrics.dual_write_lag(op, self.age);
+                metrics.retry_operation(op, RetryOutcome::Success, tries);
+            }
+            NextStep::Bury { attempts, reason } => {
+                metrics.dual_write(side, DualWriteOutcome::DeadLetter);
+                metrics.retry_operation(op, RetryOutcome::DeadLetter, tries);
+                tracing::error!(?entry, target = %side, op, %reason, attempts, "outbox entry moved to the dead-letter table");
+            }
+            NextStep::Retry { attempts, delay } => {
+                metrics.retry_operation(op, retry_outcome(&self.settlement), tries);
+                tracing::debug!(?entry, target = %side, op, error = self.error(), attempts, ?delay, "outbox replay did not land; retrying later");
+            }
+        }
+    }
+}
+
 /// Where an entry is kept: a row of a PostgreSQL `outbox` table or of the CQL outbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryRef {
@@ -498,49 +567,43 @@ impl Outbox {
                         }
                     }
                 };
-                let result = op.apply_on_secondary(store.as_ref()).await;
-                let settlement = op.settlement(&result);
                 let age = (Utc::now() - row.created_at).to_std().unwrap_or_default();
                 let spent = u32::try_from(row.attempts).unwrap_or(0);
-                match next_step(&settlement, spent, age, config, rand::random::<f64>()) {
+                let replayed =
+                    Replayed::attempt(&op, side, store.as_ref(), spent, age, config).await;
+                match &replayed.step {
                     NextStep::Delete => {
                         sqlx::query::<sqlx::Postgres>("delete from outbox where id = $1")
                             .bind(row.id)
                             .execute(&mut *tx)
                             .await
                             .map_err(db)?;
-                        metrics.dual_write(side, DualWriteOutcome::Replayed);
-                        metrics.dual_write_lag(op.name(), age);
-                        metrics.retry_operation(op.name(), RetryOutcome::Success, spent + 1);
-                        settled += 1;
                     }
                     NextStep::Bury { attempts, reason } => {
-                        Self::bury(&mut tx, row.id, attempts as i32, &reason).await?;
-                        metrics.dual_write(side, DualWriteOutcome::DeadLetter);
-                        metrics.retry_operation(op.name(), RetryOutcome::DeadLetter, spent + 1);
-                        tracing::error!(id = row.id, target = %side, op = op.name(), %reason, attempts, "outbox entry moved to the dead-letter table");
-                        settled += 1;
-                        // The room waits for the next round.
-                        break;
+                        let attempts = Replayed::stored_attempts(*attempts);
+                        Self::bury(&mut tx, row.id, attempts, reason).await?;
                     }
                     NextStep::Retry { attempts, delay } => {
-                        metrics.retry_operation(op.name(), retry_outcome(&settlement), spent + 1);
-                        let error = settlement.error().unwrap_or_default();
                         sqlx::query::<sqlx::Postgres>(
                             "update outbox set attempts = $2, next_attempt_at = now() + make_interval(secs => $3), last_error = $4 where id = $1",
                         )
                         .bind(row.id)
-                        .bind(attempts as i32)
+                        .bind(Replayed::stored_attempts(*attempts))
                         .bind(delay.as_secs_f64())
-                        .bind(error)
+                        .bind(replayed.error())
                         .execute(&mut *tx)
                         .await
                         .map_err(db)?;
-                        tracing::debug!(id = row.id, target = %side, op = op.name(), error, attempts, ?delay, "outbox replay did not land; retrying later");
-                        // The room waits for this entry.
-                        break;
                     }
                 }
+                replayed.record(metrics, EntryRef::Pg(row.id));
+                if replayed.step != NextStep::Delete {
+                    // The room waits: for this entry's retry, or for the next round after a
+                    // burial.
+                    settled += usize::from(matches!(replayed.step, NextStep::Bury { .. }));
+                    break;
+                }
+                settled += 1;
                 match next_in_room(&mut tx, &row).await? {
                     Some(next) => row = next,
                     None => break,
