@@ -111,7 +111,8 @@ impl fmt::Display for Mismatch {
 
 #[derive(Clone, Debug)]
 pub struct ValidateConfig {
-    /// Messages compared row by row per room (0: counts only).
+    /// Messages compared row by row per room (0: counts only). A sample at least the room's
+    /// size compares every message of the room, both stores read in pages.
     pub sample: u32,
     /// Highest drift that still passes.
     pub max_drift: f64,
@@ -417,16 +418,23 @@ async fn check_room(
         }));
     }
 
-    let rows = sqlx::query_as::<_, (Uuid, i32, Vec<u8>, String, bool)>(
-        "select id, sender_id, content, type, deleted_at is not null from room_message where room_id = $1 order by random() limit $2",
-    )
+    // A sample that covers the room compares the whole room: both stores read it in pages,
+    // not message by message.
+    let whole_room = r.legacy <= u64::from(sample);
+    let rows = sqlx::query_as::<_, (Uuid, i32, Vec<u8>, String, bool)>(if whole_room {
+        "select id, sender_id, content, type, deleted_at is not null from room_message where room_id = $1 limit $2"
+    } else {
+        "select id, sender_id, content, type, deleted_at is not null from room_message where room_id = $1 order by random() limit $2"
+    })
     .bind(room)
     .bind(i64::from(sample))
     .fetch_all(pg.pool())
     .await
     .map_err(classify)?;
-    // The sample's reactions in one query; each message's two CQL reads, several at once.
+    // The sample's reactions in one query on each side; its messages by key, several at once,
+    // or the whole room's partition.
     let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
+    let message_ids: Vec<MessageId> = ids.iter().copied().map(MessageId).collect();
     let mut legacy_reactions: BTreeMap<Uuid, Vec<(UserId, String)>> = BTreeMap::new();
     for (id, user, reaction) in sqlx::query_as::<_, (Uuid, i32, String)>(
         "select message_id, user_id, reaction from room_message_reaction where message_id = any($1)",
@@ -441,19 +449,23 @@ async fn check_room(
             .or_default()
             .push((UserId(user), reaction));
     }
-    let new_rows: Vec<_> = futures::stream::iter(ids.iter().map(|id| async move {
-        let id = MessageId(*id);
-        tokio::try_join!(cql.message(room, id), cql.reactions(id))
-    }))
-    .buffered(READS_IN_FLIGHT)
-    .try_collect()
-    .await?;
-    for ((id, sender, content, message_type, deleted), (new_row, new_reactions)) in
-        rows.into_iter().zip(new_rows)
-    {
+    let new_messages = async {
+        if whole_room {
+            let mut stored = cql.room_messages(room).await?;
+            return Ok(message_ids.iter().map(|id| stored.remove(id)).collect());
+        }
+        futures::stream::iter(message_ids.iter().map(|id| cql.message(room, *id)))
+            .buffered(READS_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await
+    };
+    let (new_rows, mut new_reactions) =
+        tokio::try_join!(new_messages, cql.reactions_of(&message_ids))?;
+    for ((id, sender, content, message_type, deleted), new_row) in rows.into_iter().zip(new_rows) {
         let mut legacy_reactions = legacy_reactions.remove(&id).unwrap_or_default();
         legacy_reactions.sort();
         let id = MessageId(id);
+        let new_reactions = new_reactions.remove(&id).unwrap_or_default();
         let Some((new_sender, new_content, new_type, new_deleted)) = new_row else {
             r.check(Some((
                 vec![Mismatch::Missing],

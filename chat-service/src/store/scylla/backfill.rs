@@ -1,5 +1,7 @@
 //! The backfill and validate writers and readers (not on the request path).
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 /// A legacy room as the backfill copies it: the room and every membership row (current and left).
@@ -53,6 +55,12 @@ pub struct CqlMember {
     pub pinned: bool,
 }
 
+/// A `messages_by_room` row as `validate` compares it: `(sender, content, type, deleted)`.
+pub type StoredRow = (UserId, Vec<u8>, String, bool);
+
+/// How many messages' reactions one `IN` request reads.
+const REACTIONS_PER_REQUEST: usize = 100;
+
 /// A legacy message as the backfill copies it (`content` sealed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackfillMessage {
@@ -85,6 +93,8 @@ pub(super) struct BackfillStatements {
     select_pin: PreparedStatement,
     count_read_markers: PreparedStatement,
     select_reactions: PreparedStatement,
+    select_reactions_in: PreparedStatement,
+    select_room_messages: PreparedStatement,
     insert_device: PreparedStatement,
 }
 
@@ -130,6 +140,8 @@ impl CqlStore {
             select_pin: p("SELECT is_pinned FROM {ks}.rooms_by_user WHERE user_id = ? AND room_id = ?").await?,
             count_read_markers: p("SELECT count(*) FROM {ks}.read_markers WHERE room_id = ? AND user_id = ?").await?,
             select_reactions: p("SELECT user_id, reaction FROM {ks}.reactions_by_message WHERE message_id = ?").await?,
+            select_reactions_in: p("SELECT message_id, user_id, reaction FROM {ks}.reactions_by_message WHERE message_id IN ?").await?,
+            select_room_messages: p("SELECT message_id, sender_id, content, type, deleted FROM {ks}.messages_by_room WHERE room_id = ?").await?,
             insert_device: p("INSERT INTO {ks}.device_tokens_by_user (user_id, push_token, platform, registered_at) VALUES (?, ?, ?, ?) USING TIMESTAMP ?").await?,
         };
         Ok(CqlBackfill {
@@ -455,6 +467,60 @@ impl CqlBackfill<'_> {
         Ok(found)
     }
 
+    /// `(user, reaction)` of each of `messages` that has any, sorted: one request per
+    /// [`REACTIONS_PER_REQUEST`] messages instead of one per message.
+    pub async fn reactions_of(
+        &self,
+        messages: &[MessageId],
+    ) -> StoreResult<BTreeMap<MessageId, Vec<(UserId, String)>>> {
+        let ids: Vec<CqlTimeuuid> = messages
+            .iter()
+            .filter(|m| m.0.get_version_num() == 1)
+            .map(|m| timeuuid(*m))
+            .collect();
+        let mut found: BTreeMap<MessageId, Vec<(UserId, String)>> = BTreeMap::new();
+        for chunk in ids.chunks(REACTIONS_PER_REQUEST) {
+            let rows = rows::<(CqlTimeuuid, i32, String)>(
+                self.store
+                    .exec(&self.st.select_reactions_in, (chunk,))
+                    .await?,
+            )?;
+            for (message, user, reaction) in rows {
+                found
+                    .entry(MessageId(Uuid::from(message)))
+                    .or_default()
+                    .push((UserId(user), reaction));
+            }
+        }
+        for reactions in found.values_mut() {
+            reactions.sort();
+        }
+        Ok(found)
+    }
+
+    /// Every message of the room as stored, `(sender, content, type, deleted)` by id: the
+    /// room's partition read in pages.
+    pub async fn room_messages(&self, room: RoomId) -> StoreResult<BTreeMap<MessageId, StoredRow>> {
+        let mut stream = self
+            .store
+            .session
+            .execute_iter(self.st.select_room_messages.clone(), (room.0,))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .rows_stream::<(CqlTimeuuid, i32, Vec<u8>, String, Option<bool>)>()
+            .map_err(decode)?;
+        let mut messages = BTreeMap::new();
+        while let Some(row) = stream.next().await {
+            let (id, sender, content, kind, deleted) =
+                row.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            messages.insert(
+                MessageId(Uuid::from(id)),
+                (UserId(sender), content, kind, deleted == Some(true)),
+            );
+        }
+        Ok(messages)
+    }
+
     /// Rows of the room's `messages_by_room` partition (soft-deleted included).
     pub async fn message_count(&self, room: RoomId) -> StoreResult<u64> {
         let (n,): (i64,) = first_row(
@@ -467,11 +533,7 @@ impl CqlBackfill<'_> {
     }
 
     /// One message as stored: `(sender, content, type, deleted)`.
-    pub async fn message(
-        &self,
-        room: RoomId,
-        id: MessageId,
-    ) -> StoreResult<Option<(UserId, Vec<u8>, String, bool)>> {
+    pub async fn message(&self, room: RoomId, id: MessageId) -> StoreResult<Option<StoredRow>> {
         if id.0.get_version_num() != 1 {
             return Ok(None);
         }
