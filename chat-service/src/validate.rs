@@ -323,13 +323,54 @@ async fn check_room(
     sample: u32,
 ) -> Result<RoomResult, StoreError> {
     let mut r = RoomResult::default();
-    let legacy: i64 = sqlx::query_scalar("select count(*) from room_message where room_id = $1")
+    // What does not depend on another read is read at once: a room costs a few round trips,
+    // not one per query.
+    let legacy_count = async {
+        sqlx::query_scalar::<_, i64>("select count(*) from room_message where room_id = $1")
+            .bind(room)
+            .fetch_one(pg.pool())
+            .await
+            .map_err(classify)
+    };
+    let legacy_members = async {
+        sqlx::query_as::<_, (i32, String, DateTime<Utc>, Option<DateTime<Utc>>, bool)>(
+            "select user_id, role, joined_at, removed_at, is_pinned and removed_at is null
+               from room_member where room_id = $1",
+        )
         .bind(room)
-        .fetch_one(pg.pool())
+        .fetch_all(pg.pool())
         .await
-        .map_err(classify)?;
-    r.legacy = legacy as u64;
-    let (exists, new) = tokio::try_join!(cql.room_exists(room), cql.message_count(room))?;
+        .map_err(classify)
+    };
+    // Read markers of sampled members: how many, and the newest read message.
+    let readers = async {
+        if sample == 0 {
+            return Ok(vec![]);
+        }
+        sqlx::query_as::<_, (i32, i64, Option<Uuid>)>(
+            "select rm.user_id,
+                    (select count(*) from room_message_read r join room_message m on m.id = r.message_id
+                      where m.room_id = rm.room_id and r.user_id = rm.user_id),
+                    (select m.id from room_message_read r join room_message m on m.id = r.message_id
+                      where m.room_id = rm.room_id and r.user_id = rm.user_id
+                      order by m.created_at desc, m.id desc limit 1)
+               from room_member rm where rm.room_id = $1 order by random() limit $2",
+        )
+        .bind(room)
+        .bind(i64::from(sample))
+        .fetch_all(pg.pool())
+        .await
+        .map_err(classify)
+    };
+    let (legacy, exists, new, legacy_members, new_members, readers) = tokio::try_join!(
+        legacy_count,
+        cql.room_exists(room),
+        cql.message_count(room),
+        legacy_members,
+        cql.members(room),
+        readers
+    )?;
+    r.legacy = u64::try_from(legacy).unwrap_or(0);
     r.new = new;
     let count = if !exists {
         Some((
@@ -346,15 +387,7 @@ async fn check_room(
     };
     r.check(count);
 
-    let legacy_members: Members =
-        sqlx::query_as::<_, (i32, String, DateTime<Utc>, Option<DateTime<Utc>>, bool)>(
-            "select user_id, role, joined_at, removed_at, is_pinned and removed_at is null
-               from room_member where room_id = $1",
-        )
-        .bind(room)
-        .fetch_all(pg.pool())
-        .await
-        .map_err(classify)?
+    let legacy_members: Members = legacy_members
         .into_iter()
         .map(|(u, role, joined, removed, pinned)| {
             (
@@ -368,7 +401,6 @@ async fn check_room(
             )
         })
         .collect();
-    let new_members = cql.members(room).await?;
     r.check(
         compare_members(&legacy_members, &new_members)
             .map(|e| (vec![Mismatch::Members], format!("room {room}: {e}"))),
@@ -377,29 +409,25 @@ async fn check_room(
         return Ok(r);
     }
 
-    // Read markers of sampled members: how many, and the newest read message.
-    let readers = sqlx::query_as::<_, (i32, i64, Option<Uuid>)>(
-        "select rm.user_id,
-                (select count(*) from room_message_read r join room_message m on m.id = r.message_id
-                  where m.room_id = rm.room_id and r.user_id = rm.user_id),
-                (select m.id from room_message_read r join room_message m on m.id = r.message_id
-                  where m.room_id = rm.room_id and r.user_id = rm.user_id
-                  order by m.created_at desc, m.id desc limit 1)
-           from room_member rm where rm.room_id = $1 order by random() limit $2",
-    )
+    // A sample that covers the room compares the whole room: both stores read it in pages,
+    // not message by message.
+    let whole_room = r.legacy <= u64::from(sample);
+    let rows = sqlx::query_as::<_, (Uuid, i32, Vec<u8>, String, bool)>(if whole_room {
+        "select id, sender_id, content, type, deleted_at is not null from room_message where room_id = $1 limit $2"
+    } else {
+        "select id, sender_id, content, type, deleted_at is not null from room_message where room_id = $1 order by random() limit $2"
+    })
     .bind(room)
     .bind(i64::from(sample))
-    .fetch_all(pg.pool())
-    .await
-    .map_err(classify)?;
-    let new_reads: Vec<u64> = futures::stream::iter(
+    .fetch_all(pg.pool());
+    let new_reads = futures::stream::iter(
         readers
             .iter()
             .map(|(user, _, _)| cql.read_marker_count(room, UserId(*user))),
     )
     .buffered(READS_IN_FLIGHT)
-    .try_collect()
-    .await?;
+    .try_collect::<Vec<u64>>();
+    let (rows, new_reads) = tokio::try_join!(async { rows.await.map_err(classify) }, new_reads)?;
     for ((user, read, newest), new_read) in readers.into_iter().zip(new_reads) {
         let user = UserId(user);
         let new_newest = new_members
@@ -418,37 +446,10 @@ async fn check_room(
         }));
     }
 
-    // A sample that covers the room compares the whole room: both stores read it in pages,
-    // not message by message.
-    let whole_room = r.legacy <= u64::from(sample);
-    let rows = sqlx::query_as::<_, (Uuid, i32, Vec<u8>, String, bool)>(if whole_room {
-        "select id, sender_id, content, type, deleted_at is not null from room_message where room_id = $1 limit $2"
-    } else {
-        "select id, sender_id, content, type, deleted_at is not null from room_message where room_id = $1 order by random() limit $2"
-    })
-    .bind(room)
-    .bind(i64::from(sample))
-    .fetch_all(pg.pool())
-    .await
-    .map_err(classify)?;
     // The sample's reactions in one query on each side; its messages by key, several at once,
     // or the whole room's partition.
     let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
     let message_ids: Vec<MessageId> = ids.iter().copied().map(MessageId).collect();
-    let mut legacy_reactions: BTreeMap<Uuid, Vec<(UserId, String)>> = BTreeMap::new();
-    for (id, user, reaction) in sqlx::query_as::<_, (Uuid, i32, String)>(
-        "select message_id, user_id, reaction from room_message_reaction where message_id = any($1)",
-    )
-    .bind(&ids)
-    .fetch_all(pg.pool())
-    .await
-    .map_err(classify)?
-    {
-        legacy_reactions
-            .entry(id)
-            .or_default()
-            .push((UserId(user), reaction));
-    }
     let new_messages = async {
         if whole_room {
             let mut stored = cql.room_messages(room).await?;
@@ -459,8 +460,30 @@ async fn check_room(
             .try_collect::<Vec<_>>()
             .await
     };
-    let (new_rows, mut new_reactions) =
-        tokio::try_join!(new_messages, cql.reactions_of(&message_ids))?;
+    let legacy_reactions = async {
+        sqlx::query_as::<_, (Uuid, i32, String)>(
+            "select message_id, user_id, reaction from room_message_reaction where message_id = any($1)",
+        )
+        .bind(&ids)
+        .fetch_all(pg.pool())
+        .await
+        .map_err(classify)
+    };
+    let (legacy_reactions, new_rows, mut new_reactions) = tokio::try_join!(
+        legacy_reactions,
+        new_messages,
+        cql.reactions_of(&message_ids)
+    )?;
+    let mut legacy_reactions = legacy_reactions.into_iter().fold(
+        BTreeMap::<Uuid, Vec<(UserId, String)>>::new(),
+        |mut by_message, (id, user, reaction)| {
+            by_message
+                .entry(id)
+                .or_default()
+                .push((UserId(user), reaction));
+            by_message
+        },
+    );
     for ((id, sender, content, message_type, deleted), new_row) in rows.into_iter().zip(new_rows) {
         let mut legacy_reactions = legacy_reactions.remove(&id).unwrap_or_default();
         legacy_reactions.sort();
