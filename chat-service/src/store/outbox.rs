@@ -239,7 +239,7 @@ impl Replayed {
         self.settlement.error().unwrap_or_default()
     }
 
-    /// The step as a count of attempts the tables store.
+    /// An attempt count as the outbox tables keep it (`int`, saturating).
     pub fn stored_attempts(attempts: u32) -> i32 {
         i32::try_from(attempts).unwrap_or(i32::MAX)
     }
