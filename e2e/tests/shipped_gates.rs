@@ -151,8 +151,7 @@ impl Stack {
         let example = std::fs::read_to_string(root.join("examples/chat-postgres-to-scylla.yaml"))
             .expect("the example");
         texts.push(example);
-        let mut selectors: Vec<(String, Vec<(String, String, String)>)> =
-            texts.iter().flat_map(|t| chat_selectors(t)).collect();
+        let mut selectors: Vec<Selector> = texts.iter().flat_map(|t| chat_selectors(t)).collect();
         selectors.sort();
         selectors.dedup();
         assert!(
@@ -275,8 +274,11 @@ impl Stack {
     }
 }
 
-/// The `chat_*` selectors in `text`: metric name and `(label, operator, value)` matchers.
-fn chat_selectors(text: &str) -> Vec<(String, Vec<(String, String, String)>)> {
+/// A selector: metric name and its `(label, operator, value)` matchers.
+type Selector = (String, Vec<(String, String, String)>);
+
+/// The `chat_*` selectors in `text`.
+fn chat_selectors(text: &str) -> Vec<Selector> {
     let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut found = Vec::new();
     let mut rest = text;

@@ -173,8 +173,14 @@ mod tests {
         metrics.reconciling(Phase::Completed);
         metrics.reconciling(Phase::Completed);
         let text = metrics.encode();
-        assert_eq!(sample(&text, "ficus_reconciles_total{phase=\"Completed\"}"), 2.0);
-        assert_eq!(sample(&text, "ficus_reconciles_total{phase=\"Shadow\"}"), 1.0);
+        assert_eq!(
+            sample(&text, "ficus_reconciles_total{phase=\"Completed\"}"),
+            2.0
+        );
+        assert_eq!(
+            sample(&text, "ficus_reconciles_total{phase=\"Shadow\"}"),
+            1.0
+        );
     }
 
     #[test]
@@ -198,7 +204,13 @@ mod tests {
             })
             .collect();
         let first_holding = |n: f64| buckets.iter().find(|(_, c)| *c >= n).map(|(le, _)| *le);
-        assert!(first_holding(1.0).is_some_and(|le| le >= 0.005 && le < 0.010), "{text}");
-        assert!(first_holding(2.0).is_some_and(|le| le >= 0.010 && le < 0.016), "{text}");
+        assert!(
+            first_holding(1.0).is_some_and(|le| (0.005..0.010).contains(&le)),
+            "{text}"
+        );
+        assert!(
+            first_holding(2.0).is_some_and(|le| (0.010..0.016).contains(&le)),
+            "{text}"
+        );
     }
 }

@@ -205,12 +205,12 @@ impl<'a> Targets<'a> {
         };
         let mut stores = Vec::new();
         if let Some(cm) = &spec.flags.config_map {
-            stores.push(FlagStore::ConfigMap(ConfigMapStore::new(
+            stores.push(FlagStore::ConfigMap(Box::new(ConfigMapStore::new(
                 ctx.client.clone(),
                 &ns,
                 &cm.name,
                 &name,
-            )));
+            ))));
         }
         if let (Some(ssm), Some(aws)) = (&spec.flags.ssm, &aws) {
             stores.push(FlagStore::Ssm(SsmStore::new(aws, ssm)));

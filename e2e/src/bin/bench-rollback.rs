@@ -216,11 +216,12 @@ async fn run_once(path: Path, client: &Client) -> Result<Hops, BoxError> {
                 hops.webhook_received = Some(ms(start.elapsed()));
             }
         }
-        if matches!(path, Path::AlertPushed | Path::AlertPolled) && hops.alert_active.is_none() {
-            if let Some(at) = active_at(&http, &prometheus.url()).await? {
-                let since = at.duration_since(started);
-                hops.alert_active = Some(since.as_secs_f64() * 1000.0);
-            }
+        if matches!(path, Path::AlertPushed | Path::AlertPolled)
+            && hops.alert_active.is_none()
+            && let Some(at) = active_at(&http, &prometheus.url()).await?
+        {
+            let since = at.duration_since(started);
+            hops.alert_active = Some(since.as_secs_f64() * 1000.0);
         }
         if flags_are(&cms, "0").await? {
             hops.flags_safe = ms(start.elapsed());

@@ -96,7 +96,11 @@ async fn quantile(addr: SocketAddr, name: &str, q: f64) -> Result<f64, BoxError>
         .filter_map(|l| l.strip_prefix(&prefix))
         .filter_map(|rest| {
             let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, count.trim().parse().ok()?))
         })
         .collect();

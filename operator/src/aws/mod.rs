@@ -22,12 +22,15 @@ pub struct AwsDefaults {
     pub endpoint_url: Option<String>,
 }
 
+/// A configuration's (region, endpoint URL); `None` is the default chain's.
+type ConfigKey = (Option<String>, Option<String>);
+
 /// SDK configurations by (region, endpoint), loaded once: credentials come from the default
 /// chain (IRSA / pod identity in-cluster, environment variables, profiles).
 #[derive(Default)]
 pub struct AwsConfigs {
     defaults: AwsDefaults,
-    loaded: Mutex<HashMap<(Option<String>, Option<String>), SdkConfig>>,
+    loaded: Mutex<HashMap<ConfigKey, SdkConfig>>,
 }
 
 impl AwsConfigs {

@@ -50,7 +50,8 @@ impl Reasoned for FlagStoreError {
 
 /// The configured stores of one Migration, written together.
 pub enum Store {
-    ConfigMap(ConfigMapStore),
+    /// Boxed: a ConfigMap store holds its API handle and object, several times an SSM store.
+    ConfigMap(Box<ConfigMapStore>),
     Ssm(SsmStore),
 }
 

@@ -92,7 +92,7 @@ fn consecutive_failures_roll_back_at_the_failure_limit() {
             );
             assert_eq!(d.status.healthy, Some(Health::False));
             assert_eq!(
-                d.status.last_analysis.as_ref().map(|a| a.time.clone()),
+                d.status.last_analysis.as_ref().map(|a| a.time),
                 Some(at(15 * seq.len() as i64))
             );
         }
@@ -216,10 +216,7 @@ fn inconclusive_evidence_pauses_with_flags_unchanged_and_passing_evidence_resume
     assert_eq!(reasons(&d), ["EvidenceReturned"]);
     assert_eq!(d.flags, applied(GEN, fl::split(25)));
     assert_eq!(
-        (
-            d.status.step_started_at.clone(),
-            d.status.passing_since.clone()
-        ),
+        (d.status.step_started_at, d.status.passing_since),
         (time(105), None),
         "a fresh bake"
     );
