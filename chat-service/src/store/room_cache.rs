@@ -27,6 +27,10 @@
 //! instances that still reach Redis may serve the views that write changed, at most until
 //! their TTL. Batch commands (`backfill`, `rollback`) write around the cache: what they copy is
 //! read through it once the flags have moved (a new scope), or after the TTL.
+//!
+//! Over 600 lines: the cache is one store layer, and like the others it implements every
+//! `ChatStore` method (read through, or stamp what a write changed); its unit tests are at the
+//! bottom.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
