@@ -308,15 +308,7 @@ impl Stack {
             .send()
             .await
             .expect("parameters");
-        out.parameters()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.name()?.strip_prefix(PREFIX)?.to_owned(),
-                    p.value()?.to_owned(),
-                ))
-            })
-            .collect()
+        ficus_flags::ssm_client::by_key(PREFIX, out.parameters())
     }
 
     async fn desired(&self, service: &str) -> i32 {
