@@ -103,8 +103,8 @@ pub struct Ledger {
     pub reactions: Vec<(RoomId, MessageId, UserId, String)>,
     /// (room, user) -> messages that user marked read.
     pub read: BTreeMap<(RoomId, UserId), BTreeSet<MessageId>>,
-    /// (room, user) that left.
-    pub left: BTreeSet<(RoomId, UserId)>,
+    /// (room, user) -> what became of the user's LeaveRoom call.
+    pub left: BTreeMap<(RoomId, UserId), Leave>,
     /// (room, user) -> the pin the user last set.
     pub pins: BTreeMap<(RoomId, UserId), Pin>,
     /// (user, token) -> what the user last did with the device token.
@@ -119,6 +119,17 @@ pub enum Device {
     /// Deletion acknowledged.
     Deleted,
     /// A call about the token went unanswered: it may land late, so the token is not checked.
+    Unknown,
+}
+
+/// A user's leave of a room as the flow knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// LeaveRoom acknowledged: the user is no longer a member.
+    Left,
+    /// LeaveRoom went unanswered (an error, a timeout, an instance killed mid-call): it may have
+    /// happened, so the user's membership is not checked, nor anything that needs it (read
+    /// markers, pins, reading the room's history as them).
     Unknown,
 }
 
@@ -138,7 +149,7 @@ impl Ledger {
             + self.messages.len()
             + self.reactions.len()
             + self.read.values().map(BTreeSet::len).sum::<usize>()
-            + self.left.len()
+            + self.left.values().filter(|l| **l == Leave::Left).count()
             + self
                 .pins
                 .values()
@@ -151,14 +162,15 @@ impl Ledger {
                 .count()
     }
 
-    /// Current members of `room` by the ledger: participants at creation minus those who left.
+    /// Certain members of `room` by the ledger: participants at creation minus those who left
+    /// or tried to (an unanswered leave may have happened).
     pub fn members(&self, room: RoomId) -> BTreeSet<UserId> {
         self.rooms
             .get(&room)
             .into_iter()
             .flatten()
             .copied()
-            .filter(|u| !self.left.contains(&(room, *u)))
+            .filter(|u| !self.left.contains_key(&(room, *u)))
             .collect()
     }
 }
@@ -574,9 +586,14 @@ impl UserCtx {
                 rooms.retain(|r| *r != room);
             }
         }
-        if self.call(Op::Leave, json!({ "id": room })).await.is_some() {
-            lock(&self.world).ledger.left.insert((room, self.user));
-        }
+        let leave = match self.call(Op::Leave, json!({ "id": room })).await {
+            Some(_) => Leave::Left,
+            None => Leave::Unknown,
+        };
+        lock(&self.world)
+            .ledger
+            .left
+            .insert((room, self.user), leave);
     }
 }
 
@@ -664,20 +681,21 @@ pub async fn verify(ledger: &Ledger, client: &ChatClient) -> Result<Missing, Cal
             if !participants.contains(&user) {
                 continue;
             }
-            let left = ledger.left.contains(&(*room, user));
-            match (left, listed.contains(room)) {
-                (false, false) => missing
+            match (ledger.left.get(&(*room, user)), listed.contains(room)) {
+                (None, false) => missing
                     .memberships
                     .push((user, *room, "joined, not listed")),
-                (true, true) => missing
-                    .memberships
-                    .push((user, *room, "left, still listed")),
+                (Some(Leave::Left), true) => {
+                    missing
+                        .memberships
+                        .push((user, *room, "left, still listed"))
+                }
                 _ => {}
             }
         }
     }
     for ((room, user), ids) in &ledger.read {
-        if ledger.left.contains(&(*room, *user)) {
+        if ledger.left.contains_key(&(*room, *user)) {
             continue;
         }
         let ids: Vec<MessageId> = ids.iter().copied().collect();
@@ -694,7 +712,7 @@ pub async fn verify(ledger: &Ledger, client: &ChatClient) -> Result<Missing, Cal
     }
     for ((room, user), pin) in &ledger.pins {
         let Pin::Set(pinned) = *pin else { continue };
-        if ledger.left.contains(&(*room, *user)) {
+        if ledger.left.contains_key(&(*room, *user)) {
             continue;
         }
         let reply = client

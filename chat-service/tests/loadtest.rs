@@ -1,4 +1,6 @@
-//! The load client (the original k6 scenario) against a real instance: no errors.
+//! The load client (the original k6 scenario) against a real instance: no errors. And the live
+//! flow's check of its ledger against a real instance: it finds an acknowledged write that is
+//! gone and claims nothing about a call it never heard back from.
 
 mod common;
 
@@ -181,4 +183,65 @@ async fn stages_ramp_the_users_and_a_failed_threshold_fails_the_run() {
     .expect("join");
     assert_eq!(code, Some(2), "clap's usage error: {out}");
     assert!(out.contains("DURATION:TARGET"), "{out}");
+}
+
+/// A LeaveRoom that went unanswered (an instance killed mid-call, a timeout) may have happened.
+/// The check then neither calls the membership lost nor reads or marks anything as that user
+/// (the service would refuse it: not a member); an acknowledged leave the service still shows as
+/// membership is loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ledger_check_claims_nothing_about_an_unanswered_leave() {
+    use chat_service::flow::{AckedMessage, Leave, Ledger, verify};
+    use chat_service::ids::{MessageId, RoomId, UserId};
+    use serde_json::json;
+
+    common::init();
+    let pg = ficus_testkit::skip_or_fail!(Postgres::shared());
+    let svc = common::start(common::config(pg, "ledger_check").await).await;
+    let room_text = svc.create_group(601, &[602, 603]).await;
+    let sent = svc.send(601, &room_text, "before the leave").await;
+    let room: RoomId = room_text.parse().map(RoomId).expect("room id");
+    let message: MessageId = sent["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .map(MessageId)
+        .expect("message id");
+    svc.call(
+        602,
+        "MarkMessagesAsRead",
+        json!({ "roomId": room_text, "messageIds": [sent["id"]] }),
+    )
+    .await;
+    // The service applies 602's leave; the flow never heard its answer.
+    svc.call(602, "LeaveRoom", json!({ "id": room_text })).await;
+
+    let mut ledger = Ledger::default();
+    ledger
+        .rooms
+        .insert(room, [601, 602, 603].map(UserId).into_iter().collect());
+    ledger.messages.push(AckedMessage {
+        room,
+        id: message,
+        sender: UserId(601),
+        content: "before the leave".into(),
+    });
+    ledger
+        .read
+        .insert((room, UserId(602)), [message].into_iter().collect());
+    ledger.left.insert((room, UserId(602)), Leave::Unknown);
+    let missing = verify(&ledger, &svc.client)
+        .await
+        .expect("the check reads nothing as a user who may have left");
+    assert_eq!(missing.total(), 0, "{missing:?}");
+    assert_eq!(ledger.members(room), [601, 603].map(UserId).into());
+    assert_eq!(ledger.writes(), 3, "the room, the message, the read marker");
+
+    // An acknowledged leave that the service does not show is a lost write.
+    ledger.left.insert((room, UserId(603)), Leave::Left);
+    let missing = verify(&ledger, &svc.client).await.expect("check");
+    assert_eq!(
+        missing.memberships,
+        [(UserId(603), room, "left, still listed")],
+        "{missing:?}"
+    );
 }

@@ -158,19 +158,28 @@ async fn run_one(
             cmd.env(ficus_operator::backfill::env::METRICS_ADDR, "127.0.0.1:0");
         }
         let log = log_dir.join(format!("job-{name}-{index}.log"));
+        let name = name.clone();
         async move {
             let Ok(out) = std::fs::File::create(&log) else {
                 return -1;
             };
             let Ok(err) = out.try_clone() else { return -1 };
             cmd.stdout(out).stderr(err);
-            match cmd.status().await {
+            let code = match cmd.status().await {
                 Ok(status) => status.code().unwrap_or(-1),
                 Err(e) => {
                     tracing::warn!(%e, "job process could not start");
                     -1
                 }
+            };
+            if code != 0 {
+                // What `kubectl logs` would show of a failed pod: the reason is in its last lines.
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                println!("job {name}-{index} exited with {code}; its last lines:\n{tail}");
             }
+            code
         }
     });
     let exit_codes = futures::future::join_all(pods).await;

@@ -385,8 +385,7 @@ impl LiveStack {
         })?;
         prometheus.wait_for_targets(Duration::from_secs(30)).await?;
 
-        let jobs =
-            jobs::JobRunner::start(client.clone(), &namespace, chat_bin, dir.path().to_owned());
+        let jobs = jobs::JobRunner::start(client.clone(), &namespace, chat_bin, log_dir);
         tracing::info!(%namespace, elapsed = ?started.elapsed(), "live stack ready");
         Ok(LiveStack {
             options,

@@ -131,7 +131,11 @@ impl Outcome {
             ledger.rooms.len(),
             ledger.reactions.len(),
             ledger.read.values().map(|r| r.len()).sum::<usize>(),
-            ledger.left.len(),
+            ledger
+                .left
+                .values()
+                .filter(|l| **l == chat_service::flow::Leave::Left)
+                .count(),
             ledger.pins.len(),
             ledger.devices.len(),
             self.lost
