@@ -7,6 +7,9 @@
 //!
 //! The cases come from a seeded generator: `FICUS_FUZZ_SEED` replays a run (the seed is printed),
 //! `FICUS_FUZZ_CASES` sets how many (default 1,500).
+//!
+//! Over 600 lines: the generator of hostile values for every method's fields and the checks
+//! that follow them (answer codes, read-back, validate) belong together.
 
 mod common;
 

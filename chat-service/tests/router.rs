@@ -2,6 +2,9 @@
 //! the outbox and its replayer through an outage of the secondary, shadow reads, the read
 //! split, cutover, writes after a switch of primary waiting for the room's queued writes, and
 //! `serve --store router`.
+//!
+//! Over 600 lines: one binary on purpose: its tests share one PostgreSQL server (the outage
+//! tests start their own secondary), and each test is one behaviour of the router.
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! A test binary of its own: it kills and restarts this binary's Cassandra node
 //! ([`Cassandra::shared`] is one JVM per test binary), which would break any other CQL test
 //! sharing it. The two tests take turns (a lock), so the outage never hits the other one.
+//! That is also why it is over 600 lines: every router test that needs this node is here.
 
 mod common;
 

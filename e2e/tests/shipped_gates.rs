@@ -10,6 +10,9 @@
 //!
 //! All data here is written after dual writes began (the flag documents say
 //! `shadow_compare_from` nothing, i.e. `all`), so every shadow read is compared.
+//!
+//! Over 600 lines: the stack (service, two databases, Prometheus with the shipped rules), the
+//! helpers that judge it, and the fault that must fail each gate and alert, in one place.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,4 +1,8 @@
 //! The backfill and validate writers and readers (not on the request path).
+//!
+//! Just over 600 lines: every bulk statement the backfill and validate jobs make on the CQL
+//! store (rooms, members, messages, reactions, read markers, device tokens), kept apart from
+//! the request path's statements.
 
 use std::collections::BTreeMap;
 
