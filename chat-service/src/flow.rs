@@ -149,7 +149,7 @@ impl Ledger {
             + self.messages.len()
             + self.reactions.len()
             + self.read.values().map(BTreeSet::len).sum::<usize>()
-            + self.left.values().filter(|l| **l == Leave::Left).count()
+            + self.leaves()
             + self
                 .pins
                 .values()
@@ -160,6 +160,11 @@ impl Ledger {
                 .values()
                 .filter(|d| !matches!(d, Device::Unknown))
                 .count()
+    }
+
+    /// Acknowledged leaves.
+    pub fn leaves(&self) -> usize {
+        self.left.values().filter(|l| **l == Leave::Left).count()
     }
 
     /// Certain members of `room` by the ledger: participants at creation minus those who left

@@ -60,7 +60,7 @@ pub use moto::Moto;
 pub use nats::Nats;
 pub use ports::{free_addr, free_ports, loopback};
 pub use postgres::Postgres;
-pub use process::memory_mib;
+pub use process::{log_tail, memory_mib};
 pub use prometheus::{Prometheus, PrometheusConfig, Sample};
 pub use redis::Redis;
 pub use server::{Server, ServerBuilder, TestServer};

@@ -131,7 +131,7 @@ pub fn memory_mib(pid: u32, field: &str) -> f64 {
 }
 
 /// The last `lines` lines of the log file `log` (empty if it cannot be read).
-pub(crate) fn log_tail(log: &Path, lines: usize) -> String {
+pub fn log_tail(log: &Path, lines: usize) -> String {
     let log = std::fs::read_to_string(log).unwrap_or_default();
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

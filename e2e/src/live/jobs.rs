@@ -174,9 +174,7 @@ async fn run_one(
             };
             if code != 0 {
                 // What `kubectl logs` would show of a failed pod: the reason is in its last lines.
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                let tail = ficus_testkit::log_tail(&log, 30);
                 println!("job {name}-{index} exited with {code}; its last lines:\n{tail}");
             }
             code

@@ -131,11 +131,7 @@ impl Outcome {
             ledger.rooms.len(),
             ledger.reactions.len(),
             ledger.read.values().map(|r| r.len()).sum::<usize>(),
-            ledger
-                .left
-                .values()
-                .filter(|l| **l == chat_service::flow::Leave::Left)
-                .count(),
+            ledger.leaves(),
             ledger.pins.len(),
             ledger.devices.len(),
             self.lost
