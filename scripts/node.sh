@@ -59,6 +59,24 @@ spawn() {
   echo $! >"$DIR/run/$name.pid"
 }
 
+# Starts $1 like spawn, and starts it again whenever it exits, as a service manager would: the
+# kubelet exits on any error at start-up (runtime not answering yet, a resource it cannot get)
+# and expects to be restarted. Each exit is written to its log; run/$1.restarts counts them.
+spawn_supervised() {
+  local name="$1"; shift
+  echo 0 >"$DIR/run/$name.restarts"
+  setsid bash -c '
+    restarts="$1"; shift
+    while :; do
+      "$@"
+      status=$?
+      echo $(( $(cat "$restarts") + 1 )) >"$restarts"
+      printf "[node] %s exited with status %s; starting it again in 2s\n" "$1" "$status"
+      sleep 2
+    done' supervise "$DIR/run/$name.restarts" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$DIR/run/$name.pid"
+}
+
 kctl() { "$(bin kubectl "$KUBE_VERSION")" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
 api_ready() { [[ "$(kctl get --raw /readyz 2>/dev/null)" == ok ]]; }
@@ -73,11 +91,64 @@ wait_for() {
   local deadline=$((SECONDS + secs))
   until "$@"; do
     if ((SECONDS >= deadline)); then
-      log "$what: not after ${secs}s; last log lines:"
+      log "$what: not after ${secs}s"
+      diagnose
+      log "last log lines:"
       for f in "$DIR"/logs/*.log; do echo "== $f" >&2; tail -n 15 "$f" >&2; done
       return 1
     fi
     sleep 0.5
+  done
+}
+
+# What is most often behind a node that does not come up, first and short (the logs follow).
+diagnose() {
+  local name
+  for name in containerd etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet; do
+    [[ -f "$DIR/run/$name.pid" ]] || continue
+    alive "$name" || log "$name is not running (log: $DIR/logs/$name.log)"
+  done
+  if [[ -f "$DIR/run/kubelet.restarts" ]] && (( $(cat "$DIR/run/kubelet.restarts") > 0 )); then
+    log "the kubelet exited $(cat "$DIR/run/kubelet.restarts") time(s) and was started again"
+  fi
+  log "inotify instances in use: $(inotify_instances) of $(cat /proc/sys/fs/inotify/max_user_instances) per user"
+  if api_ready 2>/dev/null; then
+    local conditions
+    conditions="$(kctl get node "$NODE_NAME" -o 'jsonpath={range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"; "}{end}' 2>&1 || true)"
+    log "node $NODE_NAME: ${conditions:-not registered}"
+  fi
+  if [[ -f "$DIR/logs/containerd.log" ]]; then
+    { grep -F 'failed to load plugin io.containerd.grpc.v1.cri' "$DIR/logs/containerd.log" || true; } | tail -n 1 | cut -c1-400 >&2
+  fi
+  if [[ -f "$DIR/logs/kubelet.log" ]]; then
+    log "the kubelet's last errors:"
+    { grep -E '^[EF][0-9]{4} |exited with status' "$DIR/logs/kubelet.log" || true; } | tail -n 8 | cut -c1-400 >&2
+  fi
+}
+
+# Open inotify instances of every process (each is an fd linked to anon_inode:inotify).
+inotify_instances() {
+  find /proc/[0-9]*/fd -lname 'anon_inode:inotify' 2>/dev/null | wc -l
+}
+
+# The kubelet (cAdvisor), containerd (its CNI config watcher) and the control plane take about
+# 16 inotify instances. Debian's default of 128 per user can be used up on a busy machine, and
+# then the kubelet exits at start ("Failed to start cAdvisor: inotify_init: too many open
+# files") or containerd runs without its CRI plugin: raise the limits to what kind asks for, and
+# put the old values back on stop.
+raise_inotify_limits() {
+  local key want file
+  for key in max_user_instances:8192 max_user_watches:524288; do
+    want="${key#*:}"; key="${key%%:*}"; file="/proc/sys/fs/inotify/$key"
+    [[ -f "$DIR/run/inotify.$key.orig" ]] || cat "$file" >"$DIR/run/inotify.$key.orig"
+    if (( $(cat "$file") < want )); then echo "$want" >"$file"; fi
+  done
+}
+
+restore_inotify_limits() {
+  local key
+  for key in max_user_instances max_user_watches; do
+    if [[ -f "$DIR/run/inotify.$key.orig" ]]; then cat "$DIR/run/inotify.$key.orig" >"/proc/sys/fs/inotify/$key"; fi
   done
 }
 
@@ -273,7 +344,7 @@ evictionHard: { memory.available: "100Mi", nodefs.available: "1%", imagefs.avail
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 EOF
-  spawn kubelet "$(bin kubelet "$KUBE_VERSION")" --config="$DIR/kubelet.yaml" \
+  spawn_supervised kubelet "$(bin kubelet "$KUBE_VERSION")" --config="$DIR/kubelet.yaml" \
     --kubeconfig="$KUBECONFIG_FILE" --root-dir="$DIR/kubelet" --cert-dir="$DIR/pki/kubelet" \
     --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
 }
@@ -286,6 +357,7 @@ start() {
     return
   fi
   local begin=$SECONDS
+  raise_inotify_limits
   certs
   network
   containerd_start
@@ -303,10 +375,12 @@ kill_proc() {
   local name="$1" pid
   [[ -f "$DIR/run/$name.pid" ]] || return 0
   pid="$(cat "$DIR/run/$name.pid")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+  if kill -0 -- "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; then
+    # Its whole process group (spawn makes it a session leader): a supervised process's
+    # child goes with its supervisor.
+    kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$DIR/run/$name.pid"
 }
@@ -376,6 +450,7 @@ stop() {
   iptables -X FICUS-NODE 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
   if [[ -f "$DIR/run/ip_forward.orig" ]]; then cat "$DIR/run/ip_forward.orig" >/proc/sys/net/ipv4/ip_forward; fi
+  restore_inotify_limits
   rm -rf "$DIR"
   log "stopped"
 }

@@ -26,7 +26,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use ficus_operator::crd::{Migration, Phase, Verdict};
-use ficus_testkit::node::{HostForward, Images, NODE_IP, Node, PodPrometheus, split_image};
+use ficus_testkit::node::{
+    HostForward, Images, InotifyPressure, NODE_IP, Node, PodPrometheus, split_image,
+};
 use ficus_testkit::{Cassandra, Postgres, skip_or_fail, unique_namespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -55,7 +57,18 @@ async fn helm_installs_the_chart_on_a_real_node_and_the_chat_migration_completes
     let begin = Instant::now();
     let images = skip_or_fail!(Images::current());
     skip_or_fail!(ficus_testkit::helm::helm_binary());
+    // This test runs after many others, on a machine whose inotify instances (128 per user by
+    // default) other processes may have nearly used up; a kubelet started then exits at once.
+    // The node must come up anyway: start it with only a few left.
+    let pressure = InotifyPressure::leaving(4)?;
+    if let Some(pressure) = &pressure {
+        println!(
+            "starting the node with {} inotify instances held by this test, 4 left free",
+            pressure.held()
+        );
+    }
     let node = skip_or_fail!(Node::start());
+    drop(pressure);
     let pg = skip_or_fail!(Postgres::shared());
     // Its own node on the node IP: CQL drivers connect to the address the node announces.
     let cassandra = skip_or_fail!(Cassandra::start_on(NODE_IP));

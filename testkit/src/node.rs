@@ -14,6 +14,7 @@ use std::{
     collections::BTreeMap,
     io::{self, Write},
     net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::{FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -213,6 +214,62 @@ impl Drop for Node {
 
 fn node_dir() -> String {
     std::env::var("FICUS_NODE_DIR").unwrap_or_else(|_| "/var/tmp/ficus-node".into())
+}
+
+/// Inotify instances held by this process so that only a few of the machine's per-user limit
+/// are left, as on a machine busy with other watchers (every process of the user counts: JVMs,
+/// file watchers, the node's own components). Dropping it gives them back.
+///
+/// A kubelet started in that state exits ("Failed to start cAdvisor: inotify_init: too many
+/// open files") unless `scripts/node.sh` raises the limit first.
+#[derive(Debug)]
+pub struct InotifyPressure {
+    held: Vec<OwnedFd>,
+}
+
+impl InotifyPressure {
+    /// Takes instances until the kernel refuses one, then gives `left_free` of them back.
+    /// `None` when the limit is more than this process may hold open (its file limit): the
+    /// machine cannot be squeezed from here.
+    pub fn leaving(left_free: usize) -> io::Result<Option<Self>> {
+        let limit: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")?
+            .trim()
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut files = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Room for the fds this process already has, so EMFILE below means the inotify limit.
+        if limit.saturating_add(256) > files.rlim_cur {
+            return Ok(None);
+        }
+        let mut held = Vec::new();
+        loop {
+            // SAFETY: inotify_init1 has no preconditions; a non-negative result is a new fd.
+            let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+            if fd < 0 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EMFILE) {
+                    break;
+                }
+                return Err(err);
+            }
+            // SAFETY: fd was just returned by inotify_init1 and is owned by nobody else.
+            held.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        held.truncate(held.len().saturating_sub(left_free));
+        Ok(Some(Self { held }))
+    }
+
+    /// How many instances this value holds.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
 }
 
 fn node_script(args: &[&str]) -> Result<KubectlOutput, HarnessError> {
