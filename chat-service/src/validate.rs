@@ -15,11 +15,14 @@
 //! `user_id mod count == index`): the same registered tokens, platforms and times.
 //!
 //! A room with a failed check is checked once more after `recheck_after` (3 s), and again every
-//! `recheck_after` while the legacy outbox still holds a write of the room for the new store
-//! (in flight, or waiting for a replay), for at most `settle_limit` (30 s): validation runs
-//! while the service keeps writing, and a message, a join or a read marker on its way to the
-//! new store is no drift. The last look counts: a difference that persists is drift, and so is
-//! one whose write is still queued after `settle_limit`.
+//! `recheck_after` while writes of the room are on their way to the new store, for at most
+//! `settle_limit` (30 s): while the legacy outbox still holds a write of the room for the new
+//! store (in flight, or waiting for a replay), or while the room's message counts move from one
+//! check to the next (a write that lands between a check and the look at the outbox leaves no
+//! entry behind). Validation runs while the service keeps writing, and a message, a join or a
+//! read marker on its way to the new store is no drift. The last look counts: a difference
+//! that holds still with nothing queued is drift, and so is one whose writes are still on
+//! their way after `settle_limit`.
 //!
 //! Drift = failed checks / checks; the verdict passes when drift <= `max_drift` (default 0.0:
 //! any mismatch fails). Unread counters are not compared: the live path counts them
@@ -268,8 +271,42 @@ fn compare_members(legacy: &Members, new: &[CqlMember]) -> Option<String> {
     (!differ.is_empty()).then(|| format!("members {} differ", differ.join(", ")))
 }
 
-/// [`check_room`], and again after `recheck_after` when a check failed; then again while the
-/// room still has writes for the new store in the outbox, up to `settle_limit`.
+/// What the outbox said of a room's writes for the new store, looked at after a recheck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QueueLook {
+    Queued,
+    Empty,
+    /// An outbox that cannot be read says nothing is on its way.
+    Unreadable,
+}
+
+/// What follows a recheck that still differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterRecheck {
+    /// The difference stands: it counts.
+    Counts,
+    /// Writes of the room are on their way: check again after `recheck_after`.
+    Wait,
+    /// Writes were on their way and none is left: one more check, at once, decides.
+    CheckOnceMore,
+}
+
+/// The settle rule. Writes are on their way when the outbox holds one for the room, or when
+/// the room's message counts moved between the two checks: a write that landed between the
+/// recheck and the look at the outbox leaves no entry, and the recheck saw it half done.
+fn after_recheck(queue: QueueLook, moved: bool, writes_seen: bool) -> AfterRecheck {
+    match queue {
+        QueueLook::Unreadable => AfterRecheck::Counts,
+        QueueLook::Queued => AfterRecheck::Wait,
+        QueueLook::Empty if moved => AfterRecheck::Wait,
+        QueueLook::Empty if writes_seen => AfterRecheck::CheckOnceMore,
+        QueueLook::Empty => AfterRecheck::Counts,
+    }
+}
+
+/// [`check_room`], and again after `recheck_after` when a check failed; then again while
+/// writes of the room are on their way to the new store ([`after_recheck`]), up to
+/// `settle_limit`.
 async fn check_room_settled(
     pg: &PgStore,
     cql: &CqlBackfill<'_>,
@@ -282,32 +319,35 @@ async fn check_room_settled(
     }
     let outbox = Outbox::new(pg.pool().clone());
     let start = std::time::Instant::now();
-    let mut waited_for_queue = false;
+    let mut writes_seen = false;
+    let mut asked_due_now = false;
     loop {
         tokio::time::sleep(config.recheck_after).await;
+        let previous = (result.legacy, result.new);
         result = check_room(pg, cql, room, config.sample).await?;
         if result.mismatched == 0 || start.elapsed() >= config.settle_limit {
             return Ok(result);
         }
-        // An outbox that cannot be read says nothing is on its way: the difference stands.
-        match outbox.has_entries(Side::New, room, Entries::Any).await {
-            Ok(true) => {
-                tracing::debug!(%room, "room differs with writes still queued for the new store; checking again");
-                if !waited_for_queue {
-                    // Do not wait out their backoff: the check is waiting for them.
-                    let _ = outbox.due_now(Side::New, room).await;
-                }
-                waited_for_queue = true;
-            }
-            // The queued writes may have landed between the check and this look at the
-            // outbox: one more check decides.
-            Ok(false) if waited_for_queue => {
-                return check_room(pg, cql, room, config.sample).await;
-            }
-            Ok(false) => return Ok(result),
+        let queue = match outbox.has_entries(Side::New, room, Entries::Any).await {
+            Ok(true) => QueueLook::Queued,
+            Ok(false) => QueueLook::Empty,
             Err(e) => {
                 tracing::warn!(%room, error = %e, "cannot read the outbox; the difference counts");
-                return Ok(result);
+                QueueLook::Unreadable
+            }
+        };
+        let moved = previous != (result.legacy, result.new);
+        match after_recheck(queue, moved, writes_seen) {
+            AfterRecheck::Counts => return Ok(result),
+            AfterRecheck::CheckOnceMore => return check_room(pg, cql, room, config.sample).await,
+            AfterRecheck::Wait => {
+                tracing::debug!(%room, ?queue, moved, "room differs with writes on their way to the new store; checking again");
+                if queue == QueueLook::Queued && !asked_due_now {
+                    // Do not wait out their backoff: the check is waiting for them.
+                    let _ = outbox.due_now(Side::New, room).await;
+                    asked_due_now = true;
+                }
+                writes_seen = true;
             }
         }
     }
@@ -712,4 +752,42 @@ pub async fn status(pg: &PgStore, cql: &CqlBackfill<'_>) -> Result<StatusReport,
         new_rooms,
         new_messages,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_difference_counts_only_when_nothing_is_on_its_way() {
+        use AfterRecheck::*;
+        use QueueLook::*;
+        // (outbox, counts moved, writes seen before) -> what follows
+        let table = [
+            ((Queued, false, false), Wait),
+            ((Queued, false, true), Wait),
+            ((Queued, true, false), Wait),
+            ((Queued, true, true), Wait),
+            // A write landed between the recheck and the look: its entry is gone, but the
+            // counts moved.
+            ((Empty, true, false), Wait),
+            ((Empty, true, true), Wait),
+            // The queue emptied after writes were seen: the last of them may have landed
+            // after the recheck read the room.
+            ((Empty, false, true), CheckOnceMore),
+            // The same difference twice, nothing queued, nothing seen: drift.
+            ((Empty, false, false), Counts),
+            ((Unreadable, false, false), Counts),
+            ((Unreadable, false, true), Counts),
+            ((Unreadable, true, false), Counts),
+            ((Unreadable, true, true), Counts),
+        ];
+        for ((queue, moved, seen), expected) in table {
+            assert_eq!(
+                after_recheck(queue, moved, seen),
+                expected,
+                "outbox {queue:?}, moved {moved}, writes seen {seen}"
+            );
+        }
+    }
 }

@@ -950,6 +950,87 @@ async fn validate_waits_for_writes_still_queued_for_the_new_store_but_not_foreve
     );
 }
 
+/// A message legacy holds and the new store does not, with no entry left in the outbox: what
+/// a validation check sees of a dual write whose copy lands just after the check read the room
+/// and before it looks at the outbox.
+async fn half_written(env: &Env, room: RoomId) -> NewMessage {
+    let id = MessageIdGenerator::default().next();
+    let m = NewMessage {
+        id,
+        room_id: room,
+        sender_id: UserId(2),
+        content: b"landing".to_vec(),
+        message_type: "user_message".into(),
+        created_at: id.created_at().expect("v1"),
+    };
+    env.pg.insert_message(m.clone()).await.expect("legacy");
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn validate_waits_for_a_room_whose_writes_keep_landing() {
+    let env = ficus_testkit::skip_or_fail!(setup("backfill_moving").await);
+    let rooms = populate(&env.pg).await;
+    let cql = env
+        .cql
+        .backfill(&env.keyspace)
+        .await
+        .expect("backfill statements");
+    let metrics = Metrics::default();
+    backfill::run(&env.pg, Some(&cql), &config(now()), &metrics)
+        .await
+        .expect("backfill");
+    let room = rooms[1].0;
+    let recheck = std::time::Duration::from_secs(2);
+    let settling = ValidateConfig {
+        recheck_after: recheck,
+        settle_limit: std::time::Duration::from_secs(20),
+        ..validate_config(1_000)
+    };
+
+    // The first check (at once) sees one message missing from the new store. It lands before
+    // the recheck (2 s), which sees the next one half written; the outbox is empty both times.
+    // That one lands after the recheck: the room was being written, not drifting.
+    let first = half_written(&env, room).await;
+    let validation = validate::run(&env.pg, &cql, &settling, &metrics);
+    let writes = async {
+        tokio::time::sleep(recheck / 2).await;
+        WriteOp::insert_message(&first)
+            .apply(&env.cql)
+            .await
+            .expect("the first copy");
+        let second = half_written(&env, room).await;
+        tokio::time::sleep(recheck).await;
+        WriteOp::insert_message(&second)
+            .apply(&env.cql)
+            .await
+            .expect("the second copy");
+    };
+    let (verdict, ()) = tokio::join!(validation, writes);
+    let verdict = verdict.expect("validate");
+    assert!(
+        verdict.passed(),
+        "a room whose writes land one after another is no drift: {verdict}"
+    );
+
+    // The same difference at both checks, with nothing queued, is drift, at the first recheck.
+    half_written(&env, rooms[2].0).await;
+    let begin = std::time::Instant::now();
+    let verdict = validate::run(&env.pg, &cql, &settling, &metrics)
+        .await
+        .expect("validate");
+    assert_eq!(
+        verdict.mismatches.get(&Mismatch::Count),
+        Some(&1),
+        "a difference that holds still is drift: {verdict}"
+    );
+    println!(
+        "a lost write found in {:.1}s (recheck after {recheck:?}, settle limit {:?})",
+        begin.elapsed().as_secs_f64(),
+        settling.settle_limit
+    );
+}
+
 /// The value of `metric{type="<kind>"}` in an OpenMetrics text, if present.
 fn sample(text: &str, metric: &str, kind: &str) -> Option<f64> {
     let prefix = format!("{metric}{{type=\"{kind}\"}} ");

@@ -20,6 +20,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc::{self, RecvTimeoutError},
     },
     time::{Duration, Instant},
 };
@@ -484,7 +485,10 @@ pub struct PodPrometheus {
     // Killed before the directory goes.
     proc: Proc,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the thread that writes the scrape targets, joined before the directory
+    /// it writes into goes.
+    stop: Option<mpsc::Sender<()>>,
+    lister: Option<std::thread::JoinHandle<()>>,
     _dir: TempDir,
 }
 
@@ -538,14 +542,10 @@ impl PodPrometheus {
             }
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let (stopped, lister, ns) = (
-            stop.clone(),
-            Node::attach(node.kubeconfig.clone()),
-            namespace.to_owned(),
-        );
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (lister, ns) = (Node::attach(node.kubeconfig.clone()), namespace.to_owned());
+        let lister = std::thread::spawn(move || {
+            loop {
                 match scrape_targets(&lister, &ns) {
                     Ok(json) => {
                         if let Err(e) = write_atomically(&targets, &json) {
@@ -554,14 +554,18 @@ impl PodPrometheus {
                     }
                     Err(e) => tracing::debug!(error = %e, "listing pods to scrape"),
                 }
-                std::thread::sleep(Duration::from_secs(2));
+                // Every 2 s, until the sender is dropped.
+                if stopped.recv_timeout(Duration::from_secs(2)) != Err(RecvTimeoutError::Timeout) {
+                    break;
+                }
             }
         });
         tracing::info!(%addr, "prometheus for pods ready");
         Ok(Self {
             proc,
             addr,
-            stop,
+            stop: Some(stop),
+            lister: Some(lister),
             _dir: dir,
         })
     }
@@ -618,7 +622,10 @@ fn write_atomically(path: &Path, content: &str) -> Result<(), HarnessError> {
 
 impl Drop for PodPrometheus {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
+        if let Some(lister) = self.lister.take() {
+            let _ = lister.join();
+        }
         self.proc.kill();
     }
 }
