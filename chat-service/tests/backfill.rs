@@ -867,16 +867,7 @@ async fn reactions_read_markers_and_unread_counters_are_copied_and_validated() {
 /// A message legacy holds and the new store does not yet, with its write for the new store in
 /// the legacy outbox (as a dual write leaves it when the new store's copy is late).
 async fn late_message(env: &Env, room: RoomId) -> (NewMessage, i64) {
-    let id = MessageIdGenerator::default().next();
-    let m = NewMessage {
-        id,
-        room_id: room,
-        sender_id: UserId(1),
-        content: b"on its way".to_vec(),
-        message_type: "user_message".into(),
-        created_at: id.created_at().expect("v1"),
-    };
-    env.pg.insert_message(m.clone()).await.expect("legacy");
+    let m = half_written(env, room).await;
     let entry = Outbox::new(env.pg.pool().clone())
         .enqueue(&NewEntry {
             target: Side::New,
