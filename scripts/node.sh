@@ -65,7 +65,7 @@ spawn() {
 spawn_supervised() {
   local name="$1"; shift
   echo 0 >"$DIR/run/$name.restarts"
-  setsid bash -c '
+  spawn "$name" bash -c '
     restarts="$1"; shift
     while :; do
       "$@"
@@ -73,8 +73,7 @@ spawn_supervised() {
       echo $(( $(cat "$restarts") + 1 )) >"$restarts"
       printf "[node] %s exited with status %s; starting it again in 2s\n" "$1" "$status"
       sleep 2
-    done' supervise "$DIR/run/$name.restarts" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$DIR/run/$name.pid"
+    done' supervise "$DIR/run/$name.restarts" "$@"
 }
 
 kctl() { "$(bin kubectl "$KUBE_VERSION")" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
@@ -111,7 +110,7 @@ diagnose() {
   if [[ -f "$DIR/run/kubelet.restarts" ]] && (( $(cat "$DIR/run/kubelet.restarts") > 0 )); then
     log "the kubelet exited $(cat "$DIR/run/kubelet.restarts") time(s) and was started again"
   fi
-  log "inotify instances in use: $(inotify_instances) of $(cat /proc/sys/fs/inotify/max_user_instances) per user"
+  log "inotify instances open on this machine: $(inotify_instances) (limit $(cat /proc/sys/fs/inotify/max_user_instances) per user; the node runs as root)"
   if api_ready 2>/dev/null; then
     local conditions
     conditions="$(kctl get node "$NODE_NAME" -o 'jsonpath={range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"; "}{end}' 2>&1 || true)"

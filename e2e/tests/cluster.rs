@@ -60,10 +60,11 @@ async fn helm_installs_the_chart_on_a_real_node_and_the_chat_migration_completes
     // This test runs after many others, on a machine whose inotify instances (128 per user by
     // default) other processes may have nearly used up; a kubelet started then exits at once.
     // The node must come up anyway: start it with only a few left.
-    let pressure = InotifyPressure::leaving(4)?;
+    const LEFT_FREE: usize = 4;
+    let pressure = InotifyPressure::leaving(LEFT_FREE)?;
     if let Some(pressure) = &pressure {
         println!(
-            "starting the node with {} inotify instances held by this test, 4 left free",
+            "starting the node with {} inotify instances held by this test, {LEFT_FREE} left free",
             pressure.held()
         );
     }
